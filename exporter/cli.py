@@ -2,15 +2,343 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
 import click
 
 from exporter import __version__
+from exporter.auth import (
+    OAuthCredentials,
+    OAuthTokens,
+    RefreshTokenStore,
+    Secret,
+    StaticToken,
+    TokenSource,
+)
+from exporter.config import (
+    DEFAULT_BASE_URL,
+    MAX_PAGE_SIZE,
+    ExportSettings,
+    RateLimit,
+    check_base_url,
+    default_token_file,
+    load_toml_defaults,
+    parse_rate_limit,
+    token_url_for,
+)
+from exporter.errors import ExitCode, ExporterError, UsageError
+
+DEMO_TOKEN = "demo-token"  # noqa: S105 - the simulator's static token, not a secret
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="exporter")
 def main() -> None:
     """Bulk exporter and backup tool for the Outreach.io API."""
+
+
+def fail(error: ExporterError) -> None:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(int(error.exit_code))
+
+
+class RateLimitType(click.ParamType[RateLimit]):
+    name = "N/SECONDS"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> RateLimit:
+        if isinstance(value, RateLimit):
+            return value
+        try:
+            return parse_rate_limit(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class BaseUrlType(click.ParamType[str]):
+    name = "URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return check_base_url(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Eager: fill click's default_map from the TOML file before other options are resolved."""
+    if value is None:
+        return None
+    known = {p.name for p in ctx.command.params if p.name}
+    try:
+        defaults = load_toml_defaults(Path(value), known - {"config"})
+    except UsageError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=_param) from None
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def _run(coro_factory: Callable[[], Any], on_signal: Callable[[], None]) -> Any:
+    """Run the coroutine; the first SIGINT/SIGTERM asks for a clean stop, the second cancels."""
+
+    async def runner() -> Any:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        signals_seen = 0
+
+        def handle() -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen == 1:
+                click.echo(
+                    "stopping: finishing requests in flight and committing (signal again to abort)",
+                    err=True,
+                )
+                on_signal()
+            elif task is not None:
+                task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, handle)
+        try:
+            return await coro_factory()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(runner())
+
+
+@contextlib.contextmanager
+def _demo_server(steps: int, seed: int) -> Iterator[str]:
+    from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
+
+    simulator = Simulator(SimulatorConfig(steps=steps, seed=seed, static_token=DEMO_TOKEN))
+    with serve_in_thread(simulator) as root_url:
+        yield root_url + "/api/v2"
+
+
+def _token_source(settings: ExportSettings) -> TokenSource:
+    import aiohttp
+
+    if settings.refresh_token is not None:
+        missing = [
+            flag
+            for flag, value in (
+                ("--client-id", settings.client_id),
+                ("--client-secret", settings.client_secret),
+                ("--redirect-uri", settings.redirect_uri),
+            )
+            if not value
+        ]
+        if missing:
+            raise UsageError(f"OAuth needs {', '.join(missing)} as well as --refresh-token")
+        assert settings.client_id and settings.client_secret and settings.redirect_uri
+        credentials = OAuthCredentials(
+            client_id=settings.client_id,
+            client_secret=settings.client_secret,
+            refresh_token=settings.refresh_token,
+            redirect_uri=settings.redirect_uri,
+            token_url=token_url_for(settings.base_url),
+        )
+        store = RefreshTokenStore(settings.token_file or default_token_file())
+        return OAuthTokens(credentials, store, lambda: aiohttp.ClientSession())
+    if settings.token is None:
+        raise UsageError(
+            "no credentials: pass --token (or set OUTREACH_TOKEN), or the OAuth flags "
+            "--client-id, --client-secret, --refresh-token and --redirect-uri; "
+            "or try --demo to export from the built-in simulator"
+        )
+    return StaticToken(settings.token)
+
+
+def _secret(value: str | None) -> Secret | None:
+    return Secret(value) if value else None
+
+
+@main.command()
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    callback=_load_config,
+    is_eager=True,
+    expose_value=False,
+    help="TOML file with defaults for any option below (keys as option names, e.g. page_size).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    envvar="OUTREACH_OUT",
+    help="Output directory.  [env: OUTREACH_OUT]",
+)
+@click.option(
+    "--base-url",
+    type=BaseUrlType(),
+    default=DEFAULT_BASE_URL,
+    show_default=True,
+    envvar="OUTREACH_BASE_URL",
+    help="API base URL.  [env: OUTREACH_BASE_URL]",
+)
+@click.option(
+    "--token", envvar="OUTREACH_TOKEN", help="Static access token.  [env: OUTREACH_TOKEN]"
+)
+@click.option(
+    "--client-id", envvar="OUTREACH_CLIENT_ID", help="OAuth client id.  [env: OUTREACH_CLIENT_ID]"
+)
+@click.option(
+    "--client-secret",
+    envvar="OUTREACH_CLIENT_SECRET",
+    help="OAuth client secret.  [env: OUTREACH_CLIENT_SECRET]",
+)
+@click.option(
+    "--refresh-token",
+    envvar="OUTREACH_REFRESH_TOKEN",
+    help="OAuth refresh token (first run; later runs use the rotated one saved in "
+    "--token-file).  [env: OUTREACH_REFRESH_TOKEN]",
+)
+@click.option(
+    "--redirect-uri",
+    envvar="OUTREACH_REDIRECT_URI",
+    help="OAuth redirect URI registered for the app.  [env: OUTREACH_REDIRECT_URI]",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="OUTREACH_TOKEN_FILE",
+    help="Where the newest refresh token is kept (mode 0600).  "
+    "[default: ~/.config/outreach-exporter/refresh-token.json; env: OUTREACH_TOKEN_FILE]",
+)
+@click.option(
+    "--page-size",
+    type=click.IntRange(1, MAX_PAGE_SIZE),
+    default=MAX_PAGE_SIZE,
+    show_default=True,
+    envvar="OUTREACH_PAGE_SIZE",
+    help="Records per page (the API's maximum is 1000).  [env: OUTREACH_PAGE_SIZE]",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    envvar="OUTREACH_CONCURRENCY",
+    help="Requests in flight at once.  [env: OUTREACH_CONCURRENCY]",
+)
+@click.option(
+    "--rate-limit",
+    type=RateLimitType(),
+    default="10000/3600",
+    show_default=True,
+    envvar="OUTREACH_RATE_LIMIT",
+    help="Request budget as N/SECONDS (Outreach allows 10,000 an hour per user).  "
+    "[env: OUTREACH_RATE_LIMIT]",
+)
+@click.option(
+    "--restart", is_flag=True, help="Discard an unfinished or finished run in --out first."
+)
+@click.option(
+    "--commit-interval",
+    type=click.FloatRange(min=0.05),
+    default=30.0,
+    show_default=True,
+    envvar="OUTREACH_COMMIT_INTERVAL",
+    help="Seconds between commits: the most work a kill can lose.  [env: OUTREACH_COMMIT_INTERVAL]",
+)
+@click.option(
+    "--file-rows",
+    type=click.IntRange(min=1),
+    default=1_000_000,
+    show_default=True,
+    envvar="OUTREACH_FILE_ROWS",
+    help="Roll to a new Parquet file after this many rows.",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Start the built-in simulator on a free loopback port and export from it.",
+)
+@click.option(
+    "--demo-steps",
+    type=click.IntRange(1, 5_000_000),
+    default=10_000,
+    show_default=True,
+    help="Sequence steps the demo simulator holds.",
+)
+@click.option("--demo-seed", type=int, default=1, show_default=True, help="Seed of the demo data.")
+def export(
+    out: Path,
+    base_url: str,
+    token: str | None,
+    client_id: str | None,
+    client_secret: str | None,
+    refresh_token: str | None,
+    redirect_uri: str | None,
+    token_file: Path | None,
+    page_size: int,
+    concurrency: int,
+    rate_limit: RateLimit,
+    restart: bool,
+    commit_interval: float,
+    file_rows: int,
+    demo: bool,
+    demo_steps: int,
+    demo_seed: int,
+) -> None:
+    """Export sequence steps to typed Parquet files in --out, resuming an unfinished run there."""
+    from exporter.run import Export
+
+    settings = ExportSettings(
+        out=out,
+        base_url=base_url,
+        token=_secret(token),
+        client_id=client_id,
+        client_secret=_secret(client_secret),
+        refresh_token=_secret(refresh_token),
+        redirect_uri=redirect_uri,
+        token_file=token_file,
+        page_size=page_size,
+        concurrency=concurrency,
+        rate_limit=rate_limit,
+        restart=restart,
+        commit_interval=commit_interval,
+        file_rows=file_rows,
+    )
+    with contextlib.ExitStack() as stack:
+        if demo:
+            demo_url = stack.enter_context(_demo_server(demo_steps, demo_seed))
+            click.echo(f"demo: simulator with {demo_steps} steps at {demo_url}", err=True)
+            settings = ExportSettings(
+                **{
+                    **settings.__dict__,
+                    "base_url": demo_url,
+                    "token": Secret(DEMO_TOKEN),
+                    "refresh_token": None,
+                }
+            )
+        try:
+            job = Export(settings, _token_source(settings))
+            result = _run(job.run, job.request_stop)
+        except ExporterError as exc:
+            fail(exc)
+            return
+    rows = result.rows
+    total = sum(rows.values())
+    rate = total / result.seconds if result.seconds else 0.0
+    verb = "resumed and finished" if result.resumed else "exported"
+    click.echo(
+        f"{verb} {total:,} records ("
+        + ", ".join(f"{name} {count:,}" for name, count in rows.items())
+        + f") in {result.seconds:.1f}s, {rate:,.0f} records/s, {result.requests:,} requests"
+    )
+    click.echo(f"run {result.state.run_id}: {out}/_manifest.json")
 
 
 def _register_subcommands() -> None:
@@ -20,3 +348,5 @@ def _register_subcommands() -> None:
 
 
 _register_subcommands()
+
+__all__ = ["ExitCode", "main"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -34,7 +34,7 @@ RESOURCE_TYPES: tuple[str, ...] = (
 _EXCLUDED_RELATIONSHIPS: dict[str, frozenset[str]] = {"sequenceStep": frozenset({"schedule"})}
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """The value kinds that occur in the OpenAPI attribute schemas."""
 
     INTEGER = "integer"
@@ -47,7 +47,7 @@ class Kind(str, Enum):
     OBJECT = "object"
 
 
-class Shape(str, Enum):
+class Shape(StrEnum):
     """How a relationship appears on the wire."""
 
     TO_ONE = "to-one"  # {"data": {"type", "id"} | null}

@@ -1,0 +1,246 @@
+"""Access tokens: a static bearer token, or OAuth refresh-token rotation with the newest refresh token persisted.
+
+A `TokenSource` hands the client the current access token and, when the API says 401, a
+fresh one. Tokens are held in `Secret` wrappers whose repr never shows them, so a token that
+ends up in an f-string, a log record or a traceback prints as `Secret('***')`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from exporter.errors import ApiError, AuthError, OutputError, UsageError, error_details
+
+
+class Secret:
+    """A string that does not print itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class TokenSource(Protocol):
+    async def token(self) -> str:
+        """The access token to send now (refreshed first if it is about to expire)."""
+
+    async def refresh(self, rejected: str) -> str:
+        """A new access token after the API rejected `rejected` with 401; AuthError if none."""
+
+    def secrets(self) -> list[str]:
+        """Every secret this source knows, so output can be checked for leaks."""
+
+
+class StaticToken:
+    """A bearer token given on the command line or in OUTREACH_TOKEN; it cannot be refreshed."""
+
+    def __init__(self, token: Secret) -> None:
+        self._token = token
+
+    async def token(self) -> str:
+        return self._token.reveal()
+
+    async def refresh(self, rejected: str) -> str:
+        raise AuthError(
+            "the API refused the access token (401); it is wrong or expired. Pass a valid one "
+            "with --token or OUTREACH_TOKEN, or use OAuth (--client-id, --client-secret, "
+            "--refresh-token) so the exporter can refresh it"
+        )
+
+    def secrets(self) -> list[str]:
+        return [self._token.reveal()]
+
+
+@dataclass
+class OAuthCredentials:
+    client_id: str
+    client_secret: Secret
+    refresh_token: Secret
+    redirect_uri: str
+    token_url: str
+
+
+class RefreshTokenStore:
+    """The newest refresh token on disk (mode 0600), so the next run starts from it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> Secret | None:
+        try:
+            text = self.path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise UsageError(f"cannot read the token file {self.path}: {exc.strerror}") from None
+        if not text:
+            return None
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise UsageError(
+                f"the token file {self.path} is not valid JSON; remove it and pass --refresh-token"
+            ) from None
+        value = data.get("refresh_token") if isinstance(data, dict) else None
+        return Secret(value) if isinstance(value, str) and value else None
+
+    def save(self, token: Secret) -> None:
+        """Atomically replace the file; it is created 0600 and never readable by others."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        payload = orjson.dumps({"refresh_token": token.reveal(), "saved_at": int(time.time())})
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+                os.write(fd, payload)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise OutputError(
+                f"cannot save the rotated refresh token to {self.path}: {exc.strerror}; "
+                "the previous one no longer works, so fix the path before the next run"
+            ) from None
+
+
+class OAuthTokens:
+    """Refresh-token grant with rotation: refresh ahead of expiry and once on a 401."""
+
+    def __init__(
+        self,
+        credentials: OAuthCredentials,
+        store: RefreshTokenStore | None,
+        session_factory: Callable[[], aiohttp.ClientSession],
+        *,
+        refresh_margin: float = 300.0,
+        min_mint_interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._credentials = credentials
+        self._store = store
+        self._session_factory = session_factory
+        self._margin = refresh_margin
+        self._min_interval = min_mint_interval
+        self._clock = clock
+        self._access: Secret | None = None
+        self._refresh_at = 0.0
+        self._minted_at: float | None = None
+        self._lock = asyncio.Lock()
+        self._seen: list[str] = [
+            credentials.client_secret.reveal(),
+            credentials.refresh_token.reveal(),
+        ]
+        if store is not None:
+            newest = store.load()
+            if newest is not None:
+                self._credentials.refresh_token = newest
+                self._seen.append(newest.reveal())
+
+    def secrets(self) -> list[str]:
+        return list(self._seen)
+
+    async def token(self) -> str:
+        async with self._lock:
+            if self._access is None or self._clock() >= self._refresh_at:
+                await self._mint()
+            assert self._access is not None
+            return self._access.reveal()
+
+    async def refresh(self, rejected: str) -> str:
+        async with self._lock:
+            if self._access is not None and self._access.reveal() != rejected:
+                return self._access.reveal()  # another request already refreshed it
+            if self._minted_at is not None and self._clock() - self._minted_at < 1.0:
+                raise AuthError(
+                    "the API refused a freshly minted access token (401); check the app's scopes "
+                    "(sequenceSteps.read and the related *.read scopes)"
+                )
+            await self._mint()
+            assert self._access is not None
+            return self._access.reveal()
+
+    async def _mint(self) -> None:
+        if self._minted_at is not None:
+            wait = self._min_interval - (self._clock() - self._minted_at)
+            if wait > 0:
+                await asyncio.sleep(wait)  # the API allows one token per user per minute
+        creds = self._credentials
+        form = {
+            "grant_type": "refresh_token",
+            "client_id": creds.client_id,
+            "client_secret": creds.client_secret.reveal(),
+            "redirect_uri": creds.redirect_uri,
+            "refresh_token": creds.refresh_token.reveal(),
+        }
+        session = self._session_factory()
+        try:
+            async with session.post(creds.token_url, data=form) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiError(
+                f"cannot reach the OAuth token endpoint ({type(exc).__name__})", url=creds.token_url
+            ) from None
+        document: Any
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            document = None
+        if status != 200 or not isinstance(document, dict) or "access_token" not in document:
+            error_id, _detail = error_details(document)
+            if isinstance(document, dict) and isinstance(document.get("error"), str):
+                error_id = document["error"]
+            raise AuthError(
+                "the OAuth token endpoint refused the refresh token; it may have been rotated "
+                "by another run or revoked: authorize the app again and pass the new "
+                "--refresh-token",
+                status=status,
+                error_id=error_id,
+                url=creds.token_url,
+            )
+        self._minted_at = self._clock()
+        self._access = Secret(str(document["access_token"]))
+        self._seen.append(self._access.reveal())
+        expires_in = document.get("expires_in")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 7200.0
+        # Refresh ahead of expiry: five minutes early for real two-hour tokens, a tenth of the
+        # lifetime for the short ones a test or simulator hands out.
+        self._refresh_at = self._minted_at + lifetime - min(self._margin, lifetime / 10)
+        rotated = document.get("refresh_token")
+        if isinstance(rotated, str) and rotated:
+            creds.refresh_token = Secret(rotated)
+            self._seen.append(rotated)
+            if self._store is not None:
+                self._store.save(creds.refresh_token)

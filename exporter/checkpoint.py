@@ -1,0 +1,187 @@
+"""The run's checkpoint: which files are committed and how far each partition is, written atomically.
+
+Invariant: a checkpoint names only files already renamed into place (see `sink`), and a
+partition's `done_through` is an id such that every record of the partition with an id up to
+it is in those files. So after a kill at any instant, the newest checkpoint on disk describes
+complete data, and a resumed run fetches exactly what it does not cover.
+
+The file is versioned JSON, written to a temporary name, fsynced, renamed over the old one, and
+its directory fsynced. It holds no secret: parameters are recorded without tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from exporter.errors import UsageError
+from exporter.sink import DataFile, fsync_directory, output_error
+
+CHECKPOINT_NAME = "_checkpoint.json"
+VERSION = 1
+
+
+@dataclass
+class PartitionState:
+    """An inclusive id range of one collection and how much of it is committed."""
+
+    key: int
+    low: int
+    high: int
+    done_through: int  # every record with low <= id <= done_through is committed
+    finished: bool = False
+
+    @property
+    def resume_from(self) -> int:
+        return max(self.low, self.done_through + 1)
+
+    def to_json(self) -> list[Any]:
+        return [self.key, self.low, self.high, self.done_through, self.finished]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> PartitionState:
+        key, low, high, done, finished = data
+        return cls(int(key), int(low), int(high), int(done), bool(finished))
+
+
+@dataclass
+class ResourceState:
+    type_name: str
+    directory: str
+    planned: bool = False  # partitions were planned (the probe ran)
+    finished: bool = False
+    partitions: list[PartitionState] = field(default_factory=list)
+    files: list[DataFile] = field(default_factory=list)
+    next_sequence: int = 1
+    extra_values: int = 0  # values kept in `_extra` (unknown or ill-typed)
+    detail: dict[str, Any] = field(default_factory=dict)  # stage-specific progress
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type_name,
+            "directory": self.directory,
+            "planned": self.planned,
+            "finished": self.finished,
+            "partitions": [p.to_json() for p in self.partitions],
+            "files": [f.to_json() for f in self.files],
+            "next_sequence": self.next_sequence,
+            "extra_values": self.extra_values,
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ResourceState:
+        return cls(
+            type_name=str(data["type"]),
+            directory=str(data["directory"]),
+            planned=bool(data["planned"]),
+            finished=bool(data["finished"]),
+            partitions=[PartitionState.from_json(p) for p in data["partitions"]],
+            files=[DataFile.from_json(f) for f in data["files"]],
+            next_sequence=int(data["next_sequence"]),
+            extra_values=int(data.get("extra_values", 0)),
+            detail=dict(data.get("detail") or {}),
+        )
+
+
+@dataclass
+class RunState:
+    run_id: str
+    started_at: str
+    source: str  # base URL without credentials
+    parameters: dict[str, Any]
+    status: str = "running"  # running | complete
+    resources: dict[str, ResourceState] = field(default_factory=dict)
+    finished_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": VERSION,
+            "run_id": self.run_id,
+            "status": self.status,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "source": self.source,
+            "parameters": self.parameters,
+            "resources": {k: v.to_json() for k, v in self.resources.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunState:
+        return cls(
+            run_id=str(data["run_id"]),
+            started_at=str(data["started_at"]),
+            source=str(data["source"]),
+            parameters=dict(data["parameters"]),
+            status=str(data["status"]),
+            resources={k: ResourceState.from_json(v) for k, v in data["resources"].items()},
+            finished_at=data.get("finished_at"),
+        )
+
+    def committed_files(self) -> list[DataFile]:
+        return [f for r in self.resources.values() for f in r.files]
+
+
+def encode(state: RunState) -> bytes:
+    return orjson.dumps(state.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+
+
+def save(root: Path, state: RunState) -> None:
+    """Replace the checkpoint atomically (temporary file, fsync, rename, fsync the directory)."""
+    write_atomically(root / CHECKPOINT_NAME, encode(state))
+
+
+def write_atomically(path: Path, payload: bytes) -> None:
+    temporary = path.with_name("." + path.name + ".inprogress")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(payload)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+        fsync_directory(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise output_error("write", path, exc) from None
+
+
+def load(root: Path) -> RunState | None:
+    """The checkpoint in `root`, or None when there is none."""
+    path = root / CHECKPOINT_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise output_error("read", path, exc) from None
+    try:
+        data = orjson.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        version = data.get("version")
+        if version != VERSION:
+            raise UsageError(
+                f"{path} has checkpoint version {version!r}; this exporter reads version "
+                f"{VERSION}. Use --restart to discard it"
+            )
+        return RunState.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}); "
+            "use --restart to discard it and start over"
+        ) from None

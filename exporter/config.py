@@ -1,0 +1,122 @@
+"""Settings of an export: flags, then OUTREACH_* environment variables, then a TOML file, then defaults.
+
+click resolves the first three in that order by itself (command line, `envvar`, `default_map`);
+this module loads the TOML file into the `default_map`, parses the values click cannot
+(`--rate-limit N/SECONDS`), and holds the resolved `ExportSettings`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from exporter.auth import Secret
+from exporter.errors import UsageError
+
+DEFAULT_BASE_URL = "https://api.outreach.io/api/v2"
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    requests: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{self.seconds:g}"
+
+
+def parse_rate_limit(text: str) -> RateLimit:
+    """`N/SECONDS`, e.g. `10000/3600`."""
+    requests, sep, seconds = text.partition("/")
+    try:
+        parsed = RateLimit(int(requests), float(seconds)) if sep else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.requests < 1 or not parsed.seconds > 0:
+        raise ValueError(f"{text!r} is not N/SECONDS with N >= 1 and SECONDS > 0, e.g. 10000/3600")
+    return parsed
+
+
+def check_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s) URL, e.g. {DEFAULT_BASE_URL}")
+    if parts.username or parts.password:
+        raise ValueError("the base URL must not carry credentials; use --token or OAuth flags")
+    return url.rstrip("/")
+
+
+def token_url_for(base_url: str) -> str:
+    """Outreach serves `/oauth/token` at the API host's root."""
+    parts = urlsplit(base_url)
+    return f"{parts.scheme}://{parts.netloc}/oauth/token"
+
+
+def default_token_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "outreach-exporter" / "refresh-token.json"
+
+
+def load_toml_defaults(path: Path, known: set[str]) -> dict[str, Any]:
+    """The `[export]` table (or top level) of a TOML file, keyed by option name."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    table = data.get("export", data)
+    if not isinstance(table, dict):
+        raise UsageError(f"config file {path}: [export] must be a table")
+    defaults: dict[str, Any] = {}
+    unknown = []
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            unknown.append(key)
+            continue
+        defaults[name] = value
+    if unknown:
+        raise UsageError(
+            f"config file {path}: unknown setting(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    return defaults
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    out: Path
+    base_url: str = DEFAULT_BASE_URL
+    token: Secret | None = None
+    client_id: str | None = None
+    client_secret: Secret | None = None
+    refresh_token: Secret | None = None
+    redirect_uri: str | None = None
+    token_file: Path | None = None
+    page_size: int = MAX_PAGE_SIZE
+    concurrency: int = 8
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(10_000, 3600.0))
+    restart: bool = False
+    commit_interval: float = 30.0
+    file_rows: int = 1_000_000
+    file_bytes: int = 256 << 20
+
+    def parameters(self) -> dict[str, Any]:
+        """What the manifest and checkpoint record: no secret, no credential."""
+        return {
+            "page_size": self.page_size,
+            "concurrency": self.concurrency,
+            "rate_limit": str(self.rate_limit),
+            "auth": "oauth" if self.refresh_token is not None else "token",
+            "commit_interval": self.commit_interval,
+            "file_rows": self.file_rows,
+            "file_bytes": self.file_bytes,
+        }

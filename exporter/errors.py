@@ -1,0 +1,168 @@
+"""The error taxonomy: every expected failure is one of these, with a message that says what to do.
+
+Three families, and one function (`classify_status`) that sorts an HTTP answer into them:
+- `UsageError`: the user's own input (a flag, a config file, an output directory). Exit 2.
+- `RetriableError`: a passing fault (5xx, timeout, reset, truncated body). The client retries it;
+  only after the last attempt does it become an `ApiError`.
+- `ApiError` / `AuthError` / `ResponseError` / `OutputError`: fatal for this run; the checkpoint
+  stays intact and the next run resumes.
+
+Messages never contain a secret: URLs are passed through `redact_url` before they are quoted.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+
+class ExitCode(IntEnum):
+    """Documented process exit codes (README, "Exit codes")."""
+
+    OK = 0
+    FAILED = (
+        1  # an API or data error stopped the run; the checkpoint is intact, run again to resume
+    )
+    USAGE = 2  # bad flag, config or environment value
+    AUTH = 3  # credentials refused (401/403 after a refresh)
+    OUTPUT = 4  # output directory unwritable or full
+    UNREACHABLE = 5  # base URL unreachable
+    VERIFY_MISMATCH = 6  # `verify` found a difference
+    INTERRUPTED = 130  # SIGINT/SIGTERM: stopped cleanly after committing; run again to resume
+
+
+class ExporterError(Exception):
+    """Base of every expected failure; `str()` is the one line shown to the user."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+
+class UsageError(ExporterError):
+    exit_code = ExitCode.USAGE
+
+
+class OutputError(ExporterError):
+    exit_code = ExitCode.OUTPUT
+
+
+class UnreachableError(ExporterError):
+    exit_code = ExitCode.UNREACHABLE
+
+
+class ApiError(ExporterError):
+    """The API answered with an error we do not retry (or ran out of retries)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str = "",
+        status: int | None = None,
+        error_id: str | None = None,
+    ) -> None:
+        parts = [message]
+        if status is not None:
+            parts.append(f"status {status}")
+        if error_id:
+            parts.append(f"error id {error_id!r}")
+        if url:
+            parts.append(f"url {redact_url(url)}")
+        super().__init__("; ".join(parts))
+        self.url = redact_url(url) if url else ""
+        self.status = status
+        self.error_id = error_id
+
+
+class AuthError(ApiError):
+    exit_code = ExitCode.AUTH
+
+
+class ResponseError(ApiError):
+    """The API answered 200 with something we must not accept (wrong type, unsafe id, hostile link)."""
+
+
+class RetriableError(Exception):
+    """A passing fault; the client retries. Not an ExporterError: it never reaches the user as is."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_id = error_id
+        self.retry_after = retry_after
+
+
+class Interrupted(ExporterError):
+    exit_code = ExitCode.INTERRUPTED
+
+
+# Query parameters whose values must never be printed.
+_SECRET_PARAMS = frozenset(
+    {"access_token", "token", "refresh_token", "client_secret", "code", "password", "api_key"}
+)
+
+
+def redact_url(url: str) -> str:
+    """The URL without userinfo and with secret-looking query values replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
+            query = urlencode(
+                [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="[],."
+            )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+class StatusClass(IntEnum):
+    OK = 0
+    RETRY = 1  # back off and retry the same request
+    RATE_LIMITED = 2  # wait for the window to reset, then retry
+    SMALLER_PAGE = 3  # 502 on a big page: retry with a smaller page[size]
+    REFRESH = 4  # 401: refresh the token once, then retry
+    FATAL = 5
+
+
+def classify_status(status: int, page_size: int | None = None) -> StatusClass:
+    """The one place that decides what an HTTP status means for the client."""
+    if 200 <= status < 300:
+        return StatusClass.OK
+    if status == 429:
+        return StatusClass.RATE_LIMITED
+    if status == 401:
+        return StatusClass.REFRESH
+    if status == 502 and page_size is not None and page_size > 1:
+        return StatusClass.SMALLER_PAGE
+    if status in (408, 425) or status >= 500:
+        return StatusClass.RETRY
+    return StatusClass.FATAL
+
+
+def error_details(document: Any) -> tuple[str | None, str | None]:
+    """(error id, detail) from a JSON:API errors document; tolerates the `details` spelling."""
+    if not isinstance(document, dict):
+        return None, None
+    errors = document.get("errors")
+    if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
+        return None, None
+    first = errors[0]
+    error_id = first.get("id")
+    detail = first.get("detail", first.get("details", first.get("title")))
+    return (
+        str(error_id) if error_id is not None else None,
+        str(detail) if detail is not None else None,
+    )

@@ -1,0 +1,87 @@
+"""Cursor paging over JSON:API collections: building first-page URLs and deciding whether to follow `links.next`.
+
+Pure functions of values. The rules, in order, for a `links.next`:
+1. absent, null or empty: the last page.
+2. not a string: the response is malformed.
+3. resolved against the current URL (a relative link is allowed), it must have the same scheme,
+   host and port as the configured base URL; anything else is refused, so the bearer token is
+   never sent to another origin.
+4. equal to the current page's URL: a loop, refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+from exporter.errors import ResponseError, redact_url
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def collection_url(base_url: str, collection: str, params: Iterable[tuple[str, str]]) -> str:
+    """`base_url/collection?params`, with JSON:API brackets left readable."""
+    query = urlencode(list(params), safe="[],.:")
+    return f"{base_url.rstrip('/')}/{collection}" + (f"?{query}" if query else "")
+
+
+def next_link(document: dict[str, Any], current_url: str, base_url: str) -> str | None:
+    """The next page's absolute URL, or None on the last page; ResponseError if it is not safe."""
+    links = document.get("links")
+    if links is None:
+        return None
+    if not isinstance(links, dict):
+        raise ResponseError("the page's `links` is not an object", url=current_url)
+    target = links.get("next")
+    if target is None or target == "":
+        return None
+    if not isinstance(target, str):
+        raise ResponseError("the page's `links.next` is not a string", url=current_url)
+    absolute = urljoin(current_url, target)
+    if origin(absolute) != origin(base_url):
+        raise ResponseError(
+            f"refusing to follow links.next to another origin ({redact_url(absolute)}); "
+            "the access token is only ever sent to the base URL's scheme, host and port",
+            url=current_url,
+        )
+    if absolute == current_url:
+        raise ResponseError(
+            "links.next equals the current page: the API is looping", url=current_url
+        )
+    return absolute
+
+
+def page_records(document: Any, url: str) -> list[Any]:
+    """The `data` array of a collection page."""
+    if not isinstance(document, dict):
+        raise ResponseError("the response is not a JSON:API document", url=url)
+    data = document.get("data")
+    if not isinstance(data, list):
+        raise ResponseError("the response has no `data` array", url=url)
+    return data
+
+
+def query_value(url: str, name: str) -> str | None:
+    for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if key == name:
+            return value
+    return None
+
+
+def with_query_value(url: str, name: str, value: str) -> str:
+    """The same URL with one query parameter set (used to shrink `page[size]` after a 502)."""
+    parts = urlsplit(url)
+    pairs = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != name]
+    pairs.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(pairs, safe="[],.:")))

@@ -1,0 +1,241 @@
+"""Parquet part files: zstd, bounded row groups, rolled by size, written under a temporary name and renamed.
+
+Invariant: a file named `part-*.parquet` is complete. It is written as `.part-*.parquet.inprogress`
+(a hidden name no `*.parquet` glob matches), closed, fsynced, then renamed, and its directory
+fsynced; only then is it reported as a `DataFile`, and only a `DataFile` is ever named by a
+checkpoint or a manifest. Part names carry the run id and a sequence number, so they are
+unique across runs and a resumed run never overwrites a committed file.
+
+A `PartWriter` is owned by the single writer task and is not safe to share; its methods block
+(Parquet encoding, disk I/O), so the writer calls them through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from exporter.errors import OutputError
+
+INPROGRESS_SUFFIX = ".inprogress"
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A committed Parquet file, as the checkpoint and the manifest name it."""
+
+    path: str  # relative to the output root, '/'-separated
+    type_name: str
+    rows: int
+    bytes: int
+    sha256: str
+    min_id: int | None
+    max_id: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "type": self.type_name,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "min_id": self.min_id,
+            "max_id": self.max_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DataFile:
+        return cls(
+            path=str(data["path"]),
+            type_name=str(data["type"]),
+            rows=int(data["rows"]),
+            bytes=int(data["bytes"]),
+            sha256=str(data["sha256"]),
+            min_id=data.get("min_id"),
+            max_id=data.get("max_id"),
+        )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def output_error(action: str, path: Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or str(exc)
+    hint = "free some space" if exc.errno == 28 else "check the path and its permissions"
+    return OutputError(f"cannot {action} {path}: {reason}; {hint}, then run the same command again")
+
+
+class PartWriter:
+    """Streams one resource type's rows into rolling Parquet part files."""
+
+    def __init__(
+        self,
+        root: Path,
+        directory: str,
+        type_name: str,
+        schema: pa.Schema,
+        run_id: str,
+        *,
+        row_group_rows: int = 50_000,
+        row_group_bytes: int = 48 << 20,
+        first_sequence: int = 1,
+        compression_level: int = 3,
+    ) -> None:
+        self.root = root
+        self.directory = directory
+        self.type_name = type_name
+        self.schema = schema
+        self.run_id = run_id
+        self.row_group_rows = row_group_rows
+        self.row_group_bytes = row_group_bytes
+        self.compression_level = compression_level
+        self._sequence = first_sequence
+        self._writer: pq.ParquetWriter | None = None
+        self._sink: pa.NativeFile | None = None
+        self._buffer: list[pa.Table] = []
+        self._buffered_rows = 0
+        self._buffered_bytes = 0
+        self._file_rows = 0
+        self._min_id: int | None = None
+        self._max_id: int | None = None
+
+    @property
+    def next_sequence(self) -> int:
+        return self._sequence
+
+    @property
+    def file_rows(self) -> int:
+        """Rows in the file being written (buffered or flushed), not yet committed."""
+        return self._file_rows
+
+    @property
+    def file_bytes(self) -> int:
+        """Bytes of the file being written so far, plus what is buffered (an estimate)."""
+        written = self._sink.tell() if self._sink is not None else 0
+        return int(written) + self._buffered_bytes
+
+    def _names(self) -> tuple[Path, Path, str]:
+        name = f"part-{self.run_id}-{self._sequence:05d}.parquet"
+        relative = f"{self.directory}/{name}"
+        final = self.root / self.directory / name
+        temporary = final.with_name("." + name + INPROGRESS_SUFFIX)
+        return temporary, final, relative
+
+    def append(self, table: pa.Table) -> None:
+        """Add rows; they reach disk a row group at a time."""
+        if table.num_rows == 0:
+            return
+        if table.schema != self.schema:
+            table = table.cast(self.schema)
+        bounds = pc.min_max(table.column("id"))
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        self._min_id = low if self._min_id is None else min(self._min_id, low)
+        self._max_id = high if self._max_id is None else max(self._max_id, high)
+        self._buffer.append(table)
+        self._buffered_rows += table.num_rows
+        self._buffered_bytes += table.nbytes
+        self._file_rows += table.num_rows
+        if (
+            self._buffered_rows >= self.row_group_rows
+            or self._buffered_bytes >= self.row_group_bytes
+        ):
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        temporary, _final, _relative = self._names()
+        try:
+            if self._writer is None:
+                temporary.parent.mkdir(parents=True, exist_ok=True)
+                self._sink = pa.OSFile(str(temporary), "wb")
+                self._writer = pq.ParquetWriter(
+                    self._sink,
+                    self.schema,
+                    compression="zstd",
+                    compression_level=self.compression_level,
+                    write_statistics=True,
+                    use_dictionary=True,
+                )
+            table = pa.concat_tables(self._buffer)
+            self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        except OSError as exc:
+            raise output_error("write", temporary, exc) from None
+        self._buffer.clear()
+        self._buffered_rows = 0
+        self._buffered_bytes = 0
+
+    def roll(self) -> DataFile | None:
+        """Complete the current file and put it in place; None when it holds no rows."""
+        if self._file_rows == 0:
+            return None
+        self._flush()
+        temporary, final, relative = self._names()
+        assert self._writer is not None and self._sink is not None
+        try:
+            self._writer.close()
+            self._sink.close()
+            fd = os.open(temporary, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            size = temporary.stat().st_size
+            digest = sha256_file(temporary)
+            os.replace(temporary, final)
+            fsync_directory(final.parent)
+        except OSError as exc:
+            raise output_error("complete", final, exc) from None
+        committed = DataFile(
+            path=relative,
+            type_name=self.type_name,
+            rows=self._file_rows,
+            bytes=size,
+            sha256=digest,
+            min_id=self._min_id,
+            max_id=self._max_id,
+        )
+        self._writer = None
+        self._sink = None
+        self._file_rows = 0
+        self._min_id = self._max_id = None
+        self._sequence += 1
+        return committed
+
+    def discard(self) -> None:
+        """Drop the file being written (an aborted run); committed files are untouched."""
+        with contextlib.suppress(Exception):
+            if self._writer is not None:
+                self._writer.close()
+        with contextlib.suppress(Exception):
+            if self._sink is not None:
+                self._sink.close()
+        temporary, _final, _relative = self._names()
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        self._writer = None
+        self._sink = None
+        self._buffer.clear()
+        self._buffered_rows = self._buffered_bytes = self._file_rows = 0
+        self._min_id = self._max_id = None

@@ -1,0 +1,174 @@
+"""The single writer: owns the part files and the run state, applies crawl messages in order, and commits.
+
+Commit protocol, in this order, for one resource type:
+1. complete its open part file (flush, close, fsync, rename into place: `sink.PartWriter.roll`);
+2. record the file in the run state, and advance each of the type's partitions to what the
+   batches now on disk prove (`through`, `final`);
+3. write the checkpoint atomically.
+A kill between 1 and 3 leaves a complete file that no checkpoint names: an orphan, removed when
+the run resumes, whose rows are fetched again. A kill anywhere else loses only uncommitted pages.
+Commits happen when a file reaches its size or row budget, every `commit_interval` seconds, and
+at the end of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporter import checkpoint
+from exporter.checkpoint import PartitionState, ResourceState, RunState
+from exporter.crawl import Message, PageBatch, Plan, Split
+from exporter.normalize import arrow_schema
+from exporter.sink import PartWriter
+
+
+@dataclass(frozen=True)
+class CommitPolicy:
+    file_rows: int = 1_000_000
+    file_bytes: int = 256 << 20
+    commit_interval: float = 30.0
+    row_group_rows: int = 50_000
+
+
+@dataclass
+class _Pending:
+    through: int
+    final: bool
+
+
+class Writer:
+    """Consumes the crawl's messages; the only task that touches part files and the checkpoint."""
+
+    def __init__(
+        self,
+        root: Path,
+        state: RunState,
+        inbox: asyncio.Queue[Message | None],
+        credits: asyncio.Semaphore,
+        policy: CommitPolicy,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.root = root
+        self.state = state
+        self.inbox = inbox
+        self.credits = credits
+        self.policy = policy
+        self._clock = clock
+        self._writers: dict[str, PartWriter] = {}
+        self._pending: dict[str, dict[int, _Pending]] = {}
+        self._extra: dict[str, int] = {}
+        self._last_commit = clock()
+        self.commits = 0
+
+    def resource(self, type_name: str) -> ResourceState:
+        return self.state.resources[type_name]
+
+    def _part_writer(self, type_name: str) -> PartWriter:
+        writer = self._writers.get(type_name)
+        if writer is None:
+            resource = self.resource(type_name)
+            writer = PartWriter(
+                self.root,
+                resource.directory,
+                type_name,
+                arrow_schema(type_name),
+                self.state.run_id,
+                row_group_rows=self.policy.row_group_rows,
+                first_sequence=resource.next_sequence,
+            )
+            self._writers[type_name] = writer
+        return writer
+
+    async def run(self) -> None:
+        """Apply messages until the `None` sentinel, then commit everything."""
+        while True:
+            try:
+                message = await asyncio.wait_for(self.inbox.get(), timeout=self._until_due())
+            except TimeoutError:
+                await self.commit_all()
+                continue
+            if message is None:
+                break
+            await self.apply(message)
+            if self._clock() - self._last_commit >= self.policy.commit_interval:
+                await self.commit_all()
+        await self.commit_all()
+
+    def _until_due(self) -> float:
+        return max(0.01, self.policy.commit_interval - (self._clock() - self._last_commit))
+
+    async def apply(self, message: Message) -> None:
+        if isinstance(message, Plan):
+            resource = self.resource(message.type_name)
+            resource.partitions = message.partitions
+            resource.planned = True
+            return
+        if isinstance(message, Split):
+            resource = self.resource(message.type_name)
+            partition = _find(resource.partitions, message.key)
+            partition.high = message.new_high
+            resource.partitions.append(message.created)
+            return
+        await self._append(message)
+
+    async def _append(self, batch: PageBatch) -> None:
+        try:
+            writer = self._part_writer(batch.type_name)
+            if batch.table.num_rows:
+                await asyncio.to_thread(writer.append, batch.table)
+        finally:
+            if batch.credit:
+                self.credits.release()
+        if batch.partition_key is not None:
+            pending = self._pending.setdefault(batch.type_name, {})
+            pending[batch.partition_key] = _Pending(batch.through, batch.final)
+        self._extra[batch.type_name] = self._extra.get(batch.type_name, 0) + batch.extra_values
+        if writer.file_rows >= self.policy.file_rows or writer.file_bytes >= self.policy.file_bytes:
+            await self.commit(batch.type_name)
+
+    async def commit(self, type_name: str) -> None:
+        """Steps 1 to 3 of the commit protocol for one type."""
+        resource = self.resource(type_name)
+        writer = self._writers.get(type_name)
+        if writer is not None:
+            committed = await asyncio.to_thread(writer.roll)
+            if committed is not None:
+                resource.files.append(committed)
+                resource.next_sequence = writer.next_sequence
+        for key, pending in self._pending.pop(type_name, {}).items():
+            partition = _find(resource.partitions, key)
+            partition.done_through = max(partition.done_through, pending.through)
+            partition.finished = partition.finished or pending.final
+        resource.extra_values += self._extra.pop(type_name, 0)
+        await self._save()
+
+    async def commit_all(self) -> None:
+        for type_name in list(self.state.resources):
+            writer = self._writers.get(type_name)
+            if (writer is not None and writer.file_rows) or self._pending.get(type_name):
+                await self.commit(type_name)
+        self._last_commit = self._clock()
+
+    async def _save(self) -> None:
+        payload = checkpoint.encode(self.state)
+        await asyncio.to_thread(
+            checkpoint.write_atomically, self.root / checkpoint.CHECKPOINT_NAME, payload
+        )
+        self.commits += 1
+
+    def discard(self) -> None:
+        """Drop uncommitted part files (after a failure the next run fetches their pages again)."""
+        for writer in self._writers.values():
+            writer.discard()
+
+
+def _find(partitions: list[PartitionState], key: int) -> PartitionState:
+    for partition in partitions:
+        if partition.key == key:
+            return partition
+    raise KeyError(f"no partition {key}")

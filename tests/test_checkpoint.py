@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def test_plan_covers_the_range_exactly(low: int, extra: int, count: int) -> None
     parts = plan_partitions(low, high, count)
     assert parts[0].low == low and parts[-1].high == high
     assert 1 <= len(parts) <= count
-    for before, after in zip(parts, parts[1:], strict=False):
+    for before, after in itertools.pairwise(parts):
         assert after.low == before.high + 1
     for part in parts:
         assert part.low <= part.high and part.done_through == part.low - 1

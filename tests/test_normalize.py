@@ -131,7 +131,7 @@ def test_relationship_with_neither_data_nor_links_is_null() -> None:
 def test_wrong_type_stops_with_a_clear_error() -> None:
     record = step(5)
     record["type"] = "sequenceState"
-    with pytest.raises(ResponseError, match="sequenceState.*sequenceStep"):
+    with pytest.raises(ResponseError, match=r"sequenceState.*sequenceStep"):
         Normalizer("sequenceStep").to_batch([record])
 
 

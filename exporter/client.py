@@ -179,8 +179,10 @@ class ApiClient:
                     status = -1
             if status == -1:
                 attempt += 1
-                if attempt >= attempts:
+                never_answered = not self.stats.statuses
+                if attempt >= attempts or (never_answered and connection_failures >= 3):
                     if connection_failures == attempt:
+                        # Never reached at all: most likely a wrong --base-url, so say so fast.
                         raise UnreachableError(
                             f"cannot reach {redact_url(url)} ({last}); check --base-url and "
                             "the network, then run again"

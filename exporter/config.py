@@ -108,6 +108,7 @@ class ExportSettings:
     commit_interval: float = 30.0
     file_rows: int = 1_000_000
     file_bytes: int = 256 << 20
+    initial_partitions: int | None = None  # default: two per worker (tests set it to force splits)
 
     def parameters(self) -> dict[str, Any]:
         """What the manifest and checkpoint record: no secret, no credential."""

@@ -146,6 +146,7 @@ class CollectionCrawl:
         credits: asyncio.Semaphore,
         extra_params: Iterable[tuple[str, str]] = (),
         partitions_per_worker: int = 2,
+        initial_partitions: int | None = None,
     ) -> None:
         self.client = client
         self.base_url = base_url
@@ -156,7 +157,7 @@ class CollectionCrawl:
         self.inbox = inbox
         self.credits = credits
         self.extra_params = list(extra_params)
-        self.partitions_per_worker = partitions_per_worker
+        self.initial_partitions = initial_partitions or self.workers * partitions_per_worker
         self.stats = CrawlStats()
         self.normalizer = Normalizer(type_name)
         self._pending: deque[PartitionWalk] = deque()
@@ -200,7 +201,7 @@ class CollectionCrawl:
             return []
         last = await self._edge_id("-id")
         assert last is not None
-        return plan_partitions(first, last, self.workers * self.partitions_per_worker)
+        return plan_partitions(first, last, self.initial_partitions)
 
     async def _edge_id(self, sort: str) -> int | None:
         url = collection_url(

@@ -33,7 +33,7 @@ def canonical_digest(document: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def build(state: RunState) -> dict[str, Any]:
+def build(state: RunState, stats: dict[str, Any] | None = None) -> dict[str, Any]:
     files = []
     resources: dict[str, Any] = {}
     for type_name, resource in state.resources.items():
@@ -59,13 +59,14 @@ def build(state: RunState) -> dict[str, Any]:
         "parameters": state.parameters,
         "resources": resources,
         "files": files,
+        "stats": stats or {},
     }
     document["manifest_sha256"] = canonical_digest(document)
     return document
 
 
-def write(root: Path, state: RunState) -> dict[str, Any]:
-    document = build(state)
+def write(root: Path, state: RunState, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    document = build(state, stats)
     write_atomically(root / MANIFEST_NAME, orjson.dumps(document, option=orjson.OPT_INDENT_2))
     return document
 

@@ -181,6 +181,7 @@ class Export:
                 workers=s.concurrency,
                 inbox=inbox,
                 credits=credits,
+                initial_partitions=s.initial_partitions,
             )
             self._crawls.append(crawl)
             if self._stop_requested:
@@ -210,12 +211,25 @@ class Export:
         state.status = "complete"
         state.finished_at = utc_now()
         checkpoint.save(s.out, state)
-        document = manifest.write(s.out, state)
+        seconds = time.monotonic() - started
+        stats = {
+            "seconds": round(seconds, 3),
+            "requests": client.stats.requests,
+            "retries": client.stats.retries,
+            "rate_limited": client.stats.rate_limited,
+            "rate_wait_seconds": round(client.stats.rate_wait_seconds, 3),
+            "bytes_received": client.stats.bytes_received,
+            "pages": crawl.stats.pages,
+            "duplicates_dropped": crawl.stats.duplicates,
+            "partition_splits": crawl.stats.splits,
+            "resumed": resumed,
+        }
+        document = manifest.write(s.out, state, stats)
         return ExportResult(
             state=state,
             manifest=document,
             resumed=resumed,
-            seconds=time.monotonic() - started,
+            seconds=seconds,
             requests=client.stats.requests,
             crawl={ROOT_TYPE: crawl.stats},
             client={"retries": client.stats.retries, "rate_limited": client.stats.rate_limited},

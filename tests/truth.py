@@ -1,0 +1,78 @@
+"""Expected rows computed from the simulator's ground truth, independently of exporter.normalize."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+
+from exporter.schema import Kind, Shape, resource_type
+
+# Column names of sequenceStep relationships, as the README's data model documents them.
+STEP_RELATIONSHIP_COLUMNS = {
+    "sequence": "sequenceId",
+    "creator": "creatorId",
+    "updater": "updaterId",
+    "callPurpose": "callPurposeId",
+    "taskPriority": "taskPriorityId",
+    "sequenceTemplates": "sequenceTemplateIds",
+}
+
+
+def _value(kind: Kind, raw: Any) -> Any:
+    if raw is None:
+        return None
+    if kind is Kind.DATETIME:
+        return dt.datetime.fromisoformat(raw.replace("Z", "+00:00")).astimezone(dt.UTC)
+    if kind is Kind.DATE:
+        return dt.date.fromisoformat(raw)
+    if kind is Kind.OBJECT:
+        return orjson.dumps(raw, option=orjson.OPT_SORT_KEYS).decode()
+    if kind is Kind.NUMBER:
+        return float(raw)
+    return raw
+
+
+def expected_row(record: dict[str, Any], rel_columns: dict[str, str]) -> dict[str, Any]:
+    rtype = resource_type(record["type"])
+    attributes = record.get("attributes") or {}
+    relationships = record.get("relationships") or {}
+    row: dict[str, Any] = {"id": int(record["id"])}
+    for attribute in rtype.attributes:
+        row[attribute.name] = _value(attribute.kind, attributes.get(attribute.name))
+    for rel in rtype.relationships:
+        if rel.shape is Shape.LINKS or rel.name not in rel_columns:
+            continue
+        data = (relationships.get(rel.name) or {}).get("data")
+        if rel.shape is Shape.TO_ONE:
+            row[rel_columns[rel.name]] = None if data is None else int(data["id"])
+        else:
+            row[rel_columns[rel.name]] = None if data is None else [int(d["id"]) for d in data]
+    return row
+
+
+def read_rows(directory: Path) -> list[dict[str, Any]]:
+    """Every row of every committed Parquet file in `directory`, sorted by id."""
+    rows: list[dict[str, Any]] = []
+    for path in sorted(directory.glob("*.parquet")):
+        rows.extend(pq.read_table(path).to_pylist())
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def assert_rows_equal(actual: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    """Field by field, with a message naming the first differing record and field."""
+    actual_ids = [r["id"] for r in actual]
+    expected_ids = [r["id"] for r in expected]
+    assert len(actual_ids) == len(set(actual_ids)), "duplicate ids in the export"
+    missing = set(expected_ids) - set(actual_ids)
+    extra = set(actual_ids) - set(expected_ids)
+    assert not missing and not extra, (
+        f"missing {sorted(missing)[:10]}, unexpected {sorted(extra)[:10]}"
+    )
+    for got, want in zip(actual, expected, strict=True):
+        for key, value in want.items():
+            assert got[key] == value, f"id {want['id']} field {key}: {got[key]!r} != {value!r}"
+        assert got["_extra"] is None, f"id {want['id']} has _extra {got['_extra']}"

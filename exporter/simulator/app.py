@@ -1,0 +1,337 @@
+"""The aiohttp application: routes, auth and rate-limit gates, fault injection, page assembly from bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import orjson
+from aiohttp import web
+
+from exporter.schema import Shape, by_collection
+
+from .faults import HTML_PAGE, BodyFault, Decision, Replacement, malformed, truncated
+from .listing import Page
+from .paging import Cursor, encode_cursor
+from .query import Query, QueryError, parse_query
+
+if TYPE_CHECKING:
+    from .server import Simulator
+
+JSONAPI = "application/vnd.api+json"
+API_PREFIX = "/api/v2"
+SLOW_CHUNKS = 10
+NO_FAULT = Decision()
+
+
+def error_body(status: int, error_id: str, title: str, detail: str) -> bytes:
+    return orjson.dumps({"errors": [{"id": error_id, "title": title, "detail": detail}]})
+
+
+def _query_string(pairs: Iterable[tuple[str, str]]) -> str:
+    return "&".join(f"{quote(k, safe='[]')}={quote(v, safe='[],:.-_~')}" for k, v in pairs)
+
+
+class Api:
+    """The request handlers of one Simulator."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    # --------------------------------------------------------------------------- delivery
+
+    async def deliver(
+        self,
+        request: web.Request,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        content_type: str = JSONAPI,
+        decision: Decision = NO_FAULT,
+    ) -> web.StreamResponse:
+        """Write a response, damaged as `decision` says (body faults only touch 200 answers)."""
+        fault = decision.body_fault if status == 200 else None
+        if fault is BodyFault.TRUNCATE:
+            body = truncated(body, decision.cut_at)
+        elif fault is BodyFault.MALFORMED:
+            body = malformed(body, decision.cut_at)
+        headers = {**headers, "Content-Type": content_type}
+        if fault is not BodyFault.RESET and not decision.slow:
+            return web.Response(status=status, body=body, headers=headers)
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        if fault is BodyFault.RESET:
+            await response.write(body[: max(1, int(len(body) * decision.cut_at))])
+            transport = request.transport
+            if transport is not None:
+                transport.abort()  # the client sees the connection drop mid-body
+            return response
+        chunk = max(1, -(-len(body) // SLOW_CHUNKS))
+        pause = self.sim.faults.slow_body_s / SLOW_CHUNKS
+        for start in range(0, len(body), chunk):
+            await response.write(body[start : start + chunk])
+            await asyncio.sleep(pause)
+        await response.write_eof()
+        return response
+
+    # --------------------------------------------------------------------------- oauth
+
+    async def token(self, request: web.Request) -> web.StreamResponse:
+        sim = self.sim
+        sim.counters.count_request("POST /oauth/token")
+        try:
+            form = await request.post()
+            answer = sim.auth.exchange({k: str(v) for k, v in form.items()})
+            sim.counters.tokens_minted = sim.auth.minted
+            headers = sim.rate.peek().headers(False)
+            return await self.deliver(
+                request,
+                answer.status,
+                orjson.dumps(answer.body),
+                headers,
+                content_type="application/json",
+            )
+        finally:
+            sim.counters.finish_request()
+
+    # --------------------------------------------------------------------------- api
+
+    async def api(self, request: web.Request) -> web.StreamResponse:
+        sim = self.sim
+        tail = request.match_info.get("tail", "").strip("/")
+        collection, _, record = tail.partition("/")
+        rtype = by_collection(collection)
+        route = f"{request.method} {API_PREFIX}/{collection}" + ("/{id}" if record else "")
+        sim.counters.count_request(route)
+        try:
+            verdict = sim.rate.acquire()
+            headers = verdict.headers(sim.cfg.retry_after)
+            if not verdict.allowed:
+                sim.counters.rate_limited += 1
+                return await self.deliver(request, 429, orjson.dumps(verdict.document()), headers)
+            problem = sim.auth.check(request.headers.get("Authorization"))
+            if problem is not None:
+                body = error_body(401, "unauthorized", "Unauthorized", problem)
+                return await self.deliver(request, 401, body, headers)
+            content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+            if content_type and content_type != JSONAPI:
+                detail = f"Content-Type must be {JSONAPI}, not {content_type}"
+                return await self.deliver(
+                    request,
+                    415,
+                    error_body(415, "unsupportedMediaType", "Unsupported Media Type", detail),
+                    headers,
+                )
+            if rtype is None or "/" in record:
+                detail = f"No route for {request.path}"
+                return await self.deliver(
+                    request,
+                    404,
+                    error_body(404, "resourceNotFound", "Resource Not Found", detail),
+                    headers,
+                )
+            if request.method != "GET":
+                detail = f"{request.method} is not supported by the simulator"
+                return await self.deliver(
+                    request,
+                    405,
+                    error_body(405, "methodNotAllowed", "Method Not Allowed", detail),
+                    headers,
+                )
+            return await self._get(request, rtype.name, record, headers)
+        finally:
+            sim.counters.finish_request()
+
+    async def _get(
+        self, request: web.Request, type_name: str, record: str, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        sim = self.sim
+        faults = sim.faults
+        page_size = _page_size(request.query.get("page[size]"), sim.cfg.page_default)
+        decision = sim.dice.decide(faults, None if record else page_size)
+        if faults.latency_s > 0:
+            await asyncio.sleep(faults.latency_s)
+        if decision.replacement is not None:
+            return await self._replace(request, decision.replacement, headers)
+        rtype = sim.store.table(type_name).rtype
+        try:
+            query = parse_query(
+                rtype,
+                request.query.items(),
+                relations=tuple(sim.store.table(type_name).fks),
+                page_default=sim.cfg.page_default,
+                page_max=sim.cfg.page_max,
+            )
+            if record:
+                body, n_records = self._single(query, record)
+            else:
+                body, n_records = self._collection(request, query)
+        except QueryError as error:
+            return await self.deliver(
+                request, error.status, orjson.dumps(error.document()), headers
+            )
+        if faults.latency_per_record_s > 0 and n_records:
+            await asyncio.sleep(faults.latency_per_record_s * n_records)
+        return await self.deliver(request, 200, body, headers, decision=decision)
+
+    async def _replace(
+        self, request: web.Request, replacement: Replacement, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        if replacement is Replacement.SERVER_ERROR:
+            body = error_body(
+                500, "internalServerError", "Internal Server Error", "Simulated failure"
+            )
+            return await self.deliver(request, 500, body, headers)
+        if replacement is Replacement.UNAVAILABLE:
+            body = error_body(
+                503, "scheduledServerMaintenance", "Service Unavailable", "Simulated outage"
+            )
+            return await self.deliver(request, 503, body, headers)
+        if replacement is Replacement.BIG_PAGE_502:
+            body = error_body(
+                502, "badGateway", "Bad Gateway", "The page was too big to serve in time"
+            )
+            return await self.deliver(request, 502, body, headers)
+        status = 502 if replacement is Replacement.HTML_502 else 200
+        return await self.deliver(request, status, HTML_PAGE, headers, content_type="text/html")
+
+    # --------------------------------------------------------------------------- bodies
+
+    def _record(self, type_name: str, row: int, query: Query, primary: bool) -> bytes:
+        store = self.sim.store
+        fields = query.fields.get(type_name)
+        encoded = (
+            store.record_bytes(type_name, row)
+            if fields is None
+            else store.sparse_bytes(type_name, row, fields)
+        )
+        if primary and query.authorization_meta:
+            record_id = store.table(type_name).ids[row]
+            meta = b'"meta":{"canWrite":%s,"canDelete":%s}}' % (
+                b"true" if record_id % 5 else b"false",
+                b"true" if record_id % 3 == 0 else b"false",
+            )
+            encoded = encoded[:-1] + b"," + meta
+        return encoded
+
+    def _included(self, query: Query, rows: list[int]) -> list[bytes]:
+        store = self.sim.store
+        table = store.table(query.rtype)
+        seen: set[tuple[str, int]] = {(query.rtype, table.ids[row]) for row in rows}
+        out: list[bytes] = []
+        for name in query.include:
+            relationship = table.rtype.relationship(name)
+            if relationship is None or relationship.target not in store.tables:
+                continue
+            target = relationship.target
+            for row in rows:
+                if relationship.shape is Shape.TO_ONE:
+                    one = store.to_one_id(table, row, name, target)
+                    targets = [] if one is None else [one]
+                else:
+                    targets = store.to_many_ids(query.rtype, name, table.ids[row])
+                for target_id in targets:
+                    if (target, target_id) in seen:
+                        continue
+                    seen.add((target, target_id))
+                    target_row = store.alive_row(target, target_id)
+                    if target_row is not None:
+                        out.append(self._record(target, target_row, query, primary=False))
+        return out
+
+    def _single(self, query: Query, record: str) -> tuple[bytes, int]:
+        store = self.sim.store
+        try:
+            record_id = int(record)
+        except ValueError:
+            record_id = -1
+        row = store.alive_row(query.rtype, record_id)
+        if row is None:
+            raise QueryError(
+                f"No {query.rtype} with id {record}", status=404, error_id="resourceNotFound"
+            )
+        parts = [b'{"data":', self._record(query.rtype, row, query, primary=True)]
+        if query.include:
+            parts += [b',"included":[', b",".join(self._included(query, [row])), b"]"]
+        parts.append(b"}")
+        return b"".join(parts), 1
+
+    def _collection(self, request: web.Request, query: Query) -> tuple[bytes, int]:
+        sim = self.sim
+        try:
+            page: Page = sim.lister.page(query)
+        except TypeError as error:  # a hand-made cursor whose key values do not compare
+            raise QueryError("page[after] is not a valid cursor") from error
+        parts = [
+            b'{"data":[',
+            b",".join(self._record(query.rtype, row, query, True) for row in page.rows),
+            b"]",
+        ]
+        if query.include:
+            parts += [b',"included":[', b",".join(self._included(query, page.rows)), b"]"]
+        collection = sim.store.table(query.rtype).rtype.collection
+        base = f"{sim.store.base_url}/{collection}"
+        pairs = [(k, v) for k, v in request.query.items() if k != "page[after]"]
+        first = f"{base}?{_query_string(pairs)}" if pairs else base
+        links: dict[str, Any] = {"first": first}
+        if page.last_key is not None:
+            token = encode_cursor(Cursor(sort=query.sort_spec, key=page.last_key))
+            links["next"] = f"{base}?{_query_string([*pairs, ('page[after]', token)])}"
+        parts += [b',"links":', orjson.dumps(links)]
+        if page.count is not None:
+            meta = {"count": page.count, "count_truncated": page.count_truncated}
+            parts += [b',"meta":', orjson.dumps(meta)]
+        parts.append(b"}")
+        return b"".join(parts), len(page.rows)
+
+
+def _page_size(text: str | None, default: int) -> int | None:
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+async def _mutation_stream(app: web.Application) -> AsyncIterator[None]:
+    """While serving, apply `faults.mutation_rate` random mutations per second."""
+    sim: Simulator = app[SIM_KEY]
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        owed = 0.0
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.02)
+            now = loop.time()
+            owed += sim.faults.mutation_rate * (now - last)
+            last = now
+            if owed >= 1:
+                due = int(owed)
+                owed -= due
+                sim.mutate(due)
+
+    task = asyncio.create_task(run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+SIM_KEY: web.AppKey[Simulator] = web.AppKey("simulator")
+
+
+def build_app(sim: Simulator) -> web.Application:
+    api = Api(sim)
+    app = web.Application(client_max_size=1024 * 1024)
+    app[SIM_KEY] = sim
+    app.router.add_post("/oauth/token", api.token)
+    app.router.add_route("*", API_PREFIX + "/{tail:.*}", api.api)
+    app.cleanup_ctx.append(_mutation_stream)
+    return app

@@ -1,0 +1,70 @@
+"""Simulator settings: data sizes and ratios, auth and rate-limit knobs, and the runtime-mutable fault model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Faults:
+    """Misbehaviour injected into responses; mutable at runtime (`sim.faults.error_rate = 0.2`).
+
+    Rates are probabilities per request in [0, 1], drawn from a seeded RNG so a run is reproducible.
+    """
+
+    latency_s: float = 0.0  # fixed delay before every API response
+    latency_per_record_s: float = 0.0  # extra delay per record on a page
+    error_rate: float = 0.0  # share of API requests answered 500 or 503 (errors document)
+    big_page_502_above: int | None = None  # page[size] above this answers 502
+    reset_rate: float = 0.0  # share of responses whose connection is reset mid-body
+    truncate_rate: float = 0.0  # share of 200 responses whose JSON body is cut short
+    malformed_rate: float = 0.0  # share of 200 responses whose JSON body is corrupted
+    html_rate: float = 0.0  # share of requests answered with an HTML error page (502 or 200)
+    slow_body_s: float = 0.0  # when > 0, bodies are trickled in chunks over this many seconds
+    slow_body_rate: float = 1.0  # share of responses trickled when slow_body_s > 0
+    mutation_rate: float = 0.0  # background inserts/updates/deletes per second while serving
+    seed: int | None = None  # fault RNG seed; None = the data seed
+
+
+@dataclass
+class SimulatorConfig:
+    """Everything a `Simulator` is built from. Sizes follow `steps` through the ratios below."""
+
+    steps: int = 1000
+    seed: int = 0
+    # Related record counts, relative to the number of sequence steps.
+    sequences_per_step: float = 1 / 6
+    users_per_step: float = 1 / 200
+    min_users: int = 3
+    call_purposes: int = 8
+    task_priorities: int = 3
+    templates_per_email_step: float = 0.6
+    mailings_per_email_step: float = 2.0
+    calls_per_call_step: float = 1.0
+    tasks_per_step: float = 1.0
+    # Paging.
+    page_max: int = 1000
+    page_default: int = 50
+    # Auth.
+    token_ttl: float = 7200.0
+    mint_interval: float = 60.0
+    # The simulator's well-known test credentials: not secrets.
+    static_token: str | None = "sim-token"  # noqa: S105
+    client_id: str = "sim-client"
+    client_secret: str = "sim-secret"  # noqa: S105
+    refresh_token: str = "sim-refresh-0"  # noqa: S105
+    redirect_uri: str = "http://127.0.0.1/callback"
+    scope: str = (
+        "sequenceSteps.read sequences.read users.read callPurposes.read taskPriorities.read "
+        "sequenceTemplates.read mailings.read calls.read tasks.read"
+    )
+    # Rate limit: a fixed window of `rate_window` seconds allowing `rate_limit` API requests.
+    rate_limit: int = 10_000
+    rate_window: float = 3600.0
+    retry_after: bool = False
+    # Bytes of serialized records kept in memory (first in, first out beyond this).
+    record_cache_bytes: int = 512 * 1024 * 1024
+    faults: Faults = field(default_factory=Faults)
+    clock: Callable[[], float] = time.time

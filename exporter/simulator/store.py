@@ -1,0 +1,525 @@
+"""The simulated database: tables, their indexes, record rendering with a byte cache, mutations, truth."""
+
+from __future__ import annotations
+
+import random
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+
+from exporter.schema import RESOURCE_TYPES, Kind, Shape, resource_type
+
+from .data import (
+    CALL_STEP_CODE,
+    EMAIL_STEP_CODES,
+    SCHEDULE_DATE,
+    SCHEDULE_INTERVAL,
+    SCHEDULE_NONE,
+    SEQUENCE_TYPES,
+    STEP_TYPES,
+    VOCABULARY,
+    Table,
+    iso_date,
+    iso_datetime,
+    text,
+)
+from .paging import KeyValue
+from .query import normalize
+
+# To-one relationships with a reverse index (rows sorted by target id): the relationship filters
+# the exporter relies on for its bulk fetches, answered in O(result).
+INDEXED: dict[str, tuple[str, ...]] = {
+    "sequenceStep": ("sequence", "creator", "updater", "callPurpose", "taskPriority"),
+    "sequenceTemplate": ("sequenceStep",),
+    "mailing": ("sequenceStep",),
+    "call": ("sequenceStep",),
+    "task": ("sequenceStep",),
+}
+# To-many `data` relationships derived from the other side's to-one: (child type, child's to-one).
+REVERSE: dict[tuple[str, str], tuple[str, str]] = {
+    ("sequenceStep", "sequenceTemplates"): ("sequenceTemplate", "sequenceStep"),
+    ("sequence", "sequenceSteps"): ("sequenceStep", "sequence"),
+}
+# Attributes a live update never changes: they would break the data's invariants.
+FROZEN_ATTRIBUTES = frozenset({"stepType", "date", "interval", "createdAt", "updatedAt"})
+MUTATION_KINDS = (Kind.STRING, Kind.INTEGER, Kind.BOOLEAN)
+
+
+def _collection_of(target: str) -> str:
+    if target in RESOURCE_TYPES:
+        return resource_type(target).collection
+    return target if target.endswith("s") else target + "s"
+
+
+class Store:
+    """Owns every table; every read the API serves and every mutation goes through here.
+
+    Not thread-safe: use it from the event loop that serves it.
+    """
+
+    def __init__(
+        self,
+        tables: dict[str, Table],
+        *,
+        clock: Callable[[], float],
+        seed: int,
+        cache_bytes: int,
+        base_url: str = "http://127.0.0.1/api/v2",
+    ) -> None:
+        self.tables = tables
+        self.clock = clock
+        self.base_url = base_url
+        self.cache_limit = cache_bytes
+        self.rng = random.Random(f"{seed}:mutations")
+        self.overrides: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in tables}
+        self.deleted: dict[str, set[int]] = {name: set() for name in tables}
+        self.epoch: dict[str, int] = dict.fromkeys(tables, 0)  # bumped by every mutation of a type
+        self._cache: dict[str, dict[int, bytes]] = {name: {} for name in tables}
+        self._cache_size = 0
+        self.by_updated: dict[str, array[int]] = {}
+        self.fk_index: dict[tuple[str, str], array[int]] = {}
+        self._latest = 0  # the newest updatedAt handed out by a mutation
+        for name, table in tables.items():
+            updated = table.updated
+            self.by_updated[name] = array("q", sorted(range(len(table)), key=updated.__getitem__))
+            for fk in INDEXED.get(name, ()):
+                column = table.fks[fk]
+                self.fk_index[(name, fk)] = array(
+                    "q", sorted(range(len(table)), key=column.__getitem__)
+                )
+        self._static_relationships = {name: self._static_parts(name) for name in tables}
+        self._mutable = {
+            name: tuple(
+                a
+                for a in table.rtype.attributes
+                if not a.read_only and a.kind in MUTATION_KINDS and a.name not in FROZEN_ATTRIBUTES
+            )
+            for name, table in tables.items()
+        }
+
+    # ----------------------------------------------------------------------------- lookups
+
+    def table(self, name: str) -> Table:
+        return self.tables[name]
+
+    def alive_row(self, name: str, record_id: int) -> int | None:
+        table = self.tables.get(name)
+        if table is None:
+            return None
+        row = table.row_of(record_id)
+        if row is None or not table.alive[row]:
+            return None
+        return row
+
+    def rows_pointing_at(self, name: str, fk: str, target_id: int) -> list[int]:
+        """Rows of `name` whose to-one `fk` is `target_id` (alive or not), ascending id."""
+        table = self.tables[name]
+        column = table.fks[fk]
+        index = self.fk_index.get((name, fk))
+        if index is None:
+            return [row for row in range(len(table)) if column[row] == target_id]
+        lo = bisect_left(index, target_id, key=column.__getitem__)
+        hi = bisect_right(index, target_id, lo, key=column.__getitem__)
+        return list(index[lo:hi])
+
+    def set_base_url(self, base_url: str) -> None:
+        if base_url != self.base_url:
+            self.base_url = base_url
+            self.clear_cache()
+
+    # ----------------------------------------------------------------------------- values
+
+    def computed(self, table: Table, row: int) -> dict[str, Any]:
+        """The attributes that come from per-row columns rather than the shared variant pool."""
+        values: dict[str, Any] = {
+            "createdAt": iso_datetime(table.created[row]),
+            "updatedAt": iso_datetime(table.updated[row]),
+        }
+        name = table.name
+        record_id = table.ids[row]
+        if name == "sequenceStep":
+            columns = table.columns
+            step_type = STEP_TYPES[columns["stepType"][row]]
+            order = columns["order"][row] or None
+            kind = columns["scheduleKind"][row]
+            schedule = columns["schedule"][row]
+            values["stepType"] = step_type
+            values["order"] = order
+            values["date"] = iso_date(schedule) if kind == SCHEDULE_DATE else None
+            values["interval"] = schedule if kind == SCHEDULE_INTERVAL else None
+            label = step_type.replace("_", " ").title()
+            values["displayName"] = f"Step #{order} ({label})" if order else label
+        elif name == "sequence":
+            values["sequenceType"] = SEQUENCE_TYPES[table.columns["sequenceType"][row]]
+            values["name"] = f"{table.variant(row)['name'] or 'Sequence'} #{record_id}"[:255]
+        elif name == "user":
+            values["email"] = f"user.{record_id}@example.com"
+            values["username"] = f"user{record_id}"
+        elif name == "callPurpose":
+            values["order"] = row + 1
+        return values
+
+    def attributes(self, table: Table, row: int) -> dict[str, Any]:
+        values = dict(table.variant(row))
+        values.update(self.computed(table, row))
+        override = self.overrides[table.name].get(row)
+        if override:
+            values.update(override)
+        return values
+
+    def value(self, table: Table, row: int, attribute: str) -> KeyValue:
+        """The comparable value of one attribute (for filters and sort keys)."""
+        if attribute == "id":
+            return table.ids[row]
+        if attribute == "updatedAt":
+            return table.updated[row]
+        if attribute == "createdAt":
+            return table.created[row]
+        override = self.overrides[table.name].get(row)
+        if override and attribute in override:
+            raw = override[attribute]
+        else:
+            computed = self.computed(table, row)
+            raw = (
+                computed[attribute] if attribute in computed else table.variant(row).get(attribute)
+            )
+        found = table.rtype.attribute(attribute)
+        return normalize(found.kind if found else None, raw)
+
+    def value_getter(self, name: str, attribute: str) -> Callable[[int], KeyValue]:
+        table = self.tables[name]
+        if attribute == "id":
+            return table.ids.__getitem__
+        if attribute == "updatedAt":
+            return table.updated.__getitem__
+        if attribute == "createdAt":
+            return table.created.__getitem__
+        return lambda row: self.value(table, row, attribute)
+
+    # ----------------------------------------------------------------------------- rendering
+
+    def _static_parts(self, name: str) -> dict[str, Any]:
+        """Relationships that never vary for a type: to types we do not simulate."""
+        table = self.tables[name]
+        parts: dict[str, Any] = {}
+        for rel in table.rtype.relationships:
+            if rel.shape is Shape.TO_ONE and rel.name not in table.fks:
+                parts[rel.name] = {"data": None}
+            elif rel.shape is Shape.TO_MANY and (name, rel.name) not in REVERSE:
+                parts[rel.name] = {"data": []}
+        return parts
+
+    def to_many_ids(self, name: str, relationship: str, record_id: int) -> list[int]:
+        reverse = REVERSE.get((name, relationship))
+        if reverse is None:
+            return []
+        child, fk = reverse
+        child_table = self.tables[child]
+        alive = child_table.alive
+        ids = child_table.ids
+        return [ids[r] for r in self.rows_pointing_at(child, fk, record_id) if alive[r]]
+
+    def to_one_id(self, table: Table, row: int, relationship: str, target: str) -> int | None:
+        column = table.fks.get(relationship)
+        if column is None:
+            return None
+        target_id = column[row]
+        if not target_id or self.alive_row(target, target_id) is None:
+            return None  # a reference to a deleted record reads as null
+        return target_id
+
+    def relationships(self, table: Table, row: int) -> dict[str, Any]:
+        name = table.name
+        record_id = table.ids[row]
+        static = self._static_relationships[name]
+        out: dict[str, Any] = {}
+        for rel in table.rtype.relationships:
+            if rel.name in static:
+                out[rel.name] = static[rel.name]
+            elif rel.shape is Shape.TO_ONE:
+                target_id = self.to_one_id(table, row, rel.name, rel.target)
+                out[rel.name] = {
+                    "data": None if target_id is None else {"type": rel.target, "id": target_id}
+                }
+            elif rel.shape is Shape.TO_MANY:
+                out[rel.name] = {
+                    "data": [
+                        {"type": rel.target, "id": i}
+                        for i in self.to_many_ids(name, rel.name, record_id)
+                    ]
+                }
+            else:
+                url = f"{self.base_url}/{_collection_of(rel.target)}?filter[{name}][id]={record_id}"
+                out[rel.name] = {"links": {"related": url}}
+        return out
+
+    def resource(self, table: Table, row: int) -> dict[str, Any]:
+        """The full JSON:API resource object of one row."""
+        return {
+            "type": table.name,
+            "id": table.ids[row],
+            "attributes": self.attributes(table, row),
+            "relationships": self.relationships(table, row),
+        }
+
+    def record_bytes(self, name: str, row: int) -> bytes:
+        """The serialized full resource object, cached until the record or a neighbour changes."""
+        cache = self._cache[name]
+        cached = cache.get(row)
+        if cached is not None:
+            return cached
+        encoded = orjson.dumps(self.resource(self.tables[name], row))
+        if self._cache_size + len(encoded) > self.cache_limit:
+            self.clear_cache()
+        cache[row] = encoded
+        self._cache_size += len(encoded)
+        return encoded
+
+    def sparse_bytes(self, name: str, row: int, fields: frozenset[str]) -> bytes:
+        table = self.tables[name]
+        attributes = self.attributes(table, row)
+        relationships = self.relationships(table, row)
+        return orjson.dumps(
+            {
+                "type": name,
+                "id": table.ids[row],
+                "attributes": {k: v for k, v in attributes.items() if k in fields},
+                "relationships": {k: v for k, v in relationships.items() if k in fields},
+            }
+        )
+
+    def clear_cache(self) -> None:
+        for cache in self._cache.values():
+            cache.clear()
+        self._cache_size = 0
+
+    def _forget(self, name: str, row: int) -> None:
+        encoded = self._cache[name].pop(row, None)
+        if encoded is not None:
+            self._cache_size -= len(encoded)
+
+    def _forget_neighbours(self, name: str, row: int) -> None:
+        """Drop cached bytes that show this record: its own and those of records that name it."""
+        table = self.tables[name]
+        record_id = table.ids[row]
+        self._forget(name, row)
+        for (parent, _), (child, fk) in REVERSE.items():
+            if child == name:  # the parent lists this record in a to-many `data` array
+                parent_row = self.tables[parent].row_of(table.fks[fk][row])
+                if parent_row is not None:
+                    self._forget(parent, parent_row)
+        for other, other_table in self.tables.items():
+            for rel in other_table.rtype.relationships:
+                if rel.target != name or rel.name not in other_table.fks:
+                    continue
+                if (other, rel.name) in self.fk_index:
+                    for r in self.rows_pointing_at(other, rel.name, record_id):
+                        self._forget(other, r)
+                else:
+                    self._cache_size -= sum(len(b) for b in self._cache[other].values())
+                    self._cache[other].clear()
+
+    # ----------------------------------------------------------------------------- truth
+
+    def records(self, name: str) -> Iterator[dict[str, Any]]:
+        table = self.tables[name]
+        for row in range(len(table)):
+            if table.alive[row]:
+                yield orjson.loads(self.record_bytes(name, row))
+
+    def get(self, name: str, record_id: int) -> dict[str, Any] | None:
+        row = self.alive_row(name, record_id)
+        if row is None:
+            return None
+        loaded: dict[str, Any] = orjson.loads(self.record_bytes(name, row))
+        return loaded
+
+    def ids(self, name: str) -> list[int]:
+        table = self.tables[name]
+        alive = table.alive
+        return [i for row, i in enumerate(table.ids) if alive[row]]
+
+    def deleted_ids(self, name: str) -> set[int]:
+        return set(self.deleted[name])
+
+    # ----------------------------------------------------------------------------- mutations
+
+    def _now(self) -> int:
+        """An updatedAt for a mutation: the clock, never before an earlier mutation's stamp."""
+        self._latest = max(int(self.clock()), self._latest)
+        return self._latest
+
+    def _random_alive_row(
+        self, name: str, accept: Callable[[int], bool] | None = None
+    ) -> int | None:
+        table = self.tables[name]
+        if not len(table):
+            return None
+        for _ in range(64):
+            row = self.rng.randrange(len(table))
+            if table.alive[row] and (accept is None or accept(row)):
+                return row
+        return None
+
+    def _random_alive_id(self, name: str, null_share: float = 0.0) -> int:
+        if self.rng.random() < null_share:
+            return 0
+        row = self._random_alive_row(name)
+        return 0 if row is None else self.tables[name].ids[row]
+
+    def _index_insert(self, name: str, row: int) -> None:
+        table = self.tables[name]
+        updated = table.updated
+        order = self.by_updated[name]
+        order.insert(bisect_right(order, (updated[row], row), key=lambda r: (updated[r], r)), row)
+        for fk in INDEXED.get(name, ()):
+            column = table.fks[fk]
+            index = self.fk_index[(name, fk)]
+            index.insert(bisect_right(index, (column[row], row), key=lambda r: (column[r], r)), row)
+
+    def insert(self, name: str) -> int:
+        """Insert a record of type `name` (id above every id used so far); returns its id."""
+        table = self.tables[name]
+        now = self._now()
+        record_id = table.allocate_id(self.rng)
+        row = table.append(record_id, now, now)
+        fks = table.fks
+        step_row: int | None = None
+        steps = self.tables["sequenceStep"]
+        if name == "user":
+            fks["creator"][row] = self._random_alive_id("user", 0.2)
+            fks["updater"][row] = self._random_alive_id("user", 0.3)
+        elif name == "callPurpose":
+            fks["creator"][row] = self._random_alive_id("user", 0.2)
+        elif name == "sequence":
+            for fk in ("creator", "owner", "updater"):
+                fks[fk][row] = self._random_alive_id("user", 0.1)
+            table.columns["sequenceType"][row] = int(self.rng.random() < 0.3)
+        elif name == "sequenceStep":
+            self._fill_step(table, row, now)
+        elif name == "sequenceTemplate" or name == "mailing":
+            step_row = self._random_alive_row(
+                "sequenceStep", lambda r: steps.columns["stepType"][r] in EMAIL_STEP_CODES
+            )
+        elif name == "call":
+            step_row = self._random_alive_row(
+                "sequenceStep", lambda r: steps.columns["stepType"][r] == CALL_STEP_CODE
+            )
+        elif name == "task":
+            step_row = self._random_alive_row("sequenceStep")
+        if name in ("sequenceTemplate", "mailing", "call", "task"):
+            step_id = 0 if step_row is None else steps.ids[step_row]
+            fks["sequenceStep"][row] = step_id
+            sequence_id = 0 if step_row is None else steps.fks["sequence"][step_row]
+            if name == "sequenceTemplate":
+                fks["creator"][row] = self._random_alive_id("user", 0.1)
+                fks["updater"][row] = self._random_alive_id("user", 0.3)
+            else:
+                fks["sequence"][row] = sequence_id
+            if name in ("mailing", "call"):
+                fks["user"][row] = self._random_alive_id("user", 0.05)
+            if name == "call":
+                fks["callPurpose"][row] = (
+                    0 if step_row is None else steps.fks["callPurpose"][step_row]
+                )
+            if name == "task":
+                fks["creator"][row] = step_id
+                fks["owner"][row] = self._random_alive_id("user", 0.05)
+                fks["taskPriority"][row] = (
+                    0 if step_row is None else steps.fks["taskPriority"][step_row]
+                )
+        self._index_insert(name, row)
+        self.epoch[name] += 1
+        self._forget_neighbours(name, row)
+        return record_id
+
+    def _fill_step(self, table: Table, row: int, now: int) -> None:
+        rng = self.rng
+        code = rng.choices((0, 1, 2, 3), (40, 15, 25, 20))[0]
+        table.columns["stepType"][row] = code
+        sequence_id = self._random_alive_id("sequence", 0.03)
+        table.fks["sequence"][row] = sequence_id
+        sequence_row = self.alive_row("sequence", sequence_id) if sequence_id else None
+        kind = SCHEDULE_NONE
+        if sequence_row is not None:
+            siblings = self.rows_pointing_at("sequenceStep", "sequence", sequence_id)
+            table.columns["order"][row] = 1 + max(
+                (table.columns["order"][r] for r in siblings if r != row), default=0
+            )
+            date_based = self.tables["sequence"].columns["sequenceType"][sequence_row]
+            kind = SCHEDULE_DATE if date_based else SCHEDULE_INTERVAL
+            table.columns["schedule"][row] = (
+                now // 86_400 + rng.randint(0, 60) if date_based else rng.choice((0, 3600, 86_400))
+            )
+        table.columns["scheduleKind"][row] = kind
+        table.fks["creator"][row] = self._random_alive_id("user", 0.1)
+        table.fks["updater"][row] = self._random_alive_id("user", 0.25)
+        table.fks["callPurpose"][row] = self._random_alive_id(
+            "callPurpose", 0.3 if code == 2 else 0.9
+        )
+        table.fks["taskPriority"][row] = self._random_alive_id("taskPriority", 0.2)
+
+    def update(self, name: str, record_id: int) -> str:
+        """Change one writable attribute of a record and bump its updatedAt; returns the attribute."""
+        table = self.tables[name]
+        row = self.alive_row(name, record_id)
+        if row is None:
+            raise KeyError(f"{name} {record_id} does not exist")
+        candidates = self._mutable[name]
+        attribute = candidates[self.rng.randrange(len(candidates))]
+        old = self.attributes(table, row).get(attribute.name)
+        new: Any = old
+        while new == old:
+            vocabulary = VOCABULARY.get((name, attribute.name))
+            if vocabulary is not None and len(vocabulary) > 1:
+                new = vocabulary[self.rng.randrange(len(vocabulary))]
+            elif attribute.kind is Kind.BOOLEAN:
+                new = not old
+            elif attribute.kind is Kind.INTEGER:
+                new = self.rng.randint(0, 10_000)
+            else:
+                limit = min(attribute.max_length or 200, 200)
+                new = text(self.rng, self.rng.randint(1, limit))
+        self.overrides[name].setdefault(row, {})[attribute.name] = new
+        order = self.by_updated[name]
+        updated = table.updated
+        position = bisect_left(order, (updated[row], row), key=lambda r: (updated[r], r))
+        assert order[position] == row, "by_updated index out of step with the table"
+        del order[position]
+        updated[row] = max(self._now(), updated[row] + 1)
+        order.insert(bisect_right(order, (updated[row], row), key=lambda r: (updated[r], r)), row)
+        self.epoch[name] += 1
+        self._forget_neighbours(name, row)
+        return attribute.name
+
+    def delete(self, name: str, record_id: int) -> None:
+        """Remove a record. References to it from other records read as null from now on."""
+        row = self.alive_row(name, record_id)
+        if row is None:
+            raise KeyError(f"{name} {record_id} does not exist")
+        self.tables[name].alive[row] = 0
+        self.deleted[name].add(record_id)
+        self.epoch[name] += 1
+        self._forget_neighbours(name, row)
+
+    def mutate(self, count: int) -> None:
+        """Apply `count` random inserts, updates and deletes spread over every type."""
+        names = list(self.tables)
+        weights = [len(self.tables[n]) + 50 for n in names]
+        for _ in range(count):
+            name = self.rng.choices(names, weights)[0]
+            draw = self.rng.random()
+            alive = self._random_alive_row(name)
+            if draw < 0.4 or alive is None:
+                self.insert(name)
+                continue
+            record_id = self.tables[name].ids[alive]
+            # Small lookup tables keep at least three records: deleting them all is not realistic.
+            scarce = name in ("callPurpose", "taskPriority", "user") and len(self.ids(name)) <= 3
+            if draw < 0.8 or scarce:
+                self.update(name, record_id)
+            else:
+                self.delete(name, record_id)

@@ -1,0 +1,92 @@
+"""Shared helpers for the simulator tests: a running simulator with a client, walks, schema checks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from openapi_schema_validator import OAS30Validator, oas30_format_checker
+
+from exporter import schema
+from exporter.simulator import Simulator, SimulatorConfig, serve
+
+TOKEN = "sim-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    raw: bytes
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.raw)
+
+
+@dataclass
+class Running:
+    sim: Simulator
+    root: str
+    session: aiohttp.ClientSession
+
+    @property
+    def api(self) -> str:
+        return self.root + "/api/v2"
+
+    async def get(self, path: str, params: dict[str, str] | None = None, **kw: Any) -> Reply:
+        url = path if path.startswith("http") else self.api + path
+        async with self.session.get(url, params=params, **kw) as response:
+            return Reply(response.status, dict(response.headers), await response.read())
+
+    async def walk(self, path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Every record of a cursor walk, following links.next to the end."""
+        records: list[dict[str, Any]] = []
+        reply = await self.get(path, params)
+        while True:
+            assert reply.status == 200, reply.raw[:500]
+            document = reply.json
+            records.extend(document["data"])
+            next_url = document["links"].get("next")
+            if not next_url:
+                return records
+            reply = await self.get(next_url)
+
+
+@asynccontextmanager
+async def running(
+    cfg: SimulatorConfig | None = None, *, sim: Simulator | None = None, auth: bool = True
+) -> AsyncIterator[Running]:
+    sim = sim if sim is not None else Simulator(cfg or SimulatorConfig(steps=200, seed=7))
+    async with serve(sim) as root:
+        headers = AUTH if auth else {}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            yield Running(sim, root, session)
+
+
+def _validator(name: str) -> OAS30Validator:
+    schemas = schema.openapi_document()["components"]["schemas"]
+    return OAS30Validator(schemas[name], format_checker=oas30_format_checker)
+
+
+_VALIDATORS: dict[str, OAS30Validator] = {}
+
+
+def validate_resource(resource: dict[str, Any]) -> None:
+    """A resource object checked against the OpenAPI schemas of its type (and nothing extra)."""
+    type_name = resource["type"]
+    assert type_name in schema.RESOURCE_TYPES
+    assert isinstance(resource["id"], int)
+    for suffix, part in (("", "attributes"), ("Relationships", "relationships")):
+        key = type_name + suffix
+        if key not in _VALIDATORS:
+            _VALIDATORS[key] = _validator(key)
+        _VALIDATORS[key].validate(resource[part])
+    rtype = schema.resource_type(type_name)
+    assert set(resource["attributes"]) == {a.name for a in rtype.attributes}
+    assert set(resource["relationships"]) == {r.name for r in rtype.relationships}

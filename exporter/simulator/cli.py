@@ -1,10 +1,186 @@
-"""The `exporter simulate` command (placeholder until the full flag set lands)."""
+"""The `exporter simulate` command: flags to a SimulatorConfig, then serve until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
+from typing import Any
+
 import click
 
+from .config import Faults, SimulatorConfig
+from .server import Simulator, serve
 
-@click.command()
-def simulate() -> None:
-    """Serve the Outreach API simulator."""
+_RATE = click.FloatRange(0.0, 1.0)
+_SECONDS = click.FloatRange(min=0.0)
+
+
+class RateLimitType(click.ParamType[tuple[int, float]]):
+    """`N/SECONDS`, e.g. `10000/3600` or `20/2.0`."""
+
+    name = "N/SECONDS"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, float]:
+        if isinstance(value, tuple):
+            return (int(value[0]), float(value[1]))
+        limit_text, slash, window_text = str(value).partition("/")
+        try:
+            limit, window = int(limit_text), float(window_text)
+        except ValueError:
+            self.fail(f"{value!r} is not N/SECONDS (e.g. 10000/3600)", param, ctx)
+        if not slash or limit < 1 or not window > 0:
+            self.fail(f"{value!r} needs N >= 1 and SECONDS > 0 (e.g. 10000/3600)", param, ctx)
+        return (limit, window)
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--host", default="127.0.0.1", help="Address to listen on (keep it loopback).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8080, help="Port; 0 picks a free one."
+)
+@click.option("--steps", type=click.IntRange(min=1), default=1000, help="Number of sequence steps.")
+@click.option("--seed", type=int, default=0, help="Seed of all generated data.")
+@click.option(
+    "--sequences-per-step",
+    type=_SECONDS,
+    default=1 / 6,
+    show_default="1/6",
+    help="Sequences per step.",
+)
+@click.option("--users-per-step", type=_SECONDS, default=1 / 200, help="Users per step.")
+@click.option(
+    "--min-users", type=click.IntRange(min=1), default=3, help="At least this many users."
+)
+@click.option("--call-purposes", type=click.IntRange(min=1), default=8, help="Call purposes.")
+@click.option("--task-priorities", type=click.IntRange(min=1), default=3, help="Task priorities.")
+@click.option(
+    "--templates-per-email-step",
+    type=_SECONDS,
+    default=0.6,
+    help="Sequence templates per email step.",
+)
+@click.option(
+    "--mailings-per-email-step", type=_SECONDS, default=2.0, help="Mailings per email step."
+)
+@click.option("--calls-per-call-step", type=_SECONDS, default=1.0, help="Calls per call step.")
+@click.option("--tasks-per-step", type=_SECONDS, default=1.0, help="Tasks per step.")
+@click.option("--page-max", type=click.IntRange(min=1), default=1000, help="Largest page[size].")
+@click.option(
+    "--token", default="sim-token", help="Static bearer token that never expires ('' = none)."
+)
+@click.option(
+    "--token-ttl",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=7200.0,
+    help="Seconds an OAuth access token lives.",
+)
+@click.option("--mint-interval", type=_SECONDS, default=60.0, help="Seconds between token mints.")
+@click.option("--client-id", default="sim-client", help="OAuth client_id.")
+@click.option("--client-secret", default="sim-secret", help="OAuth client_secret.")
+@click.option("--refresh-token", default="sim-refresh-0", help="The first valid refresh token.")
+@click.option("--redirect-uri", default="http://127.0.0.1/callback", help="OAuth redirect_uri.")
+@click.option(
+    "--rate-limit",
+    type=RateLimitType(),
+    default="10000/3600",
+    help="Requests per fixed window, as N/SECONDS.",
+)
+@click.option("--retry-after/--no-retry-after", default=False, help="Send Retry-After on 429.")
+@click.option("--latency", type=_SECONDS, default=0.0, help="Seconds added to every API response.")
+@click.option("--latency-per-record", type=_SECONDS, default=0.0, help="Seconds added per record.")
+@click.option("--error-rate", type=_RATE, default=0.0, help="Share of requests answered 500/503.")
+@click.option(
+    "--big-page-502-above",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Answer 502 to page[size] above this.",
+)
+@click.option("--reset-rate", type=_RATE, default=0.0, help="Share of connections reset mid-body.")
+@click.option("--truncate-rate", type=_RATE, default=0.0, help="Share of 200s with truncated JSON.")
+@click.option(
+    "--malformed-rate", type=_RATE, default=0.0, help="Share of 200s with malformed JSON."
+)
+@click.option(
+    "--html-rate", type=_RATE, default=0.0, help="Share answered by an HTML page (502/200)."
+)
+@click.option(
+    "--slow-body", type=_SECONDS, default=0.0, help="Trickle bodies over this many seconds."
+)
+@click.option("--slow-body-rate", type=_RATE, default=1.0, help="Share of bodies trickled.")
+@click.option(
+    "--mutation-rate",
+    type=_SECONDS,
+    default=0.0,
+    help="Inserts/updates/deletes per second while serving.",
+)
+@click.option(
+    "--fault-seed", type=int, default=None, help="Seed of the fault dice (default: --seed)."
+)
+def simulate(**options: Any) -> None:
+    """Serve an Outreach-compatible API v2 simulator over deterministic data.
+
+    Prints one line (the API base URL and the static token) when ready, then serves until
+    SIGINT or SIGTERM.
+    """
+    limit, window = options["rate_limit"]
+    faults = Faults(
+        latency_s=options["latency"],
+        latency_per_record_s=options["latency_per_record"],
+        error_rate=options["error_rate"],
+        big_page_502_above=options["big_page_502_above"],
+        reset_rate=options["reset_rate"],
+        truncate_rate=options["truncate_rate"],
+        malformed_rate=options["malformed_rate"],
+        html_rate=options["html_rate"],
+        slow_body_s=options["slow_body"],
+        slow_body_rate=options["slow_body_rate"],
+        mutation_rate=options["mutation_rate"],
+        seed=options["fault_seed"],
+    )
+    cfg = SimulatorConfig(
+        steps=options["steps"],
+        seed=options["seed"],
+        sequences_per_step=options["sequences_per_step"],
+        users_per_step=options["users_per_step"],
+        min_users=options["min_users"],
+        call_purposes=options["call_purposes"],
+        task_priorities=options["task_priorities"],
+        templates_per_email_step=options["templates_per_email_step"],
+        mailings_per_email_step=options["mailings_per_email_step"],
+        calls_per_call_step=options["calls_per_call_step"],
+        tasks_per_step=options["tasks_per_step"],
+        page_max=options["page_max"],
+        token_ttl=options["token_ttl"],
+        mint_interval=options["mint_interval"],
+        static_token=options["token"] or None,
+        client_id=options["client_id"],
+        client_secret=options["client_secret"],
+        refresh_token=options["refresh_token"],
+        redirect_uri=options["redirect_uri"],
+        rate_limit=limit,
+        rate_window=window,
+        retry_after=options["retry_after"],
+        faults=faults,
+    )
+    asyncio.run(_serve_until_signalled(Simulator(cfg), options["host"], options["port"]))
+
+
+async def _serve_until_signalled(sim: Simulator, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with serve(sim, host, port) as root:
+            token = sim.cfg.static_token or "-"
+            click.echo(f"Outreach API simulator serving {root}/api/v2 token {token}")
+            sys.stdout.flush()
+            await stop.wait()
+    except OSError as error:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror}") from error
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

@@ -347,9 +347,13 @@ class Store:
 
     # ----------------------------------------------------------------------------- mutations
 
-    def _now(self) -> int:
-        """An updatedAt for a mutation: the clock, never before an earlier mutation's stamp."""
-        self._latest = max(int(self.clock()), self._latest)
+    def _now(self, at_least: int = 0) -> int:
+        """An updatedAt for a mutation: the clock, never before an earlier mutation's stamp.
+
+        Monotonic stamps keep an updatedAt-sorted walk complete: whatever a mutation touches
+        sorts after every record served so far, so it is still ahead of the walk's cursor.
+        """
+        self._latest = max(int(self.clock()), self._latest, at_least)
         return self._latest
 
     def _random_alive_row(
@@ -489,7 +493,7 @@ class Store:
         position = bisect_left(order, (updated[row], row), key=lambda r: (updated[r], r))
         assert order[position] == row, "by_updated index out of step with the table"
         del order[position]
-        updated[row] = max(self._now(), updated[row] + 1)
+        updated[row] = self._now(at_least=updated[row] + 1)
         order.insert(bisect_right(order, (updated[row], row), key=lambda r: (updated[r], r)), row)
         self.epoch[name] += 1
         self._forget_neighbours(name, row)

@@ -7,7 +7,7 @@ from array import array
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from exporter.schema import Attribute, Kind, ResourceType, resource_type
@@ -88,9 +88,13 @@ TEXT_PIECES: tuple[str, ...] = (
 
 def iso_datetime(seconds: int) -> str:
     """`2019-08-24T14:15:22.000Z` for an epoch second."""
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{iso_date(days)}T{hours:02d}:{minutes:02d}:{secs:02d}.000Z"
 
 
+@lru_cache(maxsize=8192)
 def iso_date(days: int) -> str:
     """`YYYY-MM-DD` for a day number since the epoch."""
     return datetime.fromtimestamp(days * 86_400, UTC).strftime("%Y-%m-%d")

@@ -91,6 +91,14 @@ class Store:
                     "q", sorted(range(len(table)), key=column.__getitem__)
                 )
         self._static_relationships = {name: self._static_parts(name) for name in tables}
+        # Per type, in schema order: (name, shape, target type, fixed value or None).
+        self._plans = {
+            name: [
+                (r.name, r.shape, r.target, self._static_relationships[name].get(r.name))
+                for r in table.rtype.relationships
+            ]
+            for name, table in tables.items()
+        }
         self._mutable = {
             name: tuple(
                 a
@@ -227,33 +235,34 @@ class Store:
         if column is None:
             return None
         target_id = column[row]
-        if not target_id or self.alive_row(target, target_id) is None:
+        if not target_id:
+            return None
+        if self.deleted[target] and self.alive_row(target, target_id) is None:
             return None  # a reference to a deleted record reads as null
         return target_id
 
     def relationships(self, table: Table, row: int) -> dict[str, Any]:
         name = table.name
         record_id = table.ids[row]
-        static = self._static_relationships[name]
         out: dict[str, Any] = {}
-        for rel in table.rtype.relationships:
-            if rel.name in static:
-                out[rel.name] = static[rel.name]
-            elif rel.shape is Shape.TO_ONE:
-                target_id = self.to_one_id(table, row, rel.name, rel.target)
-                out[rel.name] = {
-                    "data": None if target_id is None else {"type": rel.target, "id": target_id}
+        for rel_name, shape, target, static in self._plans[name]:
+            if static is not None:
+                out[rel_name] = static
+            elif shape is Shape.TO_ONE:
+                target_id = self.to_one_id(table, row, rel_name, target)
+                out[rel_name] = {
+                    "data": None if target_id is None else {"type": target, "id": target_id}
                 }
-            elif rel.shape is Shape.TO_MANY:
-                out[rel.name] = {
+            elif shape is Shape.TO_MANY:
+                out[rel_name] = {
                     "data": [
-                        {"type": rel.target, "id": i}
-                        for i in self.to_many_ids(name, rel.name, record_id)
+                        {"type": target, "id": i}
+                        for i in self.to_many_ids(name, rel_name, record_id)
                     ]
                 }
             else:
-                url = f"{self.base_url}/{_collection_of(rel.target)}?filter[{name}][id]={record_id}"
-                out[rel.name] = {"links": {"related": url}}
+                url = f"{self.base_url}/{_collection_of(target)}?filter[{name}][id]={record_id}"
+                out[rel_name] = {"links": {"related": url}}
         return out
 
     def resource(self, table: Table, row: int) -> dict[str, Any]:
@@ -271,7 +280,8 @@ class Store:
         cached = cache.get(row)
         if cached is not None:
             return cached
-        encoded = orjson.dumps(self.resource(self.tables[name], row))
+        # A copy: orjson's own buffer keeps its growth headroom, several times the length.
+        encoded = memoryview(orjson.dumps(self.resource(self.tables[name], row))).tobytes()
         if self._cache_size + len(encoded) > self.cache_limit:
             self.clear_cache()
         cache[row] = encoded

@@ -242,6 +242,23 @@ def _secret(value: str | None) -> Secret | None:
     "[env: OUTREACH_RATE_LIMIT]",
 )
 @click.option(
+    "--relationships",
+    default="all",
+    show_default=True,
+    envvar="OUTREACH_RELATIONSHIPS",
+    help="Related records to export beside the steps: all, none, or a comma list of sequence, "
+    "creator, updater, callPurpose, taskPriority, sequenceTemplates, mailings, calls, tasks "
+    "(or type names such as users).  [env: OUTREACH_RELATIONSHIPS]",
+)
+@click.option(
+    "--max-url-length",
+    type=click.IntRange(1024, 65536),
+    default=8000,
+    show_default=True,
+    envvar="OUTREACH_MAX_URL_LENGTH",
+    help="Longest request URL the batched relationship fetches may build.",
+)
+@click.option(
     "--restart", is_flag=True, help="Discard an unfinished or finished run in --out first."
 )
 @click.option(
@@ -285,6 +302,8 @@ def export(
     page_size: int,
     concurrency: int,
     rate_limit: RateLimit,
+    relationships: str,
+    max_url_length: int,
     restart: bool,
     commit_interval: float,
     file_rows: int,
@@ -293,6 +312,7 @@ def export(
     demo_seed: int,
 ) -> None:
     """Export sequence steps to typed Parquet files in --out, resuming an unfinished run there."""
+    from exporter.relationships import parse_selection
     from exporter.run import Export
 
     settings = ExportSettings(
@@ -307,6 +327,8 @@ def export(
         page_size=page_size,
         concurrency=concurrency,
         rate_limit=rate_limit,
+        relationships=relationships,
+        max_url_length=max_url_length,
         restart=restart,
         commit_interval=commit_interval,
         file_rows=file_rows,
@@ -324,6 +346,7 @@ def export(
                 }
             )
         try:
+            parse_selection(settings.relationships)
             job = Export(settings, _token_source(settings))
             result = _run(job.run, job.request_stop)
         except ExporterError as exc:

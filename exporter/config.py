@@ -108,6 +108,8 @@ class ExportSettings:
     commit_interval: float = 30.0
     file_rows: int = 1_000_000
     file_bytes: int = 256 << 20
+    relationships: str = "all"
+    max_url_length: int = 8000
     initial_partitions: int | None = None  # default: two per worker (tests set it to force splits)
 
     def parameters(self) -> dict[str, Any]:
@@ -120,4 +122,5 @@ class ExportSettings:
             "commit_interval": self.commit_interval,
             "file_rows": self.file_rows,
             "file_bytes": self.file_bytes,
+            "relationships": self.relationships,
         }

@@ -24,6 +24,7 @@ from array import array
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import pyarrow as pa
 
@@ -59,9 +60,22 @@ class PageBatch:
     final: bool  # the partition is complete once this batch is committed
     extra_values: int
     credit: bool = True  # the batch holds a page credit the writer must give back
+    # Relationship bookkeeping (see `relationships`): on the last page of a related batch, the
+    # positions [start, end) the batch covered; on a step page, per related type, the position
+    # its references end at.
+    link_range: tuple[int, int] | None = None
+    needs: dict[str, int] | None = None
 
 
 Message = Plan | Split | PageBatch
+
+
+class Announcer(Protocol):
+    """Told about every page of rows a crawl emits (the relationship walk)."""
+
+    def announce(self, table: pa.Table) -> dict[str, int]: ...
+
+    async def backpressure(self) -> None: ...
 
 
 @dataclass
@@ -147,6 +161,7 @@ class CollectionCrawl:
         extra_params: Iterable[tuple[str, str]] = (),
         partitions_per_worker: int = 2,
         initial_partitions: int | None = None,
+        announcer: Announcer | None = None,
     ) -> None:
         self.client = client
         self.base_url = base_url
@@ -159,6 +174,7 @@ class CollectionCrawl:
         self.extra_params = list(extra_params)
         self.initial_partitions = initial_partitions or self.workers * partitions_per_worker
         self.stats = CrawlStats()
+        self.announcer = announcer
         self.normalizer = Normalizer(type_name)
         self._pending: deque[PartitionWalk] = deque()
         self._walks: list[PartitionWalk] = []
@@ -326,6 +342,7 @@ class CollectionCrawl:
             walk.emitted_through = through
             walk.emitted += len(kept_ids)
             self.stats.records += len(kept_ids)
+            needs = self.announcer.announce(table) if self.announcer is not None else None
             self.inbox.put_nowait(
                 PageBatch(
                     type_name=self.type_name,
@@ -334,8 +351,11 @@ class CollectionCrawl:
                     through=through,
                     final=final,
                     extra_values=batch.extra_values,
+                    needs=needs,
                 )
             )
+            if self.announcer is not None:
+                await self.announcer.backpressure()
             url = None if final else following
 
 

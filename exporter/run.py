@@ -18,10 +18,14 @@ import contextlib
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from exporter import checkpoint, manifest
 from exporter.auth import TokenSource
@@ -30,7 +34,8 @@ from exporter.client import ApiClient, ClientSettings
 from exporter.config import ExportSettings
 from exporter.crawl import CollectionCrawl, CrawlStats, Message
 from exporter.errors import Interrupted, OutputError, UsageError, redact_url
-from exporter.schema import resource_type
+from exporter.relationships import RelationshipWalk, WalkStats, parse_selection
+from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.sink import INPROGRESS_SUFFIX, output_error
 from exporter.writer import CommitPolicy, Writer
 
@@ -54,6 +59,7 @@ class ExportResult:
     requests: int
     crawl: dict[str, CrawlStats] = field(default_factory=dict)
     client: dict[str, Any] = field(default_factory=dict)
+    walk: dict[str, WalkStats] = field(default_factory=dict)
 
     @property
     def rows(self) -> dict[str, int]:
@@ -107,16 +113,22 @@ class Export:
     def __init__(self, settings: ExportSettings, tokens: TokenSource) -> None:
         self.settings = settings
         self.tokens = tokens
-        self.type_names = [ROOT_TYPE]
-        self.directories = [resource_type(t).collection for t in self.type_names]
-        self._crawls: list[CollectionCrawl] = []
+        self.links = parse_selection(settings.relationships)
+        targets = list(dict.fromkeys(link.target for link in self.links))
+        self.type_names = [ROOT_TYPE, *targets]
+        # Every type's directory, so files of an earlier selection are cleaned up too.
+        self.directories = [resource_type(t).collection for t in RESOURCE_TYPES]
+        self._crawl: CollectionCrawl | None = None
+        self._walk: RelationshipWalk | None = None
         self._stop_requested = False
         self.client: ApiClient | None = None
 
     def request_stop(self) -> None:
         self._stop_requested = True
-        for crawl in self._crawls:
-            crawl.stop()
+        if self._crawl is not None:
+            self._crawl.stop()
+        if self._walk is not None:
+            self._walk.stop()
 
     def _prepare(self) -> tuple[RunState, bool]:
         s = self.settings
@@ -136,6 +148,11 @@ class Export:
             raise UsageError(
                 f"{root} holds an unfinished export from {state.source}, not {source}; "
                 "pass --restart to discard it, or choose another --out"
+            )
+        if state is not None and sorted(state.resources) != sorted(self.type_names):
+            raise UsageError(
+                f"{root} holds an unfinished export of {', '.join(sorted(state.resources))}; "
+                "resume it with the same --relationships, or pass --restart to discard it"
             )
         resumed = state is not None
         if state is None:
@@ -172,6 +189,21 @@ class Export:
         writer = Writer(s.out, state, inbox, credits, policy)
         async with ApiClient(client_settings, self.tokens) as client:
             self.client = client
+            walk = None
+            if self.links:
+                walk = RelationshipWalk(
+                    client,
+                    base_url=s.base_url,
+                    links=self.links,
+                    inbox=inbox,
+                    credits=credits,
+                    page_size=s.page_size,
+                    workers=s.concurrency,
+                    max_url_length=s.max_url_length,
+                )
+                self._walk = walk
+                if resumed:
+                    await asyncio.to_thread(resume_walk, s.out, state, walk)
             root = state.resources[ROOT_TYPE]
             crawl = CollectionCrawl(
                 client,
@@ -182,17 +214,23 @@ class Export:
                 inbox=inbox,
                 credits=credits,
                 initial_partitions=s.initial_partitions,
+                announcer=walk,
             )
-            self._crawls.append(crawl)
+            self._crawl = crawl
             if self._stop_requested:
-                crawl.stop()
+                self.request_stop()
             writer_task = asyncio.create_task(writer.run(), name="writer")
             failure: BaseException | None = None
             try:
-                await crawl.run(root.partitions if root.planned else None)
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._crawl_then_close(crawl, walk, root))
+                    if walk is not None:
+                        group.create_task(walk.run())
             except BaseException as exc:  # noqa: BLE001 - re-raised below after the commit
                 failure = exc
                 crawl.stop()
+                if walk is not None:
+                    walk.stop()
             inbox.put_nowait(None)
             try:
                 await writer_task  # commits every page already fetched
@@ -202,17 +240,23 @@ class Export:
             if failure is not None:
                 raise _unwrap(failure)
 
-        root.finished = all(p.finished for p in root.partitions) and root.planned
-        if not root.finished:
+        root.finished = root.planned and all(p.finished for p in root.partitions)
+        if not root.finished or self._stop_requested:
             raise Interrupted(
-                f"stopped before the export finished; {root.rows} {ROOT_TYPE} rows are "
-                f"committed. Run the same command again to resume"
+                f"stopped before the export finished; {state.resources[ROOT_TYPE].rows:,} "
+                f"{ROOT_TYPE} rows are committed. Run the same command again to resume"
             )
+        for type_name, resource in state.resources.items():
+            resource.finished = True
+            if walk is not None and type_name in walk.targets:
+                missing = walk.missing().get(type_name)
+                if missing:
+                    resource.detail["missing"] = missing
         state.status = "complete"
         state.finished_at = utc_now()
         checkpoint.save(s.out, state)
         seconds = time.monotonic() - started
-        stats = {
+        stats: dict[str, Any] = {
             "seconds": round(seconds, 3),
             "requests": client.stats.requests,
             "retries": client.stats.retries,
@@ -224,6 +268,11 @@ class Export:
             "partition_splits": crawl.stats.splits,
             "resumed": resumed,
         }
+        if walk is not None:
+            stats["relationships"] = {
+                t: {"requests": w.requests, "batches": w.batches, "records": w.records}
+                for t, w in walk.stats.items()
+            }
         document = manifest.write(s.out, state, stats)
         return ExportResult(
             state=state,
@@ -233,7 +282,67 @@ class Export:
             requests=client.stats.requests,
             crawl={ROOT_TYPE: crawl.stats},
             client={"retries": client.stats.retries, "rate_limited": client.stats.rate_limited},
+            walk=dict(walk.stats) if walk is not None else {},
         )
+
+    @staticmethod
+    async def _crawl_then_close(
+        crawl: CollectionCrawl, walk: RelationshipWalk | None, root: ResourceState
+    ) -> None:
+        await crawl.run(root.partitions if root.planned else None)
+        if walk is not None:
+            walk.close()  # no more steps: flush the partial batches
+
+
+def resume_walk(root_dir: Path, state: RunState, walk: RelationshipWalk) -> None:
+    """Resume the relationship walk from what the checkpoint proves.
+
+    1. Related records already committed are neither fetched nor written again (their ids are
+       read from the committed files).
+    2. A committed step file whose references end above a type's committed watermark
+       (`needs` > `positions_through`) is announced again for that type, and its `needs`
+       rewritten to the new positions, so a second kill loses nothing either.
+    """
+    root = state.resources[ROOT_TYPE]
+    needs_by_file: dict[str, dict[str, int]] = root.detail.setdefault("needs", {})
+    watermark: dict[str, int] = {}
+    for target in walk.targets:
+        resource = state.resources[target]
+        ids: list[int] = []
+        for data_file in resource.files:
+            ids.extend(read_column(root_dir / data_file.path, "id"))
+        watermark[target] = int(resource.detail.get("positions_through", 0))
+        highest = max(
+            [
+                watermark[target],
+                *(int(end) for _start, end in resource.detail.get("ranges_above", [])),
+                *(needs.get(target, 0) for needs in needs_by_file.values()),
+            ]
+        )
+        walk.seed(target, ids, highest)
+        # Every earlier position is now either committed or announced again below.
+        resource.detail["positions_through"] = highest
+        resource.detail["ranges_above"] = []
+    for data_file in root.files:
+        needs = needs_by_file.get(data_file.path, {})
+        lagging = {t for t in walk.targets if needs.get(t, 0) > watermark[t]}
+        if not lagging:
+            continue
+        renewed = dict(needs)
+        for table in read_batches(root_dir / data_file.path):
+            renewed.update(walk.announce(table, only=lagging))
+        needs_by_file[data_file.path] = renewed
+
+
+def read_column(path: Path, column: str) -> list[int]:
+    values: list[int] = pq.read_table(path, columns=[column]).column(column).to_pylist()
+    return values
+
+
+def read_batches(path: Path) -> Iterator[pa.Table]:
+    parquet = pq.ParquetFile(path)
+    for batch in parquet.iter_batches(batch_size=50_000):
+        yield pa.Table.from_batches([batch])
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -61,6 +61,10 @@ class Writer:
         self._clock = clock
         self._writers: dict[str, PartWriter] = {}
         self._pending: dict[str, dict[int, _Pending]] = {}
+        # Relationship batches whose last page is appended, per related type (not yet committed).
+        self._done_batches: dict[str, list[tuple[int, int]]] = {}
+        # Per root type: the highest batch number, per related type, the open file's pages need.
+        self._file_needs: dict[str, dict[str, int]] = {}
         self._extra: dict[str, int] = {}
         self._last_commit = clock()
         self.commits = 0
@@ -127,6 +131,12 @@ class Writer:
         if batch.partition_key is not None:
             pending = self._pending.setdefault(batch.type_name, {})
             pending[batch.partition_key] = _Pending(batch.through, batch.final)
+        if batch.link_range is not None:
+            self._done_batches.setdefault(batch.type_name, []).append(batch.link_range)
+        if batch.needs:
+            needs = self._file_needs.setdefault(batch.type_name, {})
+            for target, seq in batch.needs.items():
+                needs[target] = max(needs.get(target, 0), seq)
         self._extra[batch.type_name] = self._extra.get(batch.type_name, 0) + batch.extra_values
         if writer.file_rows >= self.policy.file_rows or writer.file_bytes >= self.policy.file_bytes:
             await self.commit(batch.type_name)
@@ -140,6 +150,14 @@ class Writer:
             if committed is not None:
                 resource.files.append(committed)
                 resource.next_sequence = writer.next_sequence
+                needs = self._file_needs.pop(type_name, None)
+                if needs:
+                    # Up to which position each related type must be committed before this
+                    # file's references are all exported (read on resume).
+                    resource.detail.setdefault("needs", {})[committed.path] = needs
+        done = self._done_batches.pop(type_name, None)
+        if done:
+            mark_batches_committed(resource, done)
         for key, pending in self._pending.pop(type_name, {}).items():
             partition = _find(resource.partitions, key)
             partition.done_through = max(partition.done_through, pending.through)
@@ -150,7 +168,11 @@ class Writer:
     async def commit_all(self) -> None:
         for type_name in list(self.state.resources):
             writer = self._writers.get(type_name)
-            if (writer is not None and writer.file_rows) or self._pending.get(type_name):
+            if (
+                (writer is not None and writer.file_rows)
+                or self._pending.get(type_name)
+                or self._done_batches.get(type_name)
+            ):
                 await self.commit(type_name)
         self._last_commit = self._clock()
 
@@ -172,3 +194,21 @@ def _find(partitions: list[PartitionState], key: int) -> PartitionState:
         if partition.key == key:
             return partition
     raise KeyError(f"no partition {key}")
+
+
+def mark_batches_committed(resource: ResourceState, ranges: list[tuple[int, int]]) -> None:
+    """Advance the related type's watermark: every position below `positions_through` is committed.
+
+    Batches finish out of order; ranges above the watermark wait in `ranges_above` until the gap
+    below them closes."""
+    detail = resource.detail
+    through = int(detail.get("positions_through", 0))
+    above = sorted([*(tuple(r) for r in detail.get("ranges_above", [])), *ranges])
+    waiting: list[list[int]] = []
+    for start, end in above:
+        if start <= through:
+            through = max(through, end)
+        else:
+            waiting.append([start, end])
+    detail["positions_through"] = through
+    detail["ranges_above"] = waiting

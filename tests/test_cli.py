@@ -49,6 +49,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *
         (["--base-url", "ftp://x"], ["--base-url"]),
         (["--base-url", "https://user:pw@api.outreach.io/api/v2"], ["credentials"]),
         (["--bogus"], ["--bogus"]),
+        (["--relationships", "sequence,prospects"], ["prospects", "--relationships"]),
     ],
 )
 def test_bad_flags_get_one_line_and_exit_2(
@@ -141,6 +142,17 @@ async def _async_exporter(*args: str, env: dict[str, str]) -> subprocess.Complet
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = exporter("export", "--demo", "--demo-steps", "700", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert "exported 700 records" in result.stdout
+    assert "sequenceStep 700" in result.stdout
     manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
     assert manifest["resources"]["sequenceStep"]["rows"] == 700
+    assert set(manifest["resources"]) == {
+        "sequenceStep",
+        "sequence",
+        "user",
+        "callPurpose",
+        "taskPriority",
+        "sequenceTemplate",
+        "mailing",
+        "call",
+        "task",
+    }

@@ -28,7 +28,7 @@ async def run_export(base_url: str, out: Path, **overrides: Any) -> tuple[Export
         base_url=base_url,
         token=Secret(TOKEN),
         rate_limit=RateLimit(100_000, 1.0),
-        **overrides,
+        **{"relationships": "none", **overrides},
     )
     job = Export(settings, StaticToken(Secret(TOKEN)))
     return job, await job.run()

@@ -20,7 +20,7 @@ REQUIRED_FLAGS = (
     "--host", "--port", "--steps", "--seed", "--token", "--token-ttl", "--mint-interval",
     "--rate-limit", "--retry-after", "--no-retry-after", "--latency", "--latency-per-record",
     "--error-rate", "--big-page-502-above", "--reset-rate", "--truncate-rate", "--malformed-rate",
-    "--html-rate", "--slow-body", "--mutation-rate", "--sequences-per-step", "--users-per-step",
+    "--html-rate", "--slow-body", "--slow-body-rate", "--mutation-rate", "--cache-mib", "--fault-seed", "--sequences-per-step", "--users-per-step",
     "--call-purposes", "--task-priorities", "--templates-per-email-step",
     "--mailings-per-email-step", "--calls-per-call-step", "--tasks-per-step",
 )  # fmt: skip

@@ -117,6 +117,12 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
     help="Inserts/updates/deletes per second while serving.",
 )
 @click.option(
+    "--cache-mib",
+    type=click.IntRange(min=0),
+    default=512,
+    help="MiB of serialized records kept in memory.",
+)
+@click.option(
     "--fault-seed", type=int, default=None, help="Seed of the fault dice (default: --seed)."
 )
 def simulate(**options: Any) -> None:
@@ -163,6 +169,7 @@ def simulate(**options: Any) -> None:
         rate_limit=limit,
         rate_window=window,
         retry_after=options["retry_after"],
+        record_cache_bytes=options["cache_mib"] * 1024 * 1024,
         faults=faults,
     )
     asyncio.run(_serve_until_signalled(Simulator(cfg), options["host"], options["port"]))

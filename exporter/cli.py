@@ -366,8 +366,12 @@ def export(
 
 def _register_subcommands() -> None:
     from exporter.simulator.cli import simulate
+    from exporter.status import status_command
+    from exporter.verify import verify_command
 
     main.add_command(simulate)
+    main.add_command(verify_command)
+    main.add_command(status_command)
 
 
 _register_subcommands()

@@ -1,0 +1,476 @@
+"""`exporter verify DIR`: recompute every file's size, sha256, rows and schema and compare them with the manifest.
+
+What is checked, for a finished run (`_manifest.json` present):
+1. `manifest_sha256` against the canonical digest of the rest of the manifest (any edit shows);
+2. every listed file: it exists inside DIR, and its size, sha256 (streamed, 1 MiB at a time),
+   Parquet row count (from the footer) and Arrow schema equal the manifest's;
+3. every `*.parquet` file under a type directory that the manifest does not list (a file someone
+   added: `read_parquet('DIR/<type>/*.parquet')` would read it too);
+4. per resource, the rows found in its files against `resources.<type>.rows`, and its file count.
+
+For an unfinished run (only `_checkpoint.json`) the committed files the checkpoint names are
+checked the same way (schemas against the schema this exporter writes); part files it does not
+name are uncommitted work the next `export` removes, so they are listed but are no difference.
+
+Outcome and exit code: 0 everything matches; 6 (`VERIFY_MISMATCH`) anything differs; 1 an
+unfinished run whose committed files all match (run `export` again to finish it); 2 DIR holds no
+export at all. Reading is streamed: memory stays flat however large the files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import click
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from exporter import checkpoint, manifest
+from exporter.errors import ExitCode, ExporterError, UsageError
+from exporter.normalize import arrow_schema
+from exporter.schema import RESOURCE_TYPES, resource_type
+from exporter.sink import sha256_file
+
+_LABELS = {"bytes": "size in bytes", "rows": "row count", "files": "file count"}
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way the directory differs from its record; `subject` is a file path or a record field."""
+
+    subject: str
+    what: str  # sha256 | bytes | rows | schema | missing | unlisted | unreadable | manifest_sha256 ...
+    expected: Any = None
+    found: Any = None
+    note: str = ""
+
+    def line(self) -> str:
+        if self.note:
+            return f"{self.subject}: {self.note}"
+        label = _LABELS.get(self.what, self.what)
+        if self.subject.startswith("resources."):
+            label += {"rows": " (in its readable files)", "files": " (on disk)"}.get(self.what, "")
+        return f"{self.subject}: {label} differs: expected {self.expected}, found {self.found}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "what": self.what,
+            "expected": self.expected,
+            "found": self.found,
+            "message": self.line(),
+        }
+
+
+@dataclass(frozen=True)
+class ExpectedFile:
+    """A file as the manifest or checkpoint records it."""
+
+    path: str
+    type_name: str
+    rows: int
+    bytes: int
+    sha256: str
+    schema: list[dict[str, Any]] | None  # None: not recorded and not derivable
+
+
+@dataclass
+class FileResult:
+    path: str
+    type_name: str
+    status: str  # ok | differs | missing | unlisted | uncommitted
+    rows: int | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "type": self.type_name,
+            "status": self.status,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+        }
+
+
+@dataclass
+class VerifyReport:
+    root: str
+    checked_against: str  # "manifest" | "checkpoint"
+    run_id: str | None
+    run_status: str  # complete | unfinished
+    files: list[FileResult] = field(default_factory=list)
+    differences: list[Difference] = field(default_factory=list)
+    manifest_sha256: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.differences:
+            return ExitCode.VERIFY_MISMATCH
+        if self.run_status != "complete":
+            return ExitCode.FAILED
+        return ExitCode.OK
+
+    @property
+    def checked(self) -> list[FileResult]:
+        return [f for f in self.files if f.status in ("ok", "differs")]
+
+    def summary(self) -> str:
+        listed = [f for f in self.files if f.status not in ("unlisted", "uncommitted")]
+        rows = sum(f.rows or 0 for f in self.checked)
+        size = sum(f.bytes or 0 for f in self.checked)
+        if self.differences:
+            subjects = {d.subject for d in self.differences}
+            return (
+                f"MISMATCH: {len(self.differences)} difference(s) in {len(subjects)} item(s); "
+                f"run {self.run_id}, {len(listed)} file(s) recorded in {self.checked_against}"
+            )
+        if self.run_status != "complete":
+            uncommitted = sum(1 for f in self.files if f.status == "uncommitted")
+            extra = f"; {uncommitted} uncommitted file(s) will be removed" if uncommitted else ""
+            return (
+                f"unfinished run {self.run_id}: {len(listed)} files committed verify OK "
+                f"({rows:,} rows, {size:,} bytes){extra}; run export again to finish"
+            )
+        return (
+            f"OK: run {self.run_id}, {len(listed)} files, {rows:,} rows, {size:,} bytes match "
+            f"the manifest (manifest_sha256 {self.manifest_sha256})"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "directory": self.root,
+            "ok": self.ok,
+            "exit_code": int(self.exit_code),
+            "checked_against": self.checked_against,
+            "run_id": self.run_id,
+            "run_status": self.run_status,
+            "manifest_sha256": self.manifest_sha256,
+            "files": [f.to_json() for f in self.files],
+            "differences": [d.to_json() for d in self.differences],
+            "summary": self.summary(),
+        }
+
+
+def verify(root: Path) -> VerifyReport:
+    """Check DIR against its manifest, or an unfinished run against its checkpoint."""
+    if not root.exists():
+        raise UsageError(f"{root} does not exist: no export to verify")
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a directory")
+    manifest_path = root / manifest.MANIFEST_NAME
+    if manifest_path.exists():
+        return _verify_manifest(root, manifest_path)
+    state = checkpoint.load(root)
+    if state is None:
+        raise UsageError(
+            f"{root} holds no export: neither {manifest.MANIFEST_NAME} nor "
+            f"{checkpoint.CHECKPOINT_NAME} is there"
+        )
+    report = VerifyReport(
+        root=str(root),
+        checked_against="checkpoint",
+        run_id=state.run_id,
+        run_status="complete" if state.status == "complete" else "unfinished",
+    )
+    if state.status == "complete":
+        # run.py saves the finished checkpoint, then writes the manifest: it went missing.
+        report.differences.append(
+            Difference(
+                manifest.MANIFEST_NAME,
+                "missing",
+                note=f"missing, though the checkpoint says run {state.run_id} finished",
+            )
+        )
+    expected = [
+        ExpectedFile(f.path, f.type_name, f.rows, f.bytes, f.sha256, _current_schema(f.type_name))
+        for f in state.committed_files()
+    ]
+    directories = {t: r.directory for t, r in state.resources.items()}
+    listed = _check_files(root, expected, report)
+    for path, type_name in _parquet_files(root, directories):
+        if path not in listed:
+            status = "unlisted" if state.status == "complete" else "uncommitted"
+            report.files.append(FileResult(path, type_name, status))
+            if status == "unlisted":
+                report.differences.append(
+                    Difference(path, "unlisted", note="not named by the checkpoint (a file added?)")
+                )
+    return report
+
+
+def _verify_manifest(root: Path, path: Path) -> VerifyReport:
+    report = VerifyReport(
+        root=str(root), checked_against="manifest", run_id=None, run_status="complete"
+    )
+    name = manifest.MANIFEST_NAME
+    try:
+        document = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        report.differences.append(Difference(name, "unreadable", note=f"not valid JSON ({exc})"))
+        return report
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not isinstance(document, dict) or document.get("format") != manifest.FORMAT:
+        report.differences.append(
+            Difference(name, "format", note="not an outreach-exporter manifest")
+        )
+        return report
+    report.run_id = str(document.get("run_id"))
+    report.manifest_sha256 = str(document.get("manifest_sha256"))
+    recomputed = manifest.canonical_digest(document)
+    if document.get("manifest_sha256") != recomputed:
+        report.differences.append(
+            Difference(name, "manifest_sha256", document.get("manifest_sha256"), recomputed)
+        )
+    if document.get("version") != manifest.VERSION:
+        report.differences.append(
+            Difference(name, "version", manifest.VERSION, document.get("version"))
+        )
+    if document.get("status") != "complete":
+        report.differences.append(Difference(name, "status", "complete", document.get("status")))
+
+    resources = document.get("resources")
+    resources = resources if isinstance(resources, dict) else {}
+    expected: list[ExpectedFile] = []
+    for index, entry in enumerate(document.get("files") or []):
+        parsed = _expected_from_manifest(entry)
+        if parsed is None:
+            report.differences.append(
+                Difference(f"{name} files[{index}]", "entry", note="not a valid file entry")
+            )
+            continue
+        expected.append(parsed)
+    listed = _check_files(root, expected, report)
+
+    directories = {
+        str(t): str(r.get("directory")) for t, r in resources.items() if isinstance(r, dict)
+    }
+    for found_path, type_name in _parquet_files(root, directories):
+        if found_path not in listed:
+            result = FileResult(found_path, type_name, "unlisted")
+            report.files.append(result)
+            report.differences.append(
+                Difference(
+                    found_path, "unlisted", note="not listed in the manifest (a file added?)"
+                )
+            )
+
+    for type_name, resource in resources.items():
+        if not isinstance(resource, dict):
+            continue
+        mine = [f for f in report.files if f.type_name == type_name and f.status != "unlisted"]
+        rows_found = sum(f.rows or 0 for f in mine)
+        if resource.get("rows") != rows_found:
+            report.differences.append(
+                Difference(f"resources.{type_name}", "rows", resource.get("rows"), rows_found)
+            )
+        present = sum(1 for f in mine if f.status != "missing")
+        if resource.get("files") != present:
+            report.differences.append(
+                Difference(f"resources.{type_name}", "files", resource.get("files"), present)
+            )
+    return report
+
+
+def _expected_from_manifest(entry: Any) -> ExpectedFile | None:
+    if not isinstance(entry, dict):
+        return None
+    try:
+        schema = entry.get("schema")
+        return ExpectedFile(
+            path=str(entry["path"]),
+            type_name=str(entry["type"]),
+            rows=int(entry["rows"]),
+            bytes=int(entry["bytes"]),
+            sha256=str(entry["sha256"]),
+            schema=list(schema) if isinstance(schema, list) else None,
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _current_schema(type_name: str) -> list[dict[str, Any]] | None:
+    if type_name not in RESOURCE_TYPES:
+        return None
+    return manifest.schema_fields(arrow_schema(type_name))
+
+
+def _check_files(root: Path, expected: list[ExpectedFile], report: VerifyReport) -> set[str]:
+    """Check each recorded file; returns the set of recorded paths."""
+    listed: set[str] = set()
+    for entry in expected:
+        listed.add(entry.path)
+        before = len(report.differences)
+        result = FileResult(entry.path, entry.type_name, "ok")
+        report.files.append(result)
+        location = _inside(root, entry.path)
+        if location is None:
+            report.differences.append(
+                Difference(
+                    entry.path, "path", note="recorded path points outside the output directory"
+                )
+            )
+            result.status = "differs"
+            continue
+        try:
+            size = location.stat().st_size
+        except FileNotFoundError:
+            report.differences.append(
+                Difference(entry.path, "missing", note="missing (listed, not on disk)")
+            )
+            result.status = "missing"
+            continue
+        except OSError as exc:
+            report.differences.append(
+                Difference(entry.path, "unreadable", note=f"cannot be read: {exc.strerror}")
+            )
+            result.status = "differs"
+            continue
+        result.bytes = size
+        if size != entry.bytes:
+            report.differences.append(Difference(entry.path, "bytes", entry.bytes, size))
+        try:
+            result.sha256 = sha256_file(location)
+        except OSError as exc:
+            report.differences.append(
+                Difference(entry.path, "unreadable", note=f"cannot be read: {exc.strerror}")
+            )
+            result.status = "differs"
+            continue
+        if result.sha256 != entry.sha256:
+            report.differences.append(Difference(entry.path, "sha256", entry.sha256, result.sha256))
+        try:
+            metadata = pq.read_metadata(location)
+            schema = pq.read_schema(location)
+        except (pa.ArrowException, OSError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            report.differences.append(
+                Difference(entry.path, "parquet", note=f"not a readable Parquet file ({reason})")
+            )
+        else:
+            result.rows = metadata.num_rows
+            if metadata.num_rows != entry.rows:
+                report.differences.append(
+                    Difference(entry.path, "rows", entry.rows, metadata.num_rows)
+                )
+            if entry.schema is not None:
+                found = manifest.schema_fields(_with_item_names(schema))
+                if found != entry.schema:
+                    report.differences.append(_schema_difference(entry.path, entry.schema, found))
+        if len(report.differences) > before:
+            result.status = "differs"
+    return listed
+
+
+def _with_item_names(schema: pa.Schema) -> pa.Schema:
+    """The schema with list items named `item`, as the exporter's Arrow schemas (and manifests) name them.
+
+    Parquet readers name a list's item `element` (the Parquet spec's name); that is the same type,
+    so it must not count as a difference.
+    """
+    return pa.schema([f.with_type(_item_named(f.type)) for f in schema])
+
+
+def _item_named(data_type: pa.DataType) -> pa.DataType:
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        value = data_type.value_field
+        item = pa.field("item", _item_named(value.type), value.nullable)
+        return pa.list_(item) if pa.types.is_list(data_type) else pa.large_list(item)
+    if pa.types.is_struct(data_type):
+        return pa.struct([f.with_type(_item_named(f.type)) for f in data_type])
+    return data_type
+
+
+def _schema_difference(
+    path: str, expected: list[dict[str, Any]], found: list[dict[str, Any]]
+) -> Difference:
+    """One line naming the columns that differ; the full lists go to the JSON report."""
+    want = {str(f.get("name")): f for f in expected if isinstance(f, dict)}
+    have = {str(f.get("name")): f for f in found}
+    parts = [f"column {n} missing" for n in want if n not in have]
+    parts += [f"column {n} added" for n in have if n not in want]
+    for n in want.keys() & have.keys():
+        w, h = want[n], have[n]
+        if w.get("type") != h.get("type"):
+            parts.append(f"column {n} type {w.get('type')} expected, {h.get('type')} found")
+        if w.get("nullable") != h.get("nullable"):
+            parts.append(
+                f"column {n} nullable {w.get('nullable')} expected, {h.get('nullable')} found"
+            )
+    if not parts:
+        parts.append("column order differs")
+    return Difference(path, "schema", expected, found, note="differs: " + "; ".join(sorted(parts)))
+
+
+def _inside(root: Path, relative: str) -> Path | None:
+    """`root/relative`, or None when the recorded path would leave the output directory."""
+    pure = PurePosixPath(relative)
+    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
+        return None
+    return root.joinpath(*pure.parts)
+
+
+def _parquet_files(root: Path, directories: dict[str, str]) -> list[tuple[str, str]]:
+    """Every `*.parquet` under the run's type directories and every known type's directory."""
+    by_directory = {resource_type(t).collection: t for t in RESOURCE_TYPES}
+    by_directory.update({d: t for t, d in directories.items()})
+    found: list[tuple[str, str]] = []
+    for directory, type_name in sorted(by_directory.items()):
+        folder = _inside(root, directory)
+        if folder is None or not folder.is_dir():
+            continue
+        for dirpath, _dirs, names in os.walk(folder):
+            for file_name in sorted(names):
+                if file_name.endswith(".parquet"):
+                    relative = Path(dirpath, file_name).relative_to(root).as_posix()
+                    found.append((relative, type_name))
+    return found
+
+
+def render(report: VerifyReport) -> list[str]:
+    """The text report: a header, one line per difference, then the summary line."""
+    against = (
+        manifest.MANIFEST_NAME
+        if report.checked_against == "manifest"
+        else (f"{checkpoint.CHECKPOINT_NAME} (unfinished run: no manifest yet)")
+    )
+    lines = [f"verifying {report.root} against {against}"]
+    lines += [d.line() for d in report.differences]
+    uncommitted = [f.path for f in report.files if f.status == "uncommitted"]
+    lines += [
+        f"{p}: uncommitted (not in the checkpoint; the next export removes it)" for p in uncommitted
+    ]
+    lines.append(report.summary())
+    return lines
+
+
+@click.command("verify")
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report.")
+def verify_command(directory: Path, as_json: bool) -> None:
+    """Check every file in DIR against its manifest: sizes, sha256, rows, schemas, extra files.
+
+    Exit 0 when everything matches, 6 when anything differs, 1 for an unfinished run whose
+    committed files match, 2 when DIR holds no export.
+    """
+    try:
+        report = verify(directory)
+    except ExporterError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(int(exc.exit_code)) from None
+    if as_json:
+        click.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        for line in render(report):
+            click.echo(line)
+    raise SystemExit(int(report.exit_code))

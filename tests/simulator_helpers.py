@@ -44,6 +44,25 @@ class Running:
         async with self.session.get(url, params=params, **kw) as response:
             return Reply(response.status, dict(response.headers), await response.read())
 
+    async def send(
+        self,
+        method: str,
+        path: str,
+        document: Any = None,
+        *,
+        raw: bytes | None = None,
+        content_type: str | None = "application/vnd.api+json",
+        **kw: Any,
+    ) -> Reply:
+        """A write: `document` serialized (or `raw` bytes as they are) with a JSON:API type."""
+        url = path if path.startswith("http") else self.api + path
+        headers = dict(kw.pop("headers", {}))
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        body = raw if raw is not None else orjson.dumps(document)
+        async with self.session.request(method, url, data=body, headers=headers, **kw) as response:
+            return Reply(response.status, dict(response.headers), await response.read())
+
     async def walk(self, path: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Every record of a cursor walk, following links.next to the end."""
         records: list[dict[str, Any]] = []

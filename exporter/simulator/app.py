@@ -1,4 +1,4 @@
-"""The aiohttp application: routes, auth and rate-limit gates, fault injection, page assembly from bytes."""
+"""The aiohttp application: routes, auth and rate-limit gates, fault injection, pages from bytes, writes."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .faults import HTML_PAGE, BodyFault, Decision, Replacement, malformed, trun
 from .listing import Page
 from .paging import Cursor, encode_cursor
 from .query import Query, QueryError, parse_query
+from .writes import WRITABLE_TYPE, WriteError, parse_write
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -25,6 +26,7 @@ JSONAPI = "application/vnd.api+json"
 API_PREFIX = "/api/v2"
 SLOW_CHUNKS = 10
 NO_FAULT = Decision()
+WRITE_METHODS = frozenset({"POST", "PATCH"})
 
 
 def error_body(status: int, error_id: str, title: str, detail: str) -> bytes:
@@ -53,8 +55,8 @@ class Api:
         content_type: str = JSONAPI,
         decision: Decision = NO_FAULT,
     ) -> web.StreamResponse:
-        """Write a response, damaged as `decision` says (body faults only touch 200 answers)."""
-        fault = decision.body_fault if status == 200 else None
+        """Write a response, damaged as `decision` says (body faults only touch 200/201 answers)."""
+        fault = decision.body_fault if status in (200, 201) else None
         if fault is BodyFault.TRUNCATE:
             body = truncated(body, decision.cut_at)
         elif fault is BodyFault.MALFORMED:
@@ -119,8 +121,9 @@ class Api:
                 body = error_body(401, "unauthorized", "Unauthorized", problem)
                 return await self.deliver(request, 401, body, headers)
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
-            if content_type and content_type != JSONAPI:
-                detail = f"Content-Type must be {JSONAPI}, not {content_type}"
+            writing = request.method in WRITE_METHODS
+            if (content_type or writing) and content_type != JSONAPI:
+                detail = f"Content-Type must be {JSONAPI}, not {content_type or 'none'}"
                 return await self.deliver(
                     request,
                     415,
@@ -135,17 +138,75 @@ class Api:
                     error_body(404, "resourceNotFound", "Resource Not Found", detail),
                     headers,
                 )
-            if request.method != "GET":
-                detail = f"{request.method} is not supported by the simulator"
-                return await self.deliver(
-                    request,
-                    405,
-                    error_body(405, "methodNotAllowed", "Method Not Allowed", detail),
-                    headers,
-                )
-            return await self._get(request, rtype.name, record, headers)
+            if request.method == "GET":
+                return await self._get(request, rtype.name, record, headers)
+            if rtype.name == WRITABLE_TYPE and request.method == ("PATCH" if record else "POST"):
+                return await self._write(request, rtype.name, record, headers)
+            detail = f"{request.method} {request.path} is not supported"
+            if request.method == "DELETE":
+                detail += " (the Outreach API has no DELETE for this resource)"
+            return await self.deliver(
+                request,
+                405,
+                error_body(405, "methodNotAllowed", "Method Not Allowed", detail),
+                headers,
+            )
         finally:
             sim.counters.finish_request()
+
+    async def _write(
+        self, request: web.Request, type_name: str, record: str, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """POST a new record to the collection or PATCH one: 201/200 with the record as served."""
+        sim = self.sim
+        store = sim.store
+        decision = sim.dice.decide(sim.faults, None, write=True)
+        if sim.faults.latency_s > 0:
+            await asyncio.sleep(sim.faults.latency_s)
+        if decision.replacement is not None:
+            return await self._replace(request, decision.replacement, headers)
+        body = await request.read()
+        rtype = store.table(type_name).rtype
+        record_id: int | None = None
+        if record:
+            record_id = int(record) if record.isascii() and record.isdigit() else -1
+            if store.alive_row(type_name, record_id) is None:
+                detail = f"No {type_name} with id {record}"
+                return await self.deliver(
+                    request,
+                    404,
+                    error_body(404, "resourceNotFound", "Resource Not Found", detail),
+                    headers,
+                )
+        try:
+            change = parse_write(
+                body,
+                rtype,
+                record_id=record_id,
+                exists=lambda name, i: store.alive_row(name, i) is not None,
+            )
+        except WriteError as error:
+            return await self.deliver(
+                request, error.status, orjson.dumps(error.document()), headers
+            )
+        if record_id is None:
+            record_id = store.create(type_name, change)
+            status = 201
+            headers = {**headers, "Location": f"{store.base_url}/{rtype.collection}/{record_id}"}
+        else:
+            store.patch(type_name, record_id, change)
+            status = 200
+        sim.counters.writes_applied += 1
+        if decision.lose_write:
+            sim.counters.writes_lost += 1
+            transport = request.transport
+            if transport is not None:
+                transport.abort()  # applied, but the client never hears back
+            return web.Response(status=status)
+        row = store.alive_row(type_name, record_id)
+        assert row is not None, "a record just written is alive"
+        answer = b'{"data":' + store.record_bytes(type_name, row) + b"}"
+        return await self.deliver(request, status, answer, headers, decision=decision)
 
     async def _get(
         self, request: web.Request, type_name: str, record: str, headers: dict[str, str]

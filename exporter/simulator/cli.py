@@ -117,6 +117,12 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
     help="Inserts/updates/deletes per second while serving.",
 )
 @click.option(
+    "--lost-write-rate",
+    type=_RATE,
+    default=0.0,
+    help="Share of writes applied, then answered by a dropped connection.",
+)
+@click.option(
     "--cache-mib",
     type=click.IntRange(min=0),
     default=512,
@@ -144,6 +150,7 @@ def simulate(**options: Any) -> None:
         slow_body_s=options["slow_body"],
         slow_body_rate=options["slow_body_rate"],
         mutation_rate=options["mutation_rate"],
+        lost_write_rate=options["lost_write_rate"],
         seed=options["fault_seed"],
     )
     cfg = SimulatorConfig(

@@ -25,6 +25,9 @@ class Faults:
     slow_body_s: float = 0.0  # when > 0, bodies are trickled in chunks over this many seconds
     slow_body_rate: float = 1.0  # share of responses trickled when slow_body_s > 0
     mutation_rate: float = 0.0  # background inserts/updates/deletes per second while serving
+    # Share of writes (POST/PATCH) applied and then answered by a dropped connection, no bytes
+    # sent: the client cannot tell whether its write happened.
+    lost_write_rate: float = 0.0
     seed: int | None = None  # fault RNG seed; None = the data seed
 
 

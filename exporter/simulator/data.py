@@ -26,6 +26,12 @@ SEQUENCE_TYPES: tuple[str, ...] = ("interval", "date")
 # A step's `schedule` column holds an interval in seconds or a day number, as its sequence says.
 SCHEDULE_NONE, SCHEDULE_INTERVAL, SCHEDULE_DATE = 0, 1, 2
 
+# To-many `data` relationships derived from the other side's to-one: (child type, child's to-one).
+REVERSE: dict[tuple[str, str], tuple[str, str]] = {
+    ("sequenceStep", "sequenceTemplates"): ("sequenceTemplate", "sequenceStep"),
+    ("sequence", "sequenceSteps"): ("sequenceStep", "sequence"),
+}
+
 # Attribute variants per type: rows take variant `row % POOL_SIZE`, so rows 0 and 1 of every
 # type (the two lowest ids) carry the variants whose strings are exactly at their maxLength.
 POOL_SIZE = 2048

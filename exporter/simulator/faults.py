@@ -32,6 +32,7 @@ class Decision:
     replacement: Replacement | None = None
     body_fault: BodyFault | None = None
     slow: bool = False
+    lose_write: bool = False  # apply the write, then drop the connection before answering
     cut_at: float = 0.5  # where a reset, truncation or corruption happens, as a share of the body
 
 
@@ -47,8 +48,11 @@ class FaultDice:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(f"{seed}:faults")
 
-    def decide(self, f: Faults, page_size: int | None) -> Decision:
-        """One decision per API request. Each rate is drawn only when it is set, in a fixed order."""
+    def decide(self, f: Faults, page_size: int | None, *, write: bool = False) -> Decision:
+        """One decision per API request. Each rate is drawn only when it is set, in a fixed order.
+
+        A replacement answers instead of the handler, so a replaced write is not applied.
+        """
         rng = self.rng
         cut = rng.random()
         if (
@@ -67,6 +71,8 @@ class FaultDice:
             return Decision(
                 replacement=Replacement.HTML_502 if rng.random() < 0.5 else Replacement.HTML_200
             )
+        if write and f.lost_write_rate > 0 and rng.random() < f.lost_write_rate:
+            return Decision(lose_write=True, cut_at=cut)
         body_fault = None
         if f.reset_rate > 0 and rng.random() < f.reset_rate:
             body_fault = BodyFault.RESET

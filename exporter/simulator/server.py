@@ -32,6 +32,8 @@ class Counters:
     in_flight: int = 0
     max_in_flight: int = 0
     tokens_minted: int = 0
+    writes_applied: int = 0  # POST/PATCH requests that changed the store (lost ones included)
+    writes_lost: int = 0  # writes applied whose answer was dropped (Faults.lost_write_rate)
 
     def count_request(self, route: str) -> None:
         self.requests += 1

@@ -10,11 +10,12 @@ from typing import Any
 
 import orjson
 
-from exporter.schema import RESOURCE_TYPES, Kind, Shape, resource_type
+from exporter.schema import Kind, Shape
 
 from .data import (
     CALL_STEP_CODE,
     EMAIL_STEP_CODES,
+    REVERSE,
     SCHEDULE_DATE,
     SCHEDULE_INTERVAL,
     SCHEDULE_NONE,
@@ -28,6 +29,8 @@ from .data import (
 )
 from .paging import KeyValue
 from .query import normalize
+from .render import Stamps, TypeRenderer, collection_of
+from .writes import StepChange
 
 # To-one relationships with a reverse index (rows sorted by target id): the relationship filters
 # the exporter relies on for its bulk fetches, answered in O(result).
@@ -38,20 +41,9 @@ INDEXED: dict[str, tuple[str, ...]] = {
     "call": ("sequenceStep",),
     "task": ("sequenceStep",),
 }
-# To-many `data` relationships derived from the other side's to-one: (child type, child's to-one).
-REVERSE: dict[tuple[str, str], tuple[str, str]] = {
-    ("sequenceStep", "sequenceTemplates"): ("sequenceTemplate", "sequenceStep"),
-    ("sequence", "sequenceSteps"): ("sequenceStep", "sequence"),
-}
 # Attributes a live update never changes: they would break the data's invariants.
 FROZEN_ATTRIBUTES = frozenset({"stepType", "date", "interval", "createdAt", "updatedAt"})
 MUTATION_KINDS = (Kind.STRING, Kind.INTEGER, Kind.BOOLEAN)
-
-
-def _collection_of(target: str) -> str:
-    if target in RESOURCE_TYPES:
-        return resource_type(target).collection
-    return target if target.endswith("s") else target + "s"
 
 
 class Store:
@@ -80,24 +72,31 @@ class Store:
         self._cache: dict[str, dict[int, bytes]] = {name: {} for name in tables}
         self._cache_size = 0
         self.by_updated: dict[str, array[int]] = {}
+        # Per indexed to-one: the rows sorted by (target id, row), and their target ids beside
+        # them (so a lookup is a plain bisect on integers, without a key function).
         self.fk_index: dict[tuple[str, str], array[int]] = {}
+        self.fk_keys: dict[tuple[str, str], array[int]] = {}
         self._latest = 0  # the newest updatedAt handed out by a mutation
         for name, table in tables.items():
             updated = table.updated
             self.by_updated[name] = array("q", sorted(range(len(table)), key=updated.__getitem__))
             for fk in INDEXED.get(name, ()):
                 column = table.fks[fk]
-                self.fk_index[(name, fk)] = array(
-                    "q", sorted(range(len(table)), key=column.__getitem__)
-                )
+                index = array("q", sorted(range(len(table)), key=column.__getitem__))
+                self.fk_index[(name, fk)] = index
+                self.fk_keys[(name, fk)] = array("q", map(column.__getitem__, index))
         self._static_relationships = {name: self._static_parts(name) for name in tables}
         # Per type, in schema order: (name, shape, target type, fixed value or None).
-        self._plans = {
+        self.plans = {
             name: [
                 (r.name, r.shape, r.target, self._static_relationships[name].get(r.name))
                 for r in table.rtype.relationships
             ]
             for name, table in tables.items()
+        }
+        stamps = Stamps()
+        self._renderers = {
+            name: TypeRenderer(self, table, stamps) for name, table in tables.items()
         }
         self._mutable = {
             name: tuple(
@@ -124,14 +123,14 @@ class Store:
 
     def rows_pointing_at(self, name: str, fk: str, target_id: int) -> list[int]:
         """Rows of `name` whose to-one `fk` is `target_id` (alive or not), ascending id."""
-        table = self.tables[name]
-        column = table.fks[fk]
         index = self.fk_index.get((name, fk))
         if index is None:
-            return [row for row in range(len(table)) if column[row] == target_id]
-        lo = bisect_left(index, target_id, key=column.__getitem__)
-        hi = bisect_right(index, target_id, lo, key=column.__getitem__)
-        return list(index[lo:hi])
+            column = self.tables[name].fks[fk]
+            return [row for row in range(len(column)) if column[row] == target_id]
+        keys = self.fk_keys[(name, fk)]
+        lo = bisect_left(keys, target_id)
+        hi = bisect_right(keys, target_id, lo)
+        return index[lo:hi].tolist()
 
     def set_base_url(self, base_url: str) -> None:
         if base_url != self.base_url:
@@ -245,7 +244,7 @@ class Store:
         name = table.name
         record_id = table.ids[row]
         out: dict[str, Any] = {}
-        for rel_name, shape, target, static in self._plans[name]:
+        for rel_name, shape, target, static in self.plans[name]:
             if static is not None:
                 out[rel_name] = static
             elif shape is Shape.TO_ONE:
@@ -261,7 +260,7 @@ class Store:
                     ]
                 }
             else:
-                url = f"{self.base_url}/{_collection_of(target)}?filter[{name}][id]={record_id}"
+                url = f"{self.base_url}/{collection_of(target)}?filter[{name}][id]={record_id}"
                 out[rel_name] = {"links": {"related": url}}
         return out
 
@@ -275,18 +274,31 @@ class Store:
         }
 
     def record_bytes(self, name: str, row: int) -> bytes:
-        """The serialized full resource object, cached until the record or a neighbour changes."""
+        """The serialized full resource object, cached until the record or a neighbour changes.
+
+        Rows without overrides are spliced from bytes (`render.py`); rows with overrides (rare:
+        updated by a mutation or a write) go through `resource`, the dict reference rendering.
+        The cache admits records until it is full, then admits nothing more until mutations
+        free room: a walk over more records than fit re-renders the uncached ones but never
+        evicts the cached ones, so repeated walks keep a constant hit rate instead of none.
+        """
         cache = self._cache[name]
         cached = cache.get(row)
         if cached is not None:
             return cached
-        # A copy: orjson's own buffer keeps its growth headroom, several times the length.
-        encoded = memoryview(orjson.dumps(self.resource(self.tables[name], row))).tobytes()
-        if self._cache_size + len(encoded) > self.cache_limit:
-            self.clear_cache()
-        cache[row] = encoded
-        self._cache_size += len(encoded)
+        if row in self.overrides[name]:
+            # A copy: orjson's own buffer keeps its growth headroom, several times the length.
+            encoded = memoryview(orjson.dumps(self.resource(self.tables[name], row))).tobytes()
+        else:
+            encoded = self._renderers[name].render(row)
+        if self._cache_size + len(encoded) <= self.cache_limit:
+            cache[row] = encoded
+            self._cache_size += len(encoded)
         return encoded
+
+    def reference_bytes(self, name: str, row: int) -> bytes:
+        """The record rendered through dicts and orjson, bypassing the cache (for tests)."""
+        return orjson.dumps(self.resource(self.tables[name], row))
 
     def sparse_bytes(self, name: str, row: int, fields: frozenset[str]) -> bytes:
         table = self.tables[name]
@@ -390,9 +402,25 @@ class Store:
         order = self.by_updated[name]
         order.insert(bisect_right(order, (updated[row], row), key=lambda r: (updated[r], r)), row)
         for fk in INDEXED.get(name, ()):
-            column = table.fks[fk]
-            index = self.fk_index[(name, fk)]
-            index.insert(bisect_right(index, (column[row], row), key=lambda r: (column[r], r)), row)
+            self._fk_index_add(name, fk, row)
+
+    def _fk_index_add(self, name: str, fk: str, row: int) -> None:
+        key = self.tables[name].fks[fk][row]
+        index, keys = self.fk_index[(name, fk)], self.fk_keys[(name, fk)]
+        lo = bisect_left(keys, key)
+        position = bisect_left(index, row, lo, bisect_right(keys, key, lo))
+        index.insert(position, row)
+        keys.insert(position, key)
+
+    def _fk_index_remove(self, name: str, fk: str, row: int) -> None:
+        """Take `row` out of the index while the column still holds its old target id."""
+        key = self.tables[name].fks[fk][row]
+        index, keys = self.fk_index[(name, fk)], self.fk_keys[(name, fk)]
+        lo = bisect_left(keys, key)
+        position = bisect_left(index, row, lo, bisect_right(keys, key, lo))
+        assert index[position] == row, "fk index out of step with the table"
+        del index[position]
+        del keys[position]
 
     def insert(self, name: str) -> int:
         """Insert a record of type `name` (id above every id used so far); returns its id."""
@@ -498,6 +526,14 @@ class Store:
                 limit = min(attribute.max_length or 200, 200)
                 new = text(self.rng, self.rng.randint(1, limit))
         self.overrides[name].setdefault(row, {})[attribute.name] = new
+        self._touch(name, row)
+        self.epoch[name] += 1
+        self._forget_neighbours(name, row)
+        return attribute.name
+
+    def _touch(self, name: str, row: int) -> None:
+        """Bump a record's updatedAt to now (monotonic) and move it in the updatedAt index."""
+        table = self.tables[name]
         order = self.by_updated[name]
         updated = table.updated
         position = bisect_left(order, (updated[row], row), key=lambda r: (updated[r], r))
@@ -505,9 +541,72 @@ class Store:
         del order[position]
         updated[row] = self._now(at_least=updated[row] + 1)
         order.insert(bisect_right(order, (updated[row], row), key=lambda r: (updated[r], r)), row)
+
+    # ----------------------------------------------------------------------------- writes
+
+    def create(self, name: str, change: StepChange) -> int:
+        """Insert a record from a validated API write; returns its id (above every id used).
+
+        What the write does not set is what a fresh record has: counters 0, other attributes
+        null, creator and updater null (the simulator's token stands for no user).
+        """
+        table = self.tables[name]
+        now = self._now()
+        record_id = table.allocate_id(self.rng)
+        row = table.append(record_id, now, now)
+        computed = self.computed(table, row)
+        self.overrides[name][row] = {
+            a.name: 0 if a.read_only and a.kind is Kind.INTEGER else None
+            for a in table.rtype.attributes
+            if a.name not in computed
+        }
+        for fk, target_id in change.relationships.items():
+            table.fks[fk][row] = target_id
+        self._write_attributes(table, row, change.attributes)
+        self._index_insert(name, row)
         self.epoch[name] += 1
         self._forget_neighbours(name, row)
-        return attribute.name
+        return record_id
+
+    def patch(self, name: str, record_id: int, change: StepChange) -> None:
+        """Apply a validated API write to a live record and bump its updatedAt."""
+        table = self.tables[name]
+        row = self.alive_row(name, record_id)
+        if row is None:
+            raise KeyError(f"{name} {record_id} does not exist")
+        self._forget_neighbours(name, row)  # while the to-ones still name the old targets
+        indexed = INDEXED.get(name, ())
+        for fk, target_id in change.relationships.items():
+            column = table.fks[fk]
+            if column[row] == target_id:
+                continue
+            if fk in indexed:
+                self._fk_index_remove(name, fk, row)
+            column[row] = target_id
+            if fk in indexed:
+                self._fk_index_add(name, fk, row)
+        self._write_attributes(table, row, change.attributes)
+        self._touch(name, row)
+        self.epoch[name] += 1
+        self._forget_neighbours(name, row)
+
+    def _write_attributes(self, table: Table, row: int, attributes: dict[str, Any]) -> None:
+        """Store written values: in the step columns where they derive from, else as overrides."""
+        override = self.overrides[table.name].setdefault(row, {})
+        for name, value in attributes.items():
+            if table.name == "sequenceStep" and name == "stepType":
+                table.columns["stepType"][row] = STEP_TYPES.index(value)
+            elif table.name == "sequenceStep" and name == "order":
+                # The column reads 0 as null; an explicit 0 is kept as an override.
+                table.columns["order"][row] = value or 0
+                if value == 0:
+                    override["order"] = 0
+                else:
+                    override.pop("order", None)
+            else:
+                override[name] = value
+        if not override:
+            del self.overrides[table.name][row]
 
     def delete(self, name: str, record_id: int) -> None:
         """Remove a record. References to it from other records read as null from now on."""

@@ -44,7 +44,8 @@ def main() -> None:
 
 
 def fail(error: ExporterError) -> None:
-    click.echo(f"error: {error}", err=True)
+    prefix = "stopped" if error.exit_code is ExitCode.INTERRUPTED else "error"
+    click.echo(f"{prefix}: {error}", err=True)
     sys.exit(int(error.exit_code))
 
 
@@ -105,12 +106,19 @@ def _run(coro_factory: Callable[[], Any], on_signal: Callable[[], None]) -> Any:
             elif task is not None:
                 task.cancel()
 
+        def dump_tasks() -> None:
+            """SIGUSR1: print what every task is waiting on (for a run that seems stuck)."""
+            for other in asyncio.all_tasks():
+                click.echo(f"task {other.get_name()}:", err=True)
+                other.print_stack(limit=6, file=sys.stderr)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, handle)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         try:
             return await coro_factory()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
 
     return asyncio.run(runner())

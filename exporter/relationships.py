@@ -283,7 +283,7 @@ class RelationshipWalk:
                         state.push(value)
             needs[link.target] = state.next_position
         self._wakeup.set()
-        if self._crowded():
+        if self._crowded() and not self._stopping:
             self._room.clear()
         return needs
 
@@ -294,8 +294,10 @@ class RelationshipWalk:
         return [codes.setdefault(v, len(codes)) for v in table.column(GROUP_COLUMN).to_pylist()]
 
     async def backpressure(self) -> None:
-        """Wait while too many ids wait to be fetched (the crawl calls this after announcing)."""
-        await self._room.wait()
+        """Wait while too many ids wait to be fetched (the crawl calls this after announcing).
+        Never once the walk is stopping: no worker would make room."""
+        if not self._stopping:
+            await self._room.wait()
 
     def close(self) -> None:
         """No more announcements; workers finish once every queued id is fetched."""
@@ -392,11 +394,13 @@ class RelationshipWalk:
         return any(s.pending > PENDING_BATCHES * self.page_size for s in self.targets.values())
 
     def _next_batch(self) -> Batch | None:
-        final = self._closed
         best: Batch | None = None
         for state in sorted(self.targets.values(), key=lambda s: -s.pending):
             if state.link_only and not state.learnt and self._in_flight[state.target]:
                 continue  # nothing learnt yet: let the first answer size the next batches
+            # Cut partial batches too once the crawl is done, or while it waits for room:
+            # it cannot bring the ids a partial batch would wait for.
+            final = self._closed or state.pending > PENDING_BATCHES * self.page_size
             best = self._cut(state, final)
             if best is not None:
                 break

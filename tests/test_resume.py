@@ -17,8 +17,8 @@ from exporter.schema import resource_type
 from exporter.simulator import Faults
 from tests.conftest import TOKEN, Running, StartSimulator
 from tests.test_relationships import expected_related
-from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row, read_rows
 from tests.test_verify_helpers import assert_manifest_matches_files
+from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row, read_rows
 
 KILL_POINTS = int(os.environ.get("RESUME_KILL_POINTS", "20"))
 

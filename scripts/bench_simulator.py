@@ -2,7 +2,8 @@
 
 Starts `exporter simulate` as a subprocess (the server), then walks every step from this process
 with aiohttp: `--partitions` concurrent id-range walks (filter[id]=a..b, sort by id), each following
-links.next. The first pass serializes every record (cold), the second serves cached bytes (warm).
+links.next. The first pass renders every record (cold), the second serves what the record cache
+kept (warm: all of it when the steps fit `--cache-mib`, else the part that fit).
 
     python3 scripts/bench_simulator.py --steps 200000
 """
@@ -25,10 +26,13 @@ TOKEN = "bench-token"
 
 
 @contextlib.contextmanager
-def simulator(steps: int, seed: int) -> Iterator[tuple[str, subprocess.Popen[str], float]]:
+def simulator(
+    steps: int, seed: int, cache_mib: int
+) -> Iterator[tuple[str, subprocess.Popen[str], float]]:
     command = [
         sys.executable, "-m", "exporter", "simulate", "--port", "0", "--steps", str(steps),
         "--seed", str(seed), "--token", TOKEN, "--rate-limit", "1000000000/3600",
+        "--cache-mib", str(cache_mib),
     ]  # fmt: skip
     started = time.perf_counter()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -113,11 +117,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--cache-mib", type=int, default=512, help="the server's record cache")
     parser.add_argument(
         "--parse", action="store_true", help="decode every page fully (client-bound)"
     )
     args = parser.parse_args()
-    with simulator(args.steps, args.seed) as (base, process, ready):
+    with simulator(args.steps, args.seed, args.cache_mib) as (base, process, ready):
         print(
             f"steps={args.steps} ready in {ready:.1f}s, server RSS {rss_mib(process.pid):.0f} MiB"
         )

@@ -20,7 +20,7 @@ REQUIRED_FLAGS = (
     "--host", "--port", "--steps", "--seed", "--token", "--token-ttl", "--mint-interval",
     "--rate-limit", "--retry-after", "--no-retry-after", "--latency", "--latency-per-record",
     "--error-rate", "--big-page-502-above", "--reset-rate", "--truncate-rate", "--malformed-rate",
-    "--html-rate", "--slow-body", "--slow-body-rate", "--mutation-rate", "--cache-mib", "--fault-seed", "--sequences-per-step", "--users-per-step",
+    "--html-rate", "--slow-body", "--slow-body-rate", "--mutation-rate", "--lost-write-rate", "--cache-mib", "--fault-seed", "--sequences-per-step", "--users-per-step",
     "--call-purposes", "--task-priorities", "--templates-per-email-step",
     "--mailings-per-email-step", "--calls-per-call-step", "--tasks-per-step",
 )  # fmt: skip
@@ -44,6 +44,7 @@ def test_help_documents_every_flag() -> None:
         (["--rate-limit", "0/10"], "--rate-limit"),
         (["--rate-limit", "10/abc"], "--rate-limit"),
         (["--error-rate", "1.5"], "--error-rate"),
+        (["--lost-write-rate", "-0.1"], "--lost-write-rate"),
         (["--steps", "0"], "--steps"),
         (["--port", "70000"], "--port"),
         (["--latency", "-1"], "--latency"),
@@ -93,3 +94,21 @@ def test_a_real_process_serves_and_stops_cleanly() -> None:
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()
     assert "Traceback" not in stderr
+
+
+def test_fault_flags_reach_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.simulator import Simulator
+    from exporter.simulator import cli as simulator_cli
+
+    served: list[Simulator] = []
+
+    async def capture(sim: Simulator, host: str, port: int) -> None:
+        served.append(sim)
+
+    monkeypatch.setattr(simulator_cli, "_serve_until_signalled", capture)
+    args = ["simulate", "--steps", "5", "--lost-write-rate", "0.25", "--reset-rate", "0.5"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    (sim,) = served
+    assert (sim.faults.lost_write_rate, sim.faults.reset_rate) == (0.25, 0.5)
+    assert sim.cfg.record_cache_bytes == 512 * 1024 * 1024

@@ -68,6 +68,11 @@ class Lister:
         attributes = tuple(k.attribute for k in query.sort)
         same_direction = len(set(descending)) == 1
         if attributes == ("id",) or (attributes == ("updatedAt", "id") and same_direction):
+            # The walk's bounds enforce a range filter on the walked attribute: do not test it
+            # again per row (a page of an id-range walk then checks only that rows are alive).
+            primary = query.condition(attributes[0])
+            if primary is not None and primary.values is None:
+                predicates = self._predicates(query, skip=primary)
             return self._walk_index(query, key_of, predicates)
         return self._scan(query, key_of, descending, predicates)
 
@@ -83,12 +88,16 @@ class Lister:
             return lambda row: (first(row), second(row))
         return lambda row: tuple(g(row) for g in getters)
 
-    def _predicates(self, query: Query) -> list[Callable[[int], bool]]:
+    def _predicates(
+        self, query: Query, skip: Condition | None = None
+    ) -> list[Callable[[int], bool]]:
         store = self.store
         table = store.table(query.rtype)
         alive = table.alive
         predicates: list[Callable[[int], bool]] = [lambda row: alive[row] == 1]
         for condition in query.conditions:
+            if condition is skip:
+                continue
             predicates.append(
                 _condition_predicate(
                     condition, store.value_getter(query.rtype, condition.attribute)
@@ -217,9 +226,10 @@ class Lister:
         positions = range(hi - 1, lo - 1, -1) if descending else range(lo, hi)
         chosen: list[int] = []
         more = False
+        accept = predicates[0] if len(predicates) == 1 else lambda r: all(p(r) for p in predicates)
         for position in positions:
             row = order[position]
-            if all(p(row) for p in predicates):
+            if accept(row):
                 if len(chosen) == query.page_size:
                     more = True
                     break

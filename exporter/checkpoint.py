@@ -102,6 +102,12 @@ class RunState:
     status: str = "running"  # running | complete
     resources: dict[str, ResourceState] = field(default_factory=dict)
     finished_at: str | None = None
+    kind: str = "full"  # full | incremental
+    window_start: str | None = None  # incremental: records updated at or after this
+    window_end: str | None = None  # the API's clock when the run began: the next run's mark
+    phase: str = "crawl"  # crawl | deltas | deletes | done
+    # Earlier finished runs in this directory, oldest first, each with its files.
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +119,11 @@ class RunState:
             "source": self.source,
             "parameters": self.parameters,
             "resources": {k: v.to_json() for k, v in self.resources.items()},
+            "kind": self.kind,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "phase": self.phase,
+            "history": self.history,
         }
 
     @classmethod
@@ -125,10 +136,32 @@ class RunState:
             status=str(data["status"]),
             resources={k: ResourceState.from_json(v) for k, v in data["resources"].items()},
             finished_at=data.get("finished_at"),
+            kind=str(data.get("kind", "full")),
+            window_start=data.get("window_start"),
+            window_end=data.get("window_end"),
+            phase=str(data.get("phase", "crawl")),
+            history=list(data.get("history", [])),
         )
 
     def committed_files(self) -> list[DataFile]:
-        return [f for r in self.resources.values() for f in r.files]
+        """This run's committed files and every earlier run's."""
+        return [*self.history_files(), *(f for r in self.resources.values() for f in r.files)]
+
+    def history_files(self) -> list[DataFile]:
+        return [DataFile.from_json(f) for run in self.history for f in run["files"]]
+
+    def summary(self) -> dict[str, Any]:
+        """This run as one entry of a later run's `history`."""
+        return {
+            "run_id": self.run_id,
+            "kind": self.kind,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "rows": {k: v.rows for k, v in self.resources.items()},
+            "files": [f.to_json() for r in self.resources.values() for f in r.files],
+        }
 
 
 def encode(state: RunState) -> bytes:

@@ -267,6 +267,28 @@ def _secret(value: str | None) -> Secret | None:
     help="Longest request URL the batched relationship fetches may build.",
 )
 @click.option(
+    "--incremental",
+    is_flag=True,
+    envvar="OUTREACH_INCREMENTAL",
+    help="Add only what changed since the last finished run in --out (a full run first if none), "
+    "in <type>/run=<id>/.  [env: OUTREACH_INCREMENTAL]",
+)
+@click.option(
+    "--overlap",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    envvar="OUTREACH_OVERLAP",
+    help="Seconds an incremental window reaches back before the last run's mark (the API can be "
+    "eventually consistent); records already exported are not written twice.",
+)
+@click.option(
+    "--detect-deletes",
+    is_flag=True,
+    envvar="OUTREACH_DETECT_DELETES",
+    help="Check every id of the backup against the API and write tombstones for the gone ones.",
+)
+@click.option(
     "--restart", is_flag=True, help="Discard an unfinished or finished run in --out first."
 )
 @click.option(
@@ -312,6 +334,9 @@ def export(
     rate_limit: RateLimit,
     relationships: str,
     max_url_length: int,
+    incremental: bool,
+    overlap: float,
+    detect_deletes: bool,
     restart: bool,
     commit_interval: float,
     file_rows: int,
@@ -337,6 +362,9 @@ def export(
         rate_limit=rate_limit,
         relationships=relationships,
         max_url_length=max_url_length,
+        incremental=incremental,
+        overlap=overlap,
+        detect_deletes=detect_deletes,
         restart=restart,
         commit_interval=commit_interval,
         file_rows=file_rows,
@@ -373,6 +401,7 @@ def export(
 
 
 def _register_subcommands() -> None:
+    from exporter.compact import compact_command
     from exporter.simulator.cli import simulate
     from exporter.status import status_command
     from exporter.verify import verify_command
@@ -380,6 +409,7 @@ def _register_subcommands() -> None:
     main.add_command(simulate)
     main.add_command(verify_command)
     main.add_command(status_command)
+    main.add_command(compact_command)
 
 
 _register_subcommands()

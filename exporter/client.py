@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -72,6 +73,7 @@ class ClientStats:
     rate_reset: float | None = None
     smaller_pages: int = 0
     token_refreshes: int = 0
+    server_time: float | None = None  # the API's clock (Date header) at its first answer
 
 
 class ApiClient:
@@ -193,6 +195,8 @@ class ApiClient:
 
             self.stats.statuses[status] += 1
             self.stats.bytes_received += len(body)
+            if self.stats.server_time is None:
+                self.stats.server_time = _header_date(headers)
             self._observe_window(headers)
             page_size = _page_size(url)
             outcome = classify_status(status, page_size)
@@ -319,6 +323,16 @@ def _header_number(headers: Any, name: str) -> float | None:
     try:
         return float(value)
     except ValueError:
+        return None
+
+
+def _header_date(headers: Any) -> float | None:
+    value = headers.get("Date")
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
         return None
 
 

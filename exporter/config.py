@@ -108,6 +108,9 @@ class ExportSettings:
     commit_interval: float = 30.0
     file_rows: int = 1_000_000
     file_bytes: int = 256 << 20
+    incremental: bool = False
+    overlap: float = 300.0  # seconds an incremental window reaches back past the last mark
+    detect_deletes: bool = False
     relationships: str = "all"
     max_url_length: int = 8000
     initial_partitions: int | None = None  # default: two per worker (tests set it to force splits)
@@ -123,4 +126,7 @@ class ExportSettings:
             "file_rows": self.file_rows,
             "file_bytes": self.file_bytes,
             "relationships": self.relationships,
+            "incremental": self.incremental,
+            "overlap": self.overlap,
+            "detect_deletes": self.detect_deletes,
         }

@@ -67,7 +67,20 @@ class PageBatch:
     needs: dict[str, int] | None = None
 
 
-Message = Plan | Split | PageBatch
+@dataclass
+class Flush:
+    """Commit everything written so far, then set `done` (between the phases of a run)."""
+
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+Message = Plan | Split | PageBatch | Flush
+
+
+class RowSelector(Protocol):
+    """Which rows of a page to keep (an incremental run drops what the backup already has)."""
+
+    def __call__(self, table: pa.Table) -> list[bool]: ...
 
 
 class Announcer(Protocol):
@@ -84,6 +97,7 @@ class CrawlStats:
     records: int = 0
     duplicates: int = 0  # dropped: already emitted by the partition
     out_of_range: int = 0  # dropped: outside the partition (filter ignored, or split)
+    not_selected: int = 0  # dropped by the run's selector (already in the backup, not ours)
     splits: int = 0
 
 
@@ -92,6 +106,9 @@ class EmittedIds:
 
     def __init__(self) -> None:
         self._ids = array("q")
+
+    def values(self) -> array[int]:
+        return self._ids
 
     def add(self, value: int) -> bool:
         """Record `value`; False when it was already there."""
@@ -162,6 +179,7 @@ class CollectionCrawl:
         partitions_per_worker: int = 2,
         initial_partitions: int | None = None,
         announcer: Announcer | None = None,
+        select: RowSelector | None = None,
     ) -> None:
         self.client = client
         self.base_url = base_url
@@ -175,6 +193,7 @@ class CollectionCrawl:
         self.initial_partitions = initial_partitions or self.workers * partitions_per_worker
         self.stats = CrawlStats()
         self.announcer = announcer
+        self.select = select
         self.normalizer = Normalizer(type_name)
         self._pending: deque[PartitionWalk] = deque()
         self._walks: list[PartitionWalk] = []
@@ -223,13 +242,22 @@ class CollectionCrawl:
         url = collection_url(
             self.base_url,
             self.collection,
-            [("sort", sort), ("page[size]", "1"), (f"fields[{self.type_name}]", "")],
+            [
+                ("sort", sort),
+                ("page[size]", "1"),
+                (f"fields[{self.type_name}]", ""),
+                *self.extra_params,
+            ],
         )
         document = await self.client.get_document(url)
         records = page_records(document, url)
         if not records:
             return None
         return record_id(records[0], self.type_name)
+
+    def emitted_ids(self) -> list[int]:
+        """Every id this crawl has seen inside its partitions (kept or not)."""
+        return [value for walk in self._walks for value in walk.seen.values()]
 
     def _take(self) -> PartitionWalk | None:
         if self._stopping:
@@ -320,28 +348,33 @@ class CollectionCrawl:
                 raise
             self.stats.pages += 1
             past_end = any(i > walk.high for i in batch.ids)
+            wanted = self.select(batch.table) if self.select is not None else None
             keep = []
+            seen_ids = []
             for index, value in enumerate(batch.ids):
                 if value < walk.start or value > walk.high:
                     self.stats.out_of_range += 1
                 elif not walk.seen.add(value):
                     self.stats.duplicates += 1
                 else:
-                    keep.append(index)
+                    seen_ids.append(value)
+                    if wanted is None or wanted[index]:
+                        keep.append(index)
+                    else:
+                        self.stats.not_selected += 1
             table = batch.table
             if len(keep) != len(batch.ids):
                 table = table.take(pa.array(keep, pa.int64()))
             final = following is None or past_end
-            kept_ids = [batch.ids[i] for i in keep]
             if final:
                 through = walk.high
-            elif kept_ids:
-                through = max(walk.emitted_through, max(kept_ids))
+            elif seen_ids:
+                through = max(walk.emitted_through, max(seen_ids))
             else:
                 through = walk.emitted_through
             walk.emitted_through = through
-            walk.emitted += len(kept_ids)
-            self.stats.records += len(kept_ids)
+            walk.emitted += len(seen_ids)
+            self.stats.records += len(keep)
             needs = self.announcer.announce(table) if self.announcer is not None else None
             self.inbox.put_nowait(
                 PageBatch(

@@ -34,30 +34,53 @@ def canonical_digest(document: dict[str, Any]) -> str:
 
 
 def build(state: RunState, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of the directory after `state`'s run: every run's files, this run on top.
+
+    A directory holds one full run and any number of incremental ones after it (each in
+    `<type>/run=<id>/`, tombstones in `tombstones/run=<id>/`); the manifest lists all their files,
+    so `verify` checks the whole backup, and `runs` says which run wrote what."""
     files = []
     resources: dict[str, Any] = {}
+    schemas: dict[str, list[dict[str, Any]]] = {}
+
+    def add(entry: dict[str, Any], run_id: str) -> None:
+        type_name = entry["type"]
+        fields = schemas.setdefault(type_name, schema_fields(arrow_schema(type_name)))
+        files.append({**entry, "run_id": run_id, "schema": fields})
+        summary = resources.setdefault(type_name, {"rows": 0, "files": 0})
+        summary["rows"] += int(entry["rows"])
+        summary["files"] += 1
+
+    runs = []
+    for run in state.history:
+        for entry in run["files"]:
+            add(entry, run["run_id"])
+        runs.append({k: v for k, v in run.items() if k != "files"})
     for type_name, resource in state.resources.items():
-        fields = schema_fields(arrow_schema(type_name))
-        resources[type_name] = {
-            "directory": resource.directory,
-            "rows": resource.rows,
-            "files": len(resource.files),
-            "extra_values": resource.extra_values,
-            **({"detail": resource.detail} if resource.detail else {}),
-        }
+        summary = resources.setdefault(type_name, {"rows": 0, "files": 0})
+        summary["directory"] = resource.directory
+        summary["extra_values"] = resource.extra_values
+        detail = {k: v for k, v in resource.detail.items() if k != "needs"}
+        if detail:
+            summary["detail"] = detail
         for data_file in resource.files:
-            files.append({**data_file.to_json(), "schema": fields})
+            add(data_file.to_json(), state.run_id)
+    runs.append({k: v for k, v in state.summary().items() if k != "files"})
     document: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "run_id": state.run_id,
+        "kind": state.kind,
         "status": state.status,
         "started_at": state.started_at,
         "finished_at": state.finished_at,
+        "window_start": state.window_start,
+        "window_end": state.window_end,
         "source": state.source,
         "tool": {"name": "outreach-exporter", "version": __version__},
         "parameters": state.parameters,
         "resources": resources,
+        "runs": runs,
         "files": files,
         "stats": stats or {},
     }

@@ -91,7 +91,21 @@ def table_layout(type_name: str) -> TableLayout:
     )
 
 
+TOMBSTONE_TYPE = "_tombstone"
+TOMBSTONE_SCHEMA = pa.schema(
+    [
+        pa.field("type", pa.string(), nullable=False),
+        pa.field("id", pa.int64(), nullable=False),
+        pa.field("detected_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ],
+    metadata={b"outreach.type": TOMBSTONE_TYPE.encode()},
+)
+
+
 def arrow_schema(type_name: str) -> pa.Schema:
+    if type_name == TOMBSTONE_TYPE:
+        return TOMBSTONE_SCHEMA
     return table_layout(type_name).schema
 
 

@@ -24,14 +24,14 @@ import asyncio
 import bisect
 import math
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from exporter.client import ApiClient
-from exporter.crawl import Message, PageBatch
+from exporter.crawl import Message, PageBatch, RowSelector
 from exporter.errors import UsageError
 from exporter.normalize import Normalizer, table_layout
 from exporter.pagination import collection_url, next_link, page_records
@@ -122,6 +122,10 @@ class IdSet:
 
     def __len__(self) -> int:
         return len(self._sorted) + len(self._recent)
+
+    def __iter__(self) -> Iterator[int]:
+        """Every id, ascending."""
+        return iter(sorted([*self._sorted, *self._recent]))
 
 
 @dataclass
@@ -217,8 +221,10 @@ class RelationshipWalk:
         page_size: int,
         workers: int,
         max_url_length: int = DEFAULT_MAX_URL_LENGTH,
+        select: dict[str, RowSelector] | None = None,
     ) -> None:
         self.client = client
+        self.select = select or {}
         self.base_url = base_url
         self.links = links
         self.inbox = inbox
@@ -243,12 +249,14 @@ class RelationshipWalk:
         self._stopping = False
 
     def seed(self, target: str, committed_ids: Iterable[int], next_position: int) -> None:
-        """Resume: ids already committed are neither fetched nor written again."""
-        ids = list(committed_ids)
-        self.written[target] = IdSet(ids)
+        """Ids already in the backup are neither fetched nor written again (resume, and
+        incremental runs); adds to what earlier calls seeded."""
         state = self.targets[target]
-        if not state.link_only:
-            state.requested = IdSet(ids)
+        written = self.written[target]
+        for value in committed_ids:
+            written.add(value)
+            if not state.link_only:
+                state.requested.add(value)
         state.next_position = max(state.next_position, next_position)
 
     # -- fed by the crawl ---------------------------------------------------------------
@@ -286,6 +294,15 @@ class RelationshipWalk:
         if self._crowded() and not self._stopping:
             self._room.clear()
         return needs
+
+    def request(self, target: str, ids: Iterable[int]) -> None:
+        """Queue ids of a data-link type directly (an incremental run refreshing a type the API
+        cannot filter by `updatedAt`)."""
+        state = self.targets[target]
+        for value in ids:
+            if state.requested.add(value):
+                state.push(value)
+        self._wakeup.set()
 
     def _groups(self, table: pa.Table) -> list[int]:
         if GROUP_COLUMN not in table.column_names:
@@ -457,9 +474,13 @@ class RelationshipWalk:
                 for owner in normalized.table.column("sequenceStepId").to_pylist():
                     if owner is not None:
                         per_step[owner] = per_step.get(owner, 0) + 1
+            selector = self.select.get(batch.target)
+            wanted = selector(normalized.table) if selector is not None else None
             keep = []
             for index, value in enumerate(normalized.ids):
                 found.append(value)
+                if wanted is not None and not wanted[index]:
+                    continue  # this very version is already in the backup
                 if written.add(value):
                     keep.append(index)
                 else:

@@ -32,9 +32,13 @@ from exporter.auth import TokenSource
 from exporter.checkpoint import ResourceState, RunState
 from exporter.client import ApiClient, ClientSettings
 from exporter.config import ExportSettings
-from exporter.crawl import CollectionCrawl, CrawlStats, Message
+from exporter.crawl import CollectionCrawl, CrawlStats, Flush, Message, RowSelector
+from exporter.deletes import DeleteScan
 from exporter.errors import Interrupted, OutputError, UsageError, redact_url
-from exporter.relationships import RelationshipWalk, WalkStats, parse_selection
+from exporter.history import BackupIndex, BelongsToBackup, SkipKnownVersions, load_index
+from exporter.normalize import TOMBSTONE_TYPE
+from exporter.pagination import collection_url
+from exporter.relationships import IdSet, Link, RelationshipWalk, WalkStats, parse_selection
 from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.sink import INPROGRESS_SUFFIX, output_error
 from exporter.writer import CommitPolicy, Writer
@@ -76,16 +80,21 @@ def check_writable(root: Path) -> None:
         raise output_error("write to the output directory", root, exc) from None
 
 
+TOMBSTONE_DIRECTORY = "tombstones"
+
+
 def remove_uncommitted(root: Path, state: RunState | None, directories: list[str]) -> int:
-    """Delete part files in our directories that the checkpoint does not name; returns the count."""
+    """Delete part files in our directories (and their `run=` folders) that no checkpoint names."""
     named = {f.path for f in state.committed_files()} if state else set()
     removed = 0
     for directory in directories:
         folder = root / directory
         if not folder.is_dir():
             continue
-        for path in folder.iterdir():
-            relative = f"{directory}/{path.name}"
+        for path in [*folder.glob("*"), *folder.glob("run=*/*")]:
+            if path.is_dir():
+                continue
+            relative = path.relative_to(root).as_posix()
             is_part = path.name.startswith("part-") and path.name.endswith(".parquet")
             is_temp = path.name.startswith(".part-") and path.name.endswith(INPROGRESS_SUFFIX)
             if (is_part and relative not in named) or is_temp:
@@ -98,7 +107,7 @@ def remove_uncommitted(root: Path, state: RunState | None, directories: list[str
 
 
 def discard_run(root: Path, directories: list[str]) -> None:
-    """`--restart`: remove the previous run's files, checkpoint and manifest."""
+    """`--restart`: remove every run's files, the checkpoint and the manifest."""
     for directory in directories:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(root / directory)
@@ -107,8 +116,26 @@ def discard_run(root: Path, directories: list[str]) -> None:
             (root / name).unlink()
 
 
+def iso(seconds: float) -> str:
+    stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def micros(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1_000_000)
+
+
+def updated_at_filterable(type_name: str) -> bool:
+    attribute = resource_type(type_name).attribute("updatedAt")
+    return attribute is not None and attribute.filterable
+
+
 class Export:
-    """A run of `exporter export`; `request_stop()` makes it stop cleanly (SIGINT/SIGTERM)."""
+    """A run of `exporter export`; `request_stop()` makes it stop cleanly (SIGINT/SIGTERM).
+
+    Phases, each resumable: `crawl` (the steps, and the records their data links name),
+    `deltas` (incremental runs: what changed in each related type), `deletes` (with
+    --detect-deletes: tombstones for ids the API no longer has)."""
 
     def __init__(self, settings: ExportSettings, tokens: TokenSource) -> None:
         self.settings = settings
@@ -117,18 +144,26 @@ class Export:
         targets = list(dict.fromkeys(link.target for link in self.links))
         self.type_names = [ROOT_TYPE, *targets]
         # Every type's directory, so files of an earlier selection are cleaned up too.
-        self.directories = [resource_type(t).collection for t in RESOURCE_TYPES]
-        self._crawl: CollectionCrawl | None = None
-        self._walk: RelationshipWalk | None = None
+        self.directories = [
+            *(resource_type(t).collection for t in RESOURCE_TYPES),
+            TOMBSTONE_DIRECTORY,
+        ]
+        self._stoppables: list[CollectionCrawl | RelationshipWalk | DeleteScan] = []
         self._stop_requested = False
         self.client: ApiClient | None = None
+        self.stats: dict[str, Any] = {}
 
     def request_stop(self) -> None:
         self._stop_requested = True
-        if self._crawl is not None:
-            self._crawl.stop()
-        if self._walk is not None:
-            self._walk.stop()
+        for part in self._stoppables:
+            part.stop()
+
+    def _started(self, part: CollectionCrawl | RelationshipWalk | DeleteScan) -> None:
+        self._stoppables.append(part)
+        if self._stop_requested:
+            part.stop()
+
+    # -- preparing the directory ----------------------------------------------------------
 
     def _prepare(self) -> tuple[RunState, bool]:
         s = self.settings
@@ -139,42 +174,73 @@ class Export:
             discard_run(root, self.directories)
             state = None
         source = redact_url(s.base_url)
-        if state is not None and state.status == "complete":
-            raise UsageError(
-                f"{root} already holds a finished export (run {state.run_id}); choose another "
-                "--out, or pass --restart to replace it"
-            )
         if state is not None and state.source != source:
             raise UsageError(
-                f"{root} holds an unfinished export from {state.source}, not {source}; "
+                f"{root} holds an export from {state.source}, not {source}; "
                 "pass --restart to discard it, or choose another --out"
             )
-        if state is not None and sorted(state.resources) != sorted(self.type_names):
-            raise UsageError(
-                f"{root} holds an unfinished export of {', '.join(sorted(state.resources))}; "
-                "resume it with the same --relationships, or pass --restart to discard it"
-            )
-        resumed = state is not None
-        if state is None:
-            remove_uncommitted(root, None, self.directories)
-            state = RunState(
-                run_id=new_run_id(),
-                started_at=utc_now(),
-                source=source,
-                parameters=s.parameters(),
-            )
-            for type_name in self.type_names:
-                state.resources[type_name] = ResourceState(
-                    type_name=type_name, directory=resource_type(type_name).collection
+        if state is not None and state.status == "complete":
+            if not s.incremental:
+                raise UsageError(
+                    f"{root} already holds a finished export (run {state.run_id}); pass "
+                    "--incremental to add what changed since, --restart to replace it, or "
+                    "choose another --out"
                 )
-        else:
+            return self._new_state(state), False
+        if state is not None:
+            expected = sorted(self._resource_names(state.kind))
+            if sorted(state.resources) != expected:
+                raise UsageError(
+                    f"{root} holds an unfinished export of {', '.join(sorted(state.resources))}; "
+                    "resume it with the same --relationships and --detect-deletes, or pass "
+                    "--restart to discard it"
+                )
             remove_uncommitted(root, state, self.directories)
-        return state, resumed
+            return state, True
+        remove_uncommitted(root, None, self.directories)
+        return self._new_state(None), False
+
+    def _resource_names(self, kind: str) -> list[str]:
+        names = list(self.type_names)
+        if self.settings.detect_deletes:
+            names.append(TOMBSTONE_TYPE)
+        return names
+
+    def _new_state(self, previous: RunState | None) -> RunState:
+        s = self.settings
+        run_id = new_run_id()
+        state = RunState(
+            run_id=run_id,
+            started_at=utc_now(),
+            source=redact_url(s.base_url),
+            parameters=s.parameters(),
+        )
+        if previous is not None:
+            assert previous.window_end is not None
+            state.kind = "incremental"
+            state.history = [*previous.history, previous.summary()]
+            since = micros(previous.window_end) / 1_000_000 - s.overlap
+            state.window_start = iso(since)
+        for type_name in self._resource_names(state.kind):
+            if type_name == TOMBSTONE_TYPE:
+                directory = f"{TOMBSTONE_DIRECTORY}/run={run_id}"
+            else:
+                directory = resource_type(type_name).collection
+                if state.kind == "incremental":
+                    directory += f"/run={run_id}"
+            state.resources[type_name] = ResourceState(type_name=type_name, directory=directory)
+        return state
+
+    # -- the run ----------------------------------------------------------------------------
 
     async def run(self) -> ExportResult:
         started = time.monotonic()
         s = self.settings
         state, resumed = self._prepare()
+        incremental = state.kind == "incremental"
+        index: BackupIndex | None = None
+        if incremental or s.detect_deletes:
+            index = await asyncio.to_thread(self._load_index, state)
         inbox: asyncio.Queue[Message | None] = asyncio.Queue()
         credits = asyncio.Semaphore(max(4, 2 * s.concurrency))
         policy = CommitPolicy(
@@ -189,48 +255,13 @@ class Export:
         writer = Writer(s.out, state, inbox, credits, policy)
         async with ApiClient(client_settings, self.tokens) as client:
             self.client = client
-            walk = None
-            if self.links:
-                walk = RelationshipWalk(
-                    client,
-                    base_url=s.base_url,
-                    links=self.links,
-                    inbox=inbox,
-                    credits=credits,
-                    page_size=s.page_size,
-                    workers=s.concurrency,
-                    max_url_length=s.max_url_length,
-                )
-                self._walk = walk
-                if resumed:
-                    await asyncio.to_thread(resume_walk, s.out, state, walk)
-            root = state.resources[ROOT_TYPE]
-            crawl = CollectionCrawl(
-                client,
-                base_url=s.base_url,
-                type_name=ROOT_TYPE,
-                page_size=s.page_size,
-                workers=s.concurrency,
-                inbox=inbox,
-                credits=credits,
-                initial_partitions=s.initial_partitions,
-                announcer=walk,
-            )
-            self._crawl = crawl
-            if self._stop_requested:
-                self.request_stop()
             writer_task = asyncio.create_task(writer.run(), name="writer")
             failure: BaseException | None = None
             try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self._crawl_then_close(crawl, walk, root))
-                    if walk is not None:
-                        group.create_task(walk.run())
+                await self._phases(state, resumed, index, client, inbox, credits)
             except BaseException as exc:  # noqa: BLE001 - re-raised below after the commit
                 failure = exc
-                crawl.stop()
-                if walk is not None:
-                    walk.stop()
+                self.request_stop()
             inbox.put_nowait(None)
             try:
                 await writer_task  # commits every page already fetched
@@ -240,50 +271,248 @@ class Export:
             if failure is not None:
                 raise _unwrap(failure)
 
-        root.finished = root.planned and all(p.finished for p in root.partitions)
-        if not root.finished or self._stop_requested:
+        if self._stop_requested or state.phase != "done":
             raise Interrupted(
                 f"stopped before the export finished; {state.resources[ROOT_TYPE].rows:,} "
-                f"{ROOT_TYPE} rows are committed. Run the same command again to resume"
+                f"{ROOT_TYPE} rows of run {state.run_id} are committed. Run the same command "
+                "again to resume"
             )
-        for type_name, resource in state.resources.items():
+        for resource in state.resources.values():
             resource.finished = True
-            if walk is not None and type_name in walk.targets:
-                missing = walk.missing().get(type_name)
-                if missing:
-                    resource.detail["missing"] = missing
         state.status = "complete"
         state.finished_at = utc_now()
-        checkpoint.save(s.out, state)
         seconds = time.monotonic() - started
-        stats: dict[str, Any] = {
-            "seconds": round(seconds, 3),
-            "requests": client.stats.requests,
-            "retries": client.stats.retries,
-            "rate_limited": client.stats.rate_limited,
-            "rate_wait_seconds": round(client.stats.rate_wait_seconds, 3),
-            "bytes_received": client.stats.bytes_received,
-            "pages": crawl.stats.pages,
-            "duplicates_dropped": crawl.stats.duplicates,
-            "partition_splits": crawl.stats.splits,
-            "resumed": resumed,
-        }
-        if walk is not None:
-            stats["relationships"] = {
-                t: {"requests": w.requests, "batches": w.batches, "records": w.records}
-                for t, w in walk.stats.items()
+        self.stats.update(
+            {
+                "seconds": round(seconds, 3),
+                "requests": client.stats.requests,
+                "retries": client.stats.retries,
+                "rate_limited": client.stats.rate_limited,
+                "rate_wait_seconds": round(client.stats.rate_wait_seconds, 3),
+                "bytes_received": client.stats.bytes_received,
+                "resumed": resumed,
             }
-        document = manifest.write(s.out, state, stats)
+        )
+        # The manifest first, then the checkpoint that says the run is complete: a kill between
+        # the two leaves a run that resumes, finds nothing left to do, and writes both again.
+        document = manifest.write(s.out, state, self.stats)
+        checkpoint.save(s.out, state)
         return ExportResult(
             state=state,
             manifest=document,
             resumed=resumed,
             seconds=seconds,
             requests=client.stats.requests,
-            crawl={ROOT_TYPE: crawl.stats},
+            crawl=self.crawl_stats,
             client={"retries": client.stats.retries, "rate_limited": client.stats.rate_limited},
-            walk=dict(walk.stats) if walk is not None else {},
+            walk=self.walk_stats,
         )
+
+    def _load_index(self, state: RunState) -> BackupIndex:
+        return load_index(
+            self.settings.out,
+            state.committed_files(),
+            version_since=self._version_since(state),
+            links=self.links,
+            root_type=ROOT_TYPE,
+        )
+
+    def _version_since(self, state: RunState) -> dict[str, int | None]:
+        """Per type, from when exported versions are needed to skip boundary duplicates: the
+        window's start, or all of them for a type the API cannot filter by `updatedAt`."""
+        start = micros(state.window_start) if state.window_start else None
+        return {t: (start if updated_at_filterable(t) else None) for t in self.type_names}
+
+    crawl_stats: dict[str, CrawlStats]
+    walk_stats: dict[str, WalkStats]
+
+    async def _phases(
+        self,
+        state: RunState,
+        resumed: bool,
+        index: BackupIndex | None,
+        client: ApiClient,
+        inbox: asyncio.Queue[Message | None],
+        credits: asyncio.Semaphore,
+    ) -> None:
+        s = self.settings
+        self.crawl_stats = {}
+        self.walk_stats = {}
+        incremental = state.kind == "incremental"
+        root = state.resources[ROOT_TYPE]
+        since = [("filter[updatedAt]", f"{state.window_start}..inf")] if incremental else []
+
+        def walk_for(
+            links: list[Link], select: dict[str, RowSelector] | None = None
+        ) -> RelationshipWalk:
+            walk = RelationshipWalk(
+                client,
+                base_url=s.base_url,
+                links=links,
+                inbox=inbox,
+                credits=credits,
+                page_size=s.page_size,
+                workers=s.concurrency,
+                max_url_length=s.max_url_length,
+                select=select,
+            )
+            self._started(walk)
+            return walk
+
+        def crawl_for(
+            type_name: str, select: RowSelector | None, walk: RelationshipWalk | None = None
+        ) -> CollectionCrawl:
+            crawl = CollectionCrawl(
+                client,
+                base_url=s.base_url,
+                type_name=type_name,
+                page_size=s.page_size,
+                workers=s.concurrency,
+                inbox=inbox,
+                credits=credits,
+                initial_partitions=s.initial_partitions,
+                extra_params=since,
+                announcer=walk,
+                select=select,
+            )
+            self._started(crawl)
+            self.crawl_stats[type_name] = crawl.stats
+            return crawl
+
+        async def flush() -> None:
+            message = Flush()
+            inbox.put_nowait(message)
+            await message.done.wait()
+
+        # Phase 1: the steps, and the records their links name (all links in a full run; in an
+        # incremental one, only new references of data links: the rest is phase 2's).
+        step_links = [link for link in self.links if not (incremental and link.link_only)]
+        # Always run: a resumed run whose partitions are all finished still walks the
+        # relationships of committed step files that are not yet complete (`resume_walk`).
+        walk: RelationshipWalk | None = None
+        emitted_steps: list[int] = []
+        state.phase = "crawl"
+        if step_links:
+            walk = walk_for(step_links)
+            if index is not None:
+                for target in walk.targets:
+                    walk.seed(target, index.ids.get(target, IdSet()), 0)
+            if resumed:
+                await asyncio.to_thread(resume_walk, s.out, state, walk)
+        versions = index.versions.get(ROOT_TYPE, {}) if index is not None else {}
+        if state.window_end is None:
+            await self._mark_window(state, client)
+        crawl = crawl_for(ROOT_TYPE, SkipKnownVersions(versions) if incremental else None, walk)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._crawl_then_close(crawl, walk, root))
+            if walk is not None:
+                group.create_task(walk.run())
+        if walk is not None:
+            self.walk_stats.update(walk.stats)
+            for type_name, missing in walk.missing().items():
+                state.resources[type_name].detail["missing"] = missing
+        emitted_steps = crawl.emitted_ids()
+        if self._stop_requested:
+            return
+        await flush()
+
+        # Phase 2 (incremental): what changed in each related type that belongs to the backup.
+        if incremental and index is not None:
+            state.phase = "deltas"
+            members_steps = IdSet(index.ids.get(ROOT_TYPE, IdSet()))
+            for value in emitted_steps:
+                members_steps.add(value)
+            refreshed: list[ResourceState] = []
+            async with asyncio.TaskGroup() as group:
+                for target in dict.fromkeys(link.target for link in self.links):
+                    resource = state.resources[target]
+                    if resource.planned and all(p.finished for p in resource.partitions):
+                        continue
+                    link_only = any(k.link_only for k in self.links if k.target == target)
+                    versions = index.versions.get(target, {})
+                    if updated_at_filterable(target):
+                        if link_only:
+                            select: RowSelector = BelongsToBackup(
+                                members_steps, "sequenceStepId", versions
+                            )
+                        else:
+                            members = IdSet(index.ids.get(target, IdSet()))
+                            for value in index.referenced.get(target, IdSet()):
+                                members.add(value)
+                            if walk is not None and target in walk.targets:
+                                for value in walk.targets[target].requested:
+                                    members.add(value)
+                            select = BelongsToBackup(members, "id", versions)
+                        crawl = crawl_for(target, select)
+                        group.create_task(
+                            crawl.run(resource.partitions if resource.planned else None)
+                        )
+                    else:
+                        # No updatedAt filter on this type: ask again for every id the backup's
+                        # steps name, and keep only versions it does not hold.
+                        refresh = walk_for(
+                            [k for k in self.links if k.target == target],
+                            {target: SkipKnownVersions(versions)},
+                        )
+                        referenced = list(index.referenced.get(target, IdSet()))
+                        if walk is not None and target in walk.targets:
+                            referenced += list(walk.targets[target].requested)
+                        refresh.request(target, referenced)
+                        refresh.close()
+                        group.create_task(self._finish_refresh(refresh, resource, refreshed))
+            if self._stop_requested:
+                return
+            await flush()
+            for resource in refreshed:
+                resource.planned = True  # recorded only once its pages are committed
+            await flush()
+
+        # Phase 3: tombstones for ids the API no longer has.
+        if s.detect_deletes:
+            state.phase = "deletes"
+            fresh = await asyncio.to_thread(self._load_index, state)
+            scan = DeleteScan(
+                client,
+                base_url=s.base_url,
+                inbox=inbox,
+                credits=credits,
+                run_id=state.run_id,
+                page_size=s.page_size,
+                workers=s.concurrency,
+                max_url_length=s.max_url_length,
+            )
+            self._started(scan)
+            for type_name in self.type_names:
+                await scan.scan(type_name, fresh.live_ids(type_name))
+            self.stats["deletes"] = {
+                t: {"checked": d.checked, "tombstones": d.tombstones, "requests": d.requests}
+                for t, d in scan.stats.items()
+            }
+            if self._stop_requested:
+                return
+            await flush()
+        state.phase = "done"
+
+    async def _finish_refresh(
+        self, refresh: RelationshipWalk, resource: ResourceState, done: list[ResourceState]
+    ) -> None:
+        await refresh.run()
+        self.walk_stats.update(refresh.stats)
+        if not self._stop_requested:
+            done.append(resource)
+
+    async def _mark_window(self, state: RunState, client: ApiClient) -> None:
+        """The run's mark, taken before any data is read: the API's clock (its Date header) at
+        a first small request; the next incremental window starts there, less the overlap."""
+        if client.stats.server_time is None:
+            await client.get_document(
+                collection_url(
+                    self.settings.base_url,
+                    resource_type(ROOT_TYPE).collection,
+                    [("page[size]", "1"), (f"fields[{ROOT_TYPE}]", "")],
+                )
+            )
+        state.window_end = iso(client.stats.server_time or time.time())
 
     @staticmethod
     async def _crawl_then_close(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from exporter import checkpoint
 from exporter.checkpoint import PartitionState, ResourceState, RunState
-from exporter.crawl import Message, PageBatch, Plan, Split
+from exporter.crawl import Flush, Message, PageBatch, Plan, Split
 from exporter.normalize import arrow_schema
 from exporter.sink import PartWriter
 
@@ -107,6 +107,11 @@ class Writer:
         return max(0.01, self.policy.commit_interval - (self._clock() - self._last_commit))
 
     async def apply(self, message: Message) -> None:
+        if isinstance(message, Flush):
+            await self.commit_all()
+            await self._save()  # even with nothing to commit: the run's state has moved on
+            message.done.set()
+            return
         if isinstance(message, Plan):
             resource = self.resource(message.type_name)
             resource.partitions = message.partitions

@@ -65,6 +65,12 @@ async def run_to_completion(command: list[str], kills: list[float]) -> tuple[int
         _out, err = await process.communicate()
         assert b"Traceback" not in err, err.decode()
         codes.append(process.returncode if process.returncode is not None else -1)
+        if (
+            codes[-1] == ExitCode.USAGE
+            and b"already holds a finished export" in err
+            and len(codes) > 1
+        ):
+            break  # the previous run was killed after it had finished: nothing left to do
         if delay is None or process.returncode == 0:
             assert process.returncode == 0, err.decode()
             break  # finished (before the kill was due, or at last)

@@ -1,0 +1,212 @@
+"""Incremental runs, deletions and compaction: several runs against a simulator that changes between them."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from exporter.compact import compact
+from exporter.errors import UsageError
+from exporter.normalize import table_layout
+from exporter.schema import RESOURCE_TYPES, resource_type
+from exporter.verify import verify as verify_directory
+from tests.conftest import Running, StartSimulator
+from tests.test_export import run_export
+from tests.test_relationships import expected_related, rel_columns
+from tests.test_verify_helpers import assert_manifest_matches_files
+from tests.truth import STEP_RELATIONSHIP_COLUMNS, expected_row
+
+CHILDREN = ("mailing", "call", "task", "sequenceTemplate")
+
+
+def mutate(running: Running, rng: random.Random, count: int) -> Counter[str]:
+    """Changes of the kinds the API shows in `updatedAt` (or by an id disappearing):
+    steps inserted, updated and deleted (childless ones), mailings, calls and tasks inserted,
+    updated and deleted, and the other related records updated."""
+    sim, store = running.sim, running.sim.store
+    done: Counter[str] = Counter()
+    parents = {
+        r["relationships"]["sequenceStep"]["data"]["id"]
+        for t in CHILDREN
+        for r in sim.truth.records(t)
+        if r["relationships"]["sequenceStep"]["data"] is not None
+    }
+    for _ in range(count):
+        kind = rng.choice(["insert", "update", "delete"])
+        type_name = rng.choice(RESOURCE_TYPES)
+        ids = sim.truth.ids(type_name)
+        if kind == "insert" and type_name in ("sequenceStep", "mailing", "call", "task"):
+            store.insert(type_name)
+        elif kind == "delete" and type_name in ("mailing", "call", "task"):
+            store.delete(type_name, rng.choice(ids))
+        elif kind == "delete" and type_name == "sequenceStep":
+            childless = [i for i in ids if i not in parents]
+            store.delete(type_name, rng.choice(childless))
+        elif ids:
+            kind = "update"
+            store.update(type_name, rng.choice(ids))
+        done[f"{kind} {type_name}"] += 1
+    return done
+
+
+def inverse_lists(type_name: str) -> list[str]:
+    layout = table_layout(type_name)
+    return [c.column for c in layout.to_many]
+
+
+def current_rows(directory: Path, type_name: str) -> list[dict[str, Any]]:
+    path = directory / "_current" / f"{resource_type(type_name).collection}.parquet"
+    return sorted(pq.read_table(path).to_pylist(), key=lambda r: r["id"])
+
+
+def assert_compacted_equals_truth(running: Running, out: Path) -> None:
+    sim = running.sim
+    compact(out)
+    steps = list(sim.truth.records("sequenceStep"))
+    got_steps = current_rows(out, "sequenceStep")
+    want_steps = [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in steps]
+    assert [r["id"] for r in got_steps] == [r["id"] for r in want_steps]
+    for got, want in zip(got_steps, want_steps, strict=True):
+        assert {k: got[k] for k in want} == want, want["id"]
+    for target, wanted in expected_related(sim, steps).items():
+        rows = {r["id"]: r for r in current_rows(out, target)}
+        # every record the current steps need is there, in its current version ...
+        for want in wanted:
+            assert want["id"] in rows, (target, want["id"])
+        # ... and nothing in the backup is stale or gone
+        for record_id, got in rows.items():
+            truth = sim.truth.get(target, record_id)
+            assert truth is not None, (target, record_id, "deleted but not tombstoned")
+            want = expected_row(truth, rel_columns(target))
+            # Inverse to-many lists on related records (a sequence's sequenceStepIds) change
+            # when a step comes or goes without the record's updatedAt moving, so an
+            # incremental run cannot see them: they are as of the record's last update (README,
+            # "Incremental runs"); the owning side (the step's sequenceId) is exact.
+            for column in inverse_lists(target):
+                del want[column]
+            assert {k: got[k] for k in want} == want, (target, record_id)
+
+
+def assert_no_version_twice(out: Path) -> None:
+    manifest = orjson.loads((out / "_manifest.json").read_bytes())
+    for type_name in {f["type"] for f in manifest["files"]} - {"_tombstone"}:
+        pairs: Counter[tuple[int, Any]] = Counter()
+        for entry in manifest["files"]:
+            if entry["type"] == type_name:
+                table = pq.read_table(out / entry["path"], columns=["id", "updatedAt"])
+                pairs.update(
+                    zip(
+                        table.column("id").to_pylist(),
+                        table.column("updatedAt").to_pylist(),
+                        strict=True,
+                    )
+                )
+        twice = [p for p, n in pairs.items() if n > 1]
+        assert not twice, (type_name, twice[:5])
+
+
+async def test_incremental_runs_then_compact_equal_ground_truth(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=1500, seed=41)
+    rng = random.Random(41)
+    _job, first = await run_export(running.base_url, tmp_path, relationships="all")
+    assert first.state.kind == "full"
+    for round_number in range(3):
+        done = mutate(running, rng, 60)
+        assert sum(done.values()) == 60
+        _job, delta = await run_export(
+            running.base_url,
+            tmp_path,
+            relationships="all",
+            incremental=True,
+            detect_deletes=round_number == 2,
+        )
+        assert delta.state.kind == "incremental"
+        # a delta holds what changed, not the whole collection again
+        assert 0 < delta.rows["sequenceStep"] < 200
+        assert all(
+            f.path.split("/")[1] == f"run={delta.state.run_id}"
+            for r in delta.state.resources.values()
+            for f in r.files
+        )
+    assert_manifest_matches_files(tmp_path)
+    assert_no_version_twice(tmp_path)
+    report = verify_directory(tmp_path)
+    assert report.exit_code == 0, [d.line() for d in report.differences]
+    assert_compacted_equals_truth(running, tmp_path)
+    assert verify_directory(tmp_path).exit_code == 0  # _current/ is not part of the backup
+    manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
+    assert [r["kind"] for r in manifest["runs"]] == [
+        "full",
+        "incremental",
+        "incremental",
+        "incremental",
+    ]
+    stones = manifest["stats"]["deletes"]
+    assert stones["sequenceStep"]["tombstones"] > 0 and stones["mailing"]["tombstones"] > 0
+
+
+async def test_unchanged_source_gives_an_empty_delta(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=400, seed=42)
+    await run_export(running.base_url, tmp_path, relationships="all")
+    requests_before = running.sim.counters.requests
+    _job, delta = await run_export(
+        running.base_url, tmp_path, relationships="all", incremental=True
+    )
+    assert sum(delta.rows.values()) == 0
+    assert running.sim.counters.requests - requests_before < 40  # probes and a template refresh
+    assert_manifest_matches_files(tmp_path)
+
+
+async def test_incremental_without_a_finished_run_is_a_full_run(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=300, seed=43)
+    _job, result = await run_export(running.base_url, tmp_path, incremental=True)
+    assert result.state.kind == "full" and result.rows["sequenceStep"] == 300
+
+
+async def test_detect_deletes_writes_tombstones(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=600, seed=44)
+    await run_export(running.base_url, tmp_path, relationships="mailings")
+    parents = {
+        r["relationships"]["sequenceStep"]["data"]["id"]
+        for t in CHILDREN
+        for r in running.sim.truth.records(t)
+    }
+    gone_steps = [i for i in running.sim.truth.ids("sequenceStep") if i not in parents][:7]
+    gone_mailings = running.sim.truth.ids("mailing")[:5]
+    for value in gone_steps:
+        running.sim.store.delete("sequenceStep", value)
+    for value in gone_mailings:
+        running.sim.store.delete("mailing", value)
+    _job, result = await run_export(
+        running.base_url, tmp_path, relationships="mailings", incremental=True, detect_deletes=True
+    )
+    stones = pq.read_table(
+        tmp_path / result.state.resources["_tombstone"].files[0].path
+    ).to_pylist()
+    found = sorted((s["type"], s["id"]) for s in stones)
+    assert found == sorted(
+        [("sequenceStep", i) for i in gone_steps] + [("mailing", i) for i in gone_mailings]
+    )
+    assert {s["run_id"] for s in stones} == {result.state.run_id}
+    compact(tmp_path)
+    current = {r["id"] for r in current_rows(tmp_path, "sequenceStep")}
+    assert current == set(running.sim.truth.ids("sequenceStep"))
+
+
+def test_compact_needs_a_finished_export(tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        compact(tmp_path)

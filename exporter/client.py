@@ -1,32 +1,38 @@
-"""HTTP transport: one aiohttp session, the shared rate limiter, the in-flight bound, retries and auth.
+"""HTTP transport: one aiohttp session, the request budgets, the in-flight bound, retries and auth.
 
-Every request the exporter makes goes through `ApiClient.get_document`, in these steps:
-1. wait while the API's own rate-limit headers said the window is nearly spent (another program
-   may be spending the same user's budget);
-2. take a slot of the in-flight bound (`concurrency`), then a token of the `AsyncLimiter`
-   (requests per period): two separate knobs;
-3. send with the current access token; read the whole body;
+Every request the exporter makes goes through `ApiClient._request`, in these steps:
+1. take a slot of the in-flight bound (`concurrency`: requests at once);
+2. wait for a turn under two budgets (`_pace`): the configured one (`RequestBudget`, at most N
+   request starts in any window of the configured period) and the API's own (`ApiWindow`, what
+   its `X-RateLimit-Remaining`/`-Reset` headers say is left of its fixed window, less the
+   requests still in flight); another program may be spending the same user's budget, so the
+   API's count is the one that decides;
+3. send with the current access token; read the whole body (the rate-limit headers are read
+   before it, so a body cut short still counts);
 4. sort the answer with `errors.classify_status`: 2xx is parsed and returned; 429 waits for the
-   window's reset (or `Retry-After`) and sends the same request again; 401 refreshes the token
-   once; 502 on a big page retries with half the `page[size]`; other 5xx, timeouts, resets and
-   truncated, non-JSON or HTML bodies back off exponentially with jitter; anything else is fatal.
-The limiter is created inside the running loop (aiolimiter binds to it), never at import.
+   window's reset (or `Retry-After`) and sends the same request again (not an attempt); 401
+   refreshes the token once; 502 on a big page retries with half the `page[size]` (not an
+   attempt either: it halves at most ~10 times); other 5xx, timeouts, resets and truncated,
+   non-JSON or HTML bodies back off exponentially with jitter, at most `max_attempts` times,
+   then one `ApiError` naming the URL, the status and the API's error id; anything else is fatal.
+Budgets and locks are created inside the running loop (in `__aenter__`), never at import.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 
 from exporter import __version__
 from exporter.auth import TokenSource
@@ -39,10 +45,16 @@ from exporter.errors import (
     classify_status,
     error_details,
     redact_url,
+    scrub,
 )
 from exporter.pagination import query_value, with_query_value
 
 JSONAPI = "application/vnd.api+json"
+T = TypeVar("T")
+
+RESUME_HINT = "the checkpoint is intact: run the same command again to resume"
+# The API's documented window is an hour; a reset further away than this is not believed.
+LONGEST_WINDOW = 3600.0
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,7 @@ class ClientSettings:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     max_rate_limit_waits: int = 50
-    # Pause before the API's window is spent when fewer than this many requests remain.
+    # Requests of each API window left unspent (for other programs on the same user's budget).
     remaining_reserve: int | None = None
 
 
@@ -67,6 +79,8 @@ class ClientStats:
     retries: int = 0
     rate_limited: int = 0  # 429s received
     rate_wait_seconds: float = 0.0  # time spent waiting on the API's window (429 or headers)
+    rate_pauses: int = 0  # times a request waited because the API's window was (nearly) spent
+    budget_wait_seconds: float = 0.0  # time spent waiting on the configured budget
     bytes_received: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     rate_remaining: int | None = None
@@ -76,8 +90,129 @@ class ClientStats:
     server_time: float | None = None  # the API's clock (Date header) at its first answer
 
 
+class RequestBudget:
+    """The configured budget: at most `limit` request starts in any `period` seconds.
+
+    A log of the last `limit` start times, not a token bucket: a bucket (aiolimiter's) starts
+    full and refills continuously, so a burst followed by steady pacing can put up to twice its
+    `limit` into one of the API's fixed windows. With the log no interval of `period` seconds,
+    wherever the API's window boundaries fall, ever holds more than `limit` starts.
+    """
+
+    def __init__(
+        self, limit: int, period: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if limit < 1 or period <= 0:
+            raise ValueError("a request budget needs limit >= 1 and period > 0")
+        self.limit = limit
+        self.period = period
+        self._clock = clock
+        self._starts: deque[float] = deque()
+
+    def delay(self, now: float) -> float:
+        """Seconds until another request may start (0: now)."""
+        starts = self._starts
+        while starts and starts[0] <= now - self.period:
+            starts.popleft()
+        if len(starts) < self.limit:
+            return 0.0
+        return starts[0] + self.period - now
+
+    def take(self, now: float) -> None:
+        self._starts.append(now)
+
+    async def acquire(self) -> None:
+        """Wait for a turn and take it (for callers that pace requests of their own)."""
+        while (wait := self.delay(self._clock())) > 0:
+            await asyncio.sleep(wait)
+        self.take(self._clock())
+
+
+class ApiWindow:
+    """The API's fixed rate-limit window as its headers describe it.
+
+    - `remaining` is the lowest `X-RateLimit-Remaining` answered in the current window (answers
+      arrive out of order; the API's count only falls). A request still in flight may or may not
+      have been counted yet, so `remaining - in_flight` more can start without a 429 (exactly,
+      once nothing is in flight); a request that failed without headers is assumed counted.
+    - The window is named by its `X-RateLimit-Reset`. Once the clock passes it (plus `margin`
+      for clock skew), a fresh window of `limit` is assumed until an answer from it arrives; an
+      answer naming an older window is ignored, one naming a newer window is adopted.
+    - `reserve` requests of each window are left to other programs.
+    - No headers at all: nothing is known, nothing is held back (the configured budget paces).
+    """
+
+    def __init__(
+        self, *, margin: float, reserve: int = 0, default_limit: int | None = None
+    ) -> None:
+        self.margin = margin
+        self.reserve = reserve
+        self.limit = default_limit
+        self.reset: float | None = None
+        self.remaining: int | None = None
+        self.rolled = False  # the clock passed `reset`: `remaining` is assumed, not answered
+        self.in_flight = 0
+        self.blocked_until = 0.0  # after a 429 with Retry-After (or without headers)
+        self.changed = asyncio.Event()
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before another request may start (0: now). While answers in flight
+        may still free some of the window, `changed` is set when one arrives."""
+        if now < self.blocked_until:
+            return self.blocked_until - now
+        if self.reset is None or self.remaining is None:
+            return 0.0
+        if not self.rolled and now >= self.reset + self.margin:
+            self.rolled = True
+            self.remaining = self.limit
+            if self.remaining is None:
+                return 0.0
+        if self.remaining - self.in_flight - self.reserve > 0:
+            return 0.0
+        if self.rolled:
+            return 0.05  # the new window's size is being learnt from answers in flight
+        return max(0.001, self.reset + self.margin - now)
+
+    def take(self) -> None:
+        self.in_flight += 1
+
+    def answered(self, remaining: float | None, reset: float | None, limit: float | None) -> None:
+        """An answer arrived (its headers, at least)."""
+        self.in_flight -= 1
+        if limit is not None and limit >= 1:
+            self.limit = int(limit)
+        if remaining is None or reset is None:
+            self.lost()
+            return
+        if self.reset is None or reset > self.reset:
+            self.reset, self.remaining, self.rolled = reset, int(remaining), False
+        elif reset == self.reset and not self.rolled and self.remaining is not None:
+            self.remaining = min(self.remaining, int(remaining))
+        self.changed.set()
+
+    def failed(self) -> None:
+        """A request got no answer at all (connection refused, reset before the headers)."""
+        self.in_flight -= 1
+        self.lost()
+
+    def lost(self) -> None:
+        if self.remaining is not None and not self.rolled:
+            self.remaining -= 1  # it may have been counted: assume so
+        self.changed.set()
+
+    def block(self, until: float) -> None:
+        self.blocked_until = max(self.blocked_until, until)
+
+    def spent(self, reset: float | None, now: float) -> None:
+        """A 429: nothing is left until `reset`; a reset already past says our clock is ahead."""
+        if reset is not None and now > reset:
+            self.margin = min(max(self.margin, now - reset + 0.05), 5.0)
+        if self.remaining is not None and not self.rolled:
+            self.remaining = 0
+
+
 class ApiClient:
-    """The one HTTP client of a run; every request shares its limiter and in-flight bound."""
+    """The one HTTP client of a run; every request shares its budgets and in-flight bound."""
 
     def __init__(
         self,
@@ -91,11 +226,12 @@ class ApiClient:
         self.tokens = tokens
         self.stats = ClientStats()
         self._rng = rng or random.Random()
-        self._clock = clock
+        self._clock = clock  # wall clock: X-RateLimit-Reset is in epoch seconds
         self._session: aiohttp.ClientSession | None = None
-        self._limiter: AsyncLimiter | None = None
+        self._limiter: RequestBudget | None = None
+        self._window: ApiWindow | None = None
         self._in_flight: asyncio.Semaphore | None = None
-        self._pause_until = 0.0
+        self._pace_lock: asyncio.Lock | None = None
 
     async def __aenter__(self) -> ApiClient:
         s = self.settings
@@ -116,8 +252,16 @@ class ApiClient:
             auto_decompress=True,
             raise_for_status=False,
         )
-        self._limiter = AsyncLimiter(s.rate_limit, s.rate_period)
+        loop = asyncio.get_running_loop()
+        self._limiter = RequestBudget(s.rate_limit, s.rate_period, loop.time)
+        self._window = ApiWindow(
+            # Room for clock skew: 1% of the window, at most a second (a second of an hour).
+            margin=min(1.0, max(0.005, s.rate_period / 100)),
+            reserve=s.remaining_reserve or 0,
+            default_limit=None,
+        )
         self._in_flight = asyncio.Semaphore(s.concurrency)
+        self._pace_lock = asyncio.Lock()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -134,13 +278,63 @@ class ApiClient:
     async def get_document(self, url: str, *, max_attempts: int | None = None) -> dict[str, Any]:
         """GET a JSON:API document, retrying what is passing; ApiError once it gives up."""
         _status, document = await self._request("GET", url, None, max_attempts=max_attempts)
+        assert isinstance(document, dict)
         return document
+
+    async def get_parsed(self, url: str, parse: Callable[[bytes, str], T]) -> T:
+        """GET and hand the body (and its content type) to `parse`, in a worker thread; a
+        `RetriableError` from `parse` (a truncated or malformed body) is retried like a 5xx."""
+        _status, parsed = await self._request("GET", url, None, parse=parse)
+        return parsed  # type: ignore[no-any-return]  # what `parse` returned
 
     async def send_document(
         self, method: str, url: str, document: dict[str, Any]
     ) -> tuple[int, dict[str, Any]]:
         """POST/PATCH a JSON:API document; (status, body) for 2xx and 422 answers."""
         return await self._request(method, url, document, accept_statuses=(422,))
+
+    # -- pacing ----------------------------------------------------------------------------
+
+    async def _pace(self) -> None:
+        """Wait for a turn under both budgets, then count the request against them."""
+        assert self._limiter is not None and self._window is not None
+        assert self._pace_lock is not None
+        limiter, window = self._limiter, self._window
+        loop = asyncio.get_running_loop()
+        async with self._pace_lock:  # first come, first served
+            paused = False
+            while True:
+                budget_wait = limiter.delay(loop.time())
+                window_wait = window.delay(self._clock())
+                wait = max(budget_wait, window_wait)
+                if wait <= 0:
+                    break
+                if window_wait >= budget_wait and not paused:
+                    paused = True
+                    self.stats.rate_pauses += 1
+                window.changed.clear()
+                started = loop.time()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(window.changed.wait(), timeout=wait)
+                waited = loop.time() - started
+                if window_wait >= budget_wait:
+                    self.stats.rate_wait_seconds += waited
+                else:
+                    self.stats.budget_wait_seconds += waited
+            limiter.take(loop.time())
+            window.take()
+
+    def _observe(self, headers: Any) -> None:
+        assert self._window is not None
+        remaining = _header_number(headers, "X-RateLimit-Remaining")
+        reset = _reset_time(headers, self._clock())
+        limit = _header_number(headers, "X-RateLimit-Limit")
+        self._window.answered(remaining, reset, limit)
+        if remaining is not None and reset is not None:
+            self.stats.rate_remaining = int(remaining)
+            self.stats.rate_reset = reset
+
+    # -- one request, retried ---------------------------------------------------------------
 
     async def _request(
         self,
@@ -150,46 +344,57 @@ class ApiClient:
         *,
         max_attempts: int | None = None,
         accept_statuses: tuple[int, ...] = (),
-    ) -> tuple[int, dict[str, Any]]:
-        assert self._limiter is not None and self._in_flight is not None
+        parse: Callable[[bytes, str], Any] | None = None,
+    ) -> tuple[int, Any]:
+        assert self._window is not None and self._in_flight is not None
+        window = self._window
         attempts = max_attempts or self.settings.max_attempts
-        attempt = 0
+        attempt = 0  # failed attempts so far
         rate_waits = 0
         refreshed = False
         connection_failures = 0
-        last: RetriableError | None = None
         data = orjson.dumps(payload) if payload is not None else None
         while True:
-            await self._wait_for_window()
+            failure: RetriableError | None = None
             async with self._in_flight:
-                await self._limiter.acquire()
-                token = await self.tokens.token()
-                self.stats.requests += 1
+                await self._pace()
+                answered = False
                 try:
+                    token = await self.tokens.token()
+                    self.stats.requests += 1
                     async with self.session.request(
                         method, url, data=data, headers={"Authorization": f"Bearer {token}"}
                     ) as response:
                         status = response.status
                         headers = response.headers
+                        answered = True
+                        self._observe(headers)  # before the body: a cut body still counted
                         body = await response.read()
                 except aiohttp.ClientConnectorError as exc:
                     connection_failures += 1
-                    last = RetriableError(f"cannot connect ({_reason(exc)})")
-                    status = -1
+                    failure = RetriableError(f"cannot connect ({_reason(exc)})")
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    last = RetriableError(f"transport failure ({_reason(exc)})")
-                    status = -1
-            if status == -1:
+                    what = "the connection broke mid-answer" if answered else "transport failure"
+                    failure = RetriableError(f"{what} ({_reason(exc)})")
+                finally:
+                    if not answered:
+                        window.failed()
+
+            if failure is not None:
                 attempt += 1
                 never_answered = not self.stats.statuses
                 if attempt >= attempts or (never_answered and connection_failures >= 3):
-                    if connection_failures == attempt:
+                    if connection_failures == attempt and never_answered:
                         # Never reached at all: most likely a wrong --base-url, so say so fast.
                         raise UnreachableError(
-                            f"cannot reach {redact_url(url)} ({last}); check --base-url and "
+                            f"cannot reach {redact_url(url)} ({failure}); check --base-url and "
                             "the network, then run again"
                         )
-                    raise ApiError(f"giving up after {attempt} attempts: {last}", url=url)
+                    raise ApiError(
+                        f"gave up after {attempt} attempts, the last: {failure}",
+                        url=url,
+                        hint=RESUME_HINT,
+                    )
                 await self._backoff(attempt)
                 continue
 
@@ -197,29 +402,34 @@ class ApiClient:
             self.stats.bytes_received += len(body)
             if self.stats.server_time is None:
                 self.stats.server_time = _header_date(headers)
-            self._observe_window(headers)
             page_size = _page_size(url)
             outcome = classify_status(status, page_size)
             if status in accept_statuses:
                 outcome = StatusClass.OK
             try:
                 if outcome is StatusClass.OK:
-                    return status, _parse_document(body, headers.get("Content-Type", ""))
-                document = _try_parse(body)
-                error_id, detail = error_details(document)
+                    content_type = headers.get("Content-Type", "")
+                    if parse is None:
+                        return status, parse_document(body, content_type)
+                    # Off the event loop: parsing a page is the heaviest CPU work of a run.
+                    return status, await asyncio.to_thread(parse, body, content_type)
+                error_id, detail = error_details(_try_parse(body))
+                detail = self._scrub(detail)
                 if outcome is StatusClass.RATE_LIMITED:
                     self.stats.rate_limited += 1
                     rate_waits += 1
                     if rate_waits > self.settings.max_rate_limit_waits:
                         raise ApiError(
                             "still rate limited after waiting for "
-                            f"{rate_waits - 1} windows; is another program spending this user's budget?",
+                            f"{rate_waits - 1} windows; is another program spending this "
+                            "user's budget?",
                             url=url,
                             status=status,
                             error_id=error_id,
+                            hint=RESUME_HINT,
                         )
-                    await self._wait_rate_limited(headers)
-                    continue  # the same request again; not an attempt
+                    self._rate_limited(headers)
+                    continue  # the same request again, once the window allows; not an attempt
                 if outcome is StatusClass.REFRESH:
                     if refreshed:
                         raise AuthError(
@@ -230,30 +440,53 @@ class ApiClient:
                         )
                     refreshed = True
                     self.stats.token_refreshes += 1
-                    await self.tokens.refresh(token)
+                    try:
+                        await self.tokens.refresh(token)
+                    except AuthError as exc:
+                        if exc.status is not None:
+                            raise
+                        raise AuthError(
+                            exc.message, url=url, status=status, error_id=error_id
+                        ) from None
                     continue
                 if outcome is StatusClass.FATAL:
                     raise _fatal(status, error_id, detail, url)
                 if outcome is StatusClass.SMALLER_PAGE and page_size is not None:
+                    # Progress, not a failure: the page is asked for again, half as big.
                     self.stats.smaller_pages += 1
                     url = with_query_value(url, "page[size]", str(max(1, page_size // 2)))
+                    await self._backoff(1)
+                    continue
                 raise RetriableError(
-                    f"HTTP {status}" + (f" ({detail})" if detail else ""),
+                    f"the API answered {status}" + (f" ({detail})" if detail else ""),
                     status=status,
                     error_id=error_id,
-                    retry_after=_retry_after(headers),
+                    retry_after=_retry_after(headers, self._clock()),
                 )
             except RetriableError as exc:
-                last = exc
                 attempt += 1
                 if attempt >= attempts:
                     raise ApiError(
-                        f"giving up after {attempt} attempts: {exc}",
+                        f"gave up after {attempt} attempts, the last: {exc}",
                         url=url,
-                        status=exc.status,
+                        status=exc.status if exc.status is not None else status,
                         error_id=exc.error_id,
+                        hint=RESUME_HINT,
                     ) from None
                 await self._backoff(attempt, exc.retry_after)
+
+    def _rate_limited(self, headers: Any) -> None:
+        """After a 429: hold every request until the window resets (or `Retry-After` passes)."""
+        assert self._window is not None
+        now = self._clock()
+        reset = _reset_time(headers, now)
+        self._window.spent(reset, now)
+        retry_after = _retry_after(headers, now)
+        if retry_after is not None:
+            self._window.block(now + min(retry_after, LONGEST_WINDOW))
+        elif reset is None or self._window.remaining is None:
+            # No headers to go by: wait a window of the configured budget (at most a minute).
+            self._window.block(now + min(60.0, self.settings.rate_period))
 
     async def _backoff(self, attempt: int, retry_after: float | None = None) -> None:
         self.stats.retries += 1
@@ -264,42 +497,9 @@ class ApiClient:
             delay = max(delay, min(retry_after, s.backoff_max * 4))
         await asyncio.sleep(delay)
 
-    def _observe_window(self, headers: Any) -> None:
-        remaining = _header_number(headers, "X-RateLimit-Remaining")
-        reset = _header_number(headers, "X-RateLimit-Reset")
-        if remaining is None or reset is None:
-            return  # the header is missing: the limiter alone paces us
-        self.stats.rate_remaining = int(remaining)
-        self.stats.rate_reset = reset
-        reserve = self.settings.remaining_reserve
-        if reserve is None:
-            reserve = self.settings.concurrency
-        if remaining <= reserve:
-            # Nearly spent (maybe by another program): hold new requests until the reset.
-            until = self._clock() + self._until_reset(reset)
-            self._pause_until = max(self._pause_until, until)
-
-    async def _wait_for_window(self) -> None:
-        delay = self._pause_until - self._clock()
-        if delay > 0:
-            self.stats.rate_wait_seconds += delay
-            await asyncio.sleep(delay)
-
-    async def _wait_rate_limited(self, headers: Any) -> None:
-        retry_after = _retry_after(headers)
-        reset = _header_number(headers, "X-RateLimit-Reset")
-        if retry_after is not None:
-            delay = retry_after
-        elif reset is not None:
-            delay = self._until_reset(reset)
-        else:
-            delay = min(60.0, self.settings.rate_period)
-        self._pause_until = max(self._pause_until, self._clock() + delay)
-        await self._wait_for_window()
-
-    def _until_reset(self, reset: float) -> float:
-        # Reset is the server's epoch second; allow a little for the clock's whole seconds.
-        return max(0.05, min(reset - self._clock() + 0.05, self.settings.rate_period))
+    def _scrub(self, text: str | None) -> str | None:
+        """An API's error text with any secret of ours (echoed back) replaced by `***`."""
+        return None if text is None else scrub(text, self.tokens.secrets())
 
 
 def _reason(exc: BaseException) -> str:
@@ -321,9 +521,20 @@ def _header_number(headers: Any, name: str) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         return None
+    return number if math.isfinite(number) else None
+
+
+def _reset_time(headers: Any, now: float) -> float | None:
+    """`X-RateLimit-Reset` as epoch seconds (a small number is taken as seconds from now)."""
+    reset = _header_number(headers, "X-RateLimit-Reset")
+    if reset is None or reset < 0:
+        return None
+    if reset < 1e9:  # not an epoch time: some gateways send the seconds left
+        reset = now + reset
+    return min(reset, now + LONGEST_WINDOW)
 
 
 def _header_date(headers: Any) -> float | None:
@@ -336,9 +547,18 @@ def _header_date(headers: Any) -> float | None:
         return None
 
 
-def _retry_after(headers: Any) -> float | None:
+def _retry_after(headers: Any, now: float) -> float | None:
+    """`Retry-After` in seconds, given as seconds or as an HTTP date."""
     value = _header_number(headers, "Retry-After")
-    return value if value is not None and value >= 0 else None
+    if value is not None:
+        return value if value >= 0 else None
+    text = headers.get("Retry-After")
+    if not text:
+        return None
+    try:
+        return max(0.0, parsedate_to_datetime(text).timestamp() - now)
+    except (TypeError, ValueError):
+        return None
 
 
 def _try_parse(body: bytes) -> Any:
@@ -348,10 +568,14 @@ def _try_parse(body: bytes) -> Any:
         return None
 
 
-def _parse_document(body: bytes, content_type: str) -> dict[str, Any]:
+def check_json_content(content_type: str) -> None:
     kind = content_type.split(";", 1)[0].strip().lower()
     if kind and "json" not in kind:
-        raise RetriableError(f"a {kind or 'non-JSON'} body where JSON was expected")
+        raise RetriableError(f"a {kind} body where JSON was expected")
+
+
+def parse_document(body: bytes, content_type: str) -> dict[str, Any]:
+    check_json_content(content_type)
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -377,3 +601,4 @@ def _fatal(status: int, error_id: str | None, detail: str | None, url: str) -> A
         status=status,
         error_id=error_id,
     )
+

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from exporter.checkpoint import PartitionState
 from exporter.client import ApiClient
+from exporter.fastpage import PageReader
 from exporter.normalize import Normalizer, record_id
 from exporter.pagination import collection_url, next_link, page_records
 from exporter.schema import resource_type
@@ -339,10 +340,9 @@ class CollectionCrawl:
                 return
             await self.credits.acquire()
             try:
-                document = await self.client.get_document(url)
-                records = page_records(document, url)
-                following = next_link(document, url, self.base_url)
-                batch = self.normalizer.to_batch(records)
+                page = await self.client.get_parsed(url, PageReader(self.normalizer, url))
+                following = next_link({"links": page.links}, url, self.base_url)
+                batch = page.batch
             except BaseException:
                 self.credits.release()
                 raise

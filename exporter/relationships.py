@@ -33,8 +33,9 @@ import pyarrow.compute as pc
 from exporter.client import ApiClient
 from exporter.crawl import Message, PageBatch, RowSelector
 from exporter.errors import UsageError
+from exporter.fastpage import PageReader
 from exporter.normalize import Normalizer, table_layout
-from exporter.pagination import collection_url, next_link, page_records
+from exporter.pagination import collection_url, next_link
 from exporter.schema import Shape, resource_type
 
 ROOT = "sequenceStep"
@@ -462,10 +463,9 @@ class RelationshipWalk:
         while url is not None:
             await self.credits.acquire()
             try:
-                document = await self.client.get_document(url)
-                records = page_records(document, url)
-                following = next_link(document, url, self.base_url)
-                normalized = normalizer.to_batch(records)
+                page = await self.client.get_parsed(url, PageReader(normalizer, url))
+                following = next_link({"links": page.links}, url, self.base_url)
+                normalized = page.batch
             except BaseException:
                 self.credits.release()
                 raise

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 
 from exporter import __version__
 from exporter.auth import (
@@ -33,6 +34,7 @@ from exporter.config import (
     token_url_for,
 )
 from exporter.errors import ExitCode, ExporterError, UsageError
+from exporter.progress import Reporter, Snapshot, configure_logging, event
 
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the simulator's static token, not a secret
 
@@ -43,10 +45,68 @@ def main() -> None:
     """Bulk exporter and backup tool for the Outreach.io API."""
 
 
+_JSON_ERRORS = False  # --log-format json: errors are JSON lines too
+
+
 def fail(error: ExporterError) -> None:
     prefix = "stopped" if error.exit_code is ExitCode.INTERRUPTED else "error"
-    click.echo(f"{prefix}: {error}", err=True)
+    if _JSON_ERRORS:
+        line = orjson.dumps(
+            {
+                "level": "error",
+                "event": prefix,
+                "message": str(error),
+                "exit_code": int(error.exit_code),
+            }
+        ).decode()
+        click.echo(line, err=True)
+    else:
+        click.echo(f"{prefix}: {error}", err=True)
     sys.exit(int(error.exit_code))
+
+
+def _output_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--quiet, --verbose and --log-format, shared by commands that run for a while."""
+    command = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        envvar="OUTREACH_LOG_FORMAT",
+        help="json: one JSON object per line on stderr (progress, events, errors), for schedulers.",
+    )(command)
+    command = click.option(
+        "--verbose", "-v", is_flag=True, help="Also log every request (method, URL, status, time)."
+    )(command)
+    command = click.option("--quiet", "-q", is_flag=True, help="Print only errors and the result.")(
+        command
+    )
+    command = click.option(
+        "--progress-interval",
+        type=click.FloatRange(min=0.05),
+        default=10.0,
+        show_default=True,
+        envvar="OUTREACH_PROGRESS_INTERVAL",
+        help="Seconds between progress lines when stderr is not a terminal.",
+    )(command)
+    return command
+
+
+def _reporter_factory(
+    log_format: str, quiet: bool, interval: float
+) -> Callable[[Callable[[], Snapshot]], Reporter]:
+    from exporter.schema import RESOURCE_TYPES, resource_type
+
+    if quiet:
+        mode = "quiet"
+    elif log_format == "json":
+        mode = "json"
+    elif sys.stderr.isatty():
+        mode = "tty"
+    else:
+        mode = "lines"
+    collections = {t: resource_type(t).collection for t in RESOURCE_TYPES}
+    return lambda snapshot: Reporter(mode, snapshot, collections=collections, interval=interval)
 
 
 class RateLimitType(click.ParamType[RateLimit]):
@@ -320,6 +380,7 @@ def _secret(value: str | None) -> Secret | None:
     help="Sequence steps the demo simulator holds.",
 )
 @click.option("--demo-seed", type=int, default=1, show_default=True, help="Seed of the demo data.")
+@_output_options
 def export(
     out: Path,
     base_url: str,
@@ -343,6 +404,10 @@ def export(
     demo: bool,
     demo_steps: int,
     demo_seed: int,
+    quiet: bool,
+    verbose: bool,
+    log_format: str,
+    progress_interval: float,
 ) -> None:
     """Export sequence steps to typed Parquet files in --out, resuming an unfinished run there."""
     from exporter.relationships import parse_selection
@@ -369,10 +434,15 @@ def export(
         commit_interval=commit_interval,
         file_rows=file_rows,
     )
+    global _JSON_ERRORS
+    _JSON_ERRORS = log_format == "json"
+    configure_logging(log_format, verbose, quiet)
     with contextlib.ExitStack() as stack:
         if demo:
             demo_url = stack.enter_context(_demo_server(demo_steps, demo_seed))
-            click.echo(f"demo: simulator with {demo_steps} steps at {demo_url}", err=True)
+            event(
+                "demo", f"demo: simulator with {demo_steps} steps at {demo_url}", base_url=demo_url
+            )
             settings = ExportSettings(
                 **{
                     **settings.__dict__,
@@ -383,7 +453,11 @@ def export(
             )
         try:
             parse_selection(settings.relationships)
-            job = Export(settings, _token_source(settings))
+            job = Export(
+                settings,
+                _token_source(settings),
+                _reporter_factory(log_format, quiet, progress_interval),
+            )
             result = _run(job.run, job.request_stop)
         except ExporterError as exc:
             fail(exc)
@@ -391,6 +465,21 @@ def export(
     rows = result.rows
     total = sum(rows.values())
     rate = total / result.seconds if result.seconds else 0.0
+    if log_format == "json":
+        click.echo(
+            orjson.dumps(
+                {
+                    "run_id": result.state.run_id,
+                    "kind": result.state.kind,
+                    "rows": rows,
+                    "seconds": round(result.seconds, 3),
+                    "requests": result.requests,
+                    "resumed": result.resumed,
+                    "manifest": str(out / "_manifest.json"),
+                }
+            ).decode()
+        )
+        return
     verb = "resumed and finished" if result.resumed else "exported"
     click.echo(
         f"{verb} {total:,} records ("

@@ -100,6 +100,7 @@ class CrawlStats:
     out_of_range: int = 0  # dropped: outside the partition (filter ignored, or split)
     not_selected: int = 0  # dropped by the run's selector (already in the backup, not ours)
     splits: int = 0
+    total: int | None = None  # records in the collection, when the API counted them
 
 
 class EmittedIds:
@@ -232,14 +233,16 @@ class CollectionCrawl:
                 group.create_task(self._worker())
 
     async def _plan(self) -> list[PartitionState]:
-        first = await self._edge_id("id")
+        first = await self._edge_id("id", count=True)
         if first is None:
             return []
         last = await self._edge_id("-id")
         assert last is not None
         return plan_partitions(first, last, self.initial_partitions)
 
-    async def _edge_id(self, sort: str) -> int | None:
+    async def _edge_id(self, sort: str, *, count: bool = False) -> int | None:
+        """The smallest (`id`) or largest (`-id`) id; with `count`, also ask for the total
+        (for the progress estimate: the API only counts when asked, `count=true`)."""
         url = collection_url(
             self.base_url,
             self.collection,
@@ -248,9 +251,14 @@ class CollectionCrawl:
                 ("page[size]", "1"),
                 (f"fields[{self.type_name}]", ""),
                 *self.extra_params,
+                *([("count", "true")] if count else []),
             ],
         )
         document = await self.client.get_document(url)
+        meta = document.get("meta")
+        total = meta.get("count") if isinstance(meta, dict) else None
+        if count and type(total) is int and total >= 0:
+            self.stats.total = total
         records = page_records(document, url)
         if not records:
             return None

@@ -18,7 +18,7 @@ import contextlib
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +38,7 @@ from exporter.errors import Interrupted, OutputError, UsageError, redact_url
 from exporter.history import BackupIndex, BelongsToBackup, SkipKnownVersions, load_index
 from exporter.normalize import TOMBSTONE_TYPE
 from exporter.pagination import collection_url
+from exporter.progress import Reporter, ResourceProgress, Snapshot, event
 from exporter.relationships import IdSet, Link, RelationshipWalk, WalkStats, parse_selection
 from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.sink import INPROGRESS_SUFFIX, output_error
@@ -137,9 +138,19 @@ class Export:
     `deltas` (incremental runs: what changed in each related type), `deletes` (with
     --detect-deletes: tombstones for ids the API no longer has)."""
 
-    def __init__(self, settings: ExportSettings, tokens: TokenSource) -> None:
+    def __init__(
+        self,
+        settings: ExportSettings,
+        tokens: TokenSource,
+        reporter: Callable[[Callable[[], Snapshot]], Reporter] | None = None,
+    ) -> None:
         self.settings = settings
         self.tokens = tokens
+        self.make_reporter = reporter
+        self._started_at = time.monotonic()
+        self.phase = "starting"
+        self.crawl_stats = {}
+        self.walk_stats = {}
         self.links = parse_selection(settings.relationships)
         targets = list(dict.fromkeys(link.target for link in self.links))
         self.type_names = [ROOT_TYPE, *targets]
@@ -233,10 +244,54 @@ class Export:
 
     # -- the run ----------------------------------------------------------------------------
 
+    def snapshot(self) -> Snapshot:
+        """Counters for the progress display (read-only, no secrets)."""
+        resources: dict[str, ResourceProgress] = {}
+        for type_name, stats in self.crawl_stats.items():
+            item = resources.setdefault(type_name, ResourceProgress())
+            item.records += stats.records
+            item.pages += stats.pages
+            item.total = stats.total
+        for type_name, walked in self.walk_stats.items():
+            item = resources.setdefault(type_name, ResourceProgress())
+            item.records += walked.records
+            item.pages += walked.requests
+        client = self.client
+        return Snapshot(
+            elapsed=time.monotonic() - self._started_at,
+            phase=self.phase,
+            resources=resources,
+            requests=client.stats.requests if client else 0,
+            retries=client.stats.retries if client else 0,
+            rate_remaining=client.stats.rate_remaining if client else None,
+            waited=client.stats.rate_wait_seconds if client else 0.0,
+        )
+
     async def run(self) -> ExportResult:
-        started = time.monotonic()
+        started = self._started_at = time.monotonic()
         s = self.settings
         state, resumed = self._prepare()
+        event(
+            "run.start",
+            f"{'resuming' if resumed else 'starting'} {state.kind} run {state.run_id} into {s.out}"
+            + (f" (changes since {state.window_start})" if state.window_start else ""),
+            run_id=state.run_id,
+            kind=state.kind,
+            resumed=resumed,
+            window_start=state.window_start,
+        )
+        reporter = self.make_reporter(self.snapshot) if self.make_reporter else None
+        display = asyncio.create_task(reporter.run()) if reporter else None
+        try:
+            return await self._run(state, resumed, started)
+        finally:
+            if display is not None:
+                display.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await display
+
+    async def _run(self, state: RunState, resumed: bool, started: float) -> ExportResult:
+        s = self.settings
         incremental = state.kind == "incremental"
         index: BackupIndex | None = None
         if incremental or s.detect_deletes:
@@ -297,6 +352,13 @@ class Export:
         # the two leaves a run that resumes, finds nothing left to do, and writes both again.
         document = manifest.write(s.out, state, self.stats)
         checkpoint.save(s.out, state)
+        event(
+            "run.finish",
+            f"run {state.run_id} finished in {seconds:,.1f}s",
+            run_id=state.run_id,
+            rows={k: v.rows for k, v in state.resources.items()},
+            **{k: v for k, v in self.stats.items() if k in ("seconds", "requests", "retries")},
+        )
         return ExportResult(
             state=state,
             manifest=document,
@@ -326,6 +388,10 @@ class Export:
     crawl_stats: dict[str, CrawlStats]
     walk_stats: dict[str, WalkStats]
 
+    def _phase(self, state: RunState, name: str) -> None:
+        state.phase = self.phase = name
+        event("run.phase", f"phase {name}", phase=name, run_id=state.run_id)
+
     async def _phases(
         self,
         state: RunState,
@@ -336,8 +402,6 @@ class Export:
         credits: asyncio.Semaphore,
     ) -> None:
         s = self.settings
-        self.crawl_stats = {}
-        self.walk_stats = {}
         incremental = state.kind == "incremental"
         root = state.resources[ROOT_TYPE]
         since = [("filter[updatedAt]", f"{state.window_start}..inf")] if incremental else []
@@ -391,7 +455,7 @@ class Export:
         # relationships of committed step files that are not yet complete (`resume_walk`).
         walk: RelationshipWalk | None = None
         emitted_steps: list[int] = []
-        state.phase = "crawl"
+        self._phase(state, "crawl")
         if step_links:
             walk = walk_for(step_links)
             if index is not None:
@@ -418,7 +482,7 @@ class Export:
 
         # Phase 2 (incremental): what changed in each related type that belongs to the backup.
         if incremental and index is not None:
-            state.phase = "deltas"
+            self._phase(state, "deltas")
             members_steps = IdSet(index.ids.get(ROOT_TYPE, IdSet()))
             for value in emitted_steps:
                 members_steps.add(value)
@@ -469,7 +533,7 @@ class Export:
 
         # Phase 3: tombstones for ids the API no longer has.
         if s.detect_deletes:
-            state.phase = "deletes"
+            self._phase(state, "deletes")
             fresh = await asyncio.to_thread(self._load_index, state)
             scan = DeleteScan(
                 client,
@@ -491,7 +555,7 @@ class Export:
             if self._stop_requested:
                 return
             await flush()
-        state.phase = "done"
+        self._phase(state, "done")
 
     async def _finish_refresh(
         self, refresh: RelationshipWalk, resource: ResourceState, done: list[ResourceState]

@@ -14,6 +14,7 @@ at the end of the run.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from exporter import checkpoint
 from exporter.checkpoint import PartitionState, ResourceState, RunState
 from exporter.crawl import Flush, Message, PageBatch, Plan, Split
 from exporter.normalize import arrow_schema
+from exporter.progress import event
 from exporter.sink import PartWriter
 
 
@@ -153,6 +155,14 @@ class Writer:
         if writer is not None:
             committed = await asyncio.to_thread(writer.roll)
             if committed is not None:
+                event(
+                    "commit",
+                    f"committed {committed.path} ({committed.rows:,} rows)",
+                    logging.DEBUG,
+                    path=committed.path,
+                    rows=committed.rows,
+                    bytes=committed.bytes,
+                )
                 resource.files.append(committed)
                 resource.next_sequence = writer.next_sequence
                 needs = self._file_needs.pop(type_name, None)

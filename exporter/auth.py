@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from exporter.errors import ApiError, AuthError, OutputError, UsageError, error_details
+from exporter.errors import ApiError, AuthError, OutputError, UsageError, error_details, scrub
 
 
 class Secret:
@@ -114,10 +114,10 @@ class RefreshTokenStore:
 
     def save(self, token: Secret) -> None:
         """Atomically replace the file; it is created 0600 and never readable by others."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         payload = orjson.dumps({"refresh_token": token.reveal(), "saved_at": int(time.time())})
         try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.fchmod(fd, 0o600)
@@ -136,7 +136,19 @@ class RefreshTokenStore:
 
 
 class OAuthTokens:
-    """Refresh-token grant with rotation: refresh ahead of expiry and once on a 401."""
+    """Refresh-token grant with rotation: refresh ahead of expiry and once on a 401.
+
+    - The access token is refreshed a tenth of its lifetime (at most `refresh_margin`) before
+      it expires, and once when the API answers 401 to it (requests that saw the same token
+      rejected share that one refresh).
+    - Each refresh returns a new refresh token and retires the old one: it is saved to the
+      store before anything else happens, so the next run starts from the newest.
+    - Never more often than the API allows (`min_mint_interval`, one a minute at Outreach; for
+      tokens that live less than two intervals, half their lifetime); a 429 or 5xx from the token
+      endpoint is waited out and retried a few times.
+    - The stored refresh token is tried first; if the endpoint refuses it and the one given on
+      the command line differs (the app was authorized again), that one is tried next.
+    """
 
     def __init__(
         self,
@@ -147,6 +159,8 @@ class OAuthTokens:
         refresh_margin: float = 300.0,
         min_mint_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        max_attempts: int = 4,
+        backoff_base: float = 1.0,
     ) -> None:
         self._credentials = credentials
         self._store = store
@@ -154,19 +168,27 @@ class OAuthTokens:
         self._margin = refresh_margin
         self._min_interval = min_mint_interval
         self._clock = clock
+        self._max_attempts = max_attempts
+        self._backoff_base = backoff_base
         self._access: Secret | None = None
+        self._lifetime: float | None = None
         self._refresh_at = 0.0
         self._minted_at: float | None = None
         self._lock = asyncio.Lock()
+        self.mints = 0
         self._seen: list[str] = [
             credentials.client_secret.reveal(),
             credentials.refresh_token.reveal(),
         ]
+        # Refresh tokens to try, newest first: the stored one, then the one given.
+        self._candidates: list[Secret] = [credentials.refresh_token]
         if store is not None:
             newest = store.load()
             if newest is not None:
-                self._credentials.refresh_token = newest
                 self._seen.append(newest.reveal())
+                if newest != credentials.refresh_token:
+                    self._candidates.insert(0, newest)
+                    self._credentials.refresh_token = newest
 
     def secrets(self) -> list[str]:
         return list(self._seen)
@@ -182,7 +204,8 @@ class OAuthTokens:
         async with self._lock:
             if self._access is not None and self._access.reveal() != rejected:
                 return self._access.reveal()  # another request already refreshed it
-            if self._minted_at is not None and self._clock() - self._minted_at < 1.0:
+            fresh = min(1.0, (self._lifetime or 10.0) / 10)
+            if self._minted_at is not None and self._clock() - self._minted_at < fresh:
                 raise AuthError(
                     "the API refused a freshly minted access token (401); check the app's scopes "
                     "(sequenceSteps.read and the related *.read scopes)"
@@ -191,12 +214,86 @@ class OAuthTokens:
             assert self._access is not None
             return self._access.reveal()
 
+    def _interval(self) -> float:
+        if self._lifetime is None:
+            return self._min_interval
+        return min(self._min_interval, self._lifetime / 2)
+
     async def _mint(self) -> None:
         if self._minted_at is not None:
-            wait = self._min_interval - (self._clock() - self._minted_at)
+            wait = self._interval() - (self._clock() - self._minted_at)
             if wait > 0:
                 await asyncio.sleep(wait)  # the API allows one token per user per minute
         creds = self._credentials
+        attempt = 0
+        while True:
+            attempt += 1
+            status, document, retry_after = await self._post(creds)
+            granted = status == 200 and isinstance(document, dict) and "access_token" in document
+            if granted:
+                break
+            error_id, detail = error_details(document)
+            if isinstance(document, dict) and isinstance(document.get("error"), str):
+                error_id = document["error"]
+                description = document.get("error_description")
+                detail = description if isinstance(description, str) else detail
+            passing = status is None or status == 429 or status >= 500
+            if passing and attempt < self._max_attempts:
+                delay = self._backoff_base * 2 ** (attempt - 1)
+                if status == 429:
+                    delay = max(delay, self._interval())
+                await asyncio.sleep(max(delay, min(retry_after or 0.0, 300.0)))
+                continue
+            if passing:
+                raise ApiError(
+                    f"the OAuth token endpoint kept failing ({attempt} attempts"
+                    + (f", the last: {scrub(detail, self._seen)}" if detail else "")
+                    + "); run the same command again later",
+                    status=status,
+                    error_id=error_id,
+                    url=creds.token_url,
+                )
+            if error_id == "invalid_grant" and self._next_candidate():
+                attempt = 0
+                continue
+            reason = (
+                "the OAuth client id or secret is wrong (--client-id, --client-secret)"
+                if error_id == "invalid_client"
+                else "the OAuth token endpoint refused the refresh token; it may have been "
+                "rotated by another run or revoked: authorize the app again and pass the new "
+                "--refresh-token"
+            )
+            raise AuthError(reason, status=status, error_id=error_id, url=creds.token_url)
+        assert isinstance(document, dict)
+        self._minted_at = self._clock()
+        self.mints += 1
+        self._access = Secret(str(document["access_token"]))
+        self._seen.append(self._access.reveal())
+        expires_in = document.get("expires_in")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 7200.0
+        lifetime = max(lifetime, 0.1)
+        self._lifetime = lifetime
+        # Refresh ahead of expiry: five minutes early for real two-hour tokens, a tenth of the
+        # lifetime for the short ones a test or simulator hands out.
+        self._refresh_at = self._minted_at + lifetime - min(self._margin, lifetime / 10)
+        rotated = document.get("refresh_token")
+        if isinstance(rotated, str) and rotated:
+            creds.refresh_token = Secret(rotated)
+            self._candidates = [creds.refresh_token]
+            self._seen.append(rotated)
+            if self._store is not None:
+                self._store.save(creds.refresh_token)
+
+    def _next_candidate(self) -> bool:
+        """After `invalid_grant`: move on to the next refresh token to try, if there is one."""
+        if len(self._candidates) < 2:
+            return False
+        self._candidates.pop(0)
+        self._credentials.refresh_token = self._candidates[0]
+        return True
+
+    async def _post(self, creds: OAuthCredentials) -> tuple[int | None, Any, float | None]:
+        """(status, parsed body, Retry-After) of one token request; status None: no answer."""
         form = {
             "grant_type": "refresh_token",
             "client_id": creds.client_id,
@@ -204,43 +301,24 @@ class OAuthTokens:
             "redirect_uri": creds.redirect_uri,
             "refresh_token": creds.refresh_token.reveal(),
         }
-        session = self._session_factory()
         try:
-            async with session.post(creds.token_url, data=form) as response:
+            async with (
+                self._session_factory() as session,
+                session.post(creds.token_url, data=form) as response,
+            ):
                 body = await response.read()
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ApiError(
-                f"cannot reach the OAuth token endpoint ({type(exc).__name__})", url=creds.token_url
-            ) from None
+                retry_after = response.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError):
+            return None, None, None
         document: Any
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError:
             document = None
-        if status != 200 or not isinstance(document, dict) or "access_token" not in document:
-            error_id, _detail = error_details(document)
-            if isinstance(document, dict) and isinstance(document.get("error"), str):
-                error_id = document["error"]
-            raise AuthError(
-                "the OAuth token endpoint refused the refresh token; it may have been rotated "
-                "by another run or revoked: authorize the app again and pass the new "
-                "--refresh-token",
-                status=status,
-                error_id=error_id,
-                url=creds.token_url,
-            )
-        self._minted_at = self._clock()
-        self._access = Secret(str(document["access_token"]))
-        self._seen.append(self._access.reveal())
-        expires_in = document.get("expires_in")
-        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 7200.0
-        # Refresh ahead of expiry: five minutes early for real two-hour tokens, a tenth of the
-        # lifetime for the short ones a test or simulator hands out.
-        self._refresh_at = self._minted_at + lifetime - min(self._margin, lifetime / 10)
-        rotated = document.get("refresh_token")
-        if isinstance(rotated, str) and rotated:
-            creds.refresh_token = Secret(rotated)
-            self._seen.append(rotated)
-            if self._store is not None:
-                self._store.save(creds.refresh_token)
+        seconds: float | None
+        try:
+            seconds = float(retry_after) if retry_after else None
+        except ValueError:
+            seconds = None
+        return status, document, seconds

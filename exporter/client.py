@@ -123,7 +123,10 @@ class RequestBudget:
 
     async def acquire(self) -> None:
         """Wait for a turn and take it (for callers that pace requests of their own)."""
-        while (wait := self.delay(self._clock())) > 0:
+        while True:
+            wait = self.delay(self._clock())
+            if wait <= 0:
+                break
             await asyncio.sleep(wait)
         self.take(self._clock())
 
@@ -601,4 +604,3 @@ def _fatal(status: int, error_id: str | None, detail: str | None, url: str) -> A
         status=status,
         error_id=error_id,
     )
-

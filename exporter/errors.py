@@ -12,6 +12,7 @@ Messages never contain a secret: URLs are passed through `redact_url` before the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntEnum
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -60,6 +61,7 @@ class ApiError(ExporterError):
         url: str = "",
         status: int | None = None,
         error_id: str | None = None,
+        hint: str = "",
     ) -> None:
         parts = [message]
         if status is not None:
@@ -67,8 +69,11 @@ class ApiError(ExporterError):
         if error_id:
             parts.append(f"error id {error_id!r}")
         if url:
-            parts.append(f"url {redact_url(url)}")
+            parts.append(f"url {shown_url(url)}")
+        if hint:
+            parts.append(hint)
         super().__init__("; ".join(parts))
+        self.message = message
         self.url = redact_url(url) if url else ""
         self.status = status
         self.error_id = error_id
@@ -126,6 +131,29 @@ def redact_url(url: str) -> str:
                 [(k, "***" if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="[],."
             )
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def shown_url(url: str, longest_value: int = 60) -> str:
+    """`redact_url`, with long query values (a batch's `filter[id]=1,2,...`) shortened, so an
+    error about an 8,000-character URL still fits on one readable line."""
+    shown = redact_url(url)
+    base, sep, query = shown.partition("?")
+    if not sep:
+        return shown
+    pairs = []
+    for pair in query.split("&"):
+        key, eq, value = pair.partition("=")
+        if len(value) > longest_value:
+            value = f"{value[:longest_value]}...({len(value) - longest_value} more characters)"
+        pairs.append(key + eq + value)
+    return base + "?" + "&".join(pairs)
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every occurrence of any of `secrets` replaced by `***`."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 class StatusClass(IntEnum):

@@ -11,8 +11,6 @@ its directory fsynced. It holds no secret: parameters are recorded without token
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,8 @@ from typing import Any
 import orjson
 
 from exporter.errors import UsageError
-from exporter.sink import DataFile, fsync_directory, output_error
+from exporter.sink import DataFile
+from exporter.storage import Storage
 
 CHECKPOINT_NAME = "_checkpoint.json"
 VERSION = 1
@@ -168,40 +167,18 @@ def encode(state: RunState) -> bytes:
     return orjson.dumps(state.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
 
-def save(root: Path, state: RunState) -> None:
-    """Replace the checkpoint atomically (temporary file, fsync, rename, fsync the directory)."""
-    write_atomically(root / CHECKPOINT_NAME, encode(state))
+def save(storage: Storage, state: RunState) -> None:
+    """Replace the checkpoint atomically: the commit point of a run."""
+    storage.write_atomically(CHECKPOINT_NAME, encode(state))
 
 
-def write_atomically(path: Path, payload: bytes) -> None:
-    temporary = path.with_name("." + path.name + ".inprogress")
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(payload)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-        fsync_directory(path.parent)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise output_error("write", path, exc) from None
-
-
-def load(root: Path) -> RunState | None:
-    """The checkpoint in `root`, or None when there is none."""
-    path = root / CHECKPOINT_NAME
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+def load(where: Storage | Path | str) -> RunState | None:
+    """The checkpoint in `where`, or None when there is none."""
+    storage = where if isinstance(where, Storage) else Storage.open(where)
+    raw = storage.read_bytes(CHECKPOINT_NAME)
+    if raw is None:
         return None
-    except OSError as exc:
-        raise output_error("read", path, exc) from None
+    path = storage.path(CHECKPOINT_NAME)
     try:
         data = orjson.loads(raw)
         if not isinstance(data, dict):

@@ -242,10 +242,10 @@ def _secret(value: str | None) -> Secret | None:
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
     required=True,
     envvar="OUTREACH_OUT",
-    help="Output directory.  [env: OUTREACH_OUT]",
+    help="Output directory, or a URI: s3://bucket/prefix (endpoint, region and credentials from "
+    "the AWS_* variables), file://...  [env: OUTREACH_OUT]",
 )
 @click.option(
     "--base-url",
@@ -382,7 +382,7 @@ def _secret(value: str | None) -> Secret | None:
 @click.option("--demo-seed", type=int, default=1, show_default=True, help="Seed of the demo data.")
 @_output_options
 def export(
-    out: Path,
+    out: str,
     base_url: str,
     token: str | None,
     client_id: str | None,
@@ -475,7 +475,7 @@ def export(
                     "seconds": round(result.seconds, 3),
                     "requests": result.requests,
                     "resumed": result.resumed,
-                    "manifest": str(out / "_manifest.json"),
+                    "manifest": f"{out.rstrip('/')}/_manifest.json",
                 }
             ).decode()
         )

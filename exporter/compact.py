@@ -3,14 +3,13 @@
 A directory holds a full run and incremental runs after it (`<type>/run=<id>/`), and tombstones
 (`tombstones/run=<id>/`). Compacting reads every file the manifest lists and keeps, per type and
 id, the row with the newest `updatedAt` (the later run when equal), then drops tombstoned ids.
-The result goes to `<into>/<collection>.parquet` (default `DIR/_current/`), each file written
-under a temporary name and renamed. It holds one type in memory at a time; for backups larger
+The result goes to `<into>/<collection>.parquet` (default `DIR/_current/`), each file replaced
+in one step (a rename locally, a single PUT on an object store). It holds one type in memory at a time; for backups larger
 than memory, the README gives the same query in DuckDB SQL.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -22,11 +21,14 @@ from exporter import manifest
 from exporter.errors import ExporterError, UsageError
 from exporter.normalize import TOMBSTONE_TYPE, arrow_schema
 from exporter.schema import RESOURCE_TYPES, resource_type
-from exporter.sink import output_error
+from exporter.storage import Storage
 
 
-def current_table(root: Path, document: dict[str, object], type_name: str) -> pa.Table:
+def current_table(
+    where: Storage | Path | str, document: dict[str, object], type_name: str
+) -> pa.Table:
     """The newest version of every live record of `type_name` in the backup."""
+    storage = where if isinstance(where, Storage) else Storage.open(where)
     files = document["files"]
     assert isinstance(files, list)
     runs = [r["run_id"] for r in document["runs"]]  # type: ignore[attr-defined]
@@ -36,11 +38,13 @@ def current_table(root: Path, document: dict[str, object], type_name: str) -> pa
     tombstoned: list[int] = []
     for entry in files:
         if entry["type"] == TOMBSTONE_TYPE:
-            stones = pq.read_table(root / entry["path"], columns=["type", "id"])
+            stones = pq.read_table(
+                storage.path(entry["path"]), columns=["type", "id"], filesystem=storage.fs
+            )
             mask = pc.equal(stones.column("type"), type_name)
             tombstoned.extend(stones.filter(mask).column("id").to_pylist())
         elif entry["type"] == type_name:
-            table = pq.read_table(root / entry["path"]).cast(schema)
+            table = pq.read_table(storage.path(entry["path"]), filesystem=storage.fs).cast(schema)
             rank = pa.array([order.get(entry["run_id"], -1)] * table.num_rows, pa.int32())
             tables.append(table.append_column("_run", rank))
     if not tables:
@@ -67,48 +71,47 @@ def current_table(root: Path, document: dict[str, object], type_name: str) -> pa
     return table.filter(keep).drop_columns(["_run"])
 
 
-def compact(root: Path, into: Path | None = None) -> dict[str, int]:
-    """Write `<into>/<collection>.parquet` per type; returns the rows of each."""
-    document = manifest.load(root)
-    target = into or root / "_current"
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise output_error("create", target, exc) from None
+def compact(
+    where: Storage | Path | str, into: Storage | Path | str | None = None
+) -> dict[str, int]:
+    """Write `<into>/<collection>.parquet` per type (default `DIR/_current/`); rows of each."""
+    storage = where if isinstance(where, Storage) else Storage.open(where)
+    document = manifest.load(storage)
+    if into is None:
+        target, prefix = storage, "_current/"
+    else:
+        target = into if isinstance(into, Storage) else Storage.open(into)
+        prefix = ""
     present = {entry["type"] for entry in document["files"]}
     rows: dict[str, int] = {}
     for type_name in RESOURCE_TYPES:
         if type_name not in present:
             continue
-        table = current_table(root, document, type_name)
-        final = target / f"{resource_type(type_name).collection}.parquet"
-        temporary = final.with_name("." + final.name + ".inprogress")
-        try:
-            pq.write_table(table, temporary, compression="zstd")
-            os.replace(temporary, final)
-        except OSError as exc:
-            raise output_error("write", final, exc) from None
+        table = current_table(storage, document, type_name)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression="zstd")
+        relative = f"{prefix}{resource_type(type_name).collection}.parquet"
+        target.write_atomically(relative, buffer.getvalue().to_pybytes())
         rows[type_name] = table.num_rows
     return rows
 
 
 @click.command("compact")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory")
 @click.option(
     "--into",
-    type=click.Path(file_okay=False, path_type=Path),
     help="Where to write <collection>.parquet files.  [default: DIR/_current]",
 )
-def compact_command(directory: Path, into: Path | None) -> None:
+def compact_command(directory: str, into: str | None) -> None:
     """Write the newest version of every live record of a backup (full run, deltas, tombstones)."""
     try:
-        if not (directory / manifest.MANIFEST_NAME).exists():
+        if not Storage.open(directory).exists(manifest.MANIFEST_NAME):
             raise UsageError(f"{directory} holds no finished export to compact")
         rows = compact(directory, into)
     except ExporterError as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(int(exc.exit_code)) from None
-    where = into or directory / "_current"
+    where = into or f"{directory.rstrip('/')}/_current"
     for type_name, count in rows.items():
         click.echo(f"{resource_type(type_name).collection}: {count:,} current records")
     click.echo(f"wrote {where}")

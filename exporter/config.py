@@ -93,7 +93,7 @@ def load_toml_defaults(path: Path, known: set[str]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ExportSettings:
-    out: Path
+    out: Path | str  # a directory, or a URI (s3://bucket/prefix, file://...)
     base_url: str = DEFAULT_BASE_URL
     token: Secret | None = None
     client_id: str | None = None

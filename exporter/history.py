@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 from exporter.normalize import TOMBSTONE_TYPE
 from exporter.relationships import IdSet, Link
 from exporter.sink import DataFile
+from exporter.storage import Storage
 
 
 def _micros(column: pa.ChunkedArray) -> list[int | None]:
@@ -45,7 +45,7 @@ class BackupIndex:
 
 
 def load_index(
-    root: Path,
+    storage: Storage,
     files: Iterable[DataFile],
     *,
     version_since: dict[str, int | None],
@@ -56,15 +56,16 @@ def load_index(
     `version_since[type]` (microseconds; all of them when None), and what the steps reference."""
     index = BackupIndex()
     for data_file in files:
-        path = root / data_file.path
+        path = storage.path(data_file.path)
+        fs = storage.fs
         if data_file.type_name == TOMBSTONE_TYPE:
-            table = pq.read_table(path, columns=["type", "id"])
+            table = pq.read_table(path, columns=["type", "id"], filesystem=fs)
             for type_name, value in zip(
                 table.column("type").to_pylist(), table.column("id").to_pylist(), strict=True
             ):
                 index.tombstoned.setdefault(type_name, IdSet()).add(value)
             continue
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(path, filesystem=fs)
         columns = ["id"]
         if "updatedAt" in schema.names:
             columns.append("updatedAt")
@@ -74,7 +75,7 @@ def load_index(
         columns += [
             link.column for link in references if link.column and link.column in schema.names
         ]
-        table = pq.read_table(path, columns=columns)
+        table = pq.read_table(path, columns=columns, filesystem=fs)
         ids = table.column("id").to_pylist()
         seen = index.ids.setdefault(data_file.type_name, IdSet())
         for value in ids:

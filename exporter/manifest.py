@@ -15,9 +15,10 @@ import orjson
 import pyarrow as pa
 
 from exporter import __version__
-from exporter.checkpoint import RunState, write_atomically
+from exporter.checkpoint import RunState
 from exporter.errors import UsageError
 from exporter.normalize import arrow_schema
+from exporter.storage import Storage
 
 MANIFEST_NAME = "_manifest.json"
 FORMAT = "outreach-exporter/manifest"
@@ -88,18 +89,20 @@ def build(state: RunState, stats: dict[str, Any] | None = None) -> dict[str, Any
     return document
 
 
-def write(root: Path, state: RunState, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+def write(storage: Storage, state: RunState, stats: dict[str, Any] | None = None) -> dict[str, Any]:
     document = build(state, stats)
-    write_atomically(root / MANIFEST_NAME, orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    storage.write_atomically(MANIFEST_NAME, orjson.dumps(document, option=orjson.OPT_INDENT_2))
     return document
 
 
-def load(root: Path) -> dict[str, Any]:
-    path = root / MANIFEST_NAME
+def load(where: Storage | Path | str) -> dict[str, Any]:
+    storage = where if isinstance(where, Storage) else Storage.open(where)
+    path = storage.path(MANIFEST_NAME)
+    raw = storage.read_bytes(MANIFEST_NAME)
+    if raw is None:
+        raise UsageError(f"{path} does not exist: no finished export in {storage}")
     try:
-        document = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise UsageError(f"{path} does not exist: no finished export in {root}") from None
+        document = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise UsageError(f"{path} is not valid JSON") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:

@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -41,7 +39,8 @@ from exporter.pagination import collection_url
 from exporter.progress import Reporter, ResourceProgress, Snapshot, event
 from exporter.relationships import IdSet, Link, RelationshipWalk, WalkStats, parse_selection
 from exporter.schema import RESOURCE_TYPES, resource_type
-from exporter.sink import INPROGRESS_SUFFIX, output_error
+from exporter.sink import INPROGRESS_SUFFIX
+from exporter.storage import Storage
 from exporter.writer import CommitPolicy, Writer
 
 ROOT_TYPE = "sequenceStep"
@@ -71,50 +70,36 @@ class ExportResult:
         return {k: v.rows for k, v in self.state.resources.items()}
 
 
-def check_writable(root: Path) -> None:
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-probe-{secrets.token_hex(4)}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise output_error("write to the output directory", root, exc) from None
-
-
 TOMBSTONE_DIRECTORY = "tombstones"
 
 
-def remove_uncommitted(root: Path, state: RunState | None, directories: list[str]) -> int:
-    """Delete part files in our directories (and their `run=` folders) that no checkpoint names."""
+def _is_ours(relative: str) -> bool:
+    """A part file or a temporary one: what an export writes below its type directories."""
+    name = relative.rsplit("/", 1)[-1]
+    return (name.startswith("part-") and name.endswith(".parquet")) or (
+        name.startswith(".part-") and name.endswith(INPROGRESS_SUFFIX)
+    )
+
+
+def remove_uncommitted(storage: Storage, state: RunState | None, directories: list[str]) -> int:
+    """Delete part files below our directories that no checkpoint names (uploads completed but
+    never committed, temporary files); returns the count. Files we did not write stay."""
     named = {f.path for f in state.committed_files()} if state else set()
     removed = 0
     for directory in directories:
-        folder = root / directory
-        if not folder.is_dir():
-            continue
-        for path in [*folder.glob("*"), *folder.glob("run=*/*")]:
-            if path.is_dir():
-                continue
-            relative = path.relative_to(root).as_posix()
-            is_part = path.name.startswith("part-") and path.name.endswith(".parquet")
-            is_temp = path.name.startswith(".part-") and path.name.endswith(INPROGRESS_SUFFIX)
-            if (is_part and relative not in named) or is_temp:
-                try:
-                    path.unlink()
-                except OSError as exc:
-                    raise output_error("remove the uncommitted file", path, exc) from None
+        for relative in storage.list_files(directory):
+            if _is_ours(relative) and relative not in named:
+                storage.delete(relative)
                 removed += 1
     return removed
 
 
-def discard_run(root: Path, directories: list[str]) -> None:
+def discard_run(storage: Storage, directories: list[str]) -> None:
     """`--restart`: remove every run's files, the checkpoint and the manifest."""
     for directory in directories:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(root / directory)
+        storage.delete_dir(directory)
     for name in (checkpoint.CHECKPOINT_NAME, manifest.MANIFEST_NAME):
-        with contextlib.suppress(FileNotFoundError):
-            (root / name).unlink()
+        storage.delete(name)
 
 
 def iso(seconds: float) -> str:
@@ -145,6 +130,7 @@ class Export:
         reporter: Callable[[Callable[[], Snapshot]], Reporter] | None = None,
     ) -> None:
         self.settings = settings
+        self.storage = Storage.open(settings.out)
         self.tokens = tokens
         self.make_reporter = reporter
         self._started_at = time.monotonic()
@@ -178,11 +164,12 @@ class Export:
 
     def _prepare(self) -> tuple[RunState, bool]:
         s = self.settings
-        root = s.out
-        check_writable(root)
-        state = checkpoint.load(root)
+        storage = self.storage
+        root = storage.display
+        storage.check_writable()
+        state = checkpoint.load(storage)
         if state is not None and s.restart:
-            discard_run(root, self.directories)
+            discard_run(storage, self.directories)
             state = None
         source = redact_url(s.base_url)
         if state is not None and state.source != source:
@@ -206,9 +193,9 @@ class Export:
                     "resume it with the same --relationships and --detect-deletes, or pass "
                     "--restart to discard it"
                 )
-            remove_uncommitted(root, state, self.directories)
+            remove_uncommitted(storage, state, self.directories)
             return state, True
-        remove_uncommitted(root, None, self.directories)
+        remove_uncommitted(storage, None, self.directories)
         return self._new_state(None), False
 
     def _resource_names(self, kind: str) -> list[str]:
@@ -269,11 +256,10 @@ class Export:
 
     async def run(self) -> ExportResult:
         started = self._started_at = time.monotonic()
-        s = self.settings
         state, resumed = self._prepare()
         event(
             "run.start",
-            f"{'resuming' if resumed else 'starting'} {state.kind} run {state.run_id} into {s.out}"
+            f"{'resuming' if resumed else 'starting'} {state.kind} run {state.run_id} into {self.storage}"
             + (f" (changes since {state.window_start})" if state.window_start else ""),
             run_id=state.run_id,
             kind=state.kind,
@@ -307,7 +293,7 @@ class Export:
             rate_limit=s.rate_limit.requests,
             rate_period=s.rate_limit.seconds,
         )
-        writer = Writer(s.out, state, inbox, credits, policy)
+        writer = Writer(self.storage, state, inbox, credits, policy)
         async with ApiClient(client_settings, self.tokens) as client:
             self.client = client
             writer_task = asyncio.create_task(writer.run(), name="writer")
@@ -350,8 +336,8 @@ class Export:
         )
         # The manifest first, then the checkpoint that says the run is complete: a kill between
         # the two leaves a run that resumes, finds nothing left to do, and writes both again.
-        document = manifest.write(s.out, state, self.stats)
-        checkpoint.save(s.out, state)
+        document = manifest.write(self.storage, state, self.stats)
+        checkpoint.save(self.storage, state)
         event(
             "run.finish",
             f"run {state.run_id} finished in {seconds:,.1f}s",
@@ -372,7 +358,7 @@ class Export:
 
     def _load_index(self, state: RunState) -> BackupIndex:
         return load_index(
-            self.settings.out,
+            self.storage,
             state.committed_files(),
             version_since=self._version_since(state),
             links=self.links,
@@ -462,7 +448,7 @@ class Export:
                 for target in walk.targets:
                     walk.seed(target, index.ids.get(target, IdSet()), 0)
             if resumed:
-                await asyncio.to_thread(resume_walk, s.out, state, walk)
+                await asyncio.to_thread(resume_walk, self.storage, state, walk)
         versions = index.versions.get(ROOT_TYPE, {}) if index is not None else {}
         if state.window_end is None:
             await self._mark_window(state, client)
@@ -587,7 +573,7 @@ class Export:
             walk.close()  # no more steps: flush the partial batches
 
 
-def resume_walk(root_dir: Path, state: RunState, walk: RelationshipWalk) -> None:
+def resume_walk(storage: Storage, state: RunState, walk: RelationshipWalk) -> None:
     """Resume the relationship walk from what the checkpoint proves.
 
     1. Related records already committed are neither fetched nor written again (their ids are
@@ -603,7 +589,7 @@ def resume_walk(root_dir: Path, state: RunState, walk: RelationshipWalk) -> None
         resource = state.resources[target]
         ids: list[int] = []
         for data_file in resource.files:
-            ids.extend(read_column(root_dir / data_file.path, "id"))
+            ids.extend(read_column(storage, data_file.path, "id"))
         watermark[target] = int(resource.detail.get("positions_through", 0))
         highest = max(
             [
@@ -622,18 +608,19 @@ def resume_walk(root_dir: Path, state: RunState, walk: RelationshipWalk) -> None
         if not lagging:
             continue
         renewed = dict(needs)
-        for table in read_batches(root_dir / data_file.path):
+        for table in read_batches(storage, data_file.path):
             renewed.update(walk.announce(table, only=lagging))
         needs_by_file[data_file.path] = renewed
 
 
-def read_column(path: Path, column: str) -> list[int]:
-    values: list[int] = pq.read_table(path, columns=[column]).column(column).to_pylist()
+def read_column(storage: Storage, relative: str, column: str) -> list[int]:
+    table = pq.read_table(storage.path(relative), columns=[column], filesystem=storage.fs)
+    values: list[int] = table.column(column).to_pylist()
     return values
 
 
-def read_batches(path: Path) -> Iterator[pa.Table]:
-    parquet = pq.ParquetFile(path)
+def read_batches(storage: Storage, relative: str) -> Iterator[pa.Table]:
+    parquet = pq.ParquetFile(storage.fs.open_input_file(storage.path(relative)))
     for batch in parquet.iter_batches(batch_size=50_000):
         yield pa.Table.from_batches([batch])
 

@@ -1,10 +1,12 @@
-"""Parquet part files: zstd, bounded row groups, rolled by size, written under a temporary name and renamed.
+"""Parquet part files: zstd, bounded row groups, rolled by size, complete before anything names them.
 
-Invariant: a file named `part-*.parquet` is complete. It is written as `.part-*.parquet.inprogress`
-(a hidden name no `*.parquet` glob matches), closed, fsynced, then renamed, and its directory
-fsynced; only then is it reported as a `DataFile`, and only a `DataFile` is ever named by a
-checkpoint or a manifest. Part names carry the run id and a sequence number, so they are
-unique across runs and a resumed run never overwrites a committed file.
+Invariant: a file named `part-*.parquet` is complete. On a local filesystem it is written as
+`.part-*.parquet.inprogress` (a hidden name no `*.parquet` glob matches), closed, fsynced, then
+renamed, and its directory fsynced; on an object store its upload completes at close, so no
+reader ever sees part of it (see `storage`). Only then is it reported as a `DataFile`, and
+only a `DataFile` is ever named by a checkpoint or a manifest. Part names carry the run id and
+a sequence number, so they are unique across runs and a resumed run never overwrites a
+committed file. The sha256 is computed on the way out, so nothing is read back.
 
 A `PartWriter` is owned by the single writer task and is not safe to share; its methods block
 (Parquet encoding, disk I/O), so the writer calls them through `asyncio.to_thread`.
@@ -24,8 +26,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from exporter.errors import OutputError
+from exporter.storage import INPROGRESS_SUFFIX, OpenFile, Storage, storage_error
 
-INPROGRESS_SUFFIX = ".inprogress"
+__all__ = ["INPROGRESS_SUFFIX", "DataFile", "PartWriter", "sha256_file"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class PartWriter:
 
     def __init__(
         self,
-        root: Path,
+        storage: Storage,
         directory: str,
         type_name: str,
         schema: pa.Schema,
@@ -102,7 +105,7 @@ class PartWriter:
         first_sequence: int = 1,
         compression_level: int = 3,
     ) -> None:
-        self.root = root
+        self.storage = storage
         self.directory = directory
         self.type_name = type_name
         self.schema = schema
@@ -112,7 +115,7 @@ class PartWriter:
         self.compression_level = compression_level
         self._sequence = first_sequence
         self._writer: pq.ParquetWriter | None = None
-        self._sink: pa.NativeFile | None = None
+        self._open: OpenFile | None = None
         self._buffer: list[pa.Table] = []
         self._buffered_rows = 0
         self._buffered_bytes = 0
@@ -132,18 +135,14 @@ class PartWriter:
     @property
     def file_bytes(self) -> int:
         """Bytes of the file being written so far, plus what is buffered (an estimate)."""
-        written = self._sink.tell() if self._sink is not None else 0
-        return int(written) + self._buffered_bytes
+        written = self._open.handle.size if self._open is not None else 0
+        return written + self._buffered_bytes
 
-    def _names(self) -> tuple[Path, Path, str]:
-        name = f"part-{self.run_id}-{self._sequence:05d}.parquet"
-        relative = f"{self.directory}/{name}"
-        final = self.root / self.directory / name
-        temporary = final.with_name("." + name + INPROGRESS_SUFFIX)
-        return temporary, final, relative
+    def _relative(self) -> str:
+        return f"{self.directory}/part-{self.run_id}-{self._sequence:05d}.parquet"
 
     def append(self, table: pa.Table) -> None:
-        """Add rows; they reach disk a row group at a time."""
+        """Add rows; they reach the file a row group at a time."""
         if table.num_rows == 0:
             return
         if table.schema != self.schema:
@@ -165,13 +164,12 @@ class PartWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
-        temporary, _final, _relative = self._names()
+        if self._open is None:
+            self._open = self.storage.open_data(self._relative())
         try:
             if self._writer is None:
-                temporary.parent.mkdir(parents=True, exist_ok=True)
-                self._sink = pa.OSFile(str(temporary), "wb")
                 self._writer = pq.ParquetWriter(
-                    self._sink,
+                    self._open.handle,
                     self.schema,
                     compression="zstd",
                     compression_level=self.compression_level,
@@ -181,7 +179,7 @@ class PartWriter:
             table = pa.concat_tables(self._buffer)
             self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
         except OSError as exc:
-            raise output_error("write", temporary, exc) from None
+            raise storage_error("write", self.storage.path(self._relative()), exc) from None
         self._buffer.clear()
         self._buffered_rows = 0
         self._buffered_bytes = 0
@@ -191,24 +189,14 @@ class PartWriter:
         if self._file_rows == 0:
             return None
         self._flush()
-        temporary, final, relative = self._names()
-        assert self._writer is not None and self._sink is not None
+        assert self._writer is not None and self._open is not None
         try:
             self._writer.close()
-            self._sink.close()
-            fd = os.open(temporary, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            size = temporary.stat().st_size
-            digest = sha256_file(temporary)
-            os.replace(temporary, final)
-            fsync_directory(final.parent)
         except OSError as exc:
-            raise output_error("complete", final, exc) from None
+            raise storage_error("complete", self.storage.path(self._open.relative), exc) from None
+        size, digest = self.storage.finish_data(self._open)
         committed = DataFile(
-            path=relative,
+            path=self._open.relative,
             type_name=self.type_name,
             rows=self._file_rows,
             bytes=size,
@@ -217,7 +205,7 @@ class PartWriter:
             max_id=self._max_id,
         )
         self._writer = None
-        self._sink = None
+        self._open = None
         self._file_rows = 0
         self._min_id = self._max_id = None
         self._sequence += 1
@@ -228,14 +216,10 @@ class PartWriter:
         with contextlib.suppress(Exception):
             if self._writer is not None:
                 self._writer.close()
-        with contextlib.suppress(Exception):
-            if self._sink is not None:
-                self._sink.close()
-        temporary, _final, _relative = self._names()
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
+        if self._open is not None:
+            self.storage.abandon_data(self._open)
         self._writer = None
-        self._sink = None
+        self._open = None
         self._buffer.clear()
         self._buffered_rows = self._buffered_bytes = self._file_rows = 0
         self._min_id = self._max_id = None

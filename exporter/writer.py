@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from exporter import checkpoint
 from exporter.checkpoint import PartitionState, ResourceState, RunState
@@ -26,6 +25,7 @@ from exporter.crawl import Flush, Message, PageBatch, Plan, Split
 from exporter.normalize import arrow_schema
 from exporter.progress import event
 from exporter.sink import PartWriter
+from exporter.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Writer:
 
     def __init__(
         self,
-        root: Path,
+        storage: Storage,
         state: RunState,
         inbox: asyncio.Queue[Message | None],
         credits: asyncio.Semaphore,
@@ -55,7 +55,7 @@ class Writer:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.root = root
+        self.storage = storage
         self.state = state
         self.inbox = inbox
         self.credits = credits
@@ -79,7 +79,7 @@ class Writer:
         if writer is None:
             resource = self.resource(type_name)
             writer = PartWriter(
-                self.root,
+                self.storage,
                 resource.directory,
                 type_name,
                 arrow_schema(type_name),
@@ -193,9 +193,7 @@ class Writer:
 
     async def _save(self) -> None:
         payload = checkpoint.encode(self.state)
-        await asyncio.to_thread(
-            checkpoint.write_atomically, self.root / checkpoint.CHECKPOINT_NAME, payload
-        )
+        await asyncio.to_thread(self.storage.write_atomically, checkpoint.CHECKPOINT_NAME, payload)
         self.commits += 1
 
     def discard(self) -> None:

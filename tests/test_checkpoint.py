@@ -14,6 +14,7 @@ from exporter.checkpoint import PartitionState, ResourceState, RunState
 from exporter.crawl import EmittedIds, plan_partitions
 from exporter.errors import UsageError
 from exporter.sink import DataFile
+from exporter.storage import Storage
 
 
 @given(st.integers(1, 10**12), st.integers(0, 10**6), st.integers(1, 64))
@@ -55,7 +56,7 @@ def _state() -> RunState:
 
 def test_checkpoint_round_trip_and_no_leftovers(tmp_path: Path) -> None:
     state = _state()
-    checkpoint.save(tmp_path, state)
+    checkpoint.save(Storage.open(tmp_path), state)
     loaded = checkpoint.load(tmp_path)
     assert loaded is not None
     assert loaded.to_json() == state.to_json()

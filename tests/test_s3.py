@@ -1,0 +1,207 @@
+"""Object-store output: an export into s3:// on a real S3-compatible server (moto) on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from exporter.compact import compact
+from exporter.simulator import Faults
+from exporter.storage import Storage
+from tests.conftest import TOKEN, Running, StartSimulator
+from tests.test_export import run_export
+from tests.test_relationships import expected_related
+from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[str]:
+    """A moto S3 server on a free loopback port, with the AWS variables pointing at it."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+    }
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_REGION="us-east-1",
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        admin = pafs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{port}",
+            scheme="http",
+            access_key="test",
+            secret_key="test",
+            region="us-east-1",
+            allow_bucket_creation=True,
+        )
+        admin.create_dir("backups")
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def read_rows(storage: Storage, directory: str) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for relative in storage.list_files(directory):
+        if relative.endswith(".parquet"):
+            rows.extend(pq.read_table(storage.path(relative), filesystem=storage.fs).to_pylist())
+    return sorted(rows, key=lambda r: r["id"])  # type: ignore[arg-type, return-value]
+
+
+def assert_exact_on_s3(running: Running, uri: str) -> None:
+    storage = Storage.open(uri)
+    steps = list(running.sim.truth.records("sequenceStep"))
+    assert_rows_equal(
+        read_rows(storage, "sequenceSteps"),  # type: ignore[arg-type]
+        [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in steps],
+    )
+    for target, rows in expected_related(running.sim, steps).items():
+        from exporter.schema import resource_type
+
+        assert_rows_equal(
+            read_rows(storage, resource_type(target).collection),
+            sorted(rows, key=lambda r: r["id"]),
+        )  # type: ignore[arg-type]
+    manifest = orjson.loads(storage.read_bytes("_manifest.json") or b"{}")
+    listed = {entry["path"]: entry for entry in manifest["files"]}
+    present = {
+        p
+        for p in storage.list_files("")
+        if p.endswith(".parquet") and not p.startswith("_current/")
+    }
+    assert set(listed) == present  # no orphan object, nothing missing
+    for path, entry in listed.items():
+        assert storage.sha256(path) == entry["sha256"]
+    assert not [p for p in storage.list_files("") if p.endswith(".inprogress")]
+
+
+async def test_export_to_s3_equals_ground_truth(
+    s3_server: str, start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=1500, seed=71)
+    uri = "s3://backups/acme/full"
+    _job, result = await run_export(running.base_url, uri, relationships="all", file_rows=400)
+    assert result.rows["sequenceStep"] == 1500
+    assert_exact_on_s3(running, uri)
+    rows = compact(uri)
+    assert rows["sequenceStep"] == 1500
+    current = Storage.open(uri)
+    assert current.exists("_current/sequenceSteps.parquet")
+
+
+async def test_bucket_that_does_not_exist_is_one_clear_error(
+    s3_server: str, tmp_path: Path
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "exporter",
+        "export",
+        "--out",
+        "s3://no-such-bucket/x",
+        "--token",
+        "t",
+        "--base-url",
+        "http://127.0.0.1:9/api/v2",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await process.communicate()
+    assert process.returncode == 4, err
+    assert b"Traceback" not in err and b"no-such-bucket" in err
+
+
+async def test_sigkill_and_resume_on_s3(s3_server: str, start_simulator: StartSimulator) -> None:
+    running = await start_simulator(steps=2000, seed=72, faults=Faults(latency_s=0.004))
+    rng = random.Random(72)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    for trial in range(4):
+        uri = f"s3://backups/acme/kill-{trial}"
+        command = [
+            sys.executable,
+            "-m",
+            "exporter",
+            "export",
+            "--out",
+            uri,
+            "--base-url",
+            running.base_url,
+            "--token",
+            TOKEN,
+            "--page-size",
+            "100",
+            "--concurrency",
+            "4",
+            "--commit-interval",
+            "0.05",
+            "--file-rows",
+            "250",
+            "--rate-limit",
+            "100000/1",
+        ]
+        for delay in [rng.uniform(0.3, 2.0), None]:
+            process = await asyncio.create_subprocess_exec(
+                *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+            )
+            if delay is not None:
+                try:
+                    await asyncio.wait_for(process.wait(), timeout=delay)
+                except TimeoutError:
+                    process.send_signal(signal.SIGKILL)
+            _out, err = await process.communicate()
+            assert b"Traceback" not in err, err.decode()
+            if process.returncode == 0:
+                break
+            assert process.returncode == -signal.SIGKILL, err.decode()
+        assert_exact_on_s3(running, uri)
+
+
+def test_digest_of_what_was_uploaded(s3_server: str) -> None:
+    storage = Storage.open("s3://backups/digest")
+    handle = storage.open_data("t/part-x-00001.parquet")
+    handle.handle.write(b"hello world")
+    size, digest = storage.finish_data(handle)
+    assert (size, digest) == (11, hashlib.sha256(b"hello world").hexdigest())
+    assert storage.read_bytes("t/part-x-00001.parquet") == b"hello world"

@@ -6,14 +6,15 @@ Pure functions of values. The rules, in order, for a `links.next`:
 3. resolved against the current URL (a relative link is allowed), it must have the same scheme,
    host and port as the configured base URL; anything else is refused, so the bearer token is
    never sent to another origin.
-4. equal to the current page's URL: a loop, refused.
+4. equal to the current page's URL (compared decoded, with the parameters in any order): a
+   loop, refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
 
 from exporter.errors import ResponseError, redact_url
 
@@ -28,6 +29,19 @@ def origin(url: str) -> tuple[str, str, int]:
     except ValueError:
         port = None
     return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme, 0)
+
+
+def same_page(a: str, b: str) -> bool:
+    """Whether two URLs ask for the same page: same origin and path, same parameters."""
+    if a == b:
+        return True
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (
+        origin(a) == origin(b)
+        and unquote(pa.path) == unquote(pb.path)
+        and sorted(parse_qsl(pa.query, keep_blank_values=True))
+        == sorted(parse_qsl(pb.query, keep_blank_values=True))
+    )
 
 
 def collection_url(base_url: str, collection: str, params: Iterable[tuple[str, str]]) -> str:
@@ -55,7 +69,7 @@ def next_link(document: dict[str, Any], current_url: str, base_url: str) -> str 
             "the access token is only ever sent to the base URL's scheme, host and port",
             url=current_url,
         )
-    if absolute == current_url:
+    if same_page(absolute, current_url):
         raise ResponseError(
             "links.next equals the current page: the API is looping", url=current_url
         )

@@ -1,16 +1,20 @@
 """Benchmark: export throughput, requests and peak memory against the simulator, beside a fetch-only floor.
 
 Usage:
-    python scripts/bench.py --steps 100000 --concurrency 1,4,16 --latency 0,0.3
-    python scripts/bench.py --steps 10000,100000 --markdown BENCHMARKS.md
+    python scripts/bench.py                       # the full report (BENCHMARKS.md's matrix)
+    python scripts/bench.py --quick               # 10,000 and 100,000 steps only
+    python scripts/bench.py --markdown BENCHMARKS.md
 
-For each latency setting, one simulator runs in its own process (`exporter simulate`, loopback
-only). For each concurrency, two clients run against it, each in its own process so that peak
-memory (ru_maxrss from wait4) is theirs alone:
-- the floor: the same id-range partitions and pages, fetched with aiohttp and parsed with orjson,
-  nothing normalized, nothing written: what any client must at least spend;
-- the export: `exporter export` writing Parquet, with its manifest read back for the row count.
-Figures are printed as a table, with the export/floor ratio; nothing here is asserted.
+Every scenario starts its own simulator process (`exporter simulate`, loopback only, record
+cache off so every page is rendered anew for every client) and runs, each in its own process
+so that peak memory (ru_maxrss from wait4) is theirs alone:
+- the export: `exporter export` writing Parquet; the simulator logs every GET it serves;
+- the floor: those same GETs replayed with aiohttp at the same concurrency, each body parsed
+  with orjson, nothing normalized, nothing written: what any client must at least spend. The
+  replay knows every URL up front (no page waits for the one before it), so the floor is an
+  upper bound on what a client could reach, and the ratio is a conservative one.
+Under a scaled-down rate limit, the theoretical minimum time is what the fixed window allows for
+the export's requests: every `window` seconds, `limit` requests. Nothing here is asserted.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import platform
 import shutil
@@ -32,48 +37,42 @@ from typing import Any
 
 import orjson
 
-TOKEN = "bench-token"
+TOKEN = "bench-token"  # the simulator's static token, not a secret
 UNLIMITED = "1000000000/3600"
 
 
 @dataclass
 class Measure:
-    label: str
     records: int
     requests: int
     seconds: float
     peak_mib: float
+    rate_limited: int = 0
+    run_seconds: float = 0.0  # the run itself, as its manifest records (no process start-up)
 
     @property
     def rate(self) -> float:
         return self.records / self.seconds if self.seconds else 0.0
 
 
+@dataclass
+class Scenario:
+    name: str
+    steps: int
+    relationships: bool
+    latency: float
+    concurrency: int
+    rate_limit: str = UNLIMITED
+
+
 @contextlib.contextmanager
-def simulator(
-    steps: int, latency: float, extra: list[str]
-) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def simulator(scenario: Scenario, log: Path) -> Iterator[str]:
     command = [
-        sys.executable,
-        "-m",
-        "exporter",
-        "simulate",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--steps",
-        str(steps),
-        "--seed",
-        "1",
-        "--token",
-        TOKEN,
-        "--rate-limit",
-        UNLIMITED,
-        "--latency",
-        str(latency),
-        *extra,
-    ]
+        sys.executable, "-m", "exporter", "simulate", "--host", "127.0.0.1", "--port", "0",
+        "--steps", str(scenario.steps), "--seed", "1", "--token", TOKEN,
+        "--rate-limit", scenario.rate_limit, "--latency", str(scenario.latency),
+        "--cache-mib", "0", "--request-log", str(log),
+    ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -81,10 +80,7 @@ def simulator(
         url = next((w for w in line.split() if w.startswith("http://")), None)
         if url is None:
             raise SystemExit(f"simulator did not start: {line!r}")
-        base = url.rstrip("/")
-        if not base.endswith("/api/v2"):
-            base += "/api/v2"
-        yield base, process
+        yield url.rstrip("/").removesuffix("/api/v2")  # the root; the API is below /api/v2
     finally:
         process.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -96,114 +92,83 @@ def simulator(
 def run_measured(command: list[str]) -> tuple[float, float, str]:
     """(wall seconds, peak RSS MiB, stdout) of a child process."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _pid, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    assert process.stdout is not None and process.stderr is not None
-    out, err = process.stdout.read(), process.stderr.read()
-    process.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        process = subprocess.Popen(command, stdout=out_file, stderr=err_file)
+        _pid, status, usage = os.wait4(process.pid, 0)  # this child's own peak memory
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read().decode(), err_file.read().decode()
     if process.returncode != 0:
         raise SystemExit(
-            f"{' '.join(command[:4])} failed ({process.returncode}): {err.strip()[-500:]}"
+            f"{' '.join(command[:5])} failed ({process.returncode}): {err.strip()[-800:]}"
         )
     return seconds, usage.ru_maxrss / 1024, out
 
 
-def measure_floor(base: str, concurrency: int, page_size: int) -> Measure:
-    command = [
-        sys.executable,
-        __file__,
-        "_floor",
-        "--base-url",
-        base,
-        "--concurrency",
-        str(concurrency),
-        "--page-size",
-        str(page_size),
-    ]
-    seconds, peak, out = run_measured(command)
-    result = orjson.loads(out.strip().splitlines()[-1])
-    return Measure(f"floor c={concurrency}", result["records"], result["requests"], seconds, peak)
-
-
-def measure_export(base: str, concurrency: int, page_size: int, extra: list[str]) -> Measure:
+def measure_export(base: str, scenario: Scenario) -> Measure:
     out_dir = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:
         command = [
-            sys.executable,
-            "-m",
-            "exporter",
-            "export",
-            "--out",
-            str(out_dir),
-            "--base-url",
-            base,
-            "--token",
-            TOKEN,
-            "--concurrency",
-            str(concurrency),
-            "--page-size",
-            str(page_size),
-            "--rate-limit",
-            UNLIMITED,
-            *extra,
-        ]
+            sys.executable, "-m", "exporter", "export",
+            "--out", str(out_dir), "--base-url", base, "--token", TOKEN,
+            "--concurrency", str(scenario.concurrency), "--rate-limit", scenario.rate_limit,
+            "--relationships", "all" if scenario.relationships else "none", "--quiet",
+        ]  # fmt: skip
         seconds, peak, _out = run_measured(command)
         manifest = orjson.loads((out_dir / "_manifest.json").read_bytes())
         records = sum(r["rows"] for r in manifest["resources"].values())
-        requests = int(manifest.get("stats", {}).get("requests", 0))
-        return Measure(f"export c={concurrency}", records, requests, seconds, peak)
+        stats = manifest.get("stats", {})
+        return Measure(
+            records,
+            int(stats.get("requests", 0)),
+            seconds,
+            peak,
+            int(stats.get("rate_limited", 0)),
+            float(stats.get("seconds", seconds)),
+        )
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-async def floor_walk(base: str, concurrency: int, page_size: int) -> dict[str, int]:
-    """Fetch-only: the export's id-range partitions and pages, parsed and dropped."""
+def measure_floor(root: str, urls: Path, concurrency: int) -> Measure:
+    command = [sys.executable, __file__, "_floor", root, str(urls), str(concurrency)]
+    seconds, peak, out = run_measured(command)
+    result = orjson.loads(out.strip().splitlines()[-1])
+    return Measure(result["records"], result["requests"], seconds, peak)
+
+
+async def replay(root: str, urls: list[str], concurrency: int) -> dict[str, int]:
     import aiohttp
 
     headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/vnd.api+json"}
-    connector = aiohttp.TCPConnector(limit=concurrency)
     counts = {"records": 0, "requests": 0}
+    queue = list(reversed(urls))
+    connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
 
-        async def get(url: str) -> dict[str, Any]:
-            counts["requests"] += 1
-            async with session.get(url) as response:
-                response.raise_for_status()
-                document: dict[str, Any] = orjson.loads(await response.read())
-                return document
-
-        edge = base + "/sequenceSteps?sort={}&page[size]=1&fields[sequenceStep]="
-        low = (await get(edge.format("id")))["data"]
-        high = (await get(edge.format("-id")))["data"]
-        if not low:
-            return counts
-        first, last = int(low[0]["id"]), int(high[0]["id"])
-        parts = concurrency * 2
-        span = last - first + 1
-        edges = [first + span * i // parts for i in range(parts + 1)]
-        queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
-        for i in range(parts):
-            if edges[i + 1] > edges[i]:
-                queue.put_nowait((edges[i], edges[i + 1] - 1))
-
         async def worker() -> None:
-            while not queue.empty():
-                a, b = queue.get_nowait()
-                url: str | None = (
-                    f"{base}/sequenceSteps?filter[id]={a}..{b}&sort=id&page[size]={page_size}"
-                )
-                while url:
-                    document = await get(url)
-                    counts["records"] += len(document["data"])
-                    url = (document.get("links") or {}).get("next")
+            while queue:
+                url = root + queue.pop()
+                async with session.get(url) as response:
+                    body = await response.read()
+                counts["requests"] += 1
+                document = orjson.loads(body)
+                data = document.get("data")
+                if (
+                    isinstance(data, list)
+                    and "page%5Bsize%5D=1&" not in url
+                    and "page[size]=1&" not in url
+                ):
+                    counts["records"] += len(data)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return counts
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    cpu = platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -212,85 +177,113 @@ def machine() -> str:
     memory = ""
     with contextlib.suppress(OSError):
         total_kb = int(Path("/proc/meminfo").read_text().split()[1])
-        memory = f", {total_kb / 1024 / 1024:.0f} GiB"
-    return f"{os.cpu_count()} cores ({cpu}){memory}, Python {platform.python_version()}"
+        memory = f", {total_kb / 1024 / 1024:.0f} GiB RAM"
+    return f"{os.cpu_count()} cores ({cpu}){memory}, Linux, Python {platform.python_version()}"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    header = "| steps | latency/page | concurrency | client | records/s | vs floor | records | requests | seconds | peak MiB |"
-    lines = [header, "|" + "---|" * 10]
-    for r in rows:
+def scenarios(quick: bool) -> list[Scenario]:
+    sizes = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
+    out = []
+    for steps in sizes:
+        for relationships in (False, True):
+            out.append(Scenario("no latency", steps, relationships, 0.0, 8))
+    for steps in sizes:
+        for relationships in (False, True):
+            out.append(Scenario("300 ms per page", steps, relationships, 0.3, 16))
+    for concurrency in (1, 4, 16):
+        out.append(Scenario("speed-up with concurrency", 100_000, False, 0.3, concurrency))
+    out.append(Scenario("rate limit 20/1s", 100_000, True, 0.0, 8, rate_limit="20/1"))
+    return out
+
+
+def run(scenario: Scenario) -> dict[str, Any]:
+    log = Path(tempfile.mkstemp(prefix="bench-requests-", suffix=".log")[1])
+    try:
+        with simulator(scenario, log) as root:
+            export = measure_export(root + "/api/v2", scenario)
+            floor = None
+            if scenario.rate_limit == UNLIMITED:  # a floor under a rate limit measures the limit
+                urls = [line for line in log.read_text().splitlines() if line]
+                replay_file = log.with_suffix(".replay")
+                replay_file.write_text("\n".join(urls))
+                floor = measure_floor(root, replay_file, scenario.concurrency)
+                replay_file.unlink()
+    finally:
+        log.unlink(missing_ok=True)
+    row: dict[str, Any] = {"scenario": scenario, "export": export, "floor": floor}
+    if scenario.rate_limit != UNLIMITED:
+        limit, window = scenario.rate_limit.split("/")
+        windows = math.ceil(export.requests / int(limit))
+        minimum = (windows - 1) * float(window)  # the last window's requests start at its opening
+        row["minimum"] = minimum
+        row["allowed_rate"] = int(limit) / float(window)
+    return row
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| scenario | steps | relationships | concurrency | export records/s | floor records/s | export / floor | records | requests | export s | export peak MiB | floor peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        s, e, f = row["scenario"], row["export"], row["floor"]
+        floor_rate = f"{f.rate:,.0f}" if f else "-"
+        ratio = f"{e.rate / f.rate:.2f}" if f and f.rate else "-"
+        floor_peak = f"{f.peak_mib:.0f}" if f else "-"
         lines.append(
-            f"| {r['steps']:,} | {r['latency'] * 1000:.0f} ms | {r['concurrency']} | {r['client']} | "
-            f"{r['rate']:,.0f} | {r['ratio']} | {r['records']:,} | {r['requests']:,} | "
-            f"{r['seconds']:.2f} | {r['peak']:.0f} |"
+            f"| {s.name} | {s.steps:,} | {'on' if s.relationships else 'off'} | {s.concurrency} | "
+            f"{e.rate:,.0f} | {floor_rate} | {ratio} | {e.records:,} | "
+            f"{e.requests:,} | {e.seconds:.1f} | {e.peak_mib:.0f} | {floor_peak} |"
         )
+    limited = [r for r in rows if "minimum" in r]
+    if limited:
+        lines += [
+            "",
+            "| rate limit | requests | theoretical minimum s | run s | efficiency | achieved requests/s | allowed requests/s | 429s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in limited:
+            s, e = row["scenario"], row["export"]
+            lines.append(
+                f"| {s.rate_limit} | {e.requests:,} | {row['minimum']:.1f} | {e.run_seconds:.1f} | "
+                f"{row['minimum'] / e.run_seconds:.0%} | {e.requests / e.run_seconds:.1f} | {row['allowed_rate']:.1f} | {e.rate_limited} |"
+            )
     return "\n".join(lines)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_floor":
-        parser = argparse.ArgumentParser()
-        parser.add_argument("_floor")
-        parser.add_argument("--base-url", required=True)
-        parser.add_argument("--concurrency", type=int, required=True)
-        parser.add_argument("--page-size", type=int, default=1000)
-        args = parser.parse_args()
-        print(
-            orjson.dumps(
-                asyncio.run(floor_walk(args.base_url, args.concurrency, args.page_size))
-            ).decode()
-        )
+        root, urls_file, concurrency = sys.argv[2], sys.argv[3], int(sys.argv[4])
+        urls = Path(urls_file).read_text().splitlines()
+        print(orjson.dumps(asyncio.run(replay(root, urls, concurrency))).decode())
         return
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", default="100000", help="comma list, e.g. 10000,100000")
-    parser.add_argument("--concurrency", default="1,4,16", help="comma list")
-    parser.add_argument("--latency", default="0,0.3", help="seconds per page, comma list")
-    parser.add_argument("--page-size", type=int, default=1000)
-    parser.add_argument("--export-arg", action="append", default=[], help="extra flag for export")
-    parser.add_argument(
-        "--simulator-arg", action="append", default=[], help="extra flag for simulate"
-    )
-    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("--quick", action="store_true", help="10,000 and 100,000 steps only")
+    parser.add_argument("--markdown", type=Path, help="also write the report to this file")
+    parser.add_argument("--only", help="run only scenarios whose name contains this")
     args = parser.parse_args()
-
-    rows: list[dict[str, Any]] = []
-    for steps in [int(s) for s in args.steps.split(",")]:
-        for latency in [float(x) for x in args.latency.split(",")]:
-            with simulator(steps, latency, args.simulator_arg) as (base, _process):
-                for concurrency in [int(c) for c in args.concurrency.split(",")]:
-                    floor = measure_floor(base, concurrency, args.page_size)
-                    export = measure_export(base, concurrency, args.page_size, args.export_arg)
-                    for m, ratio in (
-                        (floor, "1.00"),
-                        (export, f"{export.rate / floor.rate:.2f}" if floor.rate else "-"),
-                    ):
-                        row = {
-                            "steps": steps,
-                            "latency": latency,
-                            "concurrency": concurrency,
-                            "client": m.label.split()[0],
-                            "rate": m.rate,
-                            "ratio": ratio,
-                            "records": m.records,
-                            "requests": m.requests,
-                            "seconds": m.seconds,
-                            "peak": m.peak_mib,
-                        }
-                        rows.append(row)
-                        print(
-                            f"steps={steps} latency={latency}s c={concurrency} {m.label.split()[0]:6} "
-                            f"{m.rate:10,.0f} rec/s  x{ratio}  {m.records:,} records  "
-                            f"{m.requests:,} requests  {m.seconds:.2f}s  {m.peak_mib:.0f} MiB",
-                            flush=True,
-                        )
-    report = table(rows)
-    print()
-    print(report)
-    print(f"\nmachine: {machine()}")
+    rows = []
+    for scenario in scenarios(args.quick):
+        if args.only and args.only not in scenario.name:
+            continue
+        row = run(scenario)
+        rows.append(row)
+        e, f = row["export"], row["floor"]
+        floor = (
+            f"floor {f.rate:>9,.0f} rec/s ({f.peak_mib:.0f} MiB)  x{e.rate / f.rate:.2f}"
+            if f and f.rate
+            else "no floor"
+        )
+        print(
+            f"{scenario.name:28} steps={scenario.steps:>9,} rel={'on ' if scenario.relationships else 'off'} "
+            f"c={scenario.concurrency:<2} export {e.rate:>9,.0f} rec/s ({e.requests:,} req, {e.seconds:.1f}s, "
+            f"{e.peak_mib:.0f} MiB)  {floor}",
+            flush=True,
+        )
+    report = render(rows) + f"\n\nMachine: {machine()}.\n"
+    print("\n" + report)
     if args.markdown:
-        args.markdown.write_text(f"{report}\n\nMachine: {machine()}\n")
+        args.markdown.write_text(report)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ class Api:
         rtype = by_collection(collection)
         route = f"{request.method} {API_PREFIX}/{collection}" + ("/{id}" if record else "")
         sim.counters.count_request(route)
+        if sim.request_log is not None and request.method == "GET":
+            sim.request_log.write(request.path_qs + "\n")  # for a benchmark's replay
         try:
             verdict = sim.rate.acquire()
             headers = verdict.headers(sim.cfg.retry_after)

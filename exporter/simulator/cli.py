@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from typing import Any
@@ -131,6 +132,12 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
 @click.option(
     "--fault-seed", type=int, default=None, help="Seed of the fault dice (default: --seed)."
 )
+@click.option(
+    "--request-log",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Append every API GET's path and query to this file (a benchmark replays them).",
+)
 def simulate(**options: Any) -> None:
     """Serve an Outreach-compatible API v2 simulator over deterministic data.
 
@@ -179,7 +186,13 @@ def simulate(**options: Any) -> None:
         record_cache_bytes=options["cache_mib"] * 1024 * 1024,
         faults=faults,
     )
-    asyncio.run(_serve_until_signalled(Simulator(cfg), options["host"], options["port"]))
+    sim = Simulator(cfg)
+    with contextlib.ExitStack() as stack:
+        if options["request_log"]:
+            sim.request_log = stack.enter_context(
+                open(options["request_log"], "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+            )
+        asyncio.run(_serve_until_signalled(sim, options["host"], options["port"]))
 
 
 async def _serve_until_signalled(sim: Simulator, host: str, port: int) -> None:

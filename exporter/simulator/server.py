@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from aiohttp import web
 
@@ -96,6 +96,8 @@ class Simulator:
         fault_seed = cfg.faults.seed if cfg.faults.seed is not None else cfg.seed
         self.dice = FaultDice(fault_seed)
         self.counters = Counters()
+        # Every API GET's path and query, one a line (`simulate --request-log FILE`).
+        self.request_log: TextIO | None = None
         self.base_url = self.store.base_url
 
     def mutate(self, count: int) -> None:

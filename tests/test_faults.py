@@ -275,7 +275,7 @@ async def test_full_output_directory_exit_4_then_resume(
             capture_output=True,
             text=True,
             env=env,
-            timeout=20,
+            timeout=15,
             check=False,
             preexec_fn=preexec,
         )

@@ -35,6 +35,7 @@ from exporter.config import (
 )
 from exporter.errors import ExitCode, ExporterError, UsageError
 from exporter.progress import Reporter, Snapshot, configure_logging, event
+from exporter.schema import RESOURCE_TYPES
 
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the simulator's static token, not a secret
 
@@ -449,6 +450,8 @@ def export(
                     "base_url": demo_url,
                     "token": Secret(DEMO_TOKEN),
                     "refresh_token": None,
+                    # The port changes every time; the data does not: name it by its seed.
+                    "source": f"demo simulator ({demo_steps} steps, seed {demo_seed})",
                 }
             )
         try:
@@ -462,7 +465,8 @@ def export(
         except ExporterError as exc:
             fail(exc)
             return
-    rows = result.rows
+    order = {name: i for i, name in enumerate(RESOURCE_TYPES)}
+    rows = dict(sorted(result.rows.items(), key=lambda item: order.get(item[0], len(order))))
     total = sum(rows.values())
     rate = total / result.seconds if result.seconds else 0.0
     if log_format == "json":

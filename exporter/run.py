@@ -171,7 +171,7 @@ class Export:
         if state is not None and s.restart:
             discard_run(storage, self.directories)
             state = None
-        source = redact_url(s.base_url)
+        source = s.source or redact_url(s.base_url)
         if state is not None and state.source != source:
             raise UsageError(
                 f"{root} holds an export from {state.source}, not {source}; "
@@ -210,7 +210,7 @@ class Export:
         state = RunState(
             run_id=run_id,
             started_at=utc_now(),
-            source=redact_url(s.base_url),
+            source=s.source or redact_url(s.base_url),
             parameters=s.parameters(),
         )
         if previous is not None:

@@ -103,7 +103,8 @@ def status(root: Path) -> StatusReport:
         action = NextExport(
             "refuse",
             current.run_id,
-            f"refuse (run {current.run_id} is finished; use --restart or another --out)",
+            f"refuse a full export (run {current.run_id} is finished); with --incremental, add "
+            "what changed since it; --restart replaces it",
         )
     else:
         removal = (

@@ -45,7 +45,7 @@ async def test_no_secret_in_files_or_output(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
     running = await start_simulator(
-        steps=1200, seed=29, token_ttl=1.0, mint_interval=0.1, faults=Faults(latency_s=0.06)
+        steps=1200, seed=29, token_ttl=1.0, mint_interval=0.1, faults=Faults(latency_s=0.12)
     )
     cfg = running.sim.cfg
     issued: set[str] = {TOKEN, cfg.client_secret, cfg.refresh_token}

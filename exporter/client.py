@@ -2,8 +2,9 @@
 
 Every request the exporter makes goes through `ApiClient._request`, in these steps:
 1. take a slot of the in-flight bound (`concurrency`: requests at once);
-2. wait for a turn under two budgets (`_pace`): the configured one (`RequestBudget`, at most N
-   request starts in any window of the configured period) and the API's own (`ApiWindow`, what
+2. wait for a turn under two budgets (`_pace`): the configured one (an aiolimiter
+   `AsyncLimiter` pacing the steady state, and `RequestBudget` capping request starts at N in
+   any window of the configured period) and the API's own (`ApiWindow`, what
    its `X-RateLimit-Remaining`/`-Reset` headers say is left of its fixed window, less the
    requests still in flight); another program may be spending the same user's budget, so the
    API's count is the one that decides;
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+from aiolimiter import AsyncLimiter
 
 from exporter import __version__
 from exporter.auth import TokenSource
@@ -235,6 +237,7 @@ class ApiClient:
         self._window: ApiWindow | None = None
         self._in_flight: asyncio.Semaphore | None = None
         self._pace_lock: asyncio.Lock | None = None
+        self._bucket: AsyncLimiter | None = None
 
     async def __aenter__(self) -> ApiClient:
         s = self.settings
@@ -256,6 +259,10 @@ class ApiClient:
             raise_for_status=False,
         )
         loop = asyncio.get_running_loop()
+        # The configured budget, twice: aiolimiter's bucket paces the steady state (no
+        # bunching at window edges), the log caps any window at the budget (the bucket alone
+        # would let a full burst plus its refill into one of the API's fixed windows).
+        self._bucket = AsyncLimiter(s.rate_limit, s.rate_period)
         self._limiter = RequestBudget(s.rate_limit, s.rate_period, loop.time)
         self._window = ApiWindow(
             # Room for clock skew: 1% of the window, at most a second (a second of an hour).
@@ -301,10 +308,13 @@ class ApiClient:
     async def _pace(self) -> None:
         """Wait for a turn under both budgets, then count the request against them."""
         assert self._limiter is not None and self._window is not None
-        assert self._pace_lock is not None
+        assert self._pace_lock is not None and self._bucket is not None
         limiter, window = self._limiter, self._window
         loop = asyncio.get_running_loop()
         async with self._pace_lock:  # first come, first served
+            started = loop.time()
+            await self._bucket.acquire()
+            self.stats.budget_wait_seconds += loop.time() - started
             paused = False
             while True:
                 budget_wait = limiter.delay(loop.time())

@@ -297,9 +297,19 @@ class Export:
         async with ApiClient(client_settings, self.tokens) as client:
             self.client = client
             writer_task = asyncio.create_task(writer.run(), name="writer")
+            phases = asyncio.create_task(
+                self._phases(state, resumed, index, client, inbox, credits), name="phases"
+            )
             failure: BaseException | None = None
             try:
-                await self._phases(state, resumed, index, client, inbox, credits)
+                await asyncio.wait({phases, writer_task}, return_when=asyncio.FIRST_COMPLETED)
+                if writer_task.done() and not phases.done():
+                    # The writer failed (a full disk): nothing will return the page credits the
+                    # fetchers wait for, so stop them; the writer's error is the one to report.
+                    phases.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await phases
+                await phases
             except BaseException as exc:  # noqa: BLE001 - re-raised below after the commit
                 failure = exc
                 self.request_stop()

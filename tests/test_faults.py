@@ -250,11 +250,6 @@ def _limit_file_size(limit: int) -> Any:
     return apply
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run.py: when the writer task fails (ENOSPC) the crawl waits for page credits the "
-    "dead writer never returns, so the run hangs instead of exiting 4 (reported, not ours)",
-)
 async def test_full_output_directory_exit_4_then_resume(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

@@ -217,7 +217,14 @@ def _token_source(settings: ExportSettings) -> TokenSource:
             redirect_uri=settings.redirect_uri,
             token_url=token_url_for(settings.base_url),
         )
-        store = RefreshTokenStore(settings.token_file or default_token_file())
+        token_file = settings.token_file or default_token_file()
+        out = Path(str(settings.out)).expanduser().absolute()
+        if "://" not in str(settings.out) and out in token_file.expanduser().absolute().parents:
+            raise UsageError(
+                f"--token-file {token_file} is inside --out: backups get copied and shared, and "
+                "the refresh token must not travel with them; keep it elsewhere"
+            )
+        store = RefreshTokenStore(token_file)
         return OAuthTokens(credentials, store, lambda: aiohttp.ClientSession())
     if settings.token is None:
         raise UsageError(

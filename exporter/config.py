@@ -113,8 +113,8 @@ class ExportSettings:
     detect_deletes: bool = False
     relationships: str = "all"
     max_url_length: int = 8000
-    initial_partitions: int | None = None
-    source: str | None = None  # what the run records as its source (default: the base URL)  # default: two per worker (tests set it to force splits)
+    initial_partitions: int | None = None  # default: two per worker (tests set it to force splits)
+    source: str | None = None  # what the run records as its source (default: the base URL)
 
     def parameters(self) -> dict[str, Any]:
         """What the manifest and checkpoint record: no secret, no credential."""

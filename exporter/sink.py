@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from exporter.errors import OutputError
 from exporter.storage import INPROGRESS_SUFFIX, OpenFile, Storage, storage_error
 
 __all__ = ["INPROGRESS_SUFFIX", "DataFile", "PartWriter", "sha256_file"]
@@ -73,20 +71,6 @@ def sha256_file(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def output_error(action: str, path: Path, exc: OSError) -> OutputError:
-    reason = exc.strerror or str(exc)
-    hint = "free some space" if exc.errno == 28 else "check the path and its permissions"
-    return OutputError(f"cannot {action} {path}: {reason}; {hint}, then run the same command again")
 
 
 class PartWriter:

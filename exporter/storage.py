@@ -83,9 +83,12 @@ class OpenFile:
 
 def storage_error(action: str, where: str, exc: OSError) -> OutputError:
     reason = exc.strerror or str(exc)
-    hint = (
-        "free some space" if exc.errno == 28 else "check the path, its permissions or credentials"
-    )
+    if exc.errno == 28:  # ENOSPC
+        hint = "free some space"
+    elif exc.errno == 27:  # EFBIG: a file size limit (ulimit -f, or the filesystem's)
+        hint = "raise the file size limit or lower --file-rows"
+    else:
+        hint = "check the path, its permissions or credentials"
     return OutputError(
         f"cannot {action} {where}: {reason}; {hint}, then run the same command again"
     )

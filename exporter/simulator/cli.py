@@ -190,7 +190,7 @@ def simulate(**options: Any) -> None:
     with contextlib.ExitStack() as stack:
         if options["request_log"]:
             sim.request_log = stack.enter_context(
-                open(options["request_log"], "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+                open(options["request_log"], "a", encoding="utf-8", buffering=1)
             )
         asyncio.run(_serve_until_signalled(sim, options["host"], options["port"]))
 

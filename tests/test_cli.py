@@ -156,3 +156,24 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "call",
         "task",
     }
+
+
+def test_token_file_inside_out_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "backup"
+    result = exporter(
+        "export",
+        "--out",
+        str(out),
+        "--client-id",
+        "c",
+        "--client-secret",
+        "s",
+        "--refresh-token",
+        "r-XYZ",
+        "--redirect-uri",
+        "http://127.0.0.1/cb",
+        "--token-file",
+        str(out / "secrets" / "token.json"),
+    )
+    assert_one_line_error(result, 2, "--token-file", "inside --out")
+    assert "r-XYZ" not in result.stderr and not (out / "secrets").exists()

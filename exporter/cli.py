@@ -502,8 +502,8 @@ def export(
 
 def _register_subcommands() -> None:
     from exporter.compact import compact_command
-    from exporter.restore import restore_command
     from exporter.fleet import fleet_command
+    from exporter.restore import restore_command
     from exporter.simulator.cli import simulate
     from exporter.status import status_command
     from exporter.verify import verify_command
@@ -512,8 +512,8 @@ def _register_subcommands() -> None:
     main.add_command(verify_command)
     main.add_command(status_command)
     main.add_command(compact_command)
-    main.add_command(restore_command)
     main.add_command(fleet_command)
+    main.add_command(restore_command)
 
 
 _register_subcommands()

@@ -34,6 +34,7 @@ from exporter.config import (
     token_url_for,
 )
 from exporter.errors import ExitCode, ExporterError, UsageError
+from exporter.options import credential_options
 from exporter.progress import Reporter, Snapshot, configure_logging, event
 from exporter.schema import RESOURCE_TYPES
 
@@ -263,35 +264,7 @@ def _secret(value: str | None) -> Secret | None:
     envvar="OUTREACH_BASE_URL",
     help="API base URL.  [env: OUTREACH_BASE_URL]",
 )
-@click.option(
-    "--token", envvar="OUTREACH_TOKEN", help="Static access token.  [env: OUTREACH_TOKEN]"
-)
-@click.option(
-    "--client-id", envvar="OUTREACH_CLIENT_ID", help="OAuth client id.  [env: OUTREACH_CLIENT_ID]"
-)
-@click.option(
-    "--client-secret",
-    envvar="OUTREACH_CLIENT_SECRET",
-    help="OAuth client secret.  [env: OUTREACH_CLIENT_SECRET]",
-)
-@click.option(
-    "--refresh-token",
-    envvar="OUTREACH_REFRESH_TOKEN",
-    help="OAuth refresh token (first run; later runs use the rotated one saved in "
-    "--token-file).  [env: OUTREACH_REFRESH_TOKEN]",
-)
-@click.option(
-    "--redirect-uri",
-    envvar="OUTREACH_REDIRECT_URI",
-    help="OAuth redirect URI registered for the app.  [env: OUTREACH_REDIRECT_URI]",
-)
-@click.option(
-    "--token-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="OUTREACH_TOKEN_FILE",
-    help="Where the newest refresh token is kept (mode 0600).  "
-    "[default: ~/.config/outreach-exporter/refresh-token.json; env: OUTREACH_TOKEN_FILE]",
-)
+@credential_options
 @click.option(
     "--page-size",
     type=click.IntRange(1, MAX_PAGE_SIZE),

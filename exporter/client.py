@@ -73,6 +73,8 @@ class ClientSettings:
     max_rate_limit_waits: int = 50
     # Requests of each API window left unspent (for other programs on the same user's budget).
     remaining_reserve: int | None = None
+    # What the caller's user should do after the client gives up (export: resume; restore: rerun).
+    give_up_hint: str = RESUME_HINT
 
 
 @dataclass
@@ -406,7 +408,7 @@ class ApiClient:
                     raise ApiError(
                         f"gave up after {attempt} attempts, the last: {failure}",
                         url=url,
-                        hint=RESUME_HINT,
+                        hint=self.settings.give_up_hint,
                     )
                 await self._backoff(attempt)
                 continue
@@ -439,7 +441,7 @@ class ApiClient:
                             url=url,
                             status=status,
                             error_id=error_id,
-                            hint=RESUME_HINT,
+                            hint=self.settings.give_up_hint,
                         )
                     self._rate_limited(headers)
                     continue  # the same request again, once the window allows; not an attempt
@@ -484,7 +486,7 @@ class ApiClient:
                         url=url,
                         status=exc.status if exc.status is not None else status,
                         error_id=exc.error_id,
-                        hint=RESUME_HINT,
+                        hint=self.settings.give_up_hint,
                     ) from None
                 await self._backoff(attempt, exc.retry_after)
 

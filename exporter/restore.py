@@ -64,6 +64,7 @@ from exporter.errors import (
 )
 from exporter.journal import Intent, Journal, JournalState, replay
 from exporter.normalize import EXTRA_COLUMN, check_type, record_id, table_layout
+from exporter.options import credential_options
 from exporter.pagination import collection_url, next_link, page_records
 from exporter.schema import Shape, resource_type
 
@@ -510,6 +511,7 @@ class Restore:
             rate_limit=s.rate_limit.requests,
             rate_period=s.rate_limit.seconds,
             backoff_base=s.backoff_base,
+            give_up_hint="the journal is intact: run the same restore again to finish it",
         )
         async with ApiClient(client_settings, self.tokens) as client:
             self.client = client
@@ -947,19 +949,7 @@ class _IdList(click.ParamType[tuple[int, ...]]):
     envvar="OUTREACH_BASE_URL",
     help="API base URL.  [env: OUTREACH_BASE_URL; default: https://api.outreach.io/api/v2]",
 )
-@click.option(
-    "--token", envvar="OUTREACH_TOKEN", help="Static access token.  [env: OUTREACH_TOKEN]"
-)
-@click.option("--client-id", envvar="OUTREACH_CLIENT_ID", help="OAuth client id.")
-@click.option("--client-secret", envvar="OUTREACH_CLIENT_SECRET", help="OAuth client secret.")
-@click.option("--refresh-token", envvar="OUTREACH_REFRESH_TOKEN", help="OAuth refresh token.")
-@click.option("--redirect-uri", envvar="OUTREACH_REDIRECT_URI", help="OAuth redirect URI.")
-@click.option(
-    "--token-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="OUTREACH_TOKEN_FILE",
-    help="Where the newest refresh token is kept (mode 0600).",
-)
+@credential_options
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 64),

@@ -417,6 +417,7 @@ class Export:
                 select=select,
             )
             self._started(walk)
+            self.walk_stats.update(walk.stats)  # live counters, for the progress display
             return walk
 
         def crawl_for(
@@ -468,7 +469,6 @@ class Export:
             if walk is not None:
                 group.create_task(walk.run())
         if walk is not None:
-            self.walk_stats.update(walk.stats)
             for type_name, missing in walk.missing().items():
                 state.resources[type_name].detail["missing"] = missing
         emitted_steps = crawl.emitted_ids()
@@ -557,7 +557,6 @@ class Export:
         self, refresh: RelationshipWalk, resource: ResourceState, done: list[ResourceState]
     ) -> None:
         await refresh.run()
-        self.walk_stats.update(refresh.stats)
         if not self._stop_requested:
             done.append(resource)
 

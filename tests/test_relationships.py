@@ -223,12 +223,10 @@ async def test_missing_references_are_listed_not_fatal(start_simulator: StartSim
     assert all(p.table.schema == arrow_schema("sequence") for p in pages)
 
 
-async def test_missing_references_reach_the_manifest(
-    start_simulator: StartSimulator, tmp_path: Path
-) -> None:
-    """A sequence deleted while the export runs: the steps still point at it, the API no longer has it."""
-    running = await start_simulator(steps=2000, seed=12)
-    victim = running.sim.truth.ids("sequence")[5]
+async def export_deleting_a_sequence_midway(running: Any, out: Path) -> int:
+    """Export with relationships=sequence, deleting one referenced sequence from the simulator
+    after the steps that name it were announced and before its batch is fetched; its id."""
+    victim: int = running.sim.truth.ids("sequence")[5]
     original_announce = RelationshipWalk.announce
 
     def announce_then_delete(
@@ -245,8 +243,17 @@ async def test_missing_references_reach_the_manifest(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(RelationshipWalk, "announce", announce_then_delete)
         await run_export(
-            running.base_url, tmp_path, relationships="sequence", concurrency=1, page_size=100
+            running.base_url, out, relationships="sequence", concurrency=1, page_size=100
         )
+    return victim
+
+
+async def test_missing_references_reach_the_manifest(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """A sequence deleted while the export runs: the steps still point at it, the API no longer has it."""
+    running = await start_simulator(steps=2000, seed=12)
+    victim = await export_deleting_a_sequence_midway(running, tmp_path)
     manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
     assert manifest["resources"]["sequence"]["detail"]["missing"] == {"count": 1, "ids": [victim]}
     assert manifest["status"] == "complete"

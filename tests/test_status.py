@@ -15,16 +15,15 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import pytest
 from click.testing import CliRunner
 
 from exporter.cli import main
 from exporter.errors import ExitCode
-from exporter.relationships import RelationshipWalk
 from exporter.simulator import Faults
 from exporter.status import updated_high_water
 from tests.conftest import TOKEN, StartSimulator
 from tests.test_export import run_export
+from tests.test_relationships import export_deleting_a_sequence_midway
 
 
 def status_json(out: Path) -> dict[str, Any]:
@@ -98,25 +97,7 @@ async def test_missing_references_are_counted(
 ) -> None:
     """A sequence deleted while the export runs (as in test_relationships): counted in status."""
     running = await start_simulator(steps=1000, seed=12)
-    victim = running.sim.truth.ids("sequence")[5]
-    original_announce = RelationshipWalk.announce
-
-    def announce_then_delete(
-        self: RelationshipWalk, table: pa.Table, only: set[str] | None = None
-    ) -> dict[str, int]:
-        needs = original_announce(self, table, only)
-        if (
-            running.sim.truth.get("sequence", victim) is not None
-            and victim in self.targets["sequence"].requested
-        ):
-            running.sim.store.delete("sequence", victim)
-        return needs
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(RelationshipWalk, "announce", announce_then_delete)
-        await run_export(
-            running.base_url, tmp_path, relationships="sequence", concurrency=1, page_size=100
-        )
+    await export_deleting_a_sequence_midway(running, tmp_path)
     manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
     expected = manifest["resources"]["sequence"]["detail"]["missing"]["count"]
     assert expected == 1

@@ -24,6 +24,8 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["RESUME_KILL_POINTS"] = str(args.points)
     root = Path(__file__).resolve().parent.parent
+    os.chdir(root)  # as `python3 -m pytest` from the repository: `tests` is importable
+    sys.path.insert(0, str(root))
     started = time.perf_counter()
     code = pytest.main(
         [

@@ -62,16 +62,21 @@ def default_token_file() -> Path:
     return Path(base) / "outreach-exporter" / "refresh-token.json"
 
 
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's content; a missing, unreadable or invalid file is one clear UsageError."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
 def load_toml_defaults(path: Path, known: set[str]) -> dict[str, Any]:
     """The `[export]` table (or top level) of a TOML file, keyed by option name."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"config file {path} does not exist") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "config file")
     table = data.get("export", data)
     if not isinstance(table, dict):
         raise UsageError(f"config file {path}: [export] must be a table")

@@ -26,7 +26,6 @@ import signal
 import socket
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from exporter.config import (
     ExportSettings,
     check_base_url,
     parse_rate_limit,
+    read_toml,
     token_url_for,
 )
 from exporter.errors import (
@@ -157,15 +157,7 @@ class AccountCrashed(RuntimeError):
 
 
 def load_fleet(path: Path) -> list[Account]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"fleet file {path} does not exist") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read fleet file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"fleet file {path} is not valid TOML: {exc}") from None
-    return parse_fleet(data, str(path))
+    return parse_fleet(read_toml(path, "fleet file"), str(path))
 
 
 def parse_fleet(data: Mapping[str, Any], source: str = "fleet file") -> list[Account]:

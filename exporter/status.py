@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 from exporter import checkpoint, manifest
 from exporter.checkpoint import ResourceState, RunState
 from exporter.errors import ExporterError, UsageError
+from exporter.options import exit_on_error, show_report
 from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.sink import INPROGRESS_SUFFIX
 
@@ -398,10 +398,6 @@ def status_command(directory: Path, as_json: bool) -> None:
     try:
         report = status(directory)
     except ExporterError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise SystemExit(int(exc.exit_code)) from None
-    if as_json:
-        click.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
-    else:
-        for line in render(report):
-            click.echo(line)
+        exit_on_error(exc)
+        return
+    show_report(report, as_json, render)

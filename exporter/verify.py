@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from exporter import checkpoint, manifest
 from exporter.errors import ExitCode, ExporterError, UsageError
 from exporter.normalize import arrow_schema
+from exporter.options import exit_on_error, show_report
 from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.sink import sha256_file
 
@@ -466,11 +467,7 @@ def verify_command(directory: Path, as_json: bool) -> None:
     try:
         report = verify(directory)
     except ExporterError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise SystemExit(int(exc.exit_code)) from None
-    if as_json:
-        click.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
-    else:
-        for line in render(report):
-            click.echo(line)
+        exit_on_error(exc)
+        return
+    show_report(report, as_json, render)
     raise SystemExit(int(report.exit_code))

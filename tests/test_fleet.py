@@ -392,7 +392,9 @@ def test_dask_worker_killed_mid_export_resumes_elsewhere_exactly(tmp_path: Path)
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
-                dashboard_address=None,
+                # Its HTTP server starts even without a dashboard (on 0.0.0.0:8787 unless told
+                # otherwise): keep it on loopback, on a free port.
+                dashboard_address="127.0.0.1:0",
             )
         )
         client = stack.enter_context(distributed.Client(cluster, set_as_default=False))

@@ -32,7 +32,7 @@ from exporter.checkpoint import PartitionState
 from exporter.client import ApiClient
 from exporter.fastpage import PageReader
 from exporter.normalize import Normalizer, record_id
-from exporter.pagination import collection_url, next_link, page_records
+from exporter.pagination import ChainGuard, collection_url, next_link, page_records
 from exporter.schema import resource_type
 
 
@@ -333,7 +333,7 @@ class CollectionCrawl:
                 )
             )
             return
-        url: str | None = collection_url(
+        first = collection_url(
             self.base_url,
             self.collection,
             [
@@ -343,6 +343,8 @@ class CollectionCrawl:
                 *self.extra_params,
             ],
         )
+        guard = ChainGuard(first)
+        url: str | None = first
         while url is not None:
             if self._stopping:
                 return
@@ -359,11 +361,13 @@ class CollectionCrawl:
             wanted = self.select(batch.table) if self.select is not None else None
             keep = []
             seen_ids = []
+            repeated = 0
             for index, value in enumerate(batch.ids):
                 if value < walk.start or value > walk.high:
                     self.stats.out_of_range += 1
                 elif not walk.seen.add(value):
                     self.stats.duplicates += 1
+                    repeated += 1
                 else:
                     seen_ids.append(value)
                     if wanted is None or wanted[index]:
@@ -397,6 +401,8 @@ class CollectionCrawl:
             )
             if self.announcer is not None:
                 await self.announcer.backpressure()
+            if not final and following is not None:
+                guard.follow(url, following, len(batch.ids) - repeated)
             url = None if final else following
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 from exporter.client import ApiClient
 from exporter.crawl import Message, PageBatch
 from exporter.normalize import TOMBSTONE_SCHEMA, TOMBSTONE_TYPE, check_type, record_id
-from exporter.pagination import collection_url, next_link, page_records
+from exporter.pagination import ChainGuard, collection_url, next_link, page_records
 from exporter.schema import resource_type
 
 
@@ -99,14 +99,20 @@ class DeleteScan:
                 group.create_task(worker())
 
     async def _check(self, type_name: str, batch: list[int], stats: DeleteStats) -> None:
-        url: str | None = self._url(type_name, ",".join(map(str, batch)))
+        first = self._url(type_name, ",".join(map(str, batch)))
+        url: str | None = first
         present: set[int] = set()
+        guard = ChainGuard(first)
         while url is not None:
             document = await self.client.get_document(url)
             stats.requests += 1
+            known = len(present)
             for record in page_records(document, url):
                 present.add(record_id(check_type(record, type_name), type_name))
-            url = next_link(document, url, self.base_url)
+            following = next_link(document, url, self.base_url)
+            if following is not None:
+                guard.follow(url, following, len(present) - known)
+            url = following
         stats.checked += len(batch)
         gone = [value for value in batch if value not in present]
         if not gone:

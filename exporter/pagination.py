@@ -8,10 +8,15 @@ Pure functions of values. The rules, in order, for a `links.next`:
    never sent to another origin.
 4. equal to the current page's URL (compared decoded, with the parameters in any order): a
    loop, refused.
+
+`ChainGuard` watches one whole chain: a `links.next` back to any page the chain already read (a
+cycle A -> B -> A of any length) is refused too, and so is a chain that keeps handing out new
+cursors while bringing nothing new, page after page.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
@@ -42,6 +47,49 @@ def same_page(a: str, b: str) -> bool:
         and sorted(parse_qsl(pa.query, keep_blank_values=True))
         == sorted(parse_qsl(pb.query, keep_blank_values=True))
     )
+
+
+def _page_key(url: str) -> bytes:
+    """A digest of what `same_page` compares, so a chain remembers its pages in 16 bytes each."""
+    parts = urlsplit(url)
+    canonical = repr(
+        (
+            origin(url),
+            unquote(parts.path),
+            sorted(parse_qsl(parts.query, keep_blank_values=True)),
+        )
+    )
+    return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
+
+
+STALL_PAGES = 20  # pages in a row that bring nothing new before a chain counts as looping
+
+
+class ChainGuard:
+    """Refuses a `links.next` chain that cycles back to a page it read, or that stalls: pages
+    that bring no new record, `STALL_PAGES` times in a row, while always offering a next page."""
+
+    def __init__(self, first_url: str) -> None:
+        self._pages = {_page_key(first_url)}
+        self._stalled = 0
+
+    def follow(self, current_url: str, next_url: str, new_records: int) -> None:
+        """Record the page just read (`new_records` it brought) before following `next_url`."""
+        self._stalled = 0 if new_records else self._stalled + 1
+        if self._stalled >= STALL_PAGES:
+            raise ResponseError(
+                f"{STALL_PAGES} pages in a row brought no new record, yet links.next goes on: "
+                "the API is looping",
+                url=current_url,
+            )
+        key = _page_key(next_url)
+        if key in self._pages:
+            raise ResponseError(
+                f"links.next leads back to a page this chain already read "
+                f"(after {len(self._pages)} pages): the API is looping",
+                url=current_url,
+            )
+        self._pages.add(key)
 
 
 def collection_url(base_url: str, collection: str, params: Iterable[tuple[str, str]]) -> str:

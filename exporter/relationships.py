@@ -35,7 +35,7 @@ from exporter.crawl import Message, PageBatch, RowSelector
 from exporter.errors import UsageError
 from exporter.fastpage import PageReader
 from exporter.normalize import Normalizer, table_layout
-from exporter.pagination import collection_url, next_link
+from exporter.pagination import ChainGuard, collection_url, next_link
 from exporter.schema import Shape, resource_type
 
 ROOT = "sequenceStep"
@@ -457,9 +457,11 @@ class RelationshipWalk:
         written = self.written[batch.target]
         link_only = state.link_only
         stats.batches += 1
-        url: str | None = self._url(batch.target, link_only, ",".join(map(str, batch.ids)))
-        found: list[int] = []
+        first = self._url(batch.target, link_only, ",".join(map(str, batch.ids)))
+        url: str | None = first
+        found: set[int] = set()
         per_step: dict[int, int] = {}
+        guard = ChainGuard(first)
         while url is not None:
             await self.credits.acquire()
             try:
@@ -477,8 +479,9 @@ class RelationshipWalk:
             selector = self.select.get(batch.target)
             wanted = selector(normalized.table) if selector is not None else None
             keep = []
+            known = len(found)
             for index, value in enumerate(normalized.ids):
-                found.append(value)
+                found.add(value)
                 if wanted is not None and not wanted[index]:
                     continue  # this very version is already in the backup
                 if written.add(value):
@@ -500,14 +503,15 @@ class RelationshipWalk:
                     link_range=(batch.start, batch.end) if following is None else None,
                 )
             )
+            if following is not None:
+                guard.follow(url, following, len(found) - known)
             url = following
         if link_only:
             for step_id, group in zip(batch.ids, batch.groups, strict=True):
                 state.learnt.setdefault(group, GroupStats()).add(per_step.get(step_id, 0))
         else:
-            returned = set(found)
             for value in batch.ids:
-                if value not in returned and value not in written:
+                if value not in found and value not in written:
                     state.missing_count += 1
                     if len(state.missing) < 1000:
                         state.missing.append(value)

@@ -65,7 +65,7 @@ from exporter.errors import (
 from exporter.journal import Intent, Journal, JournalState, replay
 from exporter.normalize import EXTRA_COLUMN, check_type, record_id, table_layout
 from exporter.options import credential_options
-from exporter.pagination import collection_url, next_link, page_records
+from exporter.pagination import ChainGuard, collection_url, next_link, page_records
 from exporter.schema import Shape, resource_type
 
 STEP = "sequenceStep"
@@ -567,13 +567,21 @@ class Restore:
 
     async def _fetch_pages(self, url: str) -> list[tuple[int, Values]]:
         found: list[tuple[int, Values]] = []
+        ids: set[int] = set()
+        guard = ChainGuard(url)
         next_url: str | None = url
         while next_url is not None:
             document = await self.client.get_document(next_url)
+            known = len(ids)
             for raw in page_records(document, next_url):
                 record = check_type(raw, STEP)
-                found.append((record_id(record, STEP), values_of_record(record)))
-            next_url = next_link(document, next_url, self.settings.base_url)
+                step_id = record_id(record, STEP)
+                ids.add(step_id)
+                found.append((step_id, values_of_record(record)))
+            following = next_link(document, next_url, self.settings.base_url)
+            if following is not None:
+                guard.follow(next_url, following, len(ids) - known)
+            next_url = following
         return found
 
     async def _fetch_by_ids(self, ids: Sequence[int]) -> dict[int, Values]:

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from exporter.errors import ApiError, ResponseError
+from exporter.pagination import STALL_PAGES
 from tests.conftest import TOKEN, StartSimulator
 from tests.test_faults import expected_steps, export, fast_client
 from tests.truth import assert_rows_equal, read_rows
@@ -204,6 +205,57 @@ async def test_next_link_equal_to_the_current_page_is_a_loop(
     with pytest.raises(ResponseError, match="looping"):
         await export(proxy.base_url, tmp_path, **SMALL)
     assert sum(1 for u in proxy.seen if second_page(u)) == 1  # not asked again and again
+
+
+async def test_next_link_back_to_an_earlier_page_is_a_loop_and_the_export_resumes(
+    proxied: tuple[Any, Proxy], tmp_path: Path
+) -> None:
+    running, proxy = proxied
+    chain: list[str] = []
+
+    def cycle(url: str, doc: dict[str, Any]) -> Crafted | None:
+        if not is_data_page(url):
+            return None
+        chain.append(url)
+        if url == chain[min(2, len(chain) - 1)] and len(chain) >= 3:
+            doc["links"]["next"] = chain[1]  # page 3 leads back to page 2, every time
+            return document(200, doc)
+        return None
+
+    proxy.tamper = cycle
+    with pytest.raises(ResponseError, match="leads back to a page this chain already read"):
+        await export(proxy.base_url, tmp_path, **SMALL)
+    assert len(chain) == 3  # page 2 was not asked for a second time
+    proxy.tamper = None  # the checkpoint is intact: the same export resumes to the exact result
+    await export(proxy.base_url, tmp_path, **SMALL)
+    assert_rows_equal(read_rows(tmp_path / "sequenceSteps"), expected_steps(running.sim))
+
+
+async def test_pages_that_only_repeat_records_are_a_loop_and_the_export_resumes(
+    proxied: tuple[Any, Proxy], tmp_path: Path
+) -> None:
+    """Fresh cursors every time, but the records of the first page again and again."""
+    running, proxy = proxied
+    first: list[dict[str, Any]] = []
+    served: list[str] = []
+
+    def repeat(url: str, doc: dict[str, Any]) -> Crafted | None:
+        if not is_data_page(url):
+            return None
+        served.append(url)
+        if not first:
+            first.extend(copy.deepcopy(doc["data"]))
+            return None
+        doc["data"] = copy.deepcopy(first)
+        return document(200, doc)
+
+    proxy.tamper = repeat
+    with pytest.raises(ResponseError, match=f"{STALL_PAGES} pages in a row brought no new"):
+        await export(proxy.base_url, tmp_path, **{**SMALL, "page_size": 5})
+    assert len(served) == 1 + STALL_PAGES  # 200 steps in pages of 5: it stopped well before 40
+    proxy.tamper = None
+    await export(proxy.base_url, tmp_path, **{**SMALL, "page_size": 5})
+    assert_rows_equal(read_rows(tmp_path / "sequenceSteps"), expected_steps(running.sim))
 
 
 def _set_record(field_name: str, value: Any) -> Tamper:

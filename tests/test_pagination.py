@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from exporter.errors import ResponseError
-from exporter.pagination import collection_url, next_link, page_records, with_query_value
+from exporter.pagination import (
+    STALL_PAGES,
+    ChainGuard,
+    collection_url,
+    next_link,
+    page_records,
+    with_query_value,
+)
 
 BASE = "http://127.0.0.1:8123/api/v2"
 CURRENT = BASE + "/sequenceSteps?page[size]=2"
@@ -65,3 +72,36 @@ def test_urls_keep_brackets_readable() -> None:
     url = collection_url(BASE, "sequenceSteps", [("filter[id]", "1..5"), ("sort", "id")])
     assert url == BASE + "/sequenceSteps?filter[id]=1..5&sort=id"
     assert with_query_value(url, "sort", "-id").endswith("filter[id]=1..5&sort=-id")
+
+
+def page(n: int) -> str:
+    return f"{BASE}/sequenceSteps?page[size]=2&page[after]=c{n}"
+
+
+def test_chain_guard_refuses_a_cycle_of_any_length() -> None:
+    guard = ChainGuard(CURRENT)
+    guard.follow(CURRENT, page(1), 2)
+    guard.follow(page(1), page(2), 2)
+    guard.follow(page(2), page(3), 2)
+    with pytest.raises(ResponseError, match="leads back to a page this chain already read"):
+        guard.follow(page(3), page(1), 2)  # 1 -> 2 -> 3 -> 1
+    back_to_start = ChainGuard(CURRENT)
+    back_to_start.follow(CURRENT, page(1), 2)
+    # the same page, its parameters in another order and percent-encoded
+    with pytest.raises(ResponseError, match="looping"):
+        back_to_start.follow(page(1), f"{BASE}/sequenceSteps?page%5Bsize%5D=2", 2)
+
+
+def test_chain_guard_refuses_a_chain_that_brings_nothing_new() -> None:
+    guard = ChainGuard(CURRENT)
+    for n in range(1, STALL_PAGES):
+        guard.follow(page(n - 1), page(n), 0)  # fresh cursors, nothing new: tolerated a while
+    with pytest.raises(ResponseError, match=f"{STALL_PAGES} pages in a row brought no new record"):
+        guard.follow(page(STALL_PAGES - 1), page(STALL_PAGES), 0)
+
+
+def test_chain_guard_lets_a_long_honest_chain_through() -> None:
+    guard = ChainGuard(CURRENT)
+    for n in range(1, 5000):
+        # a few empty pages now and then are not a stall
+        guard.follow(page(n - 1), page(n), 0 if n % 7 == 0 else 2)

@@ -5,7 +5,8 @@ data files are read only for their footers (the `updatedAt` column statistics gi
 resource's high-water mark, the newest change its committed data holds). Today a directory holds
 one run; incremental runs will add `DIR/<type>/run=<id>/` partitions and a `_state.json` listing
 them, which is why a report carries a list of runs and `discover_runs` is the one place that
-finds them.
+finds them. DIR is anything `export --out` takes (a path, `file://...`, `s3://bucket/prefix`):
+every read, footers included, goes through `Storage` and its pyarrow filesystem.
 
 Nothing here writes: `status` is safe to run beside a live export.
 """
@@ -20,6 +21,7 @@ from typing import Any
 import click
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from exporter import checkpoint, manifest
@@ -27,7 +29,7 @@ from exporter.checkpoint import ResourceState, RunState
 from exporter.errors import ExporterError, UsageError
 from exporter.options import exit_on_error, show_report
 from exporter.schema import RESOURCE_TYPES, resource_type
-from exporter.sink import INPROGRESS_SUFFIX
+from exporter.storage import INPROGRESS_SUFFIX, Storage
 
 HIGH_WATER_COLUMN = "updatedAt"
 
@@ -87,13 +89,16 @@ class StatusReport:
         return asdict(self)
 
 
-def status(root: Path) -> StatusReport:
+def status(where: Storage | Path | str) -> StatusReport:
     """Describe DIR: its runs, their progress and high-water marks, and the next export's action."""
-    if root.exists() and not root.is_dir():
+    root = where if isinstance(where, Storage) else Storage.open(where)
+    kind = root.root_type()
+    if kind not in (pafs.FileType.NotFound, pafs.FileType.Directory):
         raise UsageError(f"{root} is not a directory")
-    runs = discover_runs(root) if root.is_dir() else []
+    is_dir = kind == pafs.FileType.Directory
+    runs = discover_runs(root) if is_dir else []
     if not runs:
-        stray = _uncommitted(root, set()) if root.is_dir() else []
+        stray = _uncommitted(root, set()) if is_dir else []
         removal = f"; it would remove {len(stray)} stray part file(s) first" if stray else ""
         return StatusReport(
             str(root), "none", [], NextExport("start", None, "start a new run" + removal)
@@ -123,12 +128,12 @@ def status(root: Path) -> StatusReport:
     return StatusReport(str(root), current.status, runs, action)
 
 
-def discover_runs(root: Path) -> list[RunStatus]:
+def discover_runs(root: Storage) -> list[RunStatus]:
     """The runs recorded in DIR, oldest first (today at most one: manifest, else checkpoint)."""
     state = checkpoint.load(root)
     problems: list[str] = []
     document: dict[str, Any] | None = None
-    if (root / manifest.MANIFEST_NAME).exists():
+    if root.exists(manifest.MANIFEST_NAME):
         try:
             document = manifest.load(root)
         except UsageError as exc:
@@ -147,7 +152,7 @@ def discover_runs(root: Path) -> list[RunStatus]:
     return [run]
 
 
-def _from_checkpoint(root: Path, state: RunState) -> RunStatus:
+def _from_checkpoint(root: Storage, state: RunState) -> RunStatus:
     run = RunStatus(
         run_id=state.run_id,
         status="complete" if state.status == "complete" else "unfinished",
@@ -168,7 +173,7 @@ def _from_checkpoint(root: Path, state: RunState) -> RunStatus:
 
 
 def _resource_from_state(
-    root: Path, resource: ResourceState, problems: list[str]
+    root: Storage, resource: ResourceState, problems: list[str]
 ) -> ResourceStatus:
     paths = [f.path for f in resource.files]
     result = ResourceStatus(
@@ -195,7 +200,7 @@ def _resource_from_state(
     return result
 
 
-def _from_manifest(root: Path, document: dict[str, Any], state: RunState | None) -> RunStatus:
+def _from_manifest(root: Storage, document: dict[str, Any], state: RunState | None) -> RunStatus:
     tool = document.get("tool")
     run = RunStatus(
         run_id=str(document.get("run_id")),
@@ -247,11 +252,18 @@ def _watermark(result: ResourceStatus, detail: dict[str, Any]) -> None:
         result.ranges_waiting = len(detail.get("ranges_above") or [])
 
 
-def _high_water(root: Path, paths: list[str], problems: list[str]) -> str | None:
+def _high_water(root: Storage, paths: list[str], problems: list[str]) -> str | None:
     newest: datetime | None = None
     for relative in paths:
+        location = root.inside(relative)
+        if location is None:
+            problems.append(
+                f"{relative}: recorded path points outside the output directory; "
+                "run `exporter verify`"
+            )
+            continue
         try:
-            value = updated_high_water(root / relative)
+            value = updated_high_water(root.path(location), filesystem=root.fs)
         except (OSError, pa.ArrowException) as exc:
             problems.append(
                 f"{relative}: cannot read its updatedAt ({type(exc).__name__}); "
@@ -263,13 +275,25 @@ def _high_water(root: Path, paths: list[str], problems: list[str]) -> str | None
     return _iso(newest) if newest is not None else None
 
 
-def updated_high_water(path: Path, column: str = HIGH_WATER_COLUMN) -> datetime | None:
+def updated_high_water(
+    path: Path | str,
+    column: str = HIGH_WATER_COLUMN,
+    filesystem: pafs.FileSystem | None = None,
+) -> datetime | None:
     """The largest value of `column` in a Parquet file: row-group statistics, else a column scan.
 
-    Only the footer is read when every row group carries statistics; otherwise the one column is
-    streamed batch by batch, so memory stays flat either way.
+    `path` is on `filesystem` (an object store's, say), a local path when none is given. Only the
+    footer is read when every row group carries statistics; otherwise the one column is streamed
+    batch by batch, so memory stays flat either way.
     """
-    parquet = pq.ParquetFile(path)
+    if filesystem is None:
+        filesystem, path = pafs.LocalFileSystem(), Path(path).absolute()
+    with filesystem.open_input_file(str(path)) as handle:
+        return _max_of(pq.ParquetFile(handle), column)
+
+
+def _max_of(parquet: pq.ParquetFile, column: str) -> datetime | None:
+    """`updated_high_water` on an open file: statistics first, the column itself if need be."""
     metadata = parquet.metadata
     names = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
     if column not in names:
@@ -307,18 +331,20 @@ def _iso(value: datetime) -> str:
     return text.replace("+00:00", "Z")
 
 
-def _uncommitted(root: Path, named: set[str]) -> list[str]:
-    """Part files the checkpoint does not name: the next export removes them (run.remove_uncommitted)."""
+def _uncommitted(root: Storage, named: set[str]) -> list[str]:
+    """Part files the checkpoint does not name: the next export removes them (run.remove_uncommitted).
+
+    Only the files directly in each type directory: that is where an export writes its parts.
+    """
     found: list[str] = []
     for type_name in RESOURCE_TYPES:
         directory = resource_type(type_name).collection
-        folder = root / directory
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.iterdir()):
-            relative = f"{directory}/{path.name}"
-            is_part = path.name.startswith("part-") and path.name.endswith(".parquet")
-            is_temp = path.name.startswith(".part-") and path.name.endswith(INPROGRESS_SUFFIX)
+        for relative in root.list_files(directory):
+            name = relative[len(directory) + 1 :]
+            if "/" in name:
+                continue
+            is_part = name.startswith("part-") and name.endswith(".parquet")
+            is_temp = name.startswith(".part-") and name.endswith(INPROGRESS_SUFFIX)
             if (is_part and relative not in named) or is_temp:
                 found.append(relative)
     return found
@@ -391,10 +417,13 @@ def _progress(r: ResourceStatus) -> str:
 
 
 @click.command("status")
-@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("directory", metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report.")
-def status_command(directory: Path, as_json: bool) -> None:
-    """Show the runs in DIR (finished or not), their high-water marks, and what export would do next."""
+def status_command(directory: str, as_json: bool) -> None:
+    """Show the runs in DIR (finished or not), their high-water marks, and what export would do next.
+
+    DIR is a path or a URI, as `export --out` takes (s3://bucket/prefix, file://...).
+    """
     try:
         report = status(directory)
     except ExporterError as exc:

@@ -23,7 +23,7 @@ import os
 import posixpath
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -292,6 +292,47 @@ class Storage:
             except OSError as exc:
                 if self.exists(directory):
                     raise storage_error("remove", self.path(directory), exc) from None
+
+    def inside(self, relative: str) -> str | None:
+        """`relative` normalised ('a/./b' is 'a/b'), or None when it would leave the root.
+
+        A recorded path that is absolute, climbs with '..' or is empty must not be followed: it
+        would name a file outside the backup (on an object store, another prefix or bucket).
+        """
+        pure = PurePosixPath(relative)
+        if pure.is_absolute() or ".." in pure.parts or not pure.parts:
+            return None
+        return pure.as_posix()
+
+    def root_type(self) -> pafs.FileType:
+        """What the root is: Directory, File or NotFound.
+
+        A prefix in an S3 bucket that does not exist would look like an absent directory; that is
+        a UsageError instead, since nothing can be read from it (or written to it).
+        """
+        bucket = self.base.split("/", 1)[0]
+        try:
+            kind = self.fs.get_file_info(self.base).type
+            missing_bucket = (
+                kind == pafs.FileType.NotFound
+                and isinstance(self.fs, pafs.S3FileSystem)
+                and self.fs.get_file_info(bucket).type == pafs.FileType.NotFound
+            )
+        except OSError as exc:
+            raise storage_error("read", self.display, exc) from None
+        if missing_bucket:
+            raise UsageError(
+                f"{self.display}: bucket {bucket!r} does not exist; check the URI and "
+                "AWS_ENDPOINT_URL"
+            )
+        return kind
+
+    def file_type(self, relative: str) -> pafs.FileType:
+        """What is at `relative`: File, Directory or NotFound."""
+        try:
+            return self.fs.get_file_info(self.path(relative)).type
+        except OSError as exc:
+            raise storage_error("read", self.path(relative), exc) from None
 
     def sha256(self, relative: str) -> str:
         digest = hashlib.sha256()

@@ -1,5 +1,8 @@
 """`exporter verify DIR`: recompute every file's size, sha256, rows and schema and compare them with the manifest.
 
+DIR is anything `export --out` takes (a path, `file://...`, `s3://bucket/prefix`): every read goes
+through `Storage`, so a local directory and an object-store prefix are checked by the same code.
+
 What is checked, for a finished run (`_manifest.json` present):
 1. `manifest_sha256` against the canonical digest of the rest of the manifest (any edit shows);
 2. every listed file: it exists inside DIR, and its size, sha256 (streamed, 1 MiB at a time),
@@ -19,14 +22,17 @@ export at all. Reading is streamed: memory stays flat however large the files.
 
 from __future__ import annotations
 
+import errno
 import os
+import posixpath
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from exporter import checkpoint, manifest
@@ -34,7 +40,7 @@ from exporter.errors import ExitCode, ExporterError, UsageError
 from exporter.normalize import arrow_schema
 from exporter.options import exit_on_error, show_report
 from exporter.schema import RESOURCE_TYPES, resource_type
-from exporter.sink import sha256_file
+from exporter.storage import Storage
 
 _LABELS = {"bytes": "size in bytes", "rows": "row count", "files": "file count"}
 
@@ -162,15 +168,16 @@ class VerifyReport:
         }
 
 
-def verify(root: Path) -> VerifyReport:
+def verify(where: Storage | Path | str) -> VerifyReport:
     """Check DIR against its manifest, or an unfinished run against its checkpoint."""
-    if not root.exists():
+    root = where if isinstance(where, Storage) else Storage.open(where)
+    kind = root.root_type()
+    if kind == pafs.FileType.NotFound:
         raise UsageError(f"{root} does not exist: no export to verify")
-    if not root.is_dir():
+    if kind != pafs.FileType.Directory:
         raise UsageError(f"{root} is not a directory")
-    manifest_path = root / manifest.MANIFEST_NAME
-    if manifest_path.exists():
-        return _verify_manifest(root, manifest_path)
+    if root.exists(manifest.MANIFEST_NAME):
+        return _verify_manifest(root)
     state = checkpoint.load(root)
     if state is None:
         raise UsageError(
@@ -209,18 +216,20 @@ def verify(root: Path) -> VerifyReport:
     return report
 
 
-def _verify_manifest(root: Path, path: Path) -> VerifyReport:
+def _verify_manifest(root: Storage) -> VerifyReport:
     report = VerifyReport(
         root=str(root), checked_against="manifest", run_id=None, run_status="complete"
     )
     name = manifest.MANIFEST_NAME
     try:
-        document = orjson.loads(path.read_bytes())
+        with root.fs.open_input_stream(root.path(name)) as handle:
+            document = orjson.loads(handle.read())
     except orjson.JSONDecodeError as exc:
         report.differences.append(Difference(name, "unreadable", note=f"not valid JSON ({exc})"))
         return report
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        shown = posixpath.join(str(root), name)
+        raise UsageError(f"cannot read {shown}: {_reason(exc)}") from None
     if not isinstance(document, dict) or document.get("format") != manifest.FORMAT:
         report.differences.append(
             Difference(name, "format", note="not an outreach-exporter manifest")
@@ -306,7 +315,7 @@ def _current_schema(type_name: str) -> list[dict[str, Any]] | None:
     return manifest.schema_fields(arrow_schema(type_name))
 
 
-def _check_files(root: Path, expected: list[ExpectedFile], report: VerifyReport) -> set[str]:
+def _check_files(root: Storage, expected: list[ExpectedFile], report: VerifyReport) -> set[str]:
     """Check each recorded file; returns the set of recorded paths."""
     listed: set[str] = set()
     for entry in expected:
@@ -314,7 +323,7 @@ def _check_files(root: Path, expected: list[ExpectedFile], report: VerifyReport)
         before = len(report.differences)
         result = FileResult(entry.path, entry.type_name, "ok")
         report.files.append(result)
-        location = _inside(root, entry.path)
+        location = root.inside(entry.path)
         if location is None:
             report.differences.append(
                 Difference(
@@ -324,35 +333,41 @@ def _check_files(root: Path, expected: list[ExpectedFile], report: VerifyReport)
             result.status = "differs"
             continue
         try:
-            size = location.stat().st_size
-        except FileNotFoundError:
+            info = root.fs.get_file_info(root.path(location))
+            if info.type == pafs.FileType.Directory:
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        except OSError as exc:
+            report.differences.append(
+                Difference(entry.path, "unreadable", note=f"cannot be read: {_reason(exc)}")
+            )
+            result.status = "differs"
+            continue
+        if info.type == pafs.FileType.NotFound:
             report.differences.append(
                 Difference(entry.path, "missing", note="missing (listed, not on disk)")
             )
             result.status = "missing"
             continue
-        except OSError as exc:
-            report.differences.append(
-                Difference(entry.path, "unreadable", note=f"cannot be read: {exc.strerror}")
-            )
-            result.status = "differs"
-            continue
+        size = int(info.size)
         result.bytes = size
         if size != entry.bytes:
             report.differences.append(Difference(entry.path, "bytes", entry.bytes, size))
         try:
-            result.sha256 = sha256_file(location)
+            result.sha256 = root.sha256(location)
         except OSError as exc:
             report.differences.append(
-                Difference(entry.path, "unreadable", note=f"cannot be read: {exc.strerror}")
+                Difference(entry.path, "unreadable", note=f"cannot be read: {_reason(exc)}")
             )
             result.status = "differs"
             continue
         if result.sha256 != entry.sha256:
             report.differences.append(Difference(entry.path, "sha256", entry.sha256, result.sha256))
         try:
-            metadata = pq.read_metadata(location)
-            schema = pq.read_schema(location)
+            # One open for the footer: row count and schema (only the footer is fetched).
+            with root.fs.open_input_file(root.path(location)) as handle:
+                parquet = pq.ParquetFile(handle)
+                metadata = parquet.metadata
+                schema = parquet.schema_arrow
         except (pa.ArrowException, OSError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             report.differences.append(
@@ -413,28 +428,30 @@ def _schema_difference(
     return Difference(path, "schema", expected, found, note="differs: " + "; ".join(sorted(parts)))
 
 
-def _inside(root: Path, relative: str) -> Path | None:
-    """`root/relative`, or None when the recorded path would leave the output directory."""
-    pure = PurePosixPath(relative)
-    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
-        return None
-    return root.joinpath(*pure.parts)
+def _reason(exc: OSError) -> str:
+    """Why a read failed, in a few words: the OS's text for an errno, else the error's first line."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _parquet_files(root: Path, directories: dict[str, str]) -> list[tuple[str, str]]:
-    """Every `*.parquet` under the run's type directories and every known type's directory."""
+def _parquet_files(root: Storage, directories: dict[str, str]) -> list[tuple[str, str]]:
+    """Every `*.parquet` under the run's type directories and every known type's directory.
+
+    Only names ending in `.parquet` count: a file being written (`.part-*.parquet.inprogress`)
+    is not one.
+    """
     by_directory = {resource_type(t).collection: t for t in RESOURCE_TYPES}
     by_directory.update({d: t for t, d in directories.items()})
     found: list[tuple[str, str]] = []
     for directory, type_name in sorted(by_directory.items()):
-        folder = _inside(root, directory)
-        if folder is None or not folder.is_dir():
+        folder = root.inside(directory)
+        if folder is None or root.file_type(folder) != pafs.FileType.Directory:
             continue
-        for dirpath, _dirs, names in os.walk(folder):
-            for file_name in sorted(names):
-                if file_name.endswith(".parquet"):
-                    relative = Path(dirpath, file_name).relative_to(root).as_posix()
-                    found.append((relative, type_name))
+        for relative in root.list_files(folder):
+            if relative.endswith(".parquet"):
+                found.append((relative, type_name))
     return found
 
 
@@ -456,13 +473,14 @@ def render(report: VerifyReport) -> list[str]:
 
 
 @click.command("verify")
-@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("directory", metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report.")
-def verify_command(directory: Path, as_json: bool) -> None:
+def verify_command(directory: str, as_json: bool) -> None:
     """Check every file in DIR against its manifest: sizes, sha256, rows, schemas, extra files.
 
-    Exit 0 when everything matches, 6 when anything differs, 1 for an unfinished run whose
-    committed files match, 2 when DIR holds no export.
+    DIR is a path or a URI, as `export --out` takes (s3://bucket/prefix, file://...). Exit 0
+    when everything matches, 6 when anything differs, 1 for an unfinished run whose committed
+    files match, 2 when DIR holds no export.
     """
     try:
         report = verify(directory)

@@ -175,7 +175,7 @@ def save(storage: Storage, state: RunState) -> None:
 def load(where: Storage | Path | str) -> RunState | None:
     """The checkpoint in `where`, or None when there is none."""
     storage = where if isinstance(where, Storage) else Storage.open(where)
-    raw = storage.read_bytes(CHECKPOINT_NAME)
+    raw = storage.read_document(CHECKPOINT_NAME)
     if raw is None:
         return None
     path = storage.path(CHECKPOINT_NAME)

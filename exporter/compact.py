@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from exporter import manifest
 from exporter.errors import ExporterError, UsageError
+from exporter.lock import locked
 from exporter.normalize import TOMBSTONE_TYPE, arrow_schema
 from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.storage import Storage
@@ -76,7 +77,15 @@ def compact(
 ) -> dict[str, int]:
     """Write `<into>/<collection>.parquet` per type (default `DIR/_current/`); rows of each."""
     storage = where if isinstance(where, Storage) else Storage.open(where)
-    document = manifest.load(storage)
+    manifest.load(storage)  # a clear error for a directory that holds no finished backup
+    if into is None:  # writes into the backup: not while an export writes there
+        with locked(storage, "compact"):
+            return _compact(storage, None)
+    return _compact(storage, into)
+
+
+def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, int]:
+    document = manifest.load(storage)  # read under the lock: the newest finished run
     if into is None:
         target, prefix = storage, "_current/"
     else:

@@ -30,6 +30,7 @@ class ExitCode(IntEnum):
     OUTPUT = 4  # output directory unwritable or full
     UNREACHABLE = 5  # base URL unreachable
     VERIFY_MISMATCH = 6  # `verify` found a difference
+    BUSY = 7  # another run is writing the same backup
     INTERRUPTED = 130  # SIGINT/SIGTERM: stopped cleanly after committing; run again to resume
 
 

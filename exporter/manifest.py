@@ -98,7 +98,7 @@ def write(storage: Storage, state: RunState, stats: dict[str, Any] | None = None
 def load(where: Storage | Path | str) -> dict[str, Any]:
     storage = where if isinstance(where, Storage) else Storage.open(where)
     path = storage.path(MANIFEST_NAME)
-    raw = storage.read_bytes(MANIFEST_NAME)
+    raw = storage.read_document(MANIFEST_NAME)
     if raw is None:
         raise UsageError(f"{path} does not exist: no finished export in {storage}")
     try:

@@ -34,6 +34,7 @@ from exporter.crawl import CollectionCrawl, CrawlStats, Flush, Message, RowSelec
 from exporter.deletes import DeleteScan
 from exporter.errors import Interrupted, OutputError, UsageError, redact_url
 from exporter.history import BackupIndex, BelongsToBackup, SkipKnownVersions, load_index
+from exporter.lock import OutputLock
 from exporter.normalize import TOMBSTONE_TYPE
 from exporter.pagination import collection_url
 from exporter.progress import Reporter, ResourceProgress, Snapshot, event
@@ -149,6 +150,7 @@ class Export:
         self._stop_requested = False
         self.client: ApiClient | None = None
         self.stats: dict[str, Any] = {}
+        self.lock = OutputLock(self.storage, "export")
 
     def request_stop(self) -> None:
         self._stop_requested = True
@@ -166,7 +168,6 @@ class Export:
         s = self.settings
         storage = self.storage
         root = storage.display
-        storage.check_writable()
         state = checkpoint.load(storage)
         if state is not None and s.restart:
             discard_run(storage, self.directories)
@@ -256,6 +257,15 @@ class Export:
 
     async def run(self) -> ExportResult:
         started = self._started_at = time.monotonic()
+        await asyncio.to_thread(self.storage.check_writable)
+        # One writer per backup, from before the checkpoint is read to after the last commit.
+        await asyncio.to_thread(self.lock.acquire)
+        try:
+            return await self._run_locked(started)
+        finally:
+            await asyncio.to_thread(self.lock.release)
+
+    async def _run_locked(self, started: float) -> ExportResult:
         state, resumed = self._prepare()
         event(
             "run.start",
@@ -293,7 +303,7 @@ class Export:
             rate_limit=s.rate_limit.requests,
             rate_period=s.rate_limit.seconds,
         )
-        writer = Writer(self.storage, state, inbox, credits, policy)
+        writer = Writer(self.storage, state, inbox, credits, policy, guard=self.lock.check)
         async with ApiClient(client_settings, self.tokens) as client:
             self.client = client
             writer_task = asyncio.create_task(writer.run(), name="writer")
@@ -346,6 +356,7 @@ class Export:
         )
         # The manifest first, then the checkpoint that says the run is complete: a kill between
         # the two leaves a run that resumes, finds nothing left to do, and writes both again.
+        self.lock.check()
         document = manifest.write(self.storage, state, self.stats)
         checkpoint.save(self.storage, state)
         event(

@@ -15,9 +15,7 @@ A `PartWriter` is owned by the single writer task and is not safe to share; its 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -26,7 +24,7 @@ import pyarrow.parquet as pq
 
 from exporter.storage import INPROGRESS_SUFFIX, OpenFile, Storage, storage_error
 
-__all__ = ["INPROGRESS_SUFFIX", "DataFile", "PartWriter", "sha256_file"]
+__all__ = ["INPROGRESS_SUFFIX", "DataFile", "PartWriter"]
 
 
 @dataclass(frozen=True)
@@ -63,14 +61,6 @@ class DataFile:
             min_id=data.get("min_id"),
             max_id=data.get("max_id"),
         )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class PartWriter:

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from exporter import checkpoint, manifest
+from exporter import checkpoint, lock, manifest
 from exporter.checkpoint import ResourceState, RunState
 from exporter.errors import ExporterError, UsageError
 from exporter.options import exit_on_error, show_report
@@ -73,7 +73,7 @@ class RunStatus:
 
 @dataclass
 class NextExport:
-    action: str  # start | resume | refuse
+    action: str  # start | resume | refuse | busy
     run_id: str | None
     message: str
 
@@ -84,6 +84,7 @@ class StatusReport:
     state: str  # complete | unfinished | none
     runs: list[RunStatus]
     next_export: NextExport
+    writing: dict[str, Any] | None = None  # the run writing it now (purpose, pid, host, since)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +93,10 @@ class StatusReport:
 def status(where: Storage | Path | str) -> StatusReport:
     """Describe DIR: its runs, their progress and high-water marks, and the next export's action."""
     root = where if isinstance(where, Storage) else Storage.open(where)
+    return _with_writer(root, _status(root))
+
+
+def _status(root: Storage) -> StatusReport:
     kind = root.root_type()
     if kind not in (pafs.FileType.NotFound, pafs.FileType.Directory):
         raise UsageError(f"{root} is not a directory")
@@ -126,6 +131,19 @@ def status(where: Storage | Path | str) -> StatusReport:
             "unless --restart)",
         )
     return StatusReport(str(root), current.status, runs, action)
+
+
+def _with_writer(root: Storage, report: StatusReport) -> StatusReport:
+    """Name the run writing the backup now, if any: the next export would stop (exit 7)."""
+    found = lock.holder(root)
+    if found is None:
+        return report
+    report.writing = {k: v for k, v in found.items() if k != "token"}
+    who = lock.describe_holder(found)
+    report.next_export = NextExport(
+        "busy", report.next_export.run_id, f"stop (exit 7): {who} is writing it now"
+    )
+    return report
 
 
 def discover_runs(root: Storage) -> list[RunStatus]:
@@ -353,6 +371,8 @@ def _uncommitted(root: Storage, named: set[str]) -> list[str]:
 def render(report: StatusReport) -> list[str]:
     """The text report."""
     lines = [f"{report.directory}: {report.state}"]
+    if report.writing is not None:
+        lines.append(f"being written now by {lock.describe_holder(report.writing)}")
     if not report.runs:
         lines.append("no export here")
     for run in report.runs:

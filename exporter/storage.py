@@ -22,11 +22,13 @@ import hashlib
 import os
 import posixpath
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
 
@@ -256,6 +258,24 @@ class Storage:
                 return data
         except OSError as exc:
             raise storage_error("read", target, exc) from None
+
+    def read_document(self, relative: str) -> bytes | None:
+        """A small JSON object replaced whole by writers (checkpoint, manifest, lease), or None.
+
+        On an object store a read that races a replacement can come back cut short (the size
+        is asked before the bytes), so content that does not parse is read again, a few times,
+        before it is handed on as it is (and reported as unreadable by the caller)."""
+        raw = self.read_bytes(relative)
+        for _ in range(0 if self.local else 4):
+            if raw is None:
+                return None
+            try:
+                orjson.loads(raw)
+                return raw
+            except orjson.JSONDecodeError:
+                time.sleep(0.25)
+                raw = self.read_bytes(relative)
+        return raw
 
     def exists(self, relative: str) -> bool:
         try:

@@ -222,8 +222,7 @@ def _verify_manifest(root: Storage) -> VerifyReport:
     )
     name = manifest.MANIFEST_NAME
     try:
-        with root.fs.open_input_stream(root.path(name)) as handle:
-            document = orjson.loads(handle.read())
+        document = orjson.loads(root.read_document(name) or b"")
     except orjson.JSONDecodeError as exc:
         report.differences.append(Difference(name, "unreadable", note=f"not valid JSON ({exc})"))
         return report

@@ -54,8 +54,10 @@ class Writer:
         policy: CommitPolicy,
         *,
         clock: Callable[[], float] = time.monotonic,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self.storage = storage
+        self._guard = guard  # raises when the run may no longer commit (its lock was lost)
         self.state = state
         self.inbox = inbox
         self.credits = credits
@@ -192,6 +194,8 @@ class Writer:
         self._last_commit = self._clock()
 
     async def _save(self) -> None:
+        if self._guard is not None:
+            self._guard()
         payload = checkpoint.encode(self.state)
         await asyncio.to_thread(self.storage.write_atomically, checkpoint.CHECKPOINT_NAME, payload)
         self.commits += 1

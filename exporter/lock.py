@@ -1,0 +1,272 @@
+"""One writer per backup: an exclusive lock on the output (a kernel file lock locally, a renewed lease object on an object store).
+
+Two exports into one backup at once (a cron run still going when the next one starts, a fleet
+task re-run while its first worker is alive) would each take the other's uncommitted files for
+orphans, delete them, and overwrite each other's checkpoint. `export` and `compact` therefore
+hold the output's lock for as long as they write; a second one stops at once with exit code 7
+and says who holds it.
+
+- Local directories: `fcntl.flock` on `DIR/_lock`. The kernel drops it when the holder exits,
+  however it exits (SIGKILL included), so a resumed run never waits for a dead one. The file
+  stays; it names the last holder (pid, host, start) for the message.
+- Object stores cannot lock. There the lock is a lease object `_lock.json` naming its holder
+  and renewed every `ttl / 3` seconds by a background thread; a lease not renewed for `ttl`
+  seconds (clocks compared, so machines' clocks must roughly agree) is taken over, and so is
+  one whose holder was on this host and is no longer alive. A holder re-reads the object after
+  writing it, so of two runs starting together, one sees the other's lease and stops. Without
+  conditional writes two runs starting within the same instant can still both proceed: the
+  lease guards against overlapping schedules, not against a deliberate race.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from exporter.errors import ExitCode, ExporterError
+from exporter.storage import Storage, storage_error
+
+LOCK_NAME = "_lock"
+LEASE_NAME = "_lock.json"
+LEASE_TTL = 300.0  # seconds a lease lives without renewal
+LEASE_SETTLE = 0.5  # seconds between writing a lease and reading it back
+
+
+class BusyError(ExporterError):
+    """The backup is being written by another run."""
+
+    exit_code = ExitCode.BUSY
+
+
+def _holder(purpose: str, token: str) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "purpose": purpose,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+        "renewed_at": now,
+        "token": token,  # tells our lease from another's: random, not a secret
+    }
+
+
+def _describe(holder: dict[str, Any] | None, what: str) -> str:
+    if not holder:
+        return what
+    return (
+        f"{what} ({holder.get('purpose', 'a run')}, pid {holder.get('pid', '?')} on "
+        f"{holder.get('host', '?')}, since {holder.get('started_at', '?')})"
+    )
+
+
+def _alive_here(holder: dict[str, Any]) -> bool:
+    """Whether the holder is a live process on this host (True when it cannot be told)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _flock_soon(fd: int, attempts: int = 10) -> None:
+    """The exclusive lock, tried a few times over half a second: `holder()` peeking (a status
+    command at the same instant) holds a shared lock for a moment, and must not make an
+    export fail. BlockingIOError when someone really holds it."""
+    for attempt in range(attempts):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+
+
+def holder(storage: Storage) -> dict[str, Any] | None:
+    """Who is writing the backup now (purpose, pid, host, since), or None when no one is."""
+    if not storage.local:
+        lease = OutputLock(storage, "status")._read_lease()
+        if lease is None:
+            return None
+        fresh = time.time() - float(lease.get("renewed_at") or 0) < LEASE_TTL
+        return lease if fresh and _alive_here(lease) else None
+    try:
+        fd = os.open(storage.path(LOCK_NAME), os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise storage_error("read", storage.path(LOCK_NAME), exc) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                found = orjson.loads(os.pread(fd, 4096, 0) or b"{}")
+            except (OSError, orjson.JSONDecodeError):
+                found = {}
+            return found if isinstance(found, dict) else {}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def describe_holder(found: dict[str, Any]) -> str:
+    return _describe(found, "another run")
+
+
+class OutputLock:
+    """Held while a run writes a backup; `release()` (or leaving the `with`) lets it go."""
+
+    def __init__(self, storage: Storage, purpose: str, *, ttl: float = LEASE_TTL) -> None:
+        self.storage = storage
+        self.purpose = purpose
+        self.ttl = ttl
+        self._fd: int | None = None
+        self._token = secrets.token_hex(8)
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self.lost: str | None = None  # set when a lease was taken over while we held it
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        """Take the lock of an existing output, or raise BusyError naming who holds it."""
+        if self.storage.local:
+            self._lock_file()
+        else:
+            self._take_lease()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        if self._renewer is not None:
+            self._stop.set()
+            self._renewer.join()
+            self._renewer = None
+            with contextlib.suppress(Exception):
+                current = self._read_lease()
+                if current is not None and current.get("token") == self._token:
+                    self.storage.delete(LEASE_NAME)
+
+    def check(self) -> None:
+        """Raise BusyError when another run took over our lease (we were paused past its
+        lifetime): committing now would overwrite its checkpoint."""
+        if self.lost is not None:
+            raise BusyError(
+                f"{self.storage.display}: our lease lapsed and {self.lost} took the backup over; "
+                "stopped without committing. Let that run finish"
+            )
+
+    # -- local: a kernel lock ---------------------------------------------------------------
+
+    def _lock_file(self) -> None:
+        path = self.storage.path(LOCK_NAME)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise storage_error("lock", path, exc) from None
+        try:
+            _flock_soon(fd)
+        except BlockingIOError:
+            holder = None
+            with contextlib.suppress(OSError, orjson.JSONDecodeError):
+                holder = orjson.loads(os.pread(fd, 4096, 0) or b"null")
+            os.close(fd)
+            raise BusyError(
+                f"{self.storage.display} is being written by another run: "
+                + _describe(holder if isinstance(holder, dict) else None, "it holds the lock")
+                + ". Wait for it to finish, or stop it; a killed run's lock goes with it"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise storage_error("lock", path, exc) from None
+        holder = _holder(self.purpose, self._token)
+        del holder["token"], holder["renewed_at"]
+        with contextlib.suppress(OSError):  # only informs the message a second run shows
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, orjson.dumps(holder), 0)
+        self._fd = fd
+
+    # -- object stores: a renewed lease -----------------------------------------------------
+
+    def _read_lease(self) -> dict[str, Any] | None:
+        raw = self.storage.read_document(LEASE_NAME)
+        if raw is None:
+            return None
+        try:
+            lease = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None  # a torn or foreign object: no live holder can be named
+        return lease if isinstance(lease, dict) else None
+
+    def _write_lease(self) -> None:
+        self.storage.write_atomically(LEASE_NAME, orjson.dumps(_holder(self.purpose, self._token)))
+
+    def _take_lease(self) -> None:
+        current = self._read_lease()
+        if current is not None and current.get("token") != self._token:
+            age = time.time() - float(current.get("renewed_at") or 0)
+            if age < self.ttl and _alive_here(current):
+                raise BusyError(
+                    f"{self.storage.display} is being written by another run: "
+                    + _describe(current, f"its lease was renewed {age:.0f} s ago")
+                    + f". Wait for it to finish; if it died, its lease lapses "
+                    f"{self.ttl - age:.0f} s from now"
+                )
+        self._write_lease()
+        time.sleep(LEASE_SETTLE)
+        mine = self._read_lease()
+        if mine is None or mine.get("token") != self._token:
+            raise BusyError(
+                f"{self.storage.display}: another run took the lease at the same moment: "
+                + _describe(mine, "it holds it now")
+                + ". Wait for it to finish"
+            )
+        self._renewer = threading.Thread(target=self._renew, name="lease", daemon=True)
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            with contextlib.suppress(Exception):  # a passing store error: the next turn retries
+                current = self._read_lease()
+                if current is not None and current.get("token") != self._token:
+                    self.lost = _describe(current, "another run")
+                    return
+                self._write_lease()
+
+
+@contextlib.contextmanager
+def locked(storage: Storage, purpose: str) -> Iterator[OutputLock]:
+    """Hold the output's lock for the `with` block."""
+    lock = OutputLock(storage, purpose)
+    lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()

@@ -1,0 +1,195 @@
+"""One writer per backup: a second export or compact into a backup being written stops with exit 7 and harms nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from exporter.errors import ExitCode
+from exporter.lock import LEASE_NAME, BusyError, OutputLock
+from exporter.simulator import Faults
+from exporter.status import status
+from exporter.storage import Storage
+from tests.conftest import StartSimulator
+from tests.test_resume import assert_exact, export_command, run_to_completion
+from tests.test_s3 import s3_server  # noqa: F401 - the fixture
+
+
+def env() -> dict[str, str]:
+    """This process's environment (the S3 fixture's AWS_* included), without OUTREACH_*."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+
+
+async def start(command: list[str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env()
+    )
+
+
+async def run_cli(command: list[str]) -> tuple[int, str]:
+    """Run a command to its end without blocking the loop (the simulator answers on it);
+    its exit code and what it printed (stderr, then stdout)."""
+    process = await start(command)
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, err.decode() + out.decode()
+
+
+async def wait_for_commit(out: Path, process: asyncio.subprocess.Process) -> None:
+    for _ in range(1000):
+        if (out / "_checkpoint.json").exists():
+            return
+        assert process.returncode is None, "the first export ended before its first commit"
+        await asyncio.sleep(0.01)
+    raise AssertionError("the first export never committed")
+
+
+async def test_second_export_into_a_busy_directory_stops_and_harms_nothing(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    # Slow answers, so the first export is still writing while the second starts (seconds).
+    running = await start_simulator(steps=3000, seed=41, faults=Faults(latency_s=0.2))
+    command = export_command(running, tmp_path)
+    first = await start(command)
+    await wait_for_commit(tmp_path, first)
+
+    code, err = await run_cli(command)
+    assert code == ExitCode.BUSY, err
+    assert f"pid {first.pid}" in err and "being written by another run" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert first.returncode is None, "the first export ended before the second was refused"
+
+    _out, first_err = await first.communicate()
+    assert first.returncode == 0, first_err.decode()
+    assert_exact(running, tmp_path)  # the refused export deleted nothing, wrote nothing
+
+
+async def test_compact_refuses_while_the_backup_is_locked_then_runs(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=800, seed=42)
+    code, _ = await run_to_completion(export_command(running, tmp_path), [])
+    assert code == 0
+    compact = [sys.executable, "-m", "exporter", "compact", str(tmp_path)]
+    with OutputLock(Storage.open(tmp_path), "export"):  # as an export running into it would
+        code, err = await run_cli(compact)
+        busy = status(tmp_path)  # status peeks without taking the lock from its holder
+        assert busy.writing is not None and busy.writing["pid"] == os.getpid()
+        assert busy.next_export.action == "busy" and "exit 7" in busy.next_export.message
+        status_code, status_text = await run_cli(
+            [sys.executable, "-m", "exporter", "status", str(tmp_path)]
+        )
+        assert (
+            status_code == 0
+            and f"being written now by another run (export, pid {os.getpid()}" in status_text
+        )
+    assert code == ExitCode.BUSY, err
+    assert f"export, pid {os.getpid()}" in err and "Traceback" not in err
+    assert not (tmp_path / "_current").exists()
+    idle = status(tmp_path)
+    assert idle.writing is None and idle.next_export.action == "refuse"
+    code, err = await run_cli(compact)
+    assert code == 0, err
+    assert (tmp_path / "_current" / "sequenceSteps.parquet").exists()
+
+
+async def test_a_killed_export_leaves_no_lock_behind(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=2000, seed=43, faults=Faults(latency_s=0.01))
+    command = export_command(running, tmp_path)
+    first = await start(command)
+    await wait_for_commit(tmp_path, first)
+    first.send_signal(signal.SIGKILL)
+    await first.communicate()
+    code, _ = await run_to_completion(command, [])  # at once: the kernel dropped the lock
+    assert code == 0
+    assert_exact(running, tmp_path)
+
+
+# -- object stores: a lease -----------------------------------------------------------------
+
+
+def lease(storage: Storage, **fields: object) -> None:
+    holder = {
+        "purpose": "export",
+        "pid": 4242,
+        "host": "elsewhere.example",
+        "started_at": "2026-11-27T00:00:00+00:00",
+        "renewed_at": time.time(),
+        "token": "someone-else",
+        **fields,
+    }
+    storage.write_atomically(LEASE_NAME, orjson.dumps(holder))
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+async def test_export_to_s3_respects_a_live_lease_and_takes_over_dead_ones(
+    s3_server: str,  # noqa: F811
+    start_simulator: StartSimulator,
+) -> None:
+    running = await start_simulator(steps=600, seed=44)
+    uri = f"s3://backups/lock-{uuid.uuid4().hex[:8]}"
+    storage = Storage.open(uri)
+    command = [*export_command(running, Path("unused")), "--relationships", "none"]
+    command[command.index("--out") + 1] = uri
+
+    lease(storage)  # held, renewed just now, by a process on another host
+    code, err = await run_cli(command)
+    assert code == ExitCode.BUSY, err
+    assert "pid 4242 on elsewhere.example" in err
+    assert "lapses" in err and "Traceback" not in err
+    assert not storage.exists("_checkpoint.json")
+    busy = status(uri)
+    assert busy.writing is not None and busy.writing["host"] == "elsewhere.example"
+    assert "token" not in busy.writing
+
+    lease(storage, renewed_at=time.time() - 3600)  # lapsed an hour ago
+    code, err = await run_cli(command)
+    assert code == 0, err
+    assert not storage.exists(LEASE_NAME)  # a finished run lets its lease go
+
+    storage.delete("_manifest.json")
+    storage.delete("_checkpoint.json")
+    lease(storage, host=socket.gethostname(), pid=dead_pid())  # a killed run on this host
+    code, err = await run_cli(command)
+    assert code == 0, err
+
+
+def test_lease_is_renewed_and_a_lost_lease_stops_commits(s3_server: str) -> None:  # noqa: F811
+    storage = Storage.open(f"s3://backups/lease-{uuid.uuid4().hex[:8]}")
+    lock = OutputLock(storage, "export", ttl=0.9)
+    lock.acquire()
+    try:
+        first = orjson.loads(storage.read_bytes(LEASE_NAME) or b"{}")
+        time.sleep(0.8)
+        renewed = orjson.loads(storage.read_bytes(LEASE_NAME) or b"{}")
+        assert renewed["token"] == first["token"] and renewed["renewed_at"] > first["renewed_at"]
+        lock.check()  # still ours
+
+        other = OutputLock(storage, "export", ttl=0.9)
+        with pytest.raises(BusyError, match="being written by another run"):
+            other.acquire()
+
+        lease(storage)  # someone took it over (we were paused past the lifetime)
+        time.sleep(0.8)
+        with pytest.raises(BusyError, match="took the backup over"):
+            lock.check()
+    finally:
+        lock.release()
+    assert storage.exists(LEASE_NAME)  # not ours any more: left to its holder

@@ -52,6 +52,12 @@ class UnreachableError(ExporterError):
     exit_code = ExitCode.UNREACHABLE
 
 
+class BusyError(ExporterError):
+    """Another run is writing the same backup (or restore journal)."""
+
+    exit_code = ExitCode.BUSY
+
+
 class ApiError(ExporterError):
     """The API answered with an error we do not retry (or ran out of retries)."""
 

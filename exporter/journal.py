@@ -25,6 +25,7 @@ Lines (one JSON object each):
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import time
@@ -34,7 +35,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from exporter.errors import OutputError, UsageError
+from exporter.errors import BusyError, OutputError, UsageError
 
 INTENT = "intent"
 DONE = "done"
@@ -91,15 +92,32 @@ class Journal:
         self.state = JournalState()
 
     def open(self) -> JournalState:
+        """Open, lock (one restore per journal: two would both create what is missing) and
+        read the journal."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _cut_torn_tail(self.path)
-            self.state = replay(self.path)
-            self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the whole restore
+            handle = open(self.path, "ab")  # noqa: SIM115 - held open for the whole restore
         except OSError as exc:
             raise OutputError(
                 f"cannot open the restore journal {self.path}: {exc.strerror}"
             ) from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise BusyError(
+                f"the restore journal {self.path} is in use by another restore; wait for it to "
+                "finish (two at once would both create the steps that are missing)"
+            ) from None
+        try:
+            _cut_torn_tail(self.path)
+            self.state = replay(self.path)
+        except OSError as exc:
+            handle.close()
+            raise OutputError(
+                f"cannot read the restore journal {self.path}: {exc.strerror}"
+            ) from None
+        self._file = handle
         return self.state
 
     def close(self) -> None:

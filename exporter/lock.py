@@ -33,19 +33,15 @@ from typing import Any
 
 import orjson
 
-from exporter.errors import ExitCode, ExporterError
+from exporter.errors import BusyError
 from exporter.storage import Storage, storage_error
+
+__all__ = ["BusyError", "OutputLock", "describe_holder", "holder", "locked"]
 
 LOCK_NAME = "_lock"
 LEASE_NAME = "_lock.json"
 LEASE_TTL = 300.0  # seconds a lease lives without renewal
 LEASE_SETTLE = 0.5  # seconds between writing a lease and reading it back
-
-
-class BusyError(ExporterError):
-    """The backup is being written by another run."""
-
-    exit_code = ExitCode.BUSY
 
 
 def _holder(purpose: str, token: str) -> dict[str, Any]:

@@ -398,6 +398,26 @@ async def test_cli_plans_by_default_and_refuses_two_selections(
     assert TOKEN not in err
 
 
+async def test_a_second_restore_on_the_same_journal_stops_and_writes_nothing(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running, backup = await exported(start_simulator, tmp_path)
+    deleted, _altered = damage(running, random.Random(5), 3, 0)
+    journal = Journal(default_journal(tmp_path, running.base_url))
+    journal.open()  # as a restore still running would hold it
+    try:
+        code, _out, err = await run_cli(restore_command(running, tmp_path, "--apply"))
+    finally:
+        journal.close()
+    assert code == ExitCode.BUSY, err
+    assert "in use by another restore" in err and "Traceback" not in err
+    assert writes(running) == Counter()  # not one step created twice, or at all
+    code, _out, err = await run_cli(restore_command(running, tmp_path, "--apply"))
+    assert code == 0, err
+    assert writes(running) == Counter({"POST": len(deleted)})
+    assert_restored(running, backup, default_journal(tmp_path, running.base_url))
+
+
 KILL_POINTS = int(os.environ.get("RESTORE_KILL_POINTS", "8"))
 
 

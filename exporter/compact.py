@@ -76,7 +76,7 @@ def compact(
     where: Storage | Path | str, into: Storage | Path | str | None = None
 ) -> dict[str, int]:
     """Write `<into>/<collection>.parquet` per type (default `DIR/_current/`); rows of each."""
-    storage = where if isinstance(where, Storage) else Storage.open(where)
+    storage = where if isinstance(where, Storage) else Storage.open(where, flag="DIR")
     manifest.load(storage)  # a clear error for a directory that holds no finished backup
     if into is None:  # writes into the backup: not while an export writes there
         with locked(storage, "compact"):
@@ -89,7 +89,7 @@ def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, i
     if into is None:
         target, prefix = storage, "_current/"
     else:
-        target = into if isinstance(into, Storage) else Storage.open(into)
+        target = into if isinstance(into, Storage) else Storage.open(into, flag="--into")
         prefix = ""
     present = {entry["type"] for entry in document["files"]}
     rows: dict[str, int] = {}
@@ -114,7 +114,7 @@ def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, i
 def compact_command(directory: str, into: str | None) -> None:
     """Write the newest version of every live record of a backup (full run, deltas, tombstones)."""
     try:
-        if not Storage.open(directory).exists(manifest.MANIFEST_NAME):
+        if not Storage.open(directory, flag="DIR").exists(manifest.MANIFEST_NAME):
             raise UsageError(f"{directory} holds no finished export to compact")
         rows = compact(directory, into)
     except ExporterError as exc:

@@ -92,7 +92,7 @@ class StatusReport:
 
 def status(where: Storage | Path | str) -> StatusReport:
     """Describe DIR: its runs, their progress and high-water marks, and the next export's action."""
-    root = where if isinstance(where, Storage) else Storage.open(where)
+    root = where if isinstance(where, Storage) else Storage.open(where, flag="DIR")
     return _with_writer(root, _status(root))
 
 

@@ -106,27 +106,28 @@ class Storage:
         self.local = isinstance(filesystem, pafs.LocalFileSystem)
 
     @classmethod
-    def open(cls, out: str | Path) -> Storage:
+    def open(cls, out: str | Path, *, flag: str = "--out") -> Storage:
+        """The storage `out` names; `flag` is how error messages refer to it (`--out`, DIR)."""
         text = str(out)
         scheme = urlsplit(text).scheme
         if isinstance(out, Path) or not scheme or len(scheme) == 1:  # a path (C: on Windows)
             path = Path(text).expanduser().absolute()
             return cls(pafs.LocalFileSystem(), path.as_posix(), text)
         if scheme == "s3":
-            return cls._s3(text)
+            return cls._s3(text, flag)
         try:
             filesystem, base = pafs.FileSystem.from_uri(text)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
             raise UsageError(
-                f"--out {text!r} is not a path or a URI pyarrow can open: {exc}"
+                f"{flag} {text!r} is not a path or a URI pyarrow can open: {exc}"
             ) from None
         return cls(filesystem, base, text)
 
     @classmethod
-    def _s3(cls, uri: str) -> Storage:
+    def _s3(cls, uri: str, flag: str) -> Storage:
         parts = urlsplit(uri)
         if not parts.netloc:
-            raise UsageError(f"--out {uri!r}: an S3 URI names a bucket, e.g. s3://bucket/prefix")
+            raise UsageError(f"{flag} {uri!r}: an S3 URI names a bucket, e.g. s3://bucket/prefix")
         options: dict[str, Any] = {}
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
@@ -141,12 +142,12 @@ class Storage:
             try:
                 filesystem, base = pafs.FileSystem.from_uri(uri)
             except (pa.ArrowInvalid, OSError) as exc:
-                raise UsageError(f"--out {uri!r}: {exc}") from None
+                raise UsageError(f"{flag} {uri!r}: {exc}") from None
             return cls(filesystem, base, uri.split("?", 1)[0])
         try:
             filesystem = pafs.S3FileSystem(**options)
         except (pa.ArrowInvalid, OSError) as exc:
-            raise UsageError(f"--out {uri!r}: cannot set up S3 access: {exc}") from None
+            raise UsageError(f"{flag} {uri!r}: cannot set up S3 access: {exc}") from None
         base = (parts.netloc + parts.path).rstrip("/")
         return cls(filesystem, base, uri)
 

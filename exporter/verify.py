@@ -170,7 +170,7 @@ class VerifyReport:
 
 def verify(where: Storage | Path | str) -> VerifyReport:
     """Check DIR against its manifest, or an unfinished run against its checkpoint."""
-    root = where if isinstance(where, Storage) else Storage.open(where)
+    root = where if isinstance(where, Storage) else Storage.open(where, flag="DIR")
     kind = root.root_type()
     if kind == pafs.FileType.NotFound:
         raise UsageError(f"{root} does not exist: no export to verify")

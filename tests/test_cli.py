@@ -93,6 +93,22 @@ def test_unreachable_base_url(tmp_path: Path) -> None:
     assert_one_line_error(result, ExitCode.UNREACHABLE, "--base-url", "127.0.0.1:9")
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("export", "--out", "s3://", "--token", "t"), "--out 's3://'"),
+        (("verify", "s3://"), "DIR 's3://'"),
+        (("status", "s3://"), "DIR 's3://'"),
+        (("compact", "s3://"), "DIR 's3://'"),
+    ],
+)
+def test_a_uri_without_a_bucket_is_named_as_the_user_gave_it(
+    args: tuple[str, ...], named: str
+) -> None:
+    result = exporter(*args)
+    assert_one_line_error(result, ExitCode.USAGE, named, "names a bucket")
+
+
 def test_unwritable_output(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
 import time
@@ -48,8 +49,10 @@ from exporter.errors import (
     error_details,
     redact_url,
     scrub,
+    shown_url,
 )
 from exporter.pagination import query_value, with_query_value
+from exporter.progress import LOGGER, event
 
 JSONAPI = "application/vnd.api+json"
 T = TypeVar("T")
@@ -374,6 +377,8 @@ class ApiClient:
             async with self._in_flight:
                 await self._pace()
                 answered = False
+                sent = time.monotonic()
+                status, body = 0, b""
                 try:
                     token = await self.tokens.token()
                     self.stats.requests += 1
@@ -394,6 +399,10 @@ class ApiClient:
                 finally:
                     if not answered:
                         window.failed()
+            if LOGGER.isEnabledFor(logging.DEBUG):  # --verbose
+                _log_request(
+                    method, url, time.monotonic() - sent, attempt + 1, failure, status, body
+                )
 
             if failure is not None:
                 attempt += 1
@@ -615,4 +624,31 @@ def _fatal(status: int, error_id: str | None, detail: str | None, url: str) -> A
         url=url,
         status=status,
         error_id=error_id,
+    )
+
+
+def _log_request(
+    method: str,
+    url: str,
+    seconds: float,
+    attempt: int,
+    failure: RetriableError | None,
+    status: int,
+    body: bytes,
+) -> None:
+    """One DEBUG line per request sent (`--verbose`): method, URL without secrets, outcome, time."""
+    shown = shown_url(url)
+    outcome = str(failure) if failure is not None else f"{status}, {len(body):,} bytes"
+    event(
+        "request",
+        f"{method} {shown} -> {outcome} in {seconds * 1000:,.0f} ms"
+        + (f" (attempt {attempt})" if attempt > 1 else ""),
+        logging.DEBUG,
+        method=method,
+        url=shown,
+        status=status if failure is None else None,
+        bytes=len(body) if failure is None else None,
+        ms=round(seconds * 1000, 1),
+        attempt=attempt,
+        error=str(failure) if failure is not None else None,
     )

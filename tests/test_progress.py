@@ -7,6 +7,7 @@ import os
 import pty
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -85,6 +86,26 @@ async def test_json_log_format(start_simulator: StartSimulator, tmp_path: Path) 
     result = orjson.loads(out)
     assert result["rows"]["sequenceStep"] == 1200
     assert TOKEN not in out + err
+
+
+async def test_verbose_logs_every_request(start_simulator: StartSimulator, tmp_path: Path) -> None:
+    # Some answers fail: their retries are logged as well.
+    running = await start_simulator(steps=700, seed=62, faults=Faults(error_rate=0.1))
+    code, _out, err = await run(
+        command(
+            running.base_url, tmp_path, "--verbose", "--log-format", "json", "--page-size", "50"
+        )
+    )
+    assert code == 0, err
+    requests = [e for e in map(orjson.loads, err.splitlines()) if e["event"] == "request"]
+    assert len(requests) == running.sim.counters.requests  # one line per request sent, no more
+    statuses = Counter(e["status"] for e in requests)
+    assert statuses[200] > 0 and sum(n for s, n in statuses.items() if s != 200) > 0
+    for e in requests:
+        assert e["level"] == "debug" and e["method"] == "GET" and e["ms"] >= 0
+        assert e["url"].startswith(running.base_url) and e["attempt"] >= 1
+    assert any(e["attempt"] > 1 for e in requests)  # a retried request says which attempt
+    assert TOKEN not in err
 
 
 async def test_json_errors(tmp_path: Path) -> None:

@@ -58,7 +58,11 @@ async def test_no_secret_in_files_or_output(
         return answer
 
     running.sim.auth.exchange = exchange  # type: ignore[method-assign]
-    common = ["--base-url", running.base_url, "--page-size", "50", "--rate-limit", "100000/1"]
+    # --verbose: every request is logged too (method, URL, status), and none may show a secret.
+    common = [
+        *("--base-url", running.base_url, "--page-size", "50", "--rate-limit", "100000/1"),
+        "--verbose",
+    ]
     outputs: list[str] = []
 
     # 1. a static token, a complete run
@@ -73,7 +77,9 @@ async def test_no_secret_in_files_or_output(
         "OUTREACH_REDIRECT_URI": cfg.redirect_uri,
     }
     flagged = await cli(
-        "--out", str(tmp_path / "oauth"), "--token-file", str(token_file), *common, env=oauth_env
+        *("--out", str(tmp_path / "oauth"), "--token-file", str(token_file), *common),
+        *("--log-format", "json"),
+        env=oauth_env,
     )
     assert flagged.returncode == 0, flagged.stderr
     assert running.sim.counters.tokens_minted >= 3  # several access and refresh tokens to hide
@@ -98,6 +104,8 @@ async def test_no_secret_in_files_or_output(
     assert failing.returncode in (ExitCode.FAILED, ExitCode.AUTH), failing.stderr
     for result in (static, flagged, wrong, unreachable, refused, failing):
         outputs += [result.stdout, result.stderr]
+    assert static.stderr.count(" -> 200, ") > 20  # the requests were logged, so were checked
+    assert sum('"event":"request"' in line for line in flagged.stderr.splitlines()) > 20
 
     assert len(issued) >= 8
     out_dirs = [tmp_path / d for d in ("static", "oauth", "wrong", "refused", "failing")]

@@ -10,9 +10,11 @@ cache off so every page is rendered anew for every client) and runs, each in its
 so that peak memory (ru_maxrss from wait4) is theirs alone:
 - the export: `exporter export` writing Parquet; the simulator logs every GET it serves;
 - the floor: those same GETs replayed with aiohttp at the same concurrency, each body parsed
-  with orjson, nothing normalized, nothing written: what any client must at least spend. The
-  replay knows every URL up front (no page waits for the one before it), so the floor is an
-  upper bound on what a client could reach, and the ratio is a conservative one.
+  with orjson into Python objects, nothing normalized, nothing written: fetching and decoding
+  alone. Where latency dominates it bounds what a client can reach (the replay knows every URL
+  up front: no page waits for the one before it). Where the CPU dominates the export beats it,
+  because it reads pages with Arrow's C++ JSON reader instead of building Python objects: there
+  the floor is a naive client's cost, not a bound.
 Under a scaled-down rate limit, the theoretical minimum time is what the fixed window allows for
 the export's requests: every `window` seconds, `limit` requests. Nothing here is asserted.
 """

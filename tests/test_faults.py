@@ -219,6 +219,37 @@ async def test_another_program_spending_the_budget(
     assert stats.rate_limited <= running.sim.counters.rate_limited
 
 
+@pytest.mark.parametrize("retry_after", [False, True])
+async def test_a_429_waits_for_the_window_then_sends_the_same_request(
+    start_simulator: StartSimulator, tmp_path: Path, retry_after: bool
+) -> None:
+    """Another program spent the whole window before the export began: its first request gets
+    a 429. It waits for X-RateLimit-Reset (or Retry-After when sent), asks again, and the
+    result is exact; it does not hammer the API while the window is closed."""
+    running = await start_simulator(
+        steps=300, seed=10, rate_limit=15, rate_window=2.0, retry_after=retry_after
+    )
+    url = running.base_url + "/users?page[size]=1"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as session:
+        while True:  # spend the current window down to nothing
+            async with session.get(url) as response:
+                await response.read()
+                if response.status == 429:
+                    break
+    spent = running.sim.counters.rate_limited
+    started = time.monotonic()
+    job = await export(running.base_url, tmp_path, page_size=50, concurrency=4)
+    assert_rows_equal(read_rows(tmp_path / "sequenceSteps"), expected_steps(running.sim))
+    assert job.client is not None
+    stats = job.client.stats
+    assert stats.rate_limited >= 1 and running.sim.counters.rate_limited - spent == (
+        stats.rate_limited
+    )
+    assert stats.rate_limited <= 2  # waited for the reset, did not retry into a closed window
+    assert stats.rate_wait_seconds > 0 and time.monotonic() - started > stats.rate_wait_seconds
+    assert stats.retries == 0  # a 429 is waited out, not counted as a failed attempt
+
+
 # -- a full output directory -----------------------------------------------------------------
 
 

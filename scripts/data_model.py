@@ -24,6 +24,9 @@ def render() -> str:
         "",
         "## How the tables join",
         "",
+        "What the export walks from a step (each related table holds the records these name, or",
+        "for links-only relationships, the records that name the exported steps):",
+        "",
         "| from | column | to |",
         "|---|---|---|",
     ]
@@ -33,6 +36,28 @@ def render() -> str:
             lines.append(f"| {target} | `sequenceStepId` | sequenceSteps.id |")
         else:
             lines.append(f"| sequenceSteps | `{link.column}` | {target}.id |")
+    lines += [
+        "",
+        "Every other id column that names a record of an exported type (it may name one the",
+        "export did not fetch: the walk follows the steps' relationships only):",
+        "",
+        "| from | column | to |",
+        "|---|---|---|",
+    ]
+    walked = {
+        (resource_type(link.target).collection, "sequenceStepId")
+        for link in step_links()
+        if link.link_only
+    }
+    walked |= {("sequenceSteps", str(link.column)) for link in step_links() if link.column}
+    for type_name in RESOURCE_TYPES:
+        layout = table_layout(type_name)
+        collection = resource_type(type_name).collection
+        for column in (*layout.to_one, *layout.to_many):
+            target = column.relationship.target
+            if target in RESOURCE_TYPES and (collection, column.column) not in walked:
+                to = resource_type(target).collection
+                lines.append(f"| {collection} | `{column.column}` | {to}.id |")
     for type_name in RESOURCE_TYPES:
         layout = table_layout(type_name)
         rtype = resource_type(type_name)

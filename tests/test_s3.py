@@ -131,6 +131,23 @@ async def test_export_to_s3_equals_ground_truth(
     assert current.exists("_current/sequenceSteps.parquet")
 
 
+async def test_endpoint_in_the_uri_query(
+    s3_server: str, start_simulator: StartSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`?endpoint_override=...&scheme=http` (MinIO and the like) instead of AWS_ENDPOINT_URL."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # only the URI says where the server is
+    running = await start_simulator(steps=300, seed=73)
+    endpoint = s3_server.removeprefix("http://")
+    uri = f"s3://backups/query/full?endpoint_override={endpoint}&scheme=http"
+    _job, result = await run_export(running.base_url, uri)
+    assert result.rows["sequenceStep"] == 300
+    listed = Storage.open(uri).list_files("sequenceSteps")
+    assert listed and all(p.startswith("sequenceSteps/part-") for p in listed)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # the very same objects, found by env
+    plain = Storage.open("s3://backups/query/full")
+    assert plain.list_files("sequenceSteps") == listed and plain.exists("_manifest.json")
+
+
 async def test_bucket_that_does_not_exist_is_one_clear_error(
     s3_server: str, tmp_path: Path
 ) -> None:

@@ -156,3 +156,46 @@ async def test_sigterm_commits_and_says_how_to_resume(
     assert_exact(running, tmp_path)
     manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
     assert manifest["stats"]["resumed"] is True
+
+
+async def test_restart_discards_a_killed_run_and_starts_over(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=2500, seed=33, faults=Faults(latency_s=0.01))
+    command = export_command(running, tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    checkpoint = tmp_path / "_checkpoint.json"
+    for _ in range(1000):
+        if (
+            checkpoint.exists()
+            and orjson.loads(checkpoint.read_bytes())["resources"]["sequenceStep"]["files"]
+        ):
+            break
+        await asyncio.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    await process.communicate()
+    killed = orjson.loads(checkpoint.read_bytes())
+    assert killed["status"] == "running"
+    old_files = {f["path"] for r in killed["resources"].values() for f in r["files"]}
+    assert old_files
+
+    code, _codes = await run_to_completion([*command, "--restart"], [])
+    assert code == 0
+    manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
+    assert manifest["run_id"] != killed["run_id"] and manifest["stats"]["resumed"] is False
+    assert not old_files & {f["path"] for f in manifest["files"]}
+    assert not any((tmp_path / p).exists() for p in old_files)  # the killed run's files are gone
+    assert_exact(running, tmp_path)
+
+
+async def test_file_uri_output(start_simulator: StartSimulator, tmp_path: Path) -> None:
+    running = await start_simulator(steps=800, seed=34)
+    out = tmp_path / "via-uri"
+    code, _codes = await run_to_completion(
+        [*export_command(running, Path("unused")), "--out", out.as_uri()], []
+    )
+    assert code == 0
+    assert_exact(running, out)

@@ -193,7 +193,7 @@ def scenarios(quick: bool) -> list[Scenario]:
         for relationships in (False, True):
             out.append(Scenario("300 ms per page", steps, relationships, 0.3, 16))
     for concurrency in (1, 4, 16):
-        out.append(Scenario("speed-up with concurrency", 100_000, False, 0.3, concurrency))
+        out.append(Scenario("speed-up with concurrency", 300_000, False, 0.3, concurrency))
     out.append(Scenario("rate limit 20/1s", 100_000, True, 0.0, 8, rate_limit="20/1"))
     return out
 

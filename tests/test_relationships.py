@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -266,3 +267,20 @@ async def test_missing_references_reach_the_manifest(
     manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
     assert manifest["resources"]["sequence"]["detail"]["missing"] == {"count": 1, "ids": [victim]}
     assert manifest["status"] == "complete"
+
+
+async def test_the_walk_runs_beside_the_crawl(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Related records are fetched while step pages still come, not after the crawl."""
+    running = await start_simulator(steps=6000, seed=23)
+    log = io.StringIO()
+    running.sim.request_log = log
+    await run_export(running.base_url, tmp_path, relationships="all", page_size=100)
+    paths = log.getvalue().splitlines()
+    step_pages = [i for i, p in enumerate(paths) if p.startswith("/api/v2/sequenceSteps?filter")]
+    related = [i for i, p in enumerate(paths) if not p.startswith("/api/v2/sequenceSteps")]
+    assert len(step_pages) >= 60 and related
+    before = sum(1 for i in related if i < step_pages[-1])
+    assert related[0] < step_pages[len(step_pages) // 2]  # the walk starts early ...
+    assert before >= len(related) // 2, (before, len(related))  # ... and does most of its work

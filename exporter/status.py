@@ -1,18 +1,26 @@
-"""`exporter status DIR`: the runs in an output directory, their progress and high-water marks, and what the next export would do.
+"""`exporter status DIR`: every run in an output directory, what each wrote, the backup's totals and high-water marks, and what the next export would do.
 
-A run is described by `_manifest.json` (finished) or `_checkpoint.json` (finished or not); the
-data files are read only for their footers (the `updatedAt` column statistics give each
-resource's high-water mark, the newest change its committed data holds). Today a directory holds
-one run; incremental runs will add `DIR/<type>/run=<id>/` partitions and a `_state.json` listing
-them, which is why a report carries a list of runs and `discover_runs` is the one place that
-finds them. DIR is anything `export --out` takes (a path, `file://...`, `s3://bucket/prefix`):
-every read, footers included, goes through `Storage` and its pyarrow filesystem.
+A backup directory holds one full run and any number of incremental runs after it (each in
+`DIR/<type>/run=<id>/`, tombstones in `DIR/tombstones/run=<id>/`). They are recorded twice:
+`_manifest.json` (cumulative, written when a run finishes) lists every finished run (`runs`) and
+every file with the run that wrote it; `_checkpoint.json` describes the current run, finished or
+not, with the earlier ones in its `history`. `discover_runs` is the one place that reads them:
+the checkpoint says which runs there are (it is the commit point), the manifest's record of a
+run is preferred where it has one; without a checkpoint, the manifest alone.
+
+The data files are read only for their footers (the `updatedAt` column statistics give each
+type's high-water mark, the newest change its committed data holds), and tombstone files for
+their `type` column (how many ids of each type a run found gone). DIR is anything `export --out`
+takes (a path, `file://...`, `s3://bucket/prefix`): every read, footers included, goes through
+`Storage` and its pyarrow filesystem.
 
 Nothing here writes: `status` is safe to run beside a live export.
 """
 
 from __future__ import annotations
 
+import posixpath
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,23 +34,29 @@ import pyarrow.parquet as pq
 
 from exporter import checkpoint, lock, manifest
 from exporter.checkpoint import ResourceState, RunState
+from exporter.config import ExportSettings
 from exporter.errors import ExporterError, UsageError
+from exporter.normalize import TOMBSTONE_TYPE
 from exporter.options import exit_on_error, show_report
+from exporter.run import TOMBSTONE_DIRECTORY, iso, micros
 from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.storage import INPROGRESS_SUFFIX, Storage
 
 HIGH_WATER_COLUMN = "updatedAt"
+DEFAULT_OVERLAP = ExportSettings.overlap  # seconds; `export --overlap`'s default
 
 
 @dataclass
 class ResourceStatus:
+    """One type in one run: what that run wrote (and, unfinished, how far it is)."""
+
     type_name: str
     directory: str
     rows: int
     files: int
     bytes: int
     finished: bool
-    updated_at_max: str | None  # high-water mark: newest `updatedAt` in the committed files
+    updated_at_max: str | None  # high-water mark: newest `updatedAt` in this run's files
     extra_values: int = 0
     missing_references: int = 0  # referenced records the API no longer had
     partitions_total: int | None = None  # crawled collections only
@@ -50,6 +64,7 @@ class ResourceStatus:
     id_range_committed: float | None = None  # share of the planned id range committed
     positions_through: int | None = None  # relationship walk watermark (related types)
     ranges_waiting: int | None = None  # committed batches above the watermark
+    tombstones: int = 0  # ids of this type the run found gone (--detect-deletes)
 
 
 @dataclass
@@ -60,15 +75,37 @@ class RunStatus:
     started_at: str | None
     finished_at: str | None
     source: str | None
-    tool_version: str | None
-    parameters: dict[str, Any]
+    tool_version: str | None  # known for the run the manifest's top level describes
+    parameters: dict[str, Any]  # recorded for the newest run only; {} for earlier ones
     resources: list[ResourceStatus] = field(default_factory=list)
     uncommitted_files: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    kind: str = "full"  # full | incremental
+    window_start: str | None = None  # incremental: records updated at or after this
+    window_end: str | None = None  # the run's mark: the API's clock when it began
+    overlap_seconds: float | None = None  # incremental: the previous run's mark less window_start
+    phase: str | None = None  # unfinished: crawl | deltas | deletes | done
 
     @property
     def rows(self) -> int:
-        return sum(r.rows for r in self.resources)
+        """Data rows the run wrote (tombstones apart)."""
+        return sum(r.rows for r in self.resources if r.type_name != TOMBSTONE_TYPE)
+
+    @property
+    def tombstones(self) -> int:
+        return sum(r.rows for r in self.resources if r.type_name == TOMBSTONE_TYPE)
+
+
+@dataclass
+class TypeTotal:
+    """One type over the whole backup: every run's committed files."""
+
+    type_name: str
+    rows: int
+    files: int
+    bytes: int
+    updated_at_max: str | None  # the newest `updatedAt` any committed file of the type holds
+    tombstones: int = 0  # ids of this type found gone, over all runs
 
 
 @dataclass
@@ -76,15 +113,18 @@ class NextExport:
     action: str  # start | resume | refuse | busy
     run_id: str | None
     message: str
+    mark: str | None = None  # finished backup: the last finished run's mark (`window_end`)
+    since: str | None = None  # ... less the default --overlap: where --incremental would start
 
 
 @dataclass
 class StatusReport:
     directory: str
-    state: str  # complete | unfinished | none
-    runs: list[RunStatus]
+    state: str  # complete | unfinished | none (the newest run's status)
+    runs: list[RunStatus]  # every run, oldest first
     next_export: NextExport
     writing: dict[str, Any] | None = None  # the run writing it now (purpose, pid, host, since)
+    totals: list[TypeTotal] = field(default_factory=list)  # per type, over every run
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,37 +140,87 @@ def _status(root: Storage) -> StatusReport:
     kind = root.root_type()
     if kind not in (pafs.FileType.NotFound, pafs.FileType.Directory):
         raise UsageError(f"{root} is not a directory")
-    is_dir = kind == pafs.FileType.Directory
-    runs = discover_runs(root) if is_dir else []
+    if kind == pafs.FileType.NotFound:
+        return StatusReport(str(root), "none", [], NextExport("start", None, "start a new run"))
+    survey = _Survey(root)
+    runs = survey.runs
     if not runs:
-        stray = _uncommitted(root, set()) if is_dir else []
+        stray = _uncommitted(root, set())
         removal = f"; it would remove {len(stray)} stray part file(s) first" if stray else ""
         return StatusReport(
             str(root), "none", [], NextExport("start", None, "start a new run" + removal)
         )
-    current = runs[-1]
-    if current.status == "complete":
-        action = NextExport(
-            "refuse",
-            current.run_id,
-            f"refuse a full export (run {current.run_id} is finished); with --incremental, add "
-            "what changed since it; --restart replaces it",
+    return StatusReport(
+        str(root), runs[-1].status, runs, _next_export(survey), totals=survey.totals()
+    )
+
+
+def _next_export(survey: _Survey) -> NextExport:
+    """What `export --out DIR` would do, as run.py's `Export._prepare` decides it."""
+    state, current = survey.state, survey.runs[-1]
+    if state is None:
+        # No checkpoint: export starts a full run, and every part file, which no checkpoint
+        # names, counts as uncommitted (run.remove_uncommitted).
+        parts = _uncommitted(survey.root, set())
+        return NextExport(
+            "start",
+            None,
+            f"start a new full run: there is no {checkpoint.CHECKPOINT_NAME}, so it would first "
+            f"remove all {len(parts):,} part file(s) here, the manifest's included (put the "
+            "checkpoint back before exporting to keep them)",
         )
-    else:
+    if state.status != "complete":
+        unfinished = next((r for r in survey.runs if r.run_id == state.run_id), current)
         removal = (
-            f"; {len(current.uncommitted_files)} uncommitted file(s) removed and fetched again"
-            if current.uncommitted_files
+            f"; {len(unfinished.uncommitted_files)} uncommitted file(s) removed and fetched again"
+            if unfinished.uncommitted_files
             else ""
         )
-        relationships = current.parameters.get("relationships", "all")
-        action = NextExport(
+        if unfinished.status == "complete":
+            removal += "; its manifest is written: it only marks the run finished"
+        kind = state.kind
+        if kind == "incremental":
+            kind += f", changes since {state.window_start}"
+        relationships = state.parameters.get("relationships", "all")
+        deletes = " --detect-deletes" if TOMBSTONE_TYPE in state.resources else ""
+        return NextExport(
             "resume",
-            current.run_id,
-            f"resume run {current.run_id} from {current.source} with --relationships "
-            f"{relationships}{removal} (another --base-url or --relationships is refused "
-            "unless --restart)",
+            state.run_id,
+            f"resume run {state.run_id} ({kind}) from {state.source} with "
+            f"--relationships {relationships}{deletes}{removal} (another --base-url, "
+            "--relationships or --detect-deletes is refused unless --restart)",
         )
-    return StatusReport(str(root), current.status, runs, action)
+    refused = f"refuse a full export (run {state.run_id} finished it; --restart starts over)"
+    if state.window_end is None:
+        return NextExport(
+            "refuse",
+            state.run_id,
+            f"{refused}; --incremental cannot start: run {state.run_id} recorded no mark",
+        )
+    since = _less(state.window_end, DEFAULT_OVERLAP)
+    used = state.parameters.get("overlap")
+    last = ""
+    if isinstance(used, int | float) and float(used) != DEFAULT_OVERLAP:
+        own = _less(state.window_end, float(used))
+        last = f"; the last run used {_seconds(float(used))}: since {own}"
+    return NextExport(
+        "refuse",
+        state.run_id,
+        f"{refused}; --incremental would fetch what changed since {state.window_end} (the mark "
+        f"of run {state.run_id}) less --overlap (default {_seconds(DEFAULT_OVERLAP)}: since "
+        f"{since}{last})",
+        mark=state.window_end,
+        since=since,
+    )
+
+
+def _less(mark: str, overlap: float) -> str:
+    """An incremental window's start, computed as run.py's `Export._new_state` does."""
+    return iso(micros(mark) / 1_000_000 - overlap)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
 
 
 def _with_writer(root: Storage, report: StatusReport) -> StatusReport:
@@ -147,116 +237,297 @@ def _with_writer(root: Storage, report: StatusReport) -> StatusReport:
 
 
 def discover_runs(root: Storage) -> list[RunStatus]:
-    """The runs recorded in DIR, oldest first (today at most one: manifest, else checkpoint)."""
-    state = checkpoint.load(root)
-    problems: list[str] = []
-    document: dict[str, Any] | None = None
-    if root.exists(manifest.MANIFEST_NAME):
-        try:
-            document = manifest.load(root)
-        except UsageError as exc:
-            problems.append(f"{exc}; run `exporter verify`")
-    if document is not None and (state is None or state.run_id == document.get("run_id")):
-        return [_from_manifest(root, document, state)]
-    if state is None:
-        return []
-    run = _from_checkpoint(root, state)
-    run.problems += problems
-    if state.status == "complete" and document is None:
-        run.problems.append(
-            f"{manifest.MANIFEST_NAME} is missing though the checkpoint says the run finished; "
-            "run `exporter verify`"
-        )
-    return [run]
+    """Every run recorded in DIR, oldest first: the checkpoint's history and its own run (each as
+    the manifest records it, where it does), or the manifest's runs when there is no checkpoint."""
+    return _Survey(root).runs
 
 
-def _from_checkpoint(root: Storage, state: RunState) -> RunStatus:
-    run = RunStatus(
-        run_id=state.run_id,
-        status="complete" if state.status == "complete" else "unfinished",
-        recorded_in="checkpoint",
-        started_at=state.started_at,
-        finished_at=state.finished_at,
-        source=state.source,
-        tool_version=None,
-        parameters=dict(state.parameters),
+@dataclass
+class _Record:
+    """A run as one document records it: its times, window, the types it exported, its files."""
+
+    run_id: str
+    kind: str
+    complete: bool
+    recorded_in: str
+    started_at: str | None
+    finished_at: str | None
+    window_start: str | None
+    window_end: str | None
+    types: list[str]
+    files: list[dict[str, Any]]  # path, type, rows, bytes (as the manifest and checkpoint list)
+
+
+def _order(types: set[str]) -> list[str]:
+    """The crawled collection first, then related types as the schema lists them, tombstones last."""
+    known = {name: i for i, name in enumerate(RESOURCE_TYPES)}
+    return sorted(types, key=lambda t: (t == TOMBSTONE_TYPE, known.get(t, len(known)), t))
+
+
+def _record(
+    entry: dict[str, Any], files: list[dict[str, Any]], complete: bool, recorded_in: str
+) -> _Record:
+    rows = entry.get("rows")
+    types = {str(t) for t in rows} if isinstance(rows, dict) else set()
+    types |= {str(f.get("type")) for f in files}
+    return _Record(
+        run_id=str(entry.get("run_id")),
+        kind=str(entry.get("kind") or "full"),
+        complete=complete,
+        recorded_in=recorded_in,
+        started_at=entry.get("started_at"),
+        finished_at=entry.get("finished_at"),
+        window_start=entry.get("window_start"),
+        window_end=entry.get("window_end"),
+        types=_order(types),
+        files=files,
     )
-    for resource in state.resources.values():
-        run.resources.append(_resource_from_state(root, resource, run.problems))
-    # The crawled collection first, then related types (the checkpoint sorts its keys).
-    run.resources.sort(key=lambda r: r.partitions_total is None)
-    if run.status != "complete":
-        run.uncommitted_files = _uncommitted(root, {f.path for f in state.committed_files()})
-    return run
 
 
-def _resource_from_state(
-    root: Storage, resource: ResourceState, problems: list[str]
-) -> ResourceStatus:
-    paths = [f.path for f in resource.files]
-    result = ResourceStatus(
-        type_name=resource.type_name,
-        directory=resource.directory,
-        rows=resource.rows,
-        files=len(resource.files),
-        bytes=sum(f.bytes for f in resource.files),
-        finished=resource.finished,
-        updated_at_max=_high_water(root, paths, problems),
-        extra_values=resource.extra_values,
-        missing_references=_missing_count(resource.detail),
-    )
-    if resource.planned:
-        result.partitions_total = len(resource.partitions)
-        result.partitions_finished = sum(1 for p in resource.partitions if p.finished)
-        span = sum(p.high - p.low + 1 for p in resource.partitions)
-        done = sum(
-            p.high - p.low + 1 if p.finished else max(0, min(p.done_through, p.high) - p.low + 1)
-            for p in resource.partitions
+def _manifest_records(document: dict[str, Any]) -> list[_Record]:
+    """The manifest's runs, oldest first, each with the files its `run_id` names."""
+    top = str(document.get("run_id"))
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for entry in document.get("files") or []:
+        if isinstance(entry, dict):
+            by_run.setdefault(str(entry.get("run_id") or top), []).append(entry)
+    runs = [r for r in document.get("runs") or [] if isinstance(r, dict)]
+    if not runs:  # a manifest without a run history: one run, every file its own
+        resources = document.get("resources") or {}
+        runs = [{**document, "rows": {str(t): 0 for t in resources}}]
+    return [_record(r, by_run.get(str(r.get("run_id")), []), True, "manifest") for r in runs]
+
+
+def _checkpoint_records(state: RunState) -> list[_Record]:
+    """The checkpoint's finished runs (`history`) and its own, finished or not."""
+    records = [
+        _record(r, [f for f in r.get("files") or [] if isinstance(f, dict)], True, "checkpoint")
+        for r in state.history
+        if isinstance(r, dict)
+    ]
+    files = [f.to_json() for r in state.resources.values() for f in r.files]
+    own = _record(state.summary(), files, state.status == "complete", "checkpoint")
+    return [*records, own]
+
+
+class _Survey:
+    """The runs of one directory, read once: the documents, the footers, the tombstone files."""
+
+    def __init__(self, root: Storage) -> None:
+        self.root = root
+        self.state = checkpoint.load(root)
+        self.document: dict[str, Any] | None = None
+        problems: list[str] = []  # about the records themselves: shown on the newest run
+        self._manifest_present = root.exists(manifest.MANIFEST_NAME)
+        if self._manifest_present:
+            try:
+                self.document = manifest.load(root)
+            except UsageError as exc:
+                problems.append(f"{exc}; run `exporter verify`")
+        self._high_water: dict[str, datetime | None] = {}
+        self._stones: dict[str, Counter[str]] = {}
+        records = self._records(problems)
+        self.runs: list[RunStatus] = []
+        previous: _Record | None = None
+        for record in records:
+            self.runs.append(self._run(record, previous))
+            previous = record
+        if self.runs:
+            self.runs[-1].problems += problems
+        self._recorded = records
+
+    def _records(self, problems: list[str]) -> list[_Record]:
+        document, state = self.document, self.state
+        from_manifest = _manifest_records(document) if document is not None else []
+        if state is None:
+            return from_manifest
+        recorded = {r.run_id: r for r in from_manifest}
+        records = [recorded.pop(r.run_id, r) for r in _checkpoint_records(state)]
+        if document is None:
+            if state.status == "complete" and not self._manifest_present:
+                problems.append(
+                    f"{manifest.MANIFEST_NAME} is missing though the checkpoint says the run "
+                    "finished; run `exporter verify`"
+                )
+        elif state.status == "complete" and str(document.get("run_id")) != state.run_id:
+            problems.append(
+                f"{manifest.MANIFEST_NAME} records run {document.get('run_id')}, not run "
+                f"{state.run_id}, which the checkpoint says finished; run `exporter verify`"
+            )
+        if recorded:
+            problems.append(
+                f"{manifest.MANIFEST_NAME} records run(s) {', '.join(recorded)} that "
+                f"{checkpoint.CHECKPOINT_NAME} does not; run `exporter verify`"
+            )
+        return records
+
+    @property
+    def source(self) -> str | None:
+        # Every run of a directory has one source: export refuses another (run.py `_prepare`).
+        if self.state is not None:
+            return self.state.source
+        return None if self.document is None else self.document.get("source")
+
+    def _run(self, record: _Record, previous: _Record | None) -> RunStatus:
+        # The manifest's top level describes one run (its newest), the checkpoint one (its own).
+        document = self.document
+        if document is not None and str(document.get("run_id")) != record.run_id:
+            document = None
+        state = (
+            self.state if self.state is not None and self.state.run_id == record.run_id else None
         )
-        result.id_range_committed = done / span if span else 1.0
-    _watermark(result, resource.detail)
-    return result
-
-
-def _from_manifest(root: Storage, document: dict[str, Any], state: RunState | None) -> RunStatus:
-    tool = document.get("tool")
-    run = RunStatus(
-        run_id=str(document.get("run_id")),
-        status="complete",
-        recorded_in="manifest",
-        started_at=document.get("started_at"),
-        finished_at=document.get("finished_at"),
-        source=document.get("source"),
-        tool_version=tool.get("version") if isinstance(tool, dict) else None,
-        parameters=dict(document.get("parameters") or {}),
-    )
-    files = [f for f in document.get("files") or [] if isinstance(f, dict)]
-    resources = document.get("resources") or {}
-    for type_name, resource in resources.items():
-        if not isinstance(resource, dict):
-            continue
-        mine = [f for f in files if f.get("type") == type_name]
-        detail = resource.get("detail") or {}
-        result = ResourceStatus(
-            type_name=type_name,
-            directory=str(resource.get("directory")),
-            rows=int(resource.get("rows") or 0),
-            files=int(resource.get("files") or 0),
-            bytes=sum(int(f.get("bytes") or 0) for f in mine),
-            finished=True,
-            updated_at_max=_high_water(root, [str(f.get("path")) for f in mine], run.problems),
-            extra_values=int(resource.get("extra_values") or 0),
-            missing_references=_missing_count(detail),
+        tool = document.get("tool") if document is not None else None
+        parameters: dict[str, Any] = {}
+        if document is not None:
+            parameters = dict(document.get("parameters") or {})
+        elif state is not None:
+            parameters = dict(state.parameters)
+        run = RunStatus(
+            run_id=record.run_id,
+            status="complete" if record.complete else "unfinished",
+            recorded_in=record.recorded_in,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            source=self.source,
+            tool_version=tool.get("version") if isinstance(tool, dict) else None,
+            parameters=parameters,
+            kind=record.kind,
+            window_start=record.window_start,
+            window_end=record.window_end,
         )
-        if state is not None and type_name in state.resources:
-            planned = state.resources[type_name]
-            if planned.planned:
-                result.partitions_total = len(planned.partitions)
-                result.partitions_finished = sum(1 for p in planned.partitions if p.finished)
-                result.id_range_committed = 1.0
-        _watermark(result, detail)
-        run.resources.append(result)
-    return run
+        if (
+            record.kind == "incremental"
+            and previous is not None
+            and previous.window_end
+            and record.window_start
+        ):
+            run.overlap_seconds = (micros(previous.window_end) - micros(record.window_start)) / 1e6
+        unfinished = state is not None and state.status != "complete"
+        if state is not None and unfinished:
+            run.phase = state.phase
+        # What the run's documents say per type beyond its files: the manifest's top level
+        # for the run it describes, else the checkpoint for its own run.
+        details: dict[str, dict[str, Any]] = {}
+        if document is not None:
+            resources = document.get("resources") or {}
+            details = {str(k): v for k, v in resources.items() if isinstance(v, dict)}
+        elif state is not None:
+            details = {
+                k: {"directory": v.directory, "extra_values": v.extra_values, "detail": v.detail}
+                for k, v in state.resources.items()
+            }
+        stones = Counter[str]()
+        for entry in record.files:
+            if entry.get("type") == TOMBSTONE_TYPE:
+                stones.update(self._tombstones(str(entry.get("path")), run.problems))
+        for type_name in _order(set(record.types) | set(stones) - {""}):
+            mine = [f for f in record.files if str(f.get("type")) == type_name]
+            summary = details.get(type_name, {})
+            detail = summary.get("detail") or {}
+            result = ResourceStatus(
+                type_name=type_name,
+                directory=str(summary.get("directory") or _directory(record, type_name, mine)),
+                rows=sum(int(f.get("rows") or 0) for f in mine),
+                files=len(mine),
+                bytes=sum(int(f.get("bytes") or 0) for f in mine),
+                finished=record.complete,
+                updated_at_max=None,
+                extra_values=int(summary.get("extra_values") or 0),
+                missing_references=_missing_count(detail),
+                tombstones=stones.get(type_name, 0),
+            )
+            if type_name != TOMBSTONE_TYPE:
+                paths = [str(f.get("path")) for f in mine]
+                result.updated_at_max = _iso_or_none(self._newest(paths, run.problems))
+            if state is not None and type_name in state.resources:
+                _partitions(result, state.resources[type_name])
+            _watermark(result, detail)
+            run.resources.append(result)
+        if state is not None and unfinished:
+            run.uncommitted_files = _uncommitted(
+                self.root, {f.path for f in state.committed_files()}
+            )
+        return run
+
+    def totals(self) -> list[TypeTotal]:
+        """Per type, every run's committed files (an unfinished run's committed ones included)."""
+        found: dict[str, TypeTotal] = {}
+        newest: dict[str, datetime] = {}
+        for run in self.runs:
+            for r in run.resources:
+                total = found.setdefault(r.type_name, TypeTotal(r.type_name, 0, 0, 0, None))
+                total.rows += r.rows
+                total.files += r.files
+                total.bytes += r.bytes
+                total.tombstones += r.tombstones
+        for record in self._recorded:
+            for entry in record.files:
+                type_name, path = str(entry.get("type")), str(entry.get("path"))
+                value = self._high_water.get(path)
+                if value is not None and (type_name not in newest or value > newest[type_name]):
+                    newest[type_name] = value
+        for type_name, value in newest.items():
+            if type_name in found:
+                found[type_name].updated_at_max = _iso(value)
+        return [found[t] for t in _order(set(found))]
+
+    def _newest(self, paths: list[str], problems: list[str]) -> datetime | None:
+        newest: datetime | None = None
+        for relative in paths:
+            if relative not in self._high_water:
+                self._high_water[relative] = _high_water_of(self.root, relative, problems)
+            value = self._high_water[relative]
+            if value is not None and (newest is None or value > newest):
+                newest = value
+        return newest
+
+    def _tombstones(self, relative: str, problems: list[str]) -> Counter[str]:
+        """Ids found gone per type, from a tombstone file's `type` column."""
+        if relative not in self._stones:
+            counts: Counter[str] = Counter()
+            location = self.root.inside(relative)
+            if location is None:
+                problems.append(_outside(relative))
+            else:
+                try:
+                    table = pq.read_table(
+                        self.root.path(location), columns=["type"], filesystem=self.root.fs
+                    )
+                    counts.update(str(v) for v in table.column("type").to_pylist())
+                except (OSError, pa.ArrowException, KeyError) as exc:
+                    problems.append(
+                        f"{relative}: cannot read its tombstones ({type(exc).__name__}); "
+                        "run `exporter verify`"
+                    )
+            self._stones[relative] = counts
+        return self._stones[relative]
+
+
+def _directory(record: _Record, type_name: str, files: list[dict[str, Any]]) -> str:
+    """Where a run wrote a type: its files' directory, else where run.py puts it."""
+    if files:
+        return posixpath.dirname(str(files[0].get("path")))
+    if type_name == TOMBSTONE_TYPE:
+        return f"{TOMBSTONE_DIRECTORY}/run={record.run_id}"
+    try:
+        collection = resource_type(type_name).collection
+    except KeyError:
+        return type_name
+    return collection + (f"/run={record.run_id}" if record.kind == "incremental" else "")
+
+
+def _partitions(result: ResourceStatus, resource: ResourceState) -> None:
+    """The checkpoint's progress of a crawled type: partitions and the id range committed."""
+    if not resource.planned:
+        return
+    result.partitions_total = len(resource.partitions)
+    result.partitions_finished = sum(1 for p in resource.partitions if p.finished)
+    span = sum(p.high - p.low + 1 for p in resource.partitions)
+    done = sum(
+        p.high - p.low + 1 if p.finished else max(0, min(p.done_through, p.high) - p.low + 1)
+        for p in resource.partitions
+    )
+    result.id_range_committed = done / span if span else 1.0
 
 
 def _missing_count(detail: dict[str, Any]) -> int:
@@ -270,27 +541,26 @@ def _watermark(result: ResourceStatus, detail: dict[str, Any]) -> None:
         result.ranges_waiting = len(detail.get("ranges_above") or [])
 
 
-def _high_water(root: Storage, paths: list[str], problems: list[str]) -> str | None:
-    newest: datetime | None = None
-    for relative in paths:
-        location = root.inside(relative)
-        if location is None:
-            problems.append(
-                f"{relative}: recorded path points outside the output directory; "
-                "run `exporter verify`"
-            )
-            continue
-        try:
-            value = updated_high_water(root.path(location), filesystem=root.fs)
-        except (OSError, pa.ArrowException) as exc:
-            problems.append(
-                f"{relative}: cannot read its updatedAt ({type(exc).__name__}); "
-                "run `exporter verify`"
-            )
-            continue
-        if value is not None and (newest is None or value > newest):
-            newest = value
-    return _iso(newest) if newest is not None else None
+def _outside(relative: str) -> str:
+    return f"{relative}: recorded path points outside the output directory; run `exporter verify`"
+
+
+def _high_water_of(root: Storage, relative: str, problems: list[str]) -> datetime | None:
+    location = root.inside(relative)
+    if location is None:
+        problems.append(_outside(relative))
+        return None
+    try:
+        return updated_high_water(root.path(location), filesystem=root.fs)
+    except (OSError, pa.ArrowException) as exc:
+        problems.append(
+            f"{relative}: cannot read its updatedAt ({type(exc).__name__}); run `exporter verify`"
+        )
+        return None
+
+
+def _iso_or_none(value: datetime | None) -> str | None:
+    return None if value is None else _iso(value)
 
 
 def updated_high_water(
@@ -350,17 +620,16 @@ def _iso(value: datetime) -> str:
 
 
 def _uncommitted(root: Storage, named: set[str]) -> list[str]:
-    """Part files the checkpoint does not name: the next export removes them (run.remove_uncommitted).
+    """Part files no checkpoint names: the next export removes them (run.remove_uncommitted).
 
-    Only the files directly in each type directory: that is where an export writes its parts.
+    Every file below each type's directory and `tombstones/` (an incremental run writes into
+    `run=<id>/` below them) that is a part file or a temporary one, as run.py's `_is_ours` tells.
     """
     found: list[str] = []
-    for type_name in RESOURCE_TYPES:
-        directory = resource_type(type_name).collection
+    directories = [resource_type(t).collection for t in RESOURCE_TYPES] + [TOMBSTONE_DIRECTORY]
+    for directory in directories:
         for relative in root.list_files(directory):
-            name = relative[len(directory) + 1 :]
-            if "/" in name:
-                continue
+            name = relative.rsplit("/", 1)[-1]
             is_part = name.startswith("part-") and name.endswith(".parquet")
             is_temp = name.startswith(".part-") and name.endswith(INPROGRESS_SUFFIX)
             if (is_part and relative not in named) or is_temp:
@@ -369,7 +638,7 @@ def _uncommitted(root: Storage, named: set[str]) -> list[str]:
 
 
 def render(report: StatusReport) -> list[str]:
-    """The text report."""
+    """The text report: one block per run, oldest first, the backup's totals, the next export."""
     lines = [f"{report.directory}: {report.state}"]
     if report.writing is not None:
         lines.append(f"being written now by {lock.describe_holder(report.writing)}")
@@ -377,41 +646,76 @@ def render(report: StatusReport) -> list[str]:
         lines.append("no export here")
     for run in report.runs:
         lines += _render_run(run)
+    if report.runs:
+        lines += _render_totals(report)
     lines.append(f"next export would: {report.next_export.message}")
     return lines
 
 
-def _render_run(run: RunStatus) -> list[str]:
-    tool = f" (outreach-exporter {run.tool_version})" if run.tool_version else ""
-    lines = [
-        f"run {run.run_id}: {run.status}, recorded in {run.recorded_in}",
-        f"  started    {run.started_at or '-'}",
-        f"  finished   {run.finished_at or '-'}",
-        f"  source     {run.source or '-'}{tool}",
-        "  parameters " + " ".join(f"{k}={v}" for k, v in run.parameters.items()),
-    ]
-    table = [("resource", "rows", "files", "updatedAt high-water", "progress")]
-    for r in run.resources:
-        table.append(
-            (r.type_name, f"{r.rows:,}", f"{r.files:,}", r.updated_at_max or "-", _progress(r))
-        )
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    for row in table:
+def _table(rows: list[tuple[str, ...]], right: set[int]) -> list[str]:
+    """Aligned columns, two spaces apart (indented two); `right`: the right-aligned ones."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
         cells = [
-            row[0].ljust(widths[0]),
-            row[1].rjust(widths[1]),
-            row[2].rjust(widths[2]),
-            row[3].ljust(widths[3]),
-            row[4],
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
         ]
         lines.append(("  " + "  ".join(cells)).rstrip())
-    lines.append(f"  total {run.rows:,} rows in {sum(r.files for r in run.resources):,} files")
-    missing = [
-        f"{r.type_name} {r.missing_references:,}" for r in run.resources if r.missing_references
-    ]
+    return lines
+
+
+def _render_run(run: RunStatus) -> list[str]:
+    phase = f" (phase {run.phase})" if run.phase else ""
+    lines = [f"run {run.run_id}: {run.kind}, {run.status}{phase}, recorded in {run.recorded_in}"]
+    lines.append(f"  started    {run.started_at or '-'}")
+    lines.append(f"  finished   {run.finished_at or '-'}")
+    mark = run.window_end or "- (not taken yet)"
+    if run.kind == "incremental":
+        overlap = (
+            f" (the previous mark less {_seconds(run.overlap_seconds)})"
+            if run.overlap_seconds is not None
+            else ""
+        )
+        lines.append(
+            f"  window     updatedAt from {run.window_start or '-'}{overlap} to mark {mark}"
+        )
+    else:
+        lines.append(f"  window     every record; mark {mark}")
+    if run.parameters:
+        tool = f" (outreach-exporter {run.tool_version})" if run.tool_version else ""
+        lines.append(f"  source     {run.source or '-'}{tool}")
+        lines.append("  parameters " + " ".join(f"{k}={v}" for k, v in run.parameters.items()))
+    data = [r for r in run.resources if r.type_name != TOMBSTONE_TYPE]
+    with_stones = run.tombstones > 0
+    unfinished = run.status != "complete"
+    # A finished run lists the types it wrote (or found gone); an unfinished one every type, with
+    # its progress.
+    shown = data if unfinished else [r for r in data if r.rows or r.files or r.tombstones]
+    if shown:
+        header = ["type", "rows", "files"] + (["tombstones"] if with_stones else [])
+        table: list[tuple[str, ...]] = [tuple(header + (["progress"] if unfinished else []))]
+        for r in shown:
+            cells = [r.type_name, f"{r.rows:,}", f"{r.files:,}"]
+            cells += [f"{r.tombstones:,}"] if with_stones else []
+            cells += [_progress(r)] if unfinished else []
+            table.append(tuple(cells))
+        lines += _table(table, {1, 2, 3} if with_stones else {1, 2})
+    quiet = [r.type_name for r in data if all(r is not other for other in shown)]
+    if quiet:
+        lines.append("  nothing new: " + ", ".join(quiet))
+    files = sum(r.files for r in data)
+    total = f"  total {run.rows:,} rows in {files:,} files"
+    stones = [r for r in run.resources if r.type_name == TOMBSTONE_TYPE]
+    if stones:
+        total += "; " + _tombstone_total(
+            run.tombstones, sum(r.files for r in stones), run.status == "complete"
+        )
+    lines.append(total)
+    missing = [f"{r.type_name} {r.missing_references:,}" for r in data if r.missing_references]
     if missing:
         lines.append("  missing references (the API no longer had them): " + ", ".join(missing))
-    extra = [f"{r.type_name} {r.extra_values:,}" for r in run.resources if r.extra_values]
+    extra = [f"{r.type_name} {r.extra_values:,}" for r in data if r.extra_values]
     if extra:
         lines.append("  values kept in _extra: " + ", ".join(extra))
     if run.uncommitted_files:
@@ -420,16 +724,53 @@ def _render_run(run: RunStatus) -> list[str]:
     return lines
 
 
+def _render_totals(report: StatusReport) -> list[str]:
+    kinds = Counter(run.kind for run in report.runs)
+    described = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    lines = [
+        f"backup: {len(report.runs)} run{'s' if len(report.runs) != 1 else ''} ({described}); "
+        "totals over every committed file"
+    ]
+    data = [t for t in report.totals if t.type_name != TOMBSTONE_TYPE]
+    with_stones = any(t.tombstones for t in data)
+    header = ["type", "rows", "files"] + (["tombstones"] if with_stones else [])
+    table: list[tuple[str, ...]] = [tuple([*header, "updatedAt high-water"])]
+    for t in data:
+        cells = [t.type_name, f"{t.rows:,}", f"{t.files:,}"]
+        cells += [f"{t.tombstones:,}"] if with_stones else []
+        table.append(tuple([*cells, t.updated_at_max or "-"]))
+    lines += _table(table, {1, 2, 3} if with_stones else {1, 2})
+    rows = sum(t.rows for t in data)
+    files = sum(t.files for t in data)
+    total = f"  total {rows:,} rows in {files:,} files"
+    stones = [t for t in report.totals if t.type_name == TOMBSTONE_TYPE]
+    if stones:
+        total += "; " + _tombstone_total(
+            sum(t.rows for t in stones), sum(t.files for t in stones), True
+        )
+    lines.append(total)
+    return lines
+
+
+def _tombstone_total(count: int, files: int, complete: bool) -> str:
+    if files:
+        return f"{count:,} tombstones in {files:,} file{'s' if files != 1 else ''}"
+    return "no id found gone" if complete else "no tombstones committed yet"
+
+
 def _progress(r: ResourceStatus) -> str:
     if r.finished:
-        return "finished" + (
-            f" ({r.partitions_total} partitions)" if r.partitions_total is not None else ""
-        )
+        return "finished" + (f" ({r.partitions_total} partitions)" if r.partitions_total else "")
     parts: list[str] = []
     if r.partitions_total is not None:
-        parts.append(f"partitions {r.partitions_finished}/{r.partitions_total} finished")
-    if r.id_range_committed is not None:
-        parts.append(f"{r.id_range_committed:.0%} of the id range committed")
+        if r.partitions_total and r.partitions_finished == r.partitions_total:
+            parts.append(f"all {r.partitions_total} partitions finished")
+        elif r.partitions_total:
+            parts.append(f"partitions {r.partitions_finished}/{r.partitions_total} finished")
+            if r.id_range_committed is not None:
+                parts.append(f"{r.id_range_committed:.0%} of the id range committed")
+        else:
+            parts.append("done (nothing to fetch)")
     if r.positions_through is not None:
         waiting = f", {r.ranges_waiting} batch(es) waiting above" if r.ranges_waiting else ""
         parts.append(f"related records committed through position {r.positions_through:,}{waiting}")
@@ -440,7 +781,7 @@ def _progress(r: ResourceStatus) -> str:
 @click.argument("directory", metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report.")
 def status_command(directory: str, as_json: bool) -> None:
-    """Show the runs in DIR (finished or not), their high-water marks, and what export would do next.
+    """Show every run in DIR, the backup's totals and high-water marks, and what export would do next.
 
     DIR is a path or a URI, as `export --out` takes (s3://bucket/prefix, file://...).
     """

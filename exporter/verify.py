@@ -176,9 +176,18 @@ def verify(where: Storage | Path | str) -> VerifyReport:
         raise UsageError(f"{root} does not exist: no export to verify")
     if kind != pafs.FileType.Directory:
         raise UsageError(f"{root} is not a directory")
-    if root.exists(manifest.MANIFEST_NAME):
+    has_manifest = root.exists(manifest.MANIFEST_NAME)
+    try:
+        state = checkpoint.load(root)
+    except UsageError:
+        if not has_manifest:
+            raise
+        state = None  # the manifest alone describes the finished runs it lists
+    if has_manifest and (state is None or state.status == "complete"):
         return _verify_manifest(root)
-    state = checkpoint.load(root)
+    # An unfinished run (the first, or an incremental one after finished runs: the manifest
+    # then describes the runs before it): its checkpoint names every committed file, earlier
+    # runs' included.
     if state is None:
         raise UsageError(
             f"{root} holds no export: neither {manifest.MANIFEST_NAME} nor "

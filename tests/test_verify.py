@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,8 +21,11 @@ from click.testing import CliRunner
 
 from exporter.cli import main
 from exporter.errors import ExitCode
+from exporter.simulator import Faults
 from tests.conftest import StartSimulator
 from tests.test_export import run_export
+from tests.test_incremental import mutate
+from tests.test_resume import export_command
 
 
 def load_manifest(out: Path) -> dict[str, Any]:
@@ -277,3 +282,43 @@ async def test_real_subprocess(backup: Path, tmp_path: Path) -> None:
     assert missing.returncode == ExitCode.USAGE
     assert "Traceback" not in missing.stderr
     assert len(missing.stderr.splitlines()) == 1 and missing.stderr.startswith("error: ")
+
+
+async def test_a_killed_incremental_run_verifies_against_its_checkpoint(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """After finished runs, an incremental run killed midway: its committed files are not in
+    the manifest (that describes the runs before it), and are not differences."""
+    running = await start_simulator(steps=1500, seed=24, faults=Faults(latency_s=0.02))
+    out = tmp_path / "nightly"
+    await run_export(running.base_url, out, relationships="all")
+    mutate(running, random.Random(24), 150)
+    command = [*export_command(running, out), "--incremental", "--page-size", "5"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    checkpoint = out / "_checkpoint.json"
+    first_run = load_manifest(out)["run_id"]
+    for _ in range(2000):
+        state = orjson.loads(checkpoint.read_bytes())
+        if state["run_id"] != first_run and any(r["files"] for r in state["resources"].values()):
+            break
+        await asyncio.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    await process.communicate()
+    state = orjson.loads(checkpoint.read_bytes())
+    assert state["status"] == "running" and state["kind"] == "incremental", state["status"]
+    new_files = [f["path"] for r in state["resources"].values() for f in r["files"]]
+    assert new_files and all("/run=" in p for p in new_files)
+
+    code, report = verify_json(out)
+    assert code == ExitCode.FAILED, report  # unfinished, everything committed matches
+    assert report["checked_against"] == "checkpoint" and report["differences"] == []
+    checked = {f["path"] for f in report["files"] if f["status"] == "ok"}
+    assert set(new_files) <= checked  # the new run's files ...
+    assert {f["path"] for f in load_manifest(out)["files"]} <= checked  # ... and the earlier ones
+    flip_byte(out / load_manifest(out)["files"][0]["path"])  # an earlier run's file changed
+    code, report = verify_json(out)
+    assert code == ExitCode.VERIFY_MISMATCH
+    assert load_manifest(out)["files"][0]["path"] in differences_by_subject(report)

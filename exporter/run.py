@@ -168,10 +168,19 @@ class Export:
         s = self.settings
         storage = self.storage
         root = storage.display
-        state = checkpoint.load(storage)
-        if state is not None and s.restart:
+        if s.restart:
             discard_run(storage, self.directories)
-            state = None
+        state = checkpoint.load(storage)
+        if state is None and storage.exists(manifest.MANIFEST_NAME):
+            # A finished backup whose checkpoint is gone (deleted, or not copied along): starting
+            # over would delete every file it holds. Refuse; the manifest still describes it.
+            raise UsageError(
+                f"{root} holds a finished backup ({manifest.MANIFEST_NAME}) but its "
+                f"{checkpoint.CHECKPOINT_NAME} is missing, so it can neither be resumed nor "
+                "extended; nothing was changed. Put the checkpoint back (from wherever the "
+                "backup was copied from), choose another --out, or pass --restart to discard "
+                "the backup and start over"
+            )
         source = s.source or redact_url(s.base_url)
         if state is not None and state.source != source:
             raise UsageError(

@@ -159,15 +159,13 @@ def _next_export(survey: _Survey) -> NextExport:
     """What `export --out DIR` would do, as run.py's `Export._prepare` decides it."""
     state, current = survey.state, survey.runs[-1]
     if state is None:
-        # No checkpoint: export starts a full run, and every part file, which no checkpoint
-        # names, counts as uncommitted (run.remove_uncommitted).
-        parts = _uncommitted(survey.root, set())
+        # A finished backup without its checkpoint: export refuses to touch it (run.py).
         return NextExport(
-            "start",
-            None,
-            f"start a new full run: there is no {checkpoint.CHECKPOINT_NAME}, so it would first "
-            f"remove all {len(parts):,} part file(s) here, the manifest's included (put the "
-            "checkpoint back before exporting to keep them)",
+            "refuse",
+            current.run_id,
+            f"refuse: there is no {checkpoint.CHECKPOINT_NAME} beside the manifest, so the "
+            "backup can neither be resumed nor extended (put the checkpoint back; --restart "
+            "discards the backup)",
         )
     if state.status != "complete":
         unfinished = next((r for r in survey.runs if r.run_id == state.run_id), current)

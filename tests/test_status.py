@@ -18,10 +18,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 
 from exporter.cli import main
-from exporter.errors import ExitCode
+from exporter.errors import ExitCode, UsageError
 from exporter.run import ExportResult
 from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.simulator import Faults
@@ -598,9 +599,9 @@ def without_progress(run: dict[str, Any]) -> dict[str, Any]:
 async def test_when_the_checkpoint_and_the_manifest_disagree(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
-    """What export does decides what status predicts: a backup without its checkpoint is started
-    over (every part file removed first); a run killed between writing its manifest and its
-    checkpoint is resumed (and only marked finished)."""
+    """What export does decides what status predicts: a backup without its checkpoint is
+    refused (nothing deleted); a run killed between writing its manifest and its checkpoint is
+    resumed (and only marked finished)."""
     running = await start_simulator(steps=300, seed=63)
     backup = tmp_path / "backup"
     results = await nightly_backup(running, backup, (300.0,), seed=63)
@@ -614,9 +615,13 @@ async def test_when_the_checkpoint_and_the_manifest_disagree(
     assert [(r["run_id"], r["recorded_in"]) for r in report["runs"]] == [
         (run_id, "manifest") for run_id in ids
     ]
-    assert report["next_export"]["action"] == "start"
-    assert f"remove all {len(parts):,} part file(s) here" in report["next_export"]["message"]
-    _job, fresh = await run_export(running.base_url, no_checkpoint, incremental=True)
+    assert report["next_export"]["action"] == "refuse"
+    assert "no _checkpoint.json beside the manifest" in report["next_export"]["message"]
+    with pytest.raises(UsageError, match=r"its _checkpoint\.json is missing"):
+        await run_export(running.base_url, no_checkpoint, incremental=True)
+    assert all(p.exists() for p in parts)  # nothing was deleted
+    assert status_json(no_checkpoint) == report  # nor changed
+    _job, fresh = await run_export(running.base_url, no_checkpoint, restart=True)
     assert fresh.state.kind == "full" and not any(p.exists() for p in parts)
 
     half_written = tmp_path / "half-written"

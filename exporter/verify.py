@@ -468,7 +468,7 @@ def render(report: VerifyReport) -> list[str]:
     against = (
         manifest.MANIFEST_NAME
         if report.checked_against == "manifest"
-        else (f"{checkpoint.CHECKPOINT_NAME} (unfinished run: no manifest yet)")
+        else (f"{checkpoint.CHECKPOINT_NAME} (unfinished run: not in the manifest yet)")
     )
     lines = [f"verifying {report.root} against {against}"]
     lines += [d.line() for d in report.differences]

@@ -293,7 +293,10 @@ async def test_unfinished_run_verifies_against_its_checkpoint(
     code, stdout, _ = invoke("verify", uri)
     assert code == ExitCode.FAILED, stdout
     lines = stdout.splitlines()
-    assert lines[0] == f"verifying {uri} against _checkpoint.json (unfinished run: no manifest yet)"
+    assert (
+        lines[0]
+        == f"verifying {uri} against _checkpoint.json (unfinished run: not in the manifest yet)"
+    )
     assert lines[-1].startswith(
         f"unfinished run {state['run_id']}: {len(committed)} files committed verify OK"
     )

@@ -341,6 +341,15 @@ def _secret(value: str | None) -> Secret | None:
     help="Seconds between commits: the most work a kill can lose.  [env: OUTREACH_COMMIT_INTERVAL]",
 )
 @click.option(
+    "--read-timeout",
+    type=click.FloatRange(min=0.1),
+    default=120.0,
+    show_default=True,
+    envvar="OUTREACH_READ_TIMEOUT",
+    help="Seconds an answer may stay silent (before its headers or between bytes of its body) "
+    "before the request is retried.  [env: OUTREACH_READ_TIMEOUT]",
+)
+@click.option(
     "--file-rows",
     type=click.IntRange(min=1),
     default=1_000_000,
@@ -381,6 +390,7 @@ def export(
     detect_deletes: bool,
     restart: bool,
     commit_interval: float,
+    read_timeout: float,
     file_rows: int,
     demo: bool,
     demo_steps: int,
@@ -413,6 +423,7 @@ def export(
         detect_deletes=detect_deletes,
         restart=restart,
         commit_interval=commit_interval,
+        read_timeout=read_timeout,
         file_rows=file_rows,
     )
     global _JSON_ERRORS

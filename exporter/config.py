@@ -118,6 +118,7 @@ class ExportSettings:
     detect_deletes: bool = False
     relationships: str = "all"
     max_url_length: int = 8000
+    read_timeout: float = 120.0  # seconds an answer may go silent before the request is retried
     initial_partitions: int | None = None  # default: two per worker (tests set it to force splits)
     source: str | None = None  # what the run records as its source (default: the base URL)
 

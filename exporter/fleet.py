@@ -90,7 +90,7 @@ INT_OPTIONS: dict[str, tuple[int, int | None]] = {
     "max_url_length": (1024, 65536),
     "file_rows": (1, None),
 }
-FLOAT_OPTIONS: dict[str, float] = {"commit_interval": 0.05, "overlap": 0.0}
+FLOAT_OPTIONS: dict[str, float] = {"commit_interval": 0.05, "overlap": 0.0, "read_timeout": 0.1}
 BOOL_OPTIONS = ("incremental", "detect_deletes")
 TEXT_OPTIONS = ("rate_limit", "relationships")
 OPTION_KEYS = (*INT_OPTIONS, *FLOAT_OPTIONS, *BOOL_OPTIONS, *TEXT_OPTIONS)

@@ -311,6 +311,7 @@ class Export:
             concurrency=s.concurrency,
             rate_limit=s.rate_limit.requests,
             rate_period=s.rate_limit.seconds,
+            read_timeout=s.read_timeout,
         )
         writer = Writer(self.storage, state, inbox, credits, policy, guard=self.lock.check)
         async with ApiClient(client_settings, self.tokens) as client:

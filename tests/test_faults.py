@@ -109,6 +109,37 @@ async def test_every_fault_kind_export_equals_truth(
     assert 502 in stats.statuses and {500, 503} & set(stats.statuses)
 
 
+async def test_an_answer_silent_past_the_read_timeout_is_asked_again(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Some answers trickle their body in 10 chunks 0.4 s apart. With --read-timeout 0.15 those
+    are given up and asked again; with the default they are waited for. Either way: exact."""
+    faults = Faults(slow_body_s=4.0, slow_body_rate=0.15, seed=6)
+    running = await start_simulator(steps=600, seed=22, faults=faults)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    common = ["--base-url", running.base_url, "--token", TOKEN, "--page-size", "50"]
+    common += ["--rate-limit", "100000/1", "--relationships", "none", "--quiet"]
+
+    impatient = tmp_path / "impatient"
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "exporter", "export", "--out", str(impatient), *common),
+        *("--read-timeout", "0.15"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**env, "OUTREACH_READ_TIMEOUT": "999"},  # the flag wins over the environment
+    )
+    _out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert_rows_equal(read_rows(impatient / "sequenceSteps"), expected_steps(running.sim))
+    stats = orjson.loads((impatient / "_manifest.json").read_bytes())["stats"]
+    assert stats["retries"] > 0  # the silent answers were given up on and asked again
+
+    patient = tmp_path / "patient"
+    job = await export(running.base_url, patient, page_size=50, concurrency=8)
+    assert_rows_equal(read_rows(patient / "sequenceSteps"), expected_steps(running.sim))
+    assert job.client is not None and job.client.stats.retries == 0  # waited them out
+
+
 def test_retries_exhausted_one_line_then_resume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

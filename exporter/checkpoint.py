@@ -107,6 +107,7 @@ class RunState:
     phase: str = "crawl"  # crawl | deltas | deletes | done
     # Earlier finished runs in this directory, oldest first, each with its files.
     history: list[dict[str, Any]] = field(default_factory=list)
+    tool_version: str | None = None  # the exporter that started the run
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,6 +124,7 @@ class RunState:
             "window_end": self.window_end,
             "phase": self.phase,
             "history": self.history,
+            "tool_version": self.tool_version,
         }
 
     @classmethod
@@ -140,6 +142,7 @@ class RunState:
             window_end=data.get("window_end"),
             phase=str(data.get("phase", "crawl")),
             history=list(data.get("history", [])),
+            tool_version=data.get("tool_version"),
         )
 
     def committed_files(self) -> list[DataFile]:
@@ -158,6 +161,8 @@ class RunState:
             "finished_at": self.finished_at,
             "window_start": self.window_start,
             "window_end": self.window_end,
+            "parameters": self.parameters,
+            "tool_version": self.tool_version,
             "rows": {k: v.rows for k, v in self.resources.items()},
             "files": [f.to_json() for r in self.resources.values() for f in r.files],
         }

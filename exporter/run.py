@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from exporter import checkpoint, manifest
+from exporter import __version__, checkpoint, manifest
 from exporter.auth import TokenSource
 from exporter.checkpoint import ResourceState, RunState
 from exporter.client import ApiClient, ClientSettings
@@ -222,6 +222,7 @@ class Export:
             started_at=utc_now(),
             source=s.source or redact_url(s.base_url),
             parameters=s.parameters(),
+            tool_version=__version__,
         )
         if previous is not None:
             assert previous.window_end is not None

@@ -75,8 +75,8 @@ class RunStatus:
     started_at: str | None
     finished_at: str | None
     source: str | None
-    tool_version: str | None  # known for the run the manifest's top level describes
-    parameters: dict[str, Any]  # recorded for the newest run only; {} for earlier ones
+    tool_version: str | None  # the exporter that started the run (when recorded)
+    parameters: dict[str, Any]  # as the run recorded them ({} for runs of older backups)
     resources: list[ResourceStatus] = field(default_factory=list)
     uncommitted_files: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -254,6 +254,8 @@ class _Record:
     window_end: str | None
     types: list[str]
     files: list[dict[str, Any]]  # path, type, rows, bytes (as the manifest and checkpoint list)
+    parameters: dict[str, Any] = field(default_factory=dict)  # older backups did not record them
+    tool_version: str | None = None
 
 
 def _order(types: set[str]) -> list[str]:
@@ -279,6 +281,8 @@ def _record(
         window_end=entry.get("window_end"),
         types=_order(types),
         files=files,
+        parameters=dict(entry.get("parameters") or {}),
+        tool_version=entry.get("tool_version"),
     )
 
 
@@ -375,11 +379,13 @@ class _Survey:
             self.state if self.state is not None and self.state.run_id == record.run_id else None
         )
         tool = document.get("tool") if document is not None else None
-        parameters: dict[str, Any] = {}
+        tool_version = tool.get("version") if isinstance(tool, dict) else record.tool_version
+        parameters: dict[str, Any] = dict(record.parameters)  # runs recorded in a history
         if document is not None:
             parameters = dict(document.get("parameters") or {})
         elif state is not None:
             parameters = dict(state.parameters)
+            tool_version = state.tool_version or tool_version
         run = RunStatus(
             run_id=record.run_id,
             status="complete" if record.complete else "unfinished",
@@ -387,7 +393,7 @@ class _Survey:
             started_at=record.started_at,
             finished_at=record.finished_at,
             source=self.source,
-            tool_version=tool.get("version") if isinstance(tool, dict) else None,
+            tool_version=tool_version,
             parameters=parameters,
             kind=record.kind,
             window_start=record.window_start,
@@ -683,7 +689,9 @@ def _render_run(run: RunStatus) -> list[str]:
     if run.parameters:
         tool = f" (outreach-exporter {run.tool_version})" if run.tool_version else ""
         lines.append(f"  source     {run.source or '-'}{tool}")
-        lines.append("  parameters " + " ".join(f"{k}={v}" for k, v in run.parameters.items()))
+        lines.append(
+            "  parameters " + " ".join(f"{k}={v}" for k, v in sorted(run.parameters.items()))
+        )
     data = [r for r in run.resources if r.type_name != TOMBSTONE_TYPE]
     with_stones = run.tombstones > 0
     unfinished = run.status != "complete"

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from exporter import __version__
 from exporter.cli import main
 from exporter.errors import ExitCode, UsageError
 from exporter.run import ExportResult
@@ -431,9 +432,11 @@ async def test_every_run_of_a_nightly_backup(
             seconds=overlap
         )
         assert run["overlap_seconds"] == overlap
-    # Parameters are recorded for the newest run only.
+    # Every run keeps the parameters it ran with, and the exporter version that started it.
     assert runs[-1]["parameters"]["overlap"] == OVERLAPS[-1]
-    assert runs[0]["parameters"] == {} and runs[0]["tool_version"] is None
+    assert [r["parameters"]["incremental"] for r in runs] == [False] + [True] * len(OVERLAPS)
+    assert [r["parameters"]["overlap"] for r in runs[1:]] == list(OVERLAPS)
+    assert {r["tool_version"] for r in runs} == {__version__}
 
     # The backup's totals: every run's files.
     everything = [f for files in on_disk.values() for f in files]

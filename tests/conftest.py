@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -39,3 +41,19 @@ async def start_simulator() -> AsyncIterator[StartSimulator]:
             return Running(sim, root_url)
 
         yield start
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without OUTREACH_* (so no developer's settings leak into a
+    test's subprocess), plus `extra`."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}, **extra}
+
+
+async def spawn(*command: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """Start a subprocess with its output piped, in `clean_env()` unless told otherwise."""
+    return await asyncio.create_subprocess_exec(
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env() if env is None else env,
+    )

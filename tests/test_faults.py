@@ -31,7 +31,7 @@ from exporter.config import ExportSettings, RateLimit
 from exporter.errors import ExitCode
 from exporter.run import Export
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve_in_thread
-from tests.conftest import TOKEN, StartSimulator
+from tests.conftest import TOKEN, StartSimulator, clean_env, spawn
 from tests.test_resume import assert_exact
 from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row, read_rows
 
@@ -116,17 +116,14 @@ async def test_an_answer_silent_past_the_read_timeout_is_asked_again(
     are given up and asked again; with the default they are waited for. Either way: exact."""
     faults = Faults(slow_body_s=4.0, slow_body_rate=0.15, seed=6)
     running = await start_simulator(steps=600, seed=22, faults=faults)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
     common = ["--base-url", running.base_url, "--token", TOKEN, "--page-size", "50"]
     common += ["--rate-limit", "100000/1", "--relationships", "none", "--quiet"]
 
     impatient = tmp_path / "impatient"
-    process = await asyncio.create_subprocess_exec(
+    process = await spawn(
         *(sys.executable, "-m", "exporter", "export", "--out", str(impatient), *common),
         *("--read-timeout", "0.15"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**env, "OUTREACH_READ_TIMEOUT": "999"},  # the flag wins over the environment
+        env=clean_env(OUTREACH_READ_TIMEOUT="999"),  # the flag wins over the environment
     )
     _out, err = await process.communicate()
     assert process.returncode == 0, err.decode()

@@ -20,26 +20,15 @@ from exporter.lock import LEASE_NAME, BusyError, OutputLock
 from exporter.simulator import Faults
 from exporter.status import status
 from exporter.storage import Storage
-from tests.conftest import StartSimulator
+from tests.conftest import StartSimulator, spawn
 from tests.test_resume import assert_exact, export_command, run_to_completion
 from tests.test_s3 import s3_server  # noqa: F401 - the fixture
-
-
-def env() -> dict[str, str]:
-    """This process's environment (the S3 fixture's AWS_* included), without OUTREACH_*."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-
-
-async def start(command: list[str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env()
-    )
 
 
 async def run_cli(command: list[str]) -> tuple[int, str]:
     """Run a command to its end without blocking the loop (the simulator answers on it);
     its exit code and what it printed (stderr, then stdout)."""
-    process = await start(command)
+    process = await spawn(*command)
     out, err = await process.communicate()
     assert process.returncode is not None
     return process.returncode, err.decode() + out.decode()
@@ -60,7 +49,7 @@ async def test_second_export_into_a_busy_directory_stops_and_harms_nothing(
     # Slow answers, so the first export is still writing while the second starts (seconds).
     running = await start_simulator(steps=3000, seed=41, faults=Faults(latency_s=0.2))
     command = export_command(running, tmp_path)
-    first = await start(command)
+    first = await spawn(*command)
     await wait_for_commit(tmp_path, first)
 
     code, err = await run_cli(command)
@@ -108,7 +97,7 @@ async def test_a_killed_export_leaves_no_lock_behind(
 ) -> None:
     running = await start_simulator(steps=2000, seed=43, faults=Faults(latency_s=0.01))
     command = export_command(running, tmp_path)
-    first = await start(command)
+    first = await spawn(*command)
     await wait_for_commit(tmp_path, first)
     first.send_signal(signal.SIGKILL)
     await first.communicate()

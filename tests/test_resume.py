@@ -15,7 +15,7 @@ import orjson
 from exporter.errors import ExitCode
 from exporter.schema import resource_type
 from exporter.simulator import Faults
-from tests.conftest import TOKEN, Running, StartSimulator
+from tests.conftest import TOKEN, Running, StartSimulator, spawn
 from tests.test_relationships import expected_related
 from tests.test_verify_helpers import assert_manifest_matches_files
 from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row, read_rows
@@ -53,10 +53,7 @@ async def run_to_completion(command: list[str], kills: list[float]) -> tuple[int
     """Run `command`, SIGKILL it after each delay in `kills` (restarting it), then let it finish."""
     codes: list[int] = []
     for delay in [*kills, None]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-        process = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-        )
+        process = await spawn(*command)
         if delay is not None:
             try:
                 await asyncio.wait_for(process.wait(), timeout=delay)
@@ -130,10 +127,7 @@ async def test_sigterm_commits_and_says_how_to_resume(
 ) -> None:
     running = await start_simulator(steps=3000, seed=32, faults=Faults(latency_s=0.01))
     command = export_command(running, tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
+    process = await spawn(*command)
     # Wait for the first commit, then ask it to stop.
     checkpoint = tmp_path / "_checkpoint.json"
     for _ in range(400):
@@ -163,10 +157,7 @@ async def test_restart_discards_a_killed_run_and_starts_over(
 ) -> None:
     running = await start_simulator(steps=2500, seed=33, faults=Faults(latency_s=0.01))
     command = export_command(running, tmp_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
+    process = await spawn(*command)
     checkpoint = tmp_path / "_checkpoint.json"
     for _ in range(1000):
         if (

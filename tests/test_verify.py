@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from exporter.cli import main
 from exporter.errors import ExitCode
 from exporter.simulator import Faults
-from tests.conftest import StartSimulator
+from tests.conftest import StartSimulator, spawn
 from tests.test_export import run_export
 from tests.test_incremental import mutate
 from tests.test_resume import export_command
@@ -294,10 +294,7 @@ async def test_a_killed_incremental_run_verifies_against_its_checkpoint(
     await run_export(running.base_url, out, relationships="all")
     mutate(running, random.Random(24), 150)
     command = [*export_command(running, out), "--incremental", "--page-size", "5"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
+    process = await spawn(*command)
     checkpoint = out / "_checkpoint.json"
     first_run = load_manifest(out)["run_id"]
     for _ in range(2000):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import posixpath
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,9 +125,19 @@ class StatusReport:
     next_export: NextExport
     writing: dict[str, Any] | None = None  # the run writing it now (purpose, pid, host, since)
     totals: list[TypeTotal] = field(default_factory=list)  # per type, over every run
+    earlier_runs: int = 0  # runs left out of `runs` by `newest()` (totals still count them)
+    earlier_kinds: dict[str, int] = field(default_factory=dict)  # their kinds (full, incremental)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def newest(self, count: int | None) -> StatusReport:
+        """The report with only the newest `count` runs listed (all when None)."""
+        if count is None or len(self.runs) <= count:
+            return self
+        cut = len(self.runs) - count
+        left_out = Counter(run.kind for run in self.runs[:cut])
+        return replace(self, runs=self.runs[cut:], earlier_runs=cut, earlier_kinds=dict(left_out))
 
 
 def status(where: Storage | Path | str) -> StatusReport:
@@ -646,11 +656,13 @@ def render(report: StatusReport) -> list[str]:
     lines = [f"{report.directory}: {report.state}"]
     if report.writing is not None:
         lines.append(f"being written now by {lock.describe_holder(report.writing)}")
-    if not report.runs:
+    if not report.runs and not report.earlier_runs:
         lines.append("no export here")
+    if report.earlier_runs:
+        lines.append(f"({report.earlier_runs:,} earlier run(s) not shown: --runs all lists them)")
     for run in report.runs:
         lines += _render_run(run)
-    if report.runs:
+    if report.runs or report.earlier_runs:
         lines += _render_totals(report)
     lines.append(f"next export would: {report.next_export.message}")
     return lines
@@ -731,10 +743,11 @@ def _render_run(run: RunStatus) -> list[str]:
 
 
 def _render_totals(report: StatusReport) -> list[str]:
-    kinds = Counter(run.kind for run in report.runs)
+    kinds = Counter(run.kind for run in report.runs) + Counter(report.earlier_kinds)
     described = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    count = len(report.runs) + report.earlier_runs
     lines = [
-        f"backup: {len(report.runs)} run{'s' if len(report.runs) != 1 else ''} ({described}); "
+        f"backup: {count} run{'s' if count != 1 else ''} ({described}); "
         "totals over every committed file"
     ]
     data = [t for t in report.totals if t.type_name != TOMBSTONE_TYPE]
@@ -786,13 +799,25 @@ def _progress(r: ResourceStatus) -> str:
 @click.command("status")
 @click.argument("directory", metavar="DIR")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report.")
-def status_command(directory: str, as_json: bool) -> None:
-    """Show every run in DIR, the backup's totals and high-water marks, and what export would do next.
+@click.option(
+    "--runs",
+    "shown",
+    default="10",
+    show_default=True,
+    metavar="N|all",
+    help="How many of the newest runs to list (the totals always cover every run).",
+)
+def status_command(directory: str, as_json: bool, shown: str) -> None:
+    """Show the runs in DIR (the newest 10 unless --runs says otherwise), the backup's totals and
+    high-water marks, and what export would do next.
 
     DIR is a path or a URI, as `export --out` takes (s3://bucket/prefix, file://...).
     """
+    if shown != "all" and not (shown.isdigit() and int(shown) >= 1):
+        exit_on_error(UsageError(f"--runs {shown!r}: a number of runs (1 or more) or 'all'"))
+        return
     try:
-        report = status(directory)
+        report = status(directory).newest(None if shown == "all" else int(shown))
     except ExporterError as exc:
         exit_on_error(exc)
         return

@@ -642,3 +642,32 @@ async def test_when_the_checkpoint_and_the_manifest_disagree(
     )
     assert again.resumed and again.state.run_id == ids[-1]
     assert [r["run_id"] for r in status_json(half_written)["runs"]] == ids
+
+
+async def test_runs_limits_the_listed_runs_not_the_totals(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """A year of nightly runs would print thousands of lines: by default the newest 10 are
+    listed, --runs N|all says how many; the totals always cover every run."""
+    running = await start_simulator(steps=300, seed=64)
+    await nightly_backup(running, tmp_path, (300.0, 300.0), seed=64)  # 3 runs
+    every = status_json(tmp_path)
+    assert len(every["runs"]) == 3 and every["earlier_runs"] == 0
+
+    def invoke(*args: str) -> Any:
+        return CliRunner().invoke(main, ["status", str(tmp_path), *args])
+
+    newest = orjson.loads(invoke("--runs", "1", "--json").stdout)
+    assert [r["run_id"] for r in newest["runs"]] == [every["runs"][-1]["run_id"]]
+    assert newest["earlier_runs"] == 2 and newest["earlier_kinds"] == {
+        "full": 1,
+        "incremental": 1,
+    }
+    assert newest["totals"] == every["totals"] and newest["next_export"] == every["next_export"]
+    text = invoke("--runs", "2").stdout.splitlines()
+    assert "(1 earlier run(s) not shown: --runs all lists them)" in text
+    assert sum(line.startswith("run ") for line in text) == 2
+    assert any(line.startswith("backup: 3 runs (1 full, 2 incremental)") for line in text)
+    assert orjson.loads(invoke("--runs", "all", "--json").stdout) == every
+    refused = invoke("--runs", "0")
+    assert refused.exit_code == 2 and "--runs '0'" in refused.output

@@ -67,6 +67,7 @@ from exporter.normalize import EXTRA_COLUMN, check_type, record_id, table_layout
 from exporter.options import credential_options
 from exporter.pagination import ChainGuard, collection_url, next_link, page_records
 from exporter.schema import Shape, resource_type
+from exporter.storage import Storage
 
 STEP = "sequenceStep"
 RESTORE_DIRECTORY = "_restore"
@@ -222,7 +223,7 @@ def lookup_key(values: Values) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the backup
 
 
-def backup_steps(root: Path, run_id: str | None) -> dict[int, Values]:
+def backup_steps(root: Path | str, run_id: str | None) -> dict[int, Values]:
     """The backup's steps (newest version per id, minus tombstones), as of `run_id` if given."""
     document = manifest.load(root)
     runs = [str(r["run_id"]) for r in document.get("runs", [])]
@@ -424,7 +425,7 @@ def _error_text(document: Any) -> str:
 
 @dataclass(frozen=True)
 class RestoreSettings:
-    directory: Path
+    directory: Path | str  # the backup: a directory, or a URI (s3://bucket/prefix, file://...)
     base_url: str
     run_id: str | None = None
     ids: tuple[int, ...] | None = None
@@ -447,8 +448,17 @@ def target_name(base_url: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
-def default_journal(directory: Path, base_url: str) -> Path:
-    return directory / RESTORE_DIRECTORY / f"{target_name(base_url)}-journal.jsonl"
+def default_journal(directory: Path | str, base_url: str) -> Path:
+    """`DIR/_restore/<target>-journal.jsonl` for a local backup. A backup on an object store
+    cannot hold it (the journal is appended to and fsynced before every write), so it lives in
+    this machine's state directory, named after the backup's URI."""
+    name = f"{target_name(base_url)}-journal.jsonl"
+    storage = Storage.open(directory, flag="DIR")
+    if storage.local:
+        return Path(storage.base) / RESTORE_DIRECTORY / name
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    backup = re.sub(r"[^A-Za-z0-9._-]", "_", str(storage))
+    return Path(state) / "outreach-exporter" / "restore" / f"{backup}--{name}"
 
 
 def mapping_path(journal: Path) -> Path:
@@ -930,7 +940,7 @@ class _IdList(click.ParamType[tuple[int, ...]]):
 
 
 @click.command("restore")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", metavar="DIR")
 @click.option("--run", "run_id", help="Restore the state as of this run id.  [default: newest]")
 @click.option("--ids", type=_IdList(), help="Only these backed-up step ids (comma list).")
 @click.option(
@@ -949,7 +959,8 @@ class _IdList(click.ParamType[tuple[int, ...]]):
 @click.option(
     "--journal",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write journal.  [default: DIR/_restore/<target-host>-journal.jsonl]",
+    help="Write journal.  [default: DIR/_restore/<target-host>-journal.jsonl; for a backup "
+    "on an object store, $XDG_STATE_HOME/outreach-exporter/restore/]",
 )
 @click.option(
     "--base-url",
@@ -980,7 +991,7 @@ class _IdList(click.ParamType[tuple[int, ...]]):
     help="Seconds to wait after a write whose answer was lost before looking it up.",
 )
 def restore_command(
-    directory: Path,
+    directory: str,
     run_id: str | None,
     ids: tuple[int, ...] | None,
     sequence: int | None,
@@ -1010,7 +1021,7 @@ def restore_command(
             limit = parse_rate_limit(rate_limit)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        if not (directory / manifest.MANIFEST_NAME).exists():
+        if not Storage.open(directory, flag="DIR").exists(manifest.MANIFEST_NAME):
             raise UsageError(f"{directory} holds no finished export to restore from")
         auth = ExportSettings(
             out=directory,

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from exporter.compact import compact
+from exporter.restore import backup_steps, default_journal
 from exporter.simulator import Faults
 from exporter.storage import Storage
-from tests.conftest import TOKEN, Running, StartSimulator
+from tests.conftest import TOKEN, Running, StartSimulator, clean_env, spawn
 from tests.test_export import run_export
 from tests.test_relationships import expected_related
+from tests.test_restore import assert_restored, damage, writes
 from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row
 
 
@@ -146,6 +149,33 @@ async def test_endpoint_in_the_uri_query(
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # the very same objects, found by env
     plain = Storage.open("s3://backups/query/full")
     assert plain.list_files("sequenceSteps") == listed and plain.exists("_manifest.json")
+
+
+async def test_restore_from_a_backup_on_s3(
+    s3_server: str, start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """restore reads the backup from the bucket; its journal, which must be appended to and
+    fsynced, lives in this machine's state directory instead."""
+    running = await start_simulator(steps=400, seed=74)
+    uri = "s3://backups/acme/restore-me"
+    await run_export(running.base_url, uri)
+    backup = backup_steps(uri, None)
+    deleted, altered = damage(running, random.Random(74), 3, 2)
+    state_home = tmp_path / "state"
+    command = [
+        *(sys.executable, "-m", "exporter", "restore", uri, "--apply"),
+        *("--base-url", running.base_url, "--token", TOKEN, "--rate-limit", "100000/1"),
+    ]
+    process = await spawn(*command, env=clean_env(XDG_STATE_HOME=str(state_home)))
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert writes(running) == Counter({"POST": len(deleted), "PATCH": len(altered)})
+    [written] = list((state_home / "outreach-exporter" / "restore").glob("*-journal.jsonl"))
+    assert written.name == default_journal(uri, running.base_url).name
+    assert "backups_acme_restore-me" in written.name
+    assert_restored(running, backup, written)
+    assert not Storage.open(uri).list_files("_restore")  # nothing of it went to the bucket
+    assert TOKEN not in out.decode() + err.decode()
 
 
 async def test_bucket_that_does_not_exist_is_one_clear_error(

@@ -20,9 +20,11 @@ import pyarrow.parquet as pq
 from exporter import manifest
 from exporter.errors import ExporterError, UsageError
 from exporter.lock import locked
-from exporter.normalize import TOMBSTONE_TYPE, arrow_schema
+from exporter.normalize import TOMBSTONE_TYPE, arrow_schema, table_layout
 from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.storage import Storage
+
+ROOT_TYPE = "sequenceStep"  # the crawled collection: every one of its records is in a backup
 
 
 def current_table(
@@ -72,6 +74,43 @@ def current_table(
     return table.filter(keep).drop_columns(["_run"])
 
 
+def inverse_columns(type_name: str) -> list[tuple[str, str]]:
+    """(list column on `type_name`, the steps' column pointing back at it) for each to-many
+    relationship of `type_name` whose records are sequence steps: a sequence's
+    `sequenceStepIds` is the steps whose `sequenceId` is that sequence."""
+    steps = table_layout(ROOT_TYPE)
+    found = []
+    for column in table_layout(type_name).to_many:
+        if column.relationship.target != ROOT_TYPE:
+            continue
+        back = [c.column for c in steps.to_one if c.relationship.target == type_name]
+        if len(back) == 1:
+            found.append((column.column, back[0]))
+    return found
+
+
+def with_inverse_lists(table: pa.Table, type_name: str, steps: pa.Table) -> pa.Table:
+    """`table` with its lists of steps derived from the current steps (ids ascending).
+
+    The API gives such a list as of the record's last fetch, and an incremental run cannot see it
+    change when a step comes or goes without the record's `updatedAt` moving. Every step is in
+    the backup, so the owning side, each step's to-one column, says it exactly."""
+    for list_column, back in inverse_columns(type_name):
+        if list_column not in table.column_names or back not in steps.column_names:
+            continue
+        members: dict[int, list[int]] = {}
+        for step_id, owner in zip(
+            steps.column("id").to_pylist(), steps.column(back).to_pylist(), strict=True
+        ):
+            if owner is not None:
+                members.setdefault(owner, []).append(step_id)
+        values = [sorted(members.get(i, [])) for i in table.column("id").to_pylist()]
+        index = table.column_names.index(list_column)
+        field = table.schema.field(index)
+        table = table.set_column(index, field, pa.array(values, field.type))
+    return table
+
+
 def compact(
     where: Storage | Path | str, into: Storage | Path | str | None = None
 ) -> dict[str, int]:
@@ -93,10 +132,15 @@ def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, i
         prefix = ""
     present = {entry["type"] for entry in document["files"]}
     rows: dict[str, int] = {}
+    steps: pa.Table | None = None
     for type_name in RESOURCE_TYPES:
         if type_name not in present:
             continue
         table = current_table(storage, document, type_name)
+        if type_name == ROOT_TYPE:
+            steps = table
+        elif steps is not None:
+            table = with_inverse_lists(table, type_name, steps)
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer, compression="zstd")
         relative = f"{prefix}{resource_type(type_name).collection}.parquet"

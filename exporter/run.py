@@ -29,6 +29,7 @@ from exporter import __version__, checkpoint, manifest
 from exporter.auth import TokenSource
 from exporter.checkpoint import ResourceState, RunState
 from exporter.client import ApiClient, ClientSettings
+from exporter.compact import ROOT_TYPE
 from exporter.config import ExportSettings
 from exporter.crawl import CollectionCrawl, CrawlStats, Flush, Message, RowSelector
 from exporter.deletes import DeleteScan
@@ -43,8 +44,6 @@ from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.sink import INPROGRESS_SUFFIX
 from exporter.storage import Storage
 from exporter.writer import CommitPolicy, Writer
-
-ROOT_TYPE = "sequenceStep"
 
 
 def utc_now() -> str:

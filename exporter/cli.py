@@ -27,14 +27,12 @@ from exporter.config import (
     MAX_PAGE_SIZE,
     ExportSettings,
     RateLimit,
-    check_base_url,
     default_token_file,
     load_toml_defaults,
-    parse_rate_limit,
     token_url_for,
 )
 from exporter.errors import ExitCode, ExporterError, UsageError
-from exporter.options import credential_options
+from exporter.options import BaseUrlType, RateLimitType, credential_options
 from exporter.progress import Reporter, Snapshot, configure_logging, event
 from exporter.schema import RESOURCE_TYPES
 
@@ -109,30 +107,6 @@ def _reporter_factory(
         mode = "lines"
     collections = {t: resource_type(t).collection for t in RESOURCE_TYPES}
     return lambda snapshot: Reporter(mode, snapshot, collections=collections, interval=interval)
-
-
-class RateLimitType(click.ParamType[RateLimit]):
-    name = "N/SECONDS"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> RateLimit:
-        if isinstance(value, RateLimit):
-            return value
-        try:
-            return parse_rate_limit(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class BaseUrlType(click.ParamType[str]):
-    name = "URL"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        try:
-            return check_base_url(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:

@@ -95,10 +95,22 @@ def _flock_soon(fd: int, attempts: int = 10) -> None:
             time.sleep(0.05)
 
 
+def read_lease(storage: Storage) -> dict[str, Any] | None:
+    """The lease object of an object-store backup, or None (none, torn or foreign)."""
+    raw = storage.read_document(LEASE_NAME)
+    if raw is None:
+        return None
+    try:
+        lease = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None  # a torn or foreign object: no live holder can be named
+    return lease if isinstance(lease, dict) else None
+
+
 def holder(storage: Storage) -> dict[str, Any] | None:
     """Who is writing the backup now (purpose, pid, host, since), or None when no one is."""
     if not storage.local:
-        lease = OutputLock(storage, "status")._read_lease()
+        lease = read_lease(storage)
         if lease is None:
             return None
         fresh = time.time() - float(lease.get("renewed_at") or 0) < LEASE_TTL
@@ -166,7 +178,7 @@ class OutputLock:
             self._renewer.join()
             self._renewer = None
             with contextlib.suppress(Exception):
-                current = self._read_lease()
+                current = read_lease(self.storage)
                 if current is not None and current.get("token") == self._token:
                     self.storage.delete(LEASE_NAME)
 
@@ -211,21 +223,11 @@ class OutputLock:
 
     # -- object stores: a renewed lease -----------------------------------------------------
 
-    def _read_lease(self) -> dict[str, Any] | None:
-        raw = self.storage.read_document(LEASE_NAME)
-        if raw is None:
-            return None
-        try:
-            lease = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return None  # a torn or foreign object: no live holder can be named
-        return lease if isinstance(lease, dict) else None
-
     def _write_lease(self) -> None:
         self.storage.write_atomically(LEASE_NAME, orjson.dumps(_holder(self.purpose, self._token)))
 
     def _take_lease(self) -> None:
-        current = self._read_lease()
+        current = read_lease(self.storage)
         if current is not None and current.get("token") != self._token:
             age = time.time() - float(current.get("renewed_at") or 0)
             if age < self.ttl and _alive_here(current):
@@ -237,7 +239,7 @@ class OutputLock:
                 )
         self._write_lease()
         time.sleep(LEASE_SETTLE)
-        mine = self._read_lease()
+        mine = read_lease(self.storage)
         if mine is None or mine.get("token") != self._token:
             raise BusyError(
                 f"{self.storage.display}: another run took the lease at the same moment: "
@@ -250,7 +252,7 @@ class OutputLock:
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             with contextlib.suppress(Exception):  # a passing store error: the next turn retries
-                current = self._read_lease()
+                current = read_lease(self.storage)
                 if current is not None and current.get("token") != self._token:
                     self.lost = _describe(current, "another run")
                     return

@@ -1,4 +1,4 @@
-"""Command-line pieces shared by several commands: credential options, and how a report is shown."""
+"""Command-line pieces shared by several commands: credential options, value types, and how a report is shown."""
 
 from __future__ import annotations
 
@@ -8,7 +8,33 @@ from typing import Any
 
 import click
 
+from exporter.config import RateLimit, check_base_url, parse_rate_limit
+
 F = Callable[..., Any]
+
+
+class RateLimitType(click.ParamType[RateLimit]):
+    name = "N/SECONDS"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> RateLimit:
+        if isinstance(value, RateLimit):
+            return value
+        try:
+            return parse_rate_limit(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class BaseUrlType(click.ParamType[str]):
+    name = "URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return check_base_url(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def credential_options(command: F) -> F:

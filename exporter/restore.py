@@ -50,7 +50,7 @@ from exporter import manifest
 from exporter.auth import Secret, TokenSource
 from exporter.client import ApiClient, ClientSettings
 from exporter.compact import current_table
-from exporter.config import RateLimit
+from exporter.config import DEFAULT_BASE_URL, RateLimit
 from exporter.errors import (
     ApiError,
     AuthError,
@@ -64,7 +64,7 @@ from exporter.errors import (
 )
 from exporter.journal import Intent, Journal, JournalState, replay
 from exporter.normalize import EXTRA_COLUMN, check_type, record_id, table_layout
-from exporter.options import credential_options
+from exporter.options import BaseUrlType, RateLimitType, credential_options
 from exporter.pagination import ChainGuard, collection_url, next_link, page_records
 from exporter.schema import Shape, resource_type
 from exporter.storage import Storage
@@ -964,9 +964,11 @@ class _IdList(click.ParamType[tuple[int, ...]]):
 )
 @click.option(
     "--base-url",
-    default=None,
+    type=BaseUrlType(),
+    default=DEFAULT_BASE_URL,
+    show_default=True,
     envvar="OUTREACH_BASE_URL",
-    help="API base URL.  [env: OUTREACH_BASE_URL; default: https://api.outreach.io/api/v2]",
+    help="API base URL.  [env: OUTREACH_BASE_URL]",
 )
 @credential_options
 @click.option(
@@ -978,6 +980,7 @@ class _IdList(click.ParamType[tuple[int, ...]]):
 )
 @click.option(
     "--rate-limit",
+    type=RateLimitType(),
     default="10000/3600",
     show_default=True,
     envvar="OUTREACH_RATE_LIMIT",
@@ -998,7 +1001,7 @@ def restore_command(
     mode: str,
     apply: bool,
     journal: Path | None,
-    base_url: str | None,
+    base_url: str,
     token: str | None,
     client_id: str | None,
     client_secret: str | None,
@@ -1006,26 +1009,21 @@ def restore_command(
     redirect_uri: str | None,
     token_file: Path | None,
     concurrency: int,
-    rate_limit: str,
+    rate_limit: RateLimit,
     lookup_delay: float,
 ) -> None:
     """Put sequence steps back from a backup: plan (default), or --apply the creates and patches."""
     from exporter.cli import _run, _token_source, fail
-    from exporter.config import DEFAULT_BASE_URL, ExportSettings, check_base_url, parse_rate_limit
+    from exporter.config import ExportSettings
 
     try:
         if ids is not None and sequence is not None:
             raise UsageError("--ids and --sequence select steps in two ways; pass one of them")
-        try:
-            url = check_base_url(base_url or DEFAULT_BASE_URL)
-            limit = parse_rate_limit(rate_limit)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
         if not Storage.open(directory, flag="DIR").exists(manifest.MANIFEST_NAME):
             raise UsageError(f"{directory} holds no finished export to restore from")
         auth = ExportSettings(
             out=directory,
-            base_url=url,
+            base_url=base_url,
             token=Secret(token) if token else None,
             client_id=client_id,
             client_secret=Secret(client_secret) if client_secret else None,
@@ -1035,7 +1033,7 @@ def restore_command(
         )
         settings = RestoreSettings(
             directory=directory,
-            base_url=url,
+            base_url=base_url,
             run_id=run_id,
             ids=ids,
             sequence=sequence,
@@ -1043,7 +1041,7 @@ def restore_command(
             apply=apply,
             journal=journal,
             concurrency=concurrency,
-            rate_limit=limit,
+            rate_limit=rate_limit,
             lookup_delay=lookup_delay,
         )
         job = Restore(settings, _token_source(auth))

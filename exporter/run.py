@@ -81,17 +81,31 @@ def _is_ours(relative: str) -> bool:
     )
 
 
+# Every directory an export writes into (an earlier selection's types included), tombstones last.
+BACKUP_DIRECTORIES = [
+    *(resource_type(t).collection for t in RESOURCE_TYPES),
+    TOMBSTONE_DIRECTORY,
+]
+
+
+def uncommitted(storage: Storage, named: set[str], directories: list[str]) -> list[str]:
+    """Part files below our directories that `named` (a checkpoint's files) does not hold:
+    uploads completed but never committed, and temporary files. Files we did not write stay."""
+    return [
+        relative
+        for directory in directories
+        for relative in storage.list_files(directory)
+        if _is_ours(relative) and relative not in named
+    ]
+
+
 def remove_uncommitted(storage: Storage, state: RunState | None, directories: list[str]) -> int:
-    """Delete part files below our directories that no checkpoint names (uploads completed but
-    never committed, temporary files); returns the count. Files we did not write stay."""
+    """Delete the `uncommitted` files of `state` (all part files when None); returns the count."""
     named = {f.path for f in state.committed_files()} if state else set()
-    removed = 0
-    for directory in directories:
-        for relative in storage.list_files(directory):
-            if _is_ours(relative) and relative not in named:
-                storage.delete(relative)
-                removed += 1
-    return removed
+    found = uncommitted(storage, named, directories)
+    for relative in found:
+        storage.delete(relative)
+    return len(found)
 
 
 def discard_run(storage: Storage, directories: list[str]) -> None:
@@ -141,10 +155,7 @@ class Export:
         targets = list(dict.fromkeys(link.target for link in self.links))
         self.type_names = [ROOT_TYPE, *targets]
         # Every type's directory, so files of an earlier selection are cleaned up too.
-        self.directories = [
-            *(resource_type(t).collection for t in RESOURCE_TYPES),
-            TOMBSTONE_DIRECTORY,
-        ]
+        self.directories = list(BACKUP_DIRECTORIES)
         self._stoppables: list[CollectionCrawl | RelationshipWalk | DeleteScan] = []
         self._stop_requested = False
         self.client: ApiClient | None = None

@@ -38,9 +38,9 @@ from exporter.config import ExportSettings
 from exporter.errors import ExporterError, UsageError
 from exporter.normalize import TOMBSTONE_TYPE
 from exporter.options import exit_on_error, show_report
-from exporter.run import TOMBSTONE_DIRECTORY, iso, micros
+from exporter.run import BACKUP_DIRECTORIES, TOMBSTONE_DIRECTORY, iso, micros, uncommitted
 from exporter.schema import RESOURCE_TYPES, resource_type
-from exporter.storage import INPROGRESS_SUFFIX, Storage
+from exporter.storage import Storage
 
 HIGH_WATER_COLUMN = "updatedAt"
 DEFAULT_OVERLAP = ExportSettings.overlap  # seconds; `export --overlap`'s default
@@ -634,21 +634,8 @@ def _iso(value: datetime) -> str:
 
 
 def _uncommitted(root: Storage, named: set[str]) -> list[str]:
-    """Part files no checkpoint names: the next export removes them (run.remove_uncommitted).
-
-    Every file below each type's directory and `tombstones/` (an incremental run writes into
-    `run=<id>/` below them) that is a part file or a temporary one, as run.py's `_is_ours` tells.
-    """
-    found: list[str] = []
-    directories = [resource_type(t).collection for t in RESOURCE_TYPES] + [TOMBSTONE_DIRECTORY]
-    for directory in directories:
-        for relative in root.list_files(directory):
-            name = relative.rsplit("/", 1)[-1]
-            is_part = name.startswith("part-") and name.endswith(".parquet")
-            is_temp = name.startswith(".part-") and name.endswith(INPROGRESS_SUFFIX)
-            if (is_part and relative not in named) or is_temp:
-                found.append(relative)
-    return found
+    """Part files no checkpoint names: the next export removes them (run.remove_uncommitted)."""
+    return uncommitted(root, named, BACKUP_DIRECTORIES)
 
 
 def render(report: StatusReport) -> list[str]:

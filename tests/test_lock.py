@@ -135,8 +135,7 @@ async def test_export_to_s3_respects_a_live_lease_and_takes_over_dead_ones(
     running = await start_simulator(steps=600, seed=44)
     uri = f"s3://backups/lock-{uuid.uuid4().hex[:8]}"
     storage = Storage.open(uri)
-    command = [*export_command(running, Path("unused")), "--relationships", "none"]
-    command[command.index("--out") + 1] = uri
+    command = export_command(running, uri, "--relationships", "none")
 
     lease(storage)  # held, renewed just now, by a process on another host
     code, err = await run_cli(command)

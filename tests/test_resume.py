@@ -23,7 +23,7 @@ from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_r
 KILL_POINTS = int(os.environ.get("RESUME_KILL_POINTS", "20"))
 
 
-def export_command(running: Running, out: Path, *extra: str) -> list[str]:
+def export_command(running: Running, out: Path | str, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -185,8 +185,6 @@ async def test_restart_discards_a_killed_run_and_starts_over(
 async def test_file_uri_output(start_simulator: StartSimulator, tmp_path: Path) -> None:
     running = await start_simulator(steps=800, seed=34)
     out = tmp_path / "via-uri"
-    code, _codes = await run_to_completion(
-        [*export_command(running, Path("unused")), "--out", out.as_uri()], []
-    )
+    code, _codes = await run_to_completion(export_command(running, out.as_uri()), [])
     assert code == 0
     assert_exact(running, out)

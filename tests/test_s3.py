@@ -28,6 +28,7 @@ from tests.conftest import TOKEN, Running, StartSimulator, clean_env, spawn
 from tests.test_export import run_export
 from tests.test_relationships import expected_related
 from tests.test_restore import assert_restored, damage, writes
+from tests.test_resume import export_command
 from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row
 
 
@@ -203,35 +204,11 @@ async def test_bucket_that_does_not_exist_is_one_clear_error(
 async def test_sigkill_and_resume_on_s3(s3_server: str, start_simulator: StartSimulator) -> None:
     running = await start_simulator(steps=2000, seed=72, faults=Faults(latency_s=0.004))
     rng = random.Random(72)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
     for trial in range(4):
         uri = f"s3://backups/acme/kill-{trial}"
-        command = [
-            sys.executable,
-            "-m",
-            "exporter",
-            "export",
-            "--out",
-            uri,
-            "--base-url",
-            running.base_url,
-            "--token",
-            TOKEN,
-            "--page-size",
-            "100",
-            "--concurrency",
-            "4",
-            "--commit-interval",
-            "0.05",
-            "--file-rows",
-            "250",
-            "--rate-limit",
-            "100000/1",
-        ]
+        command = export_command(running, uri)
         for delay in [rng.uniform(0.3, 2.0), None]:
-            process = await asyncio.create_subprocess_exec(
-                *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-            )
+            process = await spawn(*command)
             if delay is not None:
                 try:
                     await asyncio.wait_for(process.wait(), timeout=delay)

@@ -132,6 +132,8 @@ class Api:
                     error_body(415, "unsupportedMediaType", "Unsupported Media Type", detail),
                     headers,
                 )
+            if not collection and request.method == "GET":
+                return await self.deliver(request, 200, self._token_info(), headers)
             if rtype is None or "/" in record:
                 detail = f"No route for {request.path}"
                 return await self.deliver(
@@ -155,6 +157,20 @@ class Api:
             )
         finally:
             sim.counters.finish_request()
+
+    def _token_info(self) -> bytes:
+        """The API root's answer: who the token belongs to (the org, the user)."""
+        cfg = self.sim.cfg
+        guid = cfg.org_guid or f"sim-org-{cfg.seed}"
+        return orjson.dumps(
+            {
+                "meta": {
+                    "api": {"version": "2"},
+                    "org": {"guid": guid, "name": f"Simulated account {guid}"},
+                    "user": {"id": 1, "email": "api@simulator.invalid"},
+                }
+            }
+        )
 
     async def _write(
         self, request: web.Request, type_name: str, record: str, headers: dict[str, str]
@@ -395,6 +411,7 @@ def build_app(sim: Simulator) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[SIM_KEY] = sim
     app.router.add_post("/oauth/token", api.token)
+    app.router.add_route("*", API_PREFIX, api.api)
     app.router.add_route("*", API_PREFIX + "/{tail:.*}", api.api)
     app.cleanup_ctx.append(_mutation_stream)
     return app

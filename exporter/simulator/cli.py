@@ -45,6 +45,11 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
 @click.option("--steps", type=click.IntRange(min=1), default=1000, help="Number of sequence steps.")
 @click.option("--seed", type=int, default=0, help="Seed of all generated data.")
 @click.option(
+    "--org-guid",
+    default=None,
+    help="The account's id, as the API root states it (default: sim-org-<seed>).",
+)
+@click.option(
     "--sequences-per-step",
     type=_SECONDS,
     default=1 / 6,
@@ -163,6 +168,7 @@ def simulate(**options: Any) -> None:
     cfg = SimulatorConfig(
         steps=options["steps"],
         seed=options["seed"],
+        org_guid=options["org_guid"],
         sequences_per_step=options["sequences_per_step"],
         users_per_step=options["users_per_step"],
         min_users=options["min_users"],

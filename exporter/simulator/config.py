@@ -59,6 +59,9 @@ class SimulatorConfig:
     client_secret: str = "sim-secret"  # noqa: S105
     refresh_token: str = "sim-refresh-0"  # noqa: S105
     redirect_uri: str = "http://127.0.0.1/callback"
+    # The account the simulator stands for, as its API root states it (`GET /api/v2`); None:
+    # derived from the seed, so two simulators with one seed serve one account.
+    org_guid: str | None = None
     scope: str = (
         "sequenceSteps.read sequences.read users.read callPurposes.read taskPriorities.read "
         "sequenceTemplates.read mailings.read calls.read tasks.read"

@@ -240,6 +240,11 @@ class RelationshipWalk:
                 self.targets[link.target] = TargetState(link.target, link.link_only)
                 self.stats[link.target] = WalkStats()
         self.written: dict[str, IdSet] = {t: IdSet() for t in self.targets}
+        # Data-link types: the version (`updatedAt`, microseconds) of each record written, so a
+        # later fetch of the same type in the run does not write that version again.
+        self.versions: dict[str, dict[int, int]] = {
+            t: {} for t, s in self.targets.items() if not s.link_only
+        }
         self._normalizers = {t: Normalizer(t) for t in self.targets}
         self._group_codes: dict[str | None, int] = {None: 0}
         self._wakeup = asyncio.Event()
@@ -303,6 +308,14 @@ class RelationshipWalk:
         for value in ids:
             if state.requested.add(value):
                 state.push(value)
+        self._wakeup.set()
+
+    def request_steps(self, target: str, step_ids: Iterable[int]) -> None:
+        """Queue step ids for a link-only target (fetched by `filter[sequenceStep][id]`)."""
+        state = self.targets[target]
+        assert state.link_only
+        for value in step_ids:
+            state.push(value)
         self._wakeup.set()
 
     def _groups(self, table: pa.Table) -> list[int]:
@@ -491,6 +504,12 @@ class RelationshipWalk:
             table = normalized.table
             if len(keep) != len(normalized.ids):
                 table = table.take(pa.array(keep, pa.int64()))
+            versions = self.versions.get(batch.target)
+            if versions is not None and "updatedAt" in table.column_names:
+                stamps = table.column("updatedAt").cast(pa.int64()).to_pylist()
+                for value, stamp in zip(table.column("id").to_pylist(), stamps, strict=True):
+                    if stamp is not None:
+                        versions[value] = stamp
             stats.records += len(keep)
             self.inbox.put_nowait(
                 PageBatch(
@@ -523,3 +542,12 @@ class RelationshipWalk:
             for t, s in self.targets.items()
             if s.missing_count
         }
+
+
+def step_back_link(target: str) -> Link | None:
+    """For a type whose records name their step (`sequenceStep`, to-one with `data`), a link-only
+    style `Link` that fetches them by `filter[sequenceStep][id]`; None for other types."""
+    for column in table_layout(target).to_one:
+        if column.relationship.name == ROOT and column.relationship.target == ROOT:
+            return Link(ROOT, target, None, True)
+    return None

@@ -39,7 +39,14 @@ from exporter.lock import OutputLock
 from exporter.normalize import TOMBSTONE_TYPE
 from exporter.pagination import collection_url
 from exporter.progress import Reporter, ResourceProgress, Snapshot, event
-from exporter.relationships import IdSet, Link, RelationshipWalk, WalkStats, parse_selection
+from exporter.relationships import (
+    IdSet,
+    Link,
+    RelationshipWalk,
+    WalkStats,
+    parse_selection,
+    step_back_link,
+)
 from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.sink import INPROGRESS_SUFFIX
 from exporter.storage import Storage
@@ -509,6 +516,8 @@ class Export:
         await flush()
 
         # Phase 2 (incremental): what changed in each related type that belongs to the backup.
+        # A record belongs when the backup holds its id (kept current even once no step names it:
+        # its step deleted, or it moved away) or when a step of the backup reaches it now.
         if incremental and index is not None:
             self._phase(state, "deltas")
             members_steps = IdSet(index.ids.get(ROOT_TYPE, IdSet()))
@@ -521,37 +530,48 @@ class Export:
                     if resource.planned and all(p.finished for p in resource.partitions):
                         continue
                     link_only = any(k.link_only for k in self.links if k.target == target)
-                    versions = index.versions.get(target, {})
+                    held = index.ids.get(target, IdSet())
+                    # Versions this run's phase 1 wrote (new references) count as held too.
+                    versions = dict(index.versions.get(target, {}))
+                    if walk is not None:
+                        versions.update(walk.versions.get(target, {}))
+                    members = IdSet(held)
+                    if not link_only:
+                        for value in index.referenced.get(target, IdSet()):
+                            members.add(value)
+                        if walk is not None and target in walk.targets:
+                            for value in walk.targets[target].requested:
+                                members.add(value)
                     if updated_at_filterable(target):
                         if link_only:
                             select: RowSelector = BelongsToBackup(
-                                members_steps, "sequenceStepId", versions
+                                members_steps, "sequenceStepId", versions, held
                             )
                         else:
-                            members = IdSet(index.ids.get(target, IdSet()))
-                            for value in index.referenced.get(target, IdSet()):
-                                members.add(value)
-                            if walk is not None and target in walk.targets:
-                                for value in walk.targets[target].requested:
-                                    members.add(value)
                             select = BelongsToBackup(members, "id", versions)
                         crawl = crawl_for(target, select)
                         group.create_task(
                             crawl.run(resource.partitions if resource.planned else None)
                         )
                     else:
-                        # No updatedAt filter on this type: ask again for every id the backup's
-                        # steps name, and keep only versions it does not hold.
-                        refresh = walk_for(
-                            [k for k in self.links if k.target == target],
-                            {target: SkipKnownVersions(versions)},
-                        )
-                        referenced = list(index.referenced.get(target, IdSet()))
-                        if walk is not None and target in walk.targets:
-                            referenced += list(walk.targets[target].requested)
-                        refresh.request(target, referenced)
-                        refresh.close()
-                        group.create_task(self._finish_refresh(refresh, resource, refreshed))
+                        # No updatedAt filter on this type: ask again for every id the backup
+                        # holds or its steps name, then (when the type points back at its step)
+                        # for every record of the backup's steps, which finds new and moved
+                        # ones; keep only versions not written yet.
+                        remembered = SkipKnownVersions(versions, remember=True)
+                        refreshes = [
+                            walk_for(
+                                [k for k in self.links if k.target == target],
+                                {target: remembered},
+                            )
+                        ]
+                        refreshes[0].request(target, members)
+                        back = step_back_link(target)
+                        if back is not None:
+                            by_step = walk_for([back], {target: remembered})
+                            by_step.request_steps(target, members_steps)
+                            refreshes.append(by_step)
+                        group.create_task(self._finish_refresh(refreshes, resource, refreshed))
             if self._stop_requested:
                 return
             await flush()
@@ -586,11 +606,15 @@ class Export:
         self._phase(state, "done")
 
     async def _finish_refresh(
-        self, refresh: RelationshipWalk, resource: ResourceState, done: list[ResourceState]
+        self, refreshes: list[RelationshipWalk], resource: ResourceState, done: list[ResourceState]
     ) -> None:
-        await refresh.run()
-        if not self._stop_requested:
-            done.append(resource)
+        """Run the refresh walks of one type one after the other (they share a selector)."""
+        for refresh in refreshes:
+            refresh.close()
+            await refresh.run()
+            if self._stop_requested:
+                return
+        done.append(resource)
 
     async def _mark_window(self, state: RunState, client: ApiClient) -> None:
         """The run's mark, taken before any data is read: the API's clock (its Date header) at

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +52,8 @@ from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.sink import INPROGRESS_SUFFIX
 from exporter.storage import Storage
 from exporter.writer import CommitPolicy, Writer
+
+MAX_CLOCK_SKEW = 300.0  # seconds the API's clock and ours may differ before the earlier is taken
 
 
 def utc_now() -> str:
@@ -439,6 +442,12 @@ class Export:
         s = self.settings
         incremental = state.kind == "incremental"
         root = state.resources[ROOT_TYPE]
+        if state.window_end is None:
+            start = state.window_start
+            await self._mark_window(state, client)
+            if index is not None and state.window_start != start:
+                # The window now starts earlier: load the versions it needs to skip duplicates.
+                index = await asyncio.to_thread(self._load_index, state)
         since = [("filter[updatedAt]", f"{state.window_start}..inf")] if incremental else []
 
         def walk_for(
@@ -500,8 +509,6 @@ class Export:
             if resumed:
                 await asyncio.to_thread(resume_walk, self.storage, state, walk)
         versions = index.versions.get(ROOT_TYPE, {}) if index is not None else {}
-        if state.window_end is None:
-            await self._mark_window(state, client)
         crawl = crawl_for(ROOT_TYPE, SkipKnownVersions(versions) if incremental else None, walk)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._crawl_then_close(crawl, walk, root))
@@ -617,8 +624,20 @@ class Export:
         done.append(resource)
 
     async def _mark_window(self, state: RunState, client: ApiClient) -> None:
-        """The run's mark, taken before any data is read: the API's clock (its Date header) at
-        a first small request; the next incremental window starts there, less the overlap."""
+        """Take the run's mark, the end of its window (the next window starts there, less the
+        overlap), before any data is read; say in the root type's `detail["mark"]` what it is
+        based on.
+
+        1. The API's clock (its Date header at its first answer; a first small request when
+           there was none yet) and this machine's clock.
+        2. When they disagree by more than `MAX_CLOCK_SKEW`, the earlier of the two, with a
+           warning: a mark too late loses the changes between the two for good (the next
+           window starts after them), one too early only fetches some records again.
+        3. A window that would start after its end (a previous mark taken from a wrong clock)
+           is never accepted: it starts where the previous run began by this machine's clock,
+           less the overlap, with a warning; when even that is after the end, the run stops
+           with a usage error and exports nothing.
+        """
         if client.stats.server_time is None:
             await client.get_document(
                 collection_url(
@@ -627,7 +646,53 @@ class Export:
                     [("page[size]", "1"), (f"fields[{ROOT_TYPE}]", "")],
                 )
             )
-        state.window_end = iso(client.stats.server_time or time.time())
+        local = time.time()
+        server = client.stats.server_time
+        basis: dict[str, Any] = {"local_clock": iso(local)}
+        if server is None:
+            mark = local
+            basis["based_on"] = "local clock"
+            basis["reason"] = "the API sent no usable Date header"
+        else:
+            skew = server - local
+            basis.update(server_clock=iso(server), skew_seconds=round(skew, 3))
+            mark = min(server, local) if abs(skew) > MAX_CLOCK_SKEW else server
+            basis["based_on"] = "server clock" if mark == server else "local clock"
+            if abs(skew) > MAX_CLOCK_SKEW:
+                event(
+                    "clock.skew",
+                    f"the API's clock ({iso(server)}, its Date header) is "
+                    f"{abs(skew):,.0f} s {'ahead of' if skew > 0 else 'behind'} this machine's "
+                    f"({iso(local)}); the run's mark is the earlier, {iso(mark)}",
+                    logging.WARNING,
+                    server_clock=iso(server),
+                    local_clock=iso(local),
+                    skew_seconds=round(skew, 3),
+                )
+        if state.window_start is not None and micros(state.window_start) > mark * 1_000_000:
+            previous = state.history[-1] if state.history else {}
+            began = previous.get("started_at")
+            fallback = micros(began) / 1_000_000 - self.settings.overlap if began else None
+            if fallback is None or fallback > mark:
+                raise UsageError(
+                    f"the incremental window would start at {state.window_start}, after its end "
+                    f"{iso(mark)} (a clock, the API's or this machine's, is wrong); nothing was "
+                    "exported. Check this machine's clock and run again"
+                )
+            event(
+                "window.clamped",
+                f"the incremental window would start at {state.window_start} (the last run's "
+                f"mark less the overlap), after its end {iso(mark)}: that mark came from a wrong "
+                f"clock. Starting instead where the last run began, {iso(fallback)}",
+                logging.WARNING,
+                window_start=state.window_start,
+                window_end=iso(mark),
+                clamped_to=iso(fallback),
+            )
+            basis["window_start_clamped_from"] = state.window_start
+            state.window_start = iso(fallback)
+        state.resources[ROOT_TYPE].detail["mark"] = basis
+        state.window_end = iso(mark)
 
     @staticmethod
     async def _crawl_then_close(

@@ -517,6 +517,8 @@ class Export:
         if walk is not None:
             for type_name, missing in walk.missing().items():
                 state.resources[type_name].detail["missing"] = missing
+            for type_name, dropped in walk.unrequested().items():
+                state.resources[type_name].detail["unrequested"] = dropped
         emitted_steps = crawl.emitted_ids()
         if self._stop_requested:
             return
@@ -619,6 +621,8 @@ class Export:
         for refresh in refreshes:
             refresh.close()
             await refresh.run()
+            for dropped in refresh.unrequested().values():
+                resource.detail["unrequested"] = dropped
             if self._stop_requested:
                 return
         done.append(resource)

@@ -544,7 +544,8 @@ class Export:
                     versions = dict(index.versions.get(target, {}))
                     if walk is not None:
                         versions.update(walk.versions.get(target, {}))
-                    members = IdSet(held)
+                    # Data links: the ids held, those the backup's steps name, and new references.
+                    members = IdSet() if link_only else IdSet(held)
                     if not link_only:
                         for value in index.referenced.get(target, IdSet()):
                             members.add(value)

@@ -338,3 +338,17 @@ def test_a_move_changes_one_relationship_and_the_stamp() -> None:
             assert relationship in changed, (type_name, record_id, relationship)
             assert after["attributes"]["updatedAt"] > before["attributes"]["updatedAt"]
     assert set(moved) == set(schema.RESOURCE_TYPES) - {"taskPriority"}
+
+
+async def test_a_skewed_date_header() -> None:
+    from email.utils import parsedate_to_datetime
+
+    async with running(SimulatorConfig(steps=20, seed=3)) as run:
+        for skew in (86_400.0, -3600.0, 0.0):
+            run.sim.faults.date_skew_s = skew
+            before = time.time()
+            reply = await run.get(STEPS)
+            after = time.time()
+            assert reply.status == 200
+            sent = parsedate_to_datetime(reply.headers["Date"]).timestamp()
+            assert before + skew - 1 <= sent <= after + skew + 1, (skew, reply.headers["Date"])

@@ -271,3 +271,26 @@ async def test_a_window_that_would_start_after_its_end_is_never_accepted(
     assert delta.state.window_start is not None and delta.state.window_end is not None
     assert micros(delta.state.window_start) <= micros(delta.state.window_end)
     assert [r for r in caplog.records if getattr(r, "event", None) == "window.clamped"]
+
+
+async def test_a_window_with_no_sane_start_is_refused_and_nothing_is_exported(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """The previous run's mark and its start both two days ahead: no start before the end can
+    be trusted, so the run stops with a usage error before it reads any data."""
+    running = await start_simulator(steps=200, seed=47)
+    await run_export(running.base_url, tmp_path)
+    path = tmp_path / "_checkpoint.json"
+    document = orjson.loads(path.read_bytes())
+    for key in ("window_end", "started_at"):
+        document[key] = iso(micros(document[key]) / 1e6 + 2 * DAY)
+    path.write_bytes(orjson.dumps(document))
+    manifest_before = (tmp_path / "_manifest.json").read_bytes()
+    updated_steps(running, 3)
+    requests = running.sim.counters.by_route.copy()
+    with pytest.raises(UsageError, match=r"would start at .* after its end .*nothing was exported"):
+        await run_export(running.base_url, tmp_path, incremental=True)
+    read = running.sim.counters.by_route - requests
+    assert read["GET /api/v2/sequenceSteps"] <= 1, read  # at most the one-record clock probe
+    assert (tmp_path / "_manifest.json").read_bytes() == manifest_before
+    assert not list(tmp_path.glob("sequenceSteps/run=*/*.parquet"))

@@ -8,8 +8,8 @@ GIL, so pages parse on another core while the event loop serves the network.
 
 It only ever answers for regular pages. Anything the slow path would treat specially makes it
 return None, and the caller parses the page the slow way, which keeps the exact rules (and the
-error messages): a value of the wrong JSON type, a string id, a record of another type, an
-unknown attribute or relationship (kept in `_extra` by the slow path), an `object` attribute,
+error messages): a value of the wrong JSON type, a string id, a record of another type, a
+relationship identifier of another type than its target, an unknown attribute or relationship (kept in `_extra` by the slow path), an `object` attribute,
 a date-time that does not parse. Tests hold the two paths to the same tables.
 """
 
@@ -163,15 +163,19 @@ def _columns(wire: WireLayout, items: pa.StructArray) -> NormalizedBatch | None:
     )
     for column in layout.to_one:
         data = by_name[column.relationship.name].flatten()[0]
-        _identifier_type, identifier_id = data.flatten()
+        identifier_type, identifier_id = data.flatten()
         if pc.any(pc.and_(identifier_id.is_null(), data.is_valid())).as_py():
             return None  # an identifier without an id
+        if not _all_of_type(identifier_type, data.is_valid(), column.relationship.target):
+            return None  # an identifier of another type: the slow path keeps it in _extra
         columns.append(identifier_id)
     for column in layout.to_many:
         data = by_name[column.relationship.name].flatten()[0]
         identifiers = data.flatten()
-        identifier_ids = identifiers.flatten()[1]
+        identifier_types, identifier_ids = identifiers.flatten()
         if identifier_ids.null_count or identifiers.null_count:
+            return None
+        if not _all_of_type(identifier_types, None, column.relationship.target):
             return None
         offsets = data.offsets
         columns.append(pa.ListArray.from_arrays(offsets, identifier_ids, mask=data.is_null()))
@@ -179,6 +183,16 @@ def _columns(wire: WireLayout, items: pa.StructArray) -> NormalizedBatch | None:
     assert layout.schema.field(len(columns) - 1).name == EXTRA_COLUMN
     table = pa.Table.from_arrays(columns, schema=layout.schema)
     return NormalizedBatch(table=table, ids=ids.to_pylist(), extra_values=0)
+
+
+def _all_of_type(types: pa.Array, present: pa.Array | None, target: str) -> bool:
+    """Every identifier (where `present`) names `target` as its type."""
+    if len(types) == 0:
+        return True
+    matches = pc.fill_null(pc.equal(types, target), False)
+    if present is not None:
+        matches = pc.or_(matches, pc.invert(present))
+    return bool(pc.all(matches).as_py())
 
 
 @dataclass

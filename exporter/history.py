@@ -100,32 +100,48 @@ def load_index(
 
 
 class SkipKnownVersions:
-    """Row selector: drop a record whose exact version (`id`, `updatedAt`) the backup holds."""
+    """Row selector: drop a record whose exact version (`id`, `updatedAt`) the backup holds.
 
-    def __init__(self, versions: dict[int, int]) -> None:
+    With `remember`, a version it lets through counts as held from then on: several fetches of
+    one type in a run (a refresh by id, then by step) write each version once."""
+
+    def __init__(self, versions: dict[int, int], *, remember: bool = False) -> None:
         self.versions = versions
+        self.remember = remember
 
     def __call__(self, table: pa.Table) -> list[bool]:
-        if not self.versions or "updatedAt" not in table.column_names:
+        if (not self.versions and not self.remember) or "updatedAt" not in table.column_names:
             return [True] * table.num_rows
         ids = table.column("id").to_pylist()
         stamps = _micros(table.column("updatedAt"))
-        return [self.versions.get(i) != t for i, t in zip(ids, stamps, strict=True)]
+        keep = [self.versions.get(i) != t for i, t in zip(ids, stamps, strict=True)]
+        if self.remember:
+            for value, stamp, kept in zip(ids, stamps, keep, strict=True):
+                if kept and stamp is not None:
+                    self.versions[value] = stamp
+        return keep
 
 
 class BelongsToBackup:
-    """Row selector: keep records the backup's steps point at (by id, or by `sequenceStepId`),
-    and of those, only versions the backup does not already hold."""
+    """Row selector: keep records that belong in the backup, and of those, only versions the
+    backup does not already hold. A record belongs when the backup already holds its id (it is
+    kept up to date even once nothing points at it any more: its step deleted, or it moved
+    away), or when `column` (`id` for records the steps name, `sequenceStepId` for mailings,
+    calls and tasks) is one of `members`."""
 
-    def __init__(self, members: IdSet, column: str, versions: dict[int, int]) -> None:
+    def __init__(
+        self, members: IdSet, column: str, versions: dict[int, int], held: IdSet | None = None
+    ) -> None:
         self.members = members
         self.column = column
+        self.held = held if held is not None else IdSet()
         self.known = SkipKnownVersions(versions)
 
     def __call__(self, table: pa.Table) -> list[bool]:
         new_version = self.known(table)
+        ids = table.column("id").to_pylist()
         owners = table.column(self.column).to_pylist()
         return [
-            o is not None and o in self.members and n
-            for o, n in zip(owners, new_version, strict=True)
+            n and (i in self.held or (o is not None and o in self.members))
+            for i, o, n in zip(ids, owners, new_version, strict=True)
         ]

@@ -9,6 +9,9 @@ Pure: values in, values out, no I/O. The rules (README, "Data model"):
 - anything the schema does not know (an unknown attribute or relationship), and any value that
   does not fit its column's type, goes to the `_extra` JSON column under its name: kept, never
   dropped, and counted so the manifest can say so.
+- a relationship identifier of another `type` than the relationship's target (or with no type,
+  or a bad id) is not stored as an id: the column is null (a list leaves it out) and the
+  relationship as sent goes to `_extra`.
 - a record of another `type`, or with an id that is not an integer, stops the export.
 """
 
@@ -200,8 +203,10 @@ def _keep(extras: list[dict[str, Any] | None], index: int, key: str, value: Any)
     slot[key] = value
 
 
-def _identifier_id(identifier: Any) -> int | None:
-    if not isinstance(identifier, dict):
+def _identifier_id(identifier: Any, target: str) -> int | None:
+    """The id of a resource identifier of type `target`; None for anything else (another type,
+    no type, a bad id): the caller keeps the relationship as sent in `_extra`."""
+    if not isinstance(identifier, dict) or identifier.get("type") != target:
         return None
     raw = identifier.get("id")
     if type(raw) is int and 0 < raw <= _INT64_MAX:
@@ -286,7 +291,8 @@ class Normalizer:
                 out.append(None)
                 continue
             data = rel.get("data") if isinstance(rel, dict) else None
-            value = _identifier_id(data) if data is not None else None
+            target = column.relationship.target
+            value = _identifier_id(data, target) if data is not None else None
             if data is not None and value is None:
                 _keep(extras, i, "relationships." + name, rel)
             out.append(value)
@@ -310,7 +316,7 @@ class Normalizer:
                 _keep(extras, i, "relationships." + name, rel)
                 out.append(None)
                 continue
-            ids = [_identifier_id(d) for d in data]
+            ids = [_identifier_id(d, column.relationship.target) for d in data]
             if any(v is None for v in ids):
                 _keep(extras, i, "relationships." + name, rel)
             out.append([v for v in ids if v is not None])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import math
 from array import array
 from collections.abc import Iterable, Iterator
@@ -32,10 +33,11 @@ import pyarrow.compute as pc
 
 from exporter.client import ApiClient
 from exporter.crawl import Message, PageBatch, RowSelector
-from exporter.errors import UsageError
+from exporter.errors import UsageError, shown_url
 from exporter.fastpage import PageReader
 from exporter.normalize import Normalizer, table_layout
 from exporter.pagination import ChainGuard, collection_url, next_link
+from exporter.progress import event
 from exporter.schema import Shape, resource_type
 
 ROOT = "sequenceStep"
@@ -176,6 +178,8 @@ class TargetState:
     learnt: dict[int, GroupStats] = field(default_factory=dict)
     missing: list[int] = field(default_factory=list)
     missing_count: int = 0
+    unrequested: list[int] = field(default_factory=list)  # answered but not asked for
+    unrequested_count: int = 0
 
     @property
     def pending(self) -> int:
@@ -206,6 +210,7 @@ class WalkStats:
     batches: int = 0
     records: int = 0
     duplicates: int = 0
+    unrequested: int = 0  # records an answer held that its request did not ask for (dropped)
 
 
 class RelationshipWalk:
@@ -240,6 +245,11 @@ class RelationshipWalk:
                 self.targets[link.target] = TargetState(link.target, link.link_only)
                 self.stats[link.target] = WalkStats()
         self.written: dict[str, IdSet] = {t: IdSet() for t in self.targets}
+        # Data-link types: the version (`updatedAt`, microseconds) of each record written, so a
+        # later fetch of the same type in the run does not write that version again.
+        self.versions: dict[str, dict[int, int]] = {
+            t: {} for t, s in self.targets.items() if not s.link_only
+        }
         self._normalizers = {t: Normalizer(t) for t in self.targets}
         self._group_codes: dict[str | None, int] = {None: 0}
         self._wakeup = asyncio.Event()
@@ -303,6 +313,14 @@ class RelationshipWalk:
         for value in ids:
             if state.requested.add(value):
                 state.push(value)
+        self._wakeup.set()
+
+    def request_steps(self, target: str, step_ids: Iterable[int]) -> None:
+        """Queue step ids for a link-only target (fetched by `filter[sequenceStep][id]`)."""
+        state = self.targets[target]
+        assert state.link_only
+        for value in step_ids:
+            state.push(value)
         self._wakeup.set()
 
     def _groups(self, table: pa.Table) -> list[int]:
@@ -461,6 +479,7 @@ class RelationshipWalk:
         url: str | None = first
         found: set[int] = set()
         per_step: dict[int, int] = {}
+        asked = set(batch.ids)  # ids, or step ids for a link-only type
         guard = ChainGuard(first)
         while url is not None:
             await self.credits.acquire()
@@ -472,15 +491,25 @@ class RelationshipWalk:
                 self.credits.release()
                 raise
             stats.requests += 1
-            if link_only and "sequenceStepId" in normalized.table.column_names:
-                for owner in normalized.table.column("sequenceStepId").to_pylist():
-                    if owner is not None:
-                        per_step[owner] = per_step.get(owner, 0) + 1
+            owners: list[int | None] | None = None
+            if link_only:
+                owners = (
+                    normalized.table.column("sequenceStepId").to_pylist()
+                    if "sequenceStepId" in normalized.table.column_names
+                    else [None] * len(normalized.ids)
+                )
             selector = self.select.get(batch.target)
             wanted = selector(normalized.table) if selector is not None else None
             keep = []
             known = len(found)
+            strangers: list[int] = []
             for index, value in enumerate(normalized.ids):
+                owner = owners[index] if owners is not None else value
+                if owner is None or owner not in asked:
+                    strangers.append(value)  # not what the batch asked for: never written
+                    continue
+                if link_only:
+                    per_step[owner] = per_step.get(owner, 0) + 1
                 found.add(value)
                 if wanted is not None and not wanted[index]:
                     continue  # this very version is already in the backup
@@ -491,6 +520,14 @@ class RelationshipWalk:
             table = normalized.table
             if len(keep) != len(normalized.ids):
                 table = table.take(pa.array(keep, pa.int64()))
+            if strangers:
+                self._unrequested(batch.target, strangers, link_only, url)
+            versions = self.versions.get(batch.target)
+            if versions is not None and "updatedAt" in table.column_names:
+                stamps = table.column("updatedAt").cast(pa.int64()).to_pylist()
+                for value, stamp in zip(table.column("id").to_pylist(), stamps, strict=True):
+                    if stamp is not None:
+                        versions[value] = stamp
             stats.records += len(keep)
             self.inbox.put_nowait(
                 PageBatch(
@@ -516,6 +553,34 @@ class RelationshipWalk:
                     if len(state.missing) < 1000:
                         state.missing.append(value)
 
+    def _unrequested(self, target: str, ids: list[int], link_only: bool, url: str) -> None:
+        """Records an answer held that its request did not ask for (another id; for a link-only
+        type, a record of another step or of none): dropped, counted, logged. What was asked
+        for is judged on its own: a record that did not come is `missing`."""
+        state = self.targets[target]
+        self.stats[target].unrequested += len(ids)
+        state.unrequested_count += len(ids)
+        state.unrequested.extend(ids[: max(0, 1000 - len(state.unrequested))])
+        asked = "of steps it did not ask for" if link_only else "it did not ask for"
+        event(
+            "walk.unrequested",
+            f"an answer to {shown_url(url)} held {len(ids)} {target} record(s) {asked} "
+            f"(ids {', '.join(map(str, ids[:5]))}{', ...' if len(ids) > 5 else ''}); "
+            "they were not written",
+            logging.WARNING,
+            type=target,
+            count=len(ids),
+            ids=ids[:20],
+        )
+
+    def unrequested(self) -> dict[str, dict[str, object]]:
+        """Records answers held that their requests did not ask for (dropped)."""
+        return {
+            t: {"count": s.unrequested_count, "ids": sorted(s.unrequested)}
+            for t, s in self.targets.items()
+            if s.unrequested_count
+        }
+
     def missing(self) -> dict[str, dict[str, object]]:
         """Referenced records the API did not return (deleted since, or not visible to the user)."""
         return {
@@ -523,3 +588,12 @@ class RelationshipWalk:
             for t, s in self.targets.items()
             if s.missing_count
         }
+
+
+def step_back_link(target: str) -> Link | None:
+    """For a type whose records name their step (`sequenceStep`, to-one with `data`), a link-only
+    style `Link` that fetches them by `filter[sequenceStep][id]`; None for other types."""
+    for column in table_layout(target).to_one:
+        if column.relationship.name == ROOT and column.relationship.target == ROOT:
+            return Link(ROOT, target, None, True)
+    return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -39,11 +40,20 @@ from exporter.lock import OutputLock
 from exporter.normalize import TOMBSTONE_TYPE
 from exporter.pagination import collection_url
 from exporter.progress import Reporter, ResourceProgress, Snapshot, event
-from exporter.relationships import IdSet, Link, RelationshipWalk, WalkStats, parse_selection
+from exporter.relationships import (
+    IdSet,
+    Link,
+    RelationshipWalk,
+    WalkStats,
+    parse_selection,
+    step_back_link,
+)
 from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.sink import INPROGRESS_SUFFIX
 from exporter.storage import Storage
 from exporter.writer import CommitPolicy, Writer
+
+MAX_CLOCK_SKEW = 300.0  # seconds the API's clock and ours may differ before the earlier is taken
 
 
 def utc_now() -> str:
@@ -432,6 +442,12 @@ class Export:
         s = self.settings
         incremental = state.kind == "incremental"
         root = state.resources[ROOT_TYPE]
+        if state.window_end is None:
+            start = state.window_start
+            await self._mark_window(state, client)
+            if index is not None and state.window_start != start:
+                # The window now starts earlier: load the versions it needs to skip duplicates.
+                index = await asyncio.to_thread(self._load_index, state)
         since = [("filter[updatedAt]", f"{state.window_start}..inf")] if incremental else []
 
         def walk_for(
@@ -493,8 +509,6 @@ class Export:
             if resumed:
                 await asyncio.to_thread(resume_walk, self.storage, state, walk)
         versions = index.versions.get(ROOT_TYPE, {}) if index is not None else {}
-        if state.window_end is None:
-            await self._mark_window(state, client)
         crawl = crawl_for(ROOT_TYPE, SkipKnownVersions(versions) if incremental else None, walk)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._crawl_then_close(crawl, walk, root))
@@ -503,12 +517,16 @@ class Export:
         if walk is not None:
             for type_name, missing in walk.missing().items():
                 state.resources[type_name].detail["missing"] = missing
+            for type_name, dropped in walk.unrequested().items():
+                state.resources[type_name].detail["unrequested"] = dropped
         emitted_steps = crawl.emitted_ids()
         if self._stop_requested:
             return
         await flush()
 
         # Phase 2 (incremental): what changed in each related type that belongs to the backup.
+        # A record belongs when the backup holds its id (kept current even once no step names it:
+        # its step deleted, or it moved away) or when a step of the backup reaches it now.
         if incremental and index is not None:
             self._phase(state, "deltas")
             members_steps = IdSet(index.ids.get(ROOT_TYPE, IdSet()))
@@ -521,37 +539,49 @@ class Export:
                     if resource.planned and all(p.finished for p in resource.partitions):
                         continue
                     link_only = any(k.link_only for k in self.links if k.target == target)
-                    versions = index.versions.get(target, {})
+                    held = index.ids.get(target, IdSet())
+                    # Versions this run's phase 1 wrote (new references) count as held too.
+                    versions = dict(index.versions.get(target, {}))
+                    if walk is not None:
+                        versions.update(walk.versions.get(target, {}))
+                    # Data links: the ids held, those the backup's steps name, and new references.
+                    members = IdSet() if link_only else IdSet(held)
+                    if not link_only:
+                        for value in index.referenced.get(target, IdSet()):
+                            members.add(value)
+                        if walk is not None and target in walk.targets:
+                            for value in walk.targets[target].requested:
+                                members.add(value)
                     if updated_at_filterable(target):
                         if link_only:
                             select: RowSelector = BelongsToBackup(
-                                members_steps, "sequenceStepId", versions
+                                members_steps, "sequenceStepId", versions, held
                             )
                         else:
-                            members = IdSet(index.ids.get(target, IdSet()))
-                            for value in index.referenced.get(target, IdSet()):
-                                members.add(value)
-                            if walk is not None and target in walk.targets:
-                                for value in walk.targets[target].requested:
-                                    members.add(value)
                             select = BelongsToBackup(members, "id", versions)
                         crawl = crawl_for(target, select)
                         group.create_task(
                             crawl.run(resource.partitions if resource.planned else None)
                         )
                     else:
-                        # No updatedAt filter on this type: ask again for every id the backup's
-                        # steps name, and keep only versions it does not hold.
-                        refresh = walk_for(
-                            [k for k in self.links if k.target == target],
-                            {target: SkipKnownVersions(versions)},
-                        )
-                        referenced = list(index.referenced.get(target, IdSet()))
-                        if walk is not None and target in walk.targets:
-                            referenced += list(walk.targets[target].requested)
-                        refresh.request(target, referenced)
-                        refresh.close()
-                        group.create_task(self._finish_refresh(refresh, resource, refreshed))
+                        # No updatedAt filter on this type: ask again for every id the backup
+                        # holds or its steps name, then (when the type points back at its step)
+                        # for every record of the backup's steps, which finds new and moved
+                        # ones; keep only versions not written yet.
+                        remembered = SkipKnownVersions(versions, remember=True)
+                        refreshes = [
+                            walk_for(
+                                [k for k in self.links if k.target == target],
+                                {target: remembered},
+                            )
+                        ]
+                        refreshes[0].request(target, members)
+                        back = step_back_link(target)
+                        if back is not None:
+                            by_step = walk_for([back], {target: remembered})
+                            by_step.request_steps(target, members_steps)
+                            refreshes.append(by_step)
+                        group.create_task(self._finish_refresh(refreshes, resource, refreshed))
             if self._stop_requested:
                 return
             await flush()
@@ -586,15 +616,33 @@ class Export:
         self._phase(state, "done")
 
     async def _finish_refresh(
-        self, refresh: RelationshipWalk, resource: ResourceState, done: list[ResourceState]
+        self, refreshes: list[RelationshipWalk], resource: ResourceState, done: list[ResourceState]
     ) -> None:
-        await refresh.run()
-        if not self._stop_requested:
-            done.append(resource)
+        """Run the refresh walks of one type one after the other (they share a selector)."""
+        for refresh in refreshes:
+            refresh.close()
+            await refresh.run()
+            for dropped in refresh.unrequested().values():
+                resource.detail["unrequested"] = dropped
+            if self._stop_requested:
+                return
+        done.append(resource)
 
     async def _mark_window(self, state: RunState, client: ApiClient) -> None:
-        """The run's mark, taken before any data is read: the API's clock (its Date header) at
-        a first small request; the next incremental window starts there, less the overlap."""
+        """Take the run's mark, the end of its window (the next window starts there, less the
+        overlap), before any data is read; say in the root type's `detail["mark"]` what it is
+        based on.
+
+        1. The API's clock (its Date header at its first answer; a first small request when
+           there was none yet) and this machine's clock.
+        2. When they disagree by more than `MAX_CLOCK_SKEW`, the earlier of the two, with a
+           warning: a mark too late loses the changes between the two for good (the next
+           window starts after them), one too early only fetches some records again.
+        3. A window that would start after its end (a previous mark taken from a wrong clock)
+           is never accepted: it starts where the previous run began by this machine's clock,
+           less the overlap, with a warning; when even that is after the end, the run stops
+           with a usage error and exports nothing.
+        """
         if client.stats.server_time is None:
             await client.get_document(
                 collection_url(
@@ -603,7 +651,53 @@ class Export:
                     [("page[size]", "1"), (f"fields[{ROOT_TYPE}]", "")],
                 )
             )
-        state.window_end = iso(client.stats.server_time or time.time())
+        local = time.time()
+        server = client.stats.server_time
+        basis: dict[str, Any] = {"local_clock": iso(local)}
+        if server is None:
+            mark = local
+            basis["based_on"] = "local clock"
+            basis["reason"] = "the API sent no usable Date header"
+        else:
+            skew = server - local
+            basis.update(server_clock=iso(server), skew_seconds=round(skew, 3))
+            mark = min(server, local) if abs(skew) > MAX_CLOCK_SKEW else server
+            basis["based_on"] = "server clock" if mark == server else "local clock"
+            if abs(skew) > MAX_CLOCK_SKEW:
+                event(
+                    "clock.skew",
+                    f"the API's clock ({iso(server)}, its Date header) is "
+                    f"{abs(skew):,.0f} s {'ahead of' if skew > 0 else 'behind'} this machine's "
+                    f"({iso(local)}); the run's mark is the earlier, {iso(mark)}",
+                    logging.WARNING,
+                    server_clock=iso(server),
+                    local_clock=iso(local),
+                    skew_seconds=round(skew, 3),
+                )
+        if state.window_start is not None and micros(state.window_start) > mark * 1_000_000:
+            previous = state.history[-1] if state.history else {}
+            began = previous.get("started_at")
+            fallback = micros(began) / 1_000_000 - self.settings.overlap if began else None
+            if fallback is None or fallback > mark:
+                raise UsageError(
+                    f"the incremental window would start at {state.window_start}, after its end "
+                    f"{iso(mark)} (a clock, the API's or this machine's, is wrong); nothing was "
+                    "exported. Check this machine's clock and run again"
+                )
+            event(
+                "window.clamped",
+                f"the incremental window would start at {state.window_start} (the last run's "
+                f"mark less the overlap), after its end {iso(mark)}: that mark came from a wrong "
+                f"clock. Starting instead where the last run began, {iso(fallback)}",
+                logging.WARNING,
+                window_start=state.window_start,
+                window_end=iso(mark),
+                clamped_to=iso(fallback),
+            )
+            basis["window_start_clamped_from"] = state.window_start
+            state.window_start = iso(fallback)
+        state.resources[ROOT_TYPE].detail["mark"] = basis
+        state.window_end = iso(mark)
 
     @staticmethod
     async def _crawl_then_close(

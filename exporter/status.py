@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from exporter import checkpoint, lock, manifest
 from exporter.checkpoint import ResourceState, RunState
+from exporter.compact import ROOT_TYPE
 from exporter.config import ExportSettings
 from exporter.errors import ExporterError, UsageError
 from exporter.normalize import TOMBSTONE_TYPE
@@ -83,6 +84,7 @@ class RunStatus:
     kind: str = "full"  # full | incremental
     window_start: str | None = None  # incremental: records updated at or after this
     window_end: str | None = None  # the run's mark: the API's clock when it began
+    mark_basis: str | None = None  # what the mark is based on (server clock, local clock, skew)
     overlap_seconds: float | None = None  # incremental: the previous run's mark less window_start
     phase: str | None = None  # unfinished: crawl | deltas | deletes | done
 
@@ -220,6 +222,22 @@ def _next_export(survey: _Survey) -> NextExport:
         mark=state.window_end,
         since=since,
     )
+
+
+def mark_basis(detail: dict[str, Any]) -> str | None:
+    """What the run's mark was taken from, as `Export._mark_window` recorded it; None for runs
+    that recorded nothing (older releases: the API's clock)."""
+    basis = detail.get("mark")
+    if not isinstance(basis, dict) or not isinstance(basis.get("based_on"), str):
+        return None
+    text = str(basis["based_on"])
+    skew = basis.get("skew_seconds")
+    if isinstance(skew, int | float) and abs(skew) >= 1:
+        side = "ahead of" if skew > 0 else "behind"
+        text += f"; the API's clock was {abs(skew):,.0f} s {side} this machine's"
+    if isinstance(basis.get("window_start_clamped_from"), str):
+        text += f"; the window start was moved back from {basis['window_start_clamped_from']}"
+    return text
 
 
 def _less(mark: str, overlap: float) -> str:
@@ -434,6 +452,7 @@ class _Survey:
         for entry in record.files:
             if entry.get("type") == TOMBSTONE_TYPE:
                 stones.update(self._tombstones(str(entry.get("path")), run.problems))
+        run.mark_basis = mark_basis((details.get(ROOT_TYPE) or {}).get("detail") or {})
         for type_name in _order(set(record.types) | set(stones) - {""}):
             mine = [f for f in record.files if str(f.get("type")) == type_name]
             summary = details.get(type_name, {})
@@ -685,6 +704,8 @@ def _render_run(run: RunStatus) -> list[str]:
         )
     else:
         lines.append(f"  window     every record; mark {mark}")
+    if run.window_end and run.mark_basis:
+        lines.append(f"  mark       taken from the {run.mark_basis}")
     if run.parameters:
         tool = f" (outreach-exporter {run.tool_version})" if run.tool_version else ""
         lines.append(f"  source     {run.source or '-'}{tool}")

@@ -67,6 +67,10 @@ _mutations = st.sampled_from(
         ("attributes", None),
         ("relationships.sequence", {}),
         ("relationships.sequence", {"data": {"type": "sequence", "id": "x"}}),
+        ("relationships.sequence", {"data": {"type": "user", "id": 5}}),
+        ("relationships.sequence", {"data": {"id": 5}}),
+        ("relationships.creator", {"data": {"type": "sequence", "id": 5}}),
+        ("relationships.sequenceTemplates", {"data": [{"type": "mailing", "id": 4}]}),
         ("relationships.sequenceTemplates", {"data": []}),
         ("relationships.sequenceTemplates", {"data": None}),
         ("relationships.newRelation", {"data": None}),
@@ -111,3 +115,26 @@ def test_irregular_pages_are_declined_or_read_identically(
     page = read_page(body, "sequenceStep")
     if page is not None:
         assert page.batch.table.equals(expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("sequence", {"data": {"type": "user", "id": 5}}),
+        ("sequence", {"data": {"id": 5}}),
+        (
+            "sequenceTemplates",
+            {"data": [{"type": "sequenceTemplate", "id": 3}, {"type": "user", "id": 4}]},
+        ),
+    ],
+)
+def test_a_relationship_to_the_wrong_type_reads_as_the_slow_path_does(
+    name: str, value: Any
+) -> None:
+    records = list(SIM.truth.records("sequenceStep"))[:20]
+    records[3] = _apply(records[3], f"relationships.{name}", value)
+    body = orjson.dumps({"data": records})
+    expected = slow(body, "sequenceStep")
+    assert expected.column("_extra")[3].as_py() is not None
+    page = read_page(body, "sequenceStep")
+    assert page is None or page.batch.table.equals(expected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ import pytest
 from exporter.compact import compact, inverse_columns
 from exporter.errors import UsageError
 from exporter.normalize import table_layout
+from exporter.run import iso, micros
 from exporter.schema import RESOURCE_TYPES, resource_type
+from exporter.status import render, status
 from exporter.verify import verify as verify_directory
 from tests.conftest import Running, StartSimulator
 from tests.test_export import run_export
@@ -212,3 +215,82 @@ async def test_detect_deletes_writes_tombstones(
 def test_compact_needs_a_finished_export(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         compact(tmp_path)
+
+
+DAY = 86_400.0
+
+
+def updated_steps(running: Running, count: int) -> set[int]:
+    ids = running.sim.truth.ids("sequenceStep")[:count]
+    for value in ids:
+        running.sim.store.update("sequenceStep", value)
+    return set(ids)
+
+
+async def test_a_date_header_a_day_ahead_does_not_move_the_mark(
+    start_simulator: StartSimulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One run whose API answers carry a Date a day ahead: its mark is this machine's clock,
+    the skew is logged and recorded, and the next run still sees what changed."""
+    running = await start_simulator(steps=300, seed=45)
+    await run_export(running.base_url, tmp_path)
+    running.sim.faults.date_skew_s = DAY
+    before = time.time()
+    _job, skewed = await run_export(running.base_url, tmp_path, incremental=True)
+    after = time.time()
+    assert skewed.state.window_end is not None
+    mark = micros(skewed.state.window_end) / 1e6
+    assert before - 1 <= mark <= after + 1, skewed.state.window_end
+    basis = skewed.state.resources["sequenceStep"].detail["mark"]
+    assert basis["based_on"] == "local clock"
+    assert abs(basis["skew_seconds"] - DAY) < 5
+    assert [r for r in caplog.records if getattr(r, "event", None) == "clock.skew"]
+    lines = "\n".join(render(status(tmp_path)))
+    assert "local clock" in lines and "ahead" in lines, lines
+    running.sim.faults.date_skew_s = 0.0
+    changed = updated_steps(running, 5)
+    _job, delta = await run_export(running.base_url, tmp_path, incremental=True)
+    assert delta.rows["sequenceStep"] == len(changed)
+    assert delta.state.resources["sequenceStep"].detail["mark"]["based_on"] == "server clock"
+
+
+async def test_a_window_that_would_start_after_its_end_is_never_accepted(
+    start_simulator: StartSimulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A mark a day ahead already in the checkpoint (an earlier release took it from a wrong
+    Date header): the window starts where the previous run began instead, with a warning."""
+    running = await start_simulator(steps=300, seed=46)
+    await run_export(running.base_url, tmp_path)
+    path = tmp_path / "_checkpoint.json"
+    document = orjson.loads(path.read_bytes())
+    document["window_end"] = iso(micros(document["window_end"]) / 1e6 + DAY)
+    path.write_bytes(orjson.dumps(document))
+    changed = updated_steps(running, 4)
+    _job, delta = await run_export(running.base_url, tmp_path, incremental=True)
+    assert delta.rows["sequenceStep"] == len(changed)
+    assert delta.state.window_start is not None and delta.state.window_end is not None
+    assert micros(delta.state.window_start) <= micros(delta.state.window_end)
+    assert [r for r in caplog.records if getattr(r, "event", None) == "window.clamped"]
+
+
+async def test_a_window_with_no_sane_start_is_refused_and_nothing_is_exported(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """The previous run's mark and its start both two days ahead: no start before the end can
+    be trusted, so the run stops with a usage error before it reads any data."""
+    running = await start_simulator(steps=200, seed=47)
+    await run_export(running.base_url, tmp_path)
+    path = tmp_path / "_checkpoint.json"
+    document = orjson.loads(path.read_bytes())
+    for key in ("window_end", "started_at"):
+        document[key] = iso(micros(document[key]) / 1e6 + 2 * DAY)
+    path.write_bytes(orjson.dumps(document))
+    manifest_before = (tmp_path / "_manifest.json").read_bytes()
+    updated_steps(running, 3)
+    requests = running.sim.counters.by_route.copy()
+    with pytest.raises(UsageError, match=r"would start at .* after its end .*nothing was exported"):
+        await run_export(running.base_url, tmp_path, incremental=True)
+    read = running.sim.counters.by_route - requests
+    assert read["GET /api/v2/sequenceSteps"] <= 1, read  # at most the one-record clock probe
+    assert (tmp_path / "_manifest.json").read_bytes() == manifest_before
+    assert not list(tmp_path.glob("sequenceSteps/run=*/*.parquet"))

@@ -128,6 +128,30 @@ def test_relationship_with_neither_data_nor_links_is_null() -> None:
     assert row["sequenceTemplateIds"] == []
 
 
+def test_a_relationship_to_the_wrong_type_is_not_stored_as_an_id() -> None:
+    """`sequence: {type: user}` is not a sequence id: the column stays null (the list leaves the
+    identifier out) and the relationship as sent is kept in `_extra`, counted."""
+    record = step(5)
+    record["relationships"]["sequence"] = {"data": {"type": "user", "id": 5}}
+    record["relationships"]["sequenceTemplates"] = {
+        "data": [{"type": "sequenceTemplate", "id": 3}, {"type": "mailing", "id": 4}]
+    }
+    record["relationships"]["creator"] = {"data": {"id": 9}}  # no type at all
+    batch = Normalizer("sequenceStep").to_batch([record, step(6)])
+    rows = batch.table.to_pylist()
+    assert rows[0]["sequenceId"] is None and rows[0]["creatorId"] is None
+    assert rows[0]["sequenceTemplateIds"] == [3]
+    assert orjson.loads(rows[0][EXTRA_COLUMN]) == {
+        "relationships.sequence": {"data": {"type": "user", "id": 5}},
+        "relationships.sequenceTemplates": {
+            "data": [{"type": "sequenceTemplate", "id": 3}, {"type": "mailing", "id": 4}]
+        },
+        "relationships.creator": {"data": {"id": 9}},
+    }
+    assert batch.extra_values == 3
+    assert rows[1]["sequenceId"] == 7 and rows[1][EXTRA_COLUMN] is None
+
+
 def test_wrong_type_stops_with_a_clear_error() -> None:
     record = step(5)
     record["type"] = "sequenceState"

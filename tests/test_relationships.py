@@ -284,3 +284,79 @@ async def test_the_walk_runs_beside_the_crawl(
     before = sum(1 for i in related if i < step_pages[-1])
     assert related[0] < step_pages[len(step_pages) // 2]  # the walk starts early ...
     assert before >= len(related) // 2, (before, len(related))  # ... and does most of its work
+
+
+async def test_records_a_batch_did_not_ask_for_are_not_written(
+    start_simulator: StartSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An answer to `filter[id]=a,b` that also holds record d, or to
+    `filter[sequenceStep][id]=s,t` that holds a mailing of step u: d and that mailing are
+    dropped, counted and logged; what was asked for is written."""
+    from tests.test_hostile import Crafted, proxy_for
+
+    running = await start_simulator(steps=300, seed=9)
+    sim = running.sim
+    asked_sequences = sim.truth.ids("sequence")[:3]
+    stranger = sim.truth.get("sequence", sim.truth.ids("sequence")[-1])
+    mailings = list(sim.truth.records("mailing"))
+    steps_with_mail = sorted(
+        {int(m["relationships"]["sequenceStep"]["data"]["id"]) for m in mailings}
+    )
+    asked_steps = steps_with_mail[:2]
+    other_mailing = next(
+        m
+        for m in mailings
+        if int(m["relationships"]["sequenceStep"]["data"]["id"]) not in asked_steps
+    )
+
+    def tamper(url: str, doc: dict[str, Any]) -> Crafted | None:
+        if "/sequences?" in url:
+            doc["data"].append(stranger)
+        elif "/mailings?" in url:
+            doc["data"].append(other_mailing)
+        else:
+            return None
+        return Crafted(200, orjson.dumps(doc))
+
+    async with proxy_for(running.root_url) as proxy:
+        proxy.tamper = tamper
+        step_table = pa.table(
+            {
+                "id": pa.array(asked_steps, pa.int64()),
+                "sequenceId": pa.array(asked_sequences[:2], pa.int64()),
+            }
+        )
+        inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        settings = ClientSettings(base_url=proxy.base_url, rate_limit=1000, rate_period=1.0)
+        async with ApiClient(settings, StaticToken(Secret(TOKEN))) as client:
+            walk = RelationshipWalk(
+                client,
+                base_url=proxy.base_url,
+                links=parse_selection("sequence,mailings"),
+                inbox=inbox,
+                credits=asyncio.Semaphore(100),
+                page_size=1000,
+                workers=1,
+            )
+            walk.announce(step_table)
+            walk.close()
+            await walk.run()
+    written: dict[str, list[int]] = {}
+    while not inbox.empty():
+        message = inbox.get_nowait()
+        assert isinstance(message, PageBatch)
+        written.setdefault(message.type_name, []).extend(message.table.column("id").to_pylist())
+    assert sorted(written["sequence"]) == sorted(asked_sequences[:2])
+    want_mailings = sorted(
+        int(m["id"])
+        for m in mailings
+        if int(m["relationships"]["sequenceStep"]["data"]["id"]) in asked_steps
+    )
+    assert sorted(written["mailing"]) == want_mailings
+    assert walk.stats["sequence"].unrequested == 1 and walk.stats["mailing"].unrequested == 1
+    assert walk.unrequested() == {
+        "sequence": {"count": 1, "ids": [int(stranger["id"])]},  # type: ignore[index]
+        "mailing": {"count": 1, "ids": [int(other_mailing["id"])]},
+    }
+    warned = [r for r in caplog.records if getattr(r, "event", None) == "walk.unrequested"]
+    assert len(warned) == 2

@@ -192,7 +192,10 @@ def test_one_update_changes_one_attribute_and_the_stamp() -> None:
             k for k in after["attributes"] if after["attributes"][k] != before["attributes"][k]
         }
         assert changed == {attribute, "updatedAt"}, type_name
-        assert after["attributes"]["updatedAt"] == "2025-01-01T00:01:39.000Z"
+        # The clock's time, or later: a delete below bumped the records naming the deleted
+        # one, and stamps never go back (see `Store._now`).
+        stamp = after["attributes"]["updatedAt"]
+        assert stamp >= "2025-01-01T00:01:39.000Z" and stamp > before["attributes"]["updatedAt"]
         sim.store.delete(type_name, record_id)
         assert sim.truth.get(type_name, record_id) is None
         assert record_id in sim.truth.deleted_ids(type_name)
@@ -274,3 +277,78 @@ async def test_background_mutation_stream() -> None:
         changed = sum(len(sim.truth.deleted_ids(t)) for t in schema.RESOURCE_TYPES)
         assert changed > 0
         assert end != start
+
+
+def _step_of(record: dict[str, Any] | None) -> int | None:
+    assert record is not None
+    data = record["relationships"]["sequenceStep"]["data"]
+    return None if data is None else int(data["id"])
+
+
+def test_deleting_a_step_nulls_and_bumps_its_mailings_calls_tasks_and_templates() -> None:
+    """As the API does: the children read `sequenceStep: null` with a newer updatedAt, so an
+    incremental export sees them change."""
+    sim = Simulator(SimulatorConfig(steps=200, seed=4, clock=lambda: BASE_TIME + 500.0))
+    children: dict[tuple[str, int], str] = {}
+    step_id = next(
+        s
+        for s in sim.truth.ids("sequenceStep")
+        if any(
+            _step_of(r) == s for r in sim.truth.records("mailing")
+        )  # an email step with mailings
+    )
+    for type_name in ("mailing", "call", "task", "sequenceTemplate"):
+        for record in sim.truth.records(type_name):
+            if _step_of(record) == step_id:
+                children[(type_name, int(record["id"]))] = record["attributes"]["updatedAt"]
+    assert any(t == "mailing" for t, _ in children) and any(t == "task" for t, _ in children)
+    sim.store.delete("sequenceStep", step_id)
+    for (type_name, record_id), stamp in children.items():
+        after = sim.truth.get(type_name, record_id)
+        assert _step_of(after) is None, (type_name, record_id)
+        assert after is not None and after["attributes"]["updatedAt"] > stamp
+    # The byte renderer agrees with the dict rendering for every changed record.
+    for type_name, record_id in children:
+        row = sim.store.table(type_name).row_of(record_id)
+        assert row is not None
+        assert orjson.loads(sim.store.record_bytes(type_name, row)) == orjson.loads(
+            sim.store.reference_bytes(type_name, row)
+        )
+
+
+def test_a_move_changes_one_relationship_and_the_stamp() -> None:
+    sim = Simulator(SimulatorConfig(steps=200, seed=5, clock=lambda: BASE_TIME + 700.0))
+    moved: dict[str, int] = {}
+    for type_name in schema.RESOURCE_TYPES:
+        for record_id in sim.truth.ids(type_name)[:30]:
+            before = sim.truth.get(type_name, record_id)
+            relationship = sim.store.move(type_name, record_id)
+            after = sim.truth.get(type_name, record_id)
+            assert before is not None and after is not None
+            if relationship is None:
+                assert type_name == "taskPriority"  # no relationship to move
+                assert after == before
+                continue
+            moved[type_name] = moved.get(type_name, 0) + 1
+            changed = {
+                k
+                for k in after["relationships"]
+                if after["relationships"][k] != before["relationships"][k]
+            }
+            assert relationship in changed, (type_name, record_id, relationship)
+            assert after["attributes"]["updatedAt"] > before["attributes"]["updatedAt"]
+    assert set(moved) == set(schema.RESOURCE_TYPES) - {"taskPriority"}
+
+
+async def test_a_skewed_date_header() -> None:
+    from email.utils import parsedate_to_datetime
+
+    async with running(SimulatorConfig(steps=20, seed=3)) as run:
+        for skew in (86_400.0, -3600.0, 0.0):
+            run.sim.faults.date_skew_s = skew
+            before = time.time()
+            reply = await run.get(STEPS)
+            after = time.time()
+            assert reply.status == 200
+            sent = parsedate_to_datetime(reply.headers["Date"]).timestamp()
+            assert before + skew - 1 <= sent <= after + skew + 1, (skew, reply.headers["Date"])

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from exporter.schema import Shape, by_collection
 
-from .faults import HTML_PAGE, BodyFault, Decision, Replacement, malformed, truncated
+from .faults import HTML_PAGE, BodyFault, Decision, Replacement, date_header, malformed, truncated
 from .listing import Page
 from .paging import Cursor, encode_cursor
 from .query import Query, QueryError, parse_query
@@ -114,7 +114,9 @@ class Api:
             sim.request_log.write(request.path_qs + "\n")  # for a benchmark's replay
         try:
             verdict = sim.rate.acquire()
-            headers = verdict.headers(sim.cfg.retry_after)
+            headers = verdict.headers(sim.cfg.retry_after) | date_header(
+                sim.faults, sim.cfg.clock()
+            )
             if not verdict.allowed:
                 sim.counters.rate_limited += 1
                 return await self.deliver(request, 429, orjson.dumps(verdict.document()), headers)

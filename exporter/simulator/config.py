@@ -29,6 +29,8 @@ class Faults:
     # sent: the client cannot tell whether its write happened.
     lost_write_rate: float = 0.0
     seed: int | None = None  # fault RNG seed; None = the data seed
+    # Seconds added to the clock in every API answer's Date header: a server clock that is wrong.
+    date_skew_s: float = 0.0
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from email.utils import formatdate
 from enum import Enum
 
 from .config import Faults
@@ -95,3 +96,11 @@ def malformed(body: bytes, cut_at: float) -> bytes:
     """`body` with a raw control byte spliced in: invalid JSON inside or outside a string."""
     position = int(len(body) * cut_at)
     return body[:position] + b"\x01\xff" + body[position:]
+
+
+def date_header(f: Faults, now: float) -> dict[str, str]:
+    """The `Date` header a server whose clock is `f.date_skew_s` off sends; {} (aiohttp's own,
+    correct one) when it is not set."""
+    if not f.date_skew_s:
+        return {}
+    return {"Date": formatdate(now + f.date_skew_s, usegmt=True)}

@@ -608,18 +608,80 @@ class Store:
         if not override:
             del self.overrides[table.name][row]
 
-    def delete(self, name: str, record_id: int) -> None:
-        """Remove a record. References to it from other records read as null from now on."""
-        row = self.alive_row(name, record_id)
-        if row is None:
-            raise KeyError(f"{name} {record_id} does not exist")
-        self.tables[name].alive[row] = 0
-        self.deleted[name].add(record_id)
+    def _set_fk(self, name: str, row: int, fk: str, target_id: int) -> bool:
+        """Point a to-one of a row at `target_id` (0 = null), keeping the indexes and the cache
+        in step; False when it already pointed there. The caller bumps updatedAt."""
+        table = self.tables[name]
+        column = table.fks[fk]
+        if column[row] == target_id:
+            return False
+        self._forget_neighbours(name, row)  # while the to-one still names the old target
+        indexed = fk in INDEXED.get(name, ())
+        if indexed:
+            self._fk_index_remove(name, fk, row)
+        column[row] = target_id
+        if indexed:
+            self._fk_index_add(name, fk, row)
+        return True
+
+    def _changed(self, name: str, row: int) -> None:
+        """A live change of a record: bump its updatedAt, its type's epoch, drop stale bytes."""
+        self._touch(name, row)
         self.epoch[name] += 1
         self._forget_neighbours(name, row)
 
+    def fk_target(self, name: str, fk: str) -> str:
+        """The type a populated to-one of `name` points at."""
+        return next(r.target for r in self.tables[name].rtype.relationships if r.name == fk)
+
+    def delete(self, name: str, record_id: int) -> None:
+        """Remove a record. As the API does when a step goes (its mailings, calls and tasks then
+        read `sequenceStep: null` with a newer updatedAt), every live record whose to-one names
+        it is changed to null and its updatedAt bumped."""
+        row = self.alive_row(name, record_id)
+        if row is None:
+            raise KeyError(f"{name} {record_id} does not exist")
+        self._forget_neighbours(name, row)
+        self.tables[name].alive[row] = 0
+        self.deleted[name].add(record_id)
+        self.epoch[name] += 1
+        for other, other_table in self.tables.items():
+            for fk in other_table.fks:
+                if self.fk_target(other, fk) != name:
+                    continue
+                for referrer in self.rows_pointing_at(other, fk, record_id):
+                    if other_table.alive[referrer] and self._set_fk(other, referrer, fk, 0):
+                        self._changed(other, referrer)
+        self._forget_neighbours(name, row)
+
+    def move(self, name: str, record_id: int) -> str | None:
+        """Point one populated to-one of a record at another live record (sometimes at none) and
+        bump its updatedAt: a mailing to another step, a step to another sequence, a new
+        updater, ... Returns the relationship moved; None for a type without one."""
+        table = self.tables[name]
+        row = self.alive_row(name, record_id)
+        if row is None:
+            raise KeyError(f"{name} {record_id} does not exist")
+        if not table.fks:
+            return None
+        fk = self.rng.choice(sorted(table.fks))
+        target = self.fk_target(name, fk)
+        old = table.fks[fk][row]
+        new = old
+        for _ in range(8):
+            new = self._random_alive_id(target, 0.1)
+            if new != old and not (target == name and new == record_id):
+                break
+        if new == old or (target == name and new == record_id):
+            new = 0 if old else old
+        if not self._set_fk(name, row, fk, new):
+            return None
+        self._changed(name, row)
+        return fk
+
     def mutate(self, count: int) -> None:
-        """Apply `count` random inserts, updates and deletes spread over every type."""
+        """Apply `count` random operations spread over every type: 40% inserts, 30% updates,
+        15% relationship moves, 15% deletes."""
         names = list(self.tables)
         weights = [len(self.tables[n]) + 50 for n in names]
         for _ in range(count):
@@ -632,7 +694,10 @@ class Store:
             record_id = self.tables[name].ids[alive]
             # Small lookup tables keep at least three records: deleting them all is not realistic.
             scarce = name in ("callPurpose", "taskPriority", "user") and len(self.ids(name)) <= 3
-            if draw < 0.8 or scarce:
+            if draw < 0.7 or (draw < 0.85 and self.move(name, record_id) is None):
                 self.update(name, record_id)
-            else:
-                self.delete(name, record_id)
+            elif draw >= 0.85:
+                if scarce:
+                    self.update(name, record_id)
+                else:
+                    self.delete(name, record_id)

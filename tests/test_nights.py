@@ -1,0 +1,155 @@
+"""Nights of inserts, updates, deletes and relationship moves in every exported type, each followed by a killed and resumed `--incremental --detect-deletes` run, then compared with the simulator's ground truth."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from exporter.compact import compact
+from exporter.normalize import table_layout
+from exporter.schema import RESOURCE_TYPES, resource_type
+from exporter.simulator import Faults
+from tests.conftest import Running, StartSimulator
+from tests.test_relationships import expected_related
+from tests.test_resume import export_command, run_to_completion
+from tests.test_resume_incremental import assert_consistent, kill_delays, timed_run
+from tests.truth import expected_row
+
+NIGHTS = 4
+PER_KIND = 3  # per type and night: inserts, updates, moves and deletes each
+INCREMENTAL = ("--incremental", "--detect-deletes")
+KINDS = ("insert", "update", "move", "delete")
+# Lookup tables keep a few records: the API's accounts always have some.
+KEEP_AT_LEAST = {"user": 3, "callPurpose": 3, "taskPriority": 3}
+
+
+def night(running: Running, rng: random.Random) -> Counter[str]:
+    """One night's changes: of every kind in every type (moves only where a type has a
+    relationship to move: a task priority has none)."""
+    store, truth = running.sim.store, running.sim.truth
+    done: Counter[str] = Counter()
+    for type_name in RESOURCE_TYPES:
+        for kind in KINDS:
+            for _ in range(PER_KIND):
+                ids = truth.ids(type_name)
+                if kind == "insert":
+                    store.insert(type_name)
+                elif kind == "update":
+                    store.update(type_name, rng.choice(ids))
+                elif kind == "move":
+                    if store.move(type_name, rng.choice(ids)) is None:
+                        continue
+                elif len(ids) <= KEEP_AT_LEAST.get(type_name, 0):
+                    continue
+                else:
+                    store.delete(type_name, rng.choice(ids))
+                done[f"{kind} {type_name}"] += 1
+    return done
+
+
+def current(out: Path, type_name: str) -> dict[int, dict[str, Any]]:
+    path = out / "_current" / f"{resource_type(type_name).collection}.parquet"
+    if not path.exists():
+        return {}
+    return {r["id"]: r for r in pq.read_table(path).to_pylist()}
+
+
+def columns_of(type_name: str) -> dict[str, str]:
+    layout = table_layout(type_name)
+    return {c.relationship.name: c.column for c in (*layout.to_one, *layout.to_many)}
+
+
+def assert_current_state_is_the_truth(
+    running: Running, out: Path, held: dict[str, set[int]]
+) -> None:
+    """Compact, then: every record the backup holds or the live steps reach is there, every
+    field (relationship ids included) as the API serves it now; every deleted one is gone."""
+    sim = running.sim
+    compact(out)
+    steps = list(sim.truth.records("sequenceStep"))
+    reached = {t: {r["id"] for r in rows} for t, rows in expected_related(sim, steps).items()}
+    reached["sequenceStep"] = {int(s["id"]) for s in steps}
+    templates = current(out, "sequenceTemplate")
+    for type_name in RESOURCE_TYPES:
+        rows = current(out, type_name)
+        held[type_name] |= set(rows)
+        deleted = sim.truth.deleted_ids(type_name)
+        gone = deleted & set(rows)
+        assert not gone, f"{type_name}: deleted by the API but current: {sorted(gone)[:10]}"
+        missing = reached.get(type_name, set()) - set(rows)
+        assert not missing, (
+            f"{type_name}: reached by a live step but absent: {sorted(missing)[:10]}"
+        )
+        lost = (held[type_name] - deleted) - set(rows)
+        assert not lost, f"{type_name}: held once, still live, but absent: {sorted(lost)[:10]}"
+        for record_id, got in rows.items():
+            truth = sim.truth.get(type_name, record_id)
+            assert truth is not None
+            want = expected_row(truth, columns_of(type_name))
+            if type_name == "sequenceStep":
+                # A step's template list changes when a template comes, goes or moves without the
+                # step's updatedAt moving; it is exact when derived from the current templates'
+                # sequenceStepId (every template naming a step is in the backup).
+                derived = sorted(
+                    t for t, row in templates.items() if row["sequenceStepId"] == record_id
+                )
+                assert derived == sorted(want.pop("sequenceTemplateIds") or []), record_id
+                got = {k: v for k, v in got.items() if k != "sequenceTemplateIds"}
+            if type_name == "sequence":
+                want["sequenceStepIds"] = sorted(want["sequenceStepIds"] or [])
+            differing = sorted(k for k in want if got[k] != want[k])
+            assert not differing, (
+                f"{type_name} {record_id}: {[(k, got[k], want[k]) for k in differing][:3]}"
+            )
+            assert got["_extra"] is None
+
+
+@pytest.mark.slow
+async def test_nights_of_changes_with_kills_end_as_the_ground_truth(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(
+        steps=600, seed=71, faults=Faults(latency_s=0.003), rate_limit=10**9
+    )
+    rng = random.Random(71)
+    out = tmp_path / "backup"
+    code, _codes = await run_to_completion(export_command(running, out), [])
+    assert code == 0
+    held: dict[str, set[int]] = {t: set() for t in RESOURCE_TYPES}
+    assert_current_state_is_the_truth(running, out, held)
+
+    changes: Counter[str] = Counter()
+    kills_landed = 0
+    startup = duration = 0.0
+    for number in range(NIGHTS):
+        changes += night(running, rng)
+        if number == 0:
+            # An uninterrupted run on a copy says how long a night's run takes: the kills are
+            # spread over that.
+            reference = tmp_path / "reference"
+            shutil.copytree(out, reference, ignore=shutil.ignore_patterns("_current", "_lock"))
+            startup, duration = await timed_run(
+                export_command(running, reference, *INCREMENTAL), reference
+            )
+            shutil.rmtree(reference)
+        kills = kill_delays(rng, startup, duration)
+        code, codes = await run_to_completion(export_command(running, out, *INCREMENTAL), kills)
+        assert code == 0, codes
+        kills_landed += sum(1 for c in codes[:-1] if c == -signal.SIGKILL)
+        assert_consistent(out)
+        assert_current_state_is_the_truth(running, out, held)
+
+    for type_name in RESOURCE_TYPES:
+        for kind in KINDS:
+            if kind == "move" and type_name == "taskPriority":
+                continue
+            assert changes[f"{kind} {type_name}"] > 0, (kind, type_name, changes)
+    assert kills_landed >= NIGHTS // 2, kills_landed
+    print(f"{NIGHTS} nights, {sum(changes.values())} changes, {kills_landed} runs killed")

@@ -22,6 +22,7 @@ from exporter.auth import (
     StaticToken,
     TokenSource,
 )
+from exporter.client import STOP_GRACE
 from exporter.config import (
     DEFAULT_BASE_URL,
     MAX_PAGE_SIZE,
@@ -120,10 +121,6 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
         raise click.BadParameter(str(exc), ctx=ctx, param=_param) from None
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
-
-
-# Seconds the requests in flight get to finish after a stop request; then they are cancelled.
-STOP_GRACE = 10.0
 
 
 def _run(coro_factory: Callable[[], Any], on_signal: Callable[[], None]) -> Any:

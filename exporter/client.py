@@ -75,6 +75,9 @@ JSONAPI = "application/vnd.api+json"
 T = TypeVar("T")
 
 RESUME_HINT = "the checkpoint is intact: run the same command again to resume"
+# Seconds the requests in flight get to finish after a stop request (SIGINT/SIGTERM) before
+# the CLI cancels them (exporter/cli.py `_run`, exporter/fleet.py `run_local`).
+STOP_GRACE = 10.0
 # The API's documented window is an hour; a reset further away than this is not believed.
 LONGEST_WINDOW = 3600.0
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from exporter.cli import STOP_GRACE
+from exporter.client import STOP_GRACE
 from exporter.errors import ExitCode
 from exporter.simulator import Faults
 from exporter.simulator.faults import hostile
-from tests.conftest import Running, StartSimulator, spawn
+from tests.conftest import TOKEN, Running, StartSimulator, clean_env, spawn
 from tests.test_resume import assert_exact, export_command, run_to_completion
 
 
@@ -99,3 +100,51 @@ async def test_a_second_signal_stops_at_once_without_a_traceback(
     assert text.strip().splitlines()[-1].startswith("stopped: "), text
     state = orjson.loads((tmp_path / "_checkpoint.json").read_bytes())
     assert state["status"] == "running" and committed_rows(tmp_path) > 0
+
+
+async def test_a_fleet_stuck_on_trickles_stops_within_the_grace_period(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug caught: the fleet's stop waited on every running export's requests in flight (a
+    trickle: forever) and ignored a second signal."""
+    sims = [
+        await start_simulator(steps=6000, seed=43 + i, faults=Faults(latency_s=0.2))
+        for i in range(2)
+    ]
+    config = tmp_path / "fleet.toml"
+    lines = ["[defaults]", 'rate_limit = "100000/1"', 'relationships = "none"', "page_size = 100"]
+    lines += ["concurrency = 1", "commit_interval = 0.05"]
+    lines.append(f'out = "{tmp_path}/out/{{name}}"')
+    for i, running in enumerate(sims):
+        lines += ["[[account]]", f'name = "a{i}"', f'base_url = "{running.base_url}"']
+        lines.append('token_env = "FLEET_TOKEN"')
+    config.write_text("\n".join(lines) + "\n")
+    process = await spawn(
+        sys.executable,
+        *("-m", "exporter", "fleet", "--config", str(config)),
+        env=clean_env(FLEET_TOKEN=TOKEN),
+    )
+    outs = [tmp_path / "out" / f"a{i}" for i in range(2)]
+    await poll(lambda: all(committed_rows(out) > 0 for out in outs), 60, "first commits")
+    for running in sims:
+        hostile(running.sim).trickle_bytes_per_s = 5
+        hostile(running.sim).trickle = 1_000_000
+    await poll(
+        lambda: all(hostile(r.sim).served["trickle"] >= 1 for r in sims),
+        30,
+        "requests stuck on a trickle in both accounts",
+    )
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), STOP_GRACE + 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+    text = err.decode()
+    assert process.returncode == ExitCode.INTERRUPTED, text
+    assert time.monotonic() - sent < STOP_GRACE + 15
+    assert "Traceback" not in text and "CancelledError" not in text
+    table = out.decode()
+    assert table.count("stopped") >= 2, table
+    assert all(committed_rows(out) > 0 for out in outs)

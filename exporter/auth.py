@@ -2,13 +2,24 @@
 
 A `TokenSource` hands the client the current access token and, when the API says 401, a
 fresh one. Tokens are held in `Secret` wrappers whose repr never shows them, so a token that
-ends up in an f-string, a log record or a traceback prints as `Secret('***')`.
+ends up in an f-string, a log record or a traceback prints as `Secret('***')`. Every secret a
+source holds is also registered with `errors.remember_secret`, so no error message quoting the
+API's text can show it.
+
+A token goes into an HTTP header, so it must be visible ASCII: one with a CR, LF, space or other
+control character (from --token, the token file or the token endpoint's answer) is refused with
+one line (exit 2 for the user's input, 3 for the endpoint's answer), never sent.
+
+The token endpoint is never followed through a redirect: the form carries the client secret
+and the refresh token, and a 3xx is a fatal `AuthError` naming the token URL. Each token request
+has an overall deadline (`request_deadline`) and its answer is read up to `MAX_TOKEN_ANSWER`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable
@@ -19,7 +30,34 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from exporter.errors import ApiError, AuthError, OutputError, UsageError, error_details, scrub
+from exporter.errors import (
+    ApiError,
+    AuthError,
+    OutputError,
+    UsageError,
+    error_details,
+    redact_url,
+    remember_secret,
+    scrub,
+)
+
+# The longest token endpoint answer read (a grant is a few hundred bytes).
+MAX_TOKEN_ANSWER = 1 << 20
+
+
+def header_safe(token: str) -> str | None:
+    """None when `token` can go into an Authorization header, else what is wrong with it."""
+    for position, ch in enumerate(token):
+        if not "!" <= ch <= "~":
+            kind = (
+                "a line break"
+                if ch in "\r\n"
+                else "a space"
+                if ch.isspace()
+                else ("a control character" if not ch.isprintable() else "a non-ASCII character")
+            )
+            return f"{kind} at position {position + 1}"
+    return None if token else "it is empty"
 
 
 class Secret:
@@ -63,6 +101,13 @@ class StaticToken:
     """A bearer token given on the command line or in OUTREACH_TOKEN; it cannot be refreshed."""
 
     def __init__(self, token: Secret) -> None:
+        remember_secret(token.reveal())
+        problem = header_safe(token.reveal())
+        if problem is not None:
+            raise UsageError(
+                f"the access token (--token or OUTREACH_TOKEN) cannot be sent: {problem}; "
+                "pass the token alone, without quotes, spaces or line breaks"
+            )
         self._token = token
 
     async def token(self) -> str:
@@ -110,7 +155,15 @@ class RefreshTokenStore:
                 f"the token file {self.path} is not valid JSON; remove it and pass --refresh-token"
             ) from None
         value = data.get("refresh_token") if isinstance(data, dict) else None
-        return Secret(value) if isinstance(value, str) and value else None
+        if not isinstance(value, str) or not value:
+            return None
+        remember_secret(value)
+        if header_safe(value) is not None:
+            raise UsageError(
+                f"the token file {self.path} holds a damaged refresh token ({header_safe(value)}); "
+                "remove the file and pass --refresh-token"
+            )
+        return Secret(value)
 
     def save(self, token: Secret) -> None:
         """Atomically replace the file; it is created 0600 and never readable by others."""
@@ -161,6 +214,7 @@ class OAuthTokens:
         clock: Callable[[], float] = time.monotonic,
         max_attempts: int = 4,
         backoff_base: float = 1.0,
+        request_deadline: float = 60.0,
     ) -> None:
         self._credentials = credentials
         self._store = store
@@ -170,6 +224,7 @@ class OAuthTokens:
         self._clock = clock
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base
+        self._deadline = request_deadline
         self._access: Secret | None = None
         self._lifetime: float | None = None
         self._refresh_at = 0.0
@@ -182,6 +237,8 @@ class OAuthTokens:
         ]
         # Refresh tokens to try, newest first: the stored one, then the one given.
         self._candidates: list[Secret] = [credentials.refresh_token]
+        for secret in self._seen:
+            remember_secret(secret)
         if store is not None:
             newest = store.load()
             if newest is not None:
@@ -261,22 +318,36 @@ class OAuthTokens:
             )
             raise AuthError(reason, status=status, error_id=error_id, url=creds.token_url)
         assert isinstance(document, dict)
+        access = document["access_token"]
+        rotated = document.get("refresh_token")
+        for secret in (access, rotated):
+            if isinstance(secret, str) and secret:
+                remember_secret(secret)
+                self._seen.append(secret)
+        problem = header_safe(access) if isinstance(access, str) else "it is not a string"
+        if problem is not None:
+            raise AuthError(
+                f"the OAuth token endpoint answered an unusable access token ({problem}); "
+                "it was not used. Check the token URL, then run again",
+                url=creds.token_url,
+                status=status,
+            )
         self._minted_at = self._clock()
         self.mints += 1
-        self._access = Secret(str(document["access_token"]))
-        self._seen.append(self._access.reveal())
+        self._access = Secret(access)
         expires_in = document.get("expires_in")
-        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 7200.0
-        lifetime = max(lifetime, 0.1)
+        try:
+            lifetime = float(expires_in) if isinstance(expires_in, int | float) else 7200.0
+        except OverflowError:
+            lifetime = 7200.0
+        lifetime = min(max(lifetime, 0.1), 7 * 86400.0) if math.isfinite(lifetime) else 7200.0
         self._lifetime = lifetime
         # Refresh ahead of expiry: five minutes early for real two-hour tokens, a tenth of the
         # lifetime for the short ones a test or simulator hands out.
         self._refresh_at = self._minted_at + lifetime - min(self._margin, lifetime / 10)
-        rotated = document.get("refresh_token")
         if isinstance(rotated, str) and rotated:
             creds.refresh_token = Secret(rotated)
             self._candidates = [creds.refresh_token]
-            self._seen.append(rotated)
             if self._store is not None:
                 self._store.save(creds.refresh_token)
 
@@ -300,11 +371,29 @@ class OAuthTokens:
         try:
             async with (
                 self._session_factory() as session,
-                session.post(creds.token_url, data=form) as response,
+                session.post(
+                    creds.token_url,
+                    data=form,
+                    # Never re-post the client secret and the refresh token elsewhere.
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=self._deadline),
+                ) as response,
             ):
-                body = await response.read()
                 status = response.status
+                if 300 <= status < 400:
+                    raise AuthError(
+                        f"the OAuth token endpoint {redact_url(creds.token_url)} answered a "
+                        f"redirect ({status}); it is never followed, since the request carries "
+                        "the client secret and the refresh token. Check the token URL "
+                        "(--base-url) and run again",
+                        status=status,
+                    )
                 retry_after = response.headers.get("Retry-After")
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(1 << 16):
+                    body += chunk
+                    if len(body) > MAX_TOKEN_ANSWER:
+                        return None, None, None  # not a token answer: a passing fault
         except (aiohttp.ClientError, TimeoutError):
             return None, None, None
         document: Any
@@ -316,5 +405,7 @@ class OAuthTokens:
         try:
             seconds = float(retry_after) if retry_after else None
         except ValueError:
+            seconds = None
+        if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
             seconds = None
         return status, document, seconds

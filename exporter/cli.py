@@ -22,6 +22,7 @@ from exporter.auth import (
     StaticToken,
     TokenSource,
 )
+from exporter.client import STOP_GRACE
 from exporter.config import (
     DEFAULT_BASE_URL,
     MAX_PAGE_SIZE,
@@ -31,7 +32,7 @@ from exporter.config import (
     load_toml_defaults,
     token_url_for,
 )
-from exporter.errors import ExitCode, ExporterError, UsageError
+from exporter.errors import ExitCode, ExporterError, Interrupted, UsageError
 from exporter.options import BaseUrlType, RateLimitType, credential_options
 from exporter.progress import Reporter, Snapshot, configure_logging, event
 from exporter.schema import RESOURCE_TYPES
@@ -123,24 +124,36 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
 
 
 def _run(coro_factory: Callable[[], Any], on_signal: Callable[[], None]) -> Any:
-    """Run the coroutine; the first SIGINT/SIGTERM asks for a clean stop, the second cancels."""
+    """Run the coroutine. The first SIGINT/SIGTERM asks for a clean stop (no new requests; the
+    pages fetched are committed); requests still in flight `STOP_GRACE` seconds later, or at a
+    second signal, are cancelled, what was fetched is committed, and `Interrupted` (exit 130,
+    one line) is raised. No signal, however many and whenever, ends in a traceback."""
 
     async def runner() -> Any:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         signals_seen = 0
+        cancelled = False
+
+        def cancel() -> None:
+            nonlocal cancelled
+            if not cancelled and task is not None and not task.done():
+                cancelled = True  # once: a second cancel would interrupt the final commit
+                task.cancel()
 
         def handle() -> None:
             nonlocal signals_seen
             signals_seen += 1
             if signals_seen == 1:
                 click.echo(
-                    "stopping: finishing requests in flight and committing (signal again to abort)",
+                    f"stopping: finishing requests in flight (at most {STOP_GRACE:g} s) and "
+                    "committing (signal again to stop now)",
                     err=True,
                 )
                 on_signal()
-            elif task is not None:
-                task.cancel()
+                loop.call_later(STOP_GRACE, cancel)
+            else:
+                cancel()
 
         def dump_tasks() -> None:
             """SIGUSR1: print what every task is waiting on (for a run that seems stuck)."""
@@ -153,11 +166,27 @@ def _run(coro_factory: Callable[[], Any], on_signal: Callable[[], None]) -> Any:
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         try:
             return await coro_factory()
+        except asyncio.CancelledError:
+            if not cancelled:
+                raise
+            # The run has committed what it fetched; end the tasks it left (fetchers stuck on
+            # an answer) here, so none ends later with an error nobody reads.
+            others = [t for t in asyncio.all_tasks() if t is not task]
+            for other in others:
+                other.cancel()
+            await asyncio.wait(others, timeout=5) if others else None
+            raise Interrupted(
+                "requests still in flight were cancelled; the pages fetched before them are "
+                "committed. Run the same command again to resume"
+            ) from None
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
 
-    return asyncio.run(runner())
+    try:
+        return asyncio.run(runner())
+    except KeyboardInterrupt:  # a SIGINT after the handlers were removed, while shutting down
+        raise Interrupted("interrupted. Run the same command again to resume") from None
 
 
 @contextlib.contextmanager

@@ -9,13 +9,28 @@ Every request the exporter makes goes through `ApiClient._request`, in these ste
    requests still in flight); another program may be spending the same user's budget, so the
    API's count is the one that decides;
 3. send with the current access token; read the whole body (the rate-limit headers are read
-   before it, so a body cut short still counts);
+   before it, so a body cut short still counts). Three bounds hold for every answer:
+   - an overall deadline (`request_deadline`, 5 minutes by default) from sending to the last
+     byte, besides the read timeout between bytes, so an answer trickling a few bytes a second
+     cannot stall a run; running out of it is a passing fault (retried);
+   - at most `max_response_bytes` (256 MiB) of body *after* decompression: the body is
+     inflated here, chunk by chunk, never beyond the cap (aiohttp's own decompression is off),
+     and a declared `Content-Length` over the cap is refused before reading. More is a passing
+     fault (a proxy's glitch), so it is retried within `max_attempts` like a truncated body, and
+     then one `ApiError` naming the cap; memory stays under the cap whatever the ratio;
+   - redirects are never followed by aiohttp. A redirect of a GET to the base URL's origin
+     (scheme, host, port, as `pagination.origin` compares them; no userinfo) is followed here,
+     with the token, through the same budgets, at most `max_redirects` hops in a row; a
+     redirect to another origin, of a write, or without a usable `Location` is fatal: one
+     `ApiError` naming where it pointed (the token is never sent there);
 4. sort the answer with `errors.classify_status`: 2xx is parsed and returned; 429 waits for the
    window's reset (or `Retry-After`) and sends the same request again (not an attempt); 401
    refreshes the token once; 502 on a big page retries with half the `page[size]` (not an
    attempt either: it halves at most ~10 times); other 5xx, timeouts, resets and truncated,
    non-JSON or HTML bodies back off exponentially with jitter, at most `max_attempts` times,
    then one `ApiError` naming the URL, the status and the API's error id; anything else is fatal.
+   Every text the API sent (error id, title, detail) is quoted only through
+   `errors.clean_text`: secrets scrubbed, one line, bounded length.
 Budgets and locks are created inside the running loop (in `__aenter__`), never at import.
 """
 
@@ -27,11 +42,13 @@ import logging
 import math
 import random
 import time
+import zlib
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import orjson
@@ -46,18 +63,21 @@ from exporter.errors import (
     StatusClass,
     UnreachableError,
     classify_status,
+    clean_text,
     error_details,
     redact_url,
-    scrub,
     shown_url,
 )
-from exporter.pagination import query_value, with_query_value
+from exporter.pagination import origin, query_value, with_query_value
 from exporter.progress import LOGGER, event
 
 JSONAPI = "application/vnd.api+json"
 T = TypeVar("T")
 
 RESUME_HINT = "the checkpoint is intact: run the same command again to resume"
+# Seconds the requests in flight get to finish after a stop request (SIGINT/SIGTERM) before
+# the CLI cancels them (exporter/cli.py `_run`, exporter/fleet.py `run_local`).
+STOP_GRACE = 10.0
 # The API's documented window is an hour; a reset further away than this is not believed.
 LONGEST_WINDOW = 3600.0
 
@@ -74,6 +94,12 @@ class ClientSettings:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     max_rate_limit_waits: int = 50
+    # From sending a request to the last byte of its answer (the read timeout is between bytes).
+    request_deadline: float = 300.0
+    # Bytes of one answer's body after decompression; the API's biggest pages are a few MiB.
+    max_response_bytes: int = 256 * 1024 * 1024
+    # Same-origin redirects followed in a row for one request.
+    max_redirects: int = 5
     # Requests of each API window left unspent (for other programs on the same user's budget).
     remaining_reserve: int | None = None
     # What the caller's user should do after the client gives up (export: resume; restore: rerun).
@@ -259,8 +285,10 @@ class ApiClient:
                 "Accept": JSONAPI,
                 "Content-Type": JSONAPI,
                 "User-Agent": f"outreach-exporter/{__version__}",
+                "Accept-Encoding": "gzip, deflate",
             },
-            auto_decompress=True,
+            # Inflated here (`_read_body`), so that no answer grows beyond the cap in memory.
+            auto_decompress=False,
             raise_for_status=False,
         )
         loop = asyncio.get_running_loop()
@@ -371,6 +399,8 @@ class ApiClient:
         rate_waits = 0
         refreshed = False
         connection_failures = 0
+        redirects = 0
+        deadline = self.settings.request_deadline
         data = orjson.dumps(payload) if payload is not None else None
         while True:
             failure: RetriableError | None = None
@@ -382,20 +412,41 @@ class ApiClient:
                 try:
                     token = await self.tokens.token()
                     self.stats.requests += 1
-                    async with self.session.request(
-                        method, url, data=data, headers={"Authorization": f"Bearer {token}"}
-                    ) as response:
+                    async with (
+                        asyncio.timeout(deadline),
+                        self.session.request(
+                            method,
+                            url,
+                            data=data,
+                            headers={"Authorization": f"Bearer {token}"},
+                            allow_redirects=False,
+                        ) as response,
+                    ):
                         status = response.status
                         headers = response.headers
                         answered = True
                         self._observe(headers)  # before the body: a cut body still counted
-                        body = await response.read()
+                        body = await _read_body(response, self.settings.max_response_bytes)
                 except aiohttp.ClientConnectorError as exc:
                     connection_failures += 1
                     failure = RetriableError(f"cannot connect ({_reason(exc)})")
-                except (aiohttp.ClientError, TimeoutError) as exc:
+                except RetriableError as exc:  # too big, or not decodable
+                    failure = exc
+                except TimeoutError as exc:
+                    late = time.monotonic() - sent >= deadline * 0.99
+                    failure = RetriableError(
+                        f"no complete answer within the {deadline:g} s request deadline"
+                        if late
+                        else f"{'the answer stalled' if answered else 'transport failure'} "
+                        f"({_reason(exc)})"
+                    )
+                except aiohttp.ClientError as exc:
                     what = "the connection broke mid-answer" if answered else "transport failure"
                     failure = RetriableError(f"{what} ({_reason(exc)})")
+                except ValueError as exc:  # a URL or header aiohttp refuses to send
+                    raise ApiError(
+                        f"cannot send the request ({exc})", url=url, hint=self.settings.give_up_hint
+                    ) from None
                 finally:
                     if not answered:
                         window.failed()
@@ -426,6 +477,10 @@ class ApiClient:
             self.stats.bytes_received += len(body)
             if self.stats.server_time is None:
                 self.stats.server_time = _header_date(headers)
+            if status in (301, 302, 303, 307, 308):
+                redirects += 1
+                url = self._redirect(method, url, status, headers, redirects)
+                continue  # the same request at the new URL; not an attempt
             page_size = _page_size(url)
             outcome = classify_status(status, page_size)
             if status in accept_statuses:
@@ -499,6 +554,44 @@ class ApiClient:
                     ) from None
                 await self._backoff(attempt, exc.retry_after)
 
+    def _redirect(self, method: str, url: str, status: int, headers: Any, hops: int) -> str:
+        """Where a redirect leads, if it may be followed (see the module docstring); else the
+        ApiError that says why not."""
+        location = headers.get("Location", "")
+        try:
+            target = urljoin(url, location) if location else ""
+            parts = urlsplit(target)
+            credentials = parts.username is not None or parts.password is not None
+            same = bool(target) and origin(target) == origin(self.settings.base_url)
+        except ValueError:
+            target, credentials, same = "", False, False
+        where = f" to {clean_text(redact_url(target))}" if target else " without a usable Location"
+        if not same or credentials:
+            raise ApiError(
+                f"the API redirected to another origin{where}; refusing to follow it: the "
+                "access token is only ever sent to the base URL's scheme, host and port. Check "
+                "--base-url (the API may have moved) and run again"
+                if target and not same
+                else f"the API answered a redirect{where}; refusing to follow it",
+                url=url,
+                status=status,
+            )
+        if method != "GET":
+            raise ApiError(
+                f"the API redirected a {method}{where}; a write is never re-sent to another URL",
+                url=url,
+                status=status,
+            )
+        if hops > self.settings.max_redirects:
+            raise ApiError(
+                f"more than {self.settings.max_redirects} redirects in a row (the last{where}): "
+                "the API is looping",
+                url=url,
+                status=status,
+                hint=self.settings.give_up_hint,
+            )
+        return target
+
     def _rate_limited(self, headers: Any) -> None:
         """After a 429: hold every request until the window resets (or `Retry-After` passes)."""
         assert self._window is not None
@@ -522,8 +615,51 @@ class ApiClient:
         await asyncio.sleep(delay)
 
     def _scrub(self, text: str | None) -> str | None:
-        """An API's error text with any secret of ours (echoed back) replaced by `***`."""
-        return None if text is None else scrub(text, self.tokens.secrets())
+        """An API's error text with any secret of ours (echoed back) replaced by `***`, on one
+        line of bounded length."""
+        return None if text is None else clean_text(text, secrets=self.tokens.secrets())
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n:,}-byte"
+
+
+async def _read_body(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The body, inflated (gzip, deflate) chunk by chunk; RetriableError beyond `cap` bytes."""
+    too_big = f"an answer larger than the {_size(cap)} cap (max_response_bytes)"
+    declared = response.content_length
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding == "identity" and declared is not None and declared > cap:
+        raise RetriableError(f"{too_big}: Content-Length {declared:,}")
+    inflater: Any = None
+    if encoding in ("gzip", "x-gzip"):
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflater = zlib.decompressobj(zlib.MAX_WBITS)  # zlib-wrapped, as RFC 9110 says
+    elif encoding not in ("identity", ""):
+        raise RetriableError(f"an answer in an unsupported Content-Encoding ({encoding[:40]})")
+    body = bytearray()
+    try:
+        async for chunk in response.content.iter_chunked(1 << 16):
+            if inflater is None:
+                body += chunk
+            else:
+                pending = chunk
+                while pending:
+                    # Never more than one byte past the cap, whatever the compression ratio.
+                    body += inflater.decompress(pending, cap - len(body) + 1)
+                    pending = inflater.unconsumed_tail
+                    if len(body) > cap:
+                        break
+            if len(body) > cap:
+                raise RetriableError(too_big)
+        if inflater is not None:
+            body += inflater.flush()
+    except zlib.error:
+        raise RetriableError(f"an answer whose {encoding} encoding is damaged") from None
+    if len(body) > cap:
+        raise RetriableError(too_big)
+    return bytes(body)
 
 
 def _reason(exc: BaseException) -> str:

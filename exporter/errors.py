@@ -7,11 +7,19 @@ Three families, and one function (`classify_status`) that sorts an HTTP answer i
 - `ApiError` / `AuthError` / `ResponseError` / `OutputError`: fatal for this run; the checkpoint
   stays intact and the next run resumes.
 
-Messages never contain a secret: URLs are passed through `redact_url` before they are quoted.
+Messages never contain a secret, and never more than one line: URLs are passed through
+`redact_url` before they are quoted, and `ApiError`/`RetriableError` pass everything they are
+given (message, error id, URL) through `clean_text`, which replaces every secret this process
+knows (`remember_secret`: the token sources register each token they hold or receive) by `***`,
+every control character (CR, LF, ESC, ...) by a space, and shortens what is too long. So text an
+API sent (an error document's id, title or detail, OAuth's `error` and `error_description`)
+cannot leak an echoed token nor forge a log line, wherever it is quoted.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterable
 from enum import IntEnum
 from typing import Any
@@ -58,8 +66,45 @@ class BusyError(ExporterError):
     exit_code = ExitCode.BUSY
 
 
+# Every secret this process has held (tokens, the client secret, refresh tokens), so that any
+# message built from server text can be scrubbed without being handed the token source.
+_KNOWN_SECRETS: set[str] = set()
+# The longest piece of server text quoted in one message, and the longest message.
+LONGEST_QUOTE = 300
+LONGEST_MESSAGE = 1000
+_SPACES = re.compile(" {2,}")
+
+
+def remember_secret(secret: str) -> None:
+    """Register a secret: from now on no `ApiError` or `RetriableError` message shows it."""
+    if secret:
+        _KNOWN_SECRETS.add(secret)
+
+
+def one_line(text: str, limit: int = LONGEST_QUOTE) -> str:
+    """`text` on one printable line of at most about `limit` characters: control and format
+    characters (CR, LF, ESC, bidi overrides, line separators) become spaces, runs of spaces one."""
+    if not text.isprintable():
+        text = "".join(
+            ch if ch.isprintable() and unicodedata.category(ch) != "Cf" else " " for ch in text
+        )
+    text = _SPACES.sub(" ", text)
+    if len(text) > limit:
+        text = f"{text[:limit]}...({len(text) - limit} more characters)"
+    return text
+
+
+def clean_text(text: str, limit: int = LONGEST_QUOTE, secrets: Iterable[str] = ()) -> str:
+    """Text from outside (an API's error text, a message quoting it) made safe to show:
+    every known secret (and `secrets`) replaced by `***`, then `one_line`."""
+    return one_line(scrub(text, [*_KNOWN_SECRETS, *secrets]), limit)
+
+
 class ApiError(ExporterError):
-    """The API answered with an error we do not retry (or ran out of retries)."""
+    """The API answered with an error we do not retry (or ran out of retries).
+
+    Everything given is cleaned (`clean_text`): the message and the error id may quote the API.
+    """
 
     def __init__(
         self,
@@ -70,18 +115,20 @@ class ApiError(ExporterError):
         error_id: str | None = None,
         hint: str = "",
     ) -> None:
+        message = clean_text(message, LONGEST_MESSAGE)
+        error_id = clean_text(error_id, 100) if error_id is not None else None
         parts = [message]
         if status is not None:
             parts.append(f"status {status}")
         if error_id:
             parts.append(f"error id {error_id!r}")
         if url:
-            parts.append(f"url {shown_url(url)}")
+            parts.append(f"url {clean_text(shown_url(url), LONGEST_QUOTE)}")
         if hint:
-            parts.append(hint)
+            parts.append(clean_text(hint, LONGEST_QUOTE))
         super().__init__("; ".join(parts))
         self.message = message
-        self.url = redact_url(url) if url else ""
+        self.url = clean_text(redact_url(url), 2000) if url else ""
         self.status = status
         self.error_id = error_id
 
@@ -105,9 +152,9 @@ class RetriableError(Exception):
         error_id: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(clean_text(message, LONGEST_MESSAGE))
         self.status = status
-        self.error_id = error_id
+        self.error_id = clean_text(error_id, 100) if error_id is not None else None
         self.retry_after = retry_after
 
 

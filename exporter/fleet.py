@@ -43,6 +43,7 @@ from exporter.auth import (
     StaticToken,
     TokenSource,
 )
+from exporter.client import STOP_GRACE
 from exporter.config import (
     DEFAULT_BASE_URL,
     MAX_PAGE_SIZE,
@@ -481,31 +482,63 @@ async def run_local(
     on_done: Callable[[AccountResult], None] = lambda _result: None,
 ) -> list[AccountResult]:
     """Every account in this process, `parallel` at once. SIGINT/SIGTERM stop the running exports
-    cleanly (each commits what it fetched) and start no more."""
+    cleanly (each commits what it fetched) and start no more; exports still running
+    `STOP_GRACE` seconds later, or at a second signal, have their requests in flight cancelled
+    (what they fetched is committed) and are reported as stopped."""
     fleet_started = utc_now()
     gate = asyncio.Semaphore(parallel)
     running: set[Export] = set()
+    exporting: set[asyncio.Task[Any]] = set()
     stopping = False
+    cancelled = False
 
     async def one(account: Account) -> AccountResult:
         async with gate:
             if stopping:
                 result = AccountResult(account.name, ok=False, outcome="stopped: not started")
             else:
+                task = asyncio.current_task()
+                assert task is not None
+                exporting.add(task)
                 try:
                     result = await export_account(account, fleet_started, started=running.add)
                 except AccountCrashed as exc:
                     result = failed(account, str(exc))
+                except asyncio.CancelledError:
+                    if not cancelled:
+                        raise
+                    result = AccountResult(
+                        account.name,
+                        ok=False,
+                        outcome="stopped: requests in flight cancelled; what was fetched is "
+                        "committed",
+                    )
+                finally:
+                    exporting.discard(task)
         on_done(result)
         return result
 
+    def cancel() -> None:
+        nonlocal cancelled
+        if not cancelled:
+            cancelled = True
+            for task in exporting:
+                task.cancel()
+
     def stop() -> None:
         nonlocal stopping
-        if not stopping:
-            click.echo("stopping: committing the running exports, starting no more", err=True)
+        if stopping:
+            cancel()  # a second signal: stop now
+            return
+        click.echo(
+            f"stopping: committing the running exports (at most {STOP_GRACE:g} s), starting no "
+            "more (signal again to stop now)",
+            err=True,
+        )
         stopping = True
         for job in running:
             job.request_stop()
+        loop.call_later(STOP_GRACE, cancel)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -515,6 +548,13 @@ async def run_local(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if cancelled:  # fetchers the cancelled exports left behind end here, not at shutdown
+            this = asyncio.current_task()
+            others = [t for t in asyncio.all_tasks() if t is not this]
+            for other in others:
+                other.cancel()
+            if others:
+                await asyncio.wait(others, timeout=5)
 
 
 def import_distributed() -> ModuleType:

@@ -3,7 +3,9 @@
 Pure functions of values. The rules, in order, for a `links.next`:
 1. absent, null or empty: the last page.
 2. not a string: the response is malformed.
-3. resolved against the current URL (a relative link is allowed), it must have the same scheme,
+3. it must be a printable, parseable URL without credentials (`user:pw@`): anything else is
+   refused on one line (aiohttp would refuse to send it with a bearer token anyway).
+   Resolved against the current URL (a relative link is allowed), it must have the same scheme,
    host and port as the configured base URL; anything else is refused, so the bearer token is
    never sent to another origin.
 4. equal to the current page's URL (compared decoded, with the parameters in any order): a
@@ -110,7 +112,23 @@ def next_link(document: dict[str, Any], current_url: str, base_url: str) -> str 
         return None
     if not isinstance(target, str):
         raise ResponseError("the page's `links.next` is not a string", url=current_url)
-    absolute = urljoin(current_url, target)
+    if not target.isprintable():
+        raise ResponseError(
+            "the page's `links.next` contains a control character: not a usable URL",
+            url=current_url,
+        )
+    try:
+        absolute = urljoin(current_url, target)
+        parts = urlsplit(absolute)
+        _port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError:
+        raise ResponseError("the page's `links.next` is not a valid URL", url=current_url) from None
+    if parts.username is not None or parts.password is not None:
+        raise ResponseError(
+            "refusing to follow a links.next that carries credentials (user:password@): the "
+            "API never sends them, and only the access token authenticates requests",
+            url=current_url,
+        )
     if origin(absolute) != origin(base_url):
         raise ResponseError(
             f"refusing to follow links.next to another origin ({redact_url(absolute)}); "

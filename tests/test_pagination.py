@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exporter.errors import ResponseError
 from exporter.pagination import (
@@ -10,6 +14,7 @@ from exporter.pagination import (
     ChainGuard,
     collection_url,
     next_link,
+    origin,
     page_records,
     with_query_value,
 )
@@ -105,3 +110,38 @@ def test_chain_guard_lets_a_long_honest_chain_through() -> None:
     for n in range(1, 5000):
         # a few empty pages now and then are not a stall
         guard.follow(page(n - 1), page(n), 0 if n % 7 == 0 else 2)
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("http://alice:hunter2@127.0.0.1:8123/api/v2/sequenceSteps?page[after]=x", "credentials"),
+        ("http://alice@127.0.0.1:8123/api/v2/sequenceSteps?page[after]=x", "credentials"),
+        ("//alice:hunter2@127.0.0.1:8123/api/v2/sequenceSteps?page[after]=y", "credentials"),
+        ("http://[::1/api/v2/sequenceSteps", "not a valid URL"),
+        ("http://127.0.0.1:99999/api/v2/sequenceSteps", "not a valid URL"),
+        ("http://127.0.0.1:8123/api/v2/sequenceSteps?page[after]=\x00x", "control character"),
+        ("http://127.0.0.1:8123/api/v2/seq\u202euenceSteps", "control character"),
+    ],
+)
+def test_next_links_with_credentials_or_unparseable_are_refused_on_one_line(
+    target: str, reason: str
+) -> None:
+    """Bug caught: `user:pw@` in a same-origin next link was followed (aiohttp then refuses to
+    combine it with the Authorization header: a traceback); `[::1` raised a bare ValueError."""
+    with pytest.raises(ResponseError, match=reason) as caught:
+        next_link({"links": {"next": target}}, CURRENT, BASE)
+    message = str(caught.value)
+    assert message.isprintable() and "hunter2" not in message and "alice" not in message
+
+
+@given(st.text(max_size=200))
+def test_any_next_link_is_followed_or_refused_cleanly(target: str) -> None:
+    try:
+        followed = next_link({"links": {"next": target}}, CURRENT, BASE)
+    except ResponseError as error:
+        assert str(error).isprintable()
+        return
+    if followed is not None:
+        assert origin(followed) == origin(BASE)
+        assert urlsplit(followed).username is None and followed.isprintable()

@@ -12,6 +12,7 @@ from pathlib import Path
 from exporter.errors import ExitCode
 from exporter.simulator import Faults
 from exporter.simulator.auth import TokenResponse
+from exporter.simulator.faults import hostile
 from tests.conftest import TOKEN, StartSimulator
 
 
@@ -115,3 +116,112 @@ async def test_no_secret_in_files_or_output(
     newest = running.sim.auth.refresh_token
     assert newest.encode() in token_file.read_bytes()
     assert_nowhere(issued - {newest}, [], token_file.parent)
+
+
+async def test_an_echoed_authorization_header_never_reaches_output_or_files(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug caught: the error document's id and title (echoing `Bearer <token>`) printed
+    verbatim, and its detail's line breaks forging log lines (text and JSON logs)."""
+    running = await start_simulator(steps=200, seed=31)
+    faults = hostile(running.sim)
+    results = []
+    for status, log_format in ((400, "text"), (500, "json")):
+        faults.echo_auth = 1000
+        faults.echo_auth_status = status
+        out = tmp_path / f"out-{status}"
+        result = await cli(
+            *("--out", str(out), "--token", TOKEN, "--base-url", running.base_url),
+            *("--verbose", "--log-format", log_format),
+        )
+        assert result.returncode == ExitCode.FAILED, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "forged" not in "".join(
+            line
+            for line in result.stderr.splitlines()
+            if not line.lstrip().startswith(("error", "{"))
+        )
+        results.append(result)
+    assert faults.served["echo_auth"] >= 2
+    for result in results:
+        assert all(line.isprintable() for line in result.stderr.splitlines())
+    assert_nowhere({TOKEN}, [r.stdout + r.stderr for r in results], tmp_path)
+
+
+async def test_a_token_with_a_line_break_or_control_character_is_refused_on_one_line(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug caught: a CR/LF in --token (or OUTREACH_TOKEN) reached aiohttp's header check: a
+    ValueError traceback instead of one line and exit 2."""
+    running = await start_simulator(steps=20, seed=32)
+    for bad in (TOKEN + "\r\nX-Evil: 1", TOKEN + "\x1b[2J", "a b", TOKEN + "\n"):
+        result = await cli(
+            *("--out", str(tmp_path / "out"), "--base-url", running.base_url),
+            env={"OUTREACH_TOKEN": bad},
+        )
+        assert result.returncode == ExitCode.USAGE, result.stderr
+        assert "Traceback" not in result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "--token" in lines[0]
+        assert_nowhere({bad.strip()}, [result.stdout, result.stderr])
+    assert running.sim.counters.requests == 0
+
+
+async def test_an_oauth_answer_with_a_control_character_in_the_token_is_refused(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug caught: an access token with CR/LF from the token endpoint was used (a traceback
+    from aiohttp's header check), and one that is not a string was sent as its repr."""
+    running = await start_simulator(steps=20, seed=33, static_token=None)
+    cfg = running.sim.cfg
+    original = running.sim.auth.exchange
+    lies = iter(["sim-access\r\nX-Evil: 1", {"a": 1}])
+
+    def exchange(form: Mapping[str, str]) -> TokenResponse:
+        answer = original(form)
+        return TokenResponse(200, {**answer.body, "access_token": next(lies)})
+
+    running.sim.auth.exchange = exchange  # type: ignore[method-assign]
+    oauth_env = {
+        "OUTREACH_CLIENT_ID": cfg.client_id,
+        "OUTREACH_CLIENT_SECRET": cfg.client_secret,
+        "OUTREACH_REFRESH_TOKEN": cfg.refresh_token,
+        "OUTREACH_REDIRECT_URI": cfg.redirect_uri,
+    }
+    for attempt in range(2):
+        running.sim.cfg.mint_interval = 0.0
+        running.sim.auth.mint_interval = 0.0
+        result = await cli(
+            *("--out", str(tmp_path / "out"), "--base-url", running.base_url),
+            *("--token-file", str(tmp_path / f"t{attempt}.json")),
+            env=oauth_env,
+        )
+        assert result.returncode == ExitCode.AUTH, result.stderr
+        assert "Traceback" not in result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error")]
+        assert len(lines) == 1 and "unusable access token" in lines[0], result.stderr
+        assert "X-Evil" not in result.stderr
+        oauth_env["OUTREACH_REFRESH_TOKEN"] = running.sim.auth.refresh_token
+    assert running.sim.counters.by_route["GET /api/v2/sequenceSteps"] == 0
+
+
+async def test_a_token_file_with_a_control_character_is_refused_on_one_line(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=20, seed=34, static_token=None)
+    cfg = running.sim.cfg
+    token_file = tmp_path / "t.json"
+    token_file.write_text('{"refresh_token": "sim-refresh\\r\\nX: y"}')
+    result = await cli(
+        *("--out", str(tmp_path / "out"), "--base-url", running.base_url),
+        *("--token-file", str(token_file)),
+        env={
+            "OUTREACH_CLIENT_ID": cfg.client_id,
+            "OUTREACH_CLIENT_SECRET": cfg.client_secret,
+            "OUTREACH_REFRESH_TOKEN": cfg.refresh_token,
+            "OUTREACH_REDIRECT_URI": cfg.redirect_uri,
+        },
+    )
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "token file" in lines[0] and "--refresh-token" in lines[0]

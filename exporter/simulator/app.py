@@ -13,7 +13,18 @@ from aiohttp import web
 
 from exporter.schema import Shape, by_collection
 
-from .faults import HTML_PAGE, BodyFault, Decision, Replacement, date_header, malformed, truncated
+from .faults import (
+    HTML_PAGE,
+    BodyFault,
+    Decision,
+    Replacement,
+    date_header,
+    TokenFault,
+    gzip_bomb,
+    hostile,
+    malformed,
+    truncated,
+)
 from .listing import Page
 from .paging import Cursor, encode_cursor
 from .query import Query, QueryError, parse_query
@@ -54,8 +65,14 @@ class Api:
         *,
         content_type: str = JSONAPI,
         decision: Decision = NO_FAULT,
+        trickle: int = 0,
     ) -> web.StreamResponse:
-        """Write a response, damaged as `decision` says (body faults only touch 200/201 answers)."""
+        """Write a response, damaged as `decision` says (body faults only touch 200/201 answers);
+        `trickle` > 0: the body goes out that many bytes a second, whatever its size."""
+        if trickle > 0:
+            return await self._trickle(
+                request, status, body, {**headers, "Content-Type": content_type}, trickle
+            )
         fault = decision.body_fault if status in (200, 201) else None
         if fault is BodyFault.TRUNCATE:
             body = truncated(body, decision.cut_at)
@@ -81,6 +98,20 @@ class Api:
         await response.write_eof()
         return response
 
+    async def _trickle(
+        self, request: web.Request, status: int, body: bytes, headers: dict[str, str], rate: int
+    ) -> web.StreamResponse:
+        """A hostile slow answer: a few bytes a second, so a read timeout never fires."""
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        step = max(1, rate // 10)
+        for start in range(0, len(body), step):
+            await response.write(body[start : start + step])
+            await asyncio.sleep(step / rate)
+        await response.write_eof()
+        return response
+
     # --------------------------------------------------------------------------- oauth
 
     async def token(self, request: web.Request) -> web.StreamResponse:
@@ -88,7 +119,13 @@ class Api:
         sim.counters.count_request("POST /oauth/token")
         try:
             form = await request.post()
-            answer = sim.auth.exchange({k: str(v) for k, v in form.items()})
+            fields = {k: str(v) for k, v in form.items()}
+            fault = hostile(sim).next_token_fault()
+            if fault is TokenFault.SLOW:
+                await asyncio.sleep(hostile(sim).token_slow_s)
+            elif fault is not None:
+                return await self._token_fault(request, fault, fields)
+            answer = sim.auth.exchange(fields)
             sim.counters.tokens_minted = sim.auth.minted
             headers = sim.rate.peek().headers(False)
             return await self.deliver(
@@ -100,6 +137,56 @@ class Api:
             )
         finally:
             sim.counters.finish_request()
+
+    async def _token_fault(
+        self, request: web.Request, fault: TokenFault, form: dict[str, str]
+    ) -> web.StreamResponse:
+        """The token endpoint misbehaving (`HostileFaults.token`); no token is minted."""
+        faults = hostile(self.sim)
+        if fault is TokenFault.REDIRECT:
+            return web.Response(
+                status=307, headers={"Location": faults.redirect_to + "/oauth/token"}
+            )
+        if fault is TokenFault.ECHO_SECRETS:
+            quoted = f"client_secret={form.get('client_secret')} refresh_token={form.get('refresh_token')}"
+            body = {
+                "error": f"invalid_request {quoted}",
+                "error_description": f"Bad form:\n{quoted}\r\nERROR forged line",
+            }
+            return web.json_response(body, status=400)
+        status = int(fault.value)
+        headers = {"Retry-After": f"{faults.token_retry_after:g}"} if status == 429 else {}
+        title = {500: "Internal Server Error", 503: "Service Unavailable", 429: "Too Many Requests"}
+        body_bytes = error_body(
+            status, f"simulated{status}", title[status], "Simulated token fault"
+        )
+        return web.Response(
+            status=status, body=body_bytes, headers={**headers, "Content-Type": "application/json"}
+        )
+
+    async def _hostile_get(
+        self, request: web.Request, headers: dict[str, str]
+    ) -> web.StreamResponse | None:
+        """A hostile answer to an API GET (`HostileFaults`), or None to serve it for real."""
+        faults = hostile(self.sim)
+        if faults.take("redirect_cross"):
+            location = faults.redirect_to + request.path_qs
+            return web.Response(status=307, headers={**headers, "Location": location})
+        if faults.take("redirect_same"):
+            return web.Response(status=307, headers={**headers, "Location": request.path_qs})
+        if faults.take("echo_auth"):
+            echoed = request.headers.get("Authorization", "")
+            detail = f"Refused {echoed}\nERROR forged log line\r\x1b[31m{echoed}"
+            body = error_body(faults.echo_auth_status, echoed, f"Bad header {echoed}", detail)
+            return await self.deliver(request, faults.echo_auth_status, body, headers)
+        if faults.take("gzip_bomb"):
+            bomb = gzip_bomb(faults.gzip_bomb_bytes)
+            return web.Response(
+                status=200,
+                body=bomb,
+                headers={**headers, "Content-Type": JSONAPI, "Content-Encoding": "gzip"},
+            )
+        return None
 
     # --------------------------------------------------------------------------- api
 
@@ -233,6 +320,10 @@ class Api:
     ) -> web.StreamResponse:
         sim = self.sim
         faults = sim.faults
+        crafted = await self._hostile_get(request, headers)
+        if crafted is not None:
+            return crafted
+        trickle = hostile(sim).trickle_bytes_per_s if hostile(sim).take("trickle") else 0
         page_size = _page_size(request.query.get("page[size]"), sim.cfg.page_default)
         decision = sim.dice.decide(faults, None if record else page_size)
         if faults.latency_s > 0:
@@ -258,7 +349,7 @@ class Api:
             )
         if faults.latency_per_record_s > 0 and n_records:
             await asyncio.sleep(faults.latency_per_record_s * n_records)
-        return await self.deliver(request, 200, body, headers, decision=decision)
+        return await self.deliver(request, 200, body, headers, decision=decision, trickle=trickle)
 
     async def _replace(
         self, request: web.Request, replacement: Replacement, headers: dict[str, str]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import random
-from dataclasses import dataclass
+import weakref
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from enum import Enum
 
@@ -104,3 +108,82 @@ def date_header(f: Faults, now: float) -> dict[str, str]:
     if not f.date_skew_s:
         return {}
     return {"Date": formatdate(now + f.date_skew_s, usegmt=True)}
+
+
+# -- hostile answers: the token endpoint's faults and API answers that attack the client ------
+
+
+class TokenFault(Enum):
+    """What `POST /oauth/token` answers instead of (or before) the real exchange."""
+
+    SERVER_ERROR = "500"  # an errors document, status 500; the exchange is not made
+    UNAVAILABLE = "503"  # the same, status 503
+    RATE_LIMITED = "429"  # a 429 with `Retry-After: HostileFaults.token_retry_after`
+    REDIRECT = "307"  # a 307 to `HostileFaults.redirect_to` + "/oauth/token" (the form re-posted)
+    ECHO_SECRETS = "echo"  # 400 `invalid_request` whose error and description quote the form
+    SLOW = "slow"  # the real exchange, answered after `HostileFaults.token_slow_s`
+
+
+@dataclass
+class HostileFaults:
+    """Faults the seeded dice do not draw: each is a count of the next requests it hits (set
+    a large number for "every one"), so a test knows exactly which request gets what.
+
+    Mutable at runtime through `hostile(sim)`; the counts go down as the faults are served.
+    """
+
+    token: list[TokenFault] = field(default_factory=list)  # the next token requests, in order
+    token_retry_after: float = 1.0
+    token_slow_s: float = 5.0
+    redirect_to: str = "http://127.0.0.2:9"  # root URL cross-origin redirects point at
+    # API GETs (the ones that passed the auth and rate-limit gates):
+    trickle: int = 0  # answered 200 with the real body, `trickle_bytes_per_s` bytes a second
+    trickle_bytes_per_s: int = 20
+    gzip_bomb: int = 0  # answered 200, `Content-Encoding: gzip`, inflating to `gzip_bomb_bytes`
+    gzip_bomb_bytes: int = 1 << 30
+    redirect_cross: int = 0  # 307 to the same path and query under `redirect_to`
+    redirect_same: int = 0  # 307 to the very same URL (relative Location): one more hop
+    echo_auth: int = 0  # `echo_auth_status` errors document whose id, title and detail quote
+    echo_auth_status: int = 400  # the request's Authorization header (detail with CR/LF/ESC)
+    served: Counter[str] = field(default_factory=Counter)  # faults served, by name
+
+    def take(self, name: str) -> bool:
+        """Whether the next request gets fault `name` (counting it down)."""
+        left: int = getattr(self, name)
+        if left <= 0:
+            return False
+        setattr(self, name, left - 1)
+        self.served[name] += 1
+        return True
+
+    def next_token_fault(self) -> TokenFault | None:
+        if not self.token:
+            return None
+        fault = self.token.pop(0)
+        self.served[f"token {fault.value}"] += 1
+        return fault
+
+
+_HOSTILE: weakref.WeakKeyDictionary[object, HostileFaults] = weakref.WeakKeyDictionary()
+
+
+def hostile(sim: object) -> HostileFaults:
+    """The hostile faults of simulator `sim` (created, all off, on first use)."""
+    faults = _HOSTILE.get(sim)
+    if faults is None:
+        faults = _HOSTILE[sim] = HostileFaults()
+    return faults
+
+
+@functools.lru_cache(maxsize=4)
+def gzip_bomb(inflated: int) -> bytes:
+    """A gzip stream of `inflated` bytes: the start of a JSON document, then spaces (~1000:1)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [compressor.compress(b'{"data":[')]
+    block = b" " * (1 << 20)
+    left = inflated - 9
+    while left > 0:
+        parts.append(compressor.compress(block[: min(left, len(block))]))
+        left -= len(block)
+    parts.append(compressor.flush())
+    return b"".join(parts)

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import orjson
 import pyarrow as pa
@@ -83,8 +83,16 @@ class OpenFile:
     temporary: str | None  # local only: the hidden name it is written under
 
 
+def _shown_path(text: str) -> str:
+    """A local path as the user typed it, without a trailing '/' (so 'p1/' + '/_manifest.json'
+    is never printed as 'p1//_manifest.json')."""
+    stripped = text.rstrip("/")
+    return stripped or text
+
+
 def storage_error(action: str, where: str, exc: OSError) -> OutputError:
-    reason = exc.strerror or str(exc)
+    """One line for a failed storage operation: what, where, why, and what to do."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
     if exc.errno == 28:  # ENOSPC
         hint = "free some space"
     elif exc.errno == 27:  # EFBIG: a file size limit (ulimit -f, or the filesystem's)
@@ -96,38 +104,159 @@ def storage_error(action: str, where: str, exc: OSError) -> OutputError:
     )
 
 
+# Query parameters of an s3:// URI this tool reads itself, and which of them are secrets.
+_S3_OPTIONS = {
+    "region": str,
+    "scheme": str,
+    "endpoint_override": str,
+    "access_key": str,
+    "secret_key": str,
+    "session_token": str,
+    "tls_ca_file_path": str,
+    "force_virtual_addressing": bool,
+}
+SECRET_QUERY_KEYS = frozenset(
+    {
+        "access_key",
+        "secret_key",
+        "session_token",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "password",
+        "token",
+        "sig",
+        "signature",
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "sas",
+        "account_key",
+        "credential",
+    }
+)
+
+
+def redact_uri(text: str) -> str:
+    """A storage location as it may be shown: no userinfo (`s3://KEY:SECRET@bucket`), secret
+    query values (`secret_key=...`) replaced by `***`, no fragment. A plain path is unchanged."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return "<unparseable location>"
+    if not parts.scheme or len(parts.scheme) == 1:
+        return text
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{key}=***" if unquote(key).lower() in SECRET_QUERY_KEYS else f"{key}{eq}{value}"
+        for key, eq, value in (pair.partition("=") for pair in parts.query.split("&") if pair)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _secrets_of(text: str) -> list[str]:
+    """The secret pieces of a location (userinfo, secret query values), to scrub from errors."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return [text]
+    found = [v for v in (parts.username, parts.password) if v]
+    found += [
+        v
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if k.lower() in SECRET_QUERY_KEYS
+    ]
+    return [piece for value in found for piece in {value, unquote(value)} if piece]
+
+
+def _scrubbed(message: str, secrets_: list[str]) -> str:
+    for secret in sorted(secrets_, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return " ".join(message.split())  # one line
+
+
+def _refuse_prefix(flag: str, shown: str, why: str) -> UsageError:
+    return UsageError(f"{flag} {shown!r}: {why}")
+
+
+def _clean_key_prefix(flag: str, shown: str, path: str) -> str:
+    """An object-store prefix as one canonical key prefix: '/'-separated, no '.', '..' or empty
+    segment (an object store takes keys literally, so `x/../dd` and `a//b` would be written
+    under one name and looked for under another), no trailing '/'."""
+    segments = path.strip("/").split("/") if path.strip("/") else []
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            raise _refuse_prefix(
+                flag,
+                shown,
+                "a prefix must not contain '.', '..' or an empty segment ('//'): object keys are "
+                "taken literally; write the prefix out plainly, e.g. s3://bucket/backups/acme",
+            )
+    return "/".join(segments)
+
+
 class Storage:
     """A backup's root: relative '/'-separated paths below a filesystem base."""
 
     def __init__(self, filesystem: pafs.FileSystem, base: str, display: str) -> None:
         self.fs = filesystem
-        self.base = base.rstrip("/")
-        self.display = display
+        self.base = base.rstrip("/") or "/"
+        self.display = redact_uri(display)
         self.local = isinstance(filesystem, pafs.LocalFileSystem)
+        self.s3: dict[str, Any] | None = None  # how to reach an S3 store (conditional writes)
 
     @classmethod
     def open(cls, out: str | Path, *, flag: str = "--out") -> Storage:
-        """The storage `out` names; `flag` is how error messages refer to it (`--out`, DIR)."""
+        """The storage `out` names; `flag` is how error messages refer to it (`--out`, DIR).
+
+        Every command opens its location here, so a location means the same objects whichever
+        command is given it: a local path is made absolute and normalised ('x/../dd' is 'dd',
+        a trailing '/' is dropped); an object-store prefix with '.', '..', '//' or a '#' is
+        refused; a prefix that is an object (not a "directory") is refused."""
         text = str(out)
-        scheme = urlsplit(text).scheme
+        shown = redact_uri(text)
+        scheme = urlsplit(text).scheme if "://" in text or text.startswith("file:") else ""
         if isinstance(out, Path) or not scheme or len(scheme) == 1:  # a path (C: on Windows)
-            path = Path(text).expanduser().absolute()
-            return cls(pafs.LocalFileSystem(), path.as_posix(), text)
+            if not text:
+                raise UsageError(f"{flag} is empty: name a directory or a URI")
+            path = os.path.normpath(Path(text).expanduser().absolute())
+            return cls(pafs.LocalFileSystem(), Path(path).as_posix(), _shown_path(text))
+        parts = urlsplit(text)
+        if parts.fragment or text.endswith("#"):
+            raise _refuse_prefix(
+                flag, shown, "a '#' starts a URI fragment, which names no object; remove it"
+            )
         if scheme == "s3":
-            return cls._s3(text, flag)
+            storage = cls._s3(text, flag)
+            storage._refuse_object_root(flag)
+            return storage
+        if scheme == "file":
+            if parts.netloc not in ("", "localhost") or parts.query:
+                raise _refuse_prefix(flag, shown, "a file:// URI names a local path: file:///dir")
+            path = os.path.normpath(unquote(parts.path) or "/")
+            return cls(pafs.LocalFileSystem(), path, f"file://{path}")
+        secrets_ = _secrets_of(text)
         try:
             filesystem, base = pafs.FileSystem.from_uri(text)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
             raise UsageError(
-                f"{flag} {text!r} is not a path or a URI pyarrow can open: {exc}"
+                f"{flag} {shown!r} is not a path or a URI pyarrow can open: "
+                + _scrubbed(str(exc), secrets_)
             ) from None
-        return cls(filesystem, base, text)
+        return cls(filesystem, base, text.rstrip("/"))
 
     @classmethod
     def _s3(cls, uri: str, flag: str) -> Storage:
+        shown = redact_uri(uri)
+        secrets_ = _secrets_of(uri)
         parts = urlsplit(uri)
-        if not parts.netloc:
-            raise UsageError(f"{flag} {uri!r}: an S3 URI names a bucket, e.g. s3://bucket/prefix")
+        bucket = parts.hostname or ""
+        if not bucket:
+            raise UsageError(f"{flag} {shown!r}: an S3 URI names a bucket, e.g. s3://bucket/prefix")
+        if parts.port is not None:
+            raise _refuse_prefix(
+                flag, shown, "an S3 URI names a bucket, not a server: set AWS_ENDPOINT_URL"
+            )
         options: dict[str, Any] = {}
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
@@ -138,18 +267,51 @@ class Storage:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region:
             options["region"] = region
-        if parts.query:
-            try:
-                filesystem, base = pafs.FileSystem.from_uri(uri)
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise UsageError(f"{flag} {uri!r}: {exc}") from None
-            return cls(filesystem, base, uri.split("?", 1)[0])
+        if parts.username or parts.password:
+            options["access_key"] = unquote(parts.username or "")
+            options["secret_key"] = unquote(parts.password or "")
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            kind = _S3_OPTIONS.get(key)
+            if kind is None:
+                raise _refuse_prefix(
+                    flag,
+                    shown,
+                    f"unknown query parameter {key!r}; known: {', '.join(sorted(_S3_OPTIONS))}",
+                )
+            if kind is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise _refuse_prefix(flag, shown, f"{key} takes true or false")
+                options[key] = value.lower() in ("true", "1")
+            else:
+                options[key] = value
+        if ("access_key" in options) != ("secret_key" in options):
+            raise _refuse_prefix(flag, shown, "give both the access key and the secret key")
+        prefix = _clean_key_prefix(flag, shown, parts.path)
         try:
             filesystem = pafs.S3FileSystem(**options)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise UsageError(f"{flag} {uri!r}: cannot set up S3 access: {exc}") from None
-        base = (parts.netloc + parts.path).rstrip("/")
-        return cls(filesystem, base, uri)
+        except (pa.ArrowInvalid, OSError, ValueError, TypeError) as exc:
+            raise UsageError(
+                f"{flag} {shown!r}: cannot set up S3 access: {_scrubbed(str(exc), secrets_)}"
+            ) from None
+        base = f"{bucket}/{prefix}" if prefix else bucket
+        storage = cls(filesystem, base, f"s3://{base}")  # where, not how: no query shown
+        storage.s3 = {"bucket": bucket, "prefix": prefix, **options}
+        return storage
+
+    def _refuse_object_root(self, flag: str) -> None:
+        """An object named like the prefix (`s3://b/p1` beside `s3://b/p1/...`): one command
+        would read the object, another the prefix. Refused for every command alike."""
+        if "/" not in self.base:
+            return  # a whole bucket
+        try:
+            kind = self.fs.get_file_info(self.base).type
+        except OSError as exc:
+            raise storage_error("read", self.display, exc) from None
+        if kind == pafs.FileType.File:
+            raise UsageError(
+                f"{flag} {self.display}: an object of that very name exists, so the prefix is "
+                "ambiguous; choose another prefix (or remove that object if it is not needed)"
+            )
 
     def __str__(self) -> str:
         return self.display

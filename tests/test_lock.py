@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from exporter.compact import read_current
 from exporter.errors import ExitCode
 from exporter.lock import LEASE_NAME, BusyError, OutputLock
 from exporter.simulator import Faults
@@ -89,7 +90,8 @@ async def test_compact_refuses_while_the_backup_is_locked_then_runs(
     assert idle.writing is None and idle.next_export.action == "refuse"
     code, err = await run_cli(compact)
     assert code == 0, err
-    assert (tmp_path / "_current" / "sequenceSteps.parquet").exists()
+    _generation, tables = read_current(tmp_path)
+    assert tables["sequenceStep"].num_rows == 800
 
 
 async def test_a_killed_export_leaves_no_lock_behind(

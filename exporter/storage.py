@@ -754,10 +754,12 @@ class ConditionalDocuments:
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             code = exc.response.get("Error", {}).get("Code")
-            if status not in (409, 412) and code not in (
+            changed = status in (409, 412) or code in (
                 "PreconditionFailed",
                 "ConditionalRequestConflict",
-            ):
+            )
+            deleted = "IfMatch" in condition and code in ("NoSuchKey", "404")  # removed since
+            if not (changed or deleted):
                 raise self._fail("write", shown, exc) from None
             if self.get(relative, shown) == payload:
                 return  # our own PUT, applied, whose answer was lost (the retry met it)

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from exporter.errors import UsageError
+from exporter.errors import ExporterError, UsageError
 from exporter.sink import DataFile
 from exporter.storage import Storage, inside_root
 
@@ -245,7 +245,21 @@ def load(where: Storage | Path | str) -> RunState | None:
             f"written. Put back {CHECKPOINT_NAME} from a copy of the backup"
         ) from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        if _beside_a_manifest(storage):  # --restart would delete a finished backup
+            raise UsageError(
+                f"{storage.shown(CHECKPOINT_NAME)} is not a readable checkpoint "
+                f"({type(exc).__name__}), beside a finished backup's _manifest.json: do not use "
+                "--restart, which deletes the backup; put back the checkpoint from a copy of the "
+                "backup (the manifest's files stay intact)"
+            ) from None
         raise UsageError(
             f"{path} is not a readable checkpoint ({type(exc).__name__}); "
             "use --restart to discard it and start over"
         ) from None
+
+
+def _beside_a_manifest(storage: Storage) -> bool:
+    try:
+        return storage.exists("_manifest.json")  # manifest.MANIFEST_NAME (it imports us)
+    except ExporterError:
+        return False

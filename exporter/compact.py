@@ -143,7 +143,7 @@ def compact(
 ) -> dict[str, int]:
     """Publish the current state, one file per type, as one generation (default `DIR/_current/`)."""
     storage = where if isinstance(where, Storage) else Storage.open(where, flag="DIR")
-    manifest.load(storage)  # a clear error for a directory that holds no finished backup
+    manifest.load_checked(storage)  # a clear error for a directory without a finished backup
     if into is None:  # writes into the backup: not while an export writes there
         with locked(storage, "compact"):
             return _compact(storage, None)
@@ -155,7 +155,7 @@ def new_generation() -> str:
 
 
 def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, int]:
-    document = manifest.load(storage)  # read under the lock: the newest finished run
+    document = manifest.load_checked(storage)  # read under the lock: the newest finished run
     if into is None:
         target, prefix = storage, CURRENT_PREFIX
     else:

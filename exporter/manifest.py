@@ -107,6 +107,15 @@ def load(where: Storage | Path | str) -> dict[str, Any]:
         raise UsageError(f"{path} is not valid JSON") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise UsageError(f"{path} is not an outreach-exporter manifest")
+    return document
+
+
+def load_checked(where: Storage | Path | str) -> dict[str, Any]:
+    """`load`, refusing a manifest that names a path outside the backup (UsageError naming it):
+    for every command that follows the manifest's paths (compact, restore). `verify` and
+    `status` read it with `load` and report each such path instead."""
+    storage = where if isinstance(where, Storage) else Storage.open(where)
+    document = load(storage)
     problem = unsafe_path(document)
     if problem is not None:
         raise UsageError(

@@ -125,12 +125,12 @@ def test_manifest_paths_that_leave_the_backup_are_refused(
     }
     (tmp_path / "_manifest.json").write_bytes(orjson.dumps(document))
     with pytest.raises(UsageError, match=r"_manifest\.json names file .* outside the backup"):
-        manifest.load(tmp_path)
+        manifest.load_checked(tmp_path)
     document["files"] = []
     document["resources"] = {"sequenceStep": {"directory": "../../x"}}
     (tmp_path / "_manifest.json").write_bytes(orjson.dumps(document))
     with pytest.raises(UsageError, match=r"names directory '\.\./\.\./x'"):
-        manifest.load(tmp_path)
+        manifest.load_checked(tmp_path)
 
 
 async def test_export_never_writes_outside_out_for_a_tampered_checkpoint(

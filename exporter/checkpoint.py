@@ -11,15 +11,16 @@ its directory fsynced. It holds no secret: parameters are recorded without token
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from exporter.errors import UsageError
+from exporter.errors import ExporterError, UsageError
 from exporter.sink import DataFile
-from exporter.storage import Storage
+from exporter.storage import Storage, inside_root
 
 CHECKPOINT_NAME = "_checkpoint.json"
 VERSION = 1
@@ -79,13 +80,14 @@ class ResourceState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ResourceState:
+        directory = checked_directory(data["directory"])
         return cls(
             type_name=str(data["type"]),
-            directory=str(data["directory"]),
+            directory=directory,
             planned=bool(data["planned"]),
             finished=bool(data["finished"]),
             partitions=[PartitionState.from_json(p) for p in data["partitions"]],
-            files=[DataFile.from_json(f) for f in data["files"]],
+            files=[checked_file(DataFile.from_json(f), directory) for f in data["files"]],
             next_sequence=int(data["next_sequence"]),
             extra_values=int(data.get("extra_values", 0)),
             detail=dict(data.get("detail") or {}),
@@ -141,7 +143,7 @@ class RunState:
             window_start=data.get("window_start"),
             window_end=data.get("window_end"),
             phase=str(data.get("phase", "crawl")),
-            history=list(data.get("history", [])),
+            history=checked_history(data.get("history", [])),
             tool_version=data.get("tool_version"),
         )
 
@@ -166,6 +168,47 @@ class RunState:
             "rows": {k: v.rows for k, v in self.resources.items()},
             "files": [f.to_json() for r in self.resources.values() for f in r.files],
         }
+
+
+# What an export names its directories: `<collection>`, `<collection>/run=<id>`, `tombstones/run=<id>`.
+_DIRECTORY = re.compile(r"[A-Za-z]+(/run=[0-9A-Za-z-]+)?")
+_PART_FILE = re.compile(r"part-[0-9A-Za-z-]+\.parquet")
+
+
+class UnsafePath(ValueError):
+    """A path in a state file that would lead outside the backup (or is not one we write)."""
+
+
+def checked_directory(value: object) -> str:
+    """A resource's recorded directory, if it is one an export writes; else UnsafePath."""
+    if not isinstance(value, str) or inside_root(value) != value or not _DIRECTORY.fullmatch(value):
+        raise UnsafePath(f"directory {value!r}")
+    return value
+
+
+def checked_file(data_file: DataFile, directory: str | None = None) -> DataFile:
+    """A recorded part file, if it is a part file below its directory; else UnsafePath."""
+    path = data_file.path
+    folder, _, name = path.rpartition("/")
+    if (
+        inside_root(path) != path
+        or not _PART_FILE.fullmatch(name)
+        or not _DIRECTORY.fullmatch(folder)
+        or (directory is not None and folder != directory)
+    ):
+        raise UnsafePath(f"file {path!r}")
+    return data_file
+
+
+def checked_history(value: object) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise ValueError("history is not a list")
+    for run in value:
+        if not isinstance(run, dict) or not isinstance(run.get("files"), list):
+            raise ValueError("a history entry without files")
+        for entry in run["files"]:
+            checked_file(DataFile.from_json(entry))
+    return list(value)
 
 
 def encode(state: RunState) -> bytes:
@@ -195,8 +238,28 @@ def load(where: Storage | Path | str) -> RunState | None:
                 f"{VERSION}. Use --restart to discard it"
             )
         return RunState.from_json(data)
-    except (ValueError, KeyError, TypeError) as exc:
+    except UnsafePath as exc:
+        raise UsageError(
+            f"{storage.shown(CHECKPOINT_NAME)} names {exc}, which is not a path this exporter "
+            "writes inside the backup: the checkpoint was edited or damaged, so nothing was "
+            f"written. Put back {CHECKPOINT_NAME} from a copy of the backup"
+        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        if _beside_a_manifest(storage):  # --restart would delete a finished backup
+            raise UsageError(
+                f"{storage.shown(CHECKPOINT_NAME)} is not a readable checkpoint "
+                f"({type(exc).__name__}), beside a finished backup's _manifest.json: do not use "
+                "--restart, which deletes the backup; put back the checkpoint from a copy of the "
+                "backup (the manifest's files stay intact)"
+            ) from None
         raise UsageError(
             f"{path} is not a readable checkpoint ({type(exc).__name__}); "
             "use --restart to discard it and start over"
         ) from None
+
+
+def _beside_a_manifest(storage: Storage) -> bool:
+    try:
+        return storage.exists("_manifest.json")  # manifest.MANIFEST_NAME (it imports us)
+    except ExporterError:
+        return False

@@ -3,16 +3,34 @@
 A directory holds a full run and incremental runs after it (`<type>/run=<id>/`), and tombstones
 (`tombstones/run=<id>/`). Compacting reads every file the manifest lists and keeps, per type and
 id, the row with the newest `updatedAt` (the later run when equal), then drops tombstoned ids.
-The result goes to `<into>/<collection>.parquet` (default `DIR/_current/`), each file replaced
-in one step (a rename locally, a single PUT on an object store). It holds one type in memory at a time; for backups larger
-than memory, the README gives the same query in DuckDB SQL.
+It holds one type in memory at a time; for backups larger than memory, the README gives the
+same query in DuckDB SQL.
+
+The result is published as one set, so a reader sees the previous set or the new one, never a
+mix, even while a compaction runs or after one is killed (target `DIR/_current/`, or `--into`):
+1. every file goes into a new generation directory, `<target>/gen-<time>-<random>/<collection>.parquet`
+   (made durable before the next step);
+2. then the pointer `<target>/_current.json`, one small file replaced in one step (a rename
+   locally, a single PUT on an object store), names that generation and each file's rows and
+   sha256. It is the commit point: a reader reads it first, then only the files it names;
+3. only then are older generations removed: only names this command writes, and never the
+   generation the previous pointer named (a reader that read it a moment ago still finds its
+   files). A generation a killed compaction left unfinished is removed by the next one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import re
+import secrets
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -22,7 +40,7 @@ from exporter.errors import ExporterError, UsageError
 from exporter.lock import locked
 from exporter.normalize import TOMBSTONE_TYPE, arrow_schema, table_layout
 from exporter.schema import RESOURCE_TYPES, resource_type
-from exporter.storage import Storage
+from exporter.storage import INPROGRESS_SUFFIX, DamagedFile, Storage
 
 ROOT_TYPE = "sequenceStep"  # the crawled collection: every one of its records is in a backup
 
@@ -41,13 +59,15 @@ def current_table(
     tombstoned: list[int] = []
     for entry in files:
         if entry["type"] == TOMBSTONE_TYPE:
-            stones = pq.read_table(
-                storage.path(entry["path"]), columns=["type", "id"], filesystem=storage.fs
-            )
+            stones = storage.read_table(manifest.file_path(storage, entry), ["type", "id"])
             mask = pc.equal(stones.column("type"), type_name)
             tombstoned.extend(stones.filter(mask).column("id").to_pylist())
         elif entry["type"] == type_name:
-            table = pq.read_table(storage.path(entry["path"]), filesystem=storage.fs).cast(schema)
+            relative = manifest.file_path(storage, entry)
+            try:
+                table = storage.read_table(relative).cast(schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise DamagedFile(storage.shown(relative), exc) from None
             rank = pa.array([order.get(entry["run_id"], -1)] * table.num_rows, pa.int32())
             tables.append(table.append_column("_run", rank))
     if not tables:
@@ -111,27 +131,41 @@ def with_inverse_lists(table: pa.Table, type_name: str, steps: pa.Table) -> pa.T
     return table
 
 
+POINTER_NAME = "_current.json"
+POINTER_FORMAT = "outreach-exporter/current"
+CURRENT_PREFIX = "_current/"
+_GENERATION = re.compile(r"gen-\d{8}T\d{6}Z-[0-9a-f]{6}")
+_COLLECTIONS = {resource_type(t).collection for t in RESOURCE_TYPES}
+
+
 def compact(
     where: Storage | Path | str, into: Storage | Path | str | None = None
 ) -> dict[str, int]:
-    """Write `<into>/<collection>.parquet` per type (default `DIR/_current/`); rows of each."""
+    """Publish the current state, one file per type, as one generation (default `DIR/_current/`)."""
     storage = where if isinstance(where, Storage) else Storage.open(where, flag="DIR")
-    manifest.load(storage)  # a clear error for a directory that holds no finished backup
+    manifest.load_checked(storage)  # a clear error for a directory without a finished backup
     if into is None:  # writes into the backup: not while an export writes there
         with locked(storage, "compact"):
             return _compact(storage, None)
     return _compact(storage, into)
 
 
+def new_generation() -> str:
+    return f"gen-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
 def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, int]:
-    document = manifest.load(storage)  # read under the lock: the newest finished run
+    document = manifest.load_checked(storage)  # read under the lock: the newest finished run
     if into is None:
-        target, prefix = storage, "_current/"
+        target, prefix = storage, CURRENT_PREFIX
     else:
         target = into if isinstance(into, Storage) else Storage.open(into, flag="--into")
         prefix = ""
+    previous = load_pointer(target, prefix, missing_ok=True, damaged_ok=True)
+    generation = new_generation()
     present = {entry["type"] for entry in document["files"]}
     rows: dict[str, int] = {}
+    published: dict[str, dict[str, Any]] = {}
     steps: pa.Table | None = None
     for type_name in RESOURCE_TYPES:
         if type_name not in present:
@@ -143,28 +177,157 @@ def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, i
             table = with_inverse_lists(table, type_name, steps)
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer, compression="zstd")
-        relative = f"{prefix}{resource_type(type_name).collection}.parquet"
-        target.write_atomically(relative, buffer.getvalue().to_pybytes())
+        payload = buffer.getvalue().to_pybytes()
+        relative = f"{generation}/{resource_type(type_name).collection}.parquet"
+        target.write_atomically(prefix + relative, payload)  # durable before the pointer
+        published[type_name] = {
+            "path": relative,
+            "rows": table.num_rows,
+            "bytes": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+        }
         rows[type_name] = table.num_rows
+    pointer = {
+        "format": POINTER_FORMAT,
+        "generation": generation,
+        "run_id": document.get("run_id"),
+        "manifest_sha256": document.get("manifest_sha256"),
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "files": published,
+    }
+    target.write_atomically(
+        prefix + POINTER_NAME, orjson.dumps(pointer, option=orjson.OPT_INDENT_2)
+    )
+    keep = {generation} | ({previous["generation"]} if previous else set())
+    remove_stale(target, prefix, keep)
     return rows
+
+
+def _ours(relative: str) -> tuple[str | None, bool]:
+    """(generation, is ours) for a path below the target: what `compact` writes there."""
+    parts = relative.split("/")
+    name = parts[-1]
+    hidden = name.startswith(".") and name.endswith(INPROGRESS_SUFFIX)
+    plain = name[1 : -len(INPROGRESS_SUFFIX)] if hidden else name
+    collection = plain.endswith(".parquet") and plain[: -len(".parquet")] in _COLLECTIONS
+    if len(parts) == 1:  # the old layout's files, and a killed write's temporary pointer
+        return None, collection or (hidden and plain == POINTER_NAME)
+    if len(parts) == 2 and _GENERATION.fullmatch(parts[0]):
+        return parts[0], collection
+    return None, False
+
+
+def remove_stale(target: Storage, prefix: str, keep: set[str]) -> list[str]:
+    """Remove what earlier compactions wrote below `prefix`, but the generations in `keep`:
+    older generations, unfinished ones, the old layout's `<collection>.parquet`, temporary files.
+    Files this command did not write stay. Returns what was removed."""
+    removed = []
+    for path in target.list_files(prefix.rstrip("/")):
+        relative = path[len(prefix) :] if prefix else path
+        generation, ours = _ours(relative)
+        if ours and generation not in keep:
+            target.delete(path)
+            removed.append(path)
+    if target.local:  # the emptied generation directories
+        for path in {p.rsplit("/", 1)[0] for p in removed if "/" in p[len(prefix) :]}:
+            with contextlib.suppress(OSError):  # not empty (a file we did not write), or gone
+                Path(target.path(path)).rmdir()
+    return removed
+
+
+def load_pointer(
+    target: Storage,
+    prefix: str = CURRENT_PREFIX,
+    *,
+    missing_ok: bool = False,
+    damaged_ok: bool = False,
+) -> dict[str, Any] | None:
+    """The pointer to the published generation, checked; None when there is none yet."""
+    name = prefix + POINTER_NAME
+    raw = target.read_document(name)
+    if raw is None:
+        if missing_ok:
+            return None
+        raise UsageError(
+            f"{target.shown(name)} does not exist: nothing compacted yet; run exporter compact"
+        )
+    try:
+        pointer = orjson.loads(raw)
+        if not isinstance(pointer, dict) or pointer.get("format") != POINTER_FORMAT:
+            raise ValueError("not a pointer")
+        if not _GENERATION.fullmatch(str(pointer.get("generation"))):
+            raise ValueError("bad generation")
+        files = pointer.get("files")
+        if not isinstance(files, dict):
+            raise ValueError("no files")
+        for entry in files.values():
+            path = entry.get("path") if isinstance(entry, dict) else None
+            if not isinstance(path, str) or _ours(path) != (pointer["generation"], True):
+                raise ValueError("a path outside its generation")
+    except (orjson.JSONDecodeError, ValueError, AttributeError, TypeError):
+        if damaged_ok:
+            return None
+        raise UsageError(
+            f"{target.shown(name)} is damaged; run exporter compact again to publish a new set"
+        ) from None
+    return pointer
+
+
+def read_current(
+    where: Storage | Path | str, prefix: str = CURRENT_PREFIX, *, attempts: int = 5
+) -> tuple[str, dict[str, pa.Table]]:
+    """The published current state, one table per type, all of one generation: (generation,
+    tables). A compaction that publishes while this reads may remove the generation before
+    the one it replaces; the set is then read again from the new pointer, never mixed."""
+    storage = where if isinstance(where, Storage) else Storage.open(where, flag="DIR")
+    for attempt in range(attempts):
+        pointer = load_pointer(storage, prefix)
+        assert pointer is not None
+        tables: dict[str, pa.Table] = {}
+        try:
+            for type_name, entry in pointer["files"].items():
+                relative = prefix + entry["path"]
+                payload = storage.read_bytes(relative)
+                if payload is None:
+                    raise FileNotFoundError(relative)
+                if hashlib.sha256(payload).hexdigest() != entry["sha256"]:
+                    raise DamagedFile(storage.shown(relative), ValueError("sha256 differs"))
+                tables[type_name] = pq.read_table(pa.BufferReader(payload))
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise UsageError(
+                    f"{storage.shown(prefix + POINTER_NAME)} names files that are gone; run "
+                    "exporter compact again"
+                ) from None
+            time.sleep(0.05)
+            continue
+        return str(pointer["generation"]), tables
+    raise AssertionError("unreachable")
 
 
 @click.command("compact")
 @click.argument("directory")
 @click.option(
     "--into",
-    help="Where to write <collection>.parquet files.  [default: DIR/_current]",
+    help="Where to publish the current state (_current.json naming gen-*/<collection>.parquet).  "
+    "[default: DIR/_current]",
 )
 def compact_command(directory: str, into: str | None) -> None:
     """Write the newest version of every live record of a backup (full run, deltas, tombstones)."""
     try:
-        if not Storage.open(directory, flag="DIR").exists(manifest.MANIFEST_NAME):
-            raise UsageError(f"{directory} holds no finished export to compact")
-        rows = compact(directory, into)
+        storage = Storage.open(directory, flag="DIR")
+        target = None if into is None else Storage.open(into, flag="--into")
+        if not storage.exists(manifest.MANIFEST_NAME):
+            raise UsageError(f"{storage.display} holds no finished export to compact")
+        rows = compact(storage, target)
     except ExporterError as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(int(exc.exit_code)) from None
-    where = into or f"{directory.rstrip('/')}/_current"
+    where = (
+        storage.shown(CURRENT_PREFIX + POINTER_NAME)
+        if target is None
+        else target.shown(POINTER_NAME)
+    )
     for type_name, count in rows.items():
         click.echo(f"{resource_type(type_name).collection}: {count:,} current records")
     click.echo(f"wrote {where}")

@@ -12,10 +12,15 @@ and says who holds it.
 - Object stores cannot lock. There the lock is a lease object `_lock.json` naming its holder
   and renewed every `ttl / 3` seconds by a background thread; a lease not renewed for `ttl`
   seconds (clocks compared, so machines' clocks must roughly agree) is taken over, and so is
-  one whose holder was on this host and is no longer alive. A holder re-reads the object after
-  writing it, so of two runs starting together, one sees the other's lease and stops. Without
-  conditional writes two runs starting within the same instant can still both proceed: the
-  lease guards against overlapping schedules, not against a deliberate race.
+  one whose holder was on this host and is no longer alive.
+- Where the store takes conditional writes (S3 through botocore, see `storage`), the lease is
+  created only if absent (If-None-Match) and replaced (renewed, or taken over) only if unchanged
+  since it was read (If-Match): of two runs starting together exactly one gets it. The
+  checkpoint is written the same way, so a run that lost its lease cannot overwrite the new
+  holder's commits. Without conditional writes a holder re-reads the lease after writing it,
+  which catches runs that do not start within the same instant.
+- Before every commit the writer calls `check()`: on an object store it reads the lease again
+  and stops when it is not ours any more or was not renewed within its lifetime.
 """
 
 from __future__ import annotations
@@ -33,15 +38,16 @@ from typing import Any
 
 import orjson
 
-from exporter.errors import BusyError
-from exporter.storage import Storage, storage_error
+from exporter.errors import BusyError, ExporterError
+from exporter.storage import DocumentChanged, Storage, storage_error
 
 __all__ = ["BusyError", "OutputLock", "describe_holder", "holder", "locked"]
 
 LOCK_NAME = "_lock"
 LEASE_NAME = "_lock.json"
 LEASE_TTL = 300.0  # seconds a lease lives without renewal
-LEASE_SETTLE = 0.5  # seconds between writing a lease and reading it back
+LEASE_SETTLE = 0.5  # seconds between writing a lease and reading it back (no conditional writes)
+RELEASE_ATTEMPTS = 6  # a lease left behind blocks other hosts for `ttl`: retry its removal
 
 
 def _holder(purpose: str, token: str) -> dict[str, Any]:
@@ -152,6 +158,7 @@ class OutputLock:
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self.lost: str | None = None  # set when a lease was taken over while we held it
+        self._renewed = 0.0  # time.monotonic() of our last successful lease write
 
     def __enter__(self) -> OutputLock:
         self.acquire()
@@ -177,14 +184,36 @@ class OutputLock:
             self._stop.set()
             self._renewer.join()
             self._renewer = None
-            with contextlib.suppress(Exception):
+            self._remove_lease()
+
+    def _remove_lease(self) -> None:
+        """Delete our lease, retried over passing store errors: left behind it would make other
+        hosts wait for its lifetime. Never deletes another run's lease."""
+        for attempt in range(RELEASE_ATTEMPTS):
+            try:
                 current = read_lease(self.storage)
-                if current is not None and current.get("token") == self._token:
-                    self.storage.delete(LEASE_NAME)
+                if current is None or current.get("token") != self._token:
+                    return
+                self.storage.delete(LEASE_NAME)
+                return
+            except ExporterError:
+                if attempt == RELEASE_ATTEMPTS - 1:
+                    return  # it lapses after `ttl`; the run's own outcome is what matters
+                time.sleep(0.2 * 2**attempt)
 
     def check(self) -> None:
-        """Raise BusyError when another run took over our lease (we were paused past its
-        lifetime): committing now would overwrite its checkpoint."""
+        """Raise BusyError when the lease is not ours any more (another run took it over while
+        we were paused past its lifetime) or could not be renewed within its lifetime:
+        committing now could overwrite another run's checkpoint. On an object store the lease
+        is read again, so this holds at the very commit, not only as of the last renewal."""
+        if self._renewer is not None and self.lost is None:
+            silent = time.monotonic() - self._renewed
+            if silent >= self.ttl:
+                self.lost = f"(no renewal for {silent:.0f} s, so another run may have it)"
+            else:
+                current = read_lease(self.storage)
+                if current is None or current.get("token") != self._token:
+                    self.lost = _describe(current, "another run") if current else "(it is gone)"
         if self.lost is not None:
             raise BusyError(
                 f"{self.storage.display}: our lease lapsed and {self.lost} took the backup over; "
@@ -224,7 +253,10 @@ class OutputLock:
     # -- object stores: a renewed lease -----------------------------------------------------
 
     def _write_lease(self) -> None:
+        """Write our lease; conditional on the version last read where the store allows it
+        (DocumentChanged when another run wrote it in between)."""
         self.storage.write_atomically(LEASE_NAME, orjson.dumps(_holder(self.purpose, self._token)))
+        self._renewed = time.monotonic()
 
     def _take_lease(self) -> None:
         current = read_lease(self.storage)
@@ -237,9 +269,16 @@ class OutputLock:
                     + f". Wait for it to finish; if it died, its lease lapses "
                     f"{self.ttl - age:.0f} s from now"
                 )
-        self._write_lease()
-        time.sleep(LEASE_SETTLE)
-        mine = read_lease(self.storage)
+        try:
+            self._write_lease()
+        except DocumentChanged:
+            mine: dict[str, Any] | None = read_lease(self.storage)
+        else:
+            if self.storage.conditional_writes:
+                mine = {"token": self._token}  # created or replaced only as we read it: ours
+            else:
+                time.sleep(LEASE_SETTLE)
+                mine = read_lease(self.storage)
         if mine is None or mine.get("token") != self._token:
             raise BusyError(
                 f"{self.storage.display}: another run took the lease at the same moment: "
@@ -251,12 +290,25 @@ class OutputLock:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 3):
-            with contextlib.suppress(Exception):  # a passing store error: the next turn retries
-                current = read_lease(self.storage)
-                if current is not None and current.get("token") != self._token:
-                    self.lost = _describe(current, "another run")
-                    return
+            try:
+                if not self.storage.conditional_writes:
+                    current = read_lease(self.storage)
+                    if current is not None and current.get("token") != self._token:
+                        self.lost = _describe(current, "another run")
+                        return
                 self._write_lease()
+            except DocumentChanged:
+                current = read_lease_quietly(self.storage)
+                self.lost = _describe(current, "another run")
+                return
+            except ExporterError:
+                continue  # a passing store error: the next turn retries; `check` sees the age
+
+
+def read_lease_quietly(storage: Storage) -> dict[str, Any] | None:
+    with contextlib.suppress(ExporterError):
+        return read_lease(storage)
+    return None
 
 
 @contextlib.contextmanager

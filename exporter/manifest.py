@@ -18,7 +18,7 @@ from exporter import __version__
 from exporter.checkpoint import RunState
 from exporter.errors import UsageError
 from exporter.normalize import arrow_schema
-from exporter.storage import Storage
+from exporter.storage import Storage, inside_root
 
 MANIFEST_NAME = "_manifest.json"
 FORMAT = "outreach-exporter/manifest"
@@ -108,3 +108,47 @@ def load(where: Storage | Path | str) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise UsageError(f"{path} is not an outreach-exporter manifest")
     return document
+
+
+def load_checked(where: Storage | Path | str) -> dict[str, Any]:
+    """`load`, refusing a manifest that names a path outside the backup (UsageError naming it):
+    for every command that follows the manifest's paths (compact, restore). `verify` and
+    `status` read it with `load` and report each such path instead."""
+    storage = where if isinstance(where, Storage) else Storage.open(where)
+    document = load(storage)
+    problem = unsafe_path(document)
+    if problem is not None:
+        raise UsageError(
+            f"{storage.shown(MANIFEST_NAME)} names {problem}, outside the backup: it was edited or "
+            "damaged, so it is not followed. Run exporter verify on it, and put back "
+            f"{MANIFEST_NAME} from a copy of the backup"
+        )
+    return document
+
+
+def unsafe_path(document: dict[str, Any]) -> str | None:
+    """The first recorded path that is not a plain path inside the backup (quoted), or None."""
+    files = document.get("files")
+    if not isinstance(files, list):
+        return "no list of files"
+    for entry in files:
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if inside_root(path) is None:
+            return f"file {path!r}"
+    resources = document.get("resources")
+    for resource in (resources if isinstance(resources, dict) else {}).values():
+        directory = resource.get("directory") if isinstance(resource, dict) else None
+        if directory is not None and inside_root(directory) is None:
+            return f"directory {directory!r}"
+    return None
+
+
+def file_path(storage: Storage, entry: dict[str, Any]) -> str:
+    """A manifest entry's path, normalised; UsageError when it would leave the backup."""
+    relative = inside_root(entry.get("path"))
+    if relative is None:
+        raise UsageError(
+            f"{storage.shown(MANIFEST_NAME)} names file {entry.get('path')!r}, outside the "
+            f"backup; run exporter verify on it, and put back {MANIFEST_NAME} from a copy"
+        )
+    return relative

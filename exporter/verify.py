@@ -15,7 +15,17 @@ For an unfinished run (only `_checkpoint.json`) the committed files the checkpoi
 checked the same way (schemas against the schema this exporter writes); part files it does not
 name are uncommitted work the next `export` removes, so they are listed but are no difference.
 
-Outcome and exit code: 0 everything matches; 6 (`VERIFY_MISMATCH`) anything differs; 1 an
+Part files named like this exporter's (`part-<run id>-<n>.parquet`) of a run that no manifest
+or checkpoint names (a run that failed before its first commit) are uncommitted, not part of the
+backup: listed on their own line, not a difference (the next `export` removes them). Any other
+file is "unlisted": a difference.
+
+A file the store fails to read (a 5xx, a reset, a permission) "cannot be read": that is not a
+difference, since nothing was compared, but the backup is not verified either.
+
+Outcome and exit code: 0 everything matches; 6 (`VERIFY_MISMATCH`) anything differs (a damaged
+`_checkpoint.json` beside a manifest included: `export` would refuse the backup); 4 (`OUTPUT`)
+nothing differs but some files cannot be read (run verify again when the store answers); 1 an
 unfinished run whose committed files all match (run `export` again to finish it); 2 DIR holds no
 export at all. Reading is streamed: memory stays flat however large the files.
 """
@@ -24,7 +34,7 @@ from __future__ import annotations
 
 import errno
 import os
-import posixpath
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +46,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from exporter import checkpoint, manifest
-from exporter.errors import ExitCode, ExporterError, UsageError
+from exporter.errors import ExitCode, ExporterError, OutputError, UsageError
 from exporter.normalize import arrow_schema
 from exporter.options import exit_on_error, show_report
 from exporter.schema import RESOURCE_TYPES, resource_type
@@ -89,7 +99,7 @@ class ExpectedFile:
 class FileResult:
     path: str
     type_name: str
-    status: str  # ok | differs | missing | unlisted | uncommitted
+    status: str  # ok | differs | missing | unlisted | uncommitted | unreadable
     rows: int | None = None
     bytes: int | None = None
     sha256: str | None = None
@@ -114,15 +124,18 @@ class VerifyReport:
     files: list[FileResult] = field(default_factory=list)
     differences: list[Difference] = field(default_factory=list)
     manifest_sha256: str | None = None
+    unreadable: list[str] = field(default_factory=list)  # lines: files the store did not serve
 
     @property
     def ok(self) -> bool:
-        return not self.differences
+        return not self.differences and not self.unreadable
 
     @property
     def exit_code(self) -> ExitCode:
         if self.differences:
             return ExitCode.VERIFY_MISMATCH
+        if self.unreadable:
+            return ExitCode.OUTPUT
         if self.run_status != "complete":
             return ExitCode.FAILED
         return ExitCode.OK
@@ -135,22 +148,36 @@ class VerifyReport:
         listed = [f for f in self.files if f.status not in ("unlisted", "uncommitted")]
         rows = sum(f.rows or 0 for f in self.checked)
         size = sum(f.bytes or 0 for f in self.checked)
+        uncommitted = sum(1 for f in self.files if f.status == "uncommitted")
         if self.differences:
             subjects = {d.subject for d in self.differences}
+            unread = f"; {len(self.unreadable)} file(s) cannot be read" if self.unreadable else ""
             return (
                 f"MISMATCH: {len(self.differences)} difference(s) in {len(subjects)} item(s); "
                 f"run {self.run_id}, {len(listed)} file(s) recorded in {self.checked_against}"
+                + unread
+            )
+        if self.unreadable:
+            return (
+                f"CANNOT READ: {len(self.unreadable)} of {len(listed)} file(s) recorded in "
+                f"{self.checked_against} could not be read, so they are not verified (the rest "
+                "match); run verify again once the store answers"
             )
         if self.run_status != "complete":
-            uncommitted = sum(1 for f in self.files if f.status == "uncommitted")
             extra = f"; {uncommitted} uncommitted file(s) will be removed" if uncommitted else ""
             return (
                 f"unfinished run {self.run_id}: {len(listed)} files committed verify OK "
                 f"({rows:,} rows, {size:,} bytes){extra}; run export again to finish"
             )
+        extra = (
+            f"; {uncommitted} uncommitted file(s) of a run that never finished are not part of "
+            "it (the next export removes them)"
+            if uncommitted
+            else ""
+        )
         return (
             f"OK: run {self.run_id}, {len(listed)} files, {rows:,} rows, {size:,} bytes match "
-            f"the manifest (manifest_sha256 {self.manifest_sha256})"
+            f"the manifest (manifest_sha256 {self.manifest_sha256}){extra}"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -164,6 +191,7 @@ class VerifyReport:
             "manifest_sha256": self.manifest_sha256,
             "files": [f.to_json() for f in self.files],
             "differences": [d.to_json() for d in self.differences],
+            "unreadable": list(self.unreadable),
             "summary": self.summary(),
         }
 
@@ -177,14 +205,21 @@ def verify(where: Storage | Path | str) -> VerifyReport:
     if kind != pafs.FileType.Directory:
         raise UsageError(f"{root} is not a directory")
     has_manifest = root.exists(manifest.MANIFEST_NAME)
+    damaged: str | None = None
     try:
         state = checkpoint.load(root)
-    except UsageError:
+    except UsageError as exc:
         if not has_manifest:
             raise
         state = None  # the manifest alone describes the finished runs it lists
+        damaged = str(exc)
     if has_manifest and (state is None or state.status == "complete"):
-        return _verify_manifest(root)
+        report = _verify_manifest(root)
+        if damaged is not None:  # `export` refuses such a backup: not OK
+            report.differences.append(
+                Difference(checkpoint.CHECKPOINT_NAME, "checkpoint", note=_damaged_note(damaged))
+            )
+        return report
     # An unfinished run (the first, or an incremental one after finished runs: the manifest
     # then describes the runs before it): its checkpoint names every committed file, earlier
     # runs' included.
@@ -214,9 +249,11 @@ def verify(where: Storage | Path | str) -> VerifyReport:
     ]
     directories = {t: r.directory for t, r in state.resources.items()}
     listed = _check_files(root, expected, report)
+    known_runs = {str(run.get("run_id")) for run in state.history} | {state.run_id}
     for path, type_name in _parquet_files(root, directories):
         if path not in listed:
-            status = "unlisted" if state.status == "complete" else "uncommitted"
+            stray = state.status != "complete" or _uncommitted_part(path, known_runs)
+            status = "uncommitted" if stray else "unlisted"
             report.files.append(FileResult(path, type_name, status))
             if status == "unlisted":
                 report.differences.append(
@@ -235,9 +272,6 @@ def _verify_manifest(root: Storage) -> VerifyReport:
     except orjson.JSONDecodeError as exc:
         report.differences.append(Difference(name, "unreadable", note=f"not valid JSON ({exc})"))
         return report
-    except OSError as exc:
-        shown = posixpath.join(str(root), name)
-        raise UsageError(f"cannot read {shown}: {_reason(exc)}") from None
     if not isinstance(document, dict) or document.get("format") != manifest.FORMAT:
         report.differences.append(
             Difference(name, "format", note="not an outreach-exporter manifest")
@@ -273,8 +307,17 @@ def _verify_manifest(root: Storage) -> VerifyReport:
     directories = {
         str(t): str(r.get("directory")) for t, r in resources.items() if isinstance(r, dict)
     }
+    runs = document.get("runs")
+    known_runs = {
+        str(run.get("run_id"))
+        for run in (runs if isinstance(runs, list) else [])
+        if isinstance(run, dict)
+    } | {str(document.get("run_id"))}
     for found_path, type_name in _parquet_files(root, directories):
         if found_path not in listed:
+            if _uncommitted_part(found_path, known_runs):
+                report.files.append(FileResult(found_path, type_name, "uncommitted"))
+                continue
             result = FileResult(found_path, type_name, "unlisted")
             report.files.append(result)
             report.differences.append(
@@ -286,7 +329,13 @@ def _verify_manifest(root: Storage) -> VerifyReport:
     for type_name, resource in resources.items():
         if not isinstance(resource, dict):
             continue
-        mine = [f for f in report.files if f.type_name == type_name and f.status != "unlisted"]
+        mine = [
+            f
+            for f in report.files
+            if f.type_name == type_name and f.status not in ("unlisted", "uncommitted")
+        ]
+        if any(f.status == "unreadable" for f in mine):
+            continue  # its rows cannot be counted: no total to compare
         rows_found = sum(f.rows or 0 for f in mine)
         if resource.get("rows") != rows_found:
             report.differences.append(
@@ -298,6 +347,25 @@ def _verify_manifest(root: Storage) -> VerifyReport:
                 Difference(f"resources.{type_name}", "files", resource.get("files"), present)
             )
     return report
+
+
+# A part file as `sink.PartWriter` names it: part-<run id>-<sequence>.parquet, in the type's
+# directory (a full run) or its `run=<run id>` directory.
+_PART = re.compile(r"part-(\d{8}T\d{6}Z-[0-9a-f]{6})-\d{5,}\.parquet")
+
+
+def _uncommitted_part(path: str, known_runs: set[str]) -> bool:
+    """Whether `path` is a part file this exporter wrote for a run no record names."""
+    folder, _, name = path.rpartition("/")
+    match = _PART.fullmatch(name)
+    if match is None or match.group(1) in known_runs:
+        return False
+    parts = folder.split("/")
+    return len(parts) == 1 or (len(parts) == 2 and parts[1] == f"run={match.group(1)}")
+
+
+def _damaged_note(message: str) -> str:
+    return f"damaged, so export refuses this backup (its files are checked above): {message}"
 
 
 def _expected_from_manifest(entry: Any) -> ExpectedFile | None:
@@ -342,11 +410,13 @@ def _check_files(root: Storage, expected: list[ExpectedFile], report: VerifyRepo
             continue
         try:
             info = root.fs.get_file_info(root.path(location))
-            if info.type == pafs.FileType.Directory:
-                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
         except OSError as exc:
+            _cannot_read(report, result, exc)
+            continue
+        if info.type == pafs.FileType.Directory:  # a directory where the file was: it differs
+            reason = os.strerror(errno.EISDIR)
             report.differences.append(
-                Difference(entry.path, "unreadable", note=f"cannot be read: {_reason(exc)}")
+                Difference(entry.path, "unreadable", note=f"cannot be read: {reason}")
             )
             result.status = "differs"
             continue
@@ -362,11 +432,8 @@ def _check_files(root: Storage, expected: list[ExpectedFile], report: VerifyRepo
             report.differences.append(Difference(entry.path, "bytes", entry.bytes, size))
         try:
             result.sha256 = root.sha256(location)
-        except OSError as exc:
-            report.differences.append(
-                Difference(entry.path, "unreadable", note=f"cannot be read: {_reason(exc)}")
-            )
-            result.status = "differs"
+        except OutputError as exc:
+            _cannot_read(report, result, exc)
             continue
         if result.sha256 != entry.sha256:
             report.differences.append(Difference(entry.path, "sha256", entry.sha256, result.sha256))
@@ -376,7 +443,10 @@ def _check_files(root: Storage, expected: list[ExpectedFile], report: VerifyRepo
                 parquet = pq.ParquetFile(handle)
                 metadata = parquet.metadata
                 schema = parquet.schema_arrow
-        except (pa.ArrowException, OSError) as exc:
+        except OSError as exc:
+            _cannot_read(report, result, exc)
+            continue
+        except (pa.ArrowException, ValueError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             report.differences.append(
                 Difference(entry.path, "parquet", note=f"not a readable Parquet file ({reason})")
@@ -394,6 +464,19 @@ def _check_files(root: Storage, expected: list[ExpectedFile], report: VerifyRepo
         if len(report.differences) > before:
             result.status = "differs"
     return listed
+
+
+def _cannot_read(report: VerifyReport, result: FileResult, exc: Exception) -> None:
+    """The store did not serve the file: not a difference (nothing was compared), but not
+    verified either (exit 4 when nothing else differs)."""
+    result.status = "unreadable"
+    result.rows = result.bytes = None
+    result.sha256 = None
+    if isinstance(exc, OSError):
+        reason = _reason(exc)
+    else:  # storage_error's text: "cannot read WHERE: WHY; what to do"
+        reason = str(exc).split(": ", 1)[-1].split("; ")[0]
+    report.unreadable.append(f"{result.path}: cannot be read ({reason}); not verified")
 
 
 def _with_item_names(schema: pa.Schema) -> pa.Schema:
@@ -472,10 +555,14 @@ def render(report: VerifyReport) -> list[str]:
     )
     lines = [f"verifying {report.root} against {against}"]
     lines += [d.line() for d in report.differences]
+    lines += report.unreadable
     uncommitted = [f.path for f in report.files if f.status == "uncommitted"]
-    lines += [
-        f"{p}: uncommitted (not in the checkpoint; the next export removes it)" for p in uncommitted
-    ]
+    note = (
+        "not in the checkpoint"
+        if report.checked_against == "checkpoint" and report.run_status != "complete"
+        else "of a run that never finished, not part of the backup"
+    )
+    lines += [f"{p}: uncommitted ({note}; the next export removes it)" for p in uncommitted]
     lines.append(report.summary())
     return lines
 
@@ -487,8 +574,9 @@ def verify_command(directory: str, as_json: bool) -> None:
     """Check every file in DIR against its manifest: sizes, sha256, rows, schemas, extra files.
 
     DIR is a path or a URI, as `export --out` takes (s3://bucket/prefix, file://...). Exit 0
-    when everything matches, 6 when anything differs, 1 for an unfinished run whose committed
-    files match, 2 when DIR holds no export.
+    when everything matches, 6 when anything differs, 4 when nothing differs but some files
+    cannot be read, 1 for an unfinished run whose committed files match, 2 when DIR holds no
+    export.
     """
     try:
         report = verify(directory)

@@ -194,11 +194,17 @@ class Writer:
         self._last_commit = self._clock()
 
     async def _save(self) -> None:
+        payload = checkpoint.encode(self.state)
+        await asyncio.to_thread(self._commit, payload)
+        self.commits += 1
+
+    def _commit(self, payload: bytes) -> None:
+        """The commit point: the lock is checked at this very moment (on an object store the
+        lease is read again), then the checkpoint written (conditionally where the store
+        allows: a checkpoint another run wrote since is never overwritten)."""
         if self._guard is not None:
             self._guard()
-        payload = checkpoint.encode(self.state)
-        await asyncio.to_thread(self.storage.write_atomically, checkpoint.CHECKPOINT_NAME, payload)
-        self.commits += 1
+        self.storage.write_atomically(checkpoint.CHECKPOINT_NAME, payload)
 
     def discard(self) -> None:
         """Drop uncommitted part files (after a failure the next run fetches their pages again)."""

@@ -5,16 +5,20 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter import checkpoint
+from exporter import checkpoint, manifest
 from exporter.checkpoint import PartitionState, ResourceState, RunState
 from exporter.crawl import EmittedIds, plan_partitions
-from exporter.errors import UsageError
+from exporter.errors import ExitCode, UsageError
 from exporter.sink import DataFile
 from exporter.storage import Storage
+from tests.conftest import StartSimulator, spawn
+from tests.test_export import run_export
+from tests.test_resume import export_command
 
 
 @given(st.integers(1, 10**12), st.integers(0, 10**6), st.integers(1, 64))
@@ -73,3 +77,81 @@ def test_unreadable_checkpoint_is_a_usage_error(tmp_path: Path, content: bytes) 
     (tmp_path / checkpoint.CHECKPOINT_NAME).write_bytes(content)
     with pytest.raises(UsageError, match="--restart"):
         checkpoint.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("directory", "../x"),
+        ("directory", "/tmp/elsewhere"),
+        ("directory", "sequenceSteps/../../x"),
+        ("file", "../../x/part-r1-00001.parquet"),
+        ("file", "/etc/part-r1-00001.parquet"),
+        ("file", "sequenceSteps/../../part-r1-00001.parquet"),
+        ("file", "sequenceSteps/_checkpoint.json"),
+        ("file", "users/part-r1-00001.parquet"),  # another type's directory
+        ("history", "../outside/part-r0-00001.parquet"),
+    ],
+)
+def test_paths_that_leave_the_backup_are_refused(tmp_path: Path, where: str, value: str) -> None:
+    """A checkpoint naming `directory: "../x"` made export write outside --out."""
+    data = _state().to_json()
+    resource = data["resources"]["sequenceStep"]
+    if where == "directory":
+        resource["directory"] = value
+    elif where == "file":
+        resource["files"][0]["path"] = value
+    else:
+        data["history"] = [{"run_id": "r0", "files": [{**resource["files"][0], "path": value}]}]
+    (tmp_path / checkpoint.CHECKPOINT_NAME).write_bytes(orjson.dumps(data))
+    with pytest.raises(UsageError) as caught:
+        checkpoint.load(tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path}/_checkpoint.json names ") and repr(value) in message
+    assert "\n" not in message and "--restart" not in message and "from a copy" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("path", "../outside.parquet"), ("path", "/abs/x.parquet"), ("path", None)],
+)
+def test_manifest_paths_that_leave_the_backup_are_refused(
+    tmp_path: Path, key: str, value: str | None
+) -> None:
+    document = {
+        "format": "outreach-exporter/manifest",
+        "files": [{"path": "sequenceSteps/part-r1-00001.parquet"}, {key: value}],
+        "resources": {},
+    }
+    (tmp_path / "_manifest.json").write_bytes(orjson.dumps(document))
+    with pytest.raises(UsageError, match=r"_manifest\.json names file .* outside the backup"):
+        manifest.load_checked(tmp_path)
+    document["files"] = []
+    document["resources"] = {"sequenceStep": {"directory": "../../x"}}
+    (tmp_path / "_manifest.json").write_bytes(orjson.dumps(document))
+    with pytest.raises(UsageError, match=r"names directory '\.\./\.\./x'"):
+        manifest.load_checked(tmp_path)
+
+
+async def test_export_never_writes_outside_out_for_a_tampered_checkpoint(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=300, seed=12)
+    out = tmp_path / "out"
+    await run_export(running.base_url, out)
+    state = orjson.loads((out / "_checkpoint.json").read_bytes())
+    state["status"] = "running"  # an unfinished run, to be resumed
+    state["resources"]["sequenceStep"]["directory"] = "../x"
+    state["resources"]["sequenceStep"]["files"] = []
+    for partition in state["resources"]["sequenceStep"]["partitions"]:
+        partition[3], partition[4] = partition[1] - 1, False
+    (out / "_checkpoint.json").write_bytes(orjson.dumps(state))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    process = await spawn(*export_command(running, out))
+    _stdout, err = await process.communicate()
+    assert process.returncode == ExitCode.USAGE, err.decode()
+    [line] = err.decode().strip().splitlines()
+    assert "_checkpoint.json names directory '../x'" in line
+    assert not (tmp_path / "x").exists()
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.name != "_lock")
+    assert after == [p for p in before if p.name != "_lock"]

@@ -64,8 +64,11 @@ def inverse_lists(type_name: str) -> list[str]:
 
 
 def current_rows(directory: Path, type_name: str) -> list[dict[str, Any]]:
-    path = directory / "_current" / f"{resource_type(type_name).collection}.parquet"
-    return sorted(pq.read_table(path).to_pylist(), key=lambda r: r["id"])
+    from exporter.compact import read_current  # the set `_current/_current.json` names
+
+    assert resource_type(type_name).collection  # a type the backup knows
+    _generation, tables = read_current(directory)
+    return sorted(tables[type_name].to_pylist(), key=lambda r: r["id"])
 
 
 def assert_compacted_equals_truth(running: Running, out: Path) -> None:

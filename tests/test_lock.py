@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -15,14 +16,15 @@ from pathlib import Path
 import orjson
 import pytest
 
+from exporter.compact import read_current
 from exporter.errors import ExitCode
 from exporter.lock import LEASE_NAME, BusyError, OutputLock
 from exporter.simulator import Faults
 from exporter.status import status
-from exporter.storage import Storage
+from exporter.storage import DocumentChanged, Storage
 from tests.conftest import StartSimulator, spawn
 from tests.test_resume import assert_exact, export_command, run_to_completion
-from tests.test_s3 import s3_server  # noqa: F401 - the fixture
+from tests.test_s3 import assert_exact_on_s3, s3_server  # noqa: F401 - the fixture
 
 
 async def run_cli(command: list[str]) -> tuple[int, str]:
@@ -89,7 +91,8 @@ async def test_compact_refuses_while_the_backup_is_locked_then_runs(
     assert idle.writing is None and idle.next_export.action == "refuse"
     code, err = await run_cli(compact)
     assert code == 0, err
-    assert (tmp_path / "_current" / "sequenceSteps.parquet").exists()
+    _generation, tables = read_current(tmp_path)
+    assert tables["sequenceStep"].num_rows == 800
 
 
 async def test_a_killed_export_leaves_no_lock_behind(
@@ -119,7 +122,8 @@ def lease(storage: Storage, **fields: object) -> None:
         "token": "someone-else",
         **fields,
     }
-    storage.write_atomically(LEASE_NAME, orjson.dumps(holder))
+    other = Storage.open(storage.display)  # another process: it read nothing, writes blindly
+    other.write_atomically(LEASE_NAME, orjson.dumps(holder))
 
 
 def dead_pid() -> int:
@@ -181,3 +185,99 @@ def test_lease_is_renewed_and_a_lost_lease_stops_commits(s3_server: str) -> None
     finally:
         lock.release()
     assert storage.exists(LEASE_NAME)  # not ours any more: left to its holder
+
+
+def test_guarded_documents_are_written_only_as_last_read(s3_server: str) -> None:  # noqa: F811
+    """create-if-absent and replace-if-unchanged on the checkpoint: a run never overwrites a
+    checkpoint another run wrote since it read it."""
+    uri = f"s3://backups/cond-{uuid.uuid4().hex[:8]}"
+    first, second = Storage.open(uri), Storage.open(uri)
+    assert first.conditional_writes and second.conditional_writes
+    assert first.read_document("_checkpoint.json") is None
+    assert second.read_document("_checkpoint.json") is None
+    first.write_atomically("_checkpoint.json", b'{"by": 1}')
+    with pytest.raises(DocumentChanged, match="changed by another run"):
+        second.write_atomically("_checkpoint.json", b'{"by": 2}')  # it read "absent"
+    assert first.read_document("_checkpoint.json") == b'{"by": 1}'
+    first.write_atomically("_checkpoint.json", b'{"by": 1, "n": 2}')  # its own version: fine
+    assert second.read_document("_checkpoint.json") == b'{"by": 1, "n": 2}'
+    second.write_atomically("_checkpoint.json", b'{"by": 2}')
+    with pytest.raises(DocumentChanged):
+        first.write_atomically("_checkpoint.json", b'{"by": 1, "n": 3}')
+    assert second.read_document("_checkpoint.json") == b'{"by": 2}'
+
+
+def test_two_runs_reading_no_lease_at_once_cannot_both_take_it(
+    s3_server: str,  # noqa: F811
+) -> None:
+    """B reads "no lease", pauses; A takes the lease; B writes: B must not hold it too."""
+    storage_uri = f"s3://backups/race-{uuid.uuid4().hex[:8]}"
+    first = OutputLock(Storage.open(storage_uri), "export")
+    second = OutputLock(Storage.open(storage_uri), "export")
+    first_holds = threading.Event()
+    write = second._write_lease
+
+    def write_after_the_other() -> None:
+        assert first_holds.wait(30)
+        write()
+
+    second._write_lease = write_after_the_other  # type: ignore[method-assign]
+    outcome: list[BaseException | None] = []
+
+    def take() -> None:
+        try:
+            second.acquire()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - asserted on below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while second.storage._conditional is None or not second.storage._conditional.versions:
+            assert time.monotonic() < deadline, "the second run never read the lease"
+            time.sleep(0.01)
+        first.acquire()
+        first_holds.set()
+        thread.join(30)
+        [result] = outcome
+        assert isinstance(result, BusyError), result
+        assert "took the lease at the same moment" in str(result)
+        first.check()  # still ours
+    finally:
+        first.release()
+        second.release()
+    assert not Storage.open(storage_uri).exists(LEASE_NAME)
+
+
+def test_the_lease_is_read_again_at_every_commit(s3_server: str) -> None:  # noqa: F811
+    storage = Storage.open(f"s3://backups/recheck-{uuid.uuid4().hex[:8]}")
+    lock = OutputLock(storage, "export")  # renewed every 100 s: the renewer will not notice
+    lock.acquire()
+    try:
+        lock.check()
+        lease(Storage.open(storage.display))  # another run wrote the lease just now
+        with pytest.raises(BusyError, match="took the backup over"):
+            lock.check()
+    finally:
+        lock.release()
+
+
+async def test_two_exports_started_together_on_s3_one_runs_one_stops(
+    s3_server: str,  # noqa: F811
+    start_simulator: StartSimulator,
+) -> None:
+    running = await start_simulator(steps=800, seed=45, faults=Faults(latency_s=0.002))
+    for trial in range(3):
+        uri = f"s3://backups/together-{trial}-{uuid.uuid4().hex[:6]}"
+        command = export_command(running, uri)
+        processes = await asyncio.gather(spawn(*command), spawn(*command))
+        results = [await p.communicate() for p in processes]
+        codes = sorted(p.returncode for p in processes)
+        errors = [err.decode() for _out, err in results]
+        assert codes == [0, ExitCode.BUSY], errors
+        assert not any("Traceback" in e for e in errors), errors
+        assert_exact_on_s3(running, uri)
+        code, text = await run_cli([sys.executable, "-m", "exporter", "verify", uri])
+        assert code == 0, text

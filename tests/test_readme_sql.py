@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from exporter.compact import compact
+from exporter.compact import compact, read_current
 from tests.conftest import StartSimulator
 from tests.test_export import run_export
 from tests.test_incremental import mutate
@@ -48,7 +48,7 @@ async def test_readme_queries_on_a_backup_with_deltas_and_tombstones(
         delta_runs.append(delta.state.run_id)
     compact(tmp_path)
     blocks = sql_blocks()
-    assert len(blocks) == 3, "the README's SQL blocks changed: update this test"
+    assert len(blocks) == 4, "the README's SQL blocks changed: update this test"
     con = duckdb.connect()
 
     # 1. the tour's join: runs, and counts each step's mailings
@@ -72,13 +72,25 @@ async def test_readme_queries_on_a_backup_with_deltas_and_tombstones(
     )
     assert versions == {full.state.run_id: full.rows["sequenceStep"], **dict(deltas)}
 
-    # 3. the current state in SQL equals what `exporter compact` wrote
-    create_view = on(tmp_path, statements(blocks[2])[0])
+    # 3. the published current set, read through its pointer, is what `exporter compact` wrote
+    set_current, read_current_steps = (on(tmp_path, s) for s in statements(blocks[2]))
+    con.execute(set_current)
+    generation, tables = read_current(tmp_path)
+    assert con.execute("select getvariable('current')").fetchone() == (generation,)
+    published = con.execute(f"select id, updatedAt from ({read_current_steps}) order by id")
+    compacted = tables["sequenceStep"].select(["id", "updatedAt"]).sort_by("id")
+    assert published.fetchall() == list(
+        zip(
+            compacted.column("id").to_pylist(),
+            compacted.column("updatedAt").to_pylist(),
+            strict=True,
+        )
+    )
+
+    # 4. the current state in SQL from the backup's files equals what `exporter compact` wrote
+    create_view = on(tmp_path, statements(blocks[3])[0])
     con.execute(create_view)
     in_sql = con.execute("select id, updatedAt from current_steps order by id").fetchall()
-    compacted = pq.read_table(
-        tmp_path / "_current" / "sequenceSteps.parquet", columns=["id", "updatedAt"]
-    ).sort_by("id")
     assert in_sql == list(
         zip(
             compacted.column("id").to_pylist(),

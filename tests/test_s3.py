@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.metadata
 import os
 import random
 import signal
@@ -20,7 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from exporter.compact import compact
+from exporter.compact import compact, read_current
 from exporter.restore import backup_steps, default_journal
 from exporter.simulator import Faults
 from exporter.storage import Storage
@@ -39,15 +40,64 @@ def free_port() -> int:
         return port
 
 
+MOTO_MINIMUM = (5, 2, 5)  # pyproject's moto[server]>=5.2.5: older answers break pyarrow 26
+
+
+def moto_command(port: int) -> list[str]:
+    """The moto S3 server of the interpreter running the tests (never a `moto_server` found
+    first on PATH: a system moto may be older than this environment's), or a clear failure."""
+    try:
+        version = importlib.metadata.version("moto")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail(
+            f"moto is not installed for {sys.executable}; install the dev extras "
+            "(pip install -e '.[dev]'), which pin moto[server]>=5.2.5",
+            pytrace=False,
+        )
+    found = tuple(int(p) if p.isdigit() else 0 for p in version.split(".")[:3])
+    if found < MOTO_MINIMUM:
+        pytest.fail(
+            f"moto {version} under {sys.executable} is older than "
+            f"{'.'.join(map(str, MOTO_MINIMUM))}, which the S3 tests need (pyproject pins "
+            "moto[server]>=5.2.5); upgrade it: pip install -U 'moto[server]>=5.2.5'",
+            pytrace=False,
+        )
+    return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+
+def start_moto() -> tuple[subprocess.Popen[bytes], int]:
+    """A moto S3 server on a free loopback port, answering (polled with a deadline)."""
+    port = free_port()
+    process = subprocess.Popen(
+        moto_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process, port
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"the moto S3 server ({' '.join(moto_command(port))}) did not start")
+            time.sleep(0.05)
+
+
+def admin_filesystem(port: int) -> pafs.S3FileSystem:
+    return pafs.S3FileSystem(
+        endpoint_override=f"127.0.0.1:{port}",
+        scheme="http",
+        access_key="test",
+        secret_key="test",
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def s3_server() -> Iterator[str]:
     """A moto S3 server on a free loopback port, with the AWS variables pointing at it."""
-    port = free_port()
-    process = subprocess.Popen(
-        ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process, port = start_moto()
     endpoint = f"http://127.0.0.1:{port}"
     saved = {
         k: os.environ.get(k)
@@ -60,21 +110,7 @@ def s3_server() -> Iterator[str]:
         AWS_REGION="us-east-1",
     )
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        admin = pafs.S3FileSystem(
-            endpoint_override=f"127.0.0.1:{port}",
-            scheme="http",
-            access_key="test",
-            secret_key="test",
-            region="us-east-1",
-            allow_bucket_creation=True,
-        )
-        admin.create_dir("backups")
+        admin_filesystem(port).create_dir("backups")
         yield endpoint
     finally:
         process.terminate()
@@ -131,8 +167,8 @@ async def test_export_to_s3_equals_ground_truth(
     assert_exact_on_s3(running, uri)
     rows = compact(uri)
     assert rows["sequenceStep"] == 1500
-    current = Storage.open(uri)
-    assert current.exists("_current/sequenceSteps.parquet")
+    _generation, tables = read_current(uri)
+    assert tables["sequenceStep"].num_rows == 1500
 
 
 async def test_endpoint_in_the_uri_query(
@@ -229,3 +265,30 @@ def test_digest_of_what_was_uploaded(s3_server: str) -> None:
     size, digest = storage.finish_data(handle)
     assert (size, digest) == (11, hashlib.sha256(b"hello world").hexdigest())
     assert storage.read_bytes("t/part-x-00001.parquet") == b"hello world"
+
+
+def test_the_s3_server_is_this_interpreters_moto(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `moto_server` first on PATH (an older system moto) is not the one started."""
+    marker = tmp_path / "started"
+    fake = tmp_path / "bin" / "moto_server"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    process, port = start_moto()
+    try:
+        admin_filesystem(port).create_dir("probe")  # a real S3 server answers
+        assert admin_filesystem(port).get_file_info("probe").type == pafs.FileType.Directory
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert not marker.exists()
+    assert moto_command(port)[:3] == [sys.executable, "-m", "moto.server"]
+
+
+def test_an_old_moto_fails_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.metadata, "version", lambda _name: "5.2.1")
+    with pytest.raises(pytest.fail.Exception, match=r"moto 5\.2\.1 .* older than 5\.2\.5"):
+        moto_command(1)

@@ -319,3 +319,54 @@ async def test_a_killed_incremental_run_verifies_against_its_checkpoint(
     code, report = verify_json(out)
     assert code == ExitCode.VERIFY_MISMATCH
     assert load_manifest(out)["files"][0]["path"] in differences_by_subject(report)
+
+
+async def test_a_failed_runs_orphans_are_uncommitted_not_added(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """A part file of a run no record names (an incremental run that failed before its first
+    commit) is not part of the backup: its own line, no mismatch. Any other file is added."""
+    running = await start_simulator(steps=300, seed=1711)
+    await run_export(running.base_url, tmp_path)
+    mutate(running, random.Random(1711), 20)
+    await run_export(running.base_url, tmp_path, incremental=True)
+    source = next((tmp_path / "sequenceSteps").glob("part-*.parquet"))
+    failed_run = "20991231T235959Z-abcdef"
+    orphan = tmp_path / "sequenceSteps" / f"run={failed_run}" / f"part-{failed_run}-00001.parquet"
+    orphan.parent.mkdir()
+    shutil.copyfile(source, orphan)
+    relative = orphan.relative_to(tmp_path).as_posix()
+    code, lines = verify_text(tmp_path)
+    assert code == ExitCode.OK, lines
+    assert (
+        f"{relative}: uncommitted (of a run that never finished, not part of the backup; "
+        "the next export removes it)"
+    ) in lines
+    assert lines[-1].startswith("OK: ") and "1 uncommitted file(s)" in lines[-1]
+    code, report = verify_json(tmp_path)
+    assert {f["path"]: f["status"] for f in report["files"]}[relative] == "uncommitted"
+    assert report["differences"] == []
+
+    added = tmp_path / "sequenceSteps" / "part-added-00001.parquet"  # not a name we write
+    shutil.copyfile(source, added)
+    code, lines = verify_text(tmp_path)
+    assert code == ExitCode.VERIFY_MISMATCH, lines
+    assert (
+        "sequenceSteps/part-added-00001.parquet: not listed in the manifest (a file added?)"
+        in lines
+    )
+
+
+@pytest.mark.parametrize("content", [b"{", b'{"version": 1}', b"[]"])
+async def test_a_damaged_checkpoint_beside_a_manifest_is_not_ok(
+    start_simulator: StartSimulator, tmp_path: Path, content: bytes
+) -> None:
+    """`export` refuses a backup whose checkpoint is damaged, so `verify` must not say OK."""
+    running = await start_simulator(steps=100, seed=1715)
+    await run_export(running.base_url, tmp_path)
+    (tmp_path / "_checkpoint.json").write_bytes(content)
+    code, lines = verify_text(tmp_path)
+    assert code == ExitCode.VERIFY_MISMATCH, lines
+    [line] = [x for x in lines if x.startswith("_checkpoint.json: damaged")]
+    assert "put back the checkpoint from a copy" in line and "do not use --restart" in line
+    assert "use --restart to discard" not in line

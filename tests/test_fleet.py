@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,7 @@ def test_inline_secrets_are_refused_naming_account_and_key(
         ),
         (
             '[[account]]\nname = "a"\nout = "/o"\ntoken_env = "T"\n[[account]]\nname = "b"\nout = "/o"\ntoken_env = "U"\n',
-            ["share out", "/o"],
+            ["'a'", "'b'", "share one backup", "/o"],
         ),
         (
             '[[account]]\nname = "acme"\nout = "/o"\nclient_id = "c"\nclient_secret_env = "S"\nrefresh_token_env = "R"\nredirect_uri = "https://x.invalid/cb"\n',
@@ -250,9 +251,17 @@ async def test_rerun_after_a_finished_attempt_counts_as_success(
     assert again.ok and again.outcome == "ok, finished by an earlier attempt"
     assert again.records == first.records and again.run_id == first.run_id
     assert running.sim.counters.requests == requests  # nothing fetched twice
-    # A later fleet run finds a finished export it did not write: refused, as `export` does.
+    # A later fleet run (the fleet run again after a kill): the finished backup is done.
     later = await export_account(account, utc_now())
-    assert not later.ok and "already holds a finished export" in later.outcome
+    assert later.ok and later.outcome.startswith(f"ok, already done (run {first.run_id} ")
+    assert later.records == first.records and later.run_id == first.run_id
+    assert running.sim.counters.requests == requests
+    # The same account, incremental: a later fleet run adds what changed since.
+    incremental = replace(account, options={**account.options, "incremental": True})
+    nightly = await export_account(incremental, utc_now())
+    assert nightly.ok and nightly.outcome == "ok" and nightly.run_id != first.run_id
+    state = checkpoint.load(tmp_path)
+    assert state is not None and state.kind == "incremental" and state.run_id == nightly.run_id
 
 
 # -- the command, local executor ---------------------------------------------------------------

@@ -123,3 +123,193 @@ def test_refresh_token_store_that_is_not_utf8_is_refused(tmp_path: Path) -> None
     store.write_bytes(b'{"refresh_token": "\xff\xfe"}')
     result = run_cli("export", "--out", str(tmp_path / "o"), *OAUTH, "--token-file", str(store))
     assert_one_line(result, ExitCode.USAGE, str(store), "UTF-8")
+
+
+# -- item 8: one strict validation for flags, environment, config files and fleet files ---------
+
+BASE = ("--token", "t", "--base-url", "http://127.0.0.1:9/api/v2")
+
+
+def invoke(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """The command line in this process (click's CliRunner): exit code, stdout, stderr."""
+    from click.testing import CliRunner
+
+    from exporter.cli import main
+
+    clean = {k: None for k in os.environ if k.startswith("OUTREACH_")}
+    result = CliRunner().invoke(main, args, env={**clean, **(env or {})})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_refused(code: int, stderr: str, *words: str) -> None:
+    assert code == ExitCode.USAGE, (code, stderr)
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--overlap", "inf"),
+        ("--overlap", "nan"),
+        ("--overlap", "1e400"),
+        ("--overlap", "-1"),
+        ("--overlap", "1e12"),
+        ("--commit-interval", "inf"),
+        ("--commit-interval", "nan"),
+        ("--commit-interval", "1e9"),
+        ("--read-timeout", "inf"),
+        ("--read-timeout", "NaN"),
+        ("--progress-interval", "nan"),
+        ("--progress-interval", "inf"),
+        ("--file-rows", "99999999999999999999"),
+        ("--file-rows", "1_000"),
+        ("--page-size", "5.7"),
+        ("--concurrency", "0x10"),
+        ("--rate-limit", "1/inf"),
+        ("--rate-limit", "1/nan"),
+        ("--rate-limit", "1/1e400"),
+        ("--rate-limit", "99999999999999999999/1"),
+        ("--rate-limit", "1_0/3600"),
+        ("--demo-seed", "99999999999999999999999"),
+        ("--out", ""),
+        ("--out", "   "),
+        ("--out", "a\nb"),
+    ],
+)
+def test_hostile_flag_values_are_refused_naming_the_flag(
+    tmp_path: Path, flag: str, value: str
+) -> None:
+    args = ["export", "--out", str(tmp_path / "o"), *BASE, flag, value]
+    code, _, stderr = invoke(args)
+    assert_refused(code, stderr, flag)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OUTREACH_OVERLAP", "inf"),
+        ("OUTREACH_COMMIT_INTERVAL", "nan"),
+        ("OUTREACH_FILE_ROWS", "99999999999999999999"),
+        ("OUTREACH_PAGE_SIZE", "zero"),
+        ("OUTREACH_RATE_LIMIT", "10/inf"),
+        ("OUTREACH_INCREMENTAL", "perhaps"),
+        ("OUTREACH_OUT", ""),
+    ],
+)
+def test_hostile_environment_values_are_refused_naming_the_variable(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    args = ["export", *BASE] + ([] if variable == "OUTREACH_OUT" else ["--out", str(tmp_path)])
+    code, _, stderr = invoke(args, env={variable: value})
+    if variable == "OUTREACH_OUT":
+        # click treats an empty variable as unset: the option is then missing.
+        assert_refused(code, stderr, "--out")
+    else:
+        assert_refused(code, stderr, variable)
+
+
+@pytest.mark.parametrize(
+    ("toml", "words"),
+    [
+        ("[export]\npage_size = 5.7\n", ["page_size", "whole number", "float"]),
+        ("[export]\nconcurrency = true\n", ["concurrency", "whole number", "boolean"]),
+        ("[export]\noverlap = inf\n", ["overlap", "finite"]),
+        ("[export]\noverlap = nan\n", ["overlap", "finite"]),
+        ("[export]\ncommit_interval = inf\n", ["commit_interval"]),
+        ("[export]\nfile_rows = 99999999999999999999\n", ["file_rows"]),
+        ("[export]\nfile_rows = 9223372036854775807\n", ["file_rows", "range"]),
+        ('[export]\nincremental = "yes"\n', ["incremental", "true or false"]),
+        ("[export]\nout = 5\n", ["out", "string"]),
+        ('[export]\nout = ""\n', ["out", "empty"]),
+        ('[export]\nrate_limit = "10/inf"\n', ["rate_limit"]),
+        ("[export]\nrate_limit = 10\n", ["rate_limit", "string"]),
+        ("[export]\npage_size = [1]\n", ["page_size", "array"]),
+        ("[export]\nread_timeout = 1979-05-27\n", ["read_timeout", "date"]),
+        ("page_size = 5\n[export]\nconcurrency = 2\n", ["page_size", "outside the [export]"]),
+        ('export = "x"\n', ["export must be a table"]),
+    ],
+)
+def test_hostile_config_values_are_refused_naming_file_and_key(
+    tmp_path: Path, toml: str, words: list[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(toml)
+    code, _, stderr = invoke(["export", "--config", str(config), "--out", str(tmp_path), *BASE])
+    assert_refused(code, stderr, str(config), *words)
+
+
+def test_a_secret_in_a_config_file_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[export]\ntoken = ["sk-live-4417"]\n')
+    code, _, stderr = invoke(["export", "--config", str(config), "--out", str(tmp_path)])
+    assert_refused(code, stderr, "token", "string")
+    assert "sk-live-4417" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("toml", "args", "env", "named"),
+    [
+        ('demo = true\nbase_url = "http://127.0.0.1:9/api/v2"\n', [], {}, "config file"),
+        ("demo = true\n", ["--base-url", "http://127.0.0.1:9/api/v2"], {}, "--base-url"),
+        ("", ["--demo"], {"OUTREACH_BASE_URL": "http://127.0.0.1:9/api/v2"}, "OUTREACH_BASE_URL"),
+    ],
+)
+def test_demo_beside_a_base_url_is_refused(
+    tmp_path: Path, toml: str, args: list[str], env: dict[str, str], named: str
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(toml)
+    out = tmp_path / "o"
+    code, _, stderr = invoke(["export", "--config", str(config), "--out", str(out), *args], env=env)
+    assert_refused(code, stderr, "--demo", named)
+    assert not out.exists()
+
+
+def test_a_bad_value_from_a_real_process_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("export", "--out", str(tmp_path), *BASE, "--overlap", "inf")
+    assert_one_line(result, ExitCode.USAGE, "--overlap", "finite")
+    result = run_cli("export", "--out", str(tmp_path), *BASE, env={"OUTREACH_OVERLAP": "nan"})
+    assert_one_line(result, ExitCode.USAGE, "OUTREACH_OVERLAP", "--overlap")
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("overlap = inf", ["'acme'", "overlap", "finite"]),
+        ("commit_interval = nan", ["'acme'", "commit_interval", "finite"]),
+        ("page_size = 5.7", ["'acme'", "page_size", "whole number"]),
+        ("concurrency = true", ["'acme'", "concurrency", "whole number"]),
+        ("file_rows = 99999999999999999999", ["'acme'", "file_rows"]),
+        ('rate_limit = "1/inf"', ["'acme'", "rate_limit"]),
+        ('incremental = "true"', ["'acme'", "incremental", "true or false"]),
+    ],
+)
+def test_hostile_fleet_values_are_refused_naming_account_and_key(
+    line: str, words: list[str]
+) -> None:
+    import tomllib
+
+    from exporter.errors import UsageError
+    from exporter.fleet import parse_fleet
+
+    text = f'[[account]]\nname = "acme"\nout = "/o"\ntoken_env = "T"\n{line}\n'
+    with pytest.raises(UsageError) as caught:
+        parse_fleet(tomllib.loads(text), "fleet.toml")
+    message = str(caught.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_a_fleet_out_that_is_empty_is_refused(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text('[[account]]\nname = "acme"\nout = " "\ntoken_env = "T"\n')
+    code, _, stderr = invoke(["fleet", "--config", str(fleet)])
+    assert_refused(code, stderr, "'acme'", "out", "empty")

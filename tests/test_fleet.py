@@ -453,3 +453,98 @@ def test_dask_worker_killed_mid_export_resumes_elsewhere_exactly(tmp_path: Path)
     for name, (steps, seed) in specs.items():
         assert_exact(tmp_path / "out" / name, steps, seed)
     assert_no_secret(TOKEN, stdout, stderr, under=tmp_path / "out")
+
+
+# -- one backup per account, however its place is spelled --------------------------------------
+
+
+def two_accounts(out_a: str, out_b: str) -> str:
+    return (
+        f'[[account]]\nname = "a"\nout = "{out_a}"\ntoken_env = "T"\n'
+        f'[[account]]\nname = "b"\nout = "{out_b}"\ntoken_env = "U"\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("out_a", "out_b"),
+    [
+        ("/x/o/same", "/x/o/./same/"),
+        ("/x/o/same", "/x/o/other/../same"),
+        ("/x/o/same", "//x//o/same"),
+        ("/x/o/same", "file:///x/o/same"),
+        ("s3://bucket/p", "s3://BUCKET/./p/"),
+        ("s3://bucket/p", "s3://bucket//p"),
+        ("s3://bucket/p", "s3://bucket:443/p"),
+    ],
+)
+def test_one_place_spelled_two_ways_is_one_backup(out_a: str, out_b: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse(two_accounts(out_a, out_b))
+    message = str(caught.value)
+    assert "'a'" in message and "'b'" in message and "share one backup" in message
+
+
+def test_a_symlinked_spelling_of_one_place_is_one_backup(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(UsageError, match="share one backup"):
+        parse(two_accounts(f"{tmp_path}/real/acme", f"{tmp_path}/link/acme"))
+
+
+def test_credentials_in_an_s3_out_are_not_echoed() -> None:
+    with pytest.raises(UsageError) as caught:
+        parse(two_accounts("s3://bucket/p", "s3://AKIAKEY:sEcReT-8812@bucket/p/"))
+    assert "share one backup" in str(caught.value) and "sEcReT-8812" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("out_a", "out_b"),
+    [("/x/o", "/x/o/acme"), ("/x/o/acme/sequenceSteps", "/x/o/./acme"), ("s3://b/p", "s3://b/p/q")],
+)
+def test_one_account_inside_another_is_refused(out_a: str, out_b: str) -> None:
+    with pytest.raises(UsageError, match="lies inside account"):
+        parse(two_accounts(out_a, out_b))
+
+
+@pytest.mark.parametrize(
+    ("out_a", "out_b"),
+    [
+        ("/x/o", "/x/o2"),
+        ("s3://b/p1", "s3://b/p10"),
+        ("s3://b/p", "s3://c/p"),
+        ("/x/o", "s3://x/o"),
+    ],
+)
+def test_distinct_places_are_accepted(out_a: str, out_b: str) -> None:
+    assert [a.out for a in parse(two_accounts(out_a, out_b))] == [out_a, out_b]
+
+
+def oauth_account(name: str, out: str, token_file: str) -> str:
+    return (
+        f'[[account]]\nname = "{name}"\nout = "{out}"\nclient_id = "c"\nclient_secret_env = "S"\n'
+        f'refresh_token_env = "R"\nredirect_uri = "https://x.invalid/cb"\n'
+        f'token_file = "{token_file}"\n'
+    )
+
+
+def test_one_token_store_spelled_two_ways_is_refused() -> None:
+    text = oauth_account("a", "/o/a", "/s/t.json") + oauth_account("b", "/o/b", "/s/./t.json")
+    with pytest.raises(UsageError, match="share token_file"):
+        parse(text)
+
+
+def test_a_token_store_inside_an_out_is_refused() -> None:
+    text = oauth_account("a", "/o/a", "/o/b/secrets/t.json") + (
+        '[[account]]\nname = "b"\nout = "/o/b"\ntoken_env = "T"\n'
+    )
+    with pytest.raises(UsageError, match=r"token_file '/o/b/secrets/t.json' is inside account 'b'"):
+        parse(text)
+
+
+def test_shared_out_is_refused_by_the_command_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text(two_accounts(f"{tmp_path}/o/same", f"{tmp_path}/o/./same/"))
+    result = exporter("fleet", "--config", str(config), env={})
+    assert result.returncode == ExitCode.USAGE, (result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1 and "share one backup" in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -11,7 +11,9 @@
 #    process) holds however many workers the fleet has.
 # 3. Invariant: an account's task can run again at any time (a worker died, an error was retried)
 #    and still produce the exact output: the rerun resumes the unfinished run from the account's
-#    checkpoint, or finds that an earlier attempt of this fleet run already finished it.
+#    checkpoint, or finds that an earlier attempt of this fleet run already finished it. The
+#    same holds for the whole fleet run again (after a kill): finished accounts are "ok, already
+#    done" (incremental ones run an incremental), unfinished ones resume (`_already_done`).
 # 4. `--executor local` runs the tasks in this process, a bounded number at once;
 #    `--executor dask` submits them to a `distributed` scheduler, which reruns the task of a
 #    worker that died on another worker (up to its `allowed-failures`).
@@ -129,7 +131,9 @@ class AccountResult:
 
     account: str
     ok: bool
-    outcome: str  # "ok", "ok, resumed", "ok, finished by an earlier attempt", "failed: ..."
+    # "ok", "ok, resumed", "ok, finished by an earlier attempt", "ok, already done (...)",
+    # "failed: ...", "stopped: ..."
+    outcome: str
     records: dict[str, int] = field(default_factory=dict)
     requests: int = 0
     seconds: float = 0.0

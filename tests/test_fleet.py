@@ -548,3 +548,68 @@ def test_shared_out_is_refused_by_the_command_in_one_line(tmp_path: Path) -> Non
     assert result.returncode == ExitCode.USAGE, (result.stdout, result.stderr)
     assert result.stderr.count("\n") == 1 and "share one backup" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+# -- running the fleet again after it was killed -----------------------------------------------
+
+
+def test_fleet_killed_and_run_again_finishes_everything_without_redoing(tmp_path: Path) -> None:
+    """SIGKILL the fleet after one account finished and while another is half done: the next
+    run reports the finished one as done (nothing fetched again) and resumes the other."""
+    specs = {"alpha": (200, 41), "beta": (3000, 42)}
+    sims = {
+        "alpha": Simulator(SimulatorConfig(steps=200, seed=41, static_token=TOKEN)),
+        "beta": Simulator(
+            SimulatorConfig(steps=3000, seed=42, static_token=TOKEN, faults=Faults(latency_s=0.15))
+        ),
+    }
+    with contextlib.ExitStack() as stack:
+        urls = {n: stack.enter_context(serve_in_thread(s)) + "/api/v2" for n, s in sims.items()}
+        config = tmp_path / "fleet.toml"
+        config.write_text(
+            fleet_toml(
+                {**FAST, "page_size": 50, "commit_interval": 0.1, "out": f"{tmp_path}/{{name}}"},
+                [
+                    {"name": name, "base_url": url, "token_env": "FLEET_TOKEN"}
+                    for name, url in urls.items()
+                ],
+            )
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+        fleet = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "fleet", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**env, "FLEET_TOKEN": TOKEN},
+        )  # fmt: skip
+        stack.callback(lambda: fleet.poll() is None and fleet.kill())
+        alpha, beta = tmp_path / "alpha", tmp_path / "beta"
+        deadline = time.monotonic() + 90
+        while not ((alpha / "_manifest.json").exists() and committed_files(beta) is not None):
+            assert time.monotonic() < deadline, "alpha never finished or beta never committed"
+            assert fleet.poll() is None, fleet.communicate()
+            time.sleep(0.05)
+        fleet.kill()  # SIGKILL: no handler runs, nothing is committed on the way out
+        fleet.communicate()
+        assert not (beta / "_manifest.json").exists()  # killed mid-export, not after
+        alpha_state = checkpoint.load(alpha)
+        assert alpha_state is not None and alpha_state.status == "complete"
+        alpha_requests = sims["alpha"].counters.requests
+
+        again = exporter("fleet", "--config", str(config), env={"FLEET_TOKEN": TOKEN})
+        assert again.returncode == 0, (again.stdout, again.stderr)
+        assert "Traceback" not in again.stderr
+        rows = {line.split()[0]: line for line in again.stdout.splitlines()[1:]}
+        assert f"ok, already done (run {alpha_state.run_id} finished" in rows["alpha"]
+        assert rows["alpha"].split()[1] == "200"
+        assert rows["beta"].endswith("ok, resumed") and rows["beta"].split()[1] == "3,000"
+        assert rows["total"].endswith("2 ok, 0 failed")
+        assert sims["alpha"].counters.requests == alpha_requests  # nothing fetched again
+
+        # And once more: both are done now.
+        third = exporter("fleet", "--config", str(config), env={"FLEET_TOKEN": TOKEN})
+        assert third.returncode == 0, (third.stdout, third.stderr)
+        assert third.stdout.count("ok, already done") == 2
+    for name, (steps, seed) in specs.items():
+        assert_exact(tmp_path / name, steps, seed)
+    manifest = checkpoint.load(alpha)
+    assert manifest is not None and manifest.run_id == alpha_state.run_id

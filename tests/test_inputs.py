@@ -313,3 +313,89 @@ def test_a_fleet_out_that_is_empty_is_refused(tmp_path: Path) -> None:
     fleet.write_text('[[account]]\nname = "acme"\nout = " "\ntoken_env = "T"\n')
     code, _, stderr = invoke(["fleet", "--config", str(fleet)])
     assert_refused(code, stderr, "'acme'", "out", "empty")
+
+
+def test_the_largest_accepted_values_run_an_exact_export(tmp_path: Path) -> None:
+    """The ceilings are safe: an export and an incremental run with every bound at its maximum
+    finish exactly (the overlap reaches a year back, no checkpoint overflows)."""
+    from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
+    from tests.conftest import TOKEN
+    from tests.test_fleet import assert_exact
+
+    extremes = [
+        "--overlap", "31536000", "--commit-interval", "86400", "--read-timeout", "3600",
+        "--file-rows", "1000000000", "--rate-limit", "1000000000/2678400",
+        "--progress-interval", "86400", "--max-url-length", "65536", "--relationships", "none",
+    ]  # fmt: skip
+    sim = Simulator(SimulatorConfig(steps=120, seed=8, static_token=TOKEN))
+    with serve_in_thread(sim) as root:
+        args = ["export", "--out", str(tmp_path), "--base-url", root + "/api/v2", *extremes]
+        first = run_cli(*args, env={"OUTREACH_TOKEN": TOKEN}, timeout=120)
+        assert first.returncode == 0, first.stderr
+        again = run_cli(*args, "--incremental", env={"OUTREACH_TOKEN": TOKEN}, timeout=120)
+        assert again.returncode == 0, again.stderr
+    assert "Traceback" not in first.stderr + again.stderr
+    assert_exact(tmp_path, 120, 8)
+
+
+# -- every numeric option of every command is finite and bounded -------------------------------
+
+HOSTILE_NUMBERS = ["nan", "inf", "-inf", "1e400", "100000000000000000000"]
+
+# Options of commands whose modules this change does not own, still open (each owner should
+# declare them with exporter.options.FiniteFloat / BoundedInt): strict, so a fix shows up.
+OPEN_ELSEWHERE = {
+    ("restore", "--sequence"),
+    ("restore", "--lookup-delay"),
+    *(
+        ("simulate", flag)
+        for flag in (
+            "--steps", "--seed", "--sequences-per-step", "--users-per-step", "--min-users",
+            "--call-purposes", "--task-priorities", "--templates-per-email-step",
+            "--mailings-per-email-step", "--calls-per-call-step", "--tasks-per-step",
+            "--page-max", "--token-ttl", "--mint-interval", "--latency", "--latency-per-record",
+            "--error-rate", "--big-page-502-above", "--reset-rate", "--truncate-rate",
+            "--malformed-rate", "--html-rate", "--slow-body", "--slow-body-rate",
+            "--mutation-rate", "--lost-write-rate", "--cache-mib", "--fault-seed",
+        )
+    ),
+}  # fmt: skip
+
+
+def numeric_options() -> list[object]:
+    import click
+
+    from exporter.cli import main
+
+    cases: list[object] = []
+    for name, command in sorted(main.commands.items()):
+        for param in command.params:
+            numeric = (click.types.FloatParamType, click.types.IntParamType)
+            if isinstance(param, click.Option) and isinstance(param.type, numeric):
+                flag = max(param.opts, key=len)
+                marks = (
+                    [pytest.mark.xfail(strict=True, reason=f"{name} {flag}: owned elsewhere")]
+                    if (name, flag) in OPEN_ELSEWHERE
+                    else []
+                )
+                cases.append(pytest.param(name, flag, id=f"{name} {flag}", marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize(("command", "flag"), numeric_options())
+def test_every_numeric_option_refuses_nan_inf_and_huge_numbers(command: str, flag: str) -> None:
+    import click
+
+    from exporter.cli import main
+
+    accepted = []
+    for value in HOSTILE_NUMBERS:
+        try:
+            main.commands[command].make_context(command, [flag, value, "DIR"])
+        except click.BadParameter as exc:
+            if exc.param is not None and flag in exc.param.opts:
+                continue  # refused, by the option itself
+        except click.UsageError:
+            pass  # another parameter's complaint: the value itself was accepted
+        accepted.append(value)
+    assert not accepted, f"{command} {flag} accepts {accepted}"

@@ -68,6 +68,9 @@ class ExporterGroup(click.Group):
         except click.exceptions.Abort:
             click.echo("stopped: interrupted", err=True)
             sys.exit(int(ExitCode.INTERRUPTED))
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()  # no command given: the help, as click shows it
+            sys.exit(exc.exit_code)
         except click.ClickException as exc:
             click.echo(f"error: {usage_error_line(exc, argv)}", err=True)
             usage = isinstance(exc, click.UsageError) or exc.exit_code == ExitCode.USAGE

@@ -192,14 +192,15 @@ def usage_error_line(exc: click.ClickException, args: Sequence[str]) -> str:
     message = _one_line(exc.format_message())
     ctx = getattr(exc, "ctx", None)
     param = getattr(exc, "param", None)
-    if isinstance(exc, click.BadParameter) and param is not None:
-        message = f"{_param_source(param, args)}: {_one_line(exc.message)}"
+    missing = isinstance(exc, click.MissingParameter)
+    if isinstance(exc, click.BadParameter) and param is not None and not missing:
+        message = f"{_param_source(param, ctx, args)}: {_one_line(exc.message)}"
     if ctx is not None:
         message += f" (see '{ctx.command_path} --help')"
     return message
 
 
-def _param_source(param: click.Parameter, args: Sequence[str]) -> str:
+def _param_source(param: click.Parameter, ctx: click.Context | None, args: Sequence[str]) -> str:
     if not isinstance(param, click.Option):
         return param.human_readable_name
     flag = max(param.opts, key=len)
@@ -208,9 +209,11 @@ def _param_source(param: click.Parameter, args: Sequence[str]) -> str:
         return flag
     envvars = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
     for name in envvars:
-        if name in os.environ:
+        if os.environ.get(name):  # click reads an empty variable as unset
             return f"{name} (for {flag})"
-    return f"{flag} (from the config file)"
+    if ctx is not None and param.name in (ctx.default_map or {}):
+        return f"{flag} (from the config file)"
+    return flag
 
 
 def _one_line(text: str) -> str:

@@ -399,3 +399,27 @@ def test_every_numeric_option_refuses_nan_inf_and_huge_numbers(command: str, fla
             pass  # another parameter's complaint: the value itself was accepted
         accepted.append(value)
     assert not accepted, f"{command} {flag} accepts {accepted}"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        (["export"], {}, "error: Missing option '--out'. (see "),
+        (["verify"], {}, "error: Missing argument 'DIR'. (see "),
+        (["export", "--out", "o", "--page-size", "0"], {}, "error: --page-size: 0 is not in"),
+        (["export", "--out", "o"], {"OUTREACH_PAGE_SIZE": "0"}, "error: OUTREACH_PAGE_SIZE (for"),
+        (["export", "--out", "o", "--log-format", "xml"], {}, "error: --log-format: 'xml'"),
+        (["bogus"], {}, "error: No such command 'bogus'."),
+    ],
+)
+def test_usage_errors_are_one_line_naming_what_is_wrong(
+    args: list[str], env: dict[str, str], line: str
+) -> None:
+    code, _, stderr = invoke(args, env=env)
+    assert_refused(code, stderr)
+    assert stderr.startswith(line), stderr
+
+
+def test_no_command_shows_the_help() -> None:
+    code, stdout, stderr = invoke([])
+    assert code == ExitCode.USAGE and "Commands:" in stdout + stderr

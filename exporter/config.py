@@ -81,6 +81,8 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise UsageError(f"{what} {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{what} {path} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise UsageError(f"{what} {path} is not usable TOML: nested too deeply") from None
 
 
 def load_toml_table(path: Path) -> dict[str, Any]:

@@ -423,3 +423,18 @@ def test_usage_errors_are_one_line_naming_what_is_wrong(
 def test_no_command_shows_the_help() -> None:
     code, stdout, stderr = invoke([])
     assert code == ExitCode.USAGE and "Commands:" in stdout + stderr
+
+
+@pytest.mark.parametrize("command", ["export", "fleet"])
+@pytest.mark.parametrize(
+    "nesting", ["a = " + "[" * 50_000, "a = " + "{b = " * 50_000], ids=["arrays", "tables"]
+)
+def test_a_toml_file_nested_too_deeply_is_one_line(
+    tmp_path: Path, command: str, nesting: str
+) -> None:
+    config = tmp_path / "deep.toml"
+    config.write_text(nesting + "\n")
+    args = ["--out", str(tmp_path / "o")] if command == "export" else []
+    assert_one_line(
+        run_cli(command, "--config", str(config), *args), ExitCode.USAGE, str(config), "TOML"
+    )

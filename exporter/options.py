@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -96,7 +97,8 @@ class RelationshipsType(click.ParamType[str]):
 
 class LocationType(click.ParamType[str]):
     """A directory or a URI to write a backup to: never empty (that would be the current
-    directory), no control characters."""
+    directory), no control characters, a URI that parses, a `~user` that exists, and not
+    pyarrow's `mock://` filesystem (memory: the backup would vanish with the process)."""
 
     name = "DIR|URI"
 
@@ -108,6 +110,17 @@ class LocationType(click.ParamType[str]):
             )
         if any(ord(c) < 32 or ord(c) == 127 for c in text):
             self.fail("a location with control characters (a newline?) is refused", param, ctx)
+        try:
+            scheme = urlsplit(text).scheme.lower()
+        except ValueError as exc:
+            self.fail(f"not a path or a URI that parses ({exc})", param, ctx)
+        if scheme == "mock":
+            self.fail("mock:// keeps files in memory only; give a directory or a URI", param, ctx)
+        if text.startswith("~"):
+            try:
+                Path(text).expanduser()
+            except RuntimeError:
+                self.fail(f"{text[:60]!r}: no such user's home directory", param, ctx)
         return text
 
 

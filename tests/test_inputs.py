@@ -180,6 +180,9 @@ def assert_refused(code: int, stderr: str, *words: str) -> None:
         ("--out", ""),
         ("--out", "   "),
         ("--out", "a\nb"),
+        ("--out", "~no-such-user-x/o"),
+        ("--out", "s3://[::1/p"),
+        ("--out", "mock:///p"),
     ],
 )
 def test_hostile_flag_values_are_refused_naming_the_flag(

@@ -118,6 +118,11 @@ base_urls = st.sampled_from(
 )
 
 
+# Locations `export --out` (and a fleet's out) refuse in one line; the DIR of verify, status,
+# compact and restore does not yet (exporter/storage.py Storage.open: tests/test_inputs.py).
+OUT_ONLY = ["~no-such-user-x/o", "s3://[::1/p", "mock:///p"]
+
+
 def option_args(command: click.Command, draw: st.DrawFn, api: str) -> list[str]:
     """A random set of the command's options, each with a hostile (or ordinary) value."""
     options = [p for p in command.params if isinstance(p, click.Option) and p.opts[0] != "--help"]
@@ -147,7 +152,8 @@ def option_args(command: click.Command, draw: st.DrawFn, api: str) -> list[str]:
 @given(data=st.data())
 def test_export_flags(sandbox: Path, api: str, data: st.DataObject) -> None:
     command = main.commands["export"]
-    args = ["export", "--out", data.draw(locations), *option_args(command, data.draw, api)]
+    out = data.draw(st.one_of(locations, st.sampled_from(OUT_ONLY)))
+    args = ["export", "--out", out, *option_args(command, data.draw, api)]
     if "--base-url" not in args:
         args += ["--base-url", api]  # never the real API
     assert_well_behaved(run(args), args)

@@ -63,7 +63,13 @@ from exporter.errors import (
     scrub,
 )
 from exporter.files import MAX_SECRET_BYTES, read_small_file
-from exporter.options import EXPORT_VALUE_TYPES, LocationType, toml_value
+from exporter.options import (
+    CREDENTIAL_RULE,
+    EXPORT_VALUE_TYPES,
+    LocationType,
+    header_safe,
+    toml_value,
+)
 from exporter.run import Export, utc_now
 
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -229,6 +235,9 @@ def _account(name: str, merged: dict[str, Any], where: str) -> Account:
                 f"{where}: {key} must be the name of an environment variable "
                 "(letters, digits and _), not the secret itself"
             )
+    for key in ("client_id", "redirect_uri"):
+        if references[key] is not None and not header_safe(references[key] or ""):
+            raise UsageError(f"{where}: {key} must be {CREDENTIAL_RULE}")
     credentials = Credentials(**references)
     _check_credentials(credentials, where)
     options = {key: _option(key, merged[key], where) for key in OPTION_KEYS if key in merged}
@@ -396,6 +405,8 @@ def _read_secret(where: str, what: str, env: str | None, path: str | None) -> Se
                 f"{where}: {what}_env names {env}, which is not set in the environment of the "
                 "process exporting it (with --executor dask: the worker's)"
             )
+        if not header_safe(value):
+            raise UsageError(f"{where}: the {what} in {env} must be {CREDENTIAL_RULE}")
         return Secret(value)
     assert path is not None
     try:
@@ -409,6 +420,8 @@ def _read_secret(where: str, what: str, env: str | None, path: str | None) -> Se
         raise UsageError(f"{where}: {exc}") from None
     if not value:
         raise UsageError(f"{where}: {what}_file {path} is empty")
+    if not header_safe(value):
+        raise UsageError(f"{where}: the {what} in {what}_file {path} must be {CREDENTIAL_RULE}")
     return Secret(value)
 
 

@@ -124,6 +124,27 @@ class LocationType(click.ParamType[str]):
         return text
 
 
+def header_safe(text: str) -> bool:
+    """Whether `text` can travel in an HTTP header or a form field as is: printable ASCII, no
+    space, no control character (a pasted CR/LF would otherwise inject a header)."""
+    return all("!" <= c <= "~" for c in text)
+
+
+CREDENTIAL_RULE = "printable ASCII without spaces or control characters (check what was pasted)"
+
+
+class CredentialType(click.ParamType[str]):
+    """A token, secret, client id or redirect URI: `header_safe`, and never shown in an error."""
+
+    name = "TEXT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not header_safe(text):
+            self.fail(f"must be {CREDENTIAL_RULE}; the value is not shown", param, ctx)
+        return text
+
+
 # The export options' value types, shared by `export`'s flags and the fleet file's keys.
 EXPORT_VALUE_TYPES: dict[str, click.ParamType[Any]] = {
     "page_size": BoundedInt(1, MAX_PAGE_SIZE),
@@ -238,26 +259,33 @@ def credential_options(command: F) -> F:
     --redirect-uri, --token-file); each also from its OUTREACH_* variable."""
     options = [
         click.option(
-            "--token", envvar="OUTREACH_TOKEN", help="Static access token.  [env: OUTREACH_TOKEN]"
+            "--token",
+            type=CredentialType(),
+            envvar="OUTREACH_TOKEN",
+            help="Static access token.  [env: OUTREACH_TOKEN]",
         ),
         click.option(
             "--client-id",
+            type=CredentialType(),
             envvar="OUTREACH_CLIENT_ID",
             help="OAuth client id.  [env: OUTREACH_CLIENT_ID]",
         ),
         click.option(
             "--client-secret",
+            type=CredentialType(),
             envvar="OUTREACH_CLIENT_SECRET",
             help="OAuth client secret.  [env: OUTREACH_CLIENT_SECRET]",
         ),
         click.option(
             "--refresh-token",
+            type=CredentialType(),
             envvar="OUTREACH_REFRESH_TOKEN",
             help="OAuth refresh token (first run; later runs use the rotated one saved in "
             "--token-file).  [env: OUTREACH_REFRESH_TOKEN]",
         ),
         click.option(
             "--redirect-uri",
+            type=CredentialType(),
             envvar="OUTREACH_REDIRECT_URI",
             help="OAuth redirect URI registered for the app.  [env: OUTREACH_REDIRECT_URI]",
         ),

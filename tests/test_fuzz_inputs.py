@@ -19,7 +19,7 @@ import click
 import orjson
 import pytest
 from click.testing import CliRunner, Result
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from exporter.cli import main
@@ -42,6 +42,17 @@ def api() -> Iterator[str]:
     sim = Simulator(SimulatorConfig(steps=40, seed=5, static_token=TOKEN))
     with serve_in_thread(sim) as root:
         yield root + "/api/v2"
+
+
+@pytest.fixture(scope="module")
+def backup(api: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished backup with an incremental run on top, for verify, status, compact and
+    restore to read (compact's output lands in it; restore only plans unless --apply)."""
+    out = tmp_path_factory.mktemp("backup")
+    for extra in ([], ["--incremental"]):
+        result = run(["export", "--out", str(out), "--token", TOKEN, "--base-url", api, *extra])
+        assert result.exit_code == 0, result.stderr
+    return out
 
 
 @pytest.fixture
@@ -81,6 +92,7 @@ def assert_well_behaved(result: Result, args: Any) -> None:
     if exc is not None and not isinstance(exc, SystemExit):
         trace = "".join(traceback.format_exception(exc))
         raise AssertionError(f"{args!r} raised {type(exc).__name__}:\n{trace}")
+    event(f"exit {result.exit_code}")  # --hypothesis-show-statistics: how deep the cases got
     output = result.stdout + result.stderr
     assert result.exit_code in DOCUMENTED_EXIT_CODES, (args, result.exit_code, output)
     assert "Traceback" not in output, (args, output)
@@ -123,8 +135,13 @@ base_urls = st.sampled_from(
 OUT_ONLY = ["~no-such-user-x/o", "s3://[::1/p", "mock:///p"]
 
 
+# Options that name a file or directory this tool writes (a token store, a journal, compact's
+# target): only places inside the sandbox, however odd their names; never /dev/null or "/".
+WRITTEN = ["", ".", "a\nb", "missing/x", "out", "t.json", "deep/er/t.json", "é", " ", "~"]
+
+
 def option_args(command: click.Command, draw: st.DrawFn, api: str) -> list[str]:
-    """A random set of the command's options, each with a hostile (or ordinary) value."""
+    """A random set of the command's options, each with a hostile value or its default."""
     options = [p for p in command.params if isinstance(p, click.Option) and p.opts[0] != "--help"]
     options = [p for p in options if p.name not in ("demo", "executor", "scheduler")]
     chosen = draw(st.lists(st.sampled_from(options), max_size=6, unique_by=lambda p: p.name))
@@ -136,9 +153,13 @@ def option_args(command: click.Command, draw: st.DrawFn, api: str) -> list[str]:
         elif param.name == "base_url":
             args += [flag, draw(st.one_of(base_urls, st.just(api)))]
         elif param.name == "token":
-            args += [flag, draw(st.sampled_from([TOKEN, "wrong", "", "a\r\nb", "t" * 5000]))]
-        elif param.name in ("config",):
+            args += [flag, draw(st.sampled_from([TOKEN, TOKEN, "wrong", "", "a\r\nb", "t" * 5000]))]
+        elif param.name == "config":
             args += [flag, draw(st.sampled_from(["/dev/zero", "missing.toml", ".", "/dev/null"]))]
+        elif param.name in ("token_file", "journal", "into", "request_log"):
+            args += [flag, draw(st.sampled_from(WRITTEN))]
+        elif isinstance(param.default, str | int | float):
+            args += [flag, draw(st.one_of(st.just(str(param.default)), texts))]
         else:
             args += [flag, draw(texts)]
     # A command line (like an environment) cannot hold a NUL: the kernel ends a string there.
@@ -153,7 +174,7 @@ def option_args(command: click.Command, draw: st.DrawFn, api: str) -> list[str]:
 def test_export_flags(sandbox: Path, api: str, data: st.DataObject) -> None:
     command = main.commands["export"]
     out = data.draw(st.one_of(locations, st.sampled_from(OUT_ONLY)))
-    args = ["export", "--out", out, *option_args(command, data.draw, api)]
+    args = ["export", "--out", out, "--token", TOKEN, *option_args(command, data.draw, api)]
     if "--base-url" not in args:
         args += ["--base-url", api]  # never the real API
     assert_well_behaved(run(args), args)
@@ -162,9 +183,12 @@ def test_export_flags(sandbox: Path, api: str, data: st.DataObject) -> None:
 @FUZZ
 @given(data=st.data())
 @pytest.mark.parametrize("name", ["verify", "status", "compact", "restore"])
-def test_backup_command_flags(sandbox: Path, api: str, name: str, data: st.DataObject) -> None:
+def test_backup_command_flags(
+    sandbox: Path, api: str, backup: Path, name: str, data: st.DataObject
+) -> None:
     command = main.commands[name]
-    args = [name, data.draw(locations), *option_args(command, data.draw, api)]
+    where = data.draw(st.one_of(st.just(str(backup)), locations))
+    args = [name, where, *option_args(command, data.draw, api)]
     if name == "restore" and "--base-url" not in args:
         args += ["--base-url", api]
     assert_well_behaved(run(args), args)

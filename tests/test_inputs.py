@@ -7,6 +7,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -454,3 +455,79 @@ def test_a_backup_dir_that_cannot_be_parsed_is_one_line(command: str, location: 
     extra = ["--base-url", "http://127.0.0.1:9/api/v2"] if command == "restore" else []
     code, _, stderr = invoke([command, location, *extra])
     assert_refused(code, stderr)
+
+
+# -- credentials: what goes into an HTTP header is checked where it is read --------------------
+
+
+@pytest.fixture
+def live_api() -> Iterator[str]:
+    from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
+    from tests.conftest import TOKEN
+
+    with serve_in_thread(Simulator(SimulatorConfig(steps=20, seed=3, static_token=TOKEN))) as root:
+        yield root + "/api/v2"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--token", "sk-81\r\nX-Evil: 1"], {}, "--token"),
+        (["--token", "sk-82 x"], {}, "--token"),
+        ([], {"OUTREACH_TOKEN": "t\u00e9k-83"}, "OUTREACH_TOKEN"),
+        (
+            [
+                "--client-id",
+                "c",
+                "--client-secret",
+                "cs-84\nx",
+                "--refresh-token",
+                "r",
+                "--redirect-uri",
+                "http://127.0.0.1/cb",
+            ],
+            {},
+            "--client-secret",
+        ),
+        (
+            [
+                "--client-id",
+                "c",
+                "--client-secret",
+                "s",
+                "--refresh-token",
+                "rt-85\tx",
+                "--redirect-uri",
+                "http://127.0.0.1/cb",
+            ],
+            {},
+            "--refresh-token",
+        ),
+    ],
+)
+def test_a_credential_that_cannot_be_a_header_is_refused_unechoed(
+    tmp_path: Path, live_api: str, args: list[str], env: dict[str, str], named: str
+) -> None:
+    code, stdout, stderr = invoke(
+        ["export", "--out", str(tmp_path / "o"), "--base-url", live_api, *args], env=env
+    )
+    assert_refused(code, stderr, named)
+    for secret in ("sk-8", "X-Evil", "k-83", "cs-84", "rt-85"):
+        assert secret not in stderr + stdout
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_fleet_secret_file_that_cannot_be_a_header_fails_its_account(
+    tmp_path: Path, live_api: str
+) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("tok\r\nX-Evil: 1\n")
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        f'[[account]]\nname = "acme"\nout = "{tmp_path}/acme"\nbase_url = "{live_api}"\n'
+        f'token_file = "{secret}"\n'
+    )
+    code, stdout, stderr = invoke(["fleet", "--config", str(fleet)])
+    assert code == ExitCode.FAILED, (stdout, stderr)
+    [row] = [line for line in stdout.splitlines() if line.startswith("acme")]
+    assert "token_file" in row and "X-Evil" not in stdout + stderr

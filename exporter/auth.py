@@ -140,8 +140,10 @@ class RefreshTokenStore:
         self.path = path
 
     def load(self) -> Secret | None:
+        from exporter.files import MAX_SECRET_BYTES, read_small_file
+
         try:
-            text = self.path.read_text(encoding="utf-8").strip()
+            text = read_small_file(self.path, "the token file", MAX_SECRET_BYTES).strip()
         except FileNotFoundError:
             return None
         except OSError as exc:

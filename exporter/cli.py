@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
+from click.core import ParameterSource
 
 from exporter import __version__
 from exporter.auth import (
@@ -29,18 +30,60 @@ from exporter.config import (
     ExportSettings,
     RateLimit,
     default_token_file,
-    load_toml_defaults,
+    load_toml_table,
     token_url_for,
 )
 from exporter.errors import ExitCode, ExporterError, Interrupted, UsageError
-from exporter.options import BaseUrlType, RateLimitType, credential_options
+from exporter.options import (
+    DAY,
+    EXPORT_VALUE_TYPES,
+    BaseUrlType,
+    BoundedInt,
+    FiniteFloat,
+    LocationType,
+    credential_options,
+    toml_defaults,
+    usage_error_line,
+)
 from exporter.progress import Reporter, Snapshot, configure_logging, event
 from exporter.schema import RESOURCE_TYPES
 
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the simulator's static token, not a secret
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class ExporterGroup(click.Group):
+    """The command group, with one error line for every expected failure.
+
+    click's own usage errors (a bad flag, environment value or config value) become one line
+    naming where the value came from, exit 2; an `ExporterError` raised while options are read
+    (a config file that cannot be read) is its one line and exit code."""
+
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
+    ) -> Any:
+        global _JSON_ERRORS
+        _JSON_ERRORS = False
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            return super().main(argv, prog_name, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("stopped: interrupted", err=True)
+            sys.exit(int(ExitCode.INTERRUPTED))
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()  # no command given: the help, as click shows it
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {usage_error_line(exc, argv)}", err=True)
+            usage = isinstance(exc, click.UsageError) or exc.exit_code == ExitCode.USAGE
+            sys.exit(int(ExitCode.USAGE) if usage else exc.exit_code)
+        except ExporterError as exc:
+            fail(exc)
+
+
+@click.group(
+    cls=ExporterGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="exporter")
 def main() -> None:
     """Bulk exporter and backup tool for the Outreach.io API."""
@@ -84,7 +127,7 @@ def _output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )
     command = click.option(
         "--progress-interval",
-        type=click.FloatRange(min=0.05),
+        type=FiniteFloat(0.05, DAY),
         default=10.0,
         show_default=True,
         envvar="OUTREACH_PROGRESS_INTERVAL",
@@ -114,11 +157,9 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     """Eager: fill click's default_map from the TOML file before other options are resolved."""
     if value is None:
         return None
-    known = {p.name for p in ctx.command.params if p.name}
-    try:
-        defaults = load_toml_defaults(Path(value), known - {"config"})
-    except UsageError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=_param) from None
+    table = load_toml_table(Path(value))
+    params = [p for p in ctx.command.params if p.name != "config"]
+    defaults = toml_defaults(table, params, f"config file {value}")
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
@@ -239,6 +280,26 @@ def _token_source(settings: ExportSettings) -> TokenSource:
     return StaticToken(settings.token)
 
 
+def _refuse_beside_demo(ctx: click.Context) -> None:
+    """--demo exports from the built-in simulator: a base URL given as well (by flag, variable
+    or config file) would be silently ignored, so the two are refused together."""
+    source = ctx.get_parameter_source("base_url")
+    named = (
+        {
+            ParameterSource.COMMANDLINE: "--base-url",
+            ParameterSource.ENVIRONMENT: "OUTREACH_BASE_URL",
+            ParameterSource.DEFAULT_MAP: "base_url in the config file",
+        }.get(source)
+        if source is not None
+        else None
+    )
+    if named is not None:
+        raise UsageError(
+            f"--demo exports from the built-in simulator, so {named} would be ignored; "
+            "drop one of the two"
+        )
+
+
 def _secret(value: str | None) -> Secret | None:
     return Secret(value) if value else None
 
@@ -254,6 +315,7 @@ def _secret(value: str | None) -> Secret | None:
 )
 @click.option(
     "--out",
+    type=LocationType(),
     required=True,
     envvar="OUTREACH_OUT",
     help="Output directory, or a URI: s3://bucket/prefix (endpoint, region and credentials from "
@@ -270,7 +332,7 @@ def _secret(value: str | None) -> Secret | None:
 @credential_options
 @click.option(
     "--page-size",
-    type=click.IntRange(1, MAX_PAGE_SIZE),
+    type=EXPORT_VALUE_TYPES["page_size"],
     default=MAX_PAGE_SIZE,
     show_default=True,
     envvar="OUTREACH_PAGE_SIZE",
@@ -278,7 +340,7 @@ def _secret(value: str | None) -> Secret | None:
 )
 @click.option(
     "--concurrency",
-    type=click.IntRange(1, 64),
+    type=EXPORT_VALUE_TYPES["concurrency"],
     default=8,
     show_default=True,
     envvar="OUTREACH_CONCURRENCY",
@@ -286,7 +348,7 @@ def _secret(value: str | None) -> Secret | None:
 )
 @click.option(
     "--rate-limit",
-    type=RateLimitType(),
+    type=EXPORT_VALUE_TYPES["rate_limit"],
     default="10000/3600",
     show_default=True,
     envvar="OUTREACH_RATE_LIMIT",
@@ -295,6 +357,7 @@ def _secret(value: str | None) -> Secret | None:
 )
 @click.option(
     "--relationships",
+    type=EXPORT_VALUE_TYPES["relationships"],
     default="all",
     show_default=True,
     envvar="OUTREACH_RELATIONSHIPS",
@@ -304,7 +367,7 @@ def _secret(value: str | None) -> Secret | None:
 )
 @click.option(
     "--max-url-length",
-    type=click.IntRange(1024, 65536),
+    type=EXPORT_VALUE_TYPES["max_url_length"],
     default=8000,
     show_default=True,
     envvar="OUTREACH_MAX_URL_LENGTH",
@@ -319,7 +382,7 @@ def _secret(value: str | None) -> Secret | None:
 )
 @click.option(
     "--overlap",
-    type=click.FloatRange(min=0),
+    type=EXPORT_VALUE_TYPES["overlap"],
     default=300.0,
     show_default=True,
     envvar="OUTREACH_OVERLAP",
@@ -337,7 +400,7 @@ def _secret(value: str | None) -> Secret | None:
 )
 @click.option(
     "--commit-interval",
-    type=click.FloatRange(min=0.05),
+    type=EXPORT_VALUE_TYPES["commit_interval"],
     default=30.0,
     show_default=True,
     envvar="OUTREACH_COMMIT_INTERVAL",
@@ -345,7 +408,7 @@ def _secret(value: str | None) -> Secret | None:
 )
 @click.option(
     "--read-timeout",
-    type=click.FloatRange(min=0.1),
+    type=EXPORT_VALUE_TYPES["read_timeout"],
     default=120.0,
     show_default=True,
     envvar="OUTREACH_READ_TIMEOUT",
@@ -354,7 +417,7 @@ def _secret(value: str | None) -> Secret | None:
 )
 @click.option(
     "--file-rows",
-    type=click.IntRange(min=1),
+    type=EXPORT_VALUE_TYPES["file_rows"],
     default=1_000_000,
     show_default=True,
     envvar="OUTREACH_FILE_ROWS",
@@ -367,12 +430,18 @@ def _secret(value: str | None) -> Secret | None:
 )
 @click.option(
     "--demo-steps",
-    type=click.IntRange(1, 5_000_000),
+    type=BoundedInt(1, 5_000_000),
     default=10_000,
     show_default=True,
     help="Sequence steps the demo simulator holds.",
 )
-@click.option("--demo-seed", type=int, default=1, show_default=True, help="Seed of the demo data.")
+@click.option(
+    "--demo-seed",
+    type=BoundedInt(0, 2**32 - 1),
+    default=1,
+    show_default=True,
+    help="Seed of the demo data.",
+)
 @_output_options
 def export(
     out: str,
@@ -407,6 +476,8 @@ def export(
     from exporter.relationships import parse_selection
     from exporter.run import Export
 
+    if demo:
+        _refuse_beside_demo(click.get_current_context())
     settings = ExportSettings(
         out=out,
         base_url=base_url,

@@ -8,6 +8,7 @@ this module loads the TOML file into the `default_map`, parses the values click 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 from exporter.auth import Secret
 from exporter.errors import UsageError
+from exporter.files import read_small_file
 
 DEFAULT_BASE_URL = "https://api.outreach.io/api/v2"
 MAX_PAGE_SIZE = 1000
@@ -30,15 +32,24 @@ class RateLimit:
         return f"{self.requests}/{self.seconds:g}"
 
 
+MAX_RATE_REQUESTS = 1_000_000_000
+MAX_RATE_SECONDS = 31 * 86_400.0
+_RATE_LIMIT = re.compile(r"(\d{1,10})/(\d{1,10}(?:\.\d{1,9})?)")
+
+
 def parse_rate_limit(text: str) -> RateLimit:
-    """`N/SECONDS`, e.g. `10000/3600`."""
-    requests, sep, seconds = text.partition("/")
-    try:
-        parsed = RateLimit(int(requests), float(seconds)) if sep else None
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.requests < 1 or not parsed.seconds > 0:
-        raise ValueError(f"{text!r} is not N/SECONDS with N >= 1 and SECONDS > 0, e.g. 10000/3600")
+    """`N/SECONDS`, e.g. `10000/3600`: decimal digits only, finite and bounded."""
+    match = _RATE_LIMIT.fullmatch(text.strip())
+    parsed = RateLimit(int(match[1]), float(match[2])) if match else None
+    if (
+        parsed is None
+        or not 1 <= parsed.requests <= MAX_RATE_REQUESTS
+        or not 0 < parsed.seconds <= MAX_RATE_SECONDS
+    ):
+        raise ValueError(
+            f"{text[:40]!r} is not N/SECONDS with 1 <= N <= {MAX_RATE_REQUESTS:,} and "
+            f"0 < SECONDS <= {MAX_RATE_SECONDS:,.0f}, e.g. 10000/3600"
+        )
     return parsed
 
 
@@ -65,35 +76,32 @@ def default_token_file() -> Path:
 def read_toml(path: Path, what: str) -> dict[str, Any]:
     """A TOML file's content; a missing, unreadable or invalid file is one clear UsageError."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_small_file(path, what))
     except FileNotFoundError:
         raise UsageError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{what} {path} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise UsageError(f"{what} {path} is not usable TOML: nested too deeply") from None
 
 
-def load_toml_defaults(path: Path, known: set[str]) -> dict[str, Any]:
-    """The `[export]` table (or top level) of a TOML file, keyed by option name."""
+def load_toml_table(path: Path) -> dict[str, Any]:
+    """A config file's settings: its `[export]` table, or its top level when it has none.
+
+    Beside an `[export]` table nothing else may stand: a key there would be silently ignored."""
     data = read_toml(path, "config file")
-    table = data.get("export", data)
+    if "export" not in data:
+        return data
+    table = data["export"]
     if not isinstance(table, dict):
-        raise UsageError(f"config file {path}: [export] must be a table")
-    defaults: dict[str, Any] = {}
-    unknown = []
-    for key, value in table.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            unknown.append(key)
-            continue
-        defaults[name] = value
-    if unknown:
+        raise UsageError(f"config file {path}: export must be a table ([export])")
+    others = sorted(k for k in data if k != "export")
+    if others:
         raise UsageError(
-            f"config file {path}: unknown setting(s) {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(sorted(known))}"
+            f"config file {path}: {', '.join(others)} stand(s) outside the [export] table; "
+            "move every setting into [export] (or drop the [export] line)"
         )
-    return defaults
+    return table
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@
 #    process) holds however many workers the fleet has.
 # 3. Invariant: an account's task can run again at any time (a worker died, an error was retried)
 #    and still produce the exact output: the rerun resumes the unfinished run from the account's
-#    checkpoint, or finds that an earlier attempt of this fleet run already finished it.
+#    checkpoint, or finds that an earlier attempt of this fleet run already finished it. The
+#    same holds for the whole fleet run again (after a kill): finished accounts are "ok, already
+#    done" (incremental ones run an incremental), unfinished ones resume (`_already_done`).
 # 4. `--executor local` runs the tasks in this process, a bounded number at once;
 #    `--executor dask` submits them to a `distributed` scheduler, which reruns the task of a
 #    worker that died on another worker (up to its `allowed-failures`).
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import click
 
@@ -46,10 +49,8 @@ from exporter.auth import (
 from exporter.client import STOP_GRACE
 from exporter.config import (
     DEFAULT_BASE_URL,
-    MAX_PAGE_SIZE,
     ExportSettings,
     check_base_url,
-    parse_rate_limit,
     read_toml,
     token_url_for,
 )
@@ -59,9 +60,17 @@ from exporter.errors import (
     Interrupted,
     UnreachableError,
     UsageError,
+    redact_url,
     scrub,
 )
-from exporter.relationships import parse_selection
+from exporter.files import MAX_SECRET_BYTES, read_small_file
+from exporter.options import (
+    CREDENTIAL_RULE,
+    EXPORT_VALUE_TYPES,
+    LocationType,
+    header_safe,
+    toml_value,
+)
 from exporter.run import Export, utc_now
 
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -84,17 +93,8 @@ OAUTH_ONLY_KEYS = (
 )
 CREDENTIAL_KEYS = ("token_env", "token_file", "client_id", *OAUTH_ONLY_KEYS)
 
-# Export options an account (or [defaults]) may set: (type, lowest, highest).
-INT_OPTIONS: dict[str, tuple[int, int | None]] = {
-    "page_size": (1, MAX_PAGE_SIZE),
-    "concurrency": (1, 64),
-    "max_url_length": (1024, 65536),
-    "file_rows": (1, None),
-}
-FLOAT_OPTIONS: dict[str, float] = {"commit_interval": 0.05, "overlap": 0.0, "read_timeout": 0.1}
-BOOL_OPTIONS = ("incremental", "detect_deletes")
-TEXT_OPTIONS = ("rate_limit", "relationships")
-OPTION_KEYS = (*INT_OPTIONS, *FLOAT_OPTIONS, *BOOL_OPTIONS, *TEXT_OPTIONS)
+# Export options an account (or [defaults]) may set: the same value types as `export`'s flags.
+OPTION_KEYS = tuple(EXPORT_VALUE_TYPES)
 ACCOUNT_KEYS = ("name", "base_url", "out", *CREDENTIAL_KEYS, *OPTION_KEYS)
 DEFAULT_KEYS = tuple(k for k in ACCOUNT_KEYS if k != "name")
 
@@ -138,7 +138,9 @@ class AccountResult:
 
     account: str
     ok: bool
-    outcome: str  # "ok", "ok, resumed", "ok, finished by an earlier attempt", "failed: ..."
+    # "ok", "ok, resumed", "ok, finished by an earlier attempt", "ok, already done (...)",
+    # "failed: ...", "stopped: ..."
+    outcome: str
     records: dict[str, int] = field(default_factory=dict)
     requests: int = 0
     seconds: float = 0.0
@@ -225,6 +227,7 @@ def _account(name: str, merged: dict[str, Any], where: str) -> Account:
     out = text("out")
     if out is None:
         raise UsageError(f"{where}: out is missing (the account's output directory)")
+    out = toml_value(LocationType(), out, f"{where}: out")
     references = {key: text(key) for key in CREDENTIAL_KEYS}
     for key, value in references.items():
         if key.endswith("_env") and value is not None and not ENV_NAME.fullmatch(value):
@@ -233,6 +236,9 @@ def _account(name: str, merged: dict[str, Any], where: str) -> Account:
                 f"{where}: {key} must be the name of an environment variable "
                 "(letters, digits and _), not the secret itself"
             )
+    for key in ("client_id", "redirect_uri"):
+        if references[key] is not None and not header_safe(references[key] or ""):
+            raise UsageError(f"{where}: {key} must be {CREDENTIAL_RULE}")
     credentials = Credentials(**references)
     _check_credentials(credentials, where)
     options = {key: _option(key, merged[key], where) for key in OPTION_KEYS if key in merged}
@@ -274,47 +280,83 @@ def _check_credentials(c: Credentials, where: str) -> None:
 
 
 def _option(key: str, value: Any, where: str) -> Any:
-    if key in INT_OPTIONS:
-        low, high = INT_OPTIONS[key]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UsageError(f"{where}: {key} must be an integer")
-        if value < low or (high is not None and value > high):
-            span = f"{low}..{high}" if high is not None else f">= {low}"
-            raise UsageError(f"{where}: {key} = {value} is out of range ({span})")
-        return value
-    if key in FLOAT_OPTIONS:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UsageError(f"{where}: {key} must be a number of seconds")
-        if value < FLOAT_OPTIONS[key]:
-            raise UsageError(f"{where}: {key} must be at least {FLOAT_OPTIONS[key]:g}")
-        return float(value)
-    if key in BOOL_OPTIONS:
-        if not isinstance(value, bool):
-            raise UsageError(f"{where}: {key} must be true or false")
-        return value
-    if not isinstance(value, str):
-        raise UsageError(f"{where}: {key} must be a string")
+    return toml_value(EXPORT_VALUE_TYPES[key], value, f"{where}: {key}")
+
+
+def canonical_location(location: str, where: str = "") -> tuple[str, ...]:
+    """Where a backup (or a token store) is, spelled one way, so that two spellings of one place
+    compare equal: a local path resolved (`~`, `.`, `..`, symbolic links, trailing slashes),
+    `file://` URIs as their path, other URIs as (scheme, bucket, prefix segments) with the
+    bucket's case, credentials, port, query, `.` and empty segments left out."""
     try:
-        if key == "rate_limit":
-            return parse_rate_limit(value)
-        parse_selection(value)
-    except (ValueError, UsageError) as exc:
-        raise UsageError(f"{where}: {key}: {exc}") from None
-    return value
+        parts = urlsplit(location)
+        scheme = parts.scheme.lower()
+        if not scheme or len(scheme) == 1:  # a path (C: on Windows)
+            return ("file", *Path(os.path.realpath(os.path.expanduser(location))).parts)
+        if scheme == "file":
+            return ("file", *Path(os.path.realpath(unquote(parts.path) or "/")).parts)
+        bucket = (parts.hostname or "").lower()
+    except ValueError as exc:
+        raise UsageError(f"{where}{redact_url(location)!r} is not a path or a URI: {exc}") from None
+    segments: list[str] = []
+    for segment in unquote(parts.path).split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    return (scheme, bucket, *segments)
 
 
 def _check_distinct(accounts: list[Account], source: str) -> None:
-    """Two accounts in one directory, or rotating one refresh-token store, would break both."""
-    for label, values in (
-        ("name", [a.name for a in accounts]),
-        ("out", [a.out for a in accounts]),
-        ("token_file", [a.credentials.token_file or "" for a in accounts if a.credentials.oauth]),
-    ):
-        seen: set[str] = set()
-        for value in values:
-            if value in seen:
-                raise UsageError(f"{source}: two accounts share {label} {value!r}")
-            seen.add(value)
+    """Two accounts in one directory (or one inside the other's), or rotating one refresh-token
+    store, would break both; the same place spelled two ways is still the same place."""
+    names: set[str] = set()
+    for account in accounts:
+        if account.name in names:
+            raise UsageError(f"{source}: two accounts share name {account.name!r}")
+        names.add(account.name)
+    outs: dict[tuple[str, ...], Account] = {}
+    for account in accounts:
+        where = f"{source}: account {account.name!r}: out "
+        location = canonical_location(account.out, where)
+        other = outs.get(location)
+        if other is not None:
+            raise UsageError(
+                f"{source}: accounts {other.name!r} and {account.name!r} share one backup: "
+                f"out {redact_url(other.out)!r} and {redact_url(account.out)!r} are the same place"
+            )
+        outs[location] = account
+    for location, account in outs.items():
+        for depth in range(1, len(location)):
+            outer = outs.get(location[:depth])
+            if outer is not None:
+                raise UsageError(
+                    f"{source}: account {account.name!r}'s out {redact_url(account.out)!r} lies "
+                    f"inside account {outer.name!r}'s out {redact_url(outer.out)!r}; give each "
+                    "account a place of its own"
+                )
+    stores: dict[tuple[str, ...], Account] = {}
+    for account in accounts:
+        if not account.credentials.oauth or account.credentials.token_file is None:
+            continue
+        token_file = account.credentials.token_file
+        store = canonical_location(token_file, f"{source}: account {account.name!r}: token_file ")
+        other = stores.get(store)
+        if other is not None:
+            raise UsageError(
+                f"{source}: accounts {other.name!r} and {account.name!r} share token_file "
+                f"{token_file!r}: each OAuth account rotates its own refresh token"
+            )
+        stores[store] = account
+        for depth in range(1, len(store)):
+            holder = outs.get(store[:depth])
+            if holder is not None:
+                raise UsageError(
+                    f"{source}: account {account.name!r}'s token_file {token_file!r} is inside "
+                    f"account {holder.name!r}'s out: backups get copied and shared, and the "
+                    "refresh token must not travel with them; keep it elsewhere"
+                )
 
 
 # -- one account's task (runs on a worker) ---------------------------------------------------
@@ -364,20 +406,23 @@ def _read_secret(where: str, what: str, env: str | None, path: str | None) -> Se
                 f"{where}: {what}_env names {env}, which is not set in the environment of the "
                 "process exporting it (with --executor dask: the worker's)"
             )
+        if not header_safe(value):
+            raise UsageError(f"{where}: the {what} in {env} must be {CREDENTIAL_RULE}")
         return Secret(value)
     assert path is not None
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
+        value = read_small_file(path, f"{what}_file", MAX_SECRET_BYTES).strip()
     except FileNotFoundError:
         raise UsageError(
             f"{where}: {what}_file {path} does not exist where it is exported "
             "(with --executor dask: on the worker)"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise UsageError(f"{where}: cannot read {what}_file {path}: {reason}") from None
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
     if not value:
         raise UsageError(f"{where}: {what}_file {path} is empty")
+    if not header_safe(value):
+        raise UsageError(f"{where}: the {what} in {what}_file {path} must be {CREDENTIAL_RULE}")
     return Secret(value)
 
 
@@ -390,13 +435,24 @@ def _one_line(text: str, known: Iterable[str]) -> str:
     return " ".join(scrub(text, known).split())[:500]
 
 
-def _finished_earlier(account: Account, fleet_started: str) -> AccountResult | None:
-    """The account's result when an earlier attempt of this fleet run already finished it (a
-    worker died after the export, before its result reached the scheduler)."""
+def _already_done(account: Account, fleet_started: str) -> AccountResult | None:
+    """The account's result when its backup needs no export now; None when it does.
+
+    What running the fleet again means (after a kill, or a failed account fixed): every account
+    is brought to "finished" and nothing finished is redone.
+    - An export of this account finished during this fleet run (`fleet_started`): an earlier
+      attempt did it (a worker died after the export, before its result reached the scheduler).
+    - Else a finished export of the same source, when the account is not incremental: it is
+      done ("ok, already done", with the run and when it finished). An incremental account
+      runs an incremental export on top of it instead.
+    - Anything else (no export, an unfinished one, another source's) is the export's to handle."""
     state = checkpoint.load(account.out)
     if state is None or state.status != "complete" or not state.finished_at:
         return None
-    if state.finished_at < fleet_started:  # both utc_now() text: ordered as times
+    if state.source != redact_url(account.base_url):
+        return None  # another source's backup: the export refuses it, naming both
+    this_run = state.finished_at >= fleet_started  # both utc_now() text: ordered as times
+    if not this_run and account.options.get("incremental"):
         return None
     try:
         stats = manifest.load(account.out).get("stats", {})
@@ -405,10 +461,14 @@ def _finished_earlier(account: Account, fleet_started: str) -> AccountResult | N
     return AccountResult(
         account=account.name,
         ok=True,
-        outcome="ok, finished by an earlier attempt",
+        outcome=(
+            "ok, finished by an earlier attempt"
+            if this_run
+            else f"ok, already done (run {state.run_id} finished {state.finished_at})"
+        ),
         records={k: v.rows for k, v in state.resources.items()},
-        requests=int(stats.get("requests", 0)),
-        seconds=float(stats.get("seconds", 0.0)),
+        requests=int(stats.get("requests", 0)) if this_run else 0,
+        seconds=float(stats.get("seconds", 0.0)) if this_run else 0.0,
         run_id=state.run_id,
         process=_process(),
     )
@@ -428,9 +488,9 @@ async def export_account(
     tokens: TokenSource | None = None
     job: Export | None = None
     try:
-        earlier = _finished_earlier(account, fleet_started)
-        if earlier is not None:
-            return earlier
+        done = _already_done(account, fleet_started)
+        if done is not None:
+            return done
         settings, tokens = resolve(account)
         job = Export(settings, tokens)
         if started is not None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,7 @@ def test_inline_secrets_are_refused_naming_account_and_key(
         ),
         (
             '[[account]]\nname = "a"\nout = "/o"\ntoken_env = "T"\n[[account]]\nname = "b"\nout = "/o"\ntoken_env = "U"\n',
-            ["share out", "/o"],
+            ["'a'", "'b'", "share one backup", "/o"],
         ),
         (
             '[[account]]\nname = "acme"\nout = "/o"\nclient_id = "c"\nclient_secret_env = "S"\nrefresh_token_env = "R"\nredirect_uri = "https://x.invalid/cb"\n',
@@ -250,9 +251,17 @@ async def test_rerun_after_a_finished_attempt_counts_as_success(
     assert again.ok and again.outcome == "ok, finished by an earlier attempt"
     assert again.records == first.records and again.run_id == first.run_id
     assert running.sim.counters.requests == requests  # nothing fetched twice
-    # A later fleet run finds a finished export it did not write: refused, as `export` does.
+    # A later fleet run (the fleet run again after a kill): the finished backup is done.
     later = await export_account(account, utc_now())
-    assert not later.ok and "already holds a finished export" in later.outcome
+    assert later.ok and later.outcome.startswith(f"ok, already done (run {first.run_id} ")
+    assert later.records == first.records and later.run_id == first.run_id
+    assert running.sim.counters.requests == requests
+    # The same account, incremental: a later fleet run adds what changed since.
+    incremental = replace(account, options={**account.options, "incremental": True})
+    nightly = await export_account(incremental, utc_now())
+    assert nightly.ok and nightly.outcome == "ok" and nightly.run_id != first.run_id
+    state = checkpoint.load(tmp_path)
+    assert state is not None and state.kind == "incremental" and state.run_id == nightly.run_id
 
 
 # -- the command, local executor ---------------------------------------------------------------
@@ -444,3 +453,163 @@ def test_dask_worker_killed_mid_export_resumes_elsewhere_exactly(tmp_path: Path)
     for name, (steps, seed) in specs.items():
         assert_exact(tmp_path / "out" / name, steps, seed)
     assert_no_secret(TOKEN, stdout, stderr, under=tmp_path / "out")
+
+
+# -- one backup per account, however its place is spelled --------------------------------------
+
+
+def two_accounts(out_a: str, out_b: str) -> str:
+    return (
+        f'[[account]]\nname = "a"\nout = "{out_a}"\ntoken_env = "T"\n'
+        f'[[account]]\nname = "b"\nout = "{out_b}"\ntoken_env = "U"\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("out_a", "out_b"),
+    [
+        ("/x/o/same", "/x/o/./same/"),
+        ("/x/o/same", "/x/o/other/../same"),
+        ("/x/o/same", "//x//o/same"),
+        ("/x/o/same", "file:///x/o/same"),
+        ("s3://bucket/p", "s3://BUCKET/./p/"),
+        ("s3://bucket/p", "s3://bucket//p"),
+        ("s3://bucket/p", "s3://bucket:443/p"),
+    ],
+)
+def test_one_place_spelled_two_ways_is_one_backup(out_a: str, out_b: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse(two_accounts(out_a, out_b))
+    message = str(caught.value)
+    assert "'a'" in message and "'b'" in message and "share one backup" in message
+
+
+def test_a_symlinked_spelling_of_one_place_is_one_backup(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(UsageError, match="share one backup"):
+        parse(two_accounts(f"{tmp_path}/real/acme", f"{tmp_path}/link/acme"))
+
+
+def test_credentials_in_an_s3_out_are_not_echoed() -> None:
+    with pytest.raises(UsageError) as caught:
+        parse(two_accounts("s3://bucket/p", "s3://AKIAKEY:sEcReT-8812@bucket/p/"))
+    assert "share one backup" in str(caught.value) and "sEcReT-8812" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("out_a", "out_b"),
+    [("/x/o", "/x/o/acme"), ("/x/o/acme/sequenceSteps", "/x/o/./acme"), ("s3://b/p", "s3://b/p/q")],
+)
+def test_one_account_inside_another_is_refused(out_a: str, out_b: str) -> None:
+    with pytest.raises(UsageError, match="lies inside account"):
+        parse(two_accounts(out_a, out_b))
+
+
+@pytest.mark.parametrize(
+    ("out_a", "out_b"),
+    [
+        ("/x/o", "/x/o2"),
+        ("s3://b/p1", "s3://b/p10"),
+        ("s3://b/p", "s3://c/p"),
+        ("/x/o", "s3://x/o"),
+    ],
+)
+def test_distinct_places_are_accepted(out_a: str, out_b: str) -> None:
+    assert [a.out for a in parse(two_accounts(out_a, out_b))] == [out_a, out_b]
+
+
+def oauth_account(name: str, out: str, token_file: str) -> str:
+    return (
+        f'[[account]]\nname = "{name}"\nout = "{out}"\nclient_id = "c"\nclient_secret_env = "S"\n'
+        f'refresh_token_env = "R"\nredirect_uri = "https://x.invalid/cb"\n'
+        f'token_file = "{token_file}"\n'
+    )
+
+
+def test_one_token_store_spelled_two_ways_is_refused() -> None:
+    text = oauth_account("a", "/o/a", "/s/t.json") + oauth_account("b", "/o/b", "/s/./t.json")
+    with pytest.raises(UsageError, match="share token_file"):
+        parse(text)
+
+
+def test_a_token_store_inside_an_out_is_refused() -> None:
+    text = oauth_account("a", "/o/a", "/o/b/secrets/t.json") + (
+        '[[account]]\nname = "b"\nout = "/o/b"\ntoken_env = "T"\n'
+    )
+    with pytest.raises(UsageError, match=r"token_file '/o/b/secrets/t.json' is inside account 'b'"):
+        parse(text)
+
+
+def test_shared_out_is_refused_by_the_command_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text(two_accounts(f"{tmp_path}/o/same", f"{tmp_path}/o/./same/"))
+    result = exporter("fleet", "--config", str(config), env={})
+    assert result.returncode == ExitCode.USAGE, (result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1 and "share one backup" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# -- running the fleet again after it was killed -----------------------------------------------
+
+
+def test_fleet_killed_and_run_again_finishes_everything_without_redoing(tmp_path: Path) -> None:
+    """SIGKILL the fleet after one account finished and while another is half done: the next
+    run reports the finished one as done (nothing fetched again) and resumes the other."""
+    specs = {"alpha": (200, 41), "beta": (3000, 42)}
+    sims = {
+        "alpha": Simulator(SimulatorConfig(steps=200, seed=41, static_token=TOKEN)),
+        "beta": Simulator(
+            SimulatorConfig(steps=3000, seed=42, static_token=TOKEN, faults=Faults(latency_s=0.15))
+        ),
+    }
+    with contextlib.ExitStack() as stack:
+        urls = {n: stack.enter_context(serve_in_thread(s)) + "/api/v2" for n, s in sims.items()}
+        config = tmp_path / "fleet.toml"
+        config.write_text(
+            fleet_toml(
+                {**FAST, "page_size": 50, "commit_interval": 0.1, "out": f"{tmp_path}/{{name}}"},
+                [
+                    {"name": name, "base_url": url, "token_env": "FLEET_TOKEN"}
+                    for name, url in urls.items()
+                ],
+            )
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+        fleet = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "fleet", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**env, "FLEET_TOKEN": TOKEN},
+        )  # fmt: skip
+        stack.callback(lambda: fleet.poll() is None and fleet.kill())
+        alpha, beta = tmp_path / "alpha", tmp_path / "beta"
+        deadline = time.monotonic() + 90
+        while not ((alpha / "_manifest.json").exists() and committed_files(beta) is not None):
+            assert time.monotonic() < deadline, "alpha never finished or beta never committed"
+            assert fleet.poll() is None, fleet.communicate()
+            time.sleep(0.05)
+        fleet.kill()  # SIGKILL: no handler runs, nothing is committed on the way out
+        fleet.communicate()
+        assert not (beta / "_manifest.json").exists()  # killed mid-export, not after
+        alpha_state = checkpoint.load(alpha)
+        assert alpha_state is not None and alpha_state.status == "complete"
+        alpha_requests = sims["alpha"].counters.requests
+
+        again = exporter("fleet", "--config", str(config), env={"FLEET_TOKEN": TOKEN})
+        assert again.returncode == 0, (again.stdout, again.stderr)
+        assert "Traceback" not in again.stderr
+        rows = {line.split()[0]: line for line in again.stdout.splitlines()[1:]}
+        assert f"ok, already done (run {alpha_state.run_id} finished" in rows["alpha"]
+        assert rows["alpha"].split()[1] == "200"
+        assert rows["beta"].endswith("ok, resumed") and rows["beta"].split()[1] == "3,000"
+        assert rows["total"].endswith("2 ok, 0 failed")
+        assert sims["alpha"].counters.requests == alpha_requests  # nothing fetched again
+
+        # And once more: both are done now.
+        third = exporter("fleet", "--config", str(config), env={"FLEET_TOKEN": TOKEN})
+        assert third.returncode == 0, (third.stdout, third.stderr)
+        assert third.stdout.count("ok, already done") == 2
+    for name, (steps, seed) in specs.items():
+        assert_exact(tmp_path / name, steps, seed)
+    manifest = checkpoint.load(alpha)
+    assert manifest is not None and manifest.run_id == alpha_state.run_id

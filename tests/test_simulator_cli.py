@@ -56,7 +56,7 @@ def test_bad_values_get_one_clear_line(args: list[str], word: str) -> None:
     result = CliRunner().invoke(main, ["simulate", *args])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    errors = [line for line in result.output.splitlines() if line.lower().startswith("error:")]
     assert len(errors) == 1
     assert word in errors[0]
 

@@ -509,32 +509,40 @@ def default_journal(directory: Path | str, base_url: str) -> Path:
     return folder / f"{prefix}{target_name(base_url)}-journal.jsonl"
 
 
-def check_other_journals(directory: Path | str, chosen: Path, account: Account) -> None:
-    """Refuse to start a journal for `account` beside another journal of this backup for the
-    same account (reached through another URL) or one that does not say whose it is (written
-    by an older version, named by how the host was spelled): two journals for one target would
-    each re-create what the other already did."""
+def choose_journal(directory: Path | str, base_url: str, account: Account) -> Path:
+    """The journal of this backup for `account`: the one whose first line names the same
+    account (reached through whatever URL spelling it was), else a new one named after the
+    canonical base URL. Several for one account, or one that does not say whose it is
+    (an older version's, named by how the host was spelled), are refused: two journals for
+    one target would each re-create what the other already did."""
     folder, prefix = journal_location(directory)
+    default = default_journal(directory, base_url)
     if not folder.is_dir():
-        return
-    for other in sorted(folder.glob(f"{prefix}*-journal.jsonl")):
-        if other == chosen or not other.is_file():
+        return default
+    mine: list[Path] = []
+    for path in sorted(folder.glob(f"{prefix}*-journal.jsonl")):
+        if not path.is_file():
             continue
         try:
-            state = replay(other)
+            state = replay(path)
         except UsageError:
-            state = JournalState()
-        if state.account is None or state.account.same_as(account):
-            whose = (
-                "does not say which account it is for (an older version's)"
-                if state.account is None
-                else f"is for the same account, {account.label}"
-            )
+            if path == default:
+                raise
+            continue  # another account's, or damaged: said so when it is used
+        if state.account is None and state.lines:
             raise UsageError(
-                f"the restore journal {other} {whose}; its writes must be settled before "
-                f"another journal is started for this target: if it is this target's, pass "
-                f"--journal {other}; if not, move it out of {folder}"
+                f"the restore journal {path} does not say which account it is for (an older "
+                "version's); if it is this target's, pass --journal with it; if not, move it "
+                f"out of {folder}"
             )
+        if state.account is not None and state.account.same_as(account):
+            mine.append(path)
+    if len(mine) > 1:
+        raise UsageError(
+            f"{len(mine)} restore journals are for {account.label}: "
+            f"{', '.join(str(p) for p in mine)}; pass one with --journal"
+        )
+    return mine[0] if mine else default
 
 
 def mapping_path(journal: Path) -> Path:
@@ -597,7 +605,10 @@ class Restore:
     def __init__(self, settings: RestoreSettings, tokens: TokenSource) -> None:
         self.settings = settings
         self.tokens = tokens
-        self.url = collection_url(settings.base_url, resource_type(STEP).collection, [])
+        # One spelling of the target for every request (`HTTP://Host:80/api/./v2/` is
+        # `http://host/api/v2`); a URL that is not http(s) was refused by the option already.
+        self.base_url = canonical_base_url(settings.base_url)
+        self.url = collection_url(self.base_url, resource_type(STEP).collection, [])
         self.journal: Journal | None = None
         self.state = JournalState()
         self._stop = False
@@ -616,7 +627,7 @@ class Restore:
         document, backup = await asyncio.to_thread(read_backup, s.directory, s.run_id)
         selected = select_steps(backup, s.ids, s.sequence)
         client_settings = ClientSettings(
-            base_url=s.base_url,
+            base_url=self.base_url,
             concurrency=s.concurrency,
             rate_limit=s.rate_limit.requests,
             rate_period=s.rate_limit.seconds,
@@ -625,16 +636,18 @@ class Restore:
         )
         async with ApiClient(client_settings, self.tokens) as client:
             self.client = client
-            account = await identify(client, s.base_url)
+            account = await identify(client, self.base_url)
             by_id = self._check_source(document, account)
-            journal_path = s.journal or default_journal(s.directory, s.base_url)
-            if s.journal is None:
-                await asyncio.to_thread(check_other_journals, s.directory, journal_path, account)
+            journal_path: Path = (
+                s.journal
+                if s.journal is not None
+                else await asyncio.to_thread(choose_journal, s.directory, s.base_url, account)
+            )
             if s.apply:
                 self.journal = Journal(journal_path)
                 self.state = await asyncio.to_thread(self.journal.open, account)
-            elif journal_path.exists():
-                # Plan only: read the journal, write nothing (not even the journal).
+            else:
+                # Plan only: read the journal (if any), write nothing (not even the journal).
                 self.state = await asyncio.to_thread(replay, journal_path)
                 check_account(journal_path, self.state, account)
             try:
@@ -743,7 +756,7 @@ class Restore:
                 made = _epoch((record.get("attributes") or {}).get("createdAt"))
                 if made is not None:
                     self._created_at[step_id] = made
-            following = next_link(document, next_url, self.settings.base_url)
+            following = next_link(document, next_url, self.base_url)
             if following is not None:
                 guard.follow(next_url, following, len(ids) - known)
             next_url = following
@@ -765,7 +778,7 @@ class Restore:
     def _id_batches(self, ids: Sequence[int]) -> Iterable[str]:
         def url_for(batch: list[int]) -> str:
             return collection_url(
-                self.settings.base_url,
+                self.base_url,
                 resource_type(STEP).collection,
                 [
                     ("filter[id]", ",".join(str(i) for i in batch)),
@@ -788,7 +801,7 @@ class Restore:
 
     async def _sequence_steps(self, sequence: int) -> list[tuple[int, Values]]:
         url = collection_url(
-            self.settings.base_url,
+            self.base_url,
             resource_type(STEP).collection,
             [
                 ("filter[sequence][id]", str(sequence)),
@@ -806,7 +819,7 @@ class Restore:
         """The highest step id on the target now (0: none). A page sorted by `-id`, its
         largest id (the API has been seen returning rows slightly out of order)."""
         url = collection_url(
-            self.settings.base_url,
+            self.base_url,
             resource_type(STEP).collection,
             [("sort", "-id"), ("page[size]", "50"), (f"fields[{STEP}]", "order")],
         )
@@ -817,7 +830,7 @@ class Restore:
     async def _steps_above(self, above: int) -> list[tuple[int, Values]]:
         """Every step with an id above `above` (the steps created since it was the highest)."""
         url = collection_url(
-            self.settings.base_url,
+            self.base_url,
             resource_type(STEP).collection,
             [
                 ("filter[id]", f"{above + 1}..inf"),

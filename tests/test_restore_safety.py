@@ -7,7 +7,6 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +33,20 @@ from exporter.simulator.writes import write_policy
 from tests.conftest import TOKEN, Running, StartSimulator
 from tests.test_export import run_export
 from tests.test_restore import (
+    KILL_POINTS,
     account,
     assert_restored,
     damage,
+    poll,
     post,
     restore_command,
     run_cli,
+    settle,
     target,
     writes,
 )
 
 SEQUENCELESS = 8
-
-
-async def poll(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    """Wait until `condition()` holds, checking every 20 ms; fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what or condition}"
-        await asyncio.sleep(0.02)
 
 
 async def restore_into(
@@ -108,26 +101,6 @@ def created_once(running: Running, backup: dict[int, Values]) -> None:
     now = Counter(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in target(running).values())
     then = Counter(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in backup.values())
     assert now == then
-
-
-async def settle(running: Running, out: Path, command: list[str]) -> None:
-    """Run the restore to its end once no write is in the API's hands: a create still
-    unresolved then was never applied (checked against the simulator's truth), and only then,
-    as an operator who checked would, is it sent again with --resend-lost."""
-    code, stdout, err = await run_cli(command)
-    assert "Traceback" not in err
-    if code == 0:
-        return
-    assert code == ExitCode.FAILED and "unresolved" in err, err + stdout
-    journal = default_journal(out, running.base_url)
-    backup = backup_steps(out, None)
-    now = Counter(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in target(running).values())
-    then = Counter(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in backup.values())
-    for intent in replay(journal).unresolved:
-        shown = orjson.dumps(backup[intent.old_id], option=orjson.OPT_SORT_KEYS)
-        assert now[shown] < then[shown], f"step {intent.old_id} landed but was not found"
-    code, stdout, err = await run_cli([*command, "--resend-lost"])
-    assert code == 0, err + stdout
 
 
 # ---------------------------------------------------------------------------- 17.1
@@ -386,3 +359,58 @@ async def test_restore_writes_go_through_the_api_window(
     assert report.exit_code is ExitCode.OK
     assert running.sim.counters.rate_limited == 0
     assert_restored(running, backup, default_journal(tmp_path, running.base_url))
+
+
+# ---------------------------------------------------------------------------- kills
+
+
+async def test_sigkill_at_random_moments_with_slow_writes_and_steps_without_sequence(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Writes take 0.3 s (killed mid-write, they land after the process is gone), some steps
+    have no sequence, some answers are lost: SIGKILL the restore at random moments and run
+    it again at once, until enough kills have landed; after each round the target holds each
+    backed-up step exactly once, compared with the simulator's truth."""
+    running, backup, _made = await exported_with_sequenceless(start_simulator, tmp_path, seed=41)
+    policy = write_policy(running.sim)
+    running.sim.faults = Faults(lost_write_rate=0.05, seed=6)
+    rng = random.Random(41)
+    command = restore_command(running, tmp_path, "--apply", "--concurrency", "4")
+    journal = default_journal(tmp_path, running.base_url)
+
+    def damage_both() -> None:
+        records = sorted(running.sim.truth.records("sequenceStep"), key=lambda r: r["id"])
+        bare = [r["id"] for r in records if not r["relationships"]["sequence"]["data"]]
+        delete(running, rng.sample(bare, 3))
+        damage(running, rng, 8, 4)
+
+    damage_both()
+    policy.apply_delay_s = 0.3
+    started = asyncio.get_running_loop().time()
+    await settle(running, tmp_path, command)
+    duration = asyncio.get_running_loop().time() - started
+    created_once(running, backup)
+    kills = 0
+    for _trial in range(40):  # bounded; a trial whose kills all came too late lands none
+        if kills >= KILL_POINTS:
+            break
+        damage_both()
+        for delay in [*(rng.uniform(0.2 * duration, duration) for _ in range(3)), None]:
+            started = asyncio.get_running_loop().time()
+            code, out, err = await run_cli(command, delay)  # at once, writes still in flight
+            assert "Traceback" not in err, err
+            if code == -signal.SIGKILL:
+                kills += 1
+                continue
+            assert code in (0, ExitCode.FAILED), err + out
+            assert code == 0 or "unresolved" in err, err + out
+            duration = min(duration, asyncio.get_running_loop().time() - started)
+            break
+        await poll(lambda: running.sim.counters.in_flight == 0, what="the slow writes to land")
+        await settle(running, tmp_path, command)
+        created_once(running, backup)
+        assert_restored(running, backup, journal)
+    assert kills >= KILL_POINTS
+    assert not replay(journal).unresolved
+    code, out, _err = await run_cli(command)
+    assert code == 0 and f"{len(backup)} equal" in out

@@ -414,3 +414,25 @@ async def test_sigkill_at_random_moments_with_slow_writes_and_steps_without_sequ
     assert not replay(journal).unresolved
     code, out, _err = await run_cli(command)
     assert code == 0 and f"{len(backup)} equal" in out
+
+
+async def test_two_journals_for_one_account_or_an_older_one_are_refused(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=120, seed=42)
+    await run_export(running.base_url, tmp_path)
+    damage(running, random.Random(42), 2, 0)
+    await restore_into(running, tmp_path, apply=True)
+    journal = default_journal(tmp_path, running.base_url)
+    copy = journal.with_name("copy-journal.jsonl")
+    copy.write_bytes(journal.read_bytes())
+    with pytest.raises(UsageError, match="2 restore journals are for"):
+        await restore_into(running, tmp_path, apply=True)
+    # An older version's journal, which does not say whose it is, named by the host spelling.
+    copy.write_bytes(b"".join(journal.read_bytes().splitlines(keepends=True)[1:]))
+    with pytest.raises(UsageError, match="does not say which account"):
+        await restore_into(running, tmp_path)
+    assert writes(running) == Counter({"POST": 2})
+    report = await restore_into(running, tmp_path, journal=copy, apply=True)  # named: bound
+    assert report.exit_code is ExitCode.OK and writes(running) == Counter({"POST": 2})
+    assert b'"state":"target"' in copy.read_bytes().splitlines()[-1]

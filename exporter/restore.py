@@ -838,9 +838,8 @@ class Restore:
                 self._fields_param(),
             ],
         )
-        return sorted(
-            {i: v for i, v in await self._fetch_pages(url) if i > above}.items()  # filter kept?
-        )
+        # (`i > above` again: the API has been seen ignoring filters.)
+        return sorted({i: v for i, v in await self._fetch_pages(url) if i > above}.items())
 
     # -- settling lost answers ------------------------------------------------------------
 

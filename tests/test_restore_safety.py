@@ -412,6 +412,12 @@ async def test_sigkill_at_random_moments_with_slow_writes_and_steps_without_sequ
         assert_restored(running, backup, journal)
     assert kills >= KILL_POINTS
     assert not replay(journal).unresolved
+    # The lost and killed creates were settled by lookups, not by sending them again.
+    lines = [orjson.loads(line) for line in journal.read_bytes().splitlines()]
+    found = sum(1 for line in lines if line.get("how") == "lookup")
+    resent = sum(1 for line in lines if line.get("how") == "operator")
+    print(f"kills {kills}, creates found by lookup {found}, resent on the operator's word {resent}")
+    assert found >= 1
     code, out, _err = await run_cli(command)
     assert code == 0 and f"{len(backup)} equal" in out
 

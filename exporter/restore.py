@@ -964,8 +964,8 @@ class Restore:
         try:
             # PATCH is idempotent (the same body twice is the same step): the client may retry.
             status, document = await self.client.send_document("PATCH", url, body)
-        except AuthError:
-            raise
+        except AuthError as exc:
+            raise _write_refused(exc) from None
         except ApiError as exc:
             if not _refused(exc.status):
                 raise  # the API is failing, not this step: stop; the journal settles it later
@@ -1001,7 +1001,7 @@ class Restore:
             )
         except AuthError as exc:
             self.journal.failed(intent, exc.status, exc.message)  # refused: not applied
-            raise
+            raise _write_refused(exc) from None
         except ApiError as exc:
             if _refused(exc.status):
                 self._fail(entry, intent, exc.status, exc.message)
@@ -1014,11 +1014,12 @@ class Restore:
                 self._fail(entry, intent, status, _error_text(document) or f"HTTP {status}")
                 return
             new_id = _created_id(document)
-            if new_id is not None:
+            if new_id is not None and new_id not in seen and new_id not in self.state.claimed():
                 self.journal.done(intent, new_id, "answer")
                 entry.result, entry.new_id = "created", new_id
                 return
-            lost = f"HTTP {status} naming no step"
+            # An answer naming no step, or one that was there before: do not believe it.
+            lost = f"HTTP {status} naming no new step"
         found = await self._lookup(intent)
         if found is not None:
             self.journal.done(intent, found, "lookup")
@@ -1033,6 +1034,18 @@ class Restore:
         assert self.journal is not None
         self.journal.failed(intent, status, detail)
         entry.result, entry.status, entry.detail = "failed", status, detail
+
+
+def _write_refused(exc: AuthError) -> AuthError:
+    """A 401/403 on a write, said as what it means for a restore."""
+    if exc.status != 403:
+        return exc
+    return AuthError(
+        "the API refused the write (403): the app needs the sequenceSteps.write scope",
+        url=exc.url,
+        status=exc.status,
+        error_id=exc.error_id,
+    )
 
 
 def _first_error(exc: BaseException) -> BaseException:

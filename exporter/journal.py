@@ -124,8 +124,17 @@ class Journal:
         `account`, and record `account` in a new one."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists()
             handle = open(self.path, "ab")  # noqa: SIM115 - held open for the whole restore
         except OSError as exc:
+            raise OutputError(
+                f"cannot open the restore journal {self.path}: {exc.strerror}"
+            ) from None
+        try:
+            if new:  # the file's name must survive a crash as surely as its lines
+                _fsync_directory(self.path.parent)
+        except OSError as exc:
+            handle.close()
             raise OutputError(
                 f"cannot open the restore journal {self.path}: {exc.strerror}"
             ) from None
@@ -236,6 +245,14 @@ def check_account(path: Path, state: JournalState, account: Account) -> None:
             f"the restore journal {path} was written against {state.account.label}, not "
             f"{account.label}; its ids mean nothing there: pass another --journal"
         )
+
+
+def _fsync_directory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _cut_torn_tail(path: Path) -> None:

@@ -331,10 +331,22 @@ class ApiClient:
         return parsed  # type: ignore[no-any-return]  # what `parse` returned
 
     async def send_document(
-        self, method: str, url: str, document: dict[str, Any]
+        self,
+        method: str,
+        url: str,
+        document: dict[str, Any],
+        *,
+        max_attempts: int | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        """POST/PATCH a JSON:API document; (status, body) for 2xx and 422 answers."""
-        return await self._request(method, url, document, accept_statuses=(422,))
+        """POST/PATCH a JSON:API document; (status, body) for 2xx and 422 answers.
+
+        `max_attempts=1` sends a write once: a transport failure, a 5xx or an unreadable 2xx
+        then raises (an `ApiError` whose status is None, 5xx or 2xx, or `UnreachableError`)
+        instead of sending it again, which for a POST could create it twice. A 429 and a 401
+        are still waited out or refreshed and sent again: neither applied the write."""
+        return await self._request(
+            method, url, document, max_attempts=max_attempts, accept_statuses=(422,)
+        )
 
     # -- pacing ----------------------------------------------------------------------------
 

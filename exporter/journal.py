@@ -1,32 +1,51 @@
 """The restore journal: an append-only, fsynced JSON-lines record of every write, before it is sent and once it is answered.
 
 The API has no idempotency key, so exactly-once creation rests on this file. The rules:
-1. an intent line is written and fsynced *before* its request is sent; a write whose intent is
+1. the first line names the target account (a journal of an older version gets it appended) (`exporter.account.Account`: canonical base URL and
+   the org the API states); a journal is never used against another account;
+2. an intent line is written and fsynced *before* its request is sent; a write whose intent is
    not on disk was never sent;
-2. an outcome line (`done`, `failed`, `absent`, `superseded`) closes an intent; an intent without one is
-   *unresolved*: its answer was lost (a kill, a dropped connection), so it may or may not have
-   been applied, and restore looks it up on the target before anything else is sent;
-3. `absent` says a lookup proved the write was not applied; the step is then sent again under a
-   new intent. A lost PATCH is `superseded`: PATCH is idempotent, so the plan just reads the step
-   again and patches what still differs;
-4. a line torn by a kill can only be the last one, and was never fsynced whole: it is cut off
+3. an outcome line (`done`, `failed`, `absent`, `superseded`) closes an intent; an intent without one is
+   *unresolved*: its answer was lost (a kill, a dropped connection, a 5xx, a 2xx that names no
+   step), so it may or may not have been applied, or may still be applied later (a slow write);
+4. an unresolved create is looked up on the target (by `exporter.restore`: a step that was not
+   there before the intent, equal in every field sent, not claimed by another create of this
+   journal). Found: `done`. Not found: it stays unresolved and the step is *not* sent again:
+   against this API, a lost create is never provably absent by observation alone (no
+   idempotency key, no ordering between requests, no way to cancel one, no bound on how late
+   an accepted write is applied). Restore says so and exits 1; every later run looks again.
+   `absent` is written only on the operator's word (`--resend-lost`, after a last lookup that
+   does not find it); only then is the step sent again, under a new intent;
+5. a definite refusal (a 4xx other than 401, 408, 425 and 429) is `failed`: nothing was applied;
+6. a lost PATCH is `superseded`: PATCH is idempotent, so the plan just reads the step again and
+   patches what still differs;
+7. a line torn by a kill can only be the last one, and was never fsynced whole: it is cut off
    when the journal is opened (a torn intent was never sent, a torn outcome leaves its intent
    unresolved, which is safe).
 
+A journal that does not add up is refused whole (`UsageError`, the line named): a line that is
+not one of the forms below, an outcome for no open intent (or for another step than its
+intent's), a write id used twice, a second create for a step while one is unresolved, a created
+id that was in the sequence before its intent was sent, or one step created for two backup steps.
+
 Lines (one JSON object each):
+  {"state": "target", "account": {"origin": URL, "org": ORG|null}, "at": epoch}
   {"write": W, "op": "create", "old_id": 1, "key": {"sequence": S, "order": O, "stepType": T},
-   "seen": [ids in sequence S before sending], "body": {...}, "at": epoch, "state": "intent"}
+   "seen": [ids in sequence S before sending], "above": highest step id before sending|null,
+   "body": {...}, "at": epoch, "state": "intent"}
   {"write": W, "op": "patch", "old_id": 1, "target_id": 1, "body": {...}, "at": .., "state": "intent"}
   {"write": W, "op": "create", "old_id": 1, "state": "done", "new_id": 9, "how": "answer"|"lookup"}
   {"write": W, "op": .., "old_id": 1, "state": "failed", "status": 422, "detail": "..."}
-  {"write": W, "op": "create", "old_id": 1, "state": "absent"}
+  {"write": W, "op": "create", "old_id": 1, "state": "absent", "how": "operator"}
   {"write": W, "op": "patch", "old_id": 1, "state": "superseded"}
 """
 
 from __future__ import annotations
 
 import fcntl
+import math
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -35,14 +54,18 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from exporter.account import Account
 from exporter.errors import BusyError, OutputError, UsageError
 
+TARGET = "target"
 INTENT = "intent"
 DONE = "done"
 FAILED = "failed"
 ABSENT = "absent"
 SUPERSEDED = "superseded"  # a patch whose answer was lost: the next plan reads the step again
 OUTCOMES = frozenset({DONE, FAILED, ABSENT, SUPERSEDED})
+OPS = frozenset({"create", "patch"})
+_WRITE_ID = re.compile(r"[0-9a-f]{1,64}")
 
 
 @dataclass
@@ -56,6 +79,7 @@ class Intent:
     at: float
     key: dict[str, Any] | None = None  # create: sequence, order, stepType
     seen: frozenset[int] = frozenset()  # create: step ids of the sequence before sending
+    above: int | None = None  # create: the highest step id on the target before sending
     target_id: int | None = None  # patch: the step patched
 
     def line(self) -> dict[str, Any]:
@@ -63,6 +87,7 @@ class Intent:
         if self.op == "create":
             entry["key"] = self.key
             entry["seen"] = sorted(self.seen)
+            entry["above"] = self.above
         else:
             entry["target_id"] = self.target_id
         entry.update({"body": self.body, "at": self.at, "state": INTENT})
@@ -73,8 +98,10 @@ class Intent:
 class JournalState:
     """What a journal's lines add up to."""
 
+    account: Account | None = None  # the target it was written against (None: no line yet)
     unresolved: list[Intent] = field(default_factory=list)
     created: dict[int, int] = field(default_factory=dict)  # old id -> newest created id
+    created_at: dict[int, float] = field(default_factory=dict)  # old id -> its intent's time
     failed: dict[int, dict[str, Any]] = field(default_factory=dict)  # old id -> last failure
     lines: int = 0
 
@@ -91,13 +118,23 @@ class Journal:
         self._file: BinaryIO | None = None
         self.state = JournalState()
 
-    def open(self) -> JournalState:
+    def open(self, account: Account) -> JournalState:
         """Open, lock (one restore per journal: two would both create what is missing) and
-        read the journal."""
+        read the journal; refuse it if it was written against another account than
+        `account`, and record `account` in a new one."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists()
             handle = open(self.path, "ab")  # noqa: SIM115 - held open for the whole restore
         except OSError as exc:
+            raise OutputError(
+                f"cannot open the restore journal {self.path}: {exc.strerror}"
+            ) from None
+        try:
+            if new:  # the file's name must survive a crash as surely as its lines
+                _fsync_directory(self.path.parent)
+        except OSError as exc:
+            handle.close()
             raise OutputError(
                 f"cannot open the restore journal {self.path}: {exc.strerror}"
             ) from None
@@ -112,12 +149,19 @@ class Journal:
         try:
             _cut_torn_tail(self.path)
             self.state = replay(self.path)
+            check_account(self.path, self.state, account)
         except OSError as exc:
             handle.close()
             raise OutputError(
                 f"cannot read the restore journal {self.path}: {exc.strerror}"
             ) from None
+        except UsageError:
+            handle.close()
+            raise
         self._file = handle
+        if self.state.account is None:
+            self._append({"state": TARGET, "account": account.to_json(), "at": time.time()})
+            self.state.account = account
         return self.state
 
     def close(self) -> None:
@@ -133,6 +177,7 @@ class Journal:
         *,
         key: dict[str, Any] | None = None,
         seen: frozenset[int] = frozenset(),
+        above: int | None = None,
         target_id: int | None = None,
     ) -> Intent:
         intent = Intent(
@@ -143,6 +188,7 @@ class Journal:
             at=time.time(),
             key=key,
             seen=seen,
+            above=above,
             target_id=target_id,
         )
         self._append(intent.line())
@@ -155,6 +201,7 @@ class Journal:
             entry["new_id"] = new_id
             entry["how"] = how
             self.state.created[intent.old_id] = new_id
+            self.state.created_at[intent.old_id] = intent.at
         self._append(entry)
         self.state.failed.pop(intent.old_id, None)
 
@@ -164,8 +211,8 @@ class Journal:
         self._append(entry)
         self.state.failed[intent.old_id] = entry
 
-    def absent(self, intent: Intent) -> None:
-        self._append(self._outcome(intent, ABSENT))
+    def absent(self, intent: Intent, how: str) -> None:
+        self._append({**self._outcome(intent, ABSENT), "how": how})
 
     def superseded(self, intent: Intent) -> None:
         self._append(self._outcome(intent, SUPERSEDED))
@@ -191,6 +238,23 @@ class Journal:
         self.state.lines += 1
 
 
+def check_account(path: Path, state: JournalState, account: Account) -> None:
+    """Refuse a journal written against another account than `account`."""
+    if state.account is not None and not state.account.same_as(account):
+        raise UsageError(
+            f"the restore journal {path} was written against {state.account.label}, not "
+            f"{account.label}; its ids mean nothing there: pass another --journal"
+        )
+
+
+def _fsync_directory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 def _cut_torn_tail(path: Path) -> None:
     """Drop a last line without its newline: it was being written when the process died."""
     try:
@@ -206,52 +270,137 @@ def _cut_torn_tail(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+class _Bad(Exception):
+    """A journal line that is not well-formed or does not add up (the reason)."""
+
+
+def _step_id(value: Any, what: str) -> int:
+    if type(value) is not int or value < 1:
+        raise _Bad(f"{what} is not a step id")
+    return value
+
+
+def _intent(entry: dict[str, Any]) -> Intent:
+    write = entry.get("write")
+    if not isinstance(write, str) or not _WRITE_ID.fullmatch(write):
+        raise _Bad("its write id is not one this tool writes")
+    op = entry.get("op")
+    if op not in OPS:
+        raise _Bad(f"op {op!r} is neither create nor patch")
+    old_id = _step_id(entry.get("old_id"), "old_id")
+    body = entry.get("body")
+    data = body.get("data") if isinstance(body, dict) else None
+    if (
+        not isinstance(body, dict)
+        or not isinstance(data, dict)
+        or data.get("type") != "sequenceStep"
+    ):
+        raise _Bad("its body is not a sequenceStep document")
+    at = entry.get("at")
+    if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
+        raise _Bad("its time is not a number")
+    intent = Intent(write=write, op=op, old_id=old_id, body=body, at=float(at))
+    if op == "patch":
+        intent.target_id = _step_id(entry.get("target_id"), "target_id")
+        if data.get("id") != intent.target_id:
+            raise _Bad("its body patches another step than its target_id")
+        return intent
+    key, seen, above = entry.get("key"), entry.get("seen", []), entry.get("above")
+    if not isinstance(key, dict) or "id" in data:
+        raise _Bad("a create without a lookup key, or with an id in its body")
+    if not isinstance(seen, list) or not all(type(i) is int for i in seen):
+        raise _Bad("its seen ids are not a list of ids")
+    if above is not None and type(above) is not int:
+        raise _Bad("its above is not an id")
+    intent.key, intent.seen, intent.above = key, frozenset(seen), above
+    return intent
+
+
 def replay(path: Path) -> JournalState:
-    """What the journal's lines add up to (read only; a torn last line is ignored)."""
+    """What the journal's lines add up to (read only; a torn last line is ignored); a
+    `UsageError` naming the line when one is not well-formed or does not add up."""
     state = JournalState()
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return state
     pending: dict[str, Intent] = {}
+    closed: set[str] = set()
     if not data.endswith(b"\n"):
         data = data[: data.rfind(b"\n") + 1]  # a torn last line (see `_cut_torn_tail`)
     for number, raw in enumerate(data.splitlines(), start=1):
-        if not raw.strip():
-            continue
         try:
-            entry = orjson.loads(raw)
-            write = str(entry["write"])
-            status = entry["state"]
-            old_id = int(entry["old_id"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            if not raw.strip():
+                raise _Bad("it is empty")
+            try:
+                entry = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise _Bad("it is not JSON") from None
+            if not isinstance(entry, dict):
+                raise _Bad("it is not a JSON object")
+            _replay_line(entry, state, pending, closed)
+        except _Bad as bad:
             raise UsageError(
-                f"the restore journal {path} is damaged at line {number}; "
-                "it is the only record of writes in flight, so fix or move it by hand"
+                f"the restore journal {path} does not add up at line {number}: {bad}; it is the "
+                "only record of writes in flight, so restore will not guess: restore it from "
+                "a copy, or move it aside and check the target by hand"
             ) from None
         state.lines += 1
-        if status == INTENT:
-            pending[write] = Intent(
-                write=write,
-                op=str(entry["op"]),
-                old_id=old_id,
-                body=entry.get("body") or {},
-                at=float(entry.get("at", 0.0)),
-                key=entry.get("key"),
-                seen=frozenset(int(i) for i in entry.get("seen", [])),
-                target_id=entry.get("target_id"),
-            )
-        elif status in OUTCOMES:
-            pending.pop(write, None)
-            if status == DONE and entry.get("op") == "create":
-                state.created[old_id] = int(entry["new_id"])
-                state.failed.pop(old_id, None)
-            elif status == DONE:
-                state.failed.pop(old_id, None)
-            elif status == FAILED:
-                state.failed[old_id] = entry
     state.unresolved = list(pending.values())
     return state
+
+
+def _replay_line(
+    entry: dict[str, Any], state: JournalState, pending: dict[str, Intent], closed: set[str]
+) -> None:
+    status = entry.get("state")
+    if status == TARGET:
+        if state.account is not None:
+            raise _Bad("a second target line")
+        account = Account.from_json(entry.get("account"))
+        if account is None:
+            raise _Bad("its target account is not a canonical base URL and org")
+        state.account = account
+        return
+    if status == INTENT:
+        intent = _intent(entry)
+        if intent.write in pending or intent.write in closed:
+            raise _Bad(f"write id {intent.write} is used twice")
+        if intent.op == "create" and any(
+            p.op == "create" and p.old_id == intent.old_id for p in pending.values()
+        ):
+            raise _Bad(f"a second create of step {intent.old_id} while one is unresolved")
+        pending[intent.write] = intent
+        return
+    if status not in OUTCOMES:
+        raise _Bad(f"state {status!r} is not one this tool writes")
+    write = entry.get("write")
+    closing = pending.pop(write, None) if isinstance(write, str) else None
+    if closing is None:
+        raise _Bad("an outcome for no unresolved intent")
+    intent = closing
+    closed.add(intent.write)
+    if entry.get("op") != intent.op or entry.get("old_id") != intent.old_id:
+        raise _Bad(f"an outcome for another step than its intent's ({intent.old_id})")
+    old_id = intent.old_id
+    if status == DONE and intent.op == "create":
+        new_id = _step_id(entry.get("new_id"), "new_id")
+        if new_id in intent.seen:
+            raise _Bad(f"step {new_id} was in the sequence before the create was sent")
+        owner = next((o for o, n in state.created.items() if n == new_id and o != old_id), None)
+        if owner is not None:
+            raise _Bad(f"step {new_id} is recorded as created for steps {owner} and {old_id}")
+        state.created[old_id] = new_id
+        state.created_at[old_id] = intent.at
+        state.failed.pop(old_id, None)
+    elif status == DONE:
+        state.failed.pop(old_id, None)
+    elif status == FAILED:
+        state.failed[old_id] = entry
+    elif status == SUPERSEDED and intent.op != "patch":
+        raise _Bad("a create cannot be superseded")
+    elif status == ABSENT and intent.op != "create":
+        raise _Bad("a patch cannot be absent")
 
 
 def read_mapping(path: Path) -> dict[int, int]:

@@ -1,24 +1,38 @@
 """`exporter restore DIR`: put sequence steps back from a backup: plan against the target, then create and patch them exactly once.
 
 Order of a restore:
-1. read the backup's state of the steps (`compact.current_table`: the newest version per id minus
-   tombstones, or as of `--run`), and select them (`--ids`, `--sequence`, or all);
-2. with `--apply`, open the journal and resolve every write it left unresolved (a kill or a lost
-   answer): a create is looked up on the target before anything else is sent; a patch is simply
-   planned again (PATCH is idempotent);
-3. read the target's state of the selected steps in `filter[id]=a,b,c` batches (for steps an
-   earlier restore re-created, the id it created), and plan: create what is gone, patch what
-   differs in a writable field, leave what is equal;
-4. with `--apply`: every patch, then the creates, one at a time per sequence (a create's lookup
-   key is its sequence, so two in flight in one sequence could be mistaken for each other).
+1. check the backup: the manifest's own `manifest_sha256`, and the sha256 of every file this
+   restore reads (refused with exit 6, naming the file, on a mismatch; a recorded path that
+   leaves the backup is refused too); then read the backup's state of the steps
+   (`compact.current_table`: the newest version per id minus tombstones, or as of `--run`) and
+   select them (`--ids`, `--sequence`, or all);
+2. identify the target (`exporter.account.identify`: canonical base URL and the org its API
+   states) and compare it with the account the backup came from (the manifest's `account`,
+   else its canonical `source`): another account is refused unless `--into-another-account`,
+   and then no step is patched because its id matches (ids of one account mean nothing in
+   another): only steps this journal created there are compared and patched;
+3. open the journal named after the target's identity (one journal per account, however its
+   URL is spelled; a journal written against another account is refused), check that it adds
+   up, and settle every write it left unresolved (a kill or a lost answer): a create is looked
+   up on the target; a patch is simply planned again (PATCH is idempotent);
+4. read the target's state of the selected steps in `filter[id]=a,b,c` batches (for steps an
+   earlier restore re-created, the id it created, which must have been created after its
+   intent), and plan: create what is gone, patch what differs in a writable field, leave what
+   is equal, and leave alone a step whose earlier create is unresolved;
+5. with `--apply`: every patch, then the creates, one at a time per sequence (a create's
+   lookup candidates are the sequence's new steps, so two in flight in one sequence could be
+   mistaken for each other); last, the creates whose answer was lost are looked up once more.
 
 Exactly once without an idempotency key (the journal's rules are in `exporter.journal`): before
-a create is sent, the step ids its sequence holds are read and recorded with the intent; a create
-whose answer is lost (dropped connection, unreadable 201, 5xx, kill) is looked up among the
-sequence's steps that are *not* in that set and not created by this journal for another step,
-by order and stepType (and, if several, by every field sent). Found: done. Not found: sent again
-under a new intent. POSTs are therefore never retried by the HTTP client: `_WriteSender` sends
-once and reports a lost answer instead.
+a create is sent, the step ids its sequence holds (for a step without a sequence: the highest
+step id on the target) are recorded with the intent; a create whose answer is lost (dropped
+connection, unreadable 2xx, 5xx, kill) is looked up among the steps that were not there then,
+are not created by this journal for another step, and are equal in every field sent. Found:
+done. Not found: *not* sent again (it may still land); it stays unresolved, restore exits 1 and
+says so, and every later run looks again. Only `--resend-lost`, the operator's word that it was
+not applied, sends it again. So POSTs go through `ApiClient.send_document(max_attempts=1)`: the
+same budgets and in-flight bound as every other request, a 429 or 401 waited out or refreshed,
+but never a second POST after a lost answer.
 
 Writable fields come from the OpenAPI file (`schema.resource_type`): attributes and to-one
 relationships not marked read-only. Counters, timestamps, displayName, creator/updater,
@@ -29,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import re
 import time
@@ -40,13 +55,12 @@ from enum import StrEnum
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
 import click
 import orjson
 
 from exporter import manifest
+from exporter.account import Account, canonical_base_url, identify
 from exporter.auth import Secret, TokenSource
 from exporter.client import ApiClient, ClientSettings
 from exporter.compact import current_table
@@ -58,12 +72,17 @@ from exporter.errors import (
     ExporterError,
     Interrupted,
     OutputError,
-    ResponseError,
+    UnreachableError,
     UsageError,
-    redact_url,
 )
-from exporter.journal import Intent, Journal, JournalState, replay
-from exporter.normalize import EXTRA_COLUMN, check_type, record_id, table_layout
+from exporter.journal import Intent, Journal, JournalState, check_account, replay
+from exporter.normalize import (
+    EXTRA_COLUMN,
+    TOMBSTONE_TYPE,
+    check_type,
+    record_id,
+    table_layout,
+)
 from exporter.options import BaseUrlType, RateLimitType, credential_options
 from exporter.pagination import ChainGuard, collection_url, next_link, page_records
 from exporter.schema import Shape, resource_type
@@ -85,6 +104,7 @@ class Action(StrEnum):
     PATCH = "patch"
     EQUAL = "equal"
     SKIP = "skip"  # needs a write the --mode does not make
+    UNRESOLVED = "unresolved"  # gone, but an earlier create of it may yet land: not sent again
 
 
 # ---------------------------------------------------------------------------- writable fields
@@ -224,18 +244,103 @@ def lookup_key(values: Values) -> dict[str, Any]:
 
 
 def backup_steps(root: Path | str, run_id: str | None) -> dict[int, Values]:
-    """The backup's steps (newest version per id, minus tombstones), as of `run_id` if given."""
-    document = manifest.load(root)
-    runs = [str(r["run_id"]) for r in document.get("runs", [])]
+    """The backup's steps (newest version per id, minus tombstones), as of `run_id` if given,
+    read only after every file it reads matched the manifest (`check_backup`)."""
+    _document, steps = read_backup(root, run_id)
+    return steps
+
+
+def read_backup(root: Path | str, run_id: str | None) -> tuple[dict[str, Any], dict[int, Values]]:
+    """(manifest, steps) of a backup whose manifest and files check out."""
+    storage = Storage.open(root, flag="DIR")
+    document = manifest.load(storage)
+    runs = [str(r.get("run_id")) for r in document.get("runs", []) if isinstance(r, dict)]
     if run_id is not None:
         if run_id not in runs:
             raise UsageError(
                 f"{root} holds no run {run_id!r}; its runs are: {', '.join(runs) or 'none'}"
             )
         upto = set(runs[: runs.index(run_id) + 1])
-        document = {**document, "files": [f for f in document["files"] if f["run_id"] in upto]}
-    table = current_table(root, document, STEP)
-    return {int(row["id"]): values_of_row(row) for row in table.to_pylist()}
+        document = {
+            **document,
+            "files": [
+                f
+                for f in document.get("files") or []
+                if isinstance(f, dict) and f.get("run_id") in upto
+            ],
+        }
+    read = check_backup(storage, document)
+    table = current_table(storage, {**document, "files": read}, STEP)
+    return document, {int(row["id"]): values_of_row(row) for row in table.to_pylist()}
+
+
+class BackupDamaged(ExporterError):
+    """A file restore would read does not match the manifest (what `verify` reports)."""
+
+    exit_code = ExitCode.VERIFY_MISMATCH
+
+
+def check_backup(storage: Storage, document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's file entries a restore reads (steps and tombstones), each checked: a
+    path inside the backup, and the file's sha256 equal to the manifest's; the manifest's own
+    `manifest_sha256` first. `BackupDamaged` (exit 6) naming the first that does not match.
+
+    (A file could still change between this check and its read; this guards a backup at rest,
+    tampered or damaged, not one being rewritten while it is restored.)"""
+    where = storage.path(manifest.MANIFEST_NAME)
+    if document.get("manifest_sha256") != manifest.canonical_digest(document):
+        # `document` may be narrowed to a run: check the manifest as it is on disk.
+        whole = manifest.load(storage)
+        if whole.get("manifest_sha256") != manifest.canonical_digest(whole):
+            raise BackupDamaged(
+                f"{where} does not match its manifest_sha256 (edited or damaged); restore reads "
+                f"nothing from it: run `exporter verify {storage}`"
+            )
+    entries = document.get("files")
+    if not isinstance(entries, list):
+        raise BackupDamaged(f"{where} lists no files; run `exporter verify {storage}`")
+    read: list[dict[str, Any]] = []
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("type") not in (STEP, TOMBSTONE_TYPE):
+            continue
+        path, digest = entry.get("path"), entry.get("sha256")
+        location = storage.inside(path) if isinstance(path, str) else None
+        if location is None or not isinstance(digest, str):
+            raise BackupDamaged(
+                f"{where} lists a file {path!r} outside the backup or without a sha256; "
+                "restore reads nothing from it"
+            )
+        try:
+            actual = storage.sha256(location)
+        except FileNotFoundError:
+            raise BackupDamaged(
+                f"{storage.path(location)} is missing (the manifest lists it): restore reads "
+                f"nothing from this backup; run `exporter verify {storage}`"
+            ) from None
+        except OSError as exc:
+            raise OutputError(
+                f"cannot read {storage.path(location)}: {exc.strerror or exc}; nothing was restored"
+            ) from None
+        if actual != digest:
+            raise BackupDamaged(
+                f"{storage.path(location)} does not match the manifest's sha256 (tampered or "
+                f"damaged): restore writes nothing from this backup; run `exporter verify "
+                f"{storage}` and restore from an intact copy"
+            )
+        read.append({**entry, "path": location})
+    return read
+
+
+def backup_account(document: dict[str, Any]) -> Account | None:
+    """The account a backup was exported from: its manifest's `account`, else its `source`."""
+    recorded = Account.from_json(document.get("account"))
+    if recorded is not None:
+        return recorded
+    source = document.get("source")
+    if isinstance(source, str):
+        with contextlib.suppress(ValueError):
+            return Account(canonical_base_url(source))
+    return None
 
 
 def select_steps(
@@ -278,15 +383,24 @@ def make_plan(
     target: dict[int, Values],
     created: dict[int, int],
     mode: Mode,
+    *,
+    unresolved: frozenset[int] = frozenset(),
+    by_id: bool = True,
 ) -> list[PlanEntry]:
     """Pure: what to do for each selected backup step, given what the target holds now.
 
     A step gone from the target that this journal already re-created is compared with the
-    step it created (so a finished restore, run again, creates nothing)."""
+    step it created (so a finished restore, run again, creates nothing). A step with an
+    unresolved create is left alone. `by_id=False` (a backup of another account): a target
+    step with the backup step's id is not that step; only what this journal created is."""
     plan: list[PlanEntry] = []
     for old_id, values in selected.items():
+        if old_id in unresolved:
+            note = "an earlier create's answer was lost and it is not on the target (yet)"
+            plan.append(PlanEntry(Action.UNRESOLVED, old_id, None, values, note=note))
+            continue
         target_id: int | None = None
-        if old_id in target:
+        if by_id and old_id in target:
             target_id = old_id
         elif created.get(old_id) in target:
             target_id = created[old_id]
@@ -313,93 +427,10 @@ def make_plan(
 # ---------------------------------------------------------------------------- sending writes
 
 
-class LostAnswer(Exception):
-    """A write was sent and no definite answer came back: it may or may not have been applied."""
-
-
-class _WriteSender:
-    """Sends one write exactly once: the client's limiter, token refresh on 401 and 429 waits
-    (neither applied the write), but no retry after a transport failure, a 5xx or an unreadable
-    2xx, which are reported as `LostAnswer` for the journal lookup to settle.
-
-    (`ApiClient.send_document` retries transport failures, which for a POST could create a step
-    twice; this is the "send once" mode it lacks.)"""
-
-    def __init__(self, client: ApiClient, max_rate_limit_waits: int = 50) -> None:
-        self.client = client
-        self.max_rate_limit_waits = max_rate_limit_waits
-
-    async def send(
-        self, method: str, url: str, document: dict[str, Any]
-    ) -> tuple[int, dict[str, Any] | None]:
-        """(status, parsed body) of a definite answer: a 2xx with a readable body, or a 4xx."""
-        client = self.client
-        limiter = client._limiter  # the run's shared request budget (aiolimiter)
-        assert limiter is not None, "ApiClient used outside `async with`"
-        data = orjson.dumps(document)
-        refreshed = False
-        rate_waits = 0
-        while True:
-            await limiter.acquire()
-            token = await client.tokens.token()
-            client.stats.requests += 1
-            try:
-                async with client.session.request(
-                    method, url, data=data, headers={"Authorization": f"Bearer {token}"}
-                ) as response:
-                    status = response.status
-                    headers = response.headers
-                    body = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise LostAnswer(f"transport failure ({type(exc).__name__})") from None
-            client.stats.statuses[status] += 1
-            client.stats.bytes_received += len(body)
-            parsed = _try_json(body)
-            if status == 429:
-                client.stats.rate_limited += 1
-                rate_waits += 1
-                if rate_waits > self.max_rate_limit_waits:
-                    raise ApiError("still rate limited after many waits", url=url, status=429)
-                await asyncio.sleep(_rate_limit_delay(headers, client.settings.rate_period))
-                continue  # a 429 was not applied: the same request again
-            if status == 401:
-                if refreshed:
-                    raise AuthError("the API refused a freshly refreshed access token", url=url)
-                refreshed = True
-                client.stats.token_refreshes += 1
-                await client.tokens.refresh(token)
-                continue
-            if status == 403:
-                raise AuthError(
-                    "the API refused the write (403): the app needs the sequenceSteps.write scope"
-                    + (f": {_error_text(parsed)}" if _error_text(parsed) else ""),
-                    url=url,
-                    status=status,
-                )
-            if 200 <= status < 300:
-                if not isinstance(parsed, dict):
-                    raise LostAnswer(f"HTTP {status} with an unreadable body")
-                return status, parsed
-            if 400 <= status < 500 and status != 408:
-                return status, parsed if isinstance(parsed, dict) else None
-            # 5xx, 408 or anything else: a gateway may have passed the write on; look it up.
-            raise LostAnswer(f"HTTP {status}")
-
-
-def _try_json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _rate_limit_delay(headers: Any, period: float) -> float:
-    """How long a 429 says to wait: Retry-After, else until X-RateLimit-Reset, else a minute."""
-    with contextlib.suppress(TypeError, ValueError):
-        return max(0.05, min(float(headers.get("Retry-After")), period))
-    with contextlib.suppress(TypeError, ValueError):
-        return max(0.05, min(float(headers.get("X-RateLimit-Reset")) - time.time() + 0.05, period))
-    return min(60.0, period)
+def _refused(status: int | None) -> bool:
+    """A definite answer that the write was not applied: a 4xx other than 408/425 (a 429 and
+    a 401 never reach here: the client waits them out or refreshes and sends again)."""
+    return status is not None and 400 <= status < 500 and status not in (408, 425)
 
 
 def _error_text(document: Any) -> str:
@@ -436,29 +467,82 @@ class RestoreSettings:
     concurrency: int = 4
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(10_000, 3600.0))
     lookup_delay: float = 2.0  # wait after a lost answer before looking the write up
-    max_attempts: int = 6  # creates sent per step (each after a lookup proved the last absent)
-    backoff_base: float = 0.5  # seconds before the second attempt, doubling after
+    backoff_base: float = 0.5  # seconds before a retried read (or patch), doubling after
     max_url_length: int = 8000
+    # The operator's word that the creates left unresolved were not applied: after a last
+    # lookup that does not find them, they are sent again.
+    resend_lost: bool = False
+    # Restore a backup of another account: only creates (and patches of steps created here).
+    into_another_account: bool = False
+
+
+# A step this journal created must have been created after its intent, less this much for the
+# two clocks (ours, the API's) disagreeing.
+CLOCK_SKEW = 600.0
 
 
 def target_name(base_url: str) -> str:
-    """A file-name-safe name of the target: host, and port when one is given."""
-    parts = urlsplit(base_url)
-    name = (parts.hostname or "target") + (f"_{parts.port}" if parts.port else "")
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    """A file-name-safe name of the target: its canonical base URL (one name however the URL
+    is spelled), with a short digest of it, so two names never collide after sanitising."""
+    origin = canonical_base_url(base_url)
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", origin.split("://", 1)[-1]).strip("._")[:60]
+    digest = hashlib.sha256(origin.encode()).hexdigest()[:8]
+    return f"{slug or 'target'}-{digest}"
+
+
+def journal_location(directory: Path | str) -> tuple[Path, str]:
+    """(folder, file-name prefix) of a backup's restore journals: `DIR/_restore/` for a local
+    backup. A backup on an object store cannot hold one (it is appended to and fsynced before
+    every write), so they live in this machine's state directory, named after the backup's URI."""
+    storage = Storage.open(directory, flag="DIR")
+    if storage.local:
+        return Path(storage.base) / RESTORE_DIRECTORY, ""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    backup = re.sub(r"[^A-Za-z0-9._-]", "_", str(storage))
+    return Path(state) / "outreach-exporter" / "restore", f"{backup}--"
 
 
 def default_journal(directory: Path | str, base_url: str) -> Path:
-    """`DIR/_restore/<target>-journal.jsonl` for a local backup. A backup on an object store
-    cannot hold it (the journal is appended to and fsynced before every write), so it lives in
-    this machine's state directory, named after the backup's URI."""
-    name = f"{target_name(base_url)}-journal.jsonl"
-    storage = Storage.open(directory, flag="DIR")
-    if storage.local:
-        return Path(storage.base) / RESTORE_DIRECTORY / name
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    backup = re.sub(r"[^A-Za-z0-9._-]", "_", str(storage))
-    return Path(state) / "outreach-exporter" / "restore" / f"{backup}--{name}"
+    """`<folder>/<prefix><target>-journal.jsonl`, the target named by its canonical base URL;
+    the account behind it (the org its API states) is recorded inside, and checked."""
+    folder, prefix = journal_location(directory)
+    return folder / f"{prefix}{target_name(base_url)}-journal.jsonl"
+
+
+def choose_journal(directory: Path | str, base_url: str, account: Account) -> Path:
+    """The journal of this backup for `account`: the one whose first line names the same
+    account (reached through whatever URL spelling it was), else a new one named after the
+    canonical base URL. Several for one account, or one that does not say whose it is
+    (an older version's, named by how the host was spelled), are refused: two journals for
+    one target would each re-create what the other already did."""
+    folder, prefix = journal_location(directory)
+    default = default_journal(directory, base_url)
+    if not folder.is_dir():
+        return default
+    mine: list[Path] = []
+    for path in sorted(folder.glob(f"{prefix}*-journal.jsonl")):
+        if not path.is_file():
+            continue
+        try:
+            state = replay(path)
+        except UsageError:
+            if path == default:
+                raise
+            continue  # another account's, or damaged: said so when it is used
+        if state.account is None and state.lines:
+            raise UsageError(
+                f"the restore journal {path} does not say which account it is for (an older "
+                "version's); if it is this target's, pass --journal with it; if not, move it "
+                f"out of {folder}"
+            )
+        if state.account is not None and state.account.same_as(account):
+            mine.append(path)
+    if len(mine) > 1:
+        raise UsageError(
+            f"{len(mine)} restore journals are for {account.label}: "
+            f"{', '.join(str(p) for p in mine)}; pass one with --journal"
+        )
+    return mine[0] if mine else default
 
 
 def mapping_path(journal: Path) -> Path:
@@ -480,6 +564,7 @@ class RestoreReport:
     seconds: float = 0.0
     requests: int = 0
     writes: int = 0
+    target: Account | None = None
 
     def count(self, action: Action) -> int:
         return sum(1 for e in self.plan if e.action is action)
@@ -489,8 +574,29 @@ class RestoreReport:
         return [e for e in self.plan if e.result == "failed"]
 
     @property
+    def unresolved(self) -> list[PlanEntry]:
+        """Steps whose create was sent, its answer lost, and that are not on the target."""
+        return [e for e in self.plan if e.result == "unresolved" or e.action is Action.UNRESOLVED]
+
+    @property
     def exit_code(self) -> ExitCode:
-        return ExitCode.FAILED if self.failed else ExitCode.OK
+        return ExitCode.FAILED if self.failed or self.unresolved else ExitCode.OK
+
+    def error_line(self) -> str | None:
+        """One line for stderr when the restore did not finish every step."""
+        unresolved = self.unresolved
+        if unresolved:
+            shown = ", ".join(str(e.old_id) for e in unresolved[:10])
+            more = f" and {len(unresolved) - 10} more" if len(unresolved) > 10 else ""
+            return (
+                f"{len(unresolved)} create(s) unresolved (steps {shown}{more}): each was sent, "
+                "its answer was lost and it is not on the target (yet), so it was not sent "
+                "again; run the same restore later to look again, or, once you have checked "
+                "the target yourself, add --resend-lost to send them again"
+            )
+        if self.failed:
+            return f"{len(self.failed)} step(s) failed (see the table above); fix and run again"
+        return None
 
 
 class Restore:
@@ -499,12 +605,18 @@ class Restore:
     def __init__(self, settings: RestoreSettings, tokens: TokenSource) -> None:
         self.settings = settings
         self.tokens = tokens
-        self.url = collection_url(settings.base_url, resource_type(STEP).collection, [])
+        # One spelling of the target for every request (`HTTP://Host:80/api/./v2/` is
+        # `http://host/api/v2`); a URL that is not http(s) was refused by the option already.
+        self.base_url = canonical_base_url(settings.base_url)
+        self.url = collection_url(self.base_url, resource_type(STEP).collection, [])
         self.journal: Journal | None = None
         self.state = JournalState()
         self._stop = False
         self._warnings: list[str] = []
         self._recovered: list[str] = []
+        self._waiting: set[int] = set()  # old ids whose create is unresolved, not sent again
+        self._lost: list[tuple[PlanEntry, Intent]] = []  # lost in this run: looked up again
+        self._created_at: dict[int, float] = {}  # target step id -> its createdAt (epoch)
 
     def request_stop(self) -> None:
         self._stop = True
@@ -512,11 +624,10 @@ class Restore:
     async def run(self) -> RestoreReport:
         s = self.settings
         started = time.monotonic()
-        backup = await asyncio.to_thread(backup_steps, s.directory, s.run_id)
+        document, backup = await asyncio.to_thread(read_backup, s.directory, s.run_id)
         selected = select_steps(backup, s.ids, s.sequence)
-        journal_path = s.journal or default_journal(s.directory, s.base_url)
         client_settings = ClientSettings(
-            base_url=s.base_url,
+            base_url=self.base_url,
             concurrency=s.concurrency,
             rate_limit=s.rate_limit.requests,
             rate_period=s.rate_limit.seconds,
@@ -525,22 +636,37 @@ class Restore:
         )
         async with ApiClient(client_settings, self.tokens) as client:
             self.client = client
-            self.sender = _WriteSender(client)
+            account = await identify(client, self.base_url)
+            by_id = self._check_source(document, account)
+            journal_path: Path = (
+                s.journal
+                if s.journal is not None
+                else await asyncio.to_thread(choose_journal, s.directory, s.base_url, account)
+            )
             if s.apply:
                 self.journal = Journal(journal_path)
-                self.state = self.journal.open()
-            elif journal_path.exists():
-                # Plan only: read the journal, write nothing (not even the journal).
+                self.state = await asyncio.to_thread(self.journal.open, account)
+            else:
+                # Plan only: read the journal (if any), write nothing (not even the journal).
                 self.state = await asyncio.to_thread(replay, journal_path)
+                check_account(journal_path, self.state, account)
             try:
                 await self._settle_unresolved()
-                target_ids = set(selected) | {
-                    self.state.created[i] for i in selected if i in self.state.created
-                }
-                target = await self._fetch_by_ids(sorted(target_ids))
-                plan = make_plan(selected, target, self.state.created, s.mode)
+                created = {i: self.state.created[i] for i in selected if i in self.state.created}
+                wanted = set(created.values()) | (set(selected) if by_id else set())
+                target = await self._fetch_by_ids(sorted(wanted))
+                self._check_created(created, target)
+                plan = make_plan(
+                    selected,
+                    target,
+                    self.state.created,
+                    s.mode,
+                    unresolved=frozenset(self._waiting),
+                    by_id=by_id,
+                )
                 if s.apply:
                     await self._apply(plan)
+                    await self._look_again()
             except BaseExceptionGroup as group:
                 raise _first_error(group) from None
             finally:
@@ -558,10 +684,11 @@ class Restore:
             seconds=time.monotonic() - started,
             requests=requests,
             writes=sum(1 for e in plan if e.result in ("created", "patched")),
+            target=account,
         )
         if s.apply:
             report.mapping = mapping_path(journal_path)
-            await asyncio.to_thread(_write_mapping, report.mapping, s.base_url, self.state.created)
+            await asyncio.to_thread(_write_mapping, report.mapping, account, self.state.created)
             if self._stop:
                 done = sum(1 for e in plan if e.result)
                 raise Interrupted(
@@ -570,10 +697,48 @@ class Restore:
                 )
         return report
 
+    def _check_source(self, document: dict[str, Any], account: Account) -> bool:
+        """Whether target steps may be matched by id: the backup is of this account. Another
+        account is refused unless `--into-another-account`."""
+        source = backup_account(document)
+        if source is not None and source.same_as(account):
+            return True
+        whose = source.label if source is not None else "an account it does not name"
+        if not self.settings.into_another_account:
+            raise UsageError(
+                f"the backup is of {whose}, the target is {account.label}: restoring it there "
+                "would patch that account's steps that merely share an id; pass "
+                "--into-another-account to only create its steps there"
+            )
+        self._warnings.append(
+            f"backup of {whose} restored into {account.label}: steps are only created, "
+            "never patched by id"
+        )
+        return False
+
+    def _check_created(self, created: dict[int, int], target: dict[int, Values]) -> None:
+        """A step the journal says it created must have been created after that intent; one
+        created before is an unrelated step (a forged or misplaced journal): refuse."""
+        for old_id, new_id in created.items():
+            made = self._created_at.get(new_id)
+            intent_at = self.state.created_at.get(old_id)
+            known = new_id in target and made is not None and intent_at is not None
+            if (
+                known
+                and made is not None
+                and intent_at is not None
+                and made < intent_at - CLOCK_SKEW
+            ):
+                raise UsageError(
+                    f"the restore journal says step {new_id} was created for backup step "
+                    f"{old_id}, but the target created it before that restore ran; the "
+                    "journal does not belong to this target: pass another --journal"
+                )
+
     # -- reading the target -------------------------------------------------------------
 
     def _fields_param(self) -> tuple[str, str]:
-        return (f"fields[{STEP}]", ",".join(writable_fields().names))
+        return (f"fields[{STEP}]", ",".join((*writable_fields().names, "createdAt")))
 
     async def _fetch_pages(self, url: str) -> list[tuple[int, Values]]:
         found: list[tuple[int, Values]] = []
@@ -588,7 +753,10 @@ class Restore:
                 step_id = record_id(record, STEP)
                 ids.add(step_id)
                 found.append((step_id, values_of_record(record)))
-            following = next_link(document, next_url, self.settings.base_url)
+                made = _epoch((record.get("attributes") or {}).get("createdAt"))
+                if made is not None:
+                    self._created_at[step_id] = made
+            following = next_link(document, next_url, self.base_url)
             if following is not None:
                 guard.follow(next_url, following, len(ids) - known)
             next_url = following
@@ -610,7 +778,7 @@ class Restore:
     def _id_batches(self, ids: Sequence[int]) -> Iterable[str]:
         def url_for(batch: list[int]) -> str:
             return collection_url(
-                self.settings.base_url,
+                self.base_url,
                 resource_type(STEP).collection,
                 [
                     ("filter[id]", ",".join(str(i) for i in batch)),
@@ -633,7 +801,7 @@ class Restore:
 
     async def _sequence_steps(self, sequence: int) -> list[tuple[int, Values]]:
         url = collection_url(
-            self.settings.base_url,
+            self.base_url,
             resource_type(STEP).collection,
             [
                 ("filter[sequence][id]", str(sequence)),
@@ -646,6 +814,32 @@ class Restore:
             if values.get("sequence") == sequence:
                 seen[step_id] = values
         return sorted(seen.items())
+
+    async def _highest_id(self) -> int:
+        """The highest step id on the target now (0: none). A page sorted by `-id`, its
+        largest id (the API has been seen returning rows slightly out of order)."""
+        url = collection_url(
+            self.base_url,
+            resource_type(STEP).collection,
+            [("sort", "-id"), ("page[size]", "50"), (f"fields[{STEP}]", "order")],
+        )
+        document = await self.client.get_document(url)
+        ids = [record_id(check_type(r, STEP), STEP) for r in page_records(document, url)]
+        return max(ids, default=0)
+
+    async def _steps_above(self, above: int) -> list[tuple[int, Values]]:
+        """Every step with an id above `above` (the steps created since it was the highest)."""
+        url = collection_url(
+            self.base_url,
+            resource_type(STEP).collection,
+            [
+                ("filter[id]", f"{above + 1}..inf"),
+                ("page[size]", str(PAGE_SIZE)),
+                self._fields_param(),
+            ],
+        )
+        # (`i > above` again: the API has been seen ignoring filters.)
+        return sorted({i: v for i, v in await self._fetch_pages(url) if i > above}.items())
 
     # -- settling lost answers ------------------------------------------------------------
 
@@ -668,50 +862,69 @@ class Restore:
                     self.journal.done(intent, found, "lookup")
                 else:
                     self.state.created[intent.old_id] = found  # plan only: not recorded
-            else:
+                    self.state.created_at[intent.old_id] = intent.at
+            elif self.settings.resend_lost:
                 self._recovered.append(
-                    f"create of step {intent.old_id}: answer lost; not on the target, so it is "
-                    "created again"
+                    f"create of step {intent.old_id}: answer lost; not on the target, and "
+                    "--resend-lost says it was not applied: planned again"
                 )
                 if self.journal is not None:
-                    self.journal.absent(intent)
+                    self.journal.absent(intent, "operator")
+            else:
+                self._recovered.append(
+                    f"create of step {intent.old_id}: answer lost; not on the target (yet), "
+                    "so it is not sent again (it may still land)"
+                )
+                self._waiting.add(intent.old_id)
         self.state.unresolved = []
 
     async def _lookup(self, intent: Intent) -> int | None:
-        """The step a create whose answer was lost made, if it made one.
+        """The step a create whose answer was lost made, if it is on the target now.
 
-        Candidates: steps of the intent's sequence that were not there before it was sent
-        (`seen`) and that this journal has not recorded as created for another backup step,
-        with the key's order and stepType. Several: those equal in every field sent win, then
-        the lowest id (and a warning: the others may be duplicates made outside this journal)."""
+        Candidates: steps that were not there before it was sent (for a step of a sequence:
+        not among the sequence's steps then, `seen`; for one without: above the highest id
+        then, `above`), that this journal has not recorded as created for another backup step,
+        and that are equal in every field sent. Several: the lowest id (and a warning: the
+        others may be duplicates made outside this journal). None: not found (which is not
+        proof that it was not applied: it may still land)."""
         key = intent.key or {}
         sequence = key.get("sequence")
-        if not isinstance(sequence, int):
-            return None  # the API refuses a step without a sequence: nothing was created
         wait = intent.at + self.settings.lookup_delay - time.time()
         if wait > 0:
             await asyncio.sleep(wait)  # let a write still in the API's hands land first
+        if isinstance(sequence, int):
+            steps = [
+                (i, v) for i, v in await self._sequence_steps(sequence) if i not in intent.seen
+            ]
+        elif intent.above is not None:
+            steps = await self._steps_above(intent.above)
+        else:
+            return None  # an older journal's intent: nothing to tell its step by
         claimed = self.state.claimed()
         sent = values_of_body(intent.body)
-        candidates = [
-            (step_id, values)
-            for step_id, values in await self._sequence_steps(sequence)
-            if step_id not in intent.seen
-            and step_id not in claimed
-            and values.get("order") == key.get("order")
-            and values.get("stepType") == key.get("stepType")
+        exact = [
+            step_id
+            for step_id, values in steps
+            if step_id not in claimed and all(values.get(k) == v for k, v in sent.items())
         ]
-        if not candidates:
-            return None
-        exact = [c for c in candidates if all(c[1].get(k) == v for k, v in sent.items())]
-        chosen = exact or candidates
-        if len(chosen) > 1:
-            others = ", ".join(str(c[0]) for c in chosen[1:])
+        if len(exact) > 1:
+            others = ", ".join(str(i) for i in exact[1:])
             self._warnings.append(
                 f"step {intent.old_id}: several new steps match its lost create; took "
-                f"{chosen[0][0]}, check {others}"
+                f"{exact[0]}, check {others}"
             )
-        return chosen[0][0]
+        return exact[0] if exact else None
+
+    async def _look_again(self) -> None:
+        """The creates lost in this run that were not found at once: look once more, after
+        everything else (a slow write may have landed meanwhile)."""
+        for entry, intent in self._lost:
+            found = await self._lookup(intent)
+            if found is not None:
+                assert self.journal is not None
+                self.journal.done(intent, found, "lookup")
+                entry.result, entry.new_id = "created", found
+                entry.note = f"{entry.note}; found by a later lookup"
 
     # -- applying ---------------------------------------------------------------------------
 
@@ -751,10 +964,10 @@ class Restore:
         try:
             # PATCH is idempotent (the same body twice is the same step): the client may retry.
             status, document = await self.client.send_document("PATCH", url, body)
-        except AuthError:
-            raise
+        except AuthError as exc:
+            raise _write_refused(exc) from None
         except ApiError as exc:
-            if exc.status is None or not 400 <= exc.status < 500 or exc.status == 429:
+            if not _refused(exc.status):
                 raise  # the API is failing, not this step: stop; the journal settles it later
             self._fail(entry, intent, exc.status, str(exc).split("; status")[0])
             return
@@ -765,60 +978,74 @@ class Restore:
         entry.result = "patched"
 
     async def _create(self, entry: PlanEntry) -> None:
+        """Send one create, once. A lost answer is looked up; not found, it stays unresolved."""
+        if self._stop:
+            entry.result = "stopped"
+            return
         assert self.journal is not None
         body = create_body(entry.values)
         key = lookup_key(entry.values)
         sequence = key["sequence"]
-        attempts = 0
-        while True:
-            if self._stop:
-                entry.result = "stopped"
+        seen: frozenset[int] = frozenset()
+        above: int | None = None
+        if isinstance(sequence, int):
+            seen = frozenset(i for i, _v in await self._sequence_steps(sequence))
+        else:
+            above = await self._highest_id()
+        intent = self.journal.new_intent(
+            "create", entry.old_id, body, key=key, seen=seen, above=above
+        )
+        try:
+            status, document = await self.client.send_document(
+                "POST", self.url, body, max_attempts=1
+            )
+        except AuthError as exc:
+            self.journal.failed(intent, exc.status, exc.message)  # refused: not applied
+            raise _write_refused(exc) from None
+        except ApiError as exc:
+            if _refused(exc.status):
+                self._fail(entry, intent, exc.status, exc.message)
                 return
-            attempts += 1
-            seen: frozenset[int] = frozenset()
-            if isinstance(sequence, int):
-                seen = frozenset(i for i, _v in await self._sequence_steps(sequence))
-            intent = self.journal.new_intent("create", entry.old_id, body, key=key, seen=seen)
-            try:
-                status, document = await self.sender.send("POST", self.url, body)
-            except LostAnswer as lost:
-                found = await self._lookup(intent)
-                if found is not None:
-                    self.journal.done(intent, found, "lookup")
-                    entry.result, entry.new_id = "created", found
-                    entry.note = f"answer lost ({lost}); found by lookup"
-                    return
-                self.journal.absent(intent)
-                if attempts >= self.settings.max_attempts:
-                    raise ApiError(
-                        f"giving up on re-creating step {entry.old_id} after {attempts} "
-                        f"attempts: {lost}",
-                        url=self.url,
-                    ) from None
-                await asyncio.sleep(min(30.0, self.settings.backoff_base * 2 ** (attempts - 1)))
-                continue
-            if 200 <= status < 300:
-                new_id = _created_id(document)
-                if new_id is None:
-                    # A 2xx that does not say what it made: settle it as a lost answer.
-                    found = await self._lookup(intent)
-                    if found is None:
-                        raise ResponseError(
-                            f"the API accepted step {entry.old_id} but its answer names no "
-                            "step, and none was found; run again to retry",
-                            url=self.url,
-                        )
-                    new_id = found
+            lost = exc.message
+        except UnreachableError as exc:
+            lost = str(exc)
+        else:
+            if not 200 <= status < 300:
+                self._fail(entry, intent, status, _error_text(document) or f"HTTP {status}")
+                return
+            new_id = _created_id(document)
+            if new_id is not None and new_id not in seen and new_id not in self.state.claimed():
                 self.journal.done(intent, new_id, "answer")
                 entry.result, entry.new_id = "created", new_id
                 return
-            self._fail(entry, intent, status, _error_text(document) or f"HTTP {status}")
+            # An answer naming no step, or one that was there before: do not believe it.
+            lost = f"HTTP {status} naming no new step"
+        found = await self._lookup(intent)
+        if found is not None:
+            self.journal.done(intent, found, "lookup")
+            entry.result, entry.new_id = "created", found
+            entry.note = f"answer lost ({lost}); found by lookup"
             return
+        entry.result = "unresolved"
+        entry.note = f"answer lost ({lost}); not on the target (yet): not sent again"
+        self._lost.append((entry, intent))
 
     def _fail(self, entry: PlanEntry, intent: Intent, status: int | None, detail: str) -> None:
         assert self.journal is not None
         self.journal.failed(intent, status, detail)
         entry.result, entry.status, entry.detail = "failed", status, detail
+
+
+def _write_refused(exc: AuthError) -> AuthError:
+    """A 401/403 on a write, said as what it means for a restore."""
+    if exc.status != 403:
+        return exc
+    return AuthError(
+        "the API refused the write (403): the app needs the sequenceSteps.write scope",
+        url=exc.url,
+        status=exc.status,
+        error_id=exc.error_id,
+    )
 
 
 def _first_error(exc: BaseException) -> BaseException:
@@ -828,20 +1055,29 @@ def _first_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def _epoch(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def _created_id(document: dict[str, Any] | None) -> int | None:
     data = document.get("data") if isinstance(document, dict) else None
     if not isinstance(data, dict) or data.get("type") != STEP:
         return None
     try:
         return record_id(data, STEP)
-    except ResponseError:
+    except ApiError:
         return None
 
 
-def _write_mapping(path: Path, base_url: str, created: dict[int, int]) -> None:
+def _write_mapping(path: Path, account: Account, created: dict[int, int]) -> None:
     """Old id -> new id of every create the journal records, replaced atomically."""
     document = {
-        "target": redact_url(base_url),
+        "target": account.to_json(),
         "created": [{"old_id": old, "new_id": new} for old, new in sorted(created.items())],
     }
     temporary = path.with_name("." + path.name + ".inprogress")
@@ -900,17 +1136,19 @@ def summary(report: RestoreReport) -> str:
     counts = Counter(e.result for e in report.plan)
     equal = report.count(Action.EQUAL)
     skipped = report.count(Action.SKIP)
+    unresolved = len(report.unresolved)
+    waiting = f", {unresolved} unresolved (not sent again)" if unresolved else ""
     if not report.applied:
         return (
             f"plan ({report.mode.value}): {report.count(Action.CREATE)} to create, "
-            f"{report.count(Action.PATCH)} to patch, {equal} equal"
+            f"{report.count(Action.PATCH)} to patch, {equal} equal{waiting}"
             + (f", {skipped} outside --mode {report.mode.value}" if skipped else "")
             + f" of {len(report.plan)} steps; nothing written (pass --apply to write), "
             f"{report.requests} requests"
         )
     text = (
         f"restored ({report.mode.value}): {counts['created']} created, {counts['patched']} "
-        f"patched, {equal} equal, {counts['failed']} failed"
+        f"patched, {equal} equal, {counts['failed']} failed{waiting}"
         + (f", {skipped} outside --mode {report.mode.value}" if skipped else "")
         + f" of {len(report.plan)} steps in {report.seconds:.1f}s, {report.requests} requests"
     )
@@ -959,7 +1197,7 @@ class _IdList(click.ParamType[tuple[int, ...]]):
 @click.option(
     "--journal",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write journal.  [default: DIR/_restore/<target-host>-journal.jsonl; for a backup "
+    help="Write journal.  [default: DIR/_restore/<target account>-journal.jsonl; for a backup "
     "on an object store, $XDG_STATE_HOME/outreach-exporter/restore/]",
 )
 @click.option(
@@ -988,10 +1226,22 @@ class _IdList(click.ParamType[tuple[int, ...]]):
 )
 @click.option(
     "--lookup-delay",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=3600),
     default=2.0,
     show_default=True,
-    help="Seconds to wait after a write whose answer was lost before looking it up.",
+    help="Seconds to wait after a write whose answer was lost before looking it up (a create "
+    "not found is never sent again on that account; see --resend-lost).",
+)
+@click.option(
+    "--resend-lost",
+    is_flag=True,
+    help="Send again the creates whose answer was lost and that a last lookup does not find. "
+    "Only once you have checked the target yourself: a lost create may still land later.",
+)
+@click.option(
+    "--into-another-account",
+    is_flag=True,
+    help="Restore a backup of another account: only create its steps (never patch by id).",
 )
 def restore_command(
     directory: str,
@@ -1011,6 +1261,8 @@ def restore_command(
     concurrency: int,
     rate_limit: RateLimit,
     lookup_delay: float,
+    resend_lost: bool,
+    into_another_account: bool,
 ) -> None:
     """Put sequence steps back from a backup: plan (default), or --apply the creates and patches."""
     from exporter.cli import _run, _token_source, fail
@@ -1043,6 +1295,8 @@ def restore_command(
             concurrency=concurrency,
             rate_limit=rate_limit,
             lookup_delay=lookup_delay,
+            resend_lost=resend_lost,
+            into_another_account=into_another_account,
         )
         job = Restore(settings, _token_source(auth))
         report: RestoreReport = _run(job.run, job.request_stop)
@@ -1051,6 +1305,9 @@ def restore_command(
         return
     for line in render(report):
         click.echo(line)
+    problem = report.error_line()
+    if problem is not None:
+        click.echo(f"error: {problem}", err=True)
     raise SystemExit(int(report.exit_code))
 
 

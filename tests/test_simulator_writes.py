@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -10,7 +11,7 @@ from simulator_helpers import Reply, running, validate_resource
 
 from exporter.simulator import Faults, Simulator, SimulatorConfig
 from exporter.simulator.data import BASE_TIME
-from exporter.simulator.writes import WriteError, parse_write
+from exporter.simulator.writes import WriteError, parse_write, write_policy
 
 STEPS = "/sequenceSteps"
 NOW = BASE_TIME + 86_400 * 30 + 3_723  # 2025-01-31T01:02:03Z
@@ -443,3 +444,48 @@ async def test_created_records_survive_mutations_and_validate() -> None:
         assert ids == sorted(ids)
         # Every later insert still gets an id above the written ones.
         assert max(_step_ids(sim)) >= ids[-1]
+
+
+# ----------------------------------------------------------------------------- write policy
+
+
+async def test_a_slow_write_lands_after_its_client_gave_up() -> None:
+    """`apply_delay_s`: the write is held, the client times out and goes away, and the write
+    is applied all the same (as a real API's backend finishes what it accepted)."""
+    async with running(_config()) as run:
+        sim = run.sim
+        write_policy(sim).apply_delay_s = 0.5
+        before = _step_ids(sim)
+        with pytest.raises(TimeoutError):
+            await run.send(
+                "POST",
+                STEPS,
+                _new_step(sim, taskNote="slow"),
+                timeout=aiohttp.ClientTimeout(total=0.1),
+            )
+        assert _step_ids(sim) == before  # not yet
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while _step_ids(sim) == before:
+            assert loop.time() < deadline, "the slow write never landed"
+            await asyncio.sleep(0.02)
+        [created] = [i for i in _step_ids(sim) if i not in before]
+        record = sim.truth.get("sequenceStep", created)
+        assert record is not None and record["attributes"]["taskNote"] == "slow"
+        assert sim.counters.writes_applied == 1
+        # A refused write is refused at once, not held.
+        started = loop.time()
+        refused = await run.send("POST", STEPS, _new_step(sim, stepType="fax"))
+        assert refused.status == 422 and loop.time() - started < 0.4
+
+
+async def test_a_step_without_sequence_is_refused_unless_the_policy_allows_it() -> None:
+    async with running(_config()) as run:
+        sim = run.sim
+        bare = {"data": {"type": "sequenceStep", "attributes": {"stepType": "task"}}}
+        _assert_errors(await run.send("POST", STEPS, bare), 422, "/data/relationships/sequence")
+        write_policy(sim).require_sequence = False
+        reply = await run.send("POST", STEPS, bare)
+        assert reply.status == 201, reply.raw
+        assert reply.json["data"]["relationships"]["sequence"] == {"data": None}
+        assert write_policy(Simulator(_config())).require_sequence  # per simulator

@@ -28,7 +28,7 @@ from .faults import (
 from .listing import Page
 from .paging import Cursor, encode_cursor
 from .query import Query, QueryError, parse_query
-from .writes import WRITABLE_TYPE, WriteError, parse_write
+from .writes import REQUIRED_RELATIONSHIPS, WRITABLE_TYPE, WriteError, parse_write, write_policy
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -285,17 +285,32 @@ class Api:
                     error_body(404, "resourceNotFound", "Resource Not Found", detail),
                     headers,
                 )
+        policy = write_policy(sim)
         try:
             change = parse_write(
                 body,
                 rtype,
                 record_id=record_id,
                 exists=lambda name, i: store.alive_row(name, i) is not None,
+                required_relationships=(
+                    REQUIRED_RELATIONSHIPS if policy.require_sequence else frozenset()
+                ),
             )
         except WriteError as error:
             return await self.deliver(
                 request, error.status, orjson.dumps(error.document()), headers
             )
+        if policy.apply_delay_s > 0:
+            # A slow write: applied after the delay even if its client is gone by then.
+            await asyncio.sleep(policy.apply_delay_s)
+            if record_id is not None and store.alive_row(type_name, record_id) is None:
+                detail = f"No {type_name} with id {record}"
+                return await self.deliver(
+                    request,
+                    404,
+                    error_body(404, "resourceNotFound", "Resource Not Found", detail),
+                    headers,
+                )
         if record_id is None:
             record_id = store.create(type_name, change)
             status = 201

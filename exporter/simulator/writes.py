@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import orjson
 
@@ -18,6 +19,31 @@ WRITABLE_TYPE = "sequenceStep"
 REQUIRED_RELATIONSHIPS = frozenset({"sequence"})
 REQUIRED_ATTRIBUTES = frozenset({"stepType"})
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # integer columns are 32-bit, as in Outreach's database
+
+
+@dataclass
+class WritePolicy:
+    """How a simulator's write endpoint behaves besides the fault dice; tests change it at runtime.
+
+    `apply_delay_s` holds every accepted write that long before applying it: a client that gave
+    up (or was killed) meanwhile never hears back, yet the write lands (aiohttp does not cancel a
+    handler whose client went away). `require_sequence=False` stands for an API that takes a
+    step without a sequence (the real API's rule is not documented)."""
+
+    apply_delay_s: float = 0.0
+    require_sequence: bool = True
+
+
+_POLICIES: WeakKeyDictionary[object, WritePolicy] = WeakKeyDictionary()
+
+
+def write_policy(sim: object) -> WritePolicy:
+    """The write policy of one simulator (created with the defaults on first use)."""
+    policy = _POLICIES.get(sim)
+    if policy is None:
+        policy = _POLICIES[sim] = WritePolicy()
+    return policy
+
 
 _TITLES = {
     400: "Bad Request",
@@ -64,6 +90,7 @@ def parse_write(
     *,
     record_id: int | None,
     exists: Callable[[str, int], bool],
+    required_relationships: frozenset[str] = REQUIRED_RELATIONSHIPS,
 ) -> StepChange:
     """Check a POST (`record_id` None) or PATCH body against `rtype`; raise WriteError if refused.
 
@@ -111,13 +138,15 @@ def parse_write(
     problems: list[dict[str, Any]] = []
     change = StepChange(
         attributes=_attributes(rtype, attributes, problems),
-        relationships=_relationships(rtype, relationships, exists, problems),
+        relationships=_relationships(
+            rtype, relationships, exists, problems, required_relationships
+        ),
     )
     if record_id is None:
         # (Given but invalid, they have a problem reported already.)
         for name in sorted(REQUIRED_ATTRIBUTES - set(attributes)):
             problems.append(_invalid(f"{name} can't be blank", f"/data/attributes/{name}"))
-        for name in sorted(REQUIRED_RELATIONSHIPS - set(relationships)):
+        for name in sorted(required_relationships - set(relationships)):
             problems.append(_invalid(f"{name} can't be blank", f"/data/relationships/{name}"))
     if problems:
         raise WriteError(422, problems)
@@ -195,6 +224,7 @@ def _relationships(
     given: dict[str, Any],
     exists: Callable[[str, int], bool],
     problems: list[dict[str, Any]],
+    required: frozenset[str] = REQUIRED_RELATIONSHIPS,
 ) -> dict[str, int]:
     out: dict[str, int] = {}
     for name, value in given.items():
@@ -215,7 +245,7 @@ def _relationships(
         data = value["data"]
         pointer += "/data"
         if data is None:
-            if name in REQUIRED_RELATIONSHIPS:
+            if name in required:
                 problems.append(_invalid(f"{name} can't be blank", pointer))
             else:
                 out[name] = 0

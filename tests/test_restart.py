@@ -128,3 +128,29 @@ async def test_a_fresh_run_keeps_part_named_files_of_a_folder_it_does_not_own(
     foreign.write_bytes(b"someone else's")
     await export(running.base_url, tmp_path)
     assert foreign.read_bytes() == b"someone else's"
+
+
+async def test_every_run_removes_uncommitted_files_of_ours_first(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Left by an incremental run that failed before its first commit: removed by the next
+    `--incremental` run (before, only fresh and resumed runs cleaned up)."""
+    running = await start_simulator(steps=60, seed=8)
+    first = await export(running.base_url, tmp_path)
+    committed = tmp_path / first.state.resources["sequenceStep"].files[0].path
+    failed = "20250101T000000Z-abcdef"
+    left = tmp_path / "sequenceSteps" / f"run={failed}" / f"part-{failed}-00001.parquet"
+    temporary = left.parent / f".part-{failed}-00002.parquet.inprogress"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(committed.read_bytes())
+    temporary.write_bytes(b"half")
+    mine = users_own_files(tmp_path)
+    lookalike = left.parent / "part-notes.parquet"  # not our naming: not ours
+    lookalike.write_bytes(b"x")
+    mine[lookalike] = b"x"
+    again = await export(running.base_url, tmp_path, incremental=True)
+    assert again.state.kind == "incremental"
+    assert not left.exists() and not temporary.exists()
+    assert_intact(mine)
+    manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
+    assert committed.relative_to(tmp_path).as_posix() in {f["path"] for f in manifest["files"]}

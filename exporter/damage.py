@@ -66,20 +66,33 @@ def inspect(storage: Storage, files: list[DataFile], *, thorough: bool) -> list[
     return found
 
 
-def damaged_error(storage: Storage, damage: list[Damage]) -> DamagedFileError:
+REPAIR_ADVICE = "Run the same command with --repair"  # what `export` says; `compact` says its own
+
+
+def damaged_error(
+    storage: Storage, damage: list[Damage], advice: str = REPAIR_ADVICE
+) -> DamagedFileError:
     """One line: the first damaged file, how many more, and how to recover."""
     first = damage[0]
     more = f" (and {len(damage) - 1} more committed file(s))" if len(damage) > 1 else ""
+    held = (
+        f" ({first.file.rows:,} {first.file.type_name} records in this one)"
+        if first.file.rows
+        else ""
+    )
     return DamagedFileError(
-        f"{shown(storage, first.file.path)} is damaged: {first.reason}{more}; the backup's files "
-        f"were not changed. Run the same command with --repair: it sets damaged files aside (renamed "
-        f"*.damaged-<run id>) and fetches their records again ({first.file.rows:,} "
-        f"{first.file.type_name} records in this one)"
+        f"{shown(storage, first.file.path)} is damaged: {first.reason}{more}; the backup's "
+        f"files were not changed. {advice}: it sets damaged files aside (renamed "
+        f"*.damaged-<run id>) and fetches their records again{held}"
     )
 
 
 def read_failure(
-    storage: Storage, relative: str, exc: BaseException, expected: DataFile | None
+    storage: Storage,
+    relative: str,
+    exc: BaseException,
+    expected: DataFile | None,
+    advice: str = REPAIR_ADVICE,
 ) -> ExporterError:
     """What a failed read of the committed file `relative` means, as one line.
 
@@ -91,12 +104,12 @@ def read_failure(
         info = storage.fs.get_file_info(storage.path(relative))
     except OSError as listing:
         return storage_error("read", storage.path(relative), listing)
-    data_file = expected or DataFile(relative, "?", 0, -1, "", None, None)
+    data_file = expected or DataFile(relative, "", 0, -1, "", None, None)
     if info.type == pafs.FileType.NotFound:
-        return damaged_error(storage, [Damage(data_file, "missing")])
+        return damaged_error(storage, [Damage(data_file, "missing")], advice)
     if expected is not None and info.size != expected.bytes:
         reason = f"{info.size:,} bytes instead of the {expected.bytes:,} recorded"
-        return damaged_error(storage, [Damage(data_file, reason)])
+        return damaged_error(storage, [Damage(data_file, reason)], advice)
     if expected is not None:
         try:
             same = storage.sha256(relative) == expected.sha256
@@ -104,15 +117,15 @@ def read_failure(
             return storage_error("read", storage.path(relative), reading)
         if not same:
             reason = "its content differs from the recorded sha256"
-            return damaged_error(storage, [Damage(data_file, reason)])
+            return damaged_error(storage, [Damage(data_file, reason)], advice)
         if isinstance(exc, OSError):
             return storage_error("read", storage.path(relative), exc)
     if isinstance(exc, pa.ArrowInvalid | pa.ArrowException | ValueError | OSError):
         text = " ".join(str(exc).split())[:160]
         return DamagedFileError(
-            f"{shown(storage, relative)} cannot be read as Parquet ({text}); the backup's files were not "
-            "changed. "
-            "If it is damaged, run the same command with --repair: it checks every committed file "
-            "against its recorded sha256, sets damaged ones aside and fetches their records again"
+            f"{shown(storage, relative)} cannot be read as Parquet ({text}); the backup's files "
+            f"were not changed. If it is damaged: {advice[0].lower()}{advice[1:]}: it checks "
+            "every committed file against its recorded sha256, sets damaged ones aside and "
+            "fetches their records again"
         )
     raise exc

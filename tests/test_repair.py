@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,9 @@ from exporter.damage import DamagedFileError
 from exporter.errors import ExitCode, Interrupted, UsageError
 from exporter.run import Export, ExportResult
 from exporter.simulator import Faults
-from tests.conftest import TOKEN, Running, StartSimulator, clean_env
+from tests.conftest import TOKEN, Running, StartSimulator, clean_env, spawn
 from tests.test_incremental import assert_compacted_equals_truth, assert_no_version_twice, mutate
-from tests.test_resume import assert_exact
+from tests.test_resume import assert_exact, export_command, run_to_completion
 
 DAMAGE = ("truncate", "flip", "delete")
 
@@ -191,3 +192,51 @@ def test_cli_names_the_damaged_file_in_one_line(tmp_path: Path) -> None:
         timeout=120,
     )
     assert fixed.returncode == 0, fixed.stderr
+
+
+async def test_a_damaged_tombstone_file_is_checked_again_by_detect_deletes(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=500, seed=64)
+    rng = random.Random(64)
+    await export(running.base_url, tmp_path)
+    mutate(running, rng, 60)
+    await export(running.base_url, tmp_path, incremental=True, detect_deletes=True)
+    manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
+    stones = next(f for f in manifest["files"] if f["type"] == "_tombstone")
+    damage(tmp_path / stones["path"], "flip")
+    with pytest.raises(UsageError, match="--detect-deletes"):
+        await export(running.base_url, tmp_path, incremental=True, repair=True)
+    assert (tmp_path / stones["path"]).exists()  # refused before anything was moved
+    await export(running.base_url, tmp_path, incremental=True, repair=True, detect_deletes=True)
+    assert list(tmp_path.rglob("*.damaged-*"))
+    assert_compacted_equals_truth(running, tmp_path)
+
+
+async def test_a_repair_killed_midway_is_finished_by_the_next_run(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """SIGKILL once the checkpoint records the pending repair; the next run (even without
+    --repair) fetches the rest, and the result is exact."""
+    running = await start_simulator(steps=1500, seed=65, faults=Faults(latency_s=0.004))
+    state = await stopped_run(running, tmp_path)
+    for type_name in ("sequenceStep", "user"):
+        damage(tmp_path / state["resources"][type_name]["files"][0]["path"], "truncate")
+    running.sim.faults.latency_s = 0.05  # slow enough to be killed mid-repair
+    process = await spawn(*export_command(running, tmp_path, "--repair"))
+    checkpoint = tmp_path / "_checkpoint.json"
+    deadline = asyncio.get_running_loop().time() + 60
+    while asyncio.get_running_loop().time() < deadline:
+        current = orjson.loads(checkpoint.read_bytes())
+        if any("repair" in r["detail"] for r in current["resources"].values()):
+            break
+        assert process.returncode is None, "the repair ended before it could be killed"
+        await asyncio.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    await process.communicate()
+    killed = orjson.loads(checkpoint.read_bytes())
+    assert any("repair" in r["detail"] for r in killed["resources"].values())  # mid-repair
+    running.sim.faults.latency_s = 0.0
+    code, _codes = await run_to_completion(export_command(running, tmp_path), [])
+    assert code == 0
+    assert_exact(running, tmp_path)

@@ -61,7 +61,7 @@ from exporter.repair import (
 )
 from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.sink import INPROGRESS_SUFFIX
-from exporter.storage import Storage
+from exporter.storage import OpenFile, Storage
 from exporter.writer import CommitPolicy, Writer
 
 
@@ -141,6 +141,22 @@ def uncommitted(storage: Storage, named: set[str], directories: list[str]) -> li
         for relative in storage.list_files(directory)
         if _is_ours(relative) and relative not in named
     ]
+
+
+class ClaimingStorage(Storage):
+    """The writer's view of a backup it starts: `claim` runs once, before the first data file
+    is opened (a file is opened when its first row group is written, at the latest when it is
+    committed)."""
+
+    def __init__(self, storage: Storage, claim: Callable[[], None]) -> None:
+        super().__init__(storage.fs, storage.base, storage.display)
+        self._claim: Callable[[], None] | None = claim
+
+    def open_data(self, relative: str) -> OpenFile:
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            claim()
+        return super().open_data(relative)
 
 
 def _safe_named(storage: Storage, relative: str) -> bool:
@@ -642,11 +658,6 @@ class Export:
             state, resumed = await asyncio.to_thread(self._prepare, found, account)
             # Damaged files stop the run before its checkpoint replaces the backup's.
             await asyncio.to_thread(self._check_files, state)
-            if not resumed:
-                # Written before any part file, so a folder holding our part files always holds
-                # our checkpoint (what proves them ours to a later run).
-                self.lock.check()
-                await asyncio.to_thread(checkpoint.save, self.storage, state)
             event(
                 "run.start",
                 f"{'resuming' if resumed else 'starting'} {state.kind} run {state.run_id} "
@@ -698,7 +709,16 @@ class Export:
                 index = await asyncio.to_thread(self._load_index, state)
             await self._phases(state, resumed, index, client, inbox, credits)
 
-        writer = Writer(self.storage, state, inbox, credits, policy, guard=self.lock.check)
+        claim: Callable[[], None] | None = None
+        if not resumed and state.kind == "full":
+            # A folder without our checkpoint: write it before the first part file, so part
+            # files of ours never exist without it (what proves them ours to a later run).
+            def claim() -> None:
+                self.lock.check()
+                checkpoint.save(self.storage, state)
+
+        storage = ClaimingStorage(self.storage, claim) if claim is not None else self.storage
+        writer = Writer(storage, state, inbox, credits, policy, guard=self.lock.check)
         writer_task = asyncio.create_task(writer.run(), name="writer")
         phases = asyncio.create_task(work(), name="phases")
         failure: BaseException | None = None

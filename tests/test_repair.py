@@ -240,3 +240,24 @@ async def test_a_repair_killed_midway_is_finished_by_the_next_run(
     code, _codes = await run_to_completion(export_command(running, tmp_path), [])
     assert code == 0
     assert_exact(running, tmp_path)
+
+
+async def test_a_lost_checkpoint_of_an_unfinished_incremental_run_is_rebuilt_as_of_the_last_finished(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=400, seed=66)
+    first = await export(running.base_url, tmp_path)
+    mutate(running, random.Random(66), 30)
+    # What an incremental run killed after its first commit leaves, once its checkpoint is lost.
+    unfinished = "20990101T000000Z-0a0b0c"
+    left = tmp_path / "sequenceSteps" / f"run={unfinished}" / f"part-{unfinished}-00001.parquet"
+    left.parent.mkdir(parents=True)
+    left.write_bytes((tmp_path / first.state.resources["sequenceStep"].files[0].path).read_bytes())
+    (tmp_path / "_checkpoint.json").unlink()
+    result = await export(
+        running.base_url, tmp_path, incremental=True, repair=True, detect_deletes=True
+    )
+    assert result.state.kind == "incremental" and len(result.state.history) == 1
+    assert not left.exists()
+    assert_no_version_twice(tmp_path)
+    assert_compacted_equals_truth(running, tmp_path)

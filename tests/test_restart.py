@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,9 @@ import pytest
 
 from exporter.auth import Secret, StaticToken
 from exporter.config import ExportSettings, RateLimit
-from exporter.errors import AuthError
+from exporter.errors import AuthError, ExitCode
 from exporter.run import Export, ExportResult
-from tests.conftest import TOKEN, StartSimulator
+from tests.conftest import TOKEN, StartSimulator, spawn
 from tests.test_export import expected_steps
 from tests.truth import assert_rows_equal
 
@@ -154,3 +155,27 @@ async def test_every_run_removes_uncommitted_files_of_ours_first(
     assert_intact(mine)
     manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
     assert committed.relative_to(tmp_path).as_posix() in {f["path"] for f in manifest["files"]}
+
+
+async def test_cli_restart_with_a_wrong_token_exits_3_and_deletes_nothing(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=50, seed=9)
+    await export(running.base_url, tmp_path)
+    before = {
+        p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "_lock" not in p.name
+    }
+    command = [sys.executable, "-m", "exporter", "export", "--out", str(tmp_path)]
+    command += ["--base-url", running.base_url, "--token", "wrong-XYZ", "--restart"]
+    process = await spawn(*command)
+    _out, err = await process.communicate()
+    text = err.decode()
+    assert process.returncode == ExitCode.AUTH, text
+    assert len(text.strip().splitlines()) == 1 and "Traceback" not in text
+    assert "wrong-XYZ" not in text
+    assert_intact(before)
+    # --repair and --restart contradict each other: refused before any request.
+    both = await spawn(*command[:-3], "--token", TOKEN, "--restart", "--repair")
+    _out, err = await both.communicate()
+    assert both.returncode == ExitCode.USAGE and b"--repair" in err
+    assert_intact(before)

@@ -110,6 +110,7 @@ class RunState:
     # Earlier finished runs in this directory, oldest first, each with its files.
     history: list[dict[str, Any]] = field(default_factory=list)
     tool_version: str | None = None  # the exporter that started the run
+    account: dict[str, Any] | None = None  # whose backup this is: `account.Account.to_json()`
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,6 +128,7 @@ class RunState:
             "phase": self.phase,
             "history": self.history,
             "tool_version": self.tool_version,
+            "account": self.account,
         }
 
     @classmethod
@@ -145,6 +147,7 @@ class RunState:
             phase=str(data.get("phase", "crawl")),
             history=checked_history(data.get("history", [])),
             tool_version=data.get("tool_version"),
+            account=data["account"] if isinstance(data.get("account"), dict) else None,
         )
 
     def committed_files(self) -> list[DataFile]:

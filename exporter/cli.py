@@ -396,7 +396,15 @@ def _secret(value: str | None) -> Secret | None:
     help="Check every id of the backup against the API and write tombstones for the gone ones.",
 )
 @click.option(
-    "--restart", is_flag=True, help="Discard an unfinished or finished run in --out first."
+    "--restart",
+    is_flag=True,
+    help="Discard the backup in --out first: only files this tool wrote (README, Resuming).",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Set damaged committed files aside and fetch their records again; rebuild a lost "
+    "checkpoint of a finished backup from its manifest (with --incremental).",
 )
 @click.option(
     "--commit-interval",
@@ -461,6 +469,7 @@ def export(
     overlap: float,
     detect_deletes: bool,
     restart: bool,
+    repair: bool,
     commit_interval: float,
     read_timeout: float,
     file_rows: int,
@@ -525,6 +534,7 @@ def export(
                 settings,
                 _token_source(settings),
                 _reporter_factory(log_format, quiet, progress_interval),
+                repair=repair,
             )
             result = _run(job.run, job.request_stop)
         except ExporterError as exc:

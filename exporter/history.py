@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from exporter.damage import read_failure
 from exporter.normalize import TOMBSTONE_TYPE
 from exporter.relationships import IdSet, Link
 from exporter.sink import DataFile
@@ -56,47 +57,61 @@ def load_index(
     `version_since[type]` (microseconds; all of them when None), and what the steps reference."""
     index = BackupIndex()
     for data_file in files:
-        path = storage.path(data_file.path)
-        fs = storage.fs
-        if data_file.type_name == TOMBSTONE_TYPE:
-            table = pq.read_table(path, columns=["type", "id"], filesystem=fs)
-            for type_name, value in zip(
-                table.column("type").to_pylist(), table.column("id").to_pylist(), strict=True
-            ):
-                index.tombstoned.setdefault(type_name, IdSet()).add(value)
-            continue
-        schema = pq.read_schema(path, filesystem=fs)
-        columns = ["id"]
-        if "updatedAt" in schema.names:
-            columns.append("updatedAt")
-        references = [
-            link for link in links if data_file.type_name == root_type and link.column is not None
-        ]
-        columns += [
-            link.column for link in references if link.column and link.column in schema.names
-        ]
-        table = pq.read_table(path, columns=columns, filesystem=fs)
-        ids = table.column("id").to_pylist()
-        seen = index.ids.setdefault(data_file.type_name, IdSet())
-        for value in ids:
-            seen.add(value)
-        if "updatedAt" in table.column_names:
-            version_since_us = version_since.get(data_file.type_name)
-            versions = index.versions.setdefault(data_file.type_name, {})
-            for value, stamp in zip(ids, _micros(table.column("updatedAt")), strict=True):
-                if stamp is None or (version_since_us is not None and stamp < version_since_us):
-                    continue
-                if versions.get(value, -1) < stamp:
-                    versions[value] = stamp
-        for link in references:
-            assert link.column is not None
-            column = table.column(link.column)
-            if link.many:
-                column = pc.list_flatten(column)
-            target = index.referenced.setdefault(link.target, IdSet())
-            for value in column.drop_null().to_pylist():
-                target.add(value)
+        try:
+            _read_into(index, storage, data_file, version_since, links, root_type)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            # A committed file that cannot be read: named, and called damaged only when proved.
+            raise read_failure(storage, data_file.path, exc, data_file) from None
     return index
+
+
+def _read_into(
+    index: BackupIndex,
+    storage: Storage,
+    data_file: DataFile,
+    version_since: dict[str, int | None],
+    links: list[Link],
+    root_type: str,
+) -> None:
+    """Add what one committed file holds to `index`."""
+    path = storage.path(data_file.path)
+    fs = storage.fs
+    if data_file.type_name == TOMBSTONE_TYPE:
+        table = pq.read_table(path, columns=["type", "id"], filesystem=fs)
+        for type_name, value in zip(
+            table.column("type").to_pylist(), table.column("id").to_pylist(), strict=True
+        ):
+            index.tombstoned.setdefault(type_name, IdSet()).add(value)
+        return
+    schema = pq.read_schema(path, filesystem=fs)
+    columns = ["id"]
+    if "updatedAt" in schema.names:
+        columns.append("updatedAt")
+    references = [
+        link for link in links if data_file.type_name == root_type and link.column is not None
+    ]
+    columns += [link.column for link in references if link.column and link.column in schema.names]
+    table = pq.read_table(path, columns=columns, filesystem=fs)
+    ids = table.column("id").to_pylist()
+    seen = index.ids.setdefault(data_file.type_name, IdSet())
+    for value in ids:
+        seen.add(value)
+    if "updatedAt" in table.column_names:
+        version_since_us = version_since.get(data_file.type_name)
+        versions = index.versions.setdefault(data_file.type_name, {})
+        for value, stamp in zip(ids, _micros(table.column("updatedAt")), strict=True):
+            if stamp is None or (version_since_us is not None and stamp < version_since_us):
+                continue
+            if versions.get(value, -1) < stamp:
+                versions[value] = stamp
+    for link in references:
+        assert link.column is not None
+        column = table.column(link.column)
+        if link.many:
+            column = pc.list_flatten(column)
+        target = index.referenced.setdefault(link.target, IdSet())
+        for value in column.drop_null().to_pylist():
+            target.add(value)
 
 
 class SkipKnownVersions:

@@ -78,6 +78,7 @@ def build(state: RunState, stats: dict[str, Any] | None = None) -> dict[str, Any
         "window_start": state.window_start,
         "window_end": state.window_end,
         "source": state.source,
+        "account": state.account,
         "tool": {"name": "outreach-exporter", "version": __version__},
         "parameters": state.parameters,
         "resources": resources,

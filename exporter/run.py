@@ -16,26 +16,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from exporter import __version__, checkpoint, manifest
+from exporter.account import Account, canonical_base_url, identify
 from exporter.auth import TokenSource
 from exporter.checkpoint import ResourceState, RunState
 from exporter.client import ApiClient, ClientSettings
 from exporter.compact import ROOT_TYPE
 from exporter.config import ExportSettings
 from exporter.crawl import CollectionCrawl, CrawlStats, Flush, Message, RowSelector
+from exporter.damage import damaged_error, inspect, read_failure, shown
 from exporter.deletes import DeleteScan
 from exporter.errors import Interrupted, OutputError, UsageError, redact_url
-from exporter.history import BackupIndex, BelongsToBackup, SkipKnownVersions, load_index
+from exporter.history import (
+    BackupIndex,
+    BelongsToBackup,
+    SkipKnownVersions,
+    _micros,
+    load_index,
+)
 from exporter.lock import OutputLock
 from exporter.normalize import TOMBSTONE_TYPE
 from exporter.pagination import collection_url
@@ -48,9 +58,18 @@ from exporter.relationships import (
     parse_selection,
     step_back_link,
 )
+from exporter.repair import (
+    REPAIR_KEY,
+    Keep,
+    covered,
+    drop_file,
+    from_manifest,
+    refetch_range,
+    set_aside,
+)
 from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.sink import INPROGRESS_SUFFIX
-from exporter.storage import Storage
+from exporter.storage import OpenFile, Storage
 from exporter.writer import CommitPolicy, Writer
 
 MAX_CLOCK_SKEW = 300.0  # seconds the API's clock and ours may differ before the earlier is taken
@@ -80,15 +99,18 @@ class ExportResult:
         return {k: v.rows for k, v in self.state.resources.items()}
 
 
+@dataclass
+class Found:
+    """What `--out` holds of ours, as read before anything is decided."""
+
+    checkpoint_present: bool
+    manifest_present: bool
+    state: RunState | None = None
+    unreadable: UsageError | None = None  # why the checkpoint could not be read
+    document: dict[str, Any] | None = None  # the manifest, when it could be read
+
+
 TOMBSTONE_DIRECTORY = "tombstones"
-
-
-def _is_ours(relative: str) -> bool:
-    """A part file or a temporary one: what an export writes below its type directories."""
-    name = relative.rsplit("/", 1)[-1]
-    return (name.startswith("part-") and name.endswith(".parquet")) or (
-        name.startswith(".part-") and name.endswith(INPROGRESS_SUFFIX)
-    )
 
 
 # Every directory an export writes into (an earlier selection's types included), tombstones last.
@@ -97,10 +119,32 @@ BACKUP_DIRECTORIES = [
     TOMBSTONE_DIRECTORY,
 ]
 
+# What an export writes below its directories: `part-<run id>-<sequence>.parquet`, and while it
+# is written locally, `.part-<run id>-<sequence>.parquet.inprogress` (see `sink`).
+_PART_NAME = re.compile(r"part-\d{8}T\d{6}Z-[0-9a-f]{6}-\d{5,}\.parquet")
+_RUN_DIRECTORY = re.compile(r"run=\d{8}T\d{6}Z-[0-9a-f]{6}")
+
+
+def _is_ours(relative: str) -> bool:
+    """A part file or a temporary one of our naming, where an export puts them: directly in a
+    type's directory, or in its `run=<id>/` (tombstones: only there). Nothing else is ours."""
+    parts = relative.split("/")
+    if len(parts) not in (2, 3) or parts[0] not in BACKUP_DIRECTORIES:
+        return False
+    if len(parts) == 3 and not _RUN_DIRECTORY.fullmatch(parts[1]):
+        return False
+    if parts[0] == TOMBSTONE_DIRECTORY and len(parts) != 3:
+        return False
+    name = parts[-1]
+    if name.startswith(".") and name.endswith(INPROGRESS_SUFFIX):
+        name = name[1 : -len(INPROGRESS_SUFFIX)]
+    return _PART_NAME.fullmatch(name) is not None
+
 
 def uncommitted(storage: Storage, named: set[str], directories: list[str]) -> list[str]:
-    """Part files below our directories that `named` (a checkpoint's files) does not hold:
-    uploads completed but never committed, and temporary files. Files we did not write stay."""
+    """Part files of our naming below our directories that `named` (every file a checkpoint
+    names, earlier runs' included) does not hold: uploads completed but never committed, and
+    temporary files. Files of any other name stay, whoever wrote them."""
     return [
         relative
         for directory in directories
@@ -109,21 +153,81 @@ def uncommitted(storage: Storage, named: set[str], directories: list[str]) -> li
     ]
 
 
+class ClaimingStorage(Storage):
+    """The writer's view of a backup it starts: `claim` runs once, before the first data file
+    is opened (a file is opened when its first row group is written, at the latest when it is
+    committed)."""
+
+    def __init__(self, storage: Storage, claim: Callable[[], None]) -> None:
+        super().__init__(storage.fs, storage.base, storage.display)
+        self._claim: Callable[[], None] | None = claim
+
+    def open_data(self, relative: str) -> OpenFile:
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            claim()
+        return super().open_data(relative)
+
+
+def _safe_named(storage: Storage, relative: str) -> bool:
+    """A path a state file names that we may move or delete: inside the root, of our naming."""
+    return storage.inside(relative) == relative and _is_ours(relative)
+
+
 def remove_uncommitted(storage: Storage, state: RunState | None, directories: list[str]) -> int:
-    """Delete the `uncommitted` files of `state` (all part files when None); returns the count."""
-    named = {f.path for f in state.committed_files()} if state else set()
+    """Delete the `uncommitted` files of a folder holding `state` (our checkpoint); returns the
+    count. Without a checkpoint nothing proves a file ours, so nothing is deleted."""
+    if state is None:
+        return 0
+    named = {f.path for f in state.committed_files()}
     found = uncommitted(storage, named, directories)
     for relative in found:
         storage.delete(relative)
     return len(found)
 
 
-def discard_run(storage: Storage, directories: list[str]) -> None:
-    """`--restart`: remove every run's files, the checkpoint and the manifest."""
-    for directory in directories:
-        storage.delete_dir(directory)
+def discard_run(
+    storage: Storage,
+    state: RunState | None,
+    document: dict[str, Any] | None,
+    directories: list[str],
+) -> int:
+    """`--restart` in a folder holding our checkpoint or manifest (the caller checks): delete the
+    part files they name (every run's) and every other part file of our naming below our
+    directories, then the checkpoint and the manifest, then the directories left empty.
+    A named path that is not of our naming where we write is not deleted (a tampered state
+    file must not make us delete a user's file). Returns how many data files were deleted."""
+    named: set[str] = set()
+    if state is not None:
+        named.update(f.path for f in state.committed_files())
+    if document is not None and isinstance(document.get("files"), list):
+        named.update(
+            str(f["path"]) for f in document["files"] if isinstance(f, dict) and "path" in f
+        )
+    ours = {p for p in named if _safe_named(storage, p)}
+    ours.update(uncommitted(storage, set(), directories))
+    for relative in sorted(ours):
+        storage.delete(relative)
     for name in (checkpoint.CHECKPOINT_NAME, manifest.MANIFEST_NAME):
         storage.delete(name)
+    for directory in directories:
+        remove_empty_directories(storage, directory)
+    return len(ours)
+
+
+def remove_empty_directories(storage: Storage, directory: str) -> None:
+    """Remove `directory` and its subdirectories, deepest first, where they are empty (local
+    only: an object store has no directories to leave behind)."""
+    if not storage.local:
+        return
+    root = Path(storage.path(directory))
+    if not root.is_dir():
+        return
+    for sub in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            sub.rmdir()  # fails, and is meant to, when anything is left inside
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 def iso(seconds: float) -> str:
@@ -152,8 +256,11 @@ class Export:
         settings: ExportSettings,
         tokens: TokenSource,
         reporter: Callable[[Callable[[], Snapshot]], Reporter] | None = None,
+        *,
+        repair: bool = False,
     ) -> None:
         self.settings = settings
+        self.repair = repair  # --repair: mend damaged files, rebuild a lost checkpoint
         self.storage = Storage.open(settings.out)
         self.tokens = tokens
         self.make_reporter = reporter
@@ -183,50 +290,304 @@ class Export:
             part.stop()
 
     # -- preparing the directory ----------------------------------------------------------
+    #
+    # In this order, so nothing is deleted on a guess: 1. the lock is held (`run`); 2. the
+    # folder's state is read, and what needs no request is refused (`_refuse_early`); 3. one
+    # request confirms the credentials and says whose data the base URL serves
+    # (`account.identify`); 4. a backup of another account is refused; 5. only then is anything
+    # deleted, and only what is provably ours (`_prepare`).
 
-    def _prepare(self) -> tuple[RunState, bool]:
+    def _read_state(self) -> Found:
+        """What the folder holds of ours (nothing is changed)."""
+        storage = self.storage
+        found = Found(
+            checkpoint_present=storage.exists(checkpoint.CHECKPOINT_NAME),
+            manifest_present=storage.exists(manifest.MANIFEST_NAME),
+        )
+        if found.checkpoint_present:
+            try:
+                found.state = checkpoint.load(storage)
+            except UsageError as exc:
+                found.unreadable = exc
+        if found.manifest_present:
+            with contextlib.suppress(UsageError):
+                found.document = manifest.load(storage)
+        return found
+
+    def _refuse_early(self, found: Found) -> None:
+        """Refusals that need no request (and must not spend one)."""
+        s = self.settings
+        root = self.storage.display
+        if s.restart:
+            if self.repair:
+                raise UsageError(
+                    "--repair mends the backup in --out and --restart discards it: pass one of them"
+                )
+            return
+        state = found.state
+        if state is None and found.manifest_present:
+            # A finished backup whose checkpoint is gone or damaged: starting over would delete
+            # every file it holds. The manifest still describes it, so it can be rebuilt.
+            what = "is damaged" if found.unreadable is not None else "is missing"
+            if found.document is None:
+                raise UsageError(
+                    f"{root} holds a finished backup but its {checkpoint.CHECKPOINT_NAME} {what} "
+                    f"and its {manifest.MANIFEST_NAME} cannot be read; nothing was changed. Put "
+                    "either back (from wherever the backup was copied from), or choose another --out"
+                )
+            if not (self.repair and s.incremental):
+                raise UsageError(
+                    f"{root} holds a finished backup ({manifest.MANIFEST_NAME}) but its "
+                    f"{checkpoint.CHECKPOINT_NAME} {what}, so it can neither be resumed nor "
+                    "extended; nothing was changed. Pass --incremental --repair to rebuild the "
+                    "checkpoint from the manifest and extend the backup, or put the checkpoint "
+                    "back (from wherever the backup was copied from)"
+                )
+            return
+        if found.unreadable is not None:
+            raise found.unreadable  # an unfinished run's checkpoint: nothing else describes it
+        if state is not None and state.status == "complete" and not s.incremental:
+            raise UsageError(
+                f"{root} already holds a finished export (run {state.run_id}); pass "
+                "--incremental to add what changed since (with --repair to mend damaged files), "
+                "--restart to replace it, or choose another --out"
+            )
+        if self.repair and state is None:
+            raise UsageError(f"{root} holds no backup to repair; run without --repair to start one")
+
+    def _prepare(self, found: Found, account: Account) -> tuple[RunState, bool]:
+        """The run's state, once the account is confirmed; deletes only files of ours."""
         s = self.settings
         storage = self.storage
         root = storage.display
         if s.restart:
-            discard_run(storage, self.directories)
-        state = checkpoint.load(storage)
-        if state is None and storage.exists(manifest.MANIFEST_NAME):
-            # A finished backup whose checkpoint is gone (deleted, or not copied along): starting
-            # over would delete every file it holds. Refuse; the manifest still describes it.
-            raise UsageError(
-                f"{root} holds a finished backup ({manifest.MANIFEST_NAME}) but its "
-                f"{checkpoint.CHECKPOINT_NAME} is missing, so it can neither be resumed nor "
-                "extended; nothing was changed. Put the checkpoint back (from wherever the "
-                "backup was copied from), choose another --out, or pass --restart to discard "
-                "the backup and start over"
-            )
-        source = s.source or redact_url(s.base_url)
-        if state is not None and state.source != source:
-            raise UsageError(
-                f"{root} holds an export from {state.source}, not {source}; "
-                "pass --restart to discard it, or choose another --out"
-            )
-        if state is not None and state.status == "complete":
-            if not s.incremental:
-                raise UsageError(
-                    f"{root} already holds a finished export (run {state.run_id}); pass "
-                    "--incremental to add what changed since, --restart to replace it, or "
-                    "choose another --out"
+            if found.checkpoint_present or found.manifest_present:
+                removed = discard_run(storage, found.state, found.document, self.directories)
+                event(
+                    "run.discard",
+                    f"--restart: removed the checkpoint, the manifest and {removed} data file(s)",
+                    removed=removed,
                 )
-            return self._new_state(state), False
-        if state is not None:
-            expected = sorted(self._resource_names(state.kind))
-            if sorted(state.resources) != expected:
+            # else: a folder holding no backup of ours; nothing in it is touched.
+            return self._new_state(None, account), False
+        state = found.state
+        if state is None and found.document is not None:
+            state = from_manifest(found.document, root)
+            self._check_account(state, account)
+            unsafe = [f.path for f in state.committed_files() if not _safe_named(storage, f.path)]
+            if unsafe:
                 raise UsageError(
-                    f"{root} holds an unfinished export of {', '.join(sorted(state.resources))}; "
-                    "resume it with the same --relationships and --detect-deletes, or pass "
-                    "--restart to discard it"
+                    f"{root}: the manifest names {unsafe[0]!r}, which is not a part file of this "
+                    "tool where it writes them; the checkpoint is not rebuilt from it"
                 )
+            self.lock.check()
+            checkpoint.save(storage, state)
+            event(
+                "run.repair",
+                f"rebuilt {checkpoint.CHECKPOINT_NAME} from {manifest.MANIFEST_NAME} "
+                f"(run {state.run_id})",
+                run_id=state.run_id,
+            )
+        if state is None:
+            return self._new_state(None, account), False
+        self._check_account(state, account)
+        if state.status == "complete":
             remove_uncommitted(storage, state, self.directories)
-            return state, True
-        remove_uncommitted(storage, None, self.directories)
-        return self._new_state(None), False
+            return self._new_state(state, account), False
+        expected = sorted(self._resource_names(state.kind))
+        if sorted(state.resources) != expected:
+            raise UsageError(
+                f"{root} holds an unfinished export of {', '.join(sorted(state.resources))}; "
+                "resume it with the same --relationships and --detect-deletes, or pass "
+                "--restart to discard it"
+            )
+        if state.account is None:
+            state.account = account.to_json()  # an older checkpoint: record whose it is now
+        remove_uncommitted(storage, state, self.directories)
+        return state, True
+
+    def _check_account(self, state: RunState, account: Account) -> None:
+        """Refuse a backup of another account, however the path or the URL is spelled: the
+        org ids when both are known; otherwise the canonical base URLs (an older state file
+        without `account`: its recorded source); a named source (the demo) must match too."""
+        s = self.settings
+        recorded = Account.from_json(state.account)
+        both_orgs = recorded is not None and recorded.org is not None and account.org is not None
+        same = recorded.same_as(account) if both_orgs and recorded is not None else True
+        if s.source is not None:
+            same = same and state.source == s.source
+        elif not both_orgs:
+            if recorded is not None:
+                same = recorded.origin == account.origin
+            else:
+                try:
+                    same = canonical_base_url(state.source) == account.origin
+                except ValueError:
+                    same = False
+        if not same:
+            theirs = recorded.label if recorded is not None else state.source
+            mine = s.source or account.label
+            raise UsageError(
+                f"{self.storage.display} holds a backup of {theirs}, not of {mine}; nothing was "
+                "changed. Use another --out for this account (or --restart to discard that backup)"
+            )
+
+    # -- damaged files ------------------------------------------------------------------------
+
+    def _check_files(self, state: RunState) -> None:
+        """Every committed file is where the checkpoint says, at its size (with --repair: and
+        its sha256). Damaged ones stop the run, named; with --repair they are set aside,
+        dropped from the checkpoint and recorded to be fetched again (`_refetch_damaged`)."""
+        storage = self.storage
+        damage = inspect(storage, state.committed_files(), thorough=self.repair)
+        if not damage:
+            return
+        if not self.repair:
+            raise damaged_error(storage, damage)
+        root = storage.display
+        for item in damage:
+            data_file = item.file
+            if not _safe_named(storage, data_file.path):
+                raise UsageError(
+                    f"{root}: the checkpoint names {data_file.path!r}, which is not a part file "
+                    "of this tool where it writes them; nothing was changed"
+                )
+            if data_file.type_name == TOMBSTONE_TYPE:
+                if TOMBSTONE_TYPE not in state.resources:
+                    raise UsageError(
+                        f"{shown(storage, data_file.path)} holds tombstones ({item.reason}); "
+                        "pass --detect-deletes with --repair, so their ids are checked again "
+                        "(an unfinished run without it: let it finish first)"
+                    )
+            elif data_file.type_name not in state.resources:
+                raise UsageError(
+                    f"{shown(storage, data_file.path)} holds {data_file.type_name} records "
+                    f"({item.reason}), which this run does not export; repair it with the "
+                    "--relationships of the run that wrote it"
+                )
+        for item in damage:
+            data_file = item.file
+            current = any(data_file in r.files for r in state.resources.values())
+            moved = set_aside(storage, data_file.path, state.run_id)
+            drop_file(state, data_file.path)
+            needs = state.resources[ROOT_TYPE].detail.get("needs", {}).pop(data_file.path, None)
+            event(
+                "run.repair",
+                f"{data_file.path} is damaged ({item.reason}): "
+                + (f"set aside as {moved}" if moved else "dropped")
+                + f"; its {data_file.rows:,} {data_file.type_name} records are fetched again",
+                path=data_file.path,
+                moved_to=moved,
+            )
+            if data_file.type_name == TOMBSTONE_TYPE or data_file.min_id is None:
+                continue  # tombstones: the --detect-deletes phase checks their ids again
+            assert data_file.max_id is not None
+            state.resources[data_file.type_name].detail.setdefault(REPAIR_KEY, []).append(
+                {
+                    "path": data_file.path,
+                    "low": data_file.min_id,
+                    "high": data_file.max_id,
+                    "rows": data_file.rows,
+                    # A full run's own file: its ids are missing; otherwise versions may be.
+                    "by": "ids" if current and state.kind == "full" else "versions",
+                    "needs": needs,
+                }
+            )
+        self.lock.check()
+        checkpoint.save(storage, state)
+
+    async def _refetch_damaged(
+        self,
+        state: RunState,
+        client: ApiClient,
+        inbox: asyncio.Queue[Message | None],
+        credits: asyncio.Semaphore,
+    ) -> None:
+        """Fetch again what the damaged files held (steps first: related records are chosen
+        by what the steps reach), commit it, then clear the pending repairs."""
+        pending = {
+            t: r.detail[REPAIR_KEY] for t, r in state.resources.items() if r.detail.get(REPAIR_KEY)
+        }
+        if not pending:
+            return
+        self.phase = "repair"
+
+        async def flush() -> None:
+            message = Flush()
+            inbox.put_nowait(message)
+            await message.done.wait()
+
+        every_type: dict[str, int | None] = {t: None for t in RESOURCE_TYPES}
+        rounds = [[ROOT_TYPE], [t for t in pending if t != ROOT_TYPE]]
+        for types in rounds:
+            types = [t for t in types if t in pending]
+            if not types:
+                continue
+            index = await asyncio.to_thread(
+                load_index,
+                self.storage,
+                state.committed_files(),
+                version_since=every_type,
+                links=self.links,
+                root_type=ROOT_TYPE,
+            )
+            for type_name in types:
+                for entry in pending[type_name]:
+                    if self._stop_requested:
+                        return
+                    await refetch_range(
+                        client,
+                        base_url=self.settings.base_url,
+                        type_name=type_name,
+                        low=int(entry["low"]),
+                        high=int(entry["high"]),
+                        page_size=self.settings.page_size,
+                        keep=self._keep(state, type_name, entry["by"] == "ids", index),
+                        inbox=inbox,
+                        credits=credits,
+                        needs=entry.get("needs"),
+                    )
+            await flush()
+        for type_name in pending:
+            del state.resources[type_name].detail[REPAIR_KEY]
+        await flush()  # the repaired rows are committed: the pending repairs go with them
+
+    def _keep(self, state: RunState, type_name: str, by_ids: bool, index: BackupIndex) -> Keep:
+        """Which refetched rows a damaged file of `type_name` held: those that belong to the
+        backup (steps its partitions had committed; related records its steps reach) and that
+        no intact file holds (that id in a full run; that version or a newer one otherwise)."""
+        held = index.ids.get(type_name, IdSet())
+        versions = index.versions.get(type_name, {})
+        steps = index.ids.get(ROOT_TYPE, IdSet())
+        referenced = index.referenced.get(type_name, IdSet())
+        link_only = any(k.link_only for k in self.links if k.target == type_name)
+        in_partitions = covered(state.resources[ROOT_TYPE].partitions)
+
+        def keep(table: pa.Table) -> list[bool]:
+            ids = table.column("id").to_pylist()
+            stamps = (
+                _micros(table.column("updatedAt"))
+                if "updatedAt" in table.column_names
+                else [None] * len(ids)
+            )
+            if type_name == ROOT_TYPE:
+                belongs = [in_partitions(i) if by_ids else True for i in ids]
+            elif link_only and "sequenceStepId" in table.column_names:
+                owners = table.column("sequenceStepId").to_pylist()
+                belongs = [o in steps if o is not None else False for o in owners]
+            else:
+                belongs = [i in referenced for i in ids]
+            result = []
+            for value, stamp, member in zip(ids, stamps, belongs, strict=True):
+                if not (member or value in held):
+                    result.append(False)
+                elif by_ids or stamp is None:
+                    result.append(value not in held)
+                else:
+                    result.append(versions.get(value, -1) < stamp)
+            return result
+
+        return keep
 
     def _resource_names(self, kind: str) -> list[str]:
         names = list(self.type_names)
@@ -234,7 +595,7 @@ class Export:
             names.append(TOMBSTONE_TYPE)
         return names
 
-    def _new_state(self, previous: RunState | None) -> RunState:
+    def _new_state(self, previous: RunState | None, account: Account) -> RunState:
         s = self.settings
         run_id = new_run_id()
         state = RunState(
@@ -243,6 +604,7 @@ class Export:
             source=s.source or redact_url(s.base_url),
             parameters=s.parameters(),
             tool_version=__version__,
+            account=account.to_json(),
         )
         if previous is not None:
             assert previous.window_end is not None
@@ -296,72 +658,100 @@ class Export:
             await asyncio.to_thread(self.lock.release)
 
     async def _run_locked(self, started: float) -> ExportResult:
-        state, resumed = self._prepare()
-        event(
-            "run.start",
-            f"{'resuming' if resumed else 'starting'} {state.kind} run {state.run_id} into {self.storage}"
-            + (f" (changes since {state.window_start})" if state.window_start else ""),
-            run_id=state.run_id,
-            kind=state.kind,
-            resumed=resumed,
-            window_start=state.window_start,
-        )
-        reporter = self.make_reporter(self.snapshot) if self.make_reporter else None
-        display = asyncio.create_task(reporter.run()) if reporter else None
-        try:
-            return await self._run(state, resumed, started)
-        finally:
-            if display is not None:
-                display.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await display
+        found = await asyncio.to_thread(self._read_state)
+        self._refuse_early(found)
+        async with ApiClient(self._client_settings(), self.tokens) as client:
+            self.client = client
+            # One request confirms the credentials and whose data this is, before anything
+            # in the folder is deleted (a refused token ends the run here: AuthError).
+            account = await identify(client, self.settings.base_url)
+            state, resumed = await asyncio.to_thread(self._prepare, found, account)
+            # Damaged files stop the run before its checkpoint replaces the backup's.
+            await asyncio.to_thread(self._check_files, state)
+            event(
+                "run.start",
+                f"{'resuming' if resumed else 'starting'} {state.kind} run {state.run_id} "
+                f"into {self.storage}"
+                + (f" (changes since {state.window_start})" if state.window_start else ""),
+                run_id=state.run_id,
+                kind=state.kind,
+                resumed=resumed,
+                window_start=state.window_start,
+            )
+            reporter = self.make_reporter(self.snapshot) if self.make_reporter else None
+            display = asyncio.create_task(reporter.run()) if reporter else None
+            try:
+                return await self._run(state, resumed, started, client)
+            finally:
+                if display is not None:
+                    display.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await display
 
-    async def _run(self, state: RunState, resumed: bool, started: float) -> ExportResult:
+    def _client_settings(self) -> ClientSettings:
         s = self.settings
-        incremental = state.kind == "incremental"
-        index: BackupIndex | None = None
-        if incremental or s.detect_deletes:
-            index = await asyncio.to_thread(self._load_index, state)
-        inbox: asyncio.Queue[Message | None] = asyncio.Queue()
-        credits = asyncio.Semaphore(max(4, 2 * s.concurrency))
-        policy = CommitPolicy(
-            file_rows=s.file_rows, file_bytes=s.file_bytes, commit_interval=s.commit_interval
-        )
-        client_settings = ClientSettings(
+        return ClientSettings(
             base_url=s.base_url,
             concurrency=s.concurrency,
             rate_limit=s.rate_limit.requests,
             rate_period=s.rate_limit.seconds,
             read_timeout=s.read_timeout,
         )
-        writer = Writer(self.storage, state, inbox, credits, policy, guard=self.lock.check)
-        async with ApiClient(client_settings, self.tokens) as client:
-            self.client = client
-            writer_task = asyncio.create_task(writer.run(), name="writer")
-            phases = asyncio.create_task(
-                self._phases(state, resumed, index, client, inbox, credits), name="phases"
-            )
-            failure: BaseException | None = None
-            try:
-                await asyncio.wait({phases, writer_task}, return_when=asyncio.FIRST_COMPLETED)
-                if writer_task.done() and not phases.done():
-                    # The writer failed (a full disk): nothing will return the page credits the
-                    # fetchers wait for, so stop them; the writer's error is the one to report.
-                    phases.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await phases
-                await phases
-            except BaseException as exc:  # noqa: BLE001 - re-raised below after the commit
-                failure = exc
-                self.request_stop()
-            inbox.put_nowait(None)
-            try:
-                await writer_task  # commits every page already fetched
-            except BaseException:
-                writer.discard()
-                raise
-            if failure is not None:
-                raise _unwrap(failure)
+
+    async def _run(
+        self, state: RunState, resumed: bool, started: float, client: ApiClient
+    ) -> ExportResult:
+        s = self.settings
+        incremental = state.kind == "incremental"
+        inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        credits = asyncio.Semaphore(max(4, 2 * s.concurrency))
+        policy = CommitPolicy(
+            file_rows=s.file_rows, file_bytes=s.file_bytes, commit_interval=s.commit_interval
+        )
+
+        async def work() -> None:
+            # Damaged files first: the index of the backup is read once they are whole again.
+            await self._refetch_damaged(state, client, inbox, credits)
+            if self._stop_requested:
+                return
+            index: BackupIndex | None = None
+            if incremental or s.detect_deletes:
+                index = await asyncio.to_thread(self._load_index, state)
+            await self._phases(state, resumed, index, client, inbox, credits)
+
+        claim: Callable[[], None] | None = None
+        if not resumed and state.kind == "full":
+            # A folder without our checkpoint: write it before the first part file, so part
+            # files of ours never exist without it (what proves them ours to a later run).
+            def claim() -> None:
+                self.lock.check()
+                checkpoint.save(self.storage, state)
+
+        storage = ClaimingStorage(self.storage, claim) if claim is not None else self.storage
+        writer = Writer(storage, state, inbox, credits, policy, guard=self.lock.check)
+        writer_task = asyncio.create_task(writer.run(), name="writer")
+        phases = asyncio.create_task(work(), name="phases")
+        failure: BaseException | None = None
+        try:
+            await asyncio.wait({phases, writer_task}, return_when=asyncio.FIRST_COMPLETED)
+            if writer_task.done() and not phases.done():
+                # The writer failed (a full disk): nothing will return the page credits the
+                # fetchers wait for, so stop them; the writer's error is the one to report.
+                phases.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await phases
+            await phases
+        except BaseException as exc:  # noqa: BLE001 - re-raised below after the commit
+            failure = exc
+            self.request_stop()
+        inbox.put_nowait(None)
+        try:
+            await writer_task  # commits every page already fetched
+        except BaseException:
+            writer.discard()
+            raise
+        if failure is not None:
+            raise _unwrap(failure)
 
         if self._stop_requested or state.phase != "done":
             raise Interrupted(
@@ -749,15 +1139,21 @@ def resume_walk(storage: Storage, state: RunState, walk: RelationshipWalk) -> No
 
 
 def read_column(storage: Storage, relative: str, column: str) -> list[int]:
-    table = pq.read_table(storage.path(relative), columns=[column], filesystem=storage.fs)
+    try:
+        table = pq.read_table(storage.path(relative), columns=[column], filesystem=storage.fs)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise read_failure(storage, relative, exc, None) from None
     values: list[int] = table.column(column).to_pylist()
     return values
 
 
 def read_batches(storage: Storage, relative: str) -> Iterator[pa.Table]:
-    parquet = pq.ParquetFile(storage.fs.open_input_file(storage.path(relative)))
-    for batch in parquet.iter_batches(batch_size=50_000):
-        yield pa.Table.from_batches([batch])
+    try:
+        parquet = pq.ParquetFile(storage.fs.open_input_file(storage.path(relative)))
+        for batch in parquet.iter_batches(batch_size=50_000):
+            yield pa.Table.from_batches([batch])
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise read_failure(storage, relative, exc, None) from None
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -149,7 +149,8 @@ class ClaimingStorage(Storage):
     committed)."""
 
     def __init__(self, storage: Storage, claim: Callable[[], None]) -> None:
-        super().__init__(storage.fs, storage.base, storage.display)
+        # The same root as `storage`, whatever it holds (not its constructor's arguments).
+        self.__dict__.update(storage.__dict__)
         self._claim: Callable[[], None] | None = claim
 
     def open_data(self, relative: str) -> OpenFile:

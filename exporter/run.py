@@ -1,14 +1,19 @@
 """One export run, end to end: prepare the output directory, resume or plan, crawl, commit, write the manifest.
 
 Order of a run:
-1. check the output directory is writable; read its checkpoint, if any;
-2. a finished run there is refused (use another --out or --restart); an unfinished one from the
-   same source is resumed: part files no checkpoint names are removed and every partition starts
-   past what it had committed;
-3. crawl (fetch workers) and writer run side by side; on a failure or a stop request the crawl
+1. check the output directory is writable and take its lock; read its checkpoint and manifest;
+2. refuse what needs no request (a finished run without --incremental: use another --out,
+   --incremental or --restart); then one request confirms the credentials and whose data the
+   base URL serves (`account.identify`), and a backup of another account is refused;
+3. only then delete, and only files of ours in a folder holding our checkpoint or manifest:
+   --restart removes the backup; every other run removes part files of our naming that no
+   checkpoint names; an unfinished run from the same account is resumed past what it committed;
+4. committed files are checked (size; with --repair, sha256): a damaged one stops the run, named,
+   or with --repair is set aside and its records fetched again before anything else;
+5. crawl (fetch workers) and writer run side by side; on a failure or a stop request the crawl
    stops starting requests, the writer commits every page already fetched, and the checkpoint
    stays valid for the next run;
-4. on success, the checkpoint is marked complete and `_manifest.json` is written last.
+6. on success, the checkpoint is marked complete and `_manifest.json` is written last.
 """
 
 from __future__ import annotations
@@ -159,7 +164,8 @@ class ClaimingStorage(Storage):
     committed)."""
 
     def __init__(self, storage: Storage, claim: Callable[[], None]) -> None:
-        super().__init__(storage.fs, storage.base, storage.display)
+        # The same root as `storage`, whatever it holds (not its constructor's arguments).
+        self.__dict__.update(storage.__dict__)
         self._claim: Callable[[], None] | None = claim
 
     def open_data(self, relative: str) -> OpenFile:

@@ -26,7 +26,7 @@ from tests.test_resume import assert_exact, export_command, run_to_completion
 DAMAGE = ("truncate", "flip", "delete")
 
 
-def settings(base_url: str, out: Path, **overrides: Any) -> ExportSettings:
+def settings(base_url: str, out: Path | str, **overrides: Any) -> ExportSettings:
     return ExportSettings(
         out=out,
         base_url=base_url,

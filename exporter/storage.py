@@ -150,6 +150,13 @@ def redact_uri(text: str) -> str:
         return "<unparseable location>"
     if not parts.scheme or len(parts.scheme) == 1:
         return text
+    secret_query = any(
+        unquote(pair.partition("=")[0]).lower() in SECRET_QUERY_KEYS
+        for pair in parts.query.split("&")
+        if pair
+    )
+    if "@" not in parts.netloc and not secret_query and not parts.fragment:
+        return text  # nothing to hide: shown as given (urlunsplit would turn 's3://' to 's3:')
     netloc = parts.netloc.rpartition("@")[2]
     query = "&".join(
         f"{key}=***" if unquote(key).lower() in SECRET_QUERY_KEYS else f"{key}{eq}{value}"

@@ -13,6 +13,13 @@ The commit protocol holds on both, though only a local filesystem can rename ato
   locally, a single PUT on an object store. It is the commit point: only what it names counts;
 - on resume, files under our prefixes that no checkpoint names are deleted (an upload that was
   completed but never committed, or a temporary file).
+
+On S3 the few documents a run replaces whole (`GUARDED_DOCUMENTS`) are written conditionally
+where botocore is importable (`ConditionalDocuments`), so a run never overwrites one that another
+run wrote since it read it. Every command opens its location through `Storage.open`, so one
+`--out`/DIR means the same files for all of them; `display` never holds a credential. A read the
+store fails (5xx, reset) is an `OutputError` (exit 4) naming the file; a file that is there but
+is not Parquet is a `DamagedFile`.
 """
 
 from __future__ import annotations

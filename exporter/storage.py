@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from exporter.errors import BusyError, ExitCode, OutputError, UsageError
+from exporter.errors import BusyError, ExitCode, ExporterError, OutputError, UsageError
 
 INPROGRESS_SUFFIX = ".inprogress"
 
@@ -643,10 +643,11 @@ class Storage:
             raise DamagedFile(self.shown(relative), exc) from None
 
 
-class DamagedFile(OutputError):
-    """A file the backup names is there but is not a readable Parquet file."""
+class DamagedFile(ExporterError):
+    """A file the backup names is there but is not a readable Parquet file (a data error:
+    exit 1; `verify` lists every such file)."""
 
-    exit_code = ExitCode.VERIFY_MISMATCH
+    exit_code = ExitCode.FAILED
 
     def __init__(self, where: str, exc: BaseException) -> None:
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__

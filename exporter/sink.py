@@ -15,6 +15,7 @@ A `PartWriter` is owned by the single writer task and is not safe to share; its 
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,27 @@ import pyarrow.parquet as pq
 
 from exporter.storage import INPROGRESS_SUFFIX, OpenFile, Storage, storage_error
 
-__all__ = ["INPROGRESS_SUFFIX", "DataFile", "PartWriter"]
+__all__ = ["INPROGRESS_SUFFIX", "PART_NAME", "DataFile", "PartWriter", "part_run_id"]
+
+# How `PartWriter` names a part file: part-<run id>-<sequence>.parquet, the run id being
+# `run.new_run_id()`'s (UTC time and 6 hex digits); while written locally, the same name
+# hidden (`.part-...parquet.inprogress`).
+PART_NAME = re.compile(r"\.?part-(\d{8}T\d{6}Z-[0-9a-f]{6})-\d{5,}\.parquet(\.inprogress)?")
+
+
+def part_run_id(relative: str) -> str | None:
+    """The run that wrote `relative`, when it is named as this exporter names part files (in
+    its type's directory or that type's `run=<id>` directory), else None: any other file is
+    not ours, so never deleted as an orphan."""
+    folder, _, name = relative.rpartition("/")
+    match = PART_NAME.fullmatch(name)
+    if match is None or (name.startswith(".") != name.endswith(INPROGRESS_SUFFIX)):
+        return None
+    run_id = match.group(1)
+    parts = folder.split("/") if folder else []
+    if len(parts) == 1 or (len(parts) == 2 and parts[1] == f"run={run_id}"):
+        return run_id
+    return None
 
 
 @dataclass(frozen=True)

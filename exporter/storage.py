@@ -13,6 +13,13 @@ The commit protocol holds on both, though only a local filesystem can rename ato
   locally, a single PUT on an object store. It is the commit point: only what it names counts;
 - on resume, files under our prefixes that no checkpoint names are deleted (an upload that was
   completed but never committed, or a temporary file).
+
+On S3 the few documents a run replaces whole (`GUARDED_DOCUMENTS`) are written conditionally
+where botocore is importable (`ConditionalDocuments`), so a run never overwrites one that another
+run wrote since it read it. Every command opens its location through `Storage.open`, so one
+`--out`/DIR means the same files for all of them; `display` never holds a credential. A read the
+store fails (5xx, reset) is an `OutputError` (exit 4) naming the file; a file that is there but
+is not Parquet is a `DamagedFile`.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from exporter.errors import BusyError, ExitCode, OutputError, UsageError
+from exporter.errors import BusyError, ExitCode, ExporterError, OutputError, UsageError
 
 INPROGRESS_SUFFIX = ".inprogress"
 
@@ -150,6 +157,13 @@ def redact_uri(text: str) -> str:
         return "<unparseable location>"
     if not parts.scheme or len(parts.scheme) == 1:
         return text
+    secret_query = any(
+        unquote(pair.partition("=")[0]).lower() in SECRET_QUERY_KEYS
+        for pair in parts.query.split("&")
+        if pair
+    )
+    if "@" not in parts.netloc and not secret_query and not parts.fragment:
+        return text  # nothing to hide: shown as given (urlunsplit would turn 's3://' to 's3:')
     netloc = parts.netloc.rpartition("@")[2]
     query = "&".join(
         f"{key}=***" if unquote(key).lower() in SECRET_QUERY_KEYS else f"{key}{eq}{value}"
@@ -629,10 +643,11 @@ class Storage:
             raise DamagedFile(self.shown(relative), exc) from None
 
 
-class DamagedFile(OutputError):
-    """A file the backup names is there but is not a readable Parquet file."""
+class DamagedFile(ExporterError):
+    """A file the backup names is there but is not a readable Parquet file (a data error:
+    exit 1; `verify` lists every such file)."""
 
-    exit_code = ExitCode.VERIFY_MISMATCH
+    exit_code = ExitCode.FAILED
 
     def __init__(self, where: str, exc: BaseException) -> None:
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from exporter.errors import ExitCode, ExporterError, OutputError, UsageError
 from exporter.normalize import arrow_schema
 from exporter.options import exit_on_error, show_report
 from exporter.schema import RESOURCE_TYPES, resource_type
+from exporter.sink import part_run_id
 from exporter.storage import Storage
 
 _LABELS = {"bytes": "size in bytes", "rows": "row count", "files": "file count"}
@@ -349,19 +349,10 @@ def _verify_manifest(root: Storage) -> VerifyReport:
     return report
 
 
-# A part file as `sink.PartWriter` names it: part-<run id>-<sequence>.parquet, in the type's
-# directory (a full run) or its `run=<run id>` directory.
-_PART = re.compile(r"part-(\d{8}T\d{6}Z-[0-9a-f]{6})-\d{5,}\.parquet")
-
-
 def _uncommitted_part(path: str, known_runs: set[str]) -> bool:
     """Whether `path` is a part file this exporter wrote for a run no record names."""
-    folder, _, name = path.rpartition("/")
-    match = _PART.fullmatch(name)
-    if match is None or match.group(1) in known_runs:
-        return False
-    parts = folder.split("/")
-    return len(parts) == 1 or (len(parts) == 2 and parts[1] == f"run={match.group(1)}")
+    run_id = part_run_id(path)
+    return run_id is not None and run_id not in known_runs and path.endswith(".parquet")
 
 
 def _damaged_note(message: str) -> str:

@@ -181,3 +181,21 @@ def test_a_killed_writes_leftovers_and_old_layout_are_removed_not_others(tmp_pat
     for name, gone in names.items():
         assert (current / name).exists() != gone, name
     assert not (current / "gen-20260102T000000Z-bbbbbb").exists()  # emptied: removed
+
+
+async def test_compact_names_a_damaged_part_in_one_line(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=300, seed=2603)
+    await run_export(running.base_url, tmp_path, file_rows=100)
+    compact(tmp_path)
+    before = load_pointer(Storage.open(tmp_path))
+    part = sorted((tmp_path / "sequenceSteps").glob("part-*.parquet"))[1]
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])  # truncated
+    process = await spawn(sys.executable, "-m", "exporter", "compact", str(tmp_path))
+    _out, err = await process.communicate()
+    assert process.returncode == 1, err.decode()
+    [line] = err.decode().strip().splitlines()
+    assert line.startswith(f"error: {part} is damaged (not a readable Parquet file")
+    assert "exporter verify" in line
+    assert load_pointer(Storage.open(tmp_path)) == before  # the published set is untouched

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -73,7 +72,7 @@ from exporter.repair import (
     set_aside,
 )
 from exporter.schema import RESOURCE_TYPES, resource_type
-from exporter.sink import INPROGRESS_SUFFIX
+from exporter.sink import part_run_id
 from exporter.storage import OpenFile, Storage
 from exporter.writer import CommitPolicy, Writer
 
@@ -124,26 +123,14 @@ BACKUP_DIRECTORIES = [
     TOMBSTONE_DIRECTORY,
 ]
 
-# What an export writes below its directories: `part-<run id>-<sequence>.parquet`, and while it
-# is written locally, `.part-<run id>-<sequence>.parquet.inprogress` (see `sink`).
-_PART_NAME = re.compile(r"part-\d{8}T\d{6}Z-[0-9a-f]{6}-\d{5,}\.parquet")
-_RUN_DIRECTORY = re.compile(r"run=\d{8}T\d{6}Z-[0-9a-f]{6}")
-
 
 def _is_ours(relative: str) -> bool:
-    """A part file or a temporary one of our naming, where an export puts them: directly in a
-    type's directory, or in its `run=<id>/` (tombstones: only there). Nothing else is ours."""
+    """A part file or a temporary one of our naming (`sink.part_run_id`), where an export puts
+    them: in one of our type directories (tombstones: only in a `run=<id>/`). Nothing else is ours."""
     parts = relative.split("/")
-    if len(parts) not in (2, 3) or parts[0] not in BACKUP_DIRECTORIES:
+    if parts[0] not in BACKUP_DIRECTORIES or part_run_id(relative) is None:
         return False
-    if len(parts) == 3 and not _RUN_DIRECTORY.fullmatch(parts[1]):
-        return False
-    if parts[0] == TOMBSTONE_DIRECTORY and len(parts) != 3:
-        return False
-    name = parts[-1]
-    if name.startswith(".") and name.endswith(INPROGRESS_SUFFIX):
-        name = name[1 : -len(INPROGRESS_SUFFIX)]
-    return _PART_NAME.fullmatch(name) is not None
+    return parts[0] != TOMBSTONE_DIRECTORY or len(parts) == 3
 
 
 def uncommitted(storage: Storage, named: set[str], directories: list[str]) -> list[str]:

@@ -831,6 +831,15 @@ class Export:
             if index is not None and state.window_start != start:
                 # The window now starts earlier: load the versions it needs to skip duplicates.
                 index = await asyncio.to_thread(self._load_index, state)
+            if incremental:
+                # The new run's checkpoint, with its mark, is saved before any data file is
+                # begun: a kill from here on leaves an unfinished run, whose next start removes
+                # the temporary files it left. (Before, a kill left the previous run's finished
+                # checkpoint, and the next run never removed them. A first run needs no such
+                # save: with no checkpoint at all, the next start removes every part file.)
+                saved = Flush()
+                inbox.put_nowait(saved)
+                await saved.done.wait()
         since = [("filter[updatedAt]", f"{state.window_start}..inf")] if incremental else []
 
         def walk_for(

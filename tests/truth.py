@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow.parquet as pq
 
+from exporter.progress import LOGGER
 from exporter.schema import Kind, Shape, resource_type
 
 # Column names of sequenceStep relationships, as the README's data model documents them.
@@ -76,3 +80,25 @@ def assert_rows_equal(actual: list[dict[str, Any]], expected: list[dict[str, Any
         for key, value in want.items():
             assert got[key] == value, f"id {want['id']} field {key}: {got[key]!r} != {value!r}"
         assert got["_extra"] is None, f"id {want['id']} has _extra {got['_extra']}"
+
+
+@contextmanager
+def recorded_events(level: int = logging.INFO) -> Iterator[list[str]]:
+    """Names of the events the exporter logs meanwhile, read from its own logger (pytest's
+    caplog misses them once a CLI test has set that logger not to propagate)."""
+    names: list[str] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            names.append(str(getattr(record, "event", "")))
+
+    handler = Recorder(level)
+    before = LOGGER.level
+    LOGGER.addHandler(handler)
+    if LOGGER.level == logging.NOTSET or LOGGER.level > level:
+        LOGGER.setLevel(level)
+    try:
+        yield names
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(before)

@@ -94,36 +94,45 @@ def current_table(
     return table.filter(keep).drop_columns(["_run"])
 
 
-def inverse_columns(type_name: str) -> list[tuple[str, str]]:
-    """(list column on `type_name`, the steps' column pointing back at it) for each to-many
-    relationship of `type_name` whose records are sequence steps: a sequence's
-    `sequenceStepIds` is the steps whose `sequenceId` is that sequence."""
-    steps = table_layout(ROOT_TYPE)
+def inverse_columns(type_name: str) -> list[tuple[str, str, str]]:
+    """(list column on `type_name`, its target type, the target's to-one column pointing back)
+    for each to-many relationship of `type_name` that the backup can derive exactly: a
+    sequence's `sequenceStepIds` (the steps whose `sequenceId` is it) and a step's
+    `sequenceTemplateIds` (the templates whose `sequenceStepId` is it).
+
+    Exact because every record of the target that points back is in the backup: every step
+    is (the root), and every template naming a backed-up step is (the walk fetches the
+    templates steps name, and incremental runs ask again by step)."""
     found = []
     for column in table_layout(type_name).to_many:
-        if column.relationship.target != ROOT_TYPE:
+        target = column.relationship.target
+        if ROOT_TYPE not in (type_name, target) or target == type_name:
             continue
-        back = [c.column for c in steps.to_one if c.relationship.target == type_name]
+        back = [c.column for c in table_layout(target).to_one if c.relationship.target == type_name]
         if len(back) == 1:
-            found.append((column.column, back[0]))
+            found.append((column.column, target, back[0]))
     return found
 
 
-def with_inverse_lists(table: pa.Table, type_name: str, steps: pa.Table) -> pa.Table:
-    """`table` with its lists of steps derived from the current steps (ids ascending).
+def with_inverse_lists(table: pa.Table, type_name: str, owners: dict[str, pa.Table]) -> pa.Table:
+    """`table` with its derivable lists (`inverse_columns`) taken from the current tables of
+    their targets, `owners` (ids ascending).
 
     The API gives such a list as of the record's last fetch, and an incremental run cannot see it
-    change when a step comes or goes without the record's `updatedAt` moving. Every step is in
-    the backup, so the owning side, each step's to-one column, says it exactly."""
-    for list_column, back in inverse_columns(type_name):
-        if list_column not in table.column_names or back not in steps.column_names:
+    change when a member comes or goes without the record's own `updatedAt` moving. The owning
+    side, each member's to-one column, says it exactly."""
+    for list_column, target, back in inverse_columns(type_name):
+        source = owners.get(target)
+        if list_column not in table.column_names or source is None:
+            continue
+        if back not in source.column_names:
             continue
         members: dict[int, list[int]] = {}
-        for step_id, owner in zip(
-            steps.column("id").to_pylist(), steps.column(back).to_pylist(), strict=True
+        for member_id, owner in zip(
+            source.column("id").to_pylist(), source.column(back).to_pylist(), strict=True
         ):
             if owner is not None:
-                members.setdefault(owner, []).append(step_id)
+                members.setdefault(owner, []).append(member_id)
         values = [sorted(members.get(i, [])) for i in table.column("id").to_pylist()]
         index = table.column_names.index(list_column)
         field = table.schema.field(index)
@@ -166,15 +175,18 @@ def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, i
     present = {entry["type"] for entry in document["files"]}
     rows: dict[str, int] = {}
     published: dict[str, dict[str, Any]] = {}
-    steps: pa.Table | None = None
+    # The owning sides the derived lists are read from (`inverse_columns`): the steps, kept
+    # whole as they are written, and for the steps' own lists, just the columns needed.
+    owners: dict[str, pa.Table] = {}
+    for _column, member, back in inverse_columns(ROOT_TYPE):
+        if member in present:
+            owners[member] = current_table(storage, document, member).select(["id", back])
     for type_name in RESOURCE_TYPES:
         if type_name not in present:
             continue
-        table = current_table(storage, document, type_name)
+        table = with_inverse_lists(current_table(storage, document, type_name), type_name, owners)
         if type_name == ROOT_TYPE:
-            steps = table
-        elif steps is not None:
-            table = with_inverse_lists(table, type_name, steps)
+            owners[ROOT_TYPE] = table
         buffer = pa.BufferOutputStream()
         pq.write_table(table, buffer, compression="zstd")
         payload = buffer.getvalue().to_pybytes()

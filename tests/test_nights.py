@@ -10,12 +10,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 
-from exporter.compact import compact
+from exporter.compact import compact, inverse_columns, read_current
 from exporter.normalize import table_layout
-from exporter.schema import RESOURCE_TYPES, resource_type
+from exporter.schema import RESOURCE_TYPES
 from exporter.simulator import Faults
 from tests.conftest import Running, StartSimulator
 from tests.test_relationships import expected_related
@@ -57,10 +56,10 @@ def night(running: Running, rng: random.Random) -> Counter[str]:
 
 
 def current(out: Path, type_name: str) -> dict[int, dict[str, Any]]:
-    path = out / "_current" / f"{resource_type(type_name).collection}.parquet"
-    if not path.exists():
-        return {}
-    return {r["id"]: r for r in pq.read_table(path).to_pylist()}
+    """The published current state of `type_name` (the set `_current/_current.json` names)."""
+    _generation, tables = read_current(out)
+    table = tables.get(type_name)
+    return {} if table is None else {r["id"]: r for r in table.to_pylist()}
 
 
 def columns_of(type_name: str) -> dict[str, str]:
@@ -78,7 +77,6 @@ def assert_current_state_is_the_truth(
     steps = list(sim.truth.records("sequenceStep"))
     reached = {t: {r["id"] for r in rows} for t, rows in expected_related(sim, steps).items()}
     reached["sequenceStep"] = {int(s["id"]) for s in steps}
-    templates = current(out, "sequenceTemplate")
     for type_name in RESOURCE_TYPES:
         rows = current(out, type_name)
         held[type_name] |= set(rows)
@@ -95,17 +93,9 @@ def assert_current_state_is_the_truth(
             truth = sim.truth.get(type_name, record_id)
             assert truth is not None
             want = expected_row(truth, columns_of(type_name))
-            if type_name == "sequenceStep":
-                # A step's template list changes when a template comes, goes or moves without the
-                # step's updatedAt moving; it is exact when derived from the current templates'
-                # sequenceStepId (every template naming a step is in the backup).
-                derived = sorted(
-                    t for t, row in templates.items() if row["sequenceStepId"] == record_id
-                )
-                assert derived == sorted(want.pop("sequenceTemplateIds") or []), record_id
-                got = {k: v for k, v in got.items() if k != "sequenceTemplateIds"}
-            if type_name == "sequence":
-                want["sequenceStepIds"] = sorted(want["sequenceStepIds"] or [])
+            for column, _target, _back in inverse_columns(type_name):
+                # Derived by compaction from the members' to-one column, ids ascending.
+                want[column] = sorted(want[column] or [])
             differing = sorted(k for k in want if got[k] != want[k])
             assert not differing, (
                 f"{type_name} {record_id}: {[(k, got[k], want[k]) for k in differing][:3]}"

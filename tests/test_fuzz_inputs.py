@@ -137,6 +137,7 @@ OUT_ONLY = ["~no-such-user-x/o", "s3://[::1/p", "mock:///p"]
 
 # Options that name a file or directory this tool writes (a token store, a journal, compact's
 # target): only places inside the sandbox, however odd their names; never /dev/null or "/".
+DIRS = ("", ".", "~")
 WRITTEN = ["", ".", "a\nb", "missing/x", "out", "t.json", "deep/er/t.json", "é", " ", "~"]
 
 
@@ -156,7 +157,11 @@ def option_args(command: click.Command, draw: st.DrawFn, api: str) -> list[str]:
             args += [flag, draw(st.sampled_from([TOKEN, TOKEN, "wrong", "", "a\r\nb", "t" * 5000]))]
         elif param.name == "config":
             args += [flag, draw(st.sampled_from(["/dev/zero", "missing.toml", ".", "/dev/null"]))]
-        elif param.name in ("token_file", "journal", "into", "request_log"):
+        elif param.name == "journal":
+            # A journal that is a directory ("", ".", "~") still escapes exporter/journal.py
+            # replay as a traceback: tests/test_inputs.py holds it as a strict xfail.
+            args += [flag, draw(st.sampled_from([w for w in WRITTEN if w.strip() not in DIRS]))]
+        elif param.name in ("token_file", "into", "request_log"):
             args += [flag, draw(st.sampled_from(WRITTEN))]
         elif isinstance(param.default, str | int | float):
             args += [flag, draw(st.one_of(st.just(str(param.default)), texts))]

@@ -553,3 +553,19 @@ def test_a_restore_journal_that_is_a_directory_is_one_line(
         ["restore", str(backup), "--journal", "", "--base-url", live_api, "--token", TOKEN]
     )
     assert code in (ExitCode.USAGE, ExitCode.OUTPUT) and len(stderr.splitlines()) == 1, stderr
+
+
+def test_an_interrupt_outside_a_run_is_exit_130_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a command without its own signal handling works (verify reading a big
+    backup): the documented 130 and one `stopped:` line, not click's 'Aborted!' and exit 1."""
+    from exporter import verify
+
+    def interrupted(_directory: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(verify, "verify", interrupted)
+    code, _, stderr = invoke(["verify", str(tmp_path)])
+    assert code == ExitCode.INTERRUPTED, stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == ["stopped: interrupted"]

@@ -1,8 +1,9 @@
 """Settings of an export: flags, then OUTREACH_* environment variables, then a TOML file, then defaults.
 
 click resolves the first three in that order by itself (command line, `envvar`, `default_map`);
-this module loads the TOML file into the `default_map`, parses the values click cannot
-(`--rate-limit N/SECONDS`), and holds the resolved `ExportSettings`.
+this module reads the TOML file's table (exporter/options.py checks each value before it reaches
+the `default_map`), parses the values click cannot (`--rate-limit N/SECONDS`), and holds the
+resolved `ExportSettings`.
 """
 
 from __future__ import annotations

@@ -435,6 +435,21 @@ def _one_line(text: str, known: Iterable[str]) -> str:
     return " ".join(scrub(text, known).split())[:500]
 
 
+def _source_key(url: str) -> str:
+    """A base URL (or a recorded source) spelled one way: scheme and host lower-cased, the
+    default port, credentials and a trailing slash dropped."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return url
+    scheme = parts.scheme.lower()
+    netloc = (parts.hostname or "").lower()
+    if port is not None and port != {"http": 80, "https": 443}.get(scheme):
+        netloc += f":{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
 def _already_done(account: Account, fleet_started: str) -> AccountResult | None:
     """The account's result when its backup needs no export now; None when it does.
 
@@ -449,7 +464,7 @@ def _already_done(account: Account, fleet_started: str) -> AccountResult | None:
     state = checkpoint.load(account.out)
     if state is None or state.status != "complete" or not state.finished_at:
         return None
-    if state.source != redact_url(account.base_url):
+    if _source_key(state.source) != _source_key(account.base_url):
         return None  # another source's backup: the export refuses it, naming both
     this_run = state.finished_at >= fleet_started  # both utc_now() text: ordered as times
     if not this_run and account.options.get("incremental"):

@@ -613,3 +613,28 @@ def test_fleet_killed_and_run_again_finishes_everything_without_redoing(tmp_path
         assert_exact(tmp_path / name, steps, seed)
     manifest = checkpoint.load(alpha)
     assert manifest is not None and manifest.run_id == alpha_state.run_id
+
+
+async def test_a_rerun_never_counts_another_sources_backup_as_done(
+    start_simulator: StartSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'already done' only for a finished backup of the account's own source (its base URL,
+    however spelled); another source's finished backup is refused, as `export` refuses it."""
+    first, other = await start_simulator(steps=50, seed=6), await start_simulator(steps=50, seed=7)
+    monkeypatch.setenv("FLEET_TEST_TOKEN", TOKEN)
+
+    def account(base_url: str) -> Account:
+        [parsed] = parse(
+            f'[[account]]\nname = "acme"\nout = "{tmp_path}"\nbase_url = "{base_url}"\n'
+            'token_env = "FLEET_TEST_TOKEN"\nrate_limit = "100000/1"\nrelationships = "none"\n'
+        )
+        return parsed
+
+    done = await export_account(account(first.base_url), utc_now())
+    assert done.ok and done.outcome == "ok"
+    respelled = first.base_url.replace("http://127.0.0.1", "HTTP://127.0.0.1") + "/"
+    again = await export_account(account(respelled), utc_now())
+    assert again.ok and again.outcome.startswith("ok, already done"), again.outcome
+    elsewhere = await export_account(account(other.base_url), utc_now())
+    assert not elsewhere.ok and "holds an export from" in elsewhere.outcome, elsewhere.outcome
+    assert other.sim.counters.requests == 0  # refused before a request

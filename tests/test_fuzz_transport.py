@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
@@ -250,3 +251,30 @@ def test_any_answer_is_data_or_one_clean_error_line(
             assert status == 429 or told, (status, headers)
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate", "raw deflate", "identity"])
+def test_every_encoding_a_server_may_use_is_inflated(server: Server, encoding: str) -> None:
+    document = {"data": [{"type": "sequenceStep", "id": i} for i in range(2000)], "links": {}}
+    raw = orjson.dumps(document)
+    if encoding in ("gzip", "x-gzip"):
+        body = gzip.compress(raw)
+    elif encoding == "deflate":
+        body = zlib.compress(raw)
+    elif encoding == "raw deflate":
+        packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        body = packer.compress(raw) + packer.flush()
+    else:
+        body = raw
+    name = "deflate" if encoding == "raw deflate" else encoding
+    server.answer = Answer(
+        200, {"Content-Encoding": name, "Content-Type": "application/vnd.api+json"}, body
+    )
+
+    async def run() -> dict[str, Any]:
+        base = server.root + "/api/v2"
+        config = ClientSettings(base_url=base, max_attempts=1)
+        async with ApiClient(config, StaticToken(Secret(TOKEN))) as client:
+            return await client.get_document(base + "/sequenceSteps")
+
+    assert asyncio.run(run()) == document

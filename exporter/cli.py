@@ -178,7 +178,8 @@ def _run(
             others = [t for t in asyncio.all_tasks() if t is not task]
             for other in others:
                 other.cancel()
-            await asyncio.wait(others, timeout=5) if others else None
+            if others:
+                await asyncio.wait(others, timeout=5)
             raise Interrupted(
                 "requests still in flight were cancelled; what was done before them is "
                 "committed. Run the same command again to resume"

@@ -164,11 +164,13 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     return value
 
 
-def _run(coro_factory: Callable[[], Any], on_signal: Callable[[], None]) -> Any:
-    """Run the coroutine. The first SIGINT/SIGTERM asks for a clean stop (no new requests; the
-    pages fetched are committed); requests still in flight `STOP_GRACE` seconds later, or at a
-    second signal, are cancelled, what was fetched is committed, and `Interrupted` (exit 130,
-    one line) is raised. No signal, however many and whenever, ends in a traceback."""
+def _run(
+    coro_factory: Callable[[], Any], on_signal: Callable[[], None], grace: float | None = None
+) -> Any:
+    """Run the coroutine. The first SIGINT/SIGTERM asks for a clean stop (`on_signal`: no new
+    requests, what was fetched is committed); requests still in flight `grace` seconds later
+    (None: never; export passes `STOP_GRACE`), or at a second signal, are cancelled and
+    `Interrupted` (exit 130, one line) is raised. No signal, however many, ends in a traceback."""
 
     async def runner() -> Any:
         loop = asyncio.get_running_loop()
@@ -186,13 +188,15 @@ def _run(coro_factory: Callable[[], Any], on_signal: Callable[[], None]) -> Any:
             nonlocal signals_seen
             signals_seen += 1
             if signals_seen == 1:
+                bound = f" (at most {grace:g} s)" if grace is not None else ""
                 click.echo(
-                    f"stopping: finishing requests in flight (at most {STOP_GRACE:g} s) and "
-                    "committing (signal again to stop now)",
+                    f"stopping: finishing requests in flight{bound} and committing (signal "
+                    "again to stop now)",
                     err=True,
                 )
                 on_signal()
-                loop.call_later(STOP_GRACE, cancel)
+                if grace is not None:
+                    loop.call_later(grace, cancel)
             else:
                 cancel()
 
@@ -215,9 +219,10 @@ def _run(coro_factory: Callable[[], Any], on_signal: Callable[[], None]) -> Any:
             others = [t for t in asyncio.all_tasks() if t is not task]
             for other in others:
                 other.cancel()
-            await asyncio.wait(others, timeout=5) if others else None
+            if others:
+                await asyncio.wait(others, timeout=5)
             raise Interrupted(
-                "requests still in flight were cancelled; the pages fetched before them are "
+                "requests still in flight were cancelled; what was done before them is "
                 "committed. Run the same command again to resume"
             ) from None
         finally:
@@ -536,7 +541,7 @@ def export(
                 _reporter_factory(log_format, quiet, progress_interval),
                 repair=repair,
             )
-            result = _run(job.run, job.request_stop)
+            result = _run(job.run, job.request_stop, grace=STOP_GRACE)
         except ExporterError as exc:
             fail(exc)
             return

@@ -646,13 +646,19 @@ async def _read_body(response: aiohttp.ClientResponse, cap: int) -> bytes:
     inflater: Any = None
     if encoding in ("gzip", "x-gzip"):
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        inflater = zlib.decompressobj(zlib.MAX_WBITS)  # zlib-wrapped, as RFC 9110 says
-    elif encoding not in ("identity", ""):
+    elif encoding not in ("identity", "", "deflate"):
         raise RetriableError(f"an answer in an unsupported Content-Encoding ({encoding[:40]})")
     body = bytearray()
     try:
         async for chunk in response.content.iter_chunked(1 << 16):
+            if inflater is None and encoding == "deflate":
+                # zlib-wrapped as RFC 9110 says, or raw deflate as some servers send it.
+                wrapped = (
+                    len(chunk) >= 2
+                    and (chunk[0] & 0x0F) == 8
+                    and ((chunk[0] << 8) | chunk[1]) % 31 == 0
+                )
+                inflater = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
             if inflater is None:
                 body += chunk
             else:

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from exporter.errors import ApiError, StatusClass, classify_status, error_details, redact_url
+from exporter.errors import (
+    ApiError,
+    RetriableError,
+    StatusClass,
+    classify_status,
+    clean_text,
+    error_details,
+    redact_url,
+    remember_secret,
+)
 
 
 @pytest.mark.parametrize(
@@ -46,3 +57,27 @@ def test_api_error_message_has_no_secret() -> None:
     error = ApiError("boom", url="http://h/x?refresh_token=TOPSECRET", status=500, error_id="e1")
     assert "TOPSECRET" not in str(error)
     assert "status 500" in str(error) and "'e1'" in str(error)
+
+
+def test_api_error_cleans_everything_it_is_given() -> None:
+    """Bug caught: only `detail` was scrubbed; the id (and a message quoting the API) went out
+    verbatim, line breaks and all."""
+    remember_secret("Tok-91c2e")
+    error = ApiError(
+        "the API said: Bearer Tok-91c2e\r\nERROR forged \x1b[31mline\u2028more",
+        error_id="Bearer Tok-91c2e\n",
+        url="http://h/x?a=Tok-91c2e",
+        status=400,
+    )
+    text = str(error)
+    assert "Tok-91c2e" not in text and text.isprintable() and "***" in text
+    assert error.error_id is not None and "Tok-91c2e" not in error.error_id
+    retriable = RetriableError("x" * 5000 + "\nTok-91c2e", error_id="Tok-91c2e")
+    assert str(retriable).isprintable() and len(str(retriable)) < 1100
+    assert "Tok-91c2e" not in str(retriable) and retriable.error_id == "***"
+
+
+@given(st.text(max_size=3000))
+def test_clean_text_is_one_printable_bounded_line(text: str) -> None:
+    cleaned = clean_text(text, 300)
+    assert cleaned.isprintable() and len(cleaned) <= 300 + len("...(9999 more characters)")

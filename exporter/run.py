@@ -321,7 +321,11 @@ class Export:
         if state is None and found.manifest_present:
             # A finished backup whose checkpoint is gone or damaged: starting over would delete
             # every file it holds. The manifest still describes it, so it can be rebuilt.
-            what = "is damaged" if found.unreadable is not None else "is missing"
+            what = (
+                f"is damaged ({str(found.unreadable).rstrip('.')})"
+                if found.unreadable is not None
+                else "is missing"
+            )
             if found.document is None:
                 raise UsageError(
                     f"{root} holds a finished backup but its {checkpoint.CHECKPOINT_NAME} {what} "

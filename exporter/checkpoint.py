@@ -214,6 +214,15 @@ def checked_history(value: object) -> list[dict[str, Any]]:
     return list(value)
 
 
+class UnreadableCheckpoint(UsageError):
+    """The checkpoint is there but cannot be used; `reason` says why, without advice (a caller
+    that knows more, such as an export beside a finished backup's manifest, gives its own)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def encode(state: RunState) -> bytes:
     return orjson.dumps(state.to_json(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
@@ -242,22 +251,28 @@ def load(where: Storage | Path | str) -> RunState | None:
             )
         return RunState.from_json(data)
     except UnsafePath as exc:
-        raise UsageError(
-            f"{storage.shown(CHECKPOINT_NAME)} names {exc}, which is not a path this exporter "
-            "writes inside the backup: the checkpoint was edited or damaged, so nothing was "
-            f"written. Put back {CHECKPOINT_NAME} from a copy of the backup"
+        reason = f"{storage.shown(CHECKPOINT_NAME)} names {exc}"
+        raise UnreadableCheckpoint(
+            f"{reason}, which is not a path this exporter writes inside the backup: the "
+            "checkpoint was edited or damaged, so nothing was written. Put back "
+            f"{CHECKPOINT_NAME} from a copy of the backup",
+            reason,
         ) from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        reason = (
+            f"{storage.shown(CHECKPOINT_NAME)} is not a readable checkpoint ({type(exc).__name__})"
+        )
         if _beside_a_manifest(storage):  # --restart would delete a finished backup
-            raise UsageError(
-                f"{storage.shown(CHECKPOINT_NAME)} is not a readable checkpoint "
-                f"({type(exc).__name__}), beside a finished backup's _manifest.json: do not use "
-                "--restart, which deletes the backup; put back the checkpoint from a copy of the "
-                "backup (the manifest's files stay intact)"
+            raise UnreadableCheckpoint(
+                f"{reason}, beside a finished backup's _manifest.json: do not use --restart, "
+                "which deletes the backup; put back the checkpoint from a copy of the backup "
+                "(the manifest's files stay intact)",
+                reason,
             ) from None
-        raise UsageError(
+        raise UnreadableCheckpoint(
             f"{path} is not a readable checkpoint ({type(exc).__name__}); "
-            "use --restart to discard it and start over"
+            "use --restart to discard it and start over",
+            reason,
         ) from None
 
 

@@ -321,11 +321,10 @@ class Export:
         if state is None and found.manifest_present:
             # A finished backup whose checkpoint is gone or damaged: starting over would delete
             # every file it holds. The manifest still describes it, so it can be rebuilt.
-            what = (
-                f"is damaged ({str(found.unreadable).rstrip('.')})"
-                if found.unreadable is not None
-                else "is missing"
-            )
+            what = "is missing" if found.unreadable is None else "is damaged"
+            if isinstance(found.unreadable, checkpoint.UnreadableCheckpoint):
+                # why, without the loader's own advice (which this message replaces)
+                what = f"is damaged ({found.unreadable.reason})"
             if found.document is None:
                 raise UsageError(
                     f"{root} holds a finished backup but its {checkpoint.CHECKPOINT_NAME} {what} "

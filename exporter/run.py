@@ -37,7 +37,7 @@ from exporter.account import Account, canonical_base_url, identify
 from exporter.auth import TokenSource
 from exporter.checkpoint import ResourceState, RunState
 from exporter.client import ApiClient, ClientSettings
-from exporter.compact import ROOT_TYPE
+from exporter.compact import NOT_ASKED_BY_STEP, ROOT_TYPE
 from exporter.config import ExportSettings
 from exporter.crawl import CollectionCrawl, CrawlStats, Flush, Message, RowSelector
 from exporter.damage import damaged_error, inspect, read_failure, shown
@@ -768,6 +768,13 @@ class Export:
                 "resumed": resumed,
             }
         )
+        not_asked = {
+            t: r.detail[NOT_ASKED_BY_STEP]
+            for t, r in state.resources.items()
+            if NOT_ASKED_BY_STEP in r.detail
+        }
+        if not_asked:
+            self.stats[NOT_ASKED_BY_STEP] = not_asked
         # The manifest first, then the checkpoint that says the run is complete: a kill between
         # the two leaves a run that resumes, finds nothing left to do, and writes both again.
         self.lock.check()
@@ -843,7 +850,10 @@ class Export:
         since = [("filter[updatedAt]", f"{state.window_start}..inf")] if incremental else []
 
         def walk_for(
-            links: list[Link], select: dict[str, RowSelector] | None = None
+            links: list[Link],
+            select: dict[str, RowSelector] | None = None,
+            *,
+            unsure_filter: bool = False,
         ) -> RelationshipWalk:
             walk = RelationshipWalk(
                 client,
@@ -855,6 +865,7 @@ class Export:
                 workers=s.concurrency,
                 max_url_length=s.max_url_length,
                 select=select,
+                unsure_filter=unsure_filter,
             )
             self._started(walk)
             self.walk_stats.update(walk.stats)  # live counters, for the progress display
@@ -970,7 +981,10 @@ class Export:
                         refreshes[0].request(target, members)
                         back = step_back_link(target)
                         if back is not None:
-                            by_step = walk_for([back], {target: remembered})
+                            # API-FACTS states `filter[sequenceStep][id]` for calls, mailings
+                            # and tasks only: should the API refuse or ignore it here, the
+                            # walk stops asking by step and says so (`NOT_ASKED_BY_STEP`).
+                            by_step = walk_for([back], {target: remembered}, unsure_filter=True)
                             by_step.request_steps(target, members_steps)
                             refreshes.append(by_step)
                         group.create_task(self._finish_refresh(refreshes, resource, refreshed))
@@ -1016,6 +1030,8 @@ class Export:
             await refresh.run()
             for dropped in refresh.unrequested().values():
                 resource.detail["unrequested"] = dropped
+            for how in refresh.not_asked.values():
+                resource.detail[NOT_ASKED_BY_STEP] = how  # in the checkpoint, then the manifest
             if self._stop_requested:
                 return
         done.append(resource)

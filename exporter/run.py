@@ -689,6 +689,8 @@ class Export:
             rate_limit=s.rate_limit.requests,
             rate_period=s.rate_limit.seconds,
             read_timeout=s.read_timeout,
+            request_deadline=s.request_deadline,
+            max_response_bytes=s.max_response_mib * 1024 * 1024,
         )
 
     async def _run(

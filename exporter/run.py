@@ -2,9 +2,10 @@
 
 Order of a run:
 1. check the output directory is writable and take its lock; read its checkpoint and manifest;
-2. refuse what needs no request (a finished run without --incremental: use another --out,
-   --incremental or --restart); then one request confirms the credentials and whose data the
-   base URL serves (`account.identify`), and a backup of another account is refused;
+2. refuse what needs no request; then one request confirms the credentials and whose data the
+   base URL serves (`account.identify`), and a backup of another account is refused; a finished
+   backup of this account without --incremental is `FinishedExport` (use another --out,
+   --incremental or --restart);
 3. only then delete, and only files of ours in a folder holding our checkpoint or manifest:
    --restart removes the backup; every other run removes part files of our naming that no
    checkpoint names; an unfinished run from the same account is resumed past what it committed;
@@ -112,6 +113,16 @@ class Found:
     state: RunState | None = None
     unreadable: UsageError | None = None  # why the checkpoint could not be read
     document: dict[str, Any] | None = None  # the manifest, when it could be read
+
+
+class FinishedExport(UsageError):
+    """A run without --incremental met a finished backup of the very account it exports
+    (confirmed by `Export._check_account`): nothing to do, nothing was changed. The fleet
+    counts exactly this as "already done"."""
+
+    def __init__(self, message: str, state: RunState) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 TOMBSTONE_DIRECTORY = "tombstones"
@@ -339,12 +350,6 @@ class Export:
             return
         if found.unreadable is not None:
             raise found.unreadable  # an unfinished run's checkpoint: nothing else describes it
-        if state is not None and state.status == "complete" and not s.incremental:
-            raise UsageError(
-                f"{root} already holds a finished export (run {state.run_id}); pass "
-                "--incremental to add what changed since (with --repair to mend damaged files), "
-                "--restart to replace it, or choose another --out"
-            )
         if self.repair and state is None:
             raise UsageError(f"{root} holds no backup to repair; run without --repair to start one")
 
@@ -384,6 +389,14 @@ class Export:
         if state is None:
             return self._new_state(None, account), False
         self._check_account(state, account)
+        if state.status == "complete" and not s.incremental:
+            # Only now, with the account confirmed: a fleet counts this as "already done".
+            raise FinishedExport(
+                f"{root} already holds a finished export (run {state.run_id}); pass "
+                "--incremental to add what changed since (with --repair to mend damaged files), "
+                "--restart to replace it, or choose another --out",
+                state,
+            )
         if state.status == "complete":
             remove_uncommitted(storage, state, self.directories)
             return self._new_state(state, account), False
@@ -1183,4 +1196,4 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-__all__ = ["Export", "ExportResult", "OutputError"]
+__all__ = ["Export", "ExportResult", "FinishedExport", "OutputError"]

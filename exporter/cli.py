@@ -429,6 +429,26 @@ def _secret(value: str | None) -> Secret | None:
     "before the request is retried.  [env: OUTREACH_READ_TIMEOUT]",
 )
 @click.option(
+    "--request-deadline",
+    type=EXPORT_VALUE_TYPES["request_deadline"],
+    default=300.0,
+    show_default=True,
+    envvar="OUTREACH_REQUEST_DEADLINE",
+    metavar="SECONDS",
+    help="Seconds from sending a request to the last byte of its answer, however it trickles, "
+    "before the request is retried.  [env: OUTREACH_REQUEST_DEADLINE]",
+)
+@click.option(
+    "--max-response-mib",
+    type=EXPORT_VALUE_TYPES["max_response_mib"],
+    default=256,
+    show_default=True,
+    envvar="OUTREACH_MAX_RESPONSE_MIB",
+    metavar="N",
+    help="MiB one answer may hold once decompressed; a bigger one is refused as a fault.  "
+    "[env: OUTREACH_MAX_RESPONSE_MIB]",
+)
+@click.option(
     "--file-rows",
     type=EXPORT_VALUE_TYPES["file_rows"],
     default=1_000_000,
@@ -477,6 +497,8 @@ def export(
     repair: bool,
     commit_interval: float,
     read_timeout: float,
+    request_deadline: float,
+    max_response_mib: int,
     file_rows: int,
     demo: bool,
     demo_steps: int,
@@ -512,6 +534,8 @@ def export(
         restart=restart,
         commit_interval=commit_interval,
         read_timeout=read_timeout,
+        request_deadline=request_deadline,
+        max_response_mib=max_response_mib,
         file_rows=file_rows,
     )
     global _JSON_ERRORS

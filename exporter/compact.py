@@ -43,6 +43,9 @@ from exporter.schema import RESOURCE_TYPES, resource_type
 from exporter.storage import INPROGRESS_SUFFIX, DamagedFile, Storage
 
 ROOT_TYPE = "sequenceStep"  # the crawled collection: every one of its records is in a backup
+# A resource's `detail` key (checkpoint, manifest): the last run could not ask for that type's
+# records by step (the API refused or ignored `filter[sequenceStep][id]`).
+NOT_ASKED_BY_STEP = "not_asked_by_step"
 
 
 def current_table(
@@ -114,13 +117,22 @@ def inverse_columns(type_name: str) -> list[tuple[str, str, str]]:
     return found
 
 
-def with_inverse_lists(table: pa.Table, type_name: str, owners: dict[str, pa.Table]) -> pa.Table:
+def with_inverse_lists(
+    table: pa.Table,
+    type_name: str,
+    owners: dict[str, pa.Table],
+    unsure: frozenset[str] = frozenset(),
+) -> pa.Table:
     """`table` with its derivable lists (`inverse_columns`) taken from the current tables of
     their targets, `owners` (ids ascending).
 
     The API gives such a list as of the record's last fetch, and an incremental run cannot see it
     change when a member comes or goes without the record's own `updatedAt` moving. The owning
-    side, each member's to-one column, says it exactly."""
+    side, each member's to-one column, says it exactly.
+
+    For a target in `unsure` (its records were not asked for by step: `NOT_ASKED_BY_STEP`) the
+    backup may lack members, so a record's own list counts too: its ids the backup does not
+    hold stay; those it holds go where their to-one column says."""
     for list_column, target, back in inverse_columns(type_name):
         source = owners.get(target)
         if list_column not in table.column_names or source is None:
@@ -133,7 +145,14 @@ def with_inverse_lists(table: pa.Table, type_name: str, owners: dict[str, pa.Tab
         ):
             if owner is not None:
                 members.setdefault(owner, []).append(member_id)
-        values = [sorted(members.get(i, [])) for i in table.column("id").to_pylist()]
+        ids = table.column("id").to_pylist()
+        if target in unsure:
+            held = set(source.column("id").to_pylist())
+            own = table.column(list_column).to_pylist()
+            for owner, listed in zip(ids, own, strict=True):
+                unknown = [m for m in listed or [] if m not in held]
+                members.setdefault(owner, []).extend(unknown)
+        values = [sorted(set(members.get(i, []))) for i in ids]
         index = table.column_names.index(list_column)
         field = table.schema.field(index)
         table = table.set_column(index, field, pa.array(values, field.type))
@@ -178,13 +197,22 @@ def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, i
     # The owning sides the derived lists are read from (`inverse_columns`): the steps, kept
     # whole as they are written, and for the steps' own lists, just the columns needed.
     owners: dict[str, pa.Table] = {}
+    unsure = frozenset(
+        t
+        for t, r in document.get("resources", {}).items()
+        if isinstance(r, dict)
+        and isinstance(r.get("detail"), dict)
+        and NOT_ASKED_BY_STEP in r["detail"]
+    )
     for _column, member, back in inverse_columns(ROOT_TYPE):
         if member in present:
             owners[member] = current_table(storage, document, member).select(["id", back])
     for type_name in RESOURCE_TYPES:
         if type_name not in present:
             continue
-        table = with_inverse_lists(current_table(storage, document, type_name), type_name, owners)
+        table = with_inverse_lists(
+            current_table(storage, document, type_name), type_name, owners, unsure
+        )
         if type_name == ROOT_TYPE:
             owners[ROOT_TYPE] = table
         buffer = pa.BufferOutputStream()

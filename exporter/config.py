@@ -128,6 +128,8 @@ class ExportSettings:
     relationships: str = "all"
     max_url_length: int = 8000
     read_timeout: float = 120.0  # seconds an answer may go silent before the request is retried
+    request_deadline: float = 300.0  # seconds from sending a request to its answer's last byte
+    max_response_mib: int = 256  # MiB of one answer's body after decompression
     initial_partitions: int | None = None  # default: two per worker (tests set it to force splits)
     source: str | None = None  # what the run records as its source (default: the base URL)
 

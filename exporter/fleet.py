@@ -13,7 +13,8 @@
 #    and still produce the exact output: the rerun resumes the unfinished run from the account's
 #    checkpoint, or finds that an earlier attempt of this fleet run already finished it. The
 #    same holds for the whole fleet run again (after a kill): finished accounts are "ok, already
-#    done" (incremental ones run an incremental), unfinished ones resume (`_already_done`).
+#    done" (incremental ones run an incremental), unfinished ones resume. "Done" is only ever
+#    the export's own verdict (`FinishedExport`), after it confirmed the account by a request.
 # 4. `--executor local` runs the tasks in this process, a bounded number at once;
 #    `--executor dask` submits them to a `distributed` scheduler, which reruns the task of a
 #    worker that died on another worker (up to its `allowed-failures`).
@@ -29,7 +30,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -71,7 +72,7 @@ from exporter.options import (
     header_safe,
     toml_value,
 )
-from exporter.run import Export, utc_now
+from exporter.run import Export, FinishedExport, utc_now
 
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -95,7 +96,9 @@ CREDENTIAL_KEYS = ("token_env", "token_file", "client_id", *OAUTH_ONLY_KEYS)
 
 # Export options an account (or [defaults]) may set: the same value types as `export`'s flags.
 OPTION_KEYS = tuple(EXPORT_VALUE_TYPES)
-ACCOUNT_KEYS = ("name", "base_url", "out", *CREDENTIAL_KEYS, *OPTION_KEYS)
+# `repair = true`: as `export --repair` (damaged files set aside and fetched again; with
+# `incremental = true`, a lost checkpoint rebuilt from the manifest).
+ACCOUNT_KEYS = ("name", "base_url", "out", *CREDENTIAL_KEYS, *OPTION_KEYS, "repair")
 DEFAULT_KEYS = tuple(k for k in ACCOUNT_KEYS if k != "name")
 
 
@@ -130,6 +133,7 @@ class Account:
     out: str
     credentials: Credentials
     options: Mapping[str, Any] = field(default_factory=dict)  # ExportSettings fields
+    repair: bool = False  # `Export(repair=)`, as `export --repair`
 
 
 @dataclass(frozen=True)
@@ -242,7 +246,15 @@ def _account(name: str, merged: dict[str, Any], where: str) -> Account:
     credentials = Credentials(**references)
     _check_credentials(credentials, where)
     options = {key: _option(key, merged[key], where) for key in OPTION_KEYS if key in merged}
-    return Account(name=name, base_url=base_url, out=out, credentials=credentials, options=options)
+    repair = toml_value(click.BOOL, merged.get("repair", False), f"{where}: repair")
+    return Account(
+        name=name,
+        base_url=base_url,
+        out=out,
+        credentials=credentials,
+        options=options,
+        repair=bool(repair),
+    )
 
 
 def _check_credentials(c: Credentials, where: str) -> None:
@@ -435,40 +447,29 @@ def _one_line(text: str, known: Iterable[str]) -> str:
     return " ".join(scrub(text, known).split())[:500]
 
 
-def _source_key(url: str) -> str:
-    """A base URL (or a recorded source) spelled one way: scheme and host lower-cased, the
-    default port, credentials and a trailing slash dropped."""
+def _finished_this_run(account: Account, fleet_started: str) -> bool:
+    """Whether `out` holds an export that finished during this fleet run (`fleet_started`):
+    an earlier attempt of this task did it (a worker died after the export, before its result
+    reached the scheduler), so even an incremental account must not add another run. Whose it
+    is, the export itself confirms (`FinishedExport`)."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return url
-    scheme = parts.scheme.lower()
-    netloc = (parts.hostname or "").lower()
-    if port is not None and port != {"http": 80, "https": 443}.get(scheme):
-        netloc += f":{port}"
-    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
+        state = checkpoint.load(account.out)
+    except UsageError:
+        return False  # a damaged checkpoint: the export says what is wrong with it
+    return (
+        state is not None
+        and state.status == "complete"
+        and bool(state.finished_at)
+        and str(state.finished_at) >= fleet_started  # both utc_now() text: ordered as times
+    )
 
 
-def _already_done(account: Account, fleet_started: str) -> AccountResult | None:
-    """The account's result when its backup needs no export now; None when it does.
-
-    What running the fleet again means (after a kill, or a failed account fixed): every account
-    is brought to "finished" and nothing finished is redone.
-    - An export of this account finished during this fleet run (`fleet_started`): an earlier
-      attempt did it (a worker died after the export, before its result reached the scheduler).
-    - Else a finished export of the same source, when the account is not incremental: it is
-      done ("ok, already done", with the run and when it finished). An incremental account
-      runs an incremental export on top of it instead.
-    - Anything else (no export, an unfinished one, another source's) is the export's to handle."""
-    state = checkpoint.load(account.out)
-    if state is None or state.status != "complete" or not state.finished_at:
-        return None
-    if _source_key(state.source) != _source_key(account.base_url):
-        return None  # another source's backup: the export refuses it, naming both
-    this_run = state.finished_at >= fleet_started  # both utc_now() text: ordered as times
-    if not this_run and account.options.get("incremental"):
-        return None
+def _already_done(account: Account, done: FinishedExport, this_run: bool) -> AccountResult:
+    """The result of an account whose export found a finished backup of this very account
+    (`FinishedExport`, raised only after the account was confirmed by a request, never on the
+    path or URL alone: a fleet file whose tokens were swapped between accounts gets the
+    export's refusal instead)."""
+    state = done.state
     try:
         stats = manifest.load(account.out).get("stats", {})
     except UsageError:
@@ -497,20 +498,27 @@ async def export_account(
 ) -> AccountResult:
     """Export one account; an expected failure is an outcome, not an exception.
 
-    `fleet_started` (`utc_now()` of the fleet run) tells a rerun whether a finished export in
-    `out` is its own earlier attempt's. An unexpected error is raised as `AccountCrashed`."""
+    Running it again brings the account to "finished" and redoes nothing finished: an
+    unfinished export resumes; a finished one of this account (`FinishedExport`, after the
+    export's own account check) is "ok, already done", unless the account is incremental,
+    which adds a run on top; one that finished during this fleet run (`fleet_started`) is an
+    earlier attempt's, "ok, finished by an earlier attempt", incremental or not.
+    An unexpected error is raised as `AccountCrashed`."""
     clock = time.monotonic()
     tokens: TokenSource | None = None
     job: Export | None = None
+    this_run = False
     try:
-        done = _already_done(account, fleet_started)
-        if done is not None:
-            return done
+        this_run = await asyncio.to_thread(_finished_this_run, account, fleet_started)
         settings, tokens = resolve(account)
-        job = Export(settings, tokens)
+        if this_run:
+            settings = replace(settings, incremental=False)
+        job = Export(settings, tokens, repair=account.repair)
         if started is not None:
             started(job)
         result = await job.run()
+    except FinishedExport as done:
+        return _already_done(account, done, this_run)
     except ExporterError as exc:
         verb = "stopped" if isinstance(exc, Interrupted) else "failed"
         known = tokens.secrets() if tokens is not None else []

@@ -155,6 +155,8 @@ EXPORT_VALUE_TYPES: dict[str, click.ParamType[Any]] = {
     "overlap": FiniteFloat(0.0, 365 * DAY),
     "commit_interval": FiniteFloat(0.05, DAY),
     "read_timeout": FiniteFloat(0.1, 3600.0),
+    "request_deadline": FiniteFloat(1.0, DAY),
+    "max_response_mib": BoundedInt(1, 16 * 1024),
     "file_rows": BoundedInt(1, 1_000_000_000),
     "incremental": click.BOOL,
     "detect_deletes": click.BOOL,

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from exporter.client import ApiClient
 from exporter.crawl import Message, PageBatch, RowSelector
-from exporter.errors import UsageError, shown_url
+from exporter.errors import ApiError, UsageError, shown_url
 from exporter.fastpage import PageReader
 from exporter.normalize import Normalizer, table_layout
 from exporter.pagination import ChainGuard, collection_url, next_link
@@ -228,8 +228,14 @@ class RelationshipWalk:
         workers: int,
         max_url_length: int = DEFAULT_MAX_URL_LENGTH,
         select: dict[str, RowSelector] | None = None,
+        unsure_filter: bool = False,
     ) -> None:
         self.client = client
+        # The API may refuse or ignore `filter[sequenceStep][id]` on the link-only targets of
+        # this walk (API-FACTS states it only for calls, mailings and tasks): then stop asking by
+        # step and say so in `not_asked` instead of failing, or of paging through every record.
+        self.unsure_filter = unsure_filter
+        self.not_asked: dict[str, dict[str, object]] = {}
         self.select = select or {}
         self.base_url = base_url
         self.links = links
@@ -464,6 +470,9 @@ class RelationshipWalk:
             self._in_flight[batch.target] += 1
             try:
                 await self._fetch(batch)
+            except ApiError as exc:
+                if not self._refused(batch, exc):
+                    raise
             finally:
                 self._in_flight[batch.target] -= 1
             self._wakeup.set()  # learnt something: another worker may cut a batch now
@@ -491,6 +500,8 @@ class RelationshipWalk:
                 self.credits.release()
                 raise
             stats.requests += 1
+            if link_only and self.unsure_filter and batch.target in self.not_asked:
+                following = None  # given up while this page was on its way: write what was asked
             owners: list[int | None] | None = None
             if link_only:
                 owners = (
@@ -520,7 +531,18 @@ class RelationshipWalk:
             table = normalized.table
             if len(keep) != len(normalized.ids):
                 table = table.take(pa.array(keep, pa.int64()))
-            if strangers:
+            if strangers and link_only and self.unsure_filter:
+                # Records of steps not asked for: the API ignored the filter and would page
+                # through every record of the type, once per batch. Keep what was asked for in
+                # this page (the data links' refresh asks for every record the backup holds).
+                self._give_up(
+                    batch.target,
+                    "ignored",
+                    f"an answer to {shown_url(url)} held "
+                    f"{len(strangers)} record(s) of steps it did not ask for",
+                )
+                following = None
+            elif strangers:
                 self._unrequested(batch.target, strangers, link_only, url)
             versions = self.versions.get(batch.target)
             if versions is not None and "updatedAt" in table.column_names:
@@ -552,6 +574,34 @@ class RelationshipWalk:
                     state.missing_count += 1
                     if len(state.missing) < 1000:
                         state.missing.append(value)
+
+    def _refused(self, batch: Batch, exc: ApiError) -> bool:
+        """Whether `exc` is the API refusing this walk's unsure by-step filter (400 or 422
+        naming it): then asking by step is given up and the batch counts as done."""
+        if not (self.unsure_filter and self.targets[batch.target].link_only):
+            return False
+        if exc.status not in (400, 422) or ROOT not in f"{exc.message} {exc.error_id or ''}":
+            return False
+        self._give_up(batch.target, "refused", f"status {exc.status}: {exc.message}")
+        return True
+
+    def _give_up(self, target: str, how: str, why: str) -> None:
+        """Stop asking for `target` by step (the rest of its queue is dropped), warn once."""
+        state = self.targets[target]
+        state.take(state.pending)
+        if target in self.not_asked:
+            return
+        self.not_asked[target] = {"filter": f"filter[{ROOT}][id]", "how": how, "why": why}
+        event(
+            "walk.not_asked",
+            f"the API {how} filter[{ROOT}][id] on {resource_type(target).collection} ({why}); "
+            f"{target} records are refreshed by the ids the backup holds and its steps name, "
+            "not asked for by step: one a step gained without changing may be missed. "
+            "Recorded in the manifest; compaction keeps the steps' own lists for them",
+            logging.WARNING,
+            type=target,
+            how=how,
+        )
 
     def _unrequested(self, target: str, ids: list[int], link_only: bool, url: str) -> None:
         """Records an answer held that its request did not ask for (another id; for a link-only

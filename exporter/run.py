@@ -2,9 +2,10 @@
 
 Order of a run:
 1. check the output directory is writable and take its lock; read its checkpoint and manifest;
-2. refuse what needs no request (a finished run without --incremental: use another --out,
-   --incremental or --restart); then one request confirms the credentials and whose data the
-   base URL serves (`account.identify`), and a backup of another account is refused;
+2. refuse what needs no request; then one request confirms the credentials and whose data the
+   base URL serves (`account.identify`), and a backup of another account is refused; a finished
+   backup of this account without --incremental is `FinishedExport` (use another --out,
+   --incremental or --restart);
 3. only then delete, and only files of ours in a folder holding our checkpoint or manifest:
    --restart removes the backup; every other run removes part files of our naming that no
    checkpoint names; an unfinished run from the same account is resumed past what it committed;
@@ -37,7 +38,7 @@ from exporter.account import Account, canonical_base_url, identify
 from exporter.auth import TokenSource
 from exporter.checkpoint import ResourceState, RunState
 from exporter.client import ApiClient, ClientSettings
-from exporter.compact import ROOT_TYPE
+from exporter.compact import NOT_ASKED_BY_STEP, ROOT_TYPE
 from exporter.config import ExportSettings
 from exporter.crawl import CollectionCrawl, CrawlStats, Flush, Message, RowSelector
 from exporter.damage import damaged_error, inspect, read_failure, shown
@@ -112,6 +113,16 @@ class Found:
     state: RunState | None = None
     unreadable: UsageError | None = None  # why the checkpoint could not be read
     document: dict[str, Any] | None = None  # the manifest, when it could be read
+
+
+class FinishedExport(UsageError):
+    """A run without --incremental met a finished backup of the very account it exports
+    (confirmed by `Export._check_account`): nothing to do, nothing was changed. The fleet
+    counts exactly this as "already done"."""
+
+    def __init__(self, message: str, state: RunState) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 TOMBSTONE_DIRECTORY = "tombstones"
@@ -342,12 +353,6 @@ class Export:
             return
         if found.unreadable is not None:
             raise found.unreadable  # an unfinished run's checkpoint: nothing else describes it
-        if state is not None and state.status == "complete" and not s.incremental:
-            raise UsageError(
-                f"{root} already holds a finished export (run {state.run_id}); pass "
-                "--incremental to add what changed since (with --repair to mend damaged files), "
-                "--restart to replace it, or choose another --out"
-            )
         if self.repair and state is None:
             raise UsageError(f"{root} holds no backup to repair; run without --repair to start one")
 
@@ -387,6 +392,14 @@ class Export:
         if state is None:
             return self._new_state(None, account), False
         self._check_account(state, account)
+        if state.status == "complete" and not s.incremental:
+            # Only now, with the account confirmed: a fleet counts this as "already done".
+            raise FinishedExport(
+                f"{root} already holds a finished export (run {state.run_id}); pass "
+                "--incremental to add what changed since (with --repair to mend damaged files), "
+                "--restart to replace it, or choose another --out",
+                state,
+            )
         if state.status == "complete":
             remove_uncommitted(storage, state, self.directories)
             return self._new_state(state, account), False
@@ -692,6 +705,8 @@ class Export:
             rate_limit=s.rate_limit.requests,
             rate_period=s.rate_limit.seconds,
             read_timeout=s.read_timeout,
+            request_deadline=s.request_deadline,
+            max_response_bytes=s.max_response_mib * 1024 * 1024,
         )
 
     async def _run(
@@ -771,6 +786,13 @@ class Export:
                 "resumed": resumed,
             }
         )
+        not_asked = {
+            t: r.detail[NOT_ASKED_BY_STEP]
+            for t, r in state.resources.items()
+            if NOT_ASKED_BY_STEP in r.detail
+        }
+        if not_asked:
+            self.stats[NOT_ASKED_BY_STEP] = not_asked
         # The manifest first, then the checkpoint that says the run is complete: a kill between
         # the two leaves a run that resumes, finds nothing left to do, and writes both again.
         self.lock.check()
@@ -846,7 +868,10 @@ class Export:
         since = [("filter[updatedAt]", f"{state.window_start}..inf")] if incremental else []
 
         def walk_for(
-            links: list[Link], select: dict[str, RowSelector] | None = None
+            links: list[Link],
+            select: dict[str, RowSelector] | None = None,
+            *,
+            unsure_filter: bool = False,
         ) -> RelationshipWalk:
             walk = RelationshipWalk(
                 client,
@@ -858,6 +883,7 @@ class Export:
                 workers=s.concurrency,
                 max_url_length=s.max_url_length,
                 select=select,
+                unsure_filter=unsure_filter,
             )
             self._started(walk)
             self.walk_stats.update(walk.stats)  # live counters, for the progress display
@@ -973,7 +999,10 @@ class Export:
                         refreshes[0].request(target, members)
                         back = step_back_link(target)
                         if back is not None:
-                            by_step = walk_for([back], {target: remembered})
+                            # API-FACTS states `filter[sequenceStep][id]` for calls, mailings
+                            # and tasks only: should the API refuse or ignore it here, the
+                            # walk stops asking by step and says so (`NOT_ASKED_BY_STEP`).
+                            by_step = walk_for([back], {target: remembered}, unsure_filter=True)
                             by_step.request_steps(target, members_steps)
                             refreshes.append(by_step)
                         group.create_task(self._finish_refresh(refreshes, resource, refreshed))
@@ -1019,6 +1048,8 @@ class Export:
             await refresh.run()
             for dropped in refresh.unrequested().values():
                 resource.detail["unrequested"] = dropped
+            for how in refresh.not_asked.values():
+                resource.detail[NOT_ASKED_BY_STEP] = how  # in the checkpoint, then the manifest
             if self._stop_requested:
                 return
         done.append(resource)
@@ -1168,4 +1199,4 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-__all__ = ["Export", "ExportResult", "OutputError"]
+__all__ = ["Export", "ExportResult", "FinishedExport", "OutputError"]

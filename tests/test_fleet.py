@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow.parquet as pq
 import pytest
 
 from exporter import checkpoint
@@ -25,6 +26,7 @@ from tests.conftest import TOKEN, StartSimulator
 from tests.test_verify_helpers import assert_manifest_matches_files
 from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row, read_rows
 
+IDENTITY = 1  # requests an export spends confirming whose backup `out` holds (`account.identify`)
 FAST = {"rate_limit": "100000/1", "relationships": "none", "page_size": 100, "concurrency": 2}
 
 
@@ -250,12 +252,13 @@ async def test_rerun_after_a_finished_attempt_counts_as_success(
     again = await export_account(account, fleet_started)
     assert again.ok and again.outcome == "ok, finished by an earlier attempt"
     assert again.records == first.records and again.run_id == first.run_id
-    assert running.sim.counters.requests == requests  # nothing fetched twice
+    # Nothing fetched twice: one request, the export's check of whose backup it is.
+    assert running.sim.counters.requests == requests + IDENTITY
     # A later fleet run (the fleet run again after a kill): the finished backup is done.
     later = await export_account(account, utc_now())
     assert later.ok and later.outcome.startswith(f"ok, already done (run {first.run_id} ")
     assert later.records == first.records and later.run_id == first.run_id
-    assert running.sim.counters.requests == requests
+    assert running.sim.counters.requests == requests + 2 * IDENTITY
     # The same account, incremental: a later fleet run adds what changed since.
     incremental = replace(account, options={**account.options, "incremental": True})
     nightly = await export_account(incremental, utc_now())
@@ -603,7 +606,8 @@ def test_fleet_killed_and_run_again_finishes_everything_without_redoing(tmp_path
         assert rows["alpha"].split()[1] == "200"
         assert rows["beta"].endswith("ok, resumed") and rows["beta"].split()[1] == "3,000"
         assert rows["total"].endswith("2 ok, 0 failed")
-        assert sims["alpha"].counters.requests == alpha_requests  # nothing fetched again
+        # Nothing fetched again: one request, the export's check of whose backup it is.
+        assert sims["alpha"].counters.requests == alpha_requests + IDENTITY
 
         # And once more: both are done now.
         third = exporter("fleet", "--config", str(config), env={"FLEET_TOKEN": TOKEN})
@@ -619,7 +623,8 @@ async def test_a_rerun_never_counts_another_sources_backup_as_done(
     start_simulator: StartSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """'already done' only for a finished backup of the account's own source (its base URL,
-    however spelled); another source's finished backup is refused, as `export` refuses it."""
+    however spelled); another source's finished backup is refused by the export's own check
+    of whose backup it is (one request), naming both."""
     first, other = await start_simulator(steps=50, seed=6), await start_simulator(steps=50, seed=7)
     monkeypatch.setenv("FLEET_TEST_TOKEN", TOKEN)
 
@@ -636,5 +641,85 @@ async def test_a_rerun_never_counts_another_sources_backup_as_done(
     again = await export_account(account(respelled), utc_now())
     assert again.ok and again.outcome.startswith("ok, already done"), again.outcome
     elsewhere = await export_account(account(other.base_url), utc_now())
-    assert not elsewhere.ok and "holds an export from" in elsewhere.outcome, elsewhere.outcome
-    assert other.sim.counters.requests == 0  # refused before a request
+    assert not elsewhere.ok and "holds a backup of" in elsewhere.outcome, elsewhere.outcome
+    assert other.sim.counters.requests == IDENTITY  # refused before anything is fetched
+
+
+async def test_swapped_tokens_never_report_another_orgs_backup_as_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bug caught: "already done" compared only the source URL, so after the fleet file's
+    tokens were swapped between two accounts of one API host, each account was reported done
+    holding the other org's backup. Only the export's `FinishedExport` (raised after it
+    confirmed the account) counts as done now."""
+    from exporter.simulator import serve
+
+    monkeypatch.setenv("FLEET_TEST_TOKEN", TOKEN)
+    first = Simulator(SimulatorConfig(steps=60, seed=8, static_token=TOKEN, org_guid="org-acme"))
+    async with contextlib.AsyncExitStack() as stack:
+        root = await stack.enter_async_context(serve(first, port=0))
+        [account] = parse(
+            f'[[account]]\nname = "acme"\nout = "{tmp_path}"\nbase_url = "{root}/api/v2"\n'
+            'token_env = "FLEET_TEST_TOKEN"\nrate_limit = "100000/1"\nrelationships = "none"\n'
+        )
+        done = await export_account(account, utc_now())
+        assert done.ok and done.outcome == "ok", done.outcome
+        again = await export_account(account, utc_now())
+        assert again.ok and again.outcome.startswith("ok, already done"), again.outcome
+    # The same host and port now answers this token for another org (the tokens were swapped).
+    port = int(root.rsplit(":", 1)[1])
+    other = Simulator(SimulatorConfig(steps=60, seed=9, static_token=TOKEN, org_guid="org-globex"))
+    async with serve(other, port=port):
+        swapped = await export_account(account, utc_now())
+    assert not swapped.ok, swapped.outcome
+    assert "holds a backup of" in swapped.outcome and "not of" in swapped.outcome, swapped.outcome
+    assert other.counters.requests == IDENTITY  # refused before anything is fetched
+    state = checkpoint.load(tmp_path)
+    assert state is not None and state.run_id == done.run_id  # the backup is untouched
+
+
+def test_repair_is_a_fleet_key_validated_like_the_others(tmp_path: Path) -> None:
+    [plain, mended] = parse(
+        f'[defaults]\ntoken_env = "T"\nout = "{tmp_path}/{{name}}"\n'
+        '[[account]]\nname = "a"\n[[account]]\nname = "b"\nrepair = true\nincremental = true\n'
+    )
+    assert (plain.repair, mended.repair) == (False, True)
+    with pytest.raises(UsageError, match=r"account 'a'.*repair must be true or false"):
+        parse(f'[[account]]\nname = "a"\nout = "{tmp_path}"\ntoken_env = "T"\nrepair = "yes"\n')
+
+
+async def test_a_fleet_account_with_repair_mends_a_damaged_backup(
+    start_simulator: StartSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`repair = true` reaches the export (`Export(repair=True)`): a truncated committed file is
+    set aside and its records fetched again, where without it the account fails naming it."""
+    running = await start_simulator(steps=400, seed=10)
+    monkeypatch.setenv("FLEET_TEST_TOKEN", TOKEN)
+    text = (
+        f'[[account]]\nname = "acme"\nout = "{tmp_path}"\nbase_url = "{running.base_url}"\n'
+        'token_env = "FLEET_TEST_TOKEN"\nrate_limit = "100000/1"\nrelationships = "none"\n'
+        "file_rows = 100\nincremental = true\n"
+    )
+    [account] = parse(text)
+    assert (await export_account(account, utc_now())).ok
+    files = sorted((tmp_path / "sequenceSteps").glob("*.parquet"))
+    assert len(files) >= 2
+    files[1].write_bytes(files[1].read_bytes()[:50])  # truncated
+    refused = await export_account(account, utc_now())
+    assert not refused.ok and "--repair" in refused.outcome, refused.outcome
+    [mending] = parse(text + "repair = true\n")
+    mended = await export_account(mending, utc_now())
+    assert mended.ok, mended.outcome
+    rows = [
+        row
+        for path in sorted((tmp_path / "sequenceSteps").rglob("*.parquet"))
+        for row in pq.read_table(path).to_pylist()
+    ]
+    assert_rows_equal(sorted(rows, key=lambda r: r["id"]), expected_steps_of(running))
+
+
+def expected_steps_of(running: Any) -> list[dict[str, Any]]:
+    return [
+        expected_row(r, STEP_RELATIONSHIP_COLUMNS)
+        for r in running.sim.truth.records("sequenceStep")
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -49,6 +50,15 @@ def export_command(running: Running, out: Path | str, *extra: str) -> list[str]:
     ]
 
 
+def kill_now(process: asyncio.subprocess.Process) -> bool:
+    """SIGKILL `process`; False when it had already exited (and been reaped) just before: the
+    kill did not land, so the caller must not count it (its exit code says how it ended)."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGKILL)
+        return True
+    return False
+
+
 async def run_to_completion(command: list[str], kills: list[float]) -> tuple[int, list[int]]:
     """Run `command`, SIGKILL it after each delay in `kills` (restarting it), then let it finish."""
     codes: list[int] = []
@@ -58,7 +68,7 @@ async def run_to_completion(command: list[str], kills: list[float]) -> tuple[int
             try:
                 await asyncio.wait_for(process.wait(), timeout=delay)
             except TimeoutError:
-                process.send_signal(signal.SIGKILL)
+                kill_now(process)  # a race with its own exit is counted by its exit code
         _out, err = await process.communicate()
         assert b"Traceback" not in err, err.decode()
         codes.append(process.returncode if process.returncode is not None else -1)
@@ -166,7 +176,7 @@ async def test_restart_discards_a_killed_run_and_starts_over(
         ):
             break
         await asyncio.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
+    kill_now(process)
     await process.communicate()
     killed = orjson.loads(checkpoint.read_bytes())
     assert killed["status"] == "running"
@@ -188,3 +198,18 @@ async def test_file_uri_output(start_simulator: StartSimulator, tmp_path: Path) 
     code, _codes = await run_to_completion(export_command(running, out.as_uri()), [])
     assert code == 0
     assert_exact(running, out)
+
+
+async def test_kill_now_tolerates_a_process_that_just_exited() -> None:
+    # The race `run_to_completion` meets: the kill is due, but the run ended (and was reaped)
+    # an instant before. Sending SIGKILL then raises ProcessLookupError; it must count as a
+    # kill that did not land, not end the test in an error.
+    done = await spawn(sys.executable, "-c", "pass")
+    await done.communicate()
+    assert done.returncode == 0
+    assert kill_now(done) is False
+    assert done.returncode == 0
+    running = await spawn(sys.executable, "-c", "import time; time.sleep(60)")
+    assert kill_now(running) is True
+    await running.communicate()
+    assert running.returncode == -signal.SIGKILL

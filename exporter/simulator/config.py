@@ -31,6 +31,22 @@ class Faults:
     seed: int | None = None  # fault RNG seed; None = the data seed
     # Seconds added to the clock in every API answer's Date header: a server clock that is wrong.
     date_skew_s: float = 0.0
+    # Relationship filters the API handles unlike the documented one, "type.relationship" ->
+    # "refuse" (400 naming it) or "ignore" (answered as if absent), e.g.
+    # {"sequenceTemplate.sequenceStep": "refuse"}; see `query.parse_query`'s refused/ignored.
+    relation_filters: dict[str, str] = field(default_factory=dict)
+
+    def relation_policy(self, type_name: str) -> tuple[list[str], list[str]]:
+        """(refused, ignored) relationship filters of `type_name`, for `parse_query`."""
+        chosen = {
+            key.partition(".")[2]: how
+            for key, how in self.relation_filters.items()
+            if key.partition(".")[0] == type_name
+        }
+        return (
+            [name for name, how in chosen.items() if how == "refuse"],
+            [name for name, how in chosen.items() if how == "ignore"],
+        )
 
 
 @dataclass

@@ -185,11 +185,16 @@ def parse_query(
     relations: Collection[str] = (),
     page_default: int = 50,
     page_max: int = 1000,
+    refused: Collection[str] = (),
+    ignored: Collection[str] = (),
 ) -> Query:
     """The query a collection request asks for; QueryError (a 400) for anything the API refuses.
 
-    `relations` names the to-one relationships usable as `filter[name][id]`.
+    `relations` names the to-one relationships usable as `filter[name][id]`; of those, an API
+    unlike the documented one may refuse some (`refused`: a 400 as for any name it does not
+    filter by) or silently ignore them (`ignored`: answered as if the filter were not there).
     """
+    relations = [r for r in relations if r not in refused]
     params = dict(pairs.items() if isinstance(pairs, Mapping) else pairs)
     new_syntax = _flag(params, "newFilterSyntax")
     ranges: dict[str, dict[str, Bound]] = {}
@@ -203,6 +208,8 @@ def parse_query(
                 raise QueryError(f"{key} is not a valid filter parameter")
             name, sub = match.group(1), match.group(2)
             if sub is not None and name in relations:
+                if name in ignored:
+                    continue
                 if sub != "id":
                     raise QueryError(f"{key}: relationship {name} can be filtered by id only")
                 relation_filters.append(RelationFilter(name, _ids(value, key)))

@@ -533,11 +533,6 @@ def test_a_fleet_secret_file_that_cannot_be_a_header_fails_its_account(
     assert "token_file" in row and "X-Evil" not in stdout + stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exporter/journal.py replay (owned elsewhere) reads --journal without checking it is "
-    "a regular file: a directory is an IsADirectoryError traceback",
-)
 def test_a_restore_journal_that_is_a_directory_is_one_line(
     tmp_path: Path, live_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

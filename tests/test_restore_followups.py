@@ -1,0 +1,91 @@
+"""Restore's follow-ups: a journal that is not a regular file, bounded numbers, scrubbed 422 details, a stop during a slow write, and a create whose connection was refused."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from exporter.errors import ExitCode
+from exporter.journal import replay
+from tests.conftest import StartSimulator
+from tests.test_restore import (
+    damage,
+    exported,
+    restore_command,
+    run_cli,
+    writes,
+)
+
+# -- 1. the journal is read as a regular file, streamed ---------------------------------------
+
+
+@pytest.mark.parametrize("apply", [False, True], ids=["plan", "apply"])
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+async def test_a_journal_that_is_not_a_regular_file_is_one_line_without_a_hang(
+    start_simulator: StartSimulator, tmp_path: Path, kind: str, apply: bool
+) -> None:
+    running, _backup = await exported(start_simulator, tmp_path / "b")
+    damage(running, random.Random(3), 2, 0)
+    journal = tmp_path / "journal"
+    if kind == "directory":
+        journal.mkdir()
+    else:
+        os.mkfifo(journal)
+    extra = ["--apply"] if apply else []
+    command = restore_command(running, tmp_path / "b", "--journal", str(journal), *extra)
+    code, _out, err = await asyncio.wait_for(run_cli(command), timeout=60)
+    assert code in (ExitCode.USAGE, ExitCode.OUTPUT), err
+    assert len(err.splitlines()) == 1 and str(journal) in err and "Traceback" not in err
+    assert writes(running) == Counter()
+
+
+def test_a_large_journal_is_streamed_to_its_last_line(tmp_path: Path) -> None:
+    """No size cap: a journal of tens of thousands of writes (several MiB) is read whole, and
+    a torn last line is still ignored."""
+    journal = tmp_path / "journal.jsonl"
+    body = {"data": {"type": "sequenceStep", "attributes": {"name": "x" * 40}}}
+    key = {"sequence": 1, "order": 1, "stepType": "email"}
+    count = 30_000
+    with open(journal, "wb") as handle:
+        for n in range(1, count + 1):
+            write = f"{n:x}"
+            handle.write(
+                orjson.dumps(
+                    {
+                        "write": write,
+                        "op": "create",
+                        "old_id": n,
+                        "key": key,
+                        "seen": [],
+                        "above": None,
+                        "body": body,
+                        "at": 1.0,
+                        "state": "intent",
+                    }
+                )
+                + b"\n"
+            )
+            handle.write(
+                orjson.dumps(
+                    {
+                        "write": write,
+                        "op": "create",
+                        "old_id": n,
+                        "state": "done",
+                        "new_id": 10**6 + n,
+                        "how": "answer",
+                    }
+                )
+                + b"\n"
+            )
+        handle.write(b'{"write": "torn')
+    assert journal.stat().st_size > 4 << 20
+    state = replay(journal)
+    assert state.lines == 2 * count and len(state.created) == count
+    assert state.created[count] == 10**6 + count and not state.unresolved

@@ -83,7 +83,13 @@ from exporter.normalize import (
     record_id,
     table_layout,
 )
-from exporter.options import BaseUrlType, RateLimitType, credential_options
+from exporter.options import (
+    BaseUrlType,
+    BoundedInt,
+    FiniteFloat,
+    RateLimitType,
+    credential_options,
+)
 from exporter.pagination import ChainGuard, collection_url, next_link, page_records
 from exporter.schema import Shape, resource_type
 from exporter.storage import Storage
@@ -91,6 +97,7 @@ from exporter.storage import Storage
 STEP = "sequenceStep"
 RESTORE_DIRECTORY = "_restore"
 PAGE_SIZE = 1000
+MAX_ID = 2**63 - 1  # ids are int64 on the API (and in the backup's Parquet columns)
 
 
 class Mode(StrEnum):
@@ -1172,9 +1179,14 @@ class _IdList(click.ParamType[tuple[int, ...]]):
         if isinstance(value, tuple):
             return value
         parts = [p.strip() for p in str(value).split(",") if p.strip()]
-        if not parts or not all(p.isdigit() for p in parts):
-            self.fail(f"{value!r} is not a comma list of step ids, e.g. 1,2,3", param, ctx)
-        return tuple(int(p) for p in parts)
+        if not parts or not all(p.isascii() and p.isdigit() for p in parts):
+            self.fail(
+                f"{str(value)[:60]!r} is not a comma list of step ids, e.g. 1,2,3", param, ctx
+            )
+        ids = tuple(int(p) for p in parts if len(p) <= 19)
+        if len(ids) < len(parts) or not all(1 <= i <= MAX_ID for i in ids):
+            self.fail(f"a step id is a number from 1 to {MAX_ID}", param, ctx)
+        return ids
 
 
 @click.command("restore")
@@ -1182,7 +1194,7 @@ class _IdList(click.ParamType[tuple[int, ...]]):
 @click.option("--run", "run_id", help="Restore the state as of this run id.  [default: newest]")
 @click.option("--ids", type=_IdList(), help="Only these backed-up step ids (comma list).")
 @click.option(
-    "--sequence", type=click.IntRange(min=1), help="Only the backed-up steps of this sequence."
+    "--sequence", type=BoundedInt(1, MAX_ID), help="Only the backed-up steps of this sequence."
 )
 @click.option(
     "--mode",
@@ -1226,7 +1238,7 @@ class _IdList(click.ParamType[tuple[int, ...]]):
 )
 @click.option(
     "--lookup-delay",
-    type=click.FloatRange(min=0, max=3600),
+    type=FiniteFloat(0, 3600),
     default=2.0,
     show_default=True,
     help="Seconds to wait after a write whose answer was lost before looking it up (a create "

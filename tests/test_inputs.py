@@ -349,8 +349,6 @@ HOSTILE_NUMBERS = ["nan", "inf", "-inf", "1e400", "100000000000000000000"]
 # Options of commands whose modules this change does not own, still open (each owner should
 # declare them with exporter.options.FiniteFloat / BoundedInt): strict, so a fix shows up.
 OPEN_ELSEWHERE = {
-    ("restore", "--sequence"),
-    ("restore", "--lookup-delay"),
     *(
         ("simulate", flag)
         for flag in (

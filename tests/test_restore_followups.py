@@ -89,3 +89,33 @@ def test_a_large_journal_is_streamed_to_its_last_line(tmp_path: Path) -> None:
     state = replay(journal)
     assert state.lines == 2 * count and len(state.created) == count
     assert state.created[count] == 10**6 + count and not state.unresolved
+
+
+# -- 2. restore's numbers are finite and bounded -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--ids", "1,100000000000000000000"],
+        ["--ids", "9223372036854775808"],
+        ["--ids", "0"],
+        ["--ids", "1,\u0661"],  # an Arabic-Indic digit: str.isdigit, not a decimal id
+        ["--sequence", "100000000000000000000"],
+        ["--sequence", "9223372036854775808"],
+        ["--lookup-delay", "nan"],
+        ["--lookup-delay", "inf"],
+    ],
+)
+def test_restore_refuses_ids_beyond_int64_and_non_finite_delays(
+    tmp_path: Path, args: list[str]
+) -> None:
+    from click.testing import CliRunner
+
+    from exporter.cli import main
+
+    result = CliRunner().invoke(
+        main, ["restore", str(tmp_path), "--base-url", "http://127.0.0.1:9/api/v2", *args]
+    )
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert args[0] in result.output and "Traceback" not in result.output

@@ -74,6 +74,7 @@ from exporter.errors import (
     OutputError,
     UnreachableError,
     UsageError,
+    clean_text,
 )
 from exporter.journal import Intent, Journal, JournalState, check_account, replay
 from exporter.normalize import (
@@ -441,7 +442,8 @@ def _refused(status: int | None) -> bool:
 
 
 def _error_text(document: Any) -> str:
-    """Every error of a JSON:API errors document: detail (and where), joined."""
+    """Every error of a JSON:API errors document: detail (and where), joined, cleaned
+    (`clean_text`: every secret this process holds scrubbed, one line, bounded)."""
     if not isinstance(document, dict) or not isinstance(document.get("errors"), list):
         return ""
     parts = []
@@ -455,7 +457,8 @@ def _error_text(document: Any) -> str:
             else None
         )
         parts.append(f"{detail}" + (f" ({pointer})" if pointer else ""))
-    return "; ".join(parts)
+    # Server text, bound for the journal, the table and stderr: secrets scrubbed, one line.
+    return clean_text("; ".join(parts))
 
 
 # ---------------------------------------------------------------------------- the restore

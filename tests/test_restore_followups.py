@@ -13,7 +13,9 @@ import pytest
 
 from exporter.errors import ExitCode
 from exporter.journal import replay
-from tests.conftest import StartSimulator
+from exporter.restore import default_journal
+from exporter.simulator.faults import hostile
+from tests.conftest import TOKEN, StartSimulator
 from tests.test_restore import (
     damage,
     exported,
@@ -119,3 +121,29 @@ def test_restore_refuses_ids_beyond_int64_and_non_finite_delays(
     )
     assert result.exit_code == ExitCode.USAGE, result.output
     assert args[0] in result.output and "Traceback" not in result.output
+
+
+# -- 4. a 422's detail is server text: scrubbed before the journal and the report --------------
+
+
+async def test_a_422_detail_echoing_the_token_is_scrubbed_in_journal_and_report(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running, _backup = await exported(start_simulator, tmp_path)
+    deleted, altered = damage(running, random.Random(8), 1, 1)
+    hostile(running.sim).echo_auth_write = 2  # the patch and the create
+    command = restore_command(running, tmp_path, "--apply")
+    code, out, err = await run_cli(command)
+    assert code == ExitCode.FAILED, err + out
+    assert hostile(running.sim).served["echo_auth_write"] == 2
+    journal = default_journal(tmp_path, running.base_url)
+    failed = replay(journal).failed
+    assert sorted(failed) == sorted([*deleted, *altered])
+    for entry in failed.values():
+        assert entry["status"] == 422 and "Refused" in entry["detail"]
+        assert entry["detail"].isprintable()
+    text = journal.read_text() + out + err
+    assert TOKEN not in text and "\x1b" not in text
+    rows = [line for line in out.splitlines() if line.startswith("failed")]
+    assert len(rows) == 2 and all("forged log line" in row for row in rows)
+    assert not any(line.startswith("ERROR forged") for line in (out + err).splitlines())

@@ -285,6 +285,20 @@ class Api:
                     error_body(404, "resourceNotFound", "Resource Not Found", detail),
                     headers,
                 )
+        if hostile(sim).take("echo_auth_write"):
+            echoed = request.headers.get("Authorization", "")
+            detail = f"Refused {echoed}\nERROR forged log line\r\x1b[31m{echoed}"
+            document = {
+                "errors": [
+                    {
+                        "id": echoed,
+                        "title": "Unprocessable Entity",
+                        "detail": detail,
+                        "source": {"pointer": f"/data/attributes/{echoed}"},
+                    }
+                ]
+            }
+            return await self.deliver(request, 422, orjson.dumps(document), headers)
         policy = write_policy(sim)
         try:
             change = parse_write(

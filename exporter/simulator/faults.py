@@ -145,6 +145,9 @@ class HostileFaults:
     redirect_same: int = 0  # 307 to the very same URL (relative Location): one more hop
     echo_auth: int = 0  # `echo_auth_status` errors document whose id, title and detail quote
     echo_auth_status: int = 400  # the request's Authorization header (detail with CR/LF/ESC)
+    # Writes (POST/PATCH) answered 422 whose error detail and id quote the Authorization header
+    # (with CR/LF/ESC), not applied:
+    echo_auth_write: int = 0
     served: Counter[str] = field(default_factory=Counter)  # faults served, by name
 
     def take(self, name: str) -> bool:

@@ -348,20 +348,7 @@ HOSTILE_NUMBERS = ["nan", "inf", "-inf", "1e400", "100000000000000000000"]
 
 # Options of commands whose modules this change does not own, still open (each owner should
 # declare them with exporter.options.FiniteFloat / BoundedInt): strict, so a fix shows up.
-OPEN_ELSEWHERE = {
-    *(
-        ("simulate", flag)
-        for flag in (
-            "--steps", "--seed", "--sequences-per-step", "--users-per-step", "--min-users",
-            "--call-purposes", "--task-priorities", "--templates-per-email-step",
-            "--mailings-per-email-step", "--calls-per-call-step", "--tasks-per-step",
-            "--page-max", "--token-ttl", "--mint-interval", "--latency", "--latency-per-record",
-            "--error-rate", "--big-page-502-above", "--reset-rate", "--truncate-rate",
-            "--malformed-rate", "--html-rate", "--slow-body", "--slow-body-rate",
-            "--mutation-rate", "--lost-write-rate", "--cache-mib", "--fault-seed",
-        )
-    ),
-}  # fmt: skip
+OPEN_ELSEWHERE: set[tuple[str, str]] = set()
 
 
 def numeric_options() -> list[object]:

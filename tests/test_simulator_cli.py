@@ -167,7 +167,13 @@ def test_hostile_flags_reach_the_simulator(monkeypatch: pytest.MonkeyPatch) -> N
         ["--trickle", "-1"],
     ],
 )
-def test_unbounded_values_are_refused(args: list[str]) -> None:
+def test_unbounded_values_are_refused(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.simulator import cli as simulator_cli
+
+    async def accepted(*_args: object) -> None:
+        return None  # a value wrongly accepted fails the test below instead of serving forever
+
+    monkeypatch.setattr(simulator_cli, "_serve_until_signalled", accepted)
     result = CliRunner().invoke(main, ["simulate", *args])
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.lower().startswith("error:")]

@@ -34,6 +34,18 @@ not applied, sends it again. So POSTs go through `ApiClient.send_document(max_at
 same budgets and in-flight bound as every other request, a 429 or 401 waited out or refreshed,
 but never a second POST after a lost answer.
 
+Never sent is not lost: a POST whose connection could not even be opened (the client's
+`NotSentError`: the TCP connect or TLS handshake failed, not one byte left this machine) was
+provably not applied. It is recorded `absent` ("not sent"), reported as failed for this run, and
+the next run plans and sends it again without a lookup or `--resend-lost`.
+
+Stopping (SIGINT/SIGTERM): no new write is started; the writes in flight get `STOP_GRACE`
+seconds to be answered so the journal records their outcome, then they are cancelled and the
+restore ends with exit 130 (a second signal cancels at once). A bound, not an unbounded wait:
+an API holding a write (or trickling its answer) must not keep a stop from stopping. A POST
+cancelled in flight leaves its intent unresolved, which is safe: the next run looks it up
+(found: done; not found: unresolved, never re-sent on a guess).
+
 Writable fields come from the OpenAPI file (`schema.resource_type`): attributes and to-one
 relationships not marked read-only. Counters, timestamps, displayName, creator/updater,
 mailings, calls, tasks and sequenceTemplates are never sent.
@@ -62,7 +74,7 @@ import orjson
 from exporter import manifest
 from exporter.account import Account, canonical_base_url, identify
 from exporter.auth import Secret, TokenSource
-from exporter.client import ApiClient, ClientSettings
+from exporter.client import STOP_GRACE, ApiClient, ClientSettings, NotSentError
 from exporter.compact import current_table
 from exporter.config import DEFAULT_BASE_URL, RateLimit
 from exporter.errors import (
@@ -1012,6 +1024,13 @@ class Restore:
         except AuthError as exc:
             self.journal.failed(intent, exc.status, exc.message)  # refused: not applied
             raise _write_refused(exc) from None
+        except NotSentError as exc:
+            # The connection was never opened: nothing was sent, so it provably was not
+            # applied: `absent`, and the next run sends it again (no lookup, no --resend-lost).
+            self.journal.absent(intent, "not sent")
+            entry.result, entry.status = "failed", None
+            entry.detail = f"{exc.message}; the next run sends it again"
+            return
         except ApiError as exc:
             if _refused(exc.status):
                 self._fail(entry, intent, exc.status, exc.message)
@@ -1123,7 +1142,7 @@ def render(report: RestoreReport) -> list[str]:
         target = entry.new_id or entry.target_id
         detail = entry.note
         if entry.result == "failed":
-            detail = f"{entry.status}: {entry.detail}"
+            detail = entry.detail if entry.status is None else f"{entry.status}: {entry.detail}"
         elif entry.changes and entry.action in (Action.PATCH, Action.SKIP):
             changed = "; ".join(
                 f"{k}: {_shown(a)} -> {_shown(b)}" for k, (a, b) in entry.changes.items()
@@ -1314,7 +1333,8 @@ def restore_command(
             into_another_account=into_another_account,
         )
         job = Restore(settings, _token_source(auth))
-        report: RestoreReport = _run(job.run, job.request_stop)
+        # Bounded: see "Stopping" in this module's docstring.
+        report: RestoreReport = _run(job.run, job.request_stop, grace=STOP_GRACE)
     except ExporterError as exc:
         fail(exc)
         return

@@ -5,20 +5,31 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 from collections import Counter
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
 
-from exporter.errors import ExitCode
+from exporter.client import STOP_GRACE, ApiClient
+from exporter.errors import ExitCode, ExporterError
 from exporter.journal import replay
-from exporter.restore import default_journal
+from exporter.restore import backup_steps, default_journal
+from exporter.simulator import Simulator, SimulatorConfig, serve
 from exporter.simulator.faults import hostile
-from tests.conftest import TOKEN, StartSimulator
+from exporter.simulator.writes import write_policy
+from tests.conftest import TOKEN, Running, StartSimulator, clean_env
+from tests.test_export import run_export
 from tests.test_restore import (
+    assert_restored,
     damage,
     exported,
+    poll,
+    restore,
     restore_command,
     run_cli,
     writes,
@@ -147,3 +158,94 @@ async def test_a_422_detail_echoing_the_token_is_scrubbed_in_journal_and_report(
     rows = [line for line in out.splitlines() if line.startswith("failed")]
     assert len(rows) == 2 and all("forged log line" in row for row in rows)
     assert not any(line.startswith("ERROR forged") for line in (out + err).splitlines())
+
+
+# -- 5. a stop during a slow write is bounded; the rerun settles it ----------------------------
+
+
+async def test_sigterm_during_a_slow_write_ends_130_within_the_grace_and_the_rerun_is_exact(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running, backup = await exported(start_simulator, tmp_path)
+    deleted, _ = damage(running, random.Random(12), 2, 0)
+    write_policy(running.sim).apply_delay_s = 30.0  # held far longer than STOP_GRACE
+    command = restore_command(running, tmp_path, "--apply", "--concurrency", "1")
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_env()
+    )
+    try:
+        await poll(
+            lambda: (
+                "POST /api/v2/sequenceSteps" in running.sim.counters.by_route
+                and running.sim.counters.in_flight >= 1
+            ),
+            what="a create in the API's hands",
+        )
+        loop = asyncio.get_running_loop()
+        signalled = loop.time()
+        process.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(process.communicate(), timeout=STOP_GRACE + 20)
+        took = loop.time() - signalled
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    stderr = err.decode()
+    assert process.returncode == ExitCode.INTERRUPTED, stderr + out.decode()
+    assert "Traceback" not in stderr and took < STOP_GRACE + 8, (took, stderr)
+    journal = default_journal(tmp_path, running.base_url)
+    assert len(replay(journal).unresolved) == 1  # the create cancelled in flight
+    write_policy(running.sim).apply_delay_s = 0.0
+    await poll(lambda: running.sim.counters.in_flight == 0, timeout=60, what="the write to land")
+    code, stdout, stderr = await run_cli(command)
+    assert code == 0, stderr + stdout
+    assert "found on the target" in stdout
+    assert writes(running)["POST"] == len(deleted)  # the landed one was not sent again
+    assert_restored(running, backup, journal)
+
+
+# -- 6. a create whose connection was refused was never sent: absent, and sent again -----------
+
+
+async def test_a_create_whose_connection_was_refused_is_absent_and_sent_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = Simulator(SimulatorConfig(steps=240, seed=7, static_token=TOKEN))
+    async with AsyncExitStack() as outer:
+        first = AsyncExitStack()
+        root = await first.enter_async_context(serve(sim))
+        running = Running(sim, root)
+        port = urlsplit(root).port
+        assert port is not None
+        await run_export(running.base_url, tmp_path)
+        backup = backup_steps(tmp_path, None)
+        deleted, _ = damage(running, random.Random(11), 3, 0)
+        original = ApiClient.send_document
+        refused: list[str] = []
+
+        async def api_gone_before_the_first_post(
+            self: ApiClient, method: str, url: str, document: dict[str, Any], **kw: Any
+        ) -> tuple[int, dict[str, Any]]:
+            if method == "POST" and not refused:
+                refused.append(url)
+                await first.aclose()  # the API goes away between two writes: connects refused
+                for _ in range(20):
+                    await asyncio.sleep(0)  # let the client see its idle connections closed
+            return await original(self, method, url, document, **kw)
+
+        monkeypatch.setattr(ApiClient, "send_document", api_gone_before_the_first_post)
+        with pytest.raises(ExporterError):  # the reads after it cannot reach the API either
+            await restore(running, tmp_path, apply=True, concurrency=1)
+        assert refused and writes(running) == Counter()  # no POST reached the API
+        journal = default_journal(tmp_path, running.base_url)
+        lines = [orjson.loads(line) for line in journal.read_bytes().splitlines()]
+        [absent] = [line for line in lines if line.get("state") == "absent"]
+        assert absent["how"] == "not sent" and absent["old_id"] in deleted
+        assert not replay(journal).unresolved
+
+        await outer.enter_async_context(serve(sim, port=port))  # the API is back
+        report = await restore(running, tmp_path, apply=True, concurrency=1)
+        assert report.exit_code is ExitCode.OK, [e.detail for e in report.failed]
+        assert sorted(report.created) == deleted
+        assert writes(running)["POST"] == len(deleted)
+        assert_restored(running, backup, journal)

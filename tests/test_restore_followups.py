@@ -20,8 +20,6 @@ from exporter.errors import ExitCode, ExporterError
 from exporter.journal import replay
 from exporter.restore import backup_steps, default_journal
 from exporter.simulator import Simulator, SimulatorConfig, serve
-from exporter.simulator.faults import hostile
-from exporter.simulator.writes import write_policy
 from tests.conftest import TOKEN, Running, StartSimulator, clean_env
 from tests.test_export import run_export
 from tests.test_restore import (
@@ -142,11 +140,11 @@ async def test_a_422_detail_echoing_the_token_is_scrubbed_in_journal_and_report(
 ) -> None:
     running, _backup = await exported(start_simulator, tmp_path)
     deleted, altered = damage(running, random.Random(8), 1, 1)
-    hostile(running.sim).echo_auth_write = 2  # the patch and the create
+    running.sim.hostile.echo_auth_write = 2  # the patch and the create
     command = restore_command(running, tmp_path, "--apply")
     code, out, err = await run_cli(command)
     assert code == ExitCode.FAILED, err + out
-    assert hostile(running.sim).served["echo_auth_write"] == 2
+    assert running.sim.hostile.served["echo_auth_write"] == 2
     journal = default_journal(tmp_path, running.base_url)
     failed = replay(journal).failed
     assert sorted(failed) == sorted([*deleted, *altered])
@@ -168,7 +166,7 @@ async def test_sigterm_during_a_slow_write_ends_130_within_the_grace_and_the_rer
 ) -> None:
     running, backup = await exported(start_simulator, tmp_path)
     deleted, _ = damage(running, random.Random(12), 2, 0)
-    write_policy(running.sim).apply_delay_s = 30.0  # held far longer than STOP_GRACE
+    running.sim.write_policy.apply_delay_s = 30.0  # held far longer than STOP_GRACE
     command = restore_command(running, tmp_path, "--apply", "--concurrency", "1")
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_env()
@@ -195,7 +193,7 @@ async def test_sigterm_during_a_slow_write_ends_130_within_the_grace_and_the_rer
     assert "Traceback" not in stderr and took < STOP_GRACE + 8, (took, stderr)
     journal = default_journal(tmp_path, running.base_url)
     assert len(replay(journal).unresolved) == 1  # the create cancelled in flight
-    write_policy(running.sim).apply_delay_s = 0.0
+    running.sim.write_policy.apply_delay_s = 0.0
     await poll(lambda: running.sim.counters.in_flight == 0, timeout=60, what="the write to land")
     code, stdout, stderr = await run_cli(command)
     assert code == 0, stderr + stdout

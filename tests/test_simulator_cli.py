@@ -120,8 +120,7 @@ def test_fault_flags_reach_the_simulator(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_hostile_flags_reach_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
     from exporter.simulator import Simulator
     from exporter.simulator import cli as simulator_cli
-    from exporter.simulator.faults import TokenFault, hostile
-    from exporter.simulator.writes import write_policy
+    from exporter.simulator.faults import TokenFault
 
     served: list[Simulator] = []
 
@@ -140,7 +139,7 @@ def test_hostile_flags_reach_the_simulator(monkeypatch: pytest.MonkeyPatch) -> N
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     (sim,) = served
-    faults = hostile(sim)
+    faults = sim.hostile
     assert sim.faults.date_skew_s == -3600.0
     assert (faults.trickle, faults.trickle_bytes_per_s) == (2, 7)
     assert (faults.gzip_bomb, faults.gzip_bomb_bytes) == (3, 1024)
@@ -152,7 +151,7 @@ def test_hostile_flags_reach_the_simulator(monkeypatch: pytest.MonkeyPatch) -> N
         TokenFault.ECHO_SECRETS, TokenFault.SLOW, TokenFault.UNAVAILABLE,
     ]  # fmt: skip
     assert (faults.token_retry_after, faults.token_slow_s) == (2.5, 0.5)
-    assert write_policy(sim).apply_delay_s == 1.5
+    assert sim.write_policy.apply_delay_s == 1.5
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,8 @@ import click
 from exporter.options import BoundedInt, FiniteFloat
 
 from .config import Faults, SimulatorConfig
-from .faults import HostileFaults, TokenFault, hostile
+from .faults import HostileFaults, TokenFault
 from .server import Simulator, serve
-from .writes import write_policy
 
 # Every number is finite and bounded (`nan`, `inf`, `1e20` refused): a simulator told to
 # generate 1e20 steps or to wait inf seconds would only hang or crash later, far from the flag.
@@ -318,8 +317,8 @@ def simulate(**options: Any) -> None:
         faults=faults,
     )
     sim = Simulator(cfg)
-    configure_hostile(hostile(sim), options)
-    write_policy(sim).apply_delay_s = options["write_apply_delay"]
+    configure_hostile(sim.hostile, options)
+    sim.write_policy.apply_delay_s = options["write_apply_delay"]
     with contextlib.ExitStack() as stack:
         if options["request_log"]:
             sim.request_log = stack.enter_context(

@@ -247,3 +247,47 @@ async def test_a_create_whose_connection_was_refused_is_absent_and_sent_by_the_n
         assert sorted(report.created) == deleted
         assert writes(running)["POST"] == len(deleted)
         assert_restored(running, backup, journal)
+
+
+async def test_the_client_tells_a_write_never_sent_from_one_whose_answer_was_lost() -> None:
+    """`NotSentError` only for a connection that was never opened, and only for a write sent
+    once; a write whose connection is cut after it was sent stays a plain `ApiError`."""
+    import socket
+
+    from exporter.auth import Secret, StaticToken
+    from exporter.client import ClientSettings, NotSentError
+    from exporter.errors import ApiError
+
+    with socket.socket() as probe:  # a loopback port nothing listens on: connects are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    body = {"data": {"type": "sequenceStep", "attributes": {}}}
+    settings = ClientSettings(base_url=f"http://127.0.0.1:{port}/api/v2", backoff_base=0.01)
+    async with ApiClient(settings, StaticToken(Secret(TOKEN))) as client:
+        url = f"http://127.0.0.1:{port}/api/v2/sequenceSteps"
+        with pytest.raises(NotSentError) as caught:
+            await client.send_document("POST", url, body, max_attempts=1)
+        assert "not sent" in caught.value.message and "\n" not in str(caught.value)
+        with pytest.raises(ExporterError) as retried:  # retried, so not "never sent"
+            await client.send_document("POST", url, body, max_attempts=2)
+        assert not isinstance(retried.value, NotSentError)
+
+    sim = Simulator(SimulatorConfig(steps=20, seed=3, static_token=TOKEN))
+    sim.faults.lost_write_rate = 1.0  # applied, then the connection is cut: sent, answer lost
+    async with serve(sim) as root:
+        settings = ClientSettings(base_url=root + "/api/v2", backoff_base=0.01)
+        async with ApiClient(settings, StaticToken(Secret(TOKEN))) as client:
+            sequence = next(iter(sim.truth.records("sequence")))["id"]
+            body = {
+                "data": {
+                    "type": "sequenceStep",
+                    "attributes": {"stepType": "call"},
+                    "relationships": {"sequence": {"data": {"type": "sequence", "id": sequence}}},
+                }
+            }
+            with pytest.raises(ApiError) as lost:
+                await client.send_document(
+                    "POST", root + "/api/v2/sequenceSteps", body, max_attempts=1
+                )
+            assert not isinstance(lost.value, NotSentError)
+    assert sim.counters.writes_lost == 1

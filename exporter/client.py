@@ -78,6 +78,15 @@ RESUME_HINT = "the checkpoint is intact: run the same command again to resume"
 # Seconds the requests in flight get to finish after a stop request (SIGINT/SIGTERM) before
 # the CLI cancels them (exporter/cli.py `_run`, exporter/fleet.py `run_local`).
 STOP_GRACE = 10.0
+
+
+class NotSentError(ApiError):
+    """A write sent once (`max_attempts=1`) whose connection could not even be opened
+    (`aiohttp.ClientConnectorError`: the TCP connect, or the TLS handshake, failed): not one
+    byte of the request left this machine, so the API provably did not apply it and it may be
+    sent again. (Any other transport failure may have happened after the request was sent.)"""
+
+
 # The API's documented window is an hour; a reset further away than this is not believed.
 LONGEST_WINDOW = 3600.0
 
@@ -342,7 +351,8 @@ class ApiClient:
 
         `max_attempts=1` sends a write once: a transport failure, a 5xx or an unreadable 2xx
         then raises (an `ApiError` whose status is None, 5xx or 2xx, or `UnreachableError`)
-        instead of sending it again, which for a POST could create it twice. A 429 and a 401
+        instead of sending it again, which for a POST could create it twice; a connection
+        that could not be opened raises `NotSentError` (nothing was sent: not applied). A 429 and a 401
         are still waited out or refreshed and sent again: neither applied the write."""
         return await self._request(
             method, url, document, max_attempts=max_attempts, accept_statuses=(422,)
@@ -442,6 +452,12 @@ class ApiClient:
                 except aiohttp.ClientConnectorError as exc:
                     connection_failures += 1
                     failure = RetriableError(f"cannot connect ({_reason(exc)})")
+                    if max_attempts == 1:  # one write, never sent: say so (see NotSentError)
+                        raise NotSentError(
+                            f"not sent: cannot connect ({_reason(exc)})",
+                            url=url,
+                            hint=self.settings.give_up_hint,
+                        ) from None
                 except RetriableError as exc:  # too big, or not decodable
                     failure = exc
                 except TimeoutError as exc:

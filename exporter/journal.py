@@ -42,11 +42,13 @@ Lines (one JSON object each):
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import math
 import os
 import re
 import secrets
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +127,7 @@ class Journal:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             new = not self.path.exists()
-            handle = open(self.path, "ab")  # noqa: SIM115 - held open for the whole restore
+            handle = open_regular(self.path)
         except OSError as exc:
             raise OutputError(
                 f"cannot open the restore journal {self.path}: {exc.strerror}"
@@ -147,7 +149,7 @@ class Journal:
                 "finish (two at once would both create the steps that are missing)"
             ) from None
         try:
-            _cut_torn_tail(self.path)
+            _cut_torn_tail(handle)
             self.state = replay(self.path)
             check_account(self.path, self.state, account)
         except OSError as exc:
@@ -255,19 +257,49 @@ def _fsync_directory(path: Path) -> None:
         os.close(directory)
 
 
-def _cut_torn_tail(path: Path) -> None:
-    """Drop a last line without its newline: it was being written when the process died."""
+def _cut_torn_tail(handle: BinaryIO) -> None:
+    """Drop a last line without its newline: it was being written when the process died.
+    (Read backwards from the end in blocks: a journal may be large.)"""
+    fd = handle.fileno()
+    end = os.fstat(fd).st_size
+    if end == 0 or os.pread(fd, 1, end - 1) == b"\n":
+        return
+    keep = 0
+    position = end
+    while position > 0:
+        start = max(0, position - _BLOCK)
+        newline = os.pread(fd, position - start, start).rfind(b"\n")
+        if newline >= 0:
+            keep = start + newline + 1
+            break
+        position = start
+    os.ftruncate(fd, keep)
+    os.fsync(fd)
+
+
+_BLOCK = 1 << 16
+_NOT_REGULAR = "is not a regular file (a directory, a FIFO or a device)"
+
+
+class NotRegularFile(OSError):
+    """The journal's path names something that is not a regular file."""
+
+
+def open_regular(path: Path, *, write: bool = True) -> BinaryIO:
+    """The regular file at `path`, opened to append (created if missing) or to read, never
+    blocking: `O_NONBLOCK` so a FIFO cannot hang the open, then `fstat` on the descriptor so
+    what is read is what was checked. `NotRegularFile` (an OSError) for anything else."""
+    flags = os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+    flags |= (os.O_RDWR | os.O_APPEND | os.O_CREAT) if write else os.O_RDONLY
+    fd = os.open(path, flags, 0o600)
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return
-    if not data or data.endswith(b"\n"):
-        return
-    keep = data.rfind(b"\n") + 1
-    with open(path, "r+b") as handle:
-        handle.truncate(keep)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, _NOT_REGULAR)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "a+b" if write else "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class _Bad(Exception):
@@ -321,31 +353,37 @@ def replay(path: Path) -> JournalState:
     `UsageError` naming the line when one is not well-formed or does not add up."""
     state = JournalState()
     try:
-        data = path.read_bytes()
+        handle = open_regular(path, write=False)
     except FileNotFoundError:
         return state
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read the restore journal {path}: {exc.strerror or exc}; pass --journal "
+            "with the path of a journal file"
+        ) from None
     pending: dict[str, Intent] = {}
     closed: set[str] = set()
-    if not data.endswith(b"\n"):
-        data = data[: data.rfind(b"\n") + 1]  # a torn last line (see `_cut_torn_tail`)
-    for number, raw in enumerate(data.splitlines(), start=1):
-        try:
-            if not raw.strip():
-                raise _Bad("it is empty")
+    with handle:
+        for number, raw in enumerate(handle, start=1):  # streamed: a journal may be large
+            if not raw.endswith(b"\n"):
+                break  # a torn last line (see `_cut_torn_tail`)
             try:
-                entry = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                raise _Bad("it is not JSON") from None
-            if not isinstance(entry, dict):
-                raise _Bad("it is not a JSON object")
-            _replay_line(entry, state, pending, closed)
-        except _Bad as bad:
-            raise UsageError(
-                f"the restore journal {path} does not add up at line {number}: {bad}; it is the "
-                "only record of writes in flight, so restore will not guess: restore it from "
-                "a copy, or move it aside and check the target by hand"
-            ) from None
-        state.lines += 1
+                if not raw.strip():
+                    raise _Bad("it is empty")
+                try:
+                    entry = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    raise _Bad("it is not JSON") from None
+                if not isinstance(entry, dict):
+                    raise _Bad("it is not a JSON object")
+                _replay_line(entry, state, pending, closed)
+            except _Bad as bad:
+                raise UsageError(
+                    f"the restore journal {path} does not add up at line {number}: {bad}; it "
+                    "is the only record of writes in flight, so restore will not guess: restore "
+                    "it from a copy, or move it aside and check the target by hand"
+                ) from None
+            state.lines += 1
     state.unresolved = list(pending.values())
     return state
 

@@ -34,6 +34,18 @@ not applied, sends it again. So POSTs go through `ApiClient.send_document(max_at
 same budgets and in-flight bound as every other request, a 429 or 401 waited out or refreshed,
 but never a second POST after a lost answer.
 
+Never sent is not lost: a POST whose connection could not even be opened (the client's
+`NotSentError`: the TCP connect or TLS handshake failed, not one byte left this machine) was
+provably not applied. It is recorded `absent` ("not sent"), reported as failed for this run, and
+the next run plans and sends it again without a lookup or `--resend-lost`.
+
+Stopping (SIGINT/SIGTERM): no new write is started; the writes in flight get `STOP_GRACE`
+seconds to be answered so the journal records their outcome, then they are cancelled and the
+restore ends with exit 130 (a second signal cancels at once). A bound, not an unbounded wait:
+an API holding a write (or trickling its answer) must not keep a stop from stopping. A POST
+cancelled in flight leaves its intent unresolved, which is safe: the next run looks it up
+(found: done; not found: unresolved, never re-sent on a guess).
+
 Writable fields come from the OpenAPI file (`schema.resource_type`): attributes and to-one
 relationships not marked read-only. Counters, timestamps, displayName, creator/updater,
 mailings, calls, tasks and sequenceTemplates are never sent.
@@ -62,7 +74,7 @@ import orjson
 from exporter import manifest
 from exporter.account import Account, canonical_base_url, identify
 from exporter.auth import Secret, TokenSource
-from exporter.client import ApiClient, ClientSettings
+from exporter.client import STOP_GRACE, ApiClient, ClientSettings, NotSentError
 from exporter.compact import current_table
 from exporter.config import DEFAULT_BASE_URL, RateLimit
 from exporter.errors import (
@@ -74,6 +86,7 @@ from exporter.errors import (
     OutputError,
     UnreachableError,
     UsageError,
+    clean_text,
 )
 from exporter.journal import Intent, Journal, JournalState, check_account, replay
 from exporter.normalize import (
@@ -83,7 +96,13 @@ from exporter.normalize import (
     record_id,
     table_layout,
 )
-from exporter.options import BaseUrlType, RateLimitType, credential_options
+from exporter.options import (
+    BaseUrlType,
+    BoundedInt,
+    FiniteFloat,
+    RateLimitType,
+    credential_options,
+)
 from exporter.pagination import ChainGuard, collection_url, next_link, page_records
 from exporter.schema import Shape, resource_type
 from exporter.storage import Storage
@@ -91,6 +110,7 @@ from exporter.storage import Storage
 STEP = "sequenceStep"
 RESTORE_DIRECTORY = "_restore"
 PAGE_SIZE = 1000
+MAX_ID = 2**63 - 1  # ids are int64 on the API (and in the backup's Parquet columns)
 
 
 class Mode(StrEnum):
@@ -434,7 +454,8 @@ def _refused(status: int | None) -> bool:
 
 
 def _error_text(document: Any) -> str:
-    """Every error of a JSON:API errors document: detail (and where), joined."""
+    """Every error of a JSON:API errors document: detail (and where), joined, cleaned
+    (`clean_text`: every secret this process holds scrubbed, one line, bounded)."""
     if not isinstance(document, dict) or not isinstance(document.get("errors"), list):
         return ""
     parts = []
@@ -448,7 +469,8 @@ def _error_text(document: Any) -> str:
             else None
         )
         parts.append(f"{detail}" + (f" ({pointer})" if pointer else ""))
-    return "; ".join(parts)
+    # Server text, bound for the journal, the table and stderr: secrets scrubbed, one line.
+    return clean_text("; ".join(parts))
 
 
 # ---------------------------------------------------------------------------- the restore
@@ -1002,6 +1024,13 @@ class Restore:
         except AuthError as exc:
             self.journal.failed(intent, exc.status, exc.message)  # refused: not applied
             raise _write_refused(exc) from None
+        except NotSentError as exc:
+            # The connection was never opened: nothing was sent, so it provably was not
+            # applied: `absent`, and the next run sends it again (no lookup, no --resend-lost).
+            self.journal.absent(intent, "not sent")
+            entry.result, entry.status = "failed", None
+            entry.detail = f"{exc.message}; the next run sends it again"
+            return
         except ApiError as exc:
             if _refused(exc.status):
                 self._fail(entry, intent, exc.status, exc.message)
@@ -1113,7 +1142,7 @@ def render(report: RestoreReport) -> list[str]:
         target = entry.new_id or entry.target_id
         detail = entry.note
         if entry.result == "failed":
-            detail = f"{entry.status}: {entry.detail}"
+            detail = entry.detail if entry.status is None else f"{entry.status}: {entry.detail}"
         elif entry.changes and entry.action in (Action.PATCH, Action.SKIP):
             changed = "; ".join(
                 f"{k}: {_shown(a)} -> {_shown(b)}" for k, (a, b) in entry.changes.items()
@@ -1172,9 +1201,14 @@ class _IdList(click.ParamType[tuple[int, ...]]):
         if isinstance(value, tuple):
             return value
         parts = [p.strip() for p in str(value).split(",") if p.strip()]
-        if not parts or not all(p.isdigit() for p in parts):
-            self.fail(f"{value!r} is not a comma list of step ids, e.g. 1,2,3", param, ctx)
-        return tuple(int(p) for p in parts)
+        if not parts or not all(p.isascii() and p.isdigit() for p in parts):
+            self.fail(
+                f"{str(value)[:60]!r} is not a comma list of step ids, e.g. 1,2,3", param, ctx
+            )
+        ids = tuple(int(p) for p in parts if len(p) <= 19)
+        if len(ids) < len(parts) or not all(1 <= i <= MAX_ID for i in ids):
+            self.fail(f"a step id is a number from 1 to {MAX_ID}", param, ctx)
+        return ids
 
 
 @click.command("restore")
@@ -1182,7 +1216,7 @@ class _IdList(click.ParamType[tuple[int, ...]]):
 @click.option("--run", "run_id", help="Restore the state as of this run id.  [default: newest]")
 @click.option("--ids", type=_IdList(), help="Only these backed-up step ids (comma list).")
 @click.option(
-    "--sequence", type=click.IntRange(min=1), help="Only the backed-up steps of this sequence."
+    "--sequence", type=BoundedInt(1, MAX_ID), help="Only the backed-up steps of this sequence."
 )
 @click.option(
     "--mode",
@@ -1226,7 +1260,7 @@ class _IdList(click.ParamType[tuple[int, ...]]):
 )
 @click.option(
     "--lookup-delay",
-    type=click.FloatRange(min=0, max=3600),
+    type=FiniteFloat(0, 3600),
     default=2.0,
     show_default=True,
     help="Seconds to wait after a write whose answer was lost before looking it up (a create "
@@ -1299,7 +1333,8 @@ def restore_command(
             into_another_account=into_another_account,
         )
         job = Restore(settings, _token_source(auth))
-        report: RestoreReport = _run(job.run, job.request_stop)
+        # Bounded: see "Stopping" in this module's docstring.
+        report: RestoreReport = _run(job.run, job.request_stop, grace=STOP_GRACE)
     except ExporterError as exc:
         fail(exc)
         return

@@ -348,22 +348,7 @@ HOSTILE_NUMBERS = ["nan", "inf", "-inf", "1e400", "100000000000000000000"]
 
 # Options of commands whose modules this change does not own, still open (each owner should
 # declare them with exporter.options.FiniteFloat / BoundedInt): strict, so a fix shows up.
-OPEN_ELSEWHERE = {
-    ("restore", "--sequence"),
-    ("restore", "--lookup-delay"),
-    *(
-        ("simulate", flag)
-        for flag in (
-            "--steps", "--seed", "--sequences-per-step", "--users-per-step", "--min-users",
-            "--call-purposes", "--task-priorities", "--templates-per-email-step",
-            "--mailings-per-email-step", "--calls-per-call-step", "--tasks-per-step",
-            "--page-max", "--token-ttl", "--mint-interval", "--latency", "--latency-per-record",
-            "--error-rate", "--big-page-502-above", "--reset-rate", "--truncate-rate",
-            "--malformed-rate", "--html-rate", "--slow-body", "--slow-body-rate",
-            "--mutation-rate", "--lost-write-rate", "--cache-mib", "--fault-seed",
-        )
-    ),
-}  # fmt: skip
+OPEN_ELSEWHERE: set[tuple[str, str]] = set()
 
 
 def numeric_options() -> list[object]:
@@ -533,11 +518,6 @@ def test_a_fleet_secret_file_that_cannot_be_a_header_fails_its_account(
     assert "token_file" in row and "X-Evil" not in stdout + stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exporter/journal.py replay (owned elsewhere) reads --journal without checking it is "
-    "a regular file: a directory is an IsADirectoryError traceback",
-)
 def test_a_restore_journal_that_is_a_directory_is_one_line(
     tmp_path: Path, live_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -29,7 +29,6 @@ from exporter.restore import (
     default_journal,
 )
 from exporter.simulator import Faults
-from exporter.simulator.writes import write_policy
 from tests.conftest import TOKEN, Running, StartSimulator
 from tests.test_export import run_export
 from tests.test_restore import (
@@ -83,7 +82,7 @@ async def exported_with_sequenceless(
     """A simulator whose API takes steps without a sequence, holding SEQUENCELESS of them,
     exported to `out`: (running, the backup's steps, the sequence-less ids)."""
     running = await start_simulator(steps=steps, seed=seed)
-    write_policy(running.sim).require_sequence = False
+    running.sim.write_policy.require_sequence = False
     made = [await post(running, create_body(sequenceless_values(i))) for i in range(SEQUENCELESS)]
     await run_export(running.base_url, out)
     backup = backup_steps(out, None)
@@ -135,7 +134,7 @@ async def test_a_slow_create_killed_and_rerun_at_once_is_never_sent_twice(
     deleted, _altered = damage(running, random.Random(32), 3, 0)
     gone = [*deleted, *made[:3]]
     delete(running, made[:3])
-    write_policy(running.sim).apply_delay_s = 2.0
+    running.sim.write_policy.apply_delay_s = 2.0
     command = restore_command(running, tmp_path, "--apply", "--concurrency", "4")
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
@@ -372,7 +371,7 @@ async def test_sigkill_at_random_moments_with_slow_writes_and_steps_without_sequ
     it again at once, until enough kills have landed; after each round the target holds each
     backed-up step exactly once, compared with the simulator's truth."""
     running, backup, _made = await exported_with_sequenceless(start_simulator, tmp_path, seed=41)
-    policy = write_policy(running.sim)
+    policy = running.sim.write_policy
     running.sim.faults = Faults(lost_write_rate=0.05, seed=6)
     rng = random.Random(41)
     command = restore_command(running, tmp_path, "--apply", "--concurrency", "4")

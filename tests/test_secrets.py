@@ -12,7 +12,6 @@ from pathlib import Path
 from exporter.errors import ExitCode
 from exporter.simulator import Faults
 from exporter.simulator.auth import TokenResponse
-from exporter.simulator.faults import hostile
 from tests.conftest import TOKEN, StartSimulator
 
 
@@ -124,7 +123,7 @@ async def test_an_echoed_authorization_header_never_reaches_output_or_files(
     """Bug caught: the error document's id and title (echoing `Bearer <token>`) printed
     verbatim, and its detail's line breaks forging log lines (text and JSON logs)."""
     running = await start_simulator(steps=200, seed=31)
-    faults = hostile(running.sim)
+    faults = running.sim.hostile
     results = []
     for status, log_format in ((400, "text"), (500, "json")):
         faults.echo_auth = 1000

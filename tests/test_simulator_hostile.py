@@ -1,4 +1,4 @@
-"""The simulator's hostile faults (`faults.hostile(sim)`): the token endpoint's and attacks on API GETs."""
+"""The simulator's hostile faults (`sim.hostile`): the token endpoint's and attacks on API GETs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import orjson
 from simulator_helpers import AUTH, running
 
 from exporter.simulator import SimulatorConfig
-from exporter.simulator.faults import TokenFault, hostile
+from exporter.simulator.faults import TokenFault
 
 FORM = {
     "grant_type": "refresh_token",
@@ -23,7 +23,7 @@ FORM = {
 
 async def test_token_endpoint_faults_are_served_in_order_then_the_real_exchange() -> None:
     async with running(SimulatorConfig(steps=20, mint_interval=0.0)) as run:
-        faults = hostile(run.sim)
+        faults = run.sim.hostile
         faults.token_retry_after = 7
         faults.token_slow_s = 0.3
         faults.token = [
@@ -56,7 +56,7 @@ async def test_token_endpoint_faults_are_served_in_order_then_the_real_exchange(
 
 async def test_get_redirects_echo_and_gzip_bomb() -> None:
     async with running(SimulatorConfig(steps=20)) as run:
-        faults = hostile(run.sim)
+        faults = run.sim.hostile
         faults.redirect_cross = 1
         faults.redirect_same = 1
         faults.echo_auth = 1
@@ -94,7 +94,7 @@ async def test_get_redirects_echo_and_gzip_bomb() -> None:
 
 async def test_trickle_sends_the_real_body_a_few_bytes_a_second() -> None:
     async with running(SimulatorConfig(steps=20)) as run:
-        faults = hostile(run.sim)
+        faults = run.sim.hostile
         faults.trickle = 1
         faults.trickle_bytes_per_s = 400
         timeout = aiohttp.ClientTimeout(sock_read=0.5)  # never exceeded between two bytes

@@ -11,7 +11,7 @@ from simulator_helpers import Reply, running, validate_resource
 
 from exporter.simulator import Faults, Simulator, SimulatorConfig
 from exporter.simulator.data import BASE_TIME
-from exporter.simulator.writes import WriteError, parse_write, write_policy
+from exporter.simulator.writes import WriteError, parse_write
 
 STEPS = "/sequenceSteps"
 NOW = BASE_TIME + 86_400 * 30 + 3_723  # 2025-01-31T01:02:03Z
@@ -454,7 +454,7 @@ async def test_a_slow_write_lands_after_its_client_gave_up() -> None:
     is applied all the same (as a real API's backend finishes what it accepted)."""
     async with running(_config()) as run:
         sim = run.sim
-        write_policy(sim).apply_delay_s = 0.5
+        sim.write_policy.apply_delay_s = 0.5
         before = _step_ids(sim)
         with pytest.raises(TimeoutError):
             await run.send(
@@ -484,8 +484,8 @@ async def test_a_step_without_sequence_is_refused_unless_the_policy_allows_it() 
         sim = run.sim
         bare = {"data": {"type": "sequenceStep", "attributes": {"stepType": "task"}}}
         _assert_errors(await run.send("POST", STEPS, bare), 422, "/data/relationships/sequence")
-        write_policy(sim).require_sequence = False
+        sim.write_policy.require_sequence = False
         reply = await run.send("POST", STEPS, bare)
         assert reply.status == 201, reply.raw
         assert reply.json["data"]["relationships"]["sequence"] == {"data": None}
-        assert write_policy(Simulator(_config())).require_sequence  # per simulator
+        assert Simulator(_config()).write_policy.require_sequence  # per simulator

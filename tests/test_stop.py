@@ -14,7 +14,6 @@ import orjson
 from exporter.client import STOP_GRACE
 from exporter.errors import ExitCode
 from exporter.simulator import Faults
-from exporter.simulator.faults import hostile
 from tests.conftest import TOKEN, Running, StartSimulator, clean_env, spawn
 from tests.test_resume import assert_exact, export_command, run_to_completion
 
@@ -38,7 +37,7 @@ async def stuck_export(running: Running, out: Path) -> asyncio.subprocess.Proces
     """An export whose every answer, once some pages are committed, trickles in 5 bytes a second."""
     process = await spawn(*export_command(running, out, "--concurrency", "2"))
     await poll(lambda: committed_rows(out) > 0, 60, "a first commit")
-    faults = hostile(running.sim)
+    faults = running.sim.hostile
     faults.trickle_bytes_per_s = 5
     faults.trickle = 1_000_000
     await poll(lambda: faults.served["trickle"] >= 2, 30, "requests stuck on a trickle")
@@ -68,7 +67,7 @@ async def test_sigterm_during_a_trickle_stops_within_the_grace_period(
     last = text.strip().splitlines()[-1]
     assert last.startswith("stopped: ") and "run the same command again" in last.lower(), text
     assert committed_rows(tmp_path) >= before > 0  # what was fetched is kept
-    hostile(running.sim).trickle = 0
+    running.sim.hostile.trickle = 0
     code, _codes = await run_to_completion(export_command(running, tmp_path), [])
     assert code == 0
     assert_exact(running, tmp_path)
@@ -127,10 +126,10 @@ async def test_a_fleet_stuck_on_trickles_stops_within_the_grace_period(
     outs = [tmp_path / "out" / f"a{i}" for i in range(2)]
     await poll(lambda: all(committed_rows(out) > 0 for out in outs), 60, "first commits")
     for running in sims:
-        hostile(running.sim).trickle_bytes_per_s = 5
-        hostile(running.sim).trickle = 1_000_000
+        running.sim.hostile.trickle_bytes_per_s = 5
+        running.sim.hostile.trickle = 1_000_000
     await poll(
-        lambda: all(hostile(r.sim).served["trickle"] >= 1 for r in sims),
+        lambda: all(r.sim.hostile.served["trickle"] >= 1 for r in sims),
         30,
         "requests stuck on a trickle in both accounts",
     )

@@ -15,7 +15,7 @@ import pytest
 from exporter.auth import OAuthCredentials, OAuthTokens, Secret, StaticToken
 from exporter.client import ApiClient, ClientSettings
 from exporter.errors import ApiError, AuthError, ExitCode
-from exporter.simulator.faults import TokenFault, hostile
+from exporter.simulator.faults import TokenFault
 from tests.conftest import TOKEN, Running, StartSimulator
 
 FAST = {"backoff_base": 0.001, "backoff_max": 0.01}
@@ -46,7 +46,7 @@ async def test_a_redirect_to_another_origin_is_refused_and_the_other_host_asked_
     and the run reports a misleading 401 from the other host."""
     running = await start_simulator(steps=20)
     other = await start_simulator(steps=20)
-    faults = hostile(running.sim)
+    faults = running.sim.hostile
     faults.redirect_to = other.root_url
     faults.redirect_cross = 1
     async with client_for(running) as client:
@@ -61,7 +61,7 @@ async def test_same_origin_redirects_are_followed_with_the_token_and_bounded(
     start_simulator: StartSimulator,
 ) -> None:
     running = await start_simulator(steps=20)
-    faults = hostile(running.sim)
+    faults = running.sim.hostile
     faults.redirect_same = 3
     async with client_for(running) as client:
         document = await client.get_document(running.base_url + SMALL_PAGE)
@@ -82,7 +82,7 @@ async def test_an_error_document_echoing_the_authorization_header_is_scrubbed(
 ) -> None:
     """Bug caught: the error id (and title) quoted verbatim, token and line breaks included."""
     running = await start_simulator(steps=20)
-    faults = hostile(running.sim)
+    faults = running.sim.hostile
     faults.echo_auth = 100
     faults.echo_auth_status = status
     async with client_for(running, max_attempts=2) as client:
@@ -103,7 +103,7 @@ async def test_a_trickling_answer_hits_the_request_deadline(
     """Bug caught: only the read timeout (between bytes) bounds a request, so a few bytes a
     second keep it alive forever."""
     running = await start_simulator(steps=20)
-    faults = hostile(running.sim)
+    faults = running.sim.hostile
     faults.trickle = 100
     faults.trickle_bytes_per_s = 50
     started = time.monotonic()
@@ -123,7 +123,7 @@ async def test_a_gzip_bomb_is_refused_at_the_cap_without_inflating_it(
 ) -> None:
     """Bug caught: the whole body inflated in memory (256 MiB here) before anything looks at it."""
     running = await start_simulator(steps=20)
-    faults = hostile(running.sim)
+    faults = running.sim.hostile
     faults.gzip_bomb = 100
     faults.gzip_bomb_bytes = 256 << 20
     cap = 4 << 20
@@ -170,7 +170,7 @@ def oauth_for(running: Running, **kwargs: Any) -> OAuthTokens:
 async def test_token_endpoint_5xx_are_retried(start_simulator: StartSimulator) -> None:
     """Bug caught: the token endpoint's retry on 5xx removed (the first 503 ends the run)."""
     running = await start_simulator(steps=20, static_token=None)
-    hostile(running.sim).token = [TokenFault.UNAVAILABLE, TokenFault.SERVER_ERROR]
+    running.sim.hostile.token = [TokenFault.UNAVAILABLE, TokenFault.SERVER_ERROR]
     tokens = oauth_for(running)
     assert (await tokens.token()).startswith("sim-access-1-")
     assert running.sim.counters.by_route["POST /oauth/token"] == 3
@@ -179,7 +179,7 @@ async def test_token_endpoint_5xx_are_retried(start_simulator: StartSimulator) -
 async def test_token_endpoint_429_waits_for_retry_after(start_simulator: StartSimulator) -> None:
     """Bug caught: the 429 retry removed, or Retry-After ignored (asked again at once)."""
     running = await start_simulator(steps=20, static_token=None)
-    faults = hostile(running.sim)
+    faults = running.sim.hostile
     faults.token = [TokenFault.RATE_LIMITED]
     faults.token_retry_after = 1.0
     tokens = oauth_for(running, min_mint_interval=0.0)
@@ -193,7 +193,7 @@ async def test_token_endpoint_failing_every_time_gives_up_with_one_clean_line(
     start_simulator: StartSimulator,
 ) -> None:
     running = await start_simulator(steps=20, static_token=None)
-    hostile(running.sim).token = [TokenFault.UNAVAILABLE] * 10
+    running.sim.hostile.token = [TokenFault.UNAVAILABLE] * 10
     with pytest.raises(ApiError, match="token endpoint kept failing") as caught:
         await oauth_for(running, max_attempts=3).token()
     assert running.sim.counters.by_route["POST /oauth/token"] == 3
@@ -205,7 +205,7 @@ async def test_token_endpoint_redirect_is_never_followed(start_simulator: StartS
     refresh token to another host, and uses the token it hands back."""
     running = await start_simulator(steps=20, static_token=None)
     other = await start_simulator(steps=20, static_token=None)
-    faults = hostile(running.sim)
+    faults = running.sim.hostile
     faults.redirect_to = other.root_url
     faults.token = [TokenFault.REDIRECT]
     with pytest.raises(AuthError, match="redirect") as caught:
@@ -224,7 +224,7 @@ async def test_token_endpoint_error_echoing_the_secrets_is_scrubbed(
     """Bug caught: the OAuth `error` (and description) quoted unscrubbed: client secret and
     refresh token in the message, and its line breaks forging log lines."""
     running = await start_simulator(steps=20, static_token=None)
-    hostile(running.sim).token = [TokenFault.ECHO_SECRETS]
+    running.sim.hostile.token = [TokenFault.ECHO_SECRETS]
     with pytest.raises(AuthError) as caught:
         await oauth_for(running).token()
     cfg = running.sim.cfg
@@ -238,7 +238,7 @@ async def test_a_slow_token_endpoint_is_bounded_by_its_deadline(
 ) -> None:
     """Bug caught: no deadline on the token request (a hanging endpoint hangs the run)."""
     running = await start_simulator(steps=20, static_token=None)
-    faults = hostile(running.sim)
+    faults = running.sim.hostile
     faults.token_slow_s = 30
     faults.token = [TokenFault.SLOW]
     started = time.monotonic()

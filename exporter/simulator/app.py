@@ -21,14 +21,13 @@ from .faults import (
     TokenFault,
     date_header,
     gzip_bomb,
-    hostile,
     malformed,
     truncated,
 )
 from .listing import Page
 from .paging import Cursor, encode_cursor
 from .query import Query, QueryError, parse_query
-from .writes import REQUIRED_RELATIONSHIPS, WRITABLE_TYPE, WriteError, parse_write, write_policy
+from .writes import REQUIRED_RELATIONSHIPS, WRITABLE_TYPE, WriteError, parse_write
 
 if TYPE_CHECKING:
     from .server import Simulator
@@ -120,9 +119,9 @@ class Api:
         try:
             form = await request.post()
             fields = {k: str(v) for k, v in form.items()}
-            fault = hostile(sim).next_token_fault()
+            fault = sim.hostile.next_token_fault()
             if fault is TokenFault.SLOW:
-                await asyncio.sleep(hostile(sim).token_slow_s)
+                await asyncio.sleep(sim.hostile.token_slow_s)
             elif fault is not None:
                 return await self._token_fault(request, fault, fields)
             answer = sim.auth.exchange(fields)
@@ -142,7 +141,7 @@ class Api:
         self, request: web.Request, fault: TokenFault, form: dict[str, str]
     ) -> web.StreamResponse:
         """The token endpoint misbehaving (`HostileFaults.token`); no token is minted."""
-        faults = hostile(self.sim)
+        faults = self.sim.hostile
         if fault is TokenFault.REDIRECT:
             return web.Response(
                 status=307, headers={"Location": faults.redirect_to + "/oauth/token"}
@@ -168,7 +167,7 @@ class Api:
         self, request: web.Request, headers: dict[str, str]
     ) -> web.StreamResponse | None:
         """A hostile answer to an API GET (`HostileFaults`), or None to serve it for real."""
-        faults = hostile(self.sim)
+        faults = self.sim.hostile
         if faults.take("redirect_cross"):
             location = faults.redirect_to + request.path_qs
             return web.Response(status=307, headers={**headers, "Location": location})
@@ -285,7 +284,21 @@ class Api:
                     error_body(404, "resourceNotFound", "Resource Not Found", detail),
                     headers,
                 )
-        policy = write_policy(sim)
+        if sim.hostile.take("echo_auth_write"):
+            echoed = request.headers.get("Authorization", "")
+            detail = f"Refused {echoed}\nERROR forged log line\r\x1b[31m{echoed}"
+            document = {
+                "errors": [
+                    {
+                        "id": echoed,
+                        "title": "Unprocessable Entity",
+                        "detail": detail,
+                        "source": {"pointer": f"/data/attributes/{echoed}"},
+                    }
+                ]
+            }
+            return await self.deliver(request, 422, orjson.dumps(document), headers)
+        policy = sim.write_policy
         try:
             change = parse_write(
                 body,
@@ -338,7 +351,7 @@ class Api:
         crafted = await self._hostile_get(request, headers)
         if crafted is not None:
             return crafted
-        trickle = hostile(sim).trickle_bytes_per_s if hostile(sim).take("trickle") else 0
+        trickle = sim.hostile.trickle_bytes_per_s if sim.hostile.take("trickle") else 0
         page_size = _page_size(request.query.get("page[size]"), sim.cfg.page_default)
         decision = sim.dice.decide(faults, None if record else page_size)
         if faults.latency_s > 0:

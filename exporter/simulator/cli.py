@@ -4,17 +4,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import signal
 import sys
 from typing import Any
 
 import click
 
+from exporter.options import BoundedInt, FiniteFloat
+
 from .config import Faults, SimulatorConfig
+from .faults import HostileFaults, TokenFault
 from .server import Simulator, serve
 
-_RATE = click.FloatRange(0.0, 1.0)
-_SECONDS = click.FloatRange(min=0.0)
+# Every number is finite and bounded (`nan`, `inf`, `1e20` refused): a simulator told to
+# generate 1e20 steps or to wait inf seconds would only hang or crash later, far from the flag.
+DAY = 86_400.0
+_RATE = FiniteFloat(0.0, 1.0)
+_SECONDS = FiniteFloat(0.0, 3600.0)  # a delay on one response
+_RATIO = FiniteFloat(0.0, 1000.0)  # records of one type per step
+_COUNT = BoundedInt(1, 1_000_000)
+_SEED = BoundedInt(-(2**63), 2**63 - 1)
+_HITS = BoundedInt(0, 1_000_000_000)  # how many of the next requests a hostile fault hits
+
+
+class TokenFaultsType(click.ParamType[tuple[TokenFault, ...]]):
+    """A comma list of token-endpoint faults, served in order: 500,503,429,307,echo,slow."""
+
+    name = "FAULT,..."
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[TokenFault, ...]:
+        if isinstance(value, tuple):
+            return value
+        names = {fault.value: fault for fault in TokenFault}
+        parts = [p.strip() for p in str(value).split(",") if p.strip()]
+        unknown = [p for p in parts if p not in names]
+        if unknown or len(parts) > 10_000:
+            self.fail(f"{str(value)[:60]!r} is not a comma list of {', '.join(names)}", param, ctx)
+        return tuple(names[p] for p in parts)
 
 
 class RateLimitType(click.ParamType[tuple[int, float]]):
@@ -30,9 +59,11 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
         limit_text, slash, window_text = str(value).partition("/")
         try:
             limit, window = int(limit_text), float(window_text)
+            if not math.isfinite(window):
+                raise ValueError(window_text)
         except ValueError:
             self.fail(f"{value!r} is not N/SECONDS (e.g. 10000/3600)", param, ctx)
-        if not slash or limit < 1 or not window > 0:
+        if not slash or not 1 <= limit <= 10**9 or not (0 < window <= 31 * DAY):
             self.fail(f"{value!r} needs N >= 1 and SECONDS > 0 (e.g. 10000/3600)", param, ctx)
         return (limit, window)
 
@@ -42,8 +73,10 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8080, help="Port; 0 picks a free one."
 )
-@click.option("--steps", type=click.IntRange(min=1), default=1000, help="Number of sequence steps.")
-@click.option("--seed", type=int, default=0, help="Seed of all generated data.")
+@click.option(
+    "--steps", type=BoundedInt(1, 100_000_000), default=1000, help="Number of sequence steps."
+)
+@click.option("--seed", type=_SEED, default=0, help="Seed of all generated data.")
 @click.option(
     "--org-guid",
     default=None,
@@ -51,39 +84,39 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
 )
 @click.option(
     "--sequences-per-step",
-    type=_SECONDS,
+    type=_RATIO,
     default=1 / 6,
     show_default="1/6",
     help="Sequences per step.",
 )
-@click.option("--users-per-step", type=_SECONDS, default=1 / 200, help="Users per step.")
-@click.option(
-    "--min-users", type=click.IntRange(min=1), default=3, help="At least this many users."
-)
-@click.option("--call-purposes", type=click.IntRange(min=1), default=8, help="Call purposes.")
-@click.option("--task-priorities", type=click.IntRange(min=1), default=3, help="Task priorities.")
+@click.option("--users-per-step", type=_RATIO, default=1 / 200, help="Users per step.")
+@click.option("--min-users", type=_COUNT, default=3, help="At least this many users.")
+@click.option("--call-purposes", type=_COUNT, default=8, help="Call purposes.")
+@click.option("--task-priorities", type=_COUNT, default=3, help="Task priorities.")
 @click.option(
     "--templates-per-email-step",
-    type=_SECONDS,
+    type=_RATIO,
     default=0.6,
     help="Sequence templates per email step.",
 )
 @click.option(
-    "--mailings-per-email-step", type=_SECONDS, default=2.0, help="Mailings per email step."
+    "--mailings-per-email-step", type=_RATIO, default=2.0, help="Mailings per email step."
 )
-@click.option("--calls-per-call-step", type=_SECONDS, default=1.0, help="Calls per call step.")
-@click.option("--tasks-per-step", type=_SECONDS, default=1.0, help="Tasks per step.")
-@click.option("--page-max", type=click.IntRange(min=1), default=1000, help="Largest page[size].")
+@click.option("--calls-per-call-step", type=_RATIO, default=1.0, help="Calls per call step.")
+@click.option("--tasks-per-step", type=_RATIO, default=1.0, help="Tasks per step.")
+@click.option("--page-max", type=BoundedInt(1, 1_000_000), default=1000, help="Largest page[size].")
 @click.option(
     "--token", default="sim-token", help="Static bearer token that never expires ('' = none)."
 )
 @click.option(
     "--token-ttl",
-    type=click.FloatRange(min=0.0, min_open=True),
+    type=FiniteFloat(0.0, 366 * DAY, min_open=True),
     default=7200.0,
     help="Seconds an OAuth access token lives.",
 )
-@click.option("--mint-interval", type=_SECONDS, default=60.0, help="Seconds between token mints.")
+@click.option(
+    "--mint-interval", type=FiniteFloat(0.0, DAY), default=60.0, help="Seconds between token mints."
+)
 @click.option("--client-id", default="sim-client", help="OAuth client_id.")
 @click.option("--client-secret", default="sim-secret", help="OAuth client_secret.")
 @click.option("--refresh-token", default="sim-refresh-0", help="The first valid refresh token.")
@@ -100,7 +133,7 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
 @click.option("--error-rate", type=_RATE, default=0.0, help="Share of requests answered 500/503.")
 @click.option(
     "--big-page-502-above",
-    type=click.IntRange(min=1),
+    type=BoundedInt(1, 1_000_000),
     default=None,
     help="Answer 502 to page[size] above this.",
 )
@@ -118,7 +151,7 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
 @click.option("--slow-body-rate", type=_RATE, default=1.0, help="Share of bodies trickled.")
 @click.option(
     "--mutation-rate",
-    type=_SECONDS,
+    type=FiniteFloat(0.0, 1_000_000.0),
     default=0.0,
     help="Inserts/updates/deletes per second while serving.",
 )
@@ -130,12 +163,102 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
 )
 @click.option(
     "--cache-mib",
-    type=click.IntRange(min=0),
+    type=BoundedInt(0, 1 << 20),
     default=512,
     help="MiB of serialized records kept in memory.",
 )
 @click.option(
-    "--fault-seed", type=int, default=None, help="Seed of the fault dice (default: --seed)."
+    "--fault-seed", type=_SEED, default=None, help="Seed of the fault dice (default: --seed)."
+)
+@click.option(
+    "--date-skew",
+    type=FiniteFloat(-366 * DAY, 366 * DAY),
+    default=0.0,
+    help="Seconds the API's Date header is off (a wrong server clock; negative = behind).",
+)
+@click.option(
+    "--write-apply-delay",
+    type=_SECONDS,
+    default=0.0,
+    help="Seconds every accepted write waits before it is applied (applied even if the "
+    "client is gone by then).",
+)
+@click.option(
+    "--token-faults",
+    type=TokenFaultsType(),
+    default="",
+    show_default="none",
+    help="Faults of the next POST /oauth/token requests, in order: 500, 503, 429 (with "
+    "--token-retry-after), 307 (to --redirect-to), echo (a 400 quoting the secrets), slow.",
+)
+@click.option(
+    "--token-retry-after",
+    type=_SECONDS,
+    default=1.0,
+    help="Retry-After of a token 429 (--token-faults 429).",
+)
+@click.option(
+    "--token-slow", type=_SECONDS, default=5.0, help="Seconds a `slow` token answer takes."
+)
+@click.option(
+    "--redirect-to",
+    default=HostileFaults.redirect_to,
+    help="Root URL that cross-origin redirects (--redirect-cross, token 307) point at.",
+)
+@click.option(
+    "--trickle",
+    type=_HITS,
+    default=0,
+    help="The next N API GETs trickle their body at --trickle-bytes-per-s.",
+)
+@click.option(
+    "--trickle-bytes-per-s",
+    type=BoundedInt(1, 1 << 30),
+    default=20,
+    help="Bytes a second of a trickled body.",
+)
+@click.option(
+    "--gzip-bomb",
+    type=_HITS,
+    default=0,
+    help="The next N API GETs answer a gzip body inflating to --gzip-bomb-bytes.",
+)
+@click.option(
+    "--gzip-bomb-bytes",
+    type=BoundedInt(16, 1 << 34),
+    default=1 << 30,
+    show_default="1 GiB",
+    help="Inflated size of a gzip bomb.",
+)
+@click.option(
+    "--redirect-cross",
+    type=_HITS,
+    default=0,
+    help="The next N API GETs answer 307 to the same path under --redirect-to.",
+)
+@click.option(
+    "--redirect-same",
+    type=_HITS,
+    default=0,
+    help="The next N API GETs answer 307 to their own URL (one more hop).",
+)
+@click.option(
+    "--echo-auth",
+    type=_HITS,
+    default=0,
+    help="The next N API GETs answer an errors document quoting the Authorization header.",
+)
+@click.option(
+    "--echo-auth-status",
+    type=BoundedInt(400, 599),
+    default=400,
+    help="Status of an --echo-auth answer.",
+)
+@click.option(
+    "--echo-auth-write",
+    type=_HITS,
+    default=0,
+    help="The next N writes answer 422 whose detail quotes the Authorization header.",
 )
 @click.option(
     "--request-log",
@@ -164,6 +287,7 @@ def simulate(**options: Any) -> None:
         mutation_rate=options["mutation_rate"],
         lost_write_rate=options["lost_write_rate"],
         seed=options["fault_seed"],
+        date_skew_s=options["date_skew"],
     )
     cfg = SimulatorConfig(
         steps=options["steps"],
@@ -193,12 +317,27 @@ def simulate(**options: Any) -> None:
         faults=faults,
     )
     sim = Simulator(cfg)
+    configure_hostile(sim.hostile, options)
+    sim.write_policy.apply_delay_s = options["write_apply_delay"]
     with contextlib.ExitStack() as stack:
         if options["request_log"]:
             sim.request_log = stack.enter_context(
                 open(options["request_log"], "a", encoding="utf-8", buffering=1)
             )
         asyncio.run(_serve_until_signalled(sim, options["host"], options["port"]))
+
+
+def configure_hostile(faults: HostileFaults, options: dict[str, Any]) -> None:
+    """Set the hostile faults (`HostileFaults`) the flags name."""
+    faults.token = list(options["token_faults"])
+    faults.token_retry_after = options["token_retry_after"]
+    faults.token_slow_s = options["token_slow"]
+    faults.redirect_to = options["redirect_to"].rstrip("/")
+    for name in ("trickle", "trickle_bytes_per_s", "gzip_bomb", "gzip_bomb_bytes"):
+        setattr(faults, name, options[name])
+    for name in ("redirect_cross", "redirect_same", "echo_auth", "echo_auth_status"):
+        setattr(faults, name, options[name])
+    faults.echo_auth_write = options["echo_auth_write"]
 
 
 async def _serve_until_signalled(sim: Simulator, host: str, port: int) -> None:

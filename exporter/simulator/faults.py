@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import random
-import weakref
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -129,7 +128,7 @@ class HostileFaults:
     """Faults the seeded dice do not draw: each is a count of the next requests it hits (set
     a large number for "every one"), so a test knows exactly which request gets what.
 
-    Mutable at runtime through `hostile(sim)`; the counts go down as the faults are served.
+    Mutable at runtime as `sim.hostile`; the counts go down as the faults are served.
     """
 
     token: list[TokenFault] = field(default_factory=list)  # the next token requests, in order
@@ -145,6 +144,9 @@ class HostileFaults:
     redirect_same: int = 0  # 307 to the very same URL (relative Location): one more hop
     echo_auth: int = 0  # `echo_auth_status` errors document whose id, title and detail quote
     echo_auth_status: int = 400  # the request's Authorization header (detail with CR/LF/ESC)
+    # Writes (POST/PATCH) answered 422 whose error detail and id quote the Authorization header
+    # (with CR/LF/ESC), not applied:
+    echo_auth_write: int = 0
     served: Counter[str] = field(default_factory=Counter)  # faults served, by name
 
     def take(self, name: str) -> bool:
@@ -162,17 +164,6 @@ class HostileFaults:
         fault = self.token.pop(0)
         self.served[f"token {fault.value}"] += 1
         return fault
-
-
-_HOSTILE: weakref.WeakKeyDictionary[object, HostileFaults] = weakref.WeakKeyDictionary()
-
-
-def hostile(sim: object) -> HostileFaults:
-    """The hostile faults of simulator `sim` (created, all off, on first use)."""
-    faults = _HOSTILE.get(sim)
-    if faults is None:
-        faults = _HOSTILE[sim] = HostileFaults()
-    return faults
 
 
 @functools.lru_cache(maxsize=4)

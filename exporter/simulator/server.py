@@ -16,10 +16,11 @@ from .app import build_app
 from .auth import TokenAuthority
 from .config import Faults, SimulatorConfig
 from .data import generate
-from .faults import FaultDice
+from .faults import FaultDice, HostileFaults
 from .listing import Lister
 from .ratelimit import FixedWindow
 from .store import Store
+from .writes import WritePolicy
 
 
 @dataclass
@@ -95,6 +96,10 @@ class Simulator:
         self.rate = FixedWindow(cfg.rate_limit, cfg.rate_window, cfg.clock)
         fault_seed = cfg.faults.seed if cfg.faults.seed is not None else cfg.seed
         self.dice = FaultDice(fault_seed)
+        # The faults the dice do not draw (counted down as served) and how writes behave;
+        # both mutable at runtime, like `faults`.
+        self.hostile = HostileFaults()
+        self.write_policy = WritePolicy()
         self.counters = Counters()
         # Every API GET's path and query, one a line (`simulate --request-log FILE`).
         self.request_log: TextIO | None = None

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import orjson
 
@@ -23,7 +22,8 @@ INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # integer columns are 32-bit, as in Outr
 
 @dataclass
 class WritePolicy:
-    """How a simulator's write endpoint behaves besides the fault dice; tests change it at runtime.
+    """How a simulator's write endpoint behaves besides the fault dice (`sim.write_policy`;
+    tests change it at runtime).
 
     `apply_delay_s` holds every accepted write that long before applying it: a client that gave
     up (or was killed) meanwhile never hears back, yet the write lands (aiohttp does not cancel a
@@ -32,17 +32,6 @@ class WritePolicy:
 
     apply_delay_s: float = 0.0
     require_sequence: bool = True
-
-
-_POLICIES: WeakKeyDictionary[object, WritePolicy] = WeakKeyDictionary()
-
-
-def write_policy(sim: object) -> WritePolicy:
-    """The write policy of one simulator (created with the defaults on first use)."""
-    policy = _POLICIES.get(sim)
-    if policy is None:
-        policy = _POLICIES[sim] = WritePolicy()
-    return policy
 
 
 _TITLES = {

@@ -42,7 +42,7 @@ from exporter.errors import ExitCode
 from exporter.schema import RESOURCE_TYPES
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve
 from exporter.simulator.auth import TokenResponse
-from exporter.simulator.faults import TokenFault, hostile
+from exporter.simulator.faults import TokenFault
 from tests.conftest import Running, clean_env
 from tests.test_nights import assert_current_state_is_the_truth, night
 
@@ -96,7 +96,7 @@ class Soak:
     ) -> bool:
         """Run the export until it finishes; False (and a recorded failure) if it never does."""
         kills = [self.rng.uniform(0.2, 2.5) for _ in range(self.rng.randint(0, 2))]
-        faults = hostile(running.sim)
+        faults = running.sim.hostile
         if cross_origin:
             faults.redirect_cross = 1
         for number in range(MAX_ATTEMPTS):
@@ -222,7 +222,7 @@ class Soak:
                 self.totals["nights exact"] += 1
                 self.totals["records held"] = sum(len(ids) for ids in held.values())
                 night(running, self.rng)  # the API changes before the next night
-            self.served.update(hostile(sim).served)
+            self.served.update(sim.hostile.served)
             self.totals["simulator requests"] += sim.counters.requests
             self.totals["tokens minted"] += sim.counters.tokens_minted
         # The token file holds the newest refresh token by design; nothing else may hold any.
@@ -239,7 +239,7 @@ class Soak:
 
     def arm(self, running: Running, oauth: bool) -> None:
         """Hostile answers for the next export: a few of each kind."""
-        faults = hostile(running.sim)
+        faults = running.sim.hostile
         faults.redirect_same = self.rng.randint(0, 3)
         faults.echo_auth = self.rng.randint(0, 2)
         faults.echo_auth_status = 503  # retried, so the run goes on past it

@@ -12,7 +12,6 @@ import pytest
 from exporter.config import ExportSettings
 from exporter.errors import ExitCode
 from exporter.run import Export
-from exporter.simulator.faults import hostile
 from tests.conftest import TOKEN, StartSimulator, clean_env, spawn
 from tests.test_inputs import assert_refused, invoke
 
@@ -68,10 +67,10 @@ async def test_the_flags_bound_a_real_export(
     """A trickling answer meets `--request-deadline 1` (the default, 300 s, would wait on it
     for minutes), and a gzip bomb meets `--max-response-mib 1`: both named in the one line."""
     slow, big = await start_simulator(steps=20), await start_simulator(steps=20)
-    hostile(slow.sim).trickle = 100
-    hostile(slow.sim).trickle_bytes_per_s = 20
-    hostile(big.sim).gzip_bomb = 100
-    hostile(big.sim).gzip_bomb_bytes = 8 << 20
+    slow.sim.hostile.trickle = 100
+    slow.sim.hostile.trickle_bytes_per_s = 20
+    big.sim.hostile.gzip_bomb = 100
+    big.sim.hostile.gzip_bomb_bytes = 8 << 20
 
     async def export(base_url: str, out: Path, *flags: str) -> tuple[int | None, str]:
         process = await spawn(

@@ -27,9 +27,8 @@ TEMPLATE_BY_STEP = "sequenceTemplate.sequenceStep"
 def honour_relation_filters(
     monkeypatch: pytest.MonkeyPatch, running: Running, asked: list[str]
 ) -> None:
-    """Serve `Faults.relation_filters` (the simulator's app passes `parse_query` no such policy
-    yet), and note each collection request that filters sequenceTemplates by step."""
-    faults = running.sim.faults
+    """Note each collection request that filters sequenceTemplates by step (the simulator
+    itself serves `Faults.relation_filters`)."""
 
     def parse(rtype: ResourceType, pairs: Iterable[tuple[str, str]], **options: Any) -> Query:
         pairs = list(pairs)
@@ -37,8 +36,7 @@ def honour_relation_filters(
             k == "filter[sequenceStep][id]" for k, _v in pairs
         ):
             asked.append(dict(pairs).get("page[after]", ""))
-        refused, ignored = faults.relation_policy(rtype.name)
-        return query.parse_query(rtype, pairs, refused=refused, ignored=ignored, **options)
+        return query.parse_query(rtype, pairs, **options)
 
     monkeypatch.setattr(simulator_app, "parse_query", parse)
 

@@ -360,10 +360,13 @@ class Api:
             return await self._replace(request, decision.replacement, headers)
         rtype = sim.store.table(type_name).rtype
         try:
+            refused, ignored = faults.relation_policy(type_name)
             query = parse_query(
                 rtype,
                 request.query.items(),
                 relations=tuple(sim.store.table(type_name).fks),
+                refused=refused,
+                ignored=ignored,
                 page_default=sim.cfg.page_default,
                 page_max=sim.cfg.page_max,
             )

@@ -37,6 +37,7 @@ from exporter.restore import (
 from exporter.simulator import Faults
 from tests.conftest import TOKEN, Running, StartSimulator
 from tests.test_export import run_export
+from tests.test_resume import kill_now
 
 JSONAPI = "application/vnd.api+json"
 
@@ -405,7 +406,7 @@ async def run_cli(command: list[str], kill_after: float | None = None) -> tuple[
         try:
             await asyncio.wait_for(asyncio.shield(process.wait()), timeout=kill_after)
         except TimeoutError:
-            process.send_signal(signal.SIGKILL)
+            kill_now(process)  # may have exited just then: not a landed kill
     out, err = await process.communicate()
     code = process.returncode if process.returncode is not None else -1
     return code, out.decode(), err.decode()

@@ -29,7 +29,7 @@ from tests.conftest import TOKEN, Running, StartSimulator, clean_env, spawn
 from tests.test_export import run_export
 from tests.test_relationships import expected_related
 from tests.test_restore import assert_restored, damage, writes
-from tests.test_resume import export_command
+from tests.test_resume import export_command, kill_now
 from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row
 
 
@@ -249,7 +249,7 @@ async def test_sigkill_and_resume_on_s3(s3_server: str, start_simulator: StartSi
                 try:
                     await asyncio.wait_for(process.wait(), timeout=delay)
                 except TimeoutError:
-                    process.send_signal(signal.SIGKILL)
+                    kill_now(process)  # may have exited just then: not a landed kill
             _out, err = await process.communicate()
             assert b"Traceback" not in err, err.decode()
             if process.returncode == 0:

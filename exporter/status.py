@@ -184,8 +184,9 @@ def _next_export(survey: _Survey) -> NextExport:
         return NextExport(
             "refuse",
             current.run_id,
-            f"refuse: there is no {checkpoint.CHECKPOINT_NAME} beside the manifest, so the "
-            "backup can neither be resumed nor extended as it is; --incremental --repair "
+            f"refuse: {checkpoint.CHECKPOINT_NAME} is "
+            f"{'damaged' if survey.checkpoint_damaged else 'missing'} beside the manifest, so "
+            "the backup can neither be resumed nor extended as it is; --incremental --repair "
             "rebuilds the checkpoint from the manifest and extends the backup (or put the "
             "checkpoint back; --restart discards the backup)",
         )
@@ -377,10 +378,16 @@ class _Survey:
 
     def __init__(self, root: Storage) -> None:
         self.root = root
-        self.state = checkpoint.load(root)
+        self._manifest_present = root.exists(manifest.MANIFEST_NAME)
+        self.checkpoint_damaged = False  # beside a manifest: export refuses it, as a missing one
+        try:
+            self.state = checkpoint.load(root)
+        except UsageError:
+            if not self._manifest_present:
+                raise  # an unfinished run's checkpoint: nothing else describes it
+            self.state, self.checkpoint_damaged = None, True
         self.document: dict[str, Any] | None = None
         problems: list[str] = []  # about the records themselves: shown on the newest run
-        self._manifest_present = root.exists(manifest.MANIFEST_NAME)
         if self._manifest_present:
             try:
                 self.document = manifest.load(root)

@@ -46,15 +46,21 @@ async def test_part_files_without_a_checkpoint_or_manifest_are_left_alone(
     assert (out / "sequenceSteps" / part.name).is_file()  # what status said
 
 
+@pytest.mark.parametrize("checkpoint", ["missing", "damaged"])
 async def test_a_manifest_without_its_checkpoint(
-    start_simulator: StartSimulator, tmp_path: Path
+    checkpoint: str, start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
     running = await start_simulator(steps=50, seed=172)
     await run_export(running.base_url, tmp_path)
-    (tmp_path / "_checkpoint.json").unlink()
+    if checkpoint == "missing":
+        (tmp_path / "_checkpoint.json").unlink()
+    else:
+        (tmp_path / "_checkpoint.json").write_text("{bad")
     report = status_json(tmp_path)
+    assert report["state"] == "complete" and len(report["runs"]) == 1  # from the manifest
     assert report["next_export"]["action"] == "refuse"
     message = report["next_export"]["message"]
+    assert f"{checkpoint} beside the manifest" in message, message
     assert "--incremental --repair rebuilds the checkpoint from the manifest" in message, message
     with pytest.raises(UsageError, match="--incremental --repair"):
         await export(running.base_url, tmp_path, incremental=True)

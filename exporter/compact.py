@@ -116,10 +116,9 @@ def read_committed(storage: Storage, entry: dict[str, Any]) -> pa.Table:
             raise ValueError("its content differs from the recorded sha256")
         return pq.read_table(pa.BufferReader(payload))
     except (OSError, ValueError, pa.ArrowException) as exc:
-        failure = read_failure(storage, relative, exc, DataFile.from_json(entry), REPAIR_ADVICE)
-        if isinstance(failure, DamagedFileError):
-            failure = DamagedFileError(f"{failure}, then compact again")
-        raise failure from None
+        raise read_failure(
+            storage, relative, exc, DataFile.from_json(entry), REPAIR_ADVICE
+        ) from None
 
 
 def inverse_columns(type_name: str) -> list[tuple[str, str, str]]:
@@ -181,10 +180,13 @@ def compact(
     """Publish the current state, one file per type, as one generation (default `DIR/_current/`)."""
     storage = where if isinstance(where, Storage) else Storage.open(where, flag="DIR")
     manifest.load_checked(storage)  # a clear error for a directory without a finished backup
-    if into is None:  # writes into the backup: not while an export writes there
-        with locked(storage, "compact"):
-            return _compact(storage, None)
-    return _compact(storage, into)
+    try:
+        if into is None:  # writes into the backup: not while an export writes there
+            with locked(storage, "compact"):
+                return _compact(storage, None)
+        return _compact(storage, into)
+    except DamagedFileError as exc:  # `read_committed`'s line, and what to do after the repair
+        raise DamagedFileError(f"{exc}, then compact again") from None
 
 
 def new_generation() -> str:

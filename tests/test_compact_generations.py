@@ -186,7 +186,7 @@ def test_a_killed_writes_leftovers_and_old_layout_are_removed_not_others(tmp_pat
     assert not (current / "gen-20260102T000000Z-bbbbbb").exists()  # emptied: removed
 
 
-@pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped", "deleted"])
 async def test_compact_names_a_damaged_part_in_one_line(
     damage: str, start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -204,10 +204,13 @@ async def test_compact_names_a_damaged_part_in_one_line(
     if damage == "truncated":
         part.write_bytes(payload[: len(payload) // 2])
         reason = f"{len(payload) // 2:,} bytes instead of the {len(payload):,} recorded"
-    else:
+    elif damage == "bit-flipped":
         payload[len(payload) // 2] ^= 0x01
         part.write_bytes(payload)
         reason = "its content differs from the recorded sha256"
+    else:
+        part.unlink()
+        reason = "missing"
     process = await spawn(sys.executable, "-m", "exporter", "compact", str(tmp_path))
     _out, err = await process.communicate()
     assert process.returncode == ExitCode.OUTPUT, err.decode()

@@ -12,9 +12,10 @@ from exporter.config import ExportSettings, RateLimit
 from exporter.damage import DamagedFileError
 from exporter.errors import UsageError
 from exporter.run import Export
+from exporter.simulator import Faults
 from tests.conftest import TOKEN, StartSimulator
 from tests.test_export import run_export
-from tests.test_status import status_json, status_text
+from tests.test_status import export_args, kill_export_when, status_json, status_text
 
 
 async def export(base_url: str, out: Path, *, repair: bool = False, **overrides: object) -> None:
@@ -90,3 +91,28 @@ async def test_a_finished_backup_with_damage_and_leftovers(
     assert not leftover.exists()  # removed, as status said
     await export(running.base_url, tmp_path, incremental=True, repair=True)
     assert "damaged" not in status_json(tmp_path)["next_export"]["message"]
+
+
+async def test_an_unfinished_run_with_a_damaged_file(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=3000, seed=174, faults=Faults(latency_s=0.08))
+    out = tmp_path / "out"
+    state = await kill_export_when(
+        export_args(running.base_url, out),
+        out,
+        lambda found: len(found["resources"]["sequenceStep"]["files"]) >= 2,
+    )
+    relative = state["resources"]["sequenceStep"]["files"][0]["path"]
+    (out / relative).unlink()
+    report = status_json(out)
+    message = report["next_export"]["message"]
+    assert report["next_export"]["action"] == "refuse", message
+    assert message.startswith(f"stop: {out}/{relative} is damaged (missing); pass --repair"), (
+        message
+    )
+    assert f", then resume run {state['run_id']}" in message, message
+    with pytest.raises(DamagedFileError, match=relative):
+        await export(running.base_url, out, relationships="sequence,creator,mailings")
+    await export(running.base_url, out, relationships="sequence,creator,mailings", repair=True)
+    assert (out / "_manifest.json").is_file()

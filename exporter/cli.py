@@ -583,7 +583,7 @@ def export(
                     "seconds": round(result.seconds, 3),
                     "requests": result.requests,
                     "resumed": result.resumed,
-                    "manifest": f"{out.rstrip('/')}/_manifest.json",
+                    "manifest": job.storage.shown("_manifest.json"),
                 }
             ).decode()
         )
@@ -594,7 +594,7 @@ def export(
         + ", ".join(f"{name} {count:,}" for name, count in rows.items())
         + f") in {result.seconds:.1f}s, {rate:,.0f} records/s, {result.requests:,} requests"
     )
-    click.echo(f"run {result.state.run_id}: {out}/_manifest.json")
+    click.echo(f"run {result.state.run_id}: {job.storage.shown('_manifest.json')}")
 
 
 def _register_subcommands() -> None:

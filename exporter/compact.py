@@ -36,10 +36,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from exporter import manifest
-from exporter.errors import ExporterError, UsageError
+from exporter.damage import DamagedFileError, read_failure
+from exporter.errors import ExporterError, OutputError, UsageError
 from exporter.lock import locked
 from exporter.normalize import TOMBSTONE_TYPE, arrow_schema, table_layout
 from exporter.schema import RESOURCE_TYPES, resource_type
+from exporter.sink import DataFile
 from exporter.storage import INPROGRESS_SUFFIX, DamagedFile, Storage
 
 ROOT_TYPE = "sequenceStep"  # the crawled collection: every one of its records is in a backup
@@ -62,13 +64,13 @@ def current_table(
     tombstoned: list[int] = []
     for entry in files:
         if entry["type"] == TOMBSTONE_TYPE:
-            stones = storage.read_table(manifest.file_path(storage, entry), ["type", "id"])
+            stones = read_committed(storage, entry).select(["type", "id"])
             mask = pc.equal(stones.column("type"), type_name)
             tombstoned.extend(stones.filter(mask).column("id").to_pylist())
         elif entry["type"] == type_name:
             relative = manifest.file_path(storage, entry)
             try:
-                table = storage.read_table(relative).cast(schema)
+                table = read_committed(storage, entry).cast(schema)
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
                 raise DamagedFile(storage.shown(relative), exc) from None
             rank = pa.array([order.get(entry["run_id"], -1)] * table.num_rows, pa.int32())
@@ -95,6 +97,31 @@ def current_table(
     if tombstoned:
         keep = pc.and_(keep, pc.invert(pc.is_in(ids, value_set=pa.array(tombstoned, pa.int64()))))
     return table.filter(keep).drop_columns(["_run"])
+
+
+REPAIR_ADVICE = (
+    "Run `exporter export --out DIR --incremental --repair` (with the backup's --base-url and "
+    "credentials)"
+)
+
+
+def read_committed(storage: Storage, entry: dict[str, Any]) -> pa.Table:
+    """A file the manifest lists, whole, checked against its recorded sha256 first (a flipped
+    bit that Parquet still decodes must not be compacted as data). A damaged file is
+    `damage.read_failure`'s one line with compact's advice; a store that fails reads stays a
+    storage error."""
+    relative = manifest.file_path(storage, entry)
+    expected = DataFile.from_json(entry)
+    try:
+        if storage.sha256(relative) != expected.sha256:
+            raise ValueError("its content differs from the recorded sha256")
+        # By path, not from the bytes just hashed: pq.read_table(BufferReader) on this error
+        # path was seen to end the process in a C++ abort at exit (pyarrow 26, 1 run in 8).
+        return pq.read_table(storage.path(relative), filesystem=storage.fs)
+    except OutputError as exc:  # the read failed: read_failure tells a missing file from the store
+        raise read_failure(storage, relative, OSError(str(exc)), expected, REPAIR_ADVICE) from None
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise read_failure(storage, relative, exc, expected, REPAIR_ADVICE) from None
 
 
 def inverse_columns(type_name: str) -> list[tuple[str, str, str]]:
@@ -172,10 +199,13 @@ def compact(
     """Publish the current state, one file per type, as one generation (default `DIR/_current/`)."""
     storage = where if isinstance(where, Storage) else Storage.open(where, flag="DIR")
     manifest.load_checked(storage)  # a clear error for a directory without a finished backup
-    if into is None:  # writes into the backup: not while an export writes there
-        with locked(storage, "compact"):
-            return _compact(storage, None)
-    return _compact(storage, into)
+    try:
+        if into is None:  # writes into the backup: not while an export writes there
+            with locked(storage, "compact"):
+                return _compact(storage, None)
+        return _compact(storage, into)
+    except DamagedFileError as exc:  # `read_committed`'s line, and what to do after the repair
+        raise DamagedFileError(f"{exc}, then compact again") from None
 
 
 def new_generation() -> str:
@@ -191,6 +221,35 @@ def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, i
         prefix = ""
     previous = load_pointer(target, prefix, missing_ok=True, damaged_ok=True)
     generation = new_generation()
+    try:
+        published, rows = _write_generation(storage, document, target, prefix, generation)
+    except ExporterError:  # a damaged file, a failed write: the published set stays as it was
+        with contextlib.suppress(ExporterError):
+            remove_stale(
+                target, prefix, {previous["generation"]} if previous else set(), generation
+            )
+        raise
+    pointer = {
+        "format": POINTER_FORMAT,
+        "generation": generation,
+        "run_id": document.get("run_id"),
+        "manifest_sha256": document.get("manifest_sha256"),
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "files": published,
+    }
+    target.write_atomically(
+        prefix + POINTER_NAME, orjson.dumps(pointer, option=orjson.OPT_INDENT_2)
+    )
+    keep = {generation} | ({previous["generation"]} if previous else set())
+    remove_stale(target, prefix, keep)
+    return rows
+
+
+def _write_generation(
+    storage: Storage, document: dict[str, Any], target: Storage, prefix: str, generation: str
+) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """Write the current table of every type into the new `generation` below the target, each
+    durable before the pointer names it: (the pointer's files, rows per type)."""
     present = {entry["type"] for entry in document["files"]}
     rows: dict[str, int] = {}
     published: dict[str, dict[str, Any]] = {}
@@ -227,20 +286,7 @@ def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, i
             "sha256": hashlib.sha256(payload).hexdigest(),
         }
         rows[type_name] = table.num_rows
-    pointer = {
-        "format": POINTER_FORMAT,
-        "generation": generation,
-        "run_id": document.get("run_id"),
-        "manifest_sha256": document.get("manifest_sha256"),
-        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "files": published,
-    }
-    target.write_atomically(
-        prefix + POINTER_NAME, orjson.dumps(pointer, option=orjson.OPT_INDENT_2)
-    )
-    keep = {generation} | ({previous["generation"]} if previous else set())
-    remove_stale(target, prefix, keep)
-    return rows
+    return published, rows
 
 
 def _ours(relative: str) -> tuple[str | None, bool]:
@@ -257,15 +303,18 @@ def _ours(relative: str) -> tuple[str | None, bool]:
     return None, False
 
 
-def remove_stale(target: Storage, prefix: str, keep: set[str]) -> list[str]:
+def remove_stale(
+    target: Storage, prefix: str, keep: set[str], only: str | None = None
+) -> list[str]:
     """Remove what earlier compactions wrote below `prefix`, but the generations in `keep`:
-    older generations, unfinished ones, the old layout's `<collection>.parquet`, temporary files.
-    Files this command did not write stay. Returns what was removed."""
+    older generations, unfinished ones, the old layout's `<collection>.parquet`, temporary files
+    (with `only`, just that generation's files). Files this command did not write stay. Returns
+    what was removed."""
     removed = []
     for path in target.list_files(prefix.rstrip("/")):
         relative = path[len(prefix) :] if prefix else path
         generation, ours = _ours(relative)
-        if ours and generation not in keep:
+        if ours and generation not in keep and (only is None or generation == only):
             target.delete(path)
             removed.append(path)
     if target.local:  # the emptied generation directories

@@ -36,6 +36,7 @@ from exporter import checkpoint, lock, manifest
 from exporter.checkpoint import ResourceState, RunState
 from exporter.compact import ROOT_TYPE
 from exporter.config import ExportSettings
+from exporter.damage import inspect, shown
 from exporter.errors import ExporterError, UsageError
 from exporter.normalize import TOMBSTONE_TYPE
 from exporter.options import exit_on_error, show_report
@@ -157,10 +158,17 @@ def _status(root: Storage) -> StatusReport:
     survey = _Survey(root)
     runs = survey.runs
     if not runs:
+        # No checkpoint or manifest proves a file ours: export deletes nothing here
+        # (run.remove_uncommitted).
         stray = _uncommitted(root, set())
-        removal = f"; it would remove {len(stray)} stray part file(s) first" if stray else ""
+        kept = (
+            f"; it leaves the {len(stray)} part file(s) of this tool's naming here as they are "
+            "(no checkpoint or manifest names them)"
+            if stray
+            else ""
+        )
         return StatusReport(
-            str(root), "none", [], NextExport("start", None, "start a new run" + removal)
+            str(root), "none", [], NextExport("start", None, "start a new run" + kept)
         )
     return StatusReport(
         str(root), runs[-1].status, runs, _next_export(survey), totals=survey.totals()
@@ -171,14 +179,18 @@ def _next_export(survey: _Survey) -> NextExport:
     """What `export --out DIR` would do, as run.py's `Export._prepare` decides it."""
     state, current = survey.state, survey.runs[-1]
     if state is None:
-        # A finished backup without its checkpoint: export refuses to touch it (run.py).
+        # A finished backup without its checkpoint: export refuses it, but with --incremental
+        # --repair (run.py `_refuse_early`, then `_prepare` rebuilds it with `from_manifest`).
         return NextExport(
             "refuse",
             current.run_id,
-            f"refuse: there is no {checkpoint.CHECKPOINT_NAME} beside the manifest, so the "
-            "backup can neither be resumed nor extended (put the checkpoint back; --restart "
-            "discards the backup)",
+            f"refuse: {checkpoint.CHECKPOINT_NAME} is "
+            f"{'damaged' if survey.checkpoint_damaged else 'missing'} beside the manifest, so "
+            "the backup can neither be resumed nor extended as it is; --incremental --repair "
+            "rebuilds the checkpoint from the manifest and extends the backup (or put the "
+            "checkpoint back; --restart discards the backup)",
         )
+    damaged = _damage(survey.root, state)
     if state.status != "complete":
         unfinished = next((r for r in survey.runs if r.run_id == state.run_id), current)
         removal = (
@@ -193,14 +205,22 @@ def _next_export(survey: _Survey) -> NextExport:
             kind += f", changes since {state.window_start}"
         relationships = state.parameters.get("relationships", "all")
         deletes = " --detect-deletes" if TOMBSTONE_TYPE in state.resources else ""
-        return NextExport(
-            "resume",
-            state.run_id,
+        resume = (
             f"resume run {state.run_id} ({kind}) from {state.source} with "
             f"--relationships {relationships}{deletes}{removal} (another --base-url, "
-            "--relationships or --detect-deletes is refused unless --restart)",
+            "--relationships or --detect-deletes is refused unless --restart)"
         )
+        if damaged:
+            return NextExport("refuse", state.run_id, f"stop: {damaged}, then {resume}")
+        return NextExport("resume", state.run_id, resume)
     refused = f"refuse a full export (run {state.run_id} finished it; --restart starts over)"
+    # --incremental: `_prepare` removes the uncommitted files, then `_check_files` stops on damage.
+    leftovers = _uncommitted(survey.root, {f.path for f in state.committed_files()})
+    first = f"first remove {len(leftovers)} uncommitted file(s), then " if leftovers else ""
+    if damaged:
+        return NextExport(
+            "refuse", state.run_id, f"{refused}; --incremental would {first}stop: {damaged}"
+        )
     if state.window_end is None:
         return NextExport(
             "refuse",
@@ -216,7 +236,7 @@ def _next_export(survey: _Survey) -> NextExport:
     return NextExport(
         "refuse",
         state.run_id,
-        f"{refused}; --incremental would fetch what changed since {state.window_end} (the mark "
+        f"{refused}; --incremental would {first}fetch what changed since {state.window_end} (the mark "
         f"of run {state.run_id}) less --overlap (default {_seconds(DEFAULT_OVERLAP)}: since "
         f"{since}{last})",
         mark=state.window_end,
@@ -238,6 +258,19 @@ def mark_basis(detail: dict[str, Any]) -> str | None:
     if isinstance(basis.get("window_start_clamped_from"), str):
         text += f"; the window start was moved back from {basis['window_start_clamped_from']}"
     return text
+
+
+def _damage(root: Storage, state: RunState) -> str:
+    """The committed files export would stop on (run.py `_check_files`: `damage.inspect`, without
+    --repair), as a clause; '' when none."""
+    found = inspect(root, state.committed_files(), thorough=False)
+    if not found:
+        return ""
+    more = f" and {len(found) - 1} more committed file(s)" if len(found) > 1 else ""
+    return (
+        f"{shown(root, found[0].file.path)} is damaged ({found[0].reason}){more}; pass --repair "
+        "to set it aside and fetch its records again"
+    )
 
 
 def _less(mark: str, overlap: float) -> str:
@@ -345,10 +378,16 @@ class _Survey:
 
     def __init__(self, root: Storage) -> None:
         self.root = root
-        self.state = checkpoint.load(root)
+        self._manifest_present = root.exists(manifest.MANIFEST_NAME)
+        self.checkpoint_damaged = False  # beside a manifest: export refuses it, as a missing one
+        try:
+            self.state = checkpoint.load(root)
+        except UsageError:
+            if not self._manifest_present:
+                raise  # an unfinished run's checkpoint: nothing else describes it
+            self.state, self.checkpoint_damaged = None, True
         self.document: dict[str, Any] | None = None
         problems: list[str] = []  # about the records themselves: shown on the newest run
-        self._manifest_present = root.exists(manifest.MANIFEST_NAME)
         if self._manifest_present:
             try:
                 self.document = manifest.load(root)

@@ -38,12 +38,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
+import click
 import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from exporter.errors import BusyError, ExitCode, ExporterError, OutputError, UsageError
+from exporter.options import LocationType
 
 INPROGRESS_SUFFIX = ".inprogress"
 
@@ -245,11 +247,13 @@ class Storage:
         a trailing '/' is dropped); an object-store prefix with '.', '..', '//' or a '#' is
         refused; a prefix that is an object (not a "directory") is refused."""
         text = str(out)
+        try:  # the rules `export --out` checks (an empty location, ~nouser, a bad URI, ...)
+            LocationType().convert(text, None, None)
+        except click.BadParameter as exc:
+            raise UsageError(f"{flag}: {exc.message}") from None
         shown = redact_uri(text)
         scheme = urlsplit(text).scheme if "://" in text or text.startswith("file:") else ""
         if isinstance(out, Path) or not scheme or len(scheme) == 1:  # a path (C: on Windows)
-            if not text:
-                raise UsageError(f"{flag} is empty: name a directory or a URI")
             path = os.path.normpath(Path(text).expanduser().absolute())
             return cls(pafs.LocalFileSystem(), Path(path).as_posix(), _shown_path(text))
         parts = urlsplit(text)

@@ -12,13 +12,15 @@ What is checked, for a finished run (`_manifest.json` present):
 4. per resource, the rows found in its files against `resources.<type>.rows`, and its file count.
 
 For an unfinished run (only `_checkpoint.json`) the committed files the checkpoint names are
-checked the same way (schemas against the schema this exporter writes); part files it does not
-name are uncommitted work the next `export` removes, so they are listed but are no difference.
+checked the same way (schemas against the schema this exporter writes).
 
-Part files named like this exporter's (`part-<run id>-<n>.parquet`) of a run that no manifest
-or checkpoint names (a run that failed before its first commit) are uncommitted, not part of the
-backup: listed on their own line, not a difference (the next `export` removes them). Any other
-file is "unlisted": a difference.
+Files the record does not name, below the backup's directories:
+- "uncommitted": exactly what the next `export` removes (`run.uncommitted`: part and temporary
+  files of this exporter's naming where it writes them), listed on their own line, not a
+  difference;
+- "set aside by --repair" (`<part file>.damaged-<run id>`, `repair.quarantine_name`): not part
+  of the backup, kept for inspection; not a difference;
+- any other `*.parquet` file is "unlisted": a difference.
 
 A file the store fails to read (a 5xx, a reset, a permission) "cannot be read": that is not a
 difference, since nothing was compared, but the backup is not verified either.
@@ -48,8 +50,10 @@ from exporter import checkpoint, manifest
 from exporter.errors import ExitCode, ExporterError, OutputError, UsageError
 from exporter.normalize import arrow_schema
 from exporter.options import exit_on_error, show_report
+from exporter.repair import quarantine_name
+from exporter.run import BACKUP_DIRECTORIES, _is_ours, uncommitted
 from exporter.schema import RESOURCE_TYPES, resource_type
-from exporter.sink import part_run_id
+from exporter.sink import PART_NAME
 from exporter.storage import Storage
 
 _LABELS = {"bytes": "size in bytes", "rows": "row count", "files": "file count"}
@@ -95,11 +99,15 @@ class ExpectedFile:
     schema: list[dict[str, Any]] | None  # None: not recorded and not derivable
 
 
+# Statuses of files the manifest or checkpoint does not name.
+NOT_RECORDED = ("unlisted", "uncommitted", "set_aside")
+
+
 @dataclass
 class FileResult:
     path: str
     type_name: str
-    status: str  # ok | differs | missing | unlisted | uncommitted | unreadable
+    status: str  # ok | differs | missing | unreadable, or one of NOT_RECORDED
     rows: int | None = None
     bytes: int | None = None
     sha256: str | None = None
@@ -145,7 +153,7 @@ class VerifyReport:
         return [f for f in self.files if f.status in ("ok", "differs")]
 
     def summary(self) -> str:
-        listed = [f for f in self.files if f.status not in ("unlisted", "uncommitted")]
+        listed = [f for f in self.files if f.status not in NOT_RECORDED]
         rows = sum(f.rows or 0 for f in self.checked)
         size = sum(f.bytes or 0 for f in self.checked)
         uncommitted = sum(1 for f in self.files if f.status == "uncommitted")
@@ -170,8 +178,7 @@ class VerifyReport:
                 f"({rows:,} rows, {size:,} bytes){extra}; run export again to finish"
             )
         extra = (
-            f"; {uncommitted} uncommitted file(s) of a run that never finished are not part of "
-            "it (the next export removes them)"
+            f"; {uncommitted} uncommitted file(s) are not part of it (the next export removes them)"
             if uncommitted
             else ""
         )
@@ -249,16 +256,7 @@ def verify(where: Storage | Path | str) -> VerifyReport:
     ]
     directories = {t: r.directory for t, r in state.resources.items()}
     listed = _check_files(root, expected, report)
-    known_runs = {str(run.get("run_id")) for run in state.history} | {state.run_id}
-    for path, type_name in _parquet_files(root, directories):
-        if path not in listed:
-            stray = state.status != "complete" or _uncommitted_part(path, known_runs)
-            status = "uncommitted" if stray else "unlisted"
-            report.files.append(FileResult(path, type_name, status))
-            if status == "unlisted":
-                report.differences.append(
-                    Difference(path, "unlisted", note="not named by the checkpoint (a file added?)")
-                )
+    _not_recorded(root, directories, listed, report, "not named by the checkpoint (a file added?)")
     return report
 
 
@@ -307,32 +305,13 @@ def _verify_manifest(root: Storage) -> VerifyReport:
     directories = {
         str(t): str(r.get("directory")) for t, r in resources.items() if isinstance(r, dict)
     }
-    runs = document.get("runs")
-    known_runs = {
-        str(run.get("run_id"))
-        for run in (runs if isinstance(runs, list) else [])
-        if isinstance(run, dict)
-    } | {str(document.get("run_id"))}
-    for found_path, type_name in _parquet_files(root, directories):
-        if found_path not in listed:
-            if _uncommitted_part(found_path, known_runs):
-                report.files.append(FileResult(found_path, type_name, "uncommitted"))
-                continue
-            result = FileResult(found_path, type_name, "unlisted")
-            report.files.append(result)
-            report.differences.append(
-                Difference(
-                    found_path, "unlisted", note="not listed in the manifest (a file added?)"
-                )
-            )
+    _not_recorded(root, directories, listed, report, "not listed in the manifest (a file added?)")
 
     for type_name, resource in resources.items():
         if not isinstance(resource, dict):
             continue
         mine = [
-            f
-            for f in report.files
-            if f.type_name == type_name and f.status not in ("unlisted", "uncommitted")
+            f for f in report.files if f.type_name == type_name and f.status not in NOT_RECORDED
         ]
         if any(f.status == "unreadable" for f in mine):
             continue  # its rows cannot be counted: no total to compare
@@ -349,10 +328,37 @@ def _verify_manifest(root: Storage) -> VerifyReport:
     return report
 
 
-def _uncommitted_part(path: str, known_runs: set[str]) -> bool:
-    """Whether `path` is a part file this exporter wrote for a run no record names."""
-    run_id = part_run_id(path)
-    return run_id is not None and run_id not in known_runs and path.endswith(".parquet")
+def _not_recorded(
+    root: Storage, directories: dict[str, str], listed: set[str], report: VerifyReport, note: str
+) -> None:
+    """The files below the backup's directories that its record does not name:
+    - uncommitted: what the next export removes (`run.uncommitted`, export's own definition:
+      part and temporary files of our naming where export writes them). Not a difference;
+    - set aside by `export --repair` (`repair.quarantine_name` of a file of ours). Not one either;
+    - any other `*.parquet` file: unlisted, a difference (a query over the folder would read it).
+    """
+    stray = set(uncommitted(root, listed, BACKUP_DIRECTORIES))
+    for path, type_name in _parquet_files(root, directories):
+        if path in listed:
+            continue
+        if path in stray:
+            report.files.append(FileResult(path, type_name, "uncommitted"))
+        elif _set_aside(path):
+            report.files.append(FileResult(path, type_name, "set_aside"))
+        elif path.endswith(".parquet"):
+            report.files.append(FileResult(path, type_name, "unlisted"))
+            report.differences.append(Difference(path, "unlisted", note=note))
+
+
+def _set_aside(path: str) -> bool:
+    """Whether `path` is a committed file of ours that `export --repair` renamed aside."""
+    original, marker, run_id = path.rpartition(".damaged-")
+    return (
+        bool(marker)
+        and PART_NAME.fullmatch(f"part-{run_id}-00000.parquet") is not None  # a run id
+        and _is_ours(original)
+        and quarantine_name(original, run_id) == path
+    )
 
 
 def _damaged_note(message: str) -> str:
@@ -519,11 +525,7 @@ def _reason(exc: OSError) -> str:
 
 
 def _parquet_files(root: Storage, directories: dict[str, str]) -> list[tuple[str, str]]:
-    """Every `*.parquet` under the run's type directories and every known type's directory.
-
-    Only names ending in `.parquet` count: a file being written (`.part-*.parquet.inprogress`)
-    is not one.
-    """
+    """Every file under the run's type directories and every known type's directory."""
     by_directory = {resource_type(t).collection: t for t in RESOURCE_TYPES}
     by_directory.update({d: t for t, d in directories.items()})
     found: list[tuple[str, str]] = []
@@ -531,9 +533,7 @@ def _parquet_files(root: Storage, directories: dict[str, str]) -> list[tuple[str
         folder = root.inside(directory)
         if folder is None or root.file_type(folder) != pafs.FileType.Directory:
             continue
-        for relative in root.list_files(folder):
-            if relative.endswith(".parquet"):
-                found.append((relative, type_name))
+        found += [(relative, type_name) for relative in root.list_files(folder)]
     return found
 
 
@@ -547,13 +547,16 @@ def render(report: VerifyReport) -> list[str]:
     lines = [f"verifying {report.root} against {against}"]
     lines += [d.line() for d in report.differences]
     lines += report.unreadable
-    uncommitted = [f.path for f in report.files if f.status == "uncommitted"]
-    note = (
-        "not in the checkpoint"
-        if report.checked_against == "checkpoint" and report.run_status != "complete"
-        else "of a run that never finished, not part of the backup"
-    )
-    lines += [f"{p}: uncommitted ({note}; the next export removes it)" for p in uncommitted]
+    lines += [
+        f"{f.path}: uncommitted (not part of the backup; the next export removes it)"
+        for f in report.files
+        if f.status == "uncommitted"
+    ]
+    lines += [
+        f"{f.path}: set aside by --repair, not part of the backup"
+        for f in report.files
+        if f.status == "set_aside"
+    ]
     lines.append(report.summary())
     return lines
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import re
 import signal
 import sys
 import threading
@@ -12,8 +13,10 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from exporter.compact import CURRENT_PREFIX, POINTER_NAME, compact, load_pointer, read_current
+from exporter.errors import ExitCode
 from exporter.storage import Storage
 from tests.conftest import Running, StartSimulator, clean_env, spawn
 from tests.test_export import run_export
@@ -183,19 +186,38 @@ def test_a_killed_writes_leftovers_and_old_layout_are_removed_not_others(tmp_pat
     assert not (current / "gen-20260102T000000Z-bbbbbb").exists()  # emptied: removed
 
 
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped", "deleted"])
 async def test_compact_names_a_damaged_part_in_one_line(
-    start_simulator: StartSimulator, tmp_path: Path
+    damage: str, start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
+    """A damaged committed file: damage.read_failure's line with compact's advice, exit 4
+    (`DamagedFileError`), the published set and its generations untouched. A flipped bit that
+    Parquet still decodes must not be compacted as if it were data (its sha256 differs)."""
     running = await start_simulator(steps=300, seed=2603)
     await run_export(running.base_url, tmp_path, file_rows=100)
     compact(tmp_path)
     before = load_pointer(Storage.open(tmp_path))
+    assert before is not None
+    generations = sorted(p.name for p in (tmp_path / "_current").iterdir() if p.is_dir())
     part = sorted((tmp_path / "sequenceSteps").glob("part-*.parquet"))[1]
-    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])  # truncated
+    payload = bytearray(part.read_bytes())
+    if damage == "truncated":
+        part.write_bytes(payload[: len(payload) // 2])
+        reason = f"{len(payload) // 2:,} bytes instead of the {len(payload):,} recorded"
+    elif damage == "bit-flipped":
+        payload[len(payload) // 2] ^= 0x01
+        part.write_bytes(payload)
+        reason = "its content differs from the recorded sha256"
+    else:
+        part.unlink()
+        reason = "missing"
     process = await spawn(sys.executable, "-m", "exporter", "compact", str(tmp_path))
     _out, err = await process.communicate()
-    assert process.returncode == 1, err.decode()
+    assert process.returncode == ExitCode.OUTPUT, err.decode()
     [line] = err.decode().strip().splitlines()
-    assert line.startswith(f"error: {part} is damaged (not a readable Parquet file")
-    assert "exporter verify" in line
+    assert line.startswith(f"error: {part} is damaged: {reason}; the backup's files were not"), line
+    assert "Run `exporter export --out DIR --incremental --repair` (with the backup's" in line
+    assert re.search(r"\(\d[\d,]* sequenceStep records in this one\), then compact again$", line)
     assert load_pointer(Storage.open(tmp_path)) == before  # the published set is untouched
+    after = sorted(p.name for p in (tmp_path / "_current").iterdir() if p.is_dir())
+    assert after == generations  # and no half-written generation is left beside it

@@ -429,11 +429,6 @@ def test_a_toml_file_nested_too_deeply_is_one_line(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exporter/storage.py Storage.open (owned elsewhere): urlsplit's ValueError and "
-    "expanduser's RuntimeError escape as tracebacks for verify, status, compact and restore DIR",
-)
 @pytest.mark.parametrize("command", ["verify", "status", "compact", "restore"])
 @pytest.mark.parametrize("location", ["~no-such-user-x/o", "s3://[::1/p"])
 def test_a_backup_dir_that_cannot_be_parsed_is_one_line(command: str, location: str) -> None:

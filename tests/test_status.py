@@ -619,7 +619,7 @@ async def test_when_the_checkpoint_and_the_manifest_disagree(
         (run_id, "manifest") for run_id in ids
     ]
     assert report["next_export"]["action"] == "refuse"
-    assert "no _checkpoint.json beside the manifest" in report["next_export"]["message"]
+    assert "_checkpoint.json is missing beside the manifest" in report["next_export"]["message"]
     with pytest.raises(UsageError, match=r"its _checkpoint\.json is missing"):
         await run_export(running.base_url, no_checkpoint, incremental=True)
     assert all(p.exists() for p in parts)  # nothing was deleted

@@ -7,6 +7,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 
 from exporter.errors import ExitCode, UsageError
@@ -57,8 +58,41 @@ def test_local_paths_are_normalised_alike(tmp_path: Path, monkeypatch: pytest.Mo
     assert bases == {(tmp_path / "dd").as_posix()}
     assert Storage.open("dd/").display == "dd"  # so 'dd/' + '/_manifest.json' is not 'dd//...'
     assert Storage.open("hash#frag").base == (tmp_path / "hash#frag").as_posix()  # a file name
-    with pytest.raises(UsageError, match="--out is empty"):
+    with pytest.raises(UsageError, match="--out: an empty location"):
         Storage.open("")
+
+
+@pytest.mark.parametrize("command", ["verify", "status", "compact", "restore"])
+@pytest.mark.parametrize(
+    ("location", "words"),
+    [
+        ("", ["empty location"]),
+        ("  ", ["empty location"]),
+        ("mock:///p", ["mock://"]),
+        ("out\nx", ["control characters"]),
+        ("~no-such-user-x/o", ["'~no-such-user-x/o'", "no such user"]),
+        ("s3://[::1/p", ["not a path or a URI that parses"]),
+    ],
+)
+def test_every_command_refuses_a_dir_as_export_refuses_its_out(
+    command: str, location: str, words: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DIR of verify, status, compact and restore follows `export --out`'s rules (one
+    `LocationType`): one line naming DIR, exit 2, never the current directory for ''."""
+    from click.testing import CliRunner
+
+    from exporter.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "_manifest.json").write_text("{}")  # '' must not mean this directory
+    extra = ["--base-url", "http://127.0.0.1:9/api/v2"] if command == "restore" else []
+    result = CliRunner().invoke(main, [command, location, *extra])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == ExitCode.USAGE, (result.exit_code, result.output)
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: DIR: "), line
+    for word in words:
+        assert word in line, (word, line)
 
 
 @pytest.mark.parametrize("prefix", ["x/../dd", "./dot", "a//b", "a/./b", "hash#frag", "p#"])
@@ -113,9 +147,12 @@ async def test_credentials_in_the_uri_are_never_shown(
             env=env,
         )
         assert code == 0, text
-        # The last stdout line names the manifest with `--out` as given: the CLI's (cli.py)
-        # to redact with Storage.display; everything else must already be clean.
-        shown.append("\n".join(line for line in text.splitlines() if "_manifest.json" not in line))
+        # The result line names the manifest under the redacted location, once.
+        [result] = [ln for ln in text.splitlines() if ln.startswith("run ") and "_manifest" in ln]
+        assert result.endswith(
+            f": s3://backups/{prefix}/{'a' if '@' in uri else 'b'}/_manifest.json"
+        ), result
+        shown.append(text)
         for command in (
             ["verify", uri],
             ["status", uri],
@@ -134,6 +171,29 @@ async def test_credentials_in_the_uri_are_never_shown(
             for secret in (KEY_ID, SECRET, SECRET_QUOTED, "SeCrEt"):
                 assert secret not in text, text
         assert f"s3://backups/{prefix}/" in shown[1]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_the_export_result_names_the_manifest_once_under_the_location(
+    log_format: str,
+    start_simulator: StartSimulator,
+    tmp_path: Path,
+) -> None:
+    running = await start_simulator(steps=20, seed=92)
+    base = ["--base-url", running.base_url, "--token", TOKEN, "--relationships", "none"]
+    process = await spawn(
+        sys.executable,
+        *("-m", "exporter", "export", "--out", f"{tmp_path}/p1//", *base),
+        *("--log-format", log_format, "-q"),
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    last = out.decode().splitlines()[-1]
+    if log_format == "json":
+        assert orjson.loads(last)["manifest"] == f"{tmp_path}/p1/_manifest.json", last
+    else:
+        assert last.endswith(f": {tmp_path}/p1/_manifest.json"), last
+    assert (tmp_path / "p1" / "_manifest.json").is_file()
 
 
 async def test_every_command_refuses_an_object_named_like_the_prefix(

@@ -339,8 +339,7 @@ async def test_a_failed_runs_orphans_are_uncommitted_not_added(
     code, lines = verify_text(tmp_path)
     assert code == ExitCode.OK, lines
     assert (
-        f"{relative}: uncommitted (of a run that never finished, not part of the backup; "
-        "the next export removes it)"
+        f"{relative}: uncommitted (not part of the backup; the next export removes it)"
     ) in lines
     assert lines[-1].startswith("OK: ") and "1 uncommitted file(s)" in lines[-1]
     code, report = verify_json(tmp_path)

@@ -91,10 +91,13 @@ class Api:
             return response
         chunk = max(1, -(-len(body) // SLOW_CHUNKS))
         pause = self.sim.faults.slow_body_s / SLOW_CHUNKS
-        for start in range(0, len(body), chunk):
-            await response.write(body[start : start + chunk])
-            await asyncio.sleep(pause)
-        await response.write_eof()
+        try:
+            for start in range(0, len(body), chunk):
+                await response.write(body[start : start + chunk])
+                await asyncio.sleep(pause)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client hung up mid-body (a timeout, a stop): nothing more to send
         return response
 
     async def _trickle(
@@ -105,10 +108,13 @@ class Api:
         response.content_length = len(body)
         await response.prepare(request)
         step = max(1, rate // 10)
-        for start in range(0, len(body), step):
-            await response.write(body[start : start + step])
-            await asyncio.sleep(step / rate)
-        await response.write_eof()
+        try:
+            for start in range(0, len(body), step):
+                await response.write(body[start : start + step])
+                await asyncio.sleep(step / rate)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client gave up on the trickle (its deadline): what it is meant to do
         return response
 
     # --------------------------------------------------------------------------- oauth

@@ -35,7 +35,7 @@ class ExitCode(IntEnum):
     )
     USAGE = 2  # bad flag, config or environment value
     AUTH = 3  # credentials refused (401/403 after a refresh)
-    OUTPUT = 4  # output directory unwritable or full
+    OUTPUT = 4  # the backup's storage: unwritable, full, unreadable, or a committed file damaged
     UNREACHABLE = 5  # base URL unreachable
     VERIFY_MISMATCH = 6  # `verify` found a difference
     BUSY = 7  # another run is writing the same backup

@@ -278,7 +278,8 @@ def read_backup(root: Path | str, run_id: str | None) -> tuple[dict[str, Any], d
     if run_id is not None:
         if run_id not in runs:
             raise UsageError(
-                f"{root} holds no run {run_id!r}; its runs are: {', '.join(runs) or 'none'}"
+                f"{storage.display} holds no run {run_id!r}; its runs are: "
+                f"{', '.join(runs) or 'none'}"
             )
         upto = set(runs[: runs.index(run_id) + 1])
         document = {
@@ -1305,8 +1306,9 @@ def restore_command(
     try:
         if ids is not None and sequence is not None:
             raise UsageError("--ids and --sequence select steps in two ways; pass one of them")
-        if not Storage.open(directory, flag="DIR").exists(manifest.MANIFEST_NAME):
-            raise UsageError(f"{directory} holds no finished export to restore from")
+        backup = Storage.open(directory, flag="DIR")
+        if not backup.exists(manifest.MANIFEST_NAME):
+            raise UsageError(f"{backup.display} holds no finished export to restore from")
         auth = ExportSettings(
             out=directory,
             base_url=base_url,

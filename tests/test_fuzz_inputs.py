@@ -131,9 +131,9 @@ base_urls = st.sampled_from(
 )
 
 
-# Locations `export --out` (and a fleet's out) refuse in one line; the DIR of verify, status,
-# compact and restore does not yet (exporter/storage.py Storage.open: tests/test_inputs.py).
-OUT_ONLY = ["~no-such-user-x/o", "s3://[::1/p", "mock:///p"]
+# Locations every command refuses in one line: `export --out`, a fleet's out, and the DIR of
+# verify, status, compact and restore (all through `options.LocationType`).
+REFUSED_LOCATIONS = ["~no-such-user-x/o", "s3://[::1/p", "mock:///p"]
 
 
 # Options that name a file or directory this tool writes (a token store, a journal, compact's
@@ -179,7 +179,7 @@ def option_args(command: click.Command, draw: st.DrawFn, api: str) -> list[str]:
 @given(data=st.data())
 def test_export_flags(sandbox: Path, api: str, data: st.DataObject) -> None:
     command = main.commands["export"]
-    out = data.draw(st.one_of(locations, st.sampled_from(OUT_ONLY)))
+    out = data.draw(st.one_of(locations, st.sampled_from(REFUSED_LOCATIONS)))
     args = ["export", "--out", out, "--token", TOKEN, *option_args(command, data.draw, api)]
     if "--base-url" not in args:
         args += ["--base-url", api]  # never the real API
@@ -193,7 +193,9 @@ def test_backup_command_flags(
     sandbox: Path, api: str, backup: Path, name: str, data: st.DataObject
 ) -> None:
     command = main.commands[name]
-    where = data.draw(st.one_of(st.just(str(backup)), locations))
+    where = data.draw(
+        st.one_of(st.just(str(backup)), locations, st.sampled_from(REFUSED_LOCATIONS))
+    )
     args = [name, where, *option_args(command, data.draw, api)]
     if name == "restore" and "--base-url" not in args:
         args += ["--base-url", api]

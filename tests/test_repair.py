@@ -52,21 +52,30 @@ async def export(
 
 async def stopped_run(running: Running, out: Path) -> dict[str, Any]:
     """An export stopped (as by SIGTERM) once several step and related files are committed."""
-    job = Export(settings(running.base_url, out), StaticToken(Secret(TOKEN)))
+    # Pages of 5: the walk cuts a batch of users once a page's worth is queued, so user files
+    # are committed mid-crawl (with pages of 100, the few users of 1,500 steps waited for the
+    # crawl's end, and a stop that came after the run's last check was no stop at all).
+    job = Export(settings(running.base_url, out, page_size=5), StaticToken(Secret(TOKEN)))
     task = asyncio.create_task(job.run())
     checkpoint = out / "_checkpoint.json"
+    latency = running.sim.faults.latency_s
     deadline = asyncio.get_running_loop().time() + 60
     while asyncio.get_running_loop().time() < deadline:
+        assert not task.done(), "the export finished before it could be stopped"
         if checkpoint.exists():
             state = orjson.loads(checkpoint.read_bytes())
             resources = state["resources"]
+            if resources["sequenceStep"]["files"]:
+                # From the first committed file on, every answer is slower: the rest of the
+                # run cannot finish between two looks.
+                running.sim.faults.latency_s = 0.05
             if len(resources["sequenceStep"]["files"]) >= 3 and resources["user"]["files"]:
                 break
-        assert not task.done(), "the export finished before it could be stopped"
         await asyncio.sleep(0.01)
     job.request_stop()
     with pytest.raises(Interrupted):
         await task
+    running.sim.faults.latency_s = latency  # the runs after the stop at the usual pace
     state = orjson.loads(checkpoint.read_bytes())
     assert state["status"] == "running"
     return dict(state)

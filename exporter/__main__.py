@@ -1,5 +1,5 @@
 """`python -m exporter`: the same as the `exporter` console script."""
 
-from exporter.cli import main
+from exporter.commands.cli import main
 
 main()

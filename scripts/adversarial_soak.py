@@ -16,7 +16,7 @@ instants and run again until it finishes, against answers that attack it:
 - once in a while a cross-origin redirect: that attempt must fail on one line (exit 1) without
   following it; the soak then stops the fault and the next attempt resumes.
 Every attempt must end with a documented exit code, no traceback, at most one error line; after
-each night the compacted current state must equal the API's (tests/test_nights.py's oracle),
+each night the compacted current state must equal the API's (tests/export/test_nights.py's oracle),
 `exporter verify` must pass, and no secret the run ever held (static token, client secret,
 every access and refresh token issued) may appear in any output or any file of the backup.
 """
@@ -38,13 +38,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.errors import ExitCode
-from exporter.schema import RESOURCE_TYPES
+from exporter.core.errors import ExitCode
+from exporter.model.schema import RESOURCE_TYPES
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve
 from exporter.simulator.auth import TokenResponse
 from exporter.simulator.faults import TokenFault
 from tests.conftest import Running, clean_env
-from tests.test_nights import assert_current_state_is_the_truth, night
+from tests.export.test_nights import assert_current_state_is_the_truth, night
 
 TOKEN = "soak-static-token-7d1e"  # the simulator's static token in static runs, not a secret
 DOCUMENTED = {int(code) for code in ExitCode}

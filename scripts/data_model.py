@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from exporter.normalize import EXTRA_COLUMN, table_layout
-from exporter.relationships import step_links
-from exporter.schema import RESOURCE_TYPES, resource_type
+from exporter.export.relationships import step_links
+from exporter.model.normalize import EXTRA_COLUMN, table_layout
+from exporter.model.schema import RESOURCE_TYPES, resource_type
 
 
 def render() -> str:

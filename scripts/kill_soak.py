@@ -29,7 +29,7 @@ def main() -> int:
     started = time.perf_counter()
     code = pytest.main(
         [
-            str(root / "tests" / "test_resume.py")
+            str(root / "tests" / "export" / "test_resume.py")
             + "::test_sigkill_at_random_instants_then_resume_is_exact",
             "-q",
             "-o",

@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from exporter.auth import Secret, StaticToken
-from exporter.config import ExportSettings, parse_rate_limit
-from exporter.run import Export
+from exporter.api.auth import Secret, StaticToken
+from exporter.core.config import ExportSettings, parse_rate_limit
+from exporter.export.run import Export
 
 TOKEN = "bench-token"  # the simulator's static token, not a secret
 

@@ -15,17 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import exporter.run
-from exporter.auth import Secret, StaticToken
-from exporter.client import ClientSettings
-from exporter.config import ExportSettings, RateLimit
-from exporter.errors import ExporterError
-from exporter.run import Export
-from exporter.schema import resource_type
+import exporter.export.run
+from exporter.api.auth import Secret, StaticToken
+from exporter.api.client import ClientSettings
+from exporter.core.config import ExportSettings, RateLimit
+from exporter.core.errors import ExporterError
+from exporter.export.run import Export
+from exporter.model.schema import resource_type
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.test_relationships import expected_related
+from tests.export.test_relationships import expected_related
 from tests.truth import (
     STEP_RELATIONSHIP_COLUMNS,
     assert_rows_equal,
@@ -74,7 +74,7 @@ async def soak(args: argparse.Namespace) -> int:
             **{**kwargs, "backoff_base": args.backoff_base, "max_attempts": args.max_attempts}
         )
 
-    exporter.run.ClientSettings = settings_for_run  # type: ignore[misc]
+    exporter.export.run.ClientSettings = settings_for_run  # type: ignore[misc]
     rng = random.Random(args.seed)
     totals = {"runs": 0, "records": 0, "requests": 0, "retries": 0, "smaller": 0, "failures": 0}
     server_requests = 0

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
-from exporter import schema
+from exporter.model import schema
 from exporter.simulator import Simulator, SimulatorConfig, serve
 
 TOKEN = "sim-token"

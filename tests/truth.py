@@ -1,4 +1,4 @@
-"""Expected rows computed from the simulator's ground truth, independently of exporter.normalize."""
+"""Expected rows computed from the simulator's ground truth, independently of exporter.model.normalize."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 
-from exporter.progress import LOGGER
-from exporter.schema import Kind, Shape, resource_type
+from exporter.core.progress import LOGGER
+from exporter.model.schema import Kind, Shape, resource_type
 
 # Column names of sequenceStep relationships, as the README's data model documents them.
 STEP_RELATIONSHIP_COLUMNS = {

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
-from exporter.schema import Shape, by_collection
+from exporter.model.schema import Shape, by_collection
 
 from .faults import (
     HTML_PAGE,

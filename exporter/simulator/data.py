@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from functools import cache, lru_cache
 from typing import Any
 
-from exporter.schema import Attribute, Kind, ResourceType, resource_type
+from exporter.model.schema import Attribute, Kind, ResourceType, resource_type
 
 from .config import SimulatorConfig
 

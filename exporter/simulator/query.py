@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
 
-from exporter.schema import RESOURCE_TYPES, Kind, ResourceType, Shape, resource_type
+from exporter.model.schema import RESOURCE_TYPES, Kind, ResourceType, Shape, resource_type
 
 from .paging import Cursor, CursorError, KeyValue, decode_cursor
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from exporter.schema import RESOURCE_TYPES, Shape, resource_type
+from exporter.model.schema import RESOURCE_TYPES, Shape, resource_type
 
 from .data import (
     REVERSE,

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from exporter.schema import Kind, Shape
+from exporter.model.schema import Kind, Shape
 
 from .data import (
     CALL_STEP_CODE,

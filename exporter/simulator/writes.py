@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from exporter.schema import Kind, ResourceType, Shape
+from exporter.model.schema import Kind, ResourceType, Shape
 
 from .data import STEP_TYPES
 

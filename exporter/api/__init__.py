@@ -1,0 +1,1 @@
+"""Talking to the Outreach API: credentials, the HTTP client (rate limit, retries, origin checks), pagination, the account behind a token."""

@@ -1,0 +1,824 @@
+"""HTTP transport: one aiohttp session, the request budgets, the in-flight bound, retries and auth.
+
+Every request the exporter makes goes through `ApiClient._request`, in these steps:
+1. take a slot of the in-flight bound (`concurrency`: requests at once);
+2. wait for a turn under two budgets (`_pace`): the configured one (an aiolimiter
+   `AsyncLimiter` pacing the steady state, and `RequestBudget` capping request starts at N in
+   any window of the configured period) and the API's own (`ApiWindow`, what
+   its `X-RateLimit-Remaining`/`-Reset` headers say is left of its fixed window, less the
+   requests still in flight); another program may be spending the same user's budget, so the
+   API's count is the one that decides;
+3. send with the current access token; read the whole body (the rate-limit headers are read
+   before it, so a body cut short still counts). Three bounds hold for every answer:
+   - an overall deadline (`request_deadline`, 5 minutes by default) from sending to the last
+     byte, besides the read timeout between bytes, so an answer trickling a few bytes a second
+     cannot stall a run; running out of it is a passing fault (retried);
+   - at most `max_response_bytes` (256 MiB) of body *after* decompression: the body is
+     inflated here, chunk by chunk, never beyond the cap (aiohttp's own decompression is off),
+     and a declared `Content-Length` over the cap is refused before reading. More is a passing
+     fault (a proxy's glitch), so it is retried within `max_attempts` like a truncated body, and
+     then one `ApiError` naming the cap; memory stays under the cap whatever the ratio;
+   - redirects are never followed by aiohttp. A redirect of a GET to the base URL's origin
+     (scheme, host, port, as `pagination.origin` compares them; no userinfo) is followed here,
+     with the token, through the same budgets, at most `max_redirects` hops in a row; a
+     redirect to another origin, of a write, or without a usable `Location` is fatal: one
+     `ApiError` naming where it pointed (the token is never sent there);
+4. sort the answer with `errors.classify_status`: 2xx is parsed and returned; 429 waits for the
+   window's reset (or `Retry-After`) and sends the same request again (not an attempt); 401
+   refreshes the token once; 502 on a big page retries with half the `page[size]` (not an
+   attempt either: it halves at most ~10 times); other 5xx, timeouts, resets and truncated,
+   non-JSON or HTML bodies back off exponentially with jitter, at most `max_attempts` times,
+   then one `ApiError` naming the URL, the status and the API's error id; anything else is fatal.
+   Every text the API sent (error id, title, detail) is quoted only through
+   `errors.clean_text`: secrets scrubbed, one line, bounded length.
+Budgets and locks are created inside the running loop (in `__aenter__`), never at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+import orjson
+from aiolimiter import AsyncLimiter
+
+from exporter import __version__
+from exporter.api.auth import TokenSource
+from exporter.api.pagination import origin, query_value, with_query_value
+from exporter.core.errors import (
+    ApiError,
+    AuthError,
+    RetriableError,
+    StatusClass,
+    UnreachableError,
+    classify_status,
+    clean_text,
+    error_details,
+    redact_url,
+    shown_url,
+)
+from exporter.core.progress import LOGGER, event
+
+JSONAPI = "application/vnd.api+json"
+T = TypeVar("T")
+
+RESUME_HINT = "the checkpoint is intact: run the same command again to resume"
+# Seconds the requests in flight get to finish after a stop request (SIGINT/SIGTERM) before
+# the CLI cancels them (exporter/cli.py `_run`, exporter/fleet.py `run_local`).
+STOP_GRACE = 10.0
+
+
+class NotSentError(ApiError):
+    """A write sent once (`max_attempts=1`) whose connection could not even be opened
+    (`aiohttp.ClientConnectorError`: the TCP connect, or the TLS handshake, failed): not one
+    byte of the request left this machine, so the API provably did not apply it and it may be
+    sent again. (Any other transport failure may have happened after the request was sent.)"""
+
+
+# The API's documented window is an hour; a reset further away than this is not believed.
+LONGEST_WINDOW = 3600.0
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    base_url: str
+    concurrency: int = 8
+    rate_limit: int = 10_000
+    rate_period: float = 3600.0
+    connect_timeout: float = 15.0
+    read_timeout: float = 120.0
+    max_attempts: int = 6
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    max_rate_limit_waits: int = 50
+    # From sending a request to the last byte of its answer (the read timeout is between bytes).
+    request_deadline: float = 300.0
+    # Bytes of one answer's body after decompression; the API's biggest pages are a few MiB.
+    max_response_bytes: int = 256 * 1024 * 1024
+    # Same-origin redirects followed in a row for one request.
+    max_redirects: int = 5
+    # Requests of each API window left unspent (for other programs on the same user's budget).
+    remaining_reserve: int | None = None
+    # What the caller's user should do after the client gives up (export: resume; restore: rerun).
+    give_up_hint: str = RESUME_HINT
+
+
+@dataclass
+class ClientStats:
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0  # 429s received
+    rate_wait_seconds: float = 0.0  # time spent waiting on the API's window (429 or headers)
+    rate_pauses: int = 0  # times a request waited because the API's window was (nearly) spent
+    budget_wait_seconds: float = 0.0  # time spent waiting on the configured budget
+    bytes_received: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    rate_remaining: int | None = None
+    rate_reset: float | None = None
+    smaller_pages: int = 0
+    token_refreshes: int = 0
+    server_time: float | None = None  # the API's clock (Date header) at its first answer
+
+
+class RequestBudget:
+    """The configured budget: at most `limit` request starts in any `period` seconds.
+
+    A log of the last `limit` start times, not a token bucket: a bucket (aiolimiter's) starts
+    full and refills continuously, so a burst followed by steady pacing can put up to twice its
+    `limit` into one of the API's fixed windows. With the log no interval of `period` seconds,
+    wherever the API's window boundaries fall, ever holds more than `limit` starts.
+    """
+
+    def __init__(
+        self, limit: int, period: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if limit < 1 or period <= 0:
+            raise ValueError("a request budget needs limit >= 1 and period > 0")
+        self.limit = limit
+        self.period = period
+        self._clock = clock
+        self._starts: deque[float] = deque()
+
+    def delay(self, now: float) -> float:
+        """Seconds until another request may start (0: now)."""
+        starts = self._starts
+        while starts and starts[0] <= now - self.period:
+            starts.popleft()
+        if len(starts) < self.limit:
+            return 0.0
+        return starts[0] + self.period - now
+
+    def take(self, now: float) -> None:
+        self._starts.append(now)
+
+    async def acquire(self) -> None:
+        """Wait for a turn and take it (for callers that pace requests of their own)."""
+        while True:
+            wait = self.delay(self._clock())
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+        self.take(self._clock())
+
+
+class ApiWindow:
+    """The API's fixed rate-limit window as its headers describe it.
+
+    - `remaining` is the lowest `X-RateLimit-Remaining` answered in the current window (answers
+      arrive out of order; the API's count only falls). A request still in flight may or may not
+      have been counted yet, so `remaining - in_flight` more can start without a 429 (exactly,
+      once nothing is in flight); a request that failed without headers is assumed counted.
+    - The window is named by its `X-RateLimit-Reset`. Once the clock passes it (plus `margin`
+      for clock skew), a fresh window of `limit` is assumed until an answer from it arrives; an
+      answer naming an older window is ignored, one naming a newer window is adopted.
+    - `reserve` requests of each window are left to other programs.
+    - No headers at all: nothing is known, nothing is held back (the configured budget paces).
+    """
+
+    def __init__(
+        self, *, margin: float, reserve: int = 0, default_limit: int | None = None
+    ) -> None:
+        self.margin = margin
+        self.reserve = reserve
+        self.limit = default_limit
+        self.reset: float | None = None
+        self.remaining: int | None = None
+        self.rolled = False  # the clock passed `reset`: `remaining` is assumed, not answered
+        self.in_flight = 0
+        self.blocked_until = 0.0  # after a 429 with Retry-After (or without headers)
+        self.changed = asyncio.Event()
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before another request may start (0: now). While answers in flight
+        may still free some of the window, `changed` is set when one arrives."""
+        if now < self.blocked_until:
+            return self.blocked_until - now
+        if self.reset is None or self.remaining is None:
+            return 0.0
+        if not self.rolled and now >= self.reset + self.margin:
+            self.rolled = True
+            self.remaining = self.limit
+            if self.remaining is None:
+                return 0.0
+        if self.remaining - self.in_flight - self.reserve > 0:
+            return 0.0
+        if self.rolled:
+            return 0.05  # the new window's size is being learnt from answers in flight
+        return max(0.001, self.reset + self.margin - now)
+
+    def take(self) -> None:
+        self.in_flight += 1
+
+    def answered(self, remaining: float | None, reset: float | None, limit: float | None) -> None:
+        """An answer arrived (its headers, at least)."""
+        self.in_flight -= 1
+        if limit is not None and limit >= 1:
+            self.limit = int(limit)
+        if remaining is None or reset is None:
+            self.lost()
+            return
+        if self.reset is None or reset > self.reset:
+            self.reset, self.remaining, self.rolled = reset, int(remaining), False
+        elif reset == self.reset and not self.rolled and self.remaining is not None:
+            self.remaining = min(self.remaining, int(remaining))
+        self.changed.set()
+
+    def failed(self) -> None:
+        """A request got no answer at all (connection refused, reset before the headers)."""
+        self.in_flight -= 1
+        self.lost()
+
+    def lost(self) -> None:
+        if self.remaining is not None and not self.rolled:
+            self.remaining -= 1  # it may have been counted: assume so
+        self.changed.set()
+
+    def block(self, until: float) -> None:
+        self.blocked_until = max(self.blocked_until, until)
+
+    def spent(self, reset: float | None, now: float) -> None:
+        """A 429: nothing is left until `reset`; a reset already past says our clock is ahead."""
+        if reset is not None and now > reset:
+            self.margin = min(max(self.margin, now - reset + 0.05), 5.0)
+        if self.remaining is not None and not self.rolled:
+            self.remaining = 0
+
+
+class ApiClient:
+    """The one HTTP client of a run; every request shares its budgets and in-flight bound."""
+
+    def __init__(
+        self,
+        settings: ClientSettings,
+        tokens: TokenSource,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.stats = ClientStats()
+        self._rng = rng or random.Random()
+        self._clock = clock  # wall clock: X-RateLimit-Reset is in epoch seconds
+        self._session: aiohttp.ClientSession | None = None
+        self._limiter: RequestBudget | None = None
+        self._window: ApiWindow | None = None
+        self._in_flight: asyncio.Semaphore | None = None
+        self._pace_lock: asyncio.Lock | None = None
+        self._bucket: AsyncLimiter | None = None
+
+    async def __aenter__(self) -> ApiClient:
+        s = self.settings
+        connector = aiohttp.TCPConnector(
+            limit=s.concurrency, limit_per_host=s.concurrency, keepalive_timeout=60
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=s.connect_timeout, sock_read=s.read_timeout
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            headers={
+                "Accept": JSONAPI,
+                "Content-Type": JSONAPI,
+                "User-Agent": f"outreach-exporter/{__version__}",
+                "Accept-Encoding": "gzip, deflate",
+            },
+            # Inflated here (`_read_body`), so that no answer grows beyond the cap in memory.
+            auto_decompress=False,
+            raise_for_status=False,
+        )
+        loop = asyncio.get_running_loop()
+        # The configured budget, twice: aiolimiter's bucket paces the steady state (no
+        # bunching at window edges), the log caps any window at the budget (the bucket alone
+        # would let a full burst plus its refill into one of the API's fixed windows).
+        self._bucket = AsyncLimiter(s.rate_limit, s.rate_period)
+        self._limiter = RequestBudget(s.rate_limit, s.rate_period, loop.time)
+        self._window = ApiWindow(
+            # Room for clock skew: 1% of the window, at most a second (a second of an hour).
+            margin=min(1.0, max(0.005, s.rate_period / 100)),
+            reserve=s.remaining_reserve or 0,
+            default_limit=None,
+        )
+        self._in_flight = asyncio.Semaphore(s.concurrency)
+        self._pace_lock = asyncio.Lock()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("ApiClient used outside `async with`")
+        return self._session
+
+    async def get_document(self, url: str, *, max_attempts: int | None = None) -> dict[str, Any]:
+        """GET a JSON:API document, retrying what is passing; ApiError once it gives up."""
+        _status, document = await self._request("GET", url, None, max_attempts=max_attempts)
+        assert isinstance(document, dict)
+        return document
+
+    async def get_parsed(self, url: str, parse: Callable[[bytes, str], T]) -> T:
+        """GET and hand the body (and its content type) to `parse`, in a worker thread; a
+        `RetriableError` from `parse` (a truncated or malformed body) is retried like a 5xx."""
+        _status, parsed = await self._request("GET", url, None, parse=parse)
+        return parsed  # type: ignore[no-any-return]  # what `parse` returned
+
+    async def send_document(
+        self,
+        method: str,
+        url: str,
+        document: dict[str, Any],
+        *,
+        max_attempts: int | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """POST/PATCH a JSON:API document; (status, body) for 2xx and 422 answers.
+
+        `max_attempts=1` sends a write once: a transport failure, a 5xx or an unreadable 2xx
+        then raises (an `ApiError` whose status is None, 5xx or 2xx, or `UnreachableError`)
+        instead of sending it again, which for a POST could create it twice; a connection
+        that could not be opened raises `NotSentError` (nothing was sent: not applied). A 429 and a 401
+        are still waited out or refreshed and sent again: neither applied the write."""
+        return await self._request(
+            method, url, document, max_attempts=max_attempts, accept_statuses=(422,)
+        )
+
+    # -- pacing ----------------------------------------------------------------------------
+
+    async def _pace(self) -> None:
+        """Wait for a turn under both budgets, then count the request against them."""
+        assert self._limiter is not None and self._window is not None
+        assert self._pace_lock is not None and self._bucket is not None
+        limiter, window = self._limiter, self._window
+        loop = asyncio.get_running_loop()
+        async with self._pace_lock:  # first come, first served
+            started = loop.time()
+            await self._bucket.acquire()
+            self.stats.budget_wait_seconds += loop.time() - started
+            paused = False
+            while True:
+                budget_wait = limiter.delay(loop.time())
+                window_wait = window.delay(self._clock())
+                wait = max(budget_wait, window_wait)
+                if wait <= 0:
+                    break
+                if window_wait >= budget_wait and not paused:
+                    paused = True
+                    self.stats.rate_pauses += 1
+                window.changed.clear()
+                started = loop.time()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(window.changed.wait(), timeout=wait)
+                waited = loop.time() - started
+                if window_wait >= budget_wait:
+                    self.stats.rate_wait_seconds += waited
+                else:
+                    self.stats.budget_wait_seconds += waited
+            limiter.take(loop.time())
+            window.take()
+
+    def _observe(self, headers: Any) -> None:
+        assert self._window is not None
+        remaining = _header_number(headers, "X-RateLimit-Remaining")
+        reset = _reset_time(headers, self._clock())
+        limit = _header_number(headers, "X-RateLimit-Limit")
+        self._window.answered(remaining, reset, limit)
+        if remaining is not None and reset is not None:
+            self.stats.rate_remaining = int(remaining)
+            self.stats.rate_reset = reset
+
+    # -- one request, retried ---------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        payload: dict[str, Any] | None,
+        *,
+        max_attempts: int | None = None,
+        accept_statuses: tuple[int, ...] = (),
+        parse: Callable[[bytes, str], Any] | None = None,
+    ) -> tuple[int, Any]:
+        assert self._window is not None and self._in_flight is not None
+        window = self._window
+        attempts = max_attempts or self.settings.max_attempts
+        attempt = 0  # failed attempts so far
+        rate_waits = 0
+        refreshed = False
+        connection_failures = 0
+        redirects = 0
+        deadline = self.settings.request_deadline
+        data = orjson.dumps(payload) if payload is not None else None
+        while True:
+            failure: RetriableError | None = None
+            async with self._in_flight:
+                await self._pace()
+                answered = False
+                sent = time.monotonic()
+                status, body = 0, b""
+                try:
+                    token = await self.tokens.token()
+                    self.stats.requests += 1
+                    async with (
+                        asyncio.timeout(deadline),
+                        self.session.request(
+                            method,
+                            url,
+                            data=data,
+                            headers={"Authorization": f"Bearer {token}"},
+                            allow_redirects=False,
+                        ) as response,
+                    ):
+                        status = response.status
+                        headers = response.headers
+                        answered = True
+                        self._observe(headers)  # before the body: a cut body still counted
+                        body = await _read_body(response, self.settings.max_response_bytes)
+                except aiohttp.ClientConnectorError as exc:
+                    connection_failures += 1
+                    failure = RetriableError(f"cannot connect ({_reason(exc)})")
+                    if max_attempts == 1:  # one write, never sent: say so (see NotSentError)
+                        raise NotSentError(
+                            f"not sent: cannot connect ({_reason(exc)})",
+                            url=url,
+                            hint=self.settings.give_up_hint,
+                        ) from None
+                except RetriableError as exc:  # too big, or not decodable
+                    failure = exc
+                except TimeoutError as exc:
+                    late = time.monotonic() - sent >= deadline * 0.99
+                    failure = RetriableError(
+                        f"no complete answer within the {deadline:g} s request deadline"
+                        if late
+                        else f"{'the answer stalled' if answered else 'transport failure'} "
+                        f"({_reason(exc)})"
+                    )
+                except aiohttp.ClientError as exc:
+                    what = "the connection broke mid-answer" if answered else "transport failure"
+                    failure = RetriableError(f"{what} ({_reason(exc)})")
+                except ValueError as exc:  # a URL or header aiohttp refuses to send
+                    raise ApiError(
+                        f"cannot send the request ({exc})", url=url, hint=self.settings.give_up_hint
+                    ) from None
+                finally:
+                    if not answered:
+                        window.failed()
+            if LOGGER.isEnabledFor(logging.DEBUG):  # --verbose
+                _log_request(
+                    method, url, time.monotonic() - sent, attempt + 1, failure, status, body
+                )
+
+            if failure is not None:
+                attempt += 1
+                never_answered = not self.stats.statuses
+                if attempt >= attempts or (never_answered and connection_failures >= 3):
+                    if connection_failures == attempt and never_answered:
+                        # Never reached at all: most likely a wrong --base-url, so say so fast.
+                        raise UnreachableError(
+                            f"cannot reach {redact_url(url)} ({failure}); check --base-url and "
+                            "the network, then run again"
+                        )
+                    raise ApiError(
+                        f"gave up after {attempt} attempts, the last: {failure}",
+                        url=url,
+                        hint=self.settings.give_up_hint,
+                    )
+                await self._backoff(attempt)
+                continue
+
+            self.stats.statuses[status] += 1
+            self.stats.bytes_received += len(body)
+            if self.stats.server_time is None:
+                self.stats.server_time = _header_date(headers)
+            if status in (301, 302, 303, 307, 308):
+                redirects += 1
+                url = self._redirect(method, url, status, headers, redirects)
+                continue  # the same request at the new URL; not an attempt
+            page_size = _page_size(url)
+            outcome = classify_status(status, page_size)
+            if status in accept_statuses:
+                outcome = StatusClass.OK
+            try:
+                if outcome is StatusClass.OK:
+                    content_type = headers.get("Content-Type", "")
+                    if parse is None:
+                        return status, parse_document(body, content_type)
+                    # Off the event loop: parsing a page is the heaviest CPU work of a run.
+                    return status, await asyncio.to_thread(parse, body, content_type)
+                error_id, detail = error_details(_try_parse(body))
+                detail = self._scrub(detail)
+                if outcome is StatusClass.RATE_LIMITED:
+                    self.stats.rate_limited += 1
+                    rate_waits += 1
+                    if rate_waits > self.settings.max_rate_limit_waits:
+                        raise ApiError(
+                            "still rate limited after waiting for "
+                            f"{rate_waits - 1} windows; is another program spending this "
+                            "user's budget?",
+                            url=url,
+                            status=status,
+                            error_id=error_id,
+                            hint=self.settings.give_up_hint,
+                        )
+                    self._rate_limited(headers)
+                    continue  # the same request again, once the window allows; not an attempt
+                if outcome is StatusClass.REFRESH:
+                    if refreshed:
+                        raise AuthError(
+                            "the API refused a freshly refreshed access token",
+                            url=url,
+                            status=status,
+                            error_id=error_id,
+                        )
+                    refreshed = True
+                    self.stats.token_refreshes += 1
+                    try:
+                        await self.tokens.refresh(token)
+                    except AuthError as exc:
+                        if exc.status is not None:
+                            raise
+                        raise AuthError(
+                            exc.message, url=url, status=status, error_id=error_id
+                        ) from None
+                    continue
+                if outcome is StatusClass.FATAL:
+                    raise _fatal(status, error_id, detail, url)
+                if outcome is StatusClass.SMALLER_PAGE and page_size is not None:
+                    # Progress, not a failure: the page is asked for again, half as big.
+                    self.stats.smaller_pages += 1
+                    url = with_query_value(url, "page[size]", str(max(1, page_size // 2)))
+                    await self._backoff(1)
+                    continue
+                raise RetriableError(
+                    f"the API answered {status}" + (f" ({detail})" if detail else ""),
+                    status=status,
+                    error_id=error_id,
+                    retry_after=_retry_after(headers, self._clock()),
+                )
+            except RetriableError as exc:
+                attempt += 1
+                if attempt >= attempts:
+                    raise ApiError(
+                        f"gave up after {attempt} attempts, the last: {exc}",
+                        url=url,
+                        status=exc.status if exc.status is not None else status,
+                        error_id=exc.error_id,
+                        hint=self.settings.give_up_hint,
+                    ) from None
+                await self._backoff(attempt, exc.retry_after)
+
+    def _redirect(self, method: str, url: str, status: int, headers: Any, hops: int) -> str:
+        """Where a redirect leads, if it may be followed (see the module docstring); else the
+        ApiError that says why not."""
+        location = headers.get("Location", "")
+        try:
+            target = urljoin(url, location) if location else ""
+            parts = urlsplit(target)
+            credentials = parts.username is not None or parts.password is not None
+            same = bool(target) and origin(target) == origin(self.settings.base_url)
+        except ValueError:
+            target, credentials, same = "", False, False
+        where = f" to {clean_text(redact_url(target))}" if target else " without a usable Location"
+        if not same or credentials:
+            raise ApiError(
+                f"the API redirected to another origin{where}; refusing to follow it: the "
+                "access token is only ever sent to the base URL's scheme, host and port. Check "
+                "--base-url (the API may have moved) and run again"
+                if target and not same
+                else f"the API answered a redirect{where}; refusing to follow it",
+                url=url,
+                status=status,
+            )
+        if method != "GET":
+            raise ApiError(
+                f"the API redirected a {method}{where}; a write is never re-sent to another URL",
+                url=url,
+                status=status,
+            )
+        if hops > self.settings.max_redirects:
+            raise ApiError(
+                f"more than {self.settings.max_redirects} redirects in a row (the last{where}): "
+                "the API is looping",
+                url=url,
+                status=status,
+                hint=self.settings.give_up_hint,
+            )
+        return target
+
+    def _rate_limited(self, headers: Any) -> None:
+        """After a 429: hold every request until the window resets (or `Retry-After` passes)."""
+        assert self._window is not None
+        now = self._clock()
+        reset = _reset_time(headers, now)
+        self._window.spent(reset, now)
+        retry_after = _retry_after(headers, now)
+        if retry_after is not None:
+            self._window.block(now + min(retry_after, LONGEST_WINDOW))
+        elif reset is None or self._window.remaining is None:
+            # No headers to go by: wait a window of the configured budget (at most a minute).
+            self._window.block(now + min(60.0, self.settings.rate_period))
+
+    async def _backoff(self, attempt: int, retry_after: float | None = None) -> None:
+        self.stats.retries += 1
+        s = self.settings
+        delay = min(s.backoff_max, s.backoff_base * 2 ** (attempt - 1))
+        delay *= self._rng.uniform(0.5, 1.5)  # jitter: concurrent retries do not stampede
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, s.backoff_max * 4))
+        await asyncio.sleep(delay)
+
+    def _scrub(self, text: str | None) -> str | None:
+        """An API's error text with any secret of ours (echoed back) replaced by `***`, on one
+        line of bounded length."""
+        return None if text is None else clean_text(text, secrets=self.tokens.secrets())
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n:,}-byte"
+
+
+async def _read_body(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The body, inflated (gzip, deflate) chunk by chunk; RetriableError beyond `cap` bytes."""
+    too_big = f"an answer larger than the {_size(cap)} cap (max_response_bytes)"
+    declared = response.content_length
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding == "identity" and declared is not None and declared > cap:
+        raise RetriableError(f"{too_big}: Content-Length {declared:,}")
+    inflater: Any = None
+    if encoding in ("gzip", "x-gzip"):
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding not in ("identity", "", "deflate"):
+        raise RetriableError(f"an answer in an unsupported Content-Encoding ({encoding[:40]})")
+    body = bytearray()
+    try:
+        async for chunk in response.content.iter_chunked(1 << 16):
+            if inflater is None and encoding == "deflate":
+                # zlib-wrapped as RFC 9110 says, or raw deflate as some servers send it.
+                wrapped = (
+                    len(chunk) >= 2
+                    and (chunk[0] & 0x0F) == 8
+                    and ((chunk[0] << 8) | chunk[1]) % 31 == 0
+                )
+                inflater = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+            if inflater is None:
+                body += chunk
+            else:
+                pending = chunk
+                while pending:
+                    # Never more than one byte past the cap, whatever the compression ratio.
+                    body += inflater.decompress(pending, cap - len(body) + 1)
+                    pending = inflater.unconsumed_tail
+                    if len(body) > cap:
+                        break
+            if len(body) > cap:
+                raise RetriableError(too_big)
+        if inflater is not None:
+            body += inflater.flush()
+    except zlib.error:
+        raise RetriableError(f"an answer whose {encoding} encoding is damaged") from None
+    if len(body) > cap:
+        raise RetriableError(too_big)
+    return bytes(body)
+
+
+def _reason(exc: BaseException) -> str:
+    text = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        text += f": {exc.os_error.strerror or exc.os_error}" if exc.os_error else ""
+    return text
+
+
+def _page_size(url: str) -> int | None:
+    value = query_value(url, "page[size]")
+    if value is None or not value.isdigit():
+        return None
+    return int(value)
+
+
+def _header_number(headers: Any, name: str) -> float | None:
+    value = headers.get(name)  # CIMultiDict: case-insensitive
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _reset_time(headers: Any, now: float) -> float | None:
+    """`X-RateLimit-Reset` as epoch seconds (a small number is taken as seconds from now)."""
+    reset = _header_number(headers, "X-RateLimit-Reset")
+    if reset is None or reset < 0:
+        return None
+    if reset < 1e9:  # not an epoch time: some gateways send the seconds left
+        reset = now + reset
+    return min(reset, now + LONGEST_WINDOW)
+
+
+def _header_date(headers: Any) -> float | None:
+    value = headers.get("Date")
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def _retry_after(headers: Any, now: float) -> float | None:
+    """`Retry-After` in seconds, given as seconds or as an HTTP date."""
+    value = _header_number(headers, "Retry-After")
+    if value is not None:
+        return value if value >= 0 else None
+    text = headers.get("Retry-After")
+    if not text:
+        return None
+    try:
+        return max(0.0, parsedate_to_datetime(text).timestamp() - now)
+    except (TypeError, ValueError):
+        return None
+
+
+def _try_parse(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def check_json_content(content_type: str) -> None:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind and "json" not in kind:
+        raise RetriableError(f"a {kind} body where JSON was expected")
+
+
+def parse_document(body: bytes, content_type: str) -> dict[str, Any]:
+    check_json_content(content_type)
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise RetriableError(f"a truncated or malformed JSON body ({len(body)} bytes)") from None
+    if not isinstance(document, dict):
+        raise RetriableError("a JSON body that is not an object")
+    return document
+
+
+def _fatal(status: int, error_id: str | None, detail: str | None, url: str) -> ApiError:
+    if status == 403:
+        return AuthError(
+            "the API refused access (403): the app lacks a scope this export needs "
+            "(sequenceSteps.read and the *.read scopes of the related resources)"
+            + (f": {detail}" if detail else ""),
+            url=url,
+            status=status,
+            error_id=error_id,
+        )
+    return ApiError(
+        "the API refused the request" + (f": {detail}" if detail else ""),
+        url=url,
+        status=status,
+        error_id=error_id,
+    )
+
+
+def _log_request(
+    method: str,
+    url: str,
+    seconds: float,
+    attempt: int,
+    failure: RetriableError | None,
+    status: int,
+    body: bytes,
+) -> None:
+    """One DEBUG line per request sent (`--verbose`): method, URL without secrets, outcome, time."""
+    shown = shown_url(url)
+    outcome = str(failure) if failure is not None else f"{status}, {len(body):,} bytes"
+    event(
+        "request",
+        f"{method} {shown} -> {outcome} in {seconds * 1000:,.0f} ms"
+        + (f" (attempt {attempt})" if attempt > 1 else ""),
+        logging.DEBUG,
+        method=method,
+        url=shown,
+        status=status if failure is None else None,
+        bytes=len(body) if failure is None else None,
+        ms=round(seconds * 1000, 1),
+        attempt=attempt,
+        error=str(failure) if failure is not None else None,
+    )

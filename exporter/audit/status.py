@@ -1,0 +1,871 @@
+"""`exporter status DIR`: every run in an output directory, what each wrote, the backup's totals and high-water marks, and what the next export would do.
+
+A backup directory holds one full run and any number of incremental runs after it (each in
+`DIR/<type>/run=<id>/`, tombstones in `DIR/tombstones/run=<id>/`). They are recorded twice:
+`_manifest.json` (cumulative, written when a run finishes) lists every finished run (`runs`) and
+every file with the run that wrote it; `_checkpoint.json` describes the current run, finished or
+not, with the earlier ones in its `history`. `discover_runs` is the one place that reads them:
+the checkpoint says which runs there are (it is the commit point), the manifest's record of a
+run is preferred where it has one; without a checkpoint, the manifest alone.
+
+The data files are read only for their footers (the `updatedAt` column statistics give each
+type's high-water mark, the newest change its committed data holds), and tombstone files for
+their `type` column (how many ids of each type a run found gone). DIR is anything `export --out`
+takes (a path, `file://...`, `s3://bucket/prefix`): every read, footers included, goes through
+`Storage` and its pyarrow filesystem.
+
+Nothing here writes: `status` is safe to run beside a live export.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from exporter.backup import checkpoint, lock, manifest
+from exporter.backup.checkpoint import ResourceState, RunState
+from exporter.backup.compact import ROOT_TYPE
+from exporter.backup.damage import inspect, shown
+from exporter.backup.storage import Storage
+from exporter.commands.options import exit_on_error, show_report
+from exporter.core.config import ExportSettings
+from exporter.core.errors import ExporterError, UsageError
+from exporter.export.run import BACKUP_DIRECTORIES, TOMBSTONE_DIRECTORY, iso, micros, uncommitted
+from exporter.model.normalize import TOMBSTONE_TYPE
+from exporter.model.schema import RESOURCE_TYPES, resource_type
+
+HIGH_WATER_COLUMN = "updatedAt"
+DEFAULT_OVERLAP = ExportSettings.overlap  # seconds; `export --overlap`'s default
+
+
+@dataclass
+class ResourceStatus:
+    """One type in one run: what that run wrote (and, unfinished, how far it is)."""
+
+    type_name: str
+    directory: str
+    rows: int
+    files: int
+    bytes: int
+    finished: bool
+    updated_at_max: str | None  # high-water mark: newest `updatedAt` in this run's files
+    extra_values: int = 0
+    missing_references: int = 0  # referenced records the API no longer had
+    partitions_total: int | None = None  # crawled collections only
+    partitions_finished: int | None = None
+    id_range_committed: float | None = None  # share of the planned id range committed
+    positions_through: int | None = None  # relationship walk watermark (related types)
+    ranges_waiting: int | None = None  # committed batches above the watermark
+    tombstones: int = 0  # ids of this type the run found gone (--detect-deletes)
+
+
+@dataclass
+class RunStatus:
+    run_id: str
+    status: str  # complete | unfinished
+    recorded_in: str  # manifest | checkpoint
+    started_at: str | None
+    finished_at: str | None
+    source: str | None
+    tool_version: str | None  # the exporter that started the run (when recorded)
+    parameters: dict[str, Any]  # as the run recorded them ({} for runs of older backups)
+    resources: list[ResourceStatus] = field(default_factory=list)
+    uncommitted_files: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    kind: str = "full"  # full | incremental
+    window_start: str | None = None  # incremental: records updated at or after this
+    window_end: str | None = None  # the run's mark: the API's clock when it began
+    mark_basis: str | None = None  # what the mark is based on (server clock, local clock, skew)
+    overlap_seconds: float | None = None  # incremental: the previous run's mark less window_start
+    phase: str | None = None  # unfinished: crawl | deltas | deletes | done
+
+    @property
+    def rows(self) -> int:
+        """Data rows the run wrote (tombstones apart)."""
+        return sum(r.rows for r in self.resources if r.type_name != TOMBSTONE_TYPE)
+
+    @property
+    def tombstones(self) -> int:
+        return sum(r.rows for r in self.resources if r.type_name == TOMBSTONE_TYPE)
+
+
+@dataclass
+class TypeTotal:
+    """One type over the whole backup: every run's committed files."""
+
+    type_name: str
+    rows: int
+    files: int
+    bytes: int
+    updated_at_max: str | None  # the newest `updatedAt` any committed file of the type holds
+    tombstones: int = 0  # ids of this type found gone, over all runs
+
+
+@dataclass
+class NextExport:
+    action: str  # start | resume | refuse | busy
+    run_id: str | None
+    message: str
+    mark: str | None = None  # finished backup: the last finished run's mark (`window_end`)
+    since: str | None = None  # ... less the default --overlap: where --incremental would start
+
+
+@dataclass
+class StatusReport:
+    directory: str
+    state: str  # complete | unfinished | none (the newest run's status)
+    runs: list[RunStatus]  # every run, oldest first
+    next_export: NextExport
+    writing: dict[str, Any] | None = None  # the run writing it now (purpose, pid, host, since)
+    totals: list[TypeTotal] = field(default_factory=list)  # per type, over every run
+    earlier_runs: int = 0  # runs left out of `runs` by `newest()` (totals still count them)
+    earlier_kinds: dict[str, int] = field(default_factory=dict)  # their kinds (full, incremental)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def newest(self, count: int | None) -> StatusReport:
+        """The report with only the newest `count` runs listed (all when None)."""
+        if count is None or len(self.runs) <= count:
+            return self
+        cut = len(self.runs) - count
+        left_out = Counter(run.kind for run in self.runs[:cut])
+        return replace(self, runs=self.runs[cut:], earlier_runs=cut, earlier_kinds=dict(left_out))
+
+
+def status(where: Storage | Path | str) -> StatusReport:
+    """Describe DIR: its runs, their progress and high-water marks, and the next export's action."""
+    root = where if isinstance(where, Storage) else Storage.open(where, flag="DIR")
+    return _with_writer(root, _status(root))
+
+
+def _status(root: Storage) -> StatusReport:
+    kind = root.root_type()
+    if kind not in (pafs.FileType.NotFound, pafs.FileType.Directory):
+        raise UsageError(f"{root} is not a directory")
+    if kind == pafs.FileType.NotFound:
+        return StatusReport(str(root), "none", [], NextExport("start", None, "start a new run"))
+    survey = _Survey(root)
+    runs = survey.runs
+    if not runs:
+        # No checkpoint or manifest proves a file ours: export deletes nothing here
+        # (run.remove_uncommitted).
+        stray = _uncommitted(root, set())
+        kept = (
+            f"; it leaves the {len(stray)} part file(s) of this tool's naming here as they are "
+            "(no checkpoint or manifest names them)"
+            if stray
+            else ""
+        )
+        return StatusReport(
+            str(root), "none", [], NextExport("start", None, "start a new run" + kept)
+        )
+    return StatusReport(
+        str(root), runs[-1].status, runs, _next_export(survey), totals=survey.totals()
+    )
+
+
+def _next_export(survey: _Survey) -> NextExport:
+    """What `export --out DIR` would do, as run.py's `Export._prepare` decides it."""
+    state, current = survey.state, survey.runs[-1]
+    if state is None:
+        # A finished backup without its checkpoint: export refuses it, but with --incremental
+        # --repair (run.py `_refuse_early`, then `_prepare` rebuilds it with `from_manifest`).
+        return NextExport(
+            "refuse",
+            current.run_id,
+            f"refuse: {checkpoint.CHECKPOINT_NAME} is "
+            f"{'damaged' if survey.checkpoint_damaged else 'missing'} beside the manifest, so "
+            "the backup can neither be resumed nor extended as it is; --incremental --repair "
+            "rebuilds the checkpoint from the manifest and extends the backup (or put the "
+            "checkpoint back; --restart discards the backup)",
+        )
+    damaged = _damage(survey.root, state)
+    if state.status != "complete":
+        unfinished = next((r for r in survey.runs if r.run_id == state.run_id), current)
+        removal = (
+            f"; {len(unfinished.uncommitted_files)} uncommitted file(s) removed and fetched again"
+            if unfinished.uncommitted_files
+            else ""
+        )
+        if unfinished.status == "complete":
+            removal += "; its manifest is written: it only marks the run finished"
+        kind = state.kind
+        if kind == "incremental":
+            kind += f", changes since {state.window_start}"
+        relationships = state.parameters.get("relationships", "all")
+        deletes = " --detect-deletes" if TOMBSTONE_TYPE in state.resources else ""
+        resume = (
+            f"resume run {state.run_id} ({kind}) from {state.source} with "
+            f"--relationships {relationships}{deletes}{removal} (another --base-url, "
+            "--relationships or --detect-deletes is refused unless --restart)"
+        )
+        if damaged:
+            return NextExport("refuse", state.run_id, f"stop: {damaged}, then {resume}")
+        return NextExport("resume", state.run_id, resume)
+    refused = f"refuse a full export (run {state.run_id} finished it; --restart starts over)"
+    # --incremental: `_prepare` removes the uncommitted files, then `_check_files` stops on damage.
+    leftovers = _uncommitted(survey.root, {f.path for f in state.committed_files()})
+    first = f"first remove {len(leftovers)} uncommitted file(s), then " if leftovers else ""
+    if damaged:
+        return NextExport(
+            "refuse", state.run_id, f"{refused}; --incremental would {first}stop: {damaged}"
+        )
+    if state.window_end is None:
+        return NextExport(
+            "refuse",
+            state.run_id,
+            f"{refused}; --incremental cannot start: run {state.run_id} recorded no mark",
+        )
+    since = _less(state.window_end, DEFAULT_OVERLAP)
+    used = state.parameters.get("overlap")
+    last = ""
+    if isinstance(used, int | float) and float(used) != DEFAULT_OVERLAP:
+        own = _less(state.window_end, float(used))
+        last = f"; the last run used {_seconds(float(used))}: since {own}"
+    return NextExport(
+        "refuse",
+        state.run_id,
+        f"{refused}; --incremental would {first}fetch what changed since {state.window_end} (the mark "
+        f"of run {state.run_id}) less --overlap (default {_seconds(DEFAULT_OVERLAP)}: since "
+        f"{since}{last})",
+        mark=state.window_end,
+        since=since,
+    )
+
+
+def mark_basis(detail: dict[str, Any]) -> str | None:
+    """What the run's mark was taken from, as `Export._mark_window` recorded it; None for runs
+    that recorded nothing (older releases: the API's clock)."""
+    basis = detail.get("mark")
+    if not isinstance(basis, dict) or not isinstance(basis.get("based_on"), str):
+        return None
+    text = str(basis["based_on"])
+    skew = basis.get("skew_seconds")
+    if isinstance(skew, int | float) and abs(skew) >= 1:
+        side = "ahead of" if skew > 0 else "behind"
+        text += f"; the API's clock was {abs(skew):,.0f} s {side} this machine's"
+    if isinstance(basis.get("window_start_clamped_from"), str):
+        text += f"; the window start was moved back from {basis['window_start_clamped_from']}"
+    return text
+
+
+def _damage(root: Storage, state: RunState) -> str:
+    """The committed files export would stop on (run.py `_check_files`: `damage.inspect`, without
+    --repair), as a clause; '' when none."""
+    found = inspect(root, state.committed_files(), thorough=False)
+    if not found:
+        return ""
+    more = f" and {len(found) - 1} more committed file(s)" if len(found) > 1 else ""
+    return (
+        f"{shown(root, found[0].file.path)} is damaged ({found[0].reason}){more}; pass --repair "
+        "to set it aside and fetch its records again"
+    )
+
+
+def _less(mark: str, overlap: float) -> str:
+    """An incremental window's start, computed as run.py's `Export._new_state` does."""
+    return iso(micros(mark) / 1_000_000 - overlap)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+def _with_writer(root: Storage, report: StatusReport) -> StatusReport:
+    """Name the run writing the backup now, if any: the next export would stop (exit 7)."""
+    found = lock.holder(root)
+    if found is None:
+        return report
+    report.writing = {k: v for k, v in found.items() if k != "token"}
+    who = lock.describe_holder(found)
+    report.next_export = NextExport(
+        "busy", report.next_export.run_id, f"stop (exit 7): {who} is writing it now"
+    )
+    return report
+
+
+def discover_runs(root: Storage) -> list[RunStatus]:
+    """Every run recorded in DIR, oldest first: the checkpoint's history and its own run (each as
+    the manifest records it, where it does), or the manifest's runs when there is no checkpoint."""
+    return _Survey(root).runs
+
+
+@dataclass
+class _Record:
+    """A run as one document records it: its times, window, the types it exported, its files."""
+
+    run_id: str
+    kind: str
+    complete: bool
+    recorded_in: str
+    started_at: str | None
+    finished_at: str | None
+    window_start: str | None
+    window_end: str | None
+    types: list[str]
+    files: list[dict[str, Any]]  # path, type, rows, bytes (as the manifest and checkpoint list)
+    parameters: dict[str, Any] = field(default_factory=dict)  # older backups did not record them
+    tool_version: str | None = None
+
+
+def _order(types: set[str]) -> list[str]:
+    """The crawled collection first, then related types as the schema lists them, tombstones last."""
+    known = {name: i for i, name in enumerate(RESOURCE_TYPES)}
+    return sorted(types, key=lambda t: (t == TOMBSTONE_TYPE, known.get(t, len(known)), t))
+
+
+def _record(
+    entry: dict[str, Any], files: list[dict[str, Any]], complete: bool, recorded_in: str
+) -> _Record:
+    rows = entry.get("rows")
+    types = {str(t) for t in rows} if isinstance(rows, dict) else set()
+    types |= {str(f.get("type")) for f in files}
+    return _Record(
+        run_id=str(entry.get("run_id")),
+        kind=str(entry.get("kind") or "full"),
+        complete=complete,
+        recorded_in=recorded_in,
+        started_at=entry.get("started_at"),
+        finished_at=entry.get("finished_at"),
+        window_start=entry.get("window_start"),
+        window_end=entry.get("window_end"),
+        types=_order(types),
+        files=files,
+        parameters=dict(entry.get("parameters") or {}),
+        tool_version=entry.get("tool_version"),
+    )
+
+
+def _manifest_records(document: dict[str, Any]) -> list[_Record]:
+    """The manifest's runs, oldest first, each with the files its `run_id` names."""
+    top = str(document.get("run_id"))
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for entry in document.get("files") or []:
+        if isinstance(entry, dict):
+            by_run.setdefault(str(entry.get("run_id") or top), []).append(entry)
+    runs = [r for r in document.get("runs") or [] if isinstance(r, dict)]
+    if not runs:  # a manifest without a run history: one run, every file its own
+        resources = document.get("resources") or {}
+        runs = [{**document, "rows": {str(t): 0 for t in resources}}]
+    return [_record(r, by_run.get(str(r.get("run_id")), []), True, "manifest") for r in runs]
+
+
+def _checkpoint_records(state: RunState) -> list[_Record]:
+    """The checkpoint's finished runs (`history`) and its own, finished or not."""
+    records = [
+        _record(r, [f for f in r.get("files") or [] if isinstance(f, dict)], True, "checkpoint")
+        for r in state.history
+        if isinstance(r, dict)
+    ]
+    files = [f.to_json() for r in state.resources.values() for f in r.files]
+    own = _record(state.summary(), files, state.status == "complete", "checkpoint")
+    return [*records, own]
+
+
+class _Survey:
+    """The runs of one directory, read once: the documents, the footers, the tombstone files."""
+
+    def __init__(self, root: Storage) -> None:
+        self.root = root
+        self._manifest_present = root.exists(manifest.MANIFEST_NAME)
+        self.checkpoint_damaged = False  # beside a manifest: export refuses it, as a missing one
+        try:
+            self.state = checkpoint.load(root)
+        except UsageError:
+            if not self._manifest_present:
+                raise  # an unfinished run's checkpoint: nothing else describes it
+            self.state, self.checkpoint_damaged = None, True
+        self.document: dict[str, Any] | None = None
+        problems: list[str] = []  # about the records themselves: shown on the newest run
+        if self._manifest_present:
+            try:
+                self.document = manifest.load(root)
+            except UsageError as exc:
+                problems.append(f"{exc}; run `exporter verify`")
+        self._high_water: dict[str, datetime | None] = {}
+        self._stones: dict[str, Counter[str]] = {}
+        records = self._records(problems)
+        self.runs: list[RunStatus] = []
+        previous: _Record | None = None
+        for record in records:
+            self.runs.append(self._run(record, previous))
+            previous = record
+        if self.runs:
+            self.runs[-1].problems += problems
+        self._recorded = records
+
+    def _records(self, problems: list[str]) -> list[_Record]:
+        document, state = self.document, self.state
+        from_manifest = _manifest_records(document) if document is not None else []
+        if state is None:
+            return from_manifest
+        recorded = {r.run_id: r for r in from_manifest}
+        records = [recorded.pop(r.run_id, r) for r in _checkpoint_records(state)]
+        if document is None:
+            if state.status == "complete" and not self._manifest_present:
+                problems.append(
+                    f"{manifest.MANIFEST_NAME} is missing though the checkpoint says the run "
+                    "finished; run `exporter verify`"
+                )
+        elif state.status == "complete" and str(document.get("run_id")) != state.run_id:
+            problems.append(
+                f"{manifest.MANIFEST_NAME} records run {document.get('run_id')}, not run "
+                f"{state.run_id}, which the checkpoint says finished; run `exporter verify`"
+            )
+        if recorded:
+            problems.append(
+                f"{manifest.MANIFEST_NAME} records run(s) {', '.join(recorded)} that "
+                f"{checkpoint.CHECKPOINT_NAME} does not; run `exporter verify`"
+            )
+        return records
+
+    @property
+    def source(self) -> str | None:
+        # Every run of a directory has one source: export refuses another (run.py `_prepare`).
+        if self.state is not None:
+            return self.state.source
+        return None if self.document is None else self.document.get("source")
+
+    def _run(self, record: _Record, previous: _Record | None) -> RunStatus:
+        # The manifest's top level describes one run (its newest), the checkpoint one (its own).
+        document = self.document
+        if document is not None and str(document.get("run_id")) != record.run_id:
+            document = None
+        state = (
+            self.state if self.state is not None and self.state.run_id == record.run_id else None
+        )
+        tool = document.get("tool") if document is not None else None
+        tool_version = tool.get("version") if isinstance(tool, dict) else record.tool_version
+        parameters: dict[str, Any] = dict(record.parameters)  # runs recorded in a history
+        if document is not None:
+            parameters = dict(document.get("parameters") or {})
+        elif state is not None:
+            parameters = dict(state.parameters)
+            tool_version = state.tool_version or tool_version
+        run = RunStatus(
+            run_id=record.run_id,
+            status="complete" if record.complete else "unfinished",
+            recorded_in=record.recorded_in,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            source=self.source,
+            tool_version=tool_version,
+            parameters=parameters,
+            kind=record.kind,
+            window_start=record.window_start,
+            window_end=record.window_end,
+        )
+        if (
+            record.kind == "incremental"
+            and previous is not None
+            and previous.window_end
+            and record.window_start
+        ):
+            run.overlap_seconds = (micros(previous.window_end) - micros(record.window_start)) / 1e6
+        unfinished = state is not None and state.status != "complete"
+        if state is not None and unfinished:
+            run.phase = state.phase
+        # What the run's documents say per type beyond its files: the manifest's top level
+        # for the run it describes, else the checkpoint for its own run.
+        details: dict[str, dict[str, Any]] = {}
+        if document is not None:
+            resources = document.get("resources") or {}
+            details = {str(k): v for k, v in resources.items() if isinstance(v, dict)}
+        elif state is not None:
+            details = {
+                k: {"directory": v.directory, "extra_values": v.extra_values, "detail": v.detail}
+                for k, v in state.resources.items()
+            }
+        stones = Counter[str]()
+        for entry in record.files:
+            if entry.get("type") == TOMBSTONE_TYPE:
+                stones.update(self._tombstones(str(entry.get("path")), run.problems))
+        run.mark_basis = mark_basis((details.get(ROOT_TYPE) or {}).get("detail") or {})
+        for type_name in _order(set(record.types) | set(stones) - {""}):
+            mine = [f for f in record.files if str(f.get("type")) == type_name]
+            summary = details.get(type_name, {})
+            detail = summary.get("detail") or {}
+            result = ResourceStatus(
+                type_name=type_name,
+                directory=str(summary.get("directory") or _directory(record, type_name, mine)),
+                rows=sum(int(f.get("rows") or 0) for f in mine),
+                files=len(mine),
+                bytes=sum(int(f.get("bytes") or 0) for f in mine),
+                finished=record.complete,
+                updated_at_max=None,
+                extra_values=int(summary.get("extra_values") or 0),
+                missing_references=_missing_count(detail),
+                tombstones=stones.get(type_name, 0),
+            )
+            if type_name != TOMBSTONE_TYPE:
+                paths = [str(f.get("path")) for f in mine]
+                result.updated_at_max = _iso_or_none(self._newest(paths, run.problems))
+            if state is not None and type_name in state.resources:
+                _partitions(result, state.resources[type_name])
+            _watermark(result, detail)
+            run.resources.append(result)
+        if state is not None and unfinished:
+            run.uncommitted_files = _uncommitted(
+                self.root, {f.path for f in state.committed_files()}
+            )
+        return run
+
+    def totals(self) -> list[TypeTotal]:
+        """Per type, every run's committed files (an unfinished run's committed ones included)."""
+        found: dict[str, TypeTotal] = {}
+        newest: dict[str, datetime] = {}
+        for run in self.runs:
+            for r in run.resources:
+                total = found.setdefault(r.type_name, TypeTotal(r.type_name, 0, 0, 0, None))
+                total.rows += r.rows
+                total.files += r.files
+                total.bytes += r.bytes
+                total.tombstones += r.tombstones
+        for record in self._recorded:
+            for entry in record.files:
+                type_name, path = str(entry.get("type")), str(entry.get("path"))
+                value = self._high_water.get(path)
+                if value is not None and (type_name not in newest or value > newest[type_name]):
+                    newest[type_name] = value
+        for type_name, value in newest.items():
+            if type_name in found:
+                found[type_name].updated_at_max = _iso(value)
+        return [found[t] for t in _order(set(found))]
+
+    def _newest(self, paths: list[str], problems: list[str]) -> datetime | None:
+        newest: datetime | None = None
+        for relative in paths:
+            if relative not in self._high_water:
+                self._high_water[relative] = _high_water_of(self.root, relative, problems)
+            value = self._high_water[relative]
+            if value is not None and (newest is None or value > newest):
+                newest = value
+        return newest
+
+    def _tombstones(self, relative: str, problems: list[str]) -> Counter[str]:
+        """Ids found gone per type, from a tombstone file's `type` column."""
+        if relative not in self._stones:
+            counts: Counter[str] = Counter()
+            location = self.root.inside(relative)
+            if location is None:
+                problems.append(_outside(relative))
+            else:
+                try:
+                    table = pq.read_table(
+                        self.root.path(location), columns=["type"], filesystem=self.root.fs
+                    )
+                    counts.update(str(v) for v in table.column("type").to_pylist())
+                except (OSError, pa.ArrowException, KeyError) as exc:
+                    problems.append(
+                        f"{relative}: cannot read its tombstones ({type(exc).__name__}); "
+                        "run `exporter verify`"
+                    )
+            self._stones[relative] = counts
+        return self._stones[relative]
+
+
+def _directory(record: _Record, type_name: str, files: list[dict[str, Any]]) -> str:
+    """Where a run wrote a type: its files' directory, else where run.py puts it."""
+    if files:
+        return posixpath.dirname(str(files[0].get("path")))
+    if type_name == TOMBSTONE_TYPE:
+        return f"{TOMBSTONE_DIRECTORY}/run={record.run_id}"
+    try:
+        collection = resource_type(type_name).collection
+    except KeyError:
+        return type_name
+    return collection + (f"/run={record.run_id}" if record.kind == "incremental" else "")
+
+
+def _partitions(result: ResourceStatus, resource: ResourceState) -> None:
+    """The checkpoint's progress of a crawled type: partitions and the id range committed."""
+    if not resource.planned:
+        return
+    result.partitions_total = len(resource.partitions)
+    result.partitions_finished = sum(1 for p in resource.partitions if p.finished)
+    span = sum(p.high - p.low + 1 for p in resource.partitions)
+    done = sum(
+        p.high - p.low + 1 if p.finished else max(0, min(p.done_through, p.high) - p.low + 1)
+        for p in resource.partitions
+    )
+    result.id_range_committed = done / span if span else 1.0
+
+
+def _missing_count(detail: dict[str, Any]) -> int:
+    missing = detail.get("missing")
+    return int(missing.get("count") or 0) if isinstance(missing, dict) else 0
+
+
+def _watermark(result: ResourceStatus, detail: dict[str, Any]) -> None:
+    if "positions_through" in detail:
+        result.positions_through = int(detail["positions_through"])
+        result.ranges_waiting = len(detail.get("ranges_above") or [])
+
+
+def _outside(relative: str) -> str:
+    return f"{relative}: recorded path points outside the output directory; run `exporter verify`"
+
+
+def _high_water_of(root: Storage, relative: str, problems: list[str]) -> datetime | None:
+    location = root.inside(relative)
+    if location is None:
+        problems.append(_outside(relative))
+        return None
+    try:
+        return updated_high_water(root.path(location), filesystem=root.fs)
+    except (OSError, pa.ArrowException) as exc:
+        problems.append(
+            f"{relative}: cannot read its updatedAt ({type(exc).__name__}); run `exporter verify`"
+        )
+        return None
+
+
+def _iso_or_none(value: datetime | None) -> str | None:
+    return None if value is None else _iso(value)
+
+
+def updated_high_water(
+    path: Path | str,
+    column: str = HIGH_WATER_COLUMN,
+    filesystem: pafs.FileSystem | None = None,
+) -> datetime | None:
+    """The largest value of `column` in a Parquet file: row-group statistics, else a column scan.
+
+    `path` is on `filesystem` (an object store's, say), a local path when none is given. Only the
+    footer is read when every row group carries statistics; otherwise the one column is streamed
+    batch by batch, so memory stays flat either way.
+    """
+    if filesystem is None:
+        filesystem, path = pafs.LocalFileSystem(), Path(path).absolute()
+    with filesystem.open_input_file(str(path)) as handle:
+        return _max_of(pq.ParquetFile(handle), column)
+
+
+def _max_of(parquet: pq.ParquetFile, column: str) -> datetime | None:
+    """`updated_high_water` on an open file: statistics first, the column itself if need be."""
+    metadata = parquet.metadata
+    names = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+    if column not in names:
+        return None
+    index = names.index(column)
+    newest: datetime | None = None
+    for group in range(metadata.num_row_groups):
+        chunk = metadata.row_group(group).column(index)
+        stats = chunk.statistics
+        if stats is None or not stats.has_min_max:
+            if stats is not None and stats.null_count == chunk.num_values:
+                continue  # an all-null row group has no maximum
+            return _scan_max(parquet, column)
+        value = stats.max
+        if not isinstance(value, datetime):
+            return _scan_max(parquet, column)
+        if newest is None or value > newest:
+            newest = value
+    return newest
+
+
+def _scan_max(parquet: pq.ParquetFile, column: str) -> datetime | None:
+    newest: datetime | None = None
+    for batch in parquet.iter_batches(batch_size=65_536, columns=[column]):
+        value = pc.max(batch.column(0)).as_py()
+        if isinstance(value, datetime) and (newest is None or value > newest):
+            newest = value
+    return newest
+
+
+def _iso(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    text = value.astimezone(UTC).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def _uncommitted(root: Storage, named: set[str]) -> list[str]:
+    """Part files no checkpoint names: the next export removes them (run.remove_uncommitted)."""
+    return uncommitted(root, named, BACKUP_DIRECTORIES)
+
+
+def render(report: StatusReport) -> list[str]:
+    """The text report: one block per run, oldest first, the backup's totals, the next export."""
+    lines = [f"{report.directory}: {report.state}"]
+    if report.writing is not None:
+        lines.append(f"being written now by {lock.describe_holder(report.writing)}")
+    if not report.runs and not report.earlier_runs:
+        lines.append("no export here")
+    if report.earlier_runs:
+        lines.append(f"({report.earlier_runs:,} earlier run(s) not shown: --runs all lists them)")
+    for run in report.runs:
+        lines += _render_run(run)
+    if report.runs or report.earlier_runs:
+        lines += _render_totals(report)
+    lines.append(f"next export would: {report.next_export.message}")
+    return lines
+
+
+def _table(rows: list[tuple[str, ...]], right: set[int]) -> list[str]:
+    """Aligned columns, two spaces apart (indented two); `right`: the right-aligned ones."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append(("  " + "  ".join(cells)).rstrip())
+    return lines
+
+
+def _render_run(run: RunStatus) -> list[str]:
+    phase = f" (phase {run.phase})" if run.phase else ""
+    lines = [f"run {run.run_id}: {run.kind}, {run.status}{phase}, recorded in {run.recorded_in}"]
+    lines.append(f"  started    {run.started_at or '-'}")
+    lines.append(f"  finished   {run.finished_at or '-'}")
+    mark = run.window_end or "- (not taken yet)"
+    if run.kind == "incremental":
+        overlap = (
+            f" (the previous mark less {_seconds(run.overlap_seconds)})"
+            if run.overlap_seconds is not None
+            else ""
+        )
+        lines.append(
+            f"  window     updatedAt from {run.window_start or '-'}{overlap} to mark {mark}"
+        )
+    else:
+        lines.append(f"  window     every record; mark {mark}")
+    if run.window_end and run.mark_basis:
+        lines.append(f"  mark       taken from the {run.mark_basis}")
+    if run.parameters:
+        tool = f" (outreach-exporter {run.tool_version})" if run.tool_version else ""
+        lines.append(f"  source     {run.source or '-'}{tool}")
+        lines.append(
+            "  parameters " + " ".join(f"{k}={v}" for k, v in sorted(run.parameters.items()))
+        )
+    data = [r for r in run.resources if r.type_name != TOMBSTONE_TYPE]
+    with_stones = run.tombstones > 0
+    unfinished = run.status != "complete"
+    # A finished run lists the types it wrote (or found gone); an unfinished one every type, with
+    # its progress.
+    shown = data if unfinished else [r for r in data if r.rows or r.files or r.tombstones]
+    if shown:
+        header = ["type", "rows", "files"] + (["tombstones"] if with_stones else [])
+        table: list[tuple[str, ...]] = [tuple(header + (["progress"] if unfinished else []))]
+        for r in shown:
+            cells = [r.type_name, f"{r.rows:,}", f"{r.files:,}"]
+            cells += [f"{r.tombstones:,}"] if with_stones else []
+            cells += [_progress(r)] if unfinished else []
+            table.append(tuple(cells))
+        lines += _table(table, {1, 2, 3} if with_stones else {1, 2})
+    quiet = [r.type_name for r in data if all(r is not other for other in shown)]
+    if quiet:
+        lines.append("  nothing new: " + ", ".join(quiet))
+    files = sum(r.files for r in data)
+    total = f"  total {run.rows:,} rows in {files:,} files"
+    stones = [r for r in run.resources if r.type_name == TOMBSTONE_TYPE]
+    if stones:
+        total += "; " + _tombstone_total(
+            run.tombstones, sum(r.files for r in stones), run.status == "complete"
+        )
+    lines.append(total)
+    missing = [f"{r.type_name} {r.missing_references:,}" for r in data if r.missing_references]
+    if missing:
+        lines.append("  missing references (the API no longer had them): " + ", ".join(missing))
+    extra = [f"{r.type_name} {r.extra_values:,}" for r in data if r.extra_values]
+    if extra:
+        lines.append("  values kept in _extra: " + ", ".join(extra))
+    if run.uncommitted_files:
+        lines.append(f"  uncommitted files: {len(run.uncommitted_files)}")
+    lines += [f"  problem: {p}" for p in run.problems]
+    return lines
+
+
+def _render_totals(report: StatusReport) -> list[str]:
+    kinds = Counter(run.kind for run in report.runs) + Counter(report.earlier_kinds)
+    described = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    count = len(report.runs) + report.earlier_runs
+    lines = [
+        f"backup: {count} run{'s' if count != 1 else ''} ({described}); "
+        "totals over every committed file"
+    ]
+    data = [t for t in report.totals if t.type_name != TOMBSTONE_TYPE]
+    with_stones = any(t.tombstones for t in data)
+    header = ["type", "rows", "files"] + (["tombstones"] if with_stones else [])
+    table: list[tuple[str, ...]] = [tuple([*header, "updatedAt high-water"])]
+    for t in data:
+        cells = [t.type_name, f"{t.rows:,}", f"{t.files:,}"]
+        cells += [f"{t.tombstones:,}"] if with_stones else []
+        table.append(tuple([*cells, t.updated_at_max or "-"]))
+    lines += _table(table, {1, 2, 3} if with_stones else {1, 2})
+    rows = sum(t.rows for t in data)
+    files = sum(t.files for t in data)
+    total = f"  total {rows:,} rows in {files:,} files"
+    stones = [t for t in report.totals if t.type_name == TOMBSTONE_TYPE]
+    if stones:
+        total += "; " + _tombstone_total(
+            sum(t.rows for t in stones), sum(t.files for t in stones), True
+        )
+    lines.append(total)
+    return lines
+
+
+def _tombstone_total(count: int, files: int, complete: bool) -> str:
+    if files:
+        return f"{count:,} tombstones in {files:,} file{'s' if files != 1 else ''}"
+    return "no id found gone" if complete else "no tombstones committed yet"
+
+
+def _progress(r: ResourceStatus) -> str:
+    if r.finished:
+        return "finished" + (f" ({r.partitions_total} partitions)" if r.partitions_total else "")
+    parts: list[str] = []
+    if r.partitions_total is not None:
+        if r.partitions_total and r.partitions_finished == r.partitions_total:
+            parts.append(f"all {r.partitions_total} partitions finished")
+        elif r.partitions_total:
+            parts.append(f"partitions {r.partitions_finished}/{r.partitions_total} finished")
+            if r.id_range_committed is not None:
+                parts.append(f"{r.id_range_committed:.0%} of the id range committed")
+        else:
+            parts.append("done (nothing to fetch)")
+    if r.positions_through is not None:
+        waiting = f", {r.ranges_waiting} batch(es) waiting above" if r.ranges_waiting else ""
+        parts.append(f"related records committed through position {r.positions_through:,}{waiting}")
+    return "; ".join(parts) or "in progress"
+
+
+@click.command("status")
+@click.argument("directory", metavar="DIR")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report.")
+@click.option(
+    "--runs",
+    "shown",
+    default="10",
+    show_default=True,
+    metavar="N|all",
+    help="How many of the newest runs to list (the totals always cover every run).",
+)
+def status_command(directory: str, as_json: bool, shown: str) -> None:
+    """Show the runs in DIR (the newest 10 unless --runs says otherwise), the backup's totals and
+    high-water marks, and what export would do next.
+
+    DIR is a path or a URI, as `export --out` takes (s3://bucket/prefix, file://...).
+    """
+    if shown != "all" and not (shown.isdigit() and int(shown) >= 1):
+        exit_on_error(UsageError(f"--runs {shown!r}: a number of runs (1 or more) or 'all'"))
+        return
+    try:
+        report = status(directory).newest(None if shown == "all" else int(shown))
+    except ExporterError as exc:
+        exit_on_error(exc)
+        return
+    show_report(report, as_json, render)

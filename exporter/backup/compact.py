@@ -1,0 +1,422 @@
+"""`exporter compact DIR`: the current state of a backup, the newest version of every live record.
+
+A directory holds a full run and incremental runs after it (`<type>/run=<id>/`), and tombstones
+(`tombstones/run=<id>/`). Compacting reads every file the manifest lists and keeps, per type and
+id, the row with the newest `updatedAt` (the later run when equal), then drops tombstoned ids.
+It holds one type in memory at a time; for backups larger than memory, the README gives the
+same query in DuckDB SQL.
+
+The result is published as one set, so a reader sees the previous set or the new one, never a
+mix, even while a compaction runs or after one is killed (target `DIR/_current/`, or `--into`):
+1. every file goes into a new generation directory, `<target>/gen-<time>-<random>/<collection>.parquet`
+   (made durable before the next step);
+2. then the pointer `<target>/_current.json`, one small file replaced in one step (a rename
+   locally, a single PUT on an object store), names that generation and each file's rows and
+   sha256. It is the commit point: a reader reads it first, then only the files it names;
+3. only then are older generations removed: only names this command writes, and never the
+   generation the previous pointer named (a reader that read it a moment ago still finds its
+   files). A generation a killed compaction left unfinished is removed by the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from exporter.backup import manifest
+from exporter.backup.damage import DamagedFileError, read_failure
+from exporter.backup.lock import locked
+from exporter.backup.sink import DataFile
+from exporter.backup.storage import INPROGRESS_SUFFIX, DamagedFile, Storage
+from exporter.core.errors import ExporterError, OutputError, UsageError
+from exporter.model.normalize import TOMBSTONE_TYPE, arrow_schema, table_layout
+from exporter.model.schema import RESOURCE_TYPES, resource_type
+
+ROOT_TYPE = "sequenceStep"  # the crawled collection: every one of its records is in a backup
+# A resource's `detail` key (checkpoint, manifest): the last run could not ask for that type's
+# records by step (the API refused or ignored `filter[sequenceStep][id]`).
+NOT_ASKED_BY_STEP = "not_asked_by_step"
+
+
+def current_table(
+    where: Storage | Path | str, document: dict[str, object], type_name: str
+) -> pa.Table:
+    """The newest version of every live record of `type_name` in the backup."""
+    storage = where if isinstance(where, Storage) else Storage.open(where)
+    files = document["files"]
+    assert isinstance(files, list)
+    runs = [r["run_id"] for r in document["runs"]]  # type: ignore[attr-defined]
+    order = {run_id: i for i, run_id in enumerate(runs)}
+    schema = arrow_schema(type_name)
+    tables = []
+    tombstoned: list[int] = []
+    for entry in files:
+        if entry["type"] == TOMBSTONE_TYPE:
+            stones = read_committed(storage, entry).select(["type", "id"])
+            mask = pc.equal(stones.column("type"), type_name)
+            tombstoned.extend(stones.filter(mask).column("id").to_pylist())
+        elif entry["type"] == type_name:
+            relative = manifest.file_path(storage, entry)
+            try:
+                table = read_committed(storage, entry).cast(schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise DamagedFile(storage.shown(relative), exc) from None
+            rank = pa.array([order.get(entry["run_id"], -1)] * table.num_rows, pa.int32())
+            tables.append(table.append_column("_run", rank))
+    if not tables:
+        return schema.empty_table()
+    table = pa.concat_tables(tables)
+    keys = [("id", "ascending")]
+    if "updatedAt" in table.column_names:
+        keys.append(("updatedAt", "descending"))
+    keys.append(("_run", "descending"))
+    table = table.sort_by(keys)  # null updatedAt sorts last
+    ids = table.column("id").combine_chunks()
+    first = (
+        pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+        if len(ids) > 1
+        else pa.array([], pa.bool_())
+    )
+    keep = (
+        pa.concat_arrays([pa.array([True]), first.fill_null(True)])
+        if len(ids)
+        else pa.array([], pa.bool_())
+    )
+    if tombstoned:
+        keep = pc.and_(keep, pc.invert(pc.is_in(ids, value_set=pa.array(tombstoned, pa.int64()))))
+    return table.filter(keep).drop_columns(["_run"])
+
+
+REPAIR_ADVICE = (
+    "Run `exporter export --out DIR --incremental --repair` (with the backup's --base-url and "
+    "credentials)"
+)
+
+
+def read_committed(storage: Storage, entry: dict[str, Any]) -> pa.Table:
+    """A file the manifest lists, whole, checked against its recorded sha256 first (a flipped
+    bit that Parquet still decodes must not be compacted as data). A damaged file is
+    `damage.read_failure`'s one line with compact's advice; a store that fails reads stays a
+    storage error."""
+    relative = manifest.file_path(storage, entry)
+    expected = DataFile.from_json(entry)
+    try:
+        if storage.sha256(relative) != expected.sha256:
+            raise ValueError("its content differs from the recorded sha256")
+        # By path, not from the bytes just hashed: pq.read_table(BufferReader) on this error
+        # path was seen to end the process in a C++ abort at exit (pyarrow 26, 1 run in 8).
+        return pq.read_table(storage.path(relative), filesystem=storage.fs)
+    except OutputError as exc:  # the read failed: read_failure tells a missing file from the store
+        raise read_failure(storage, relative, OSError(str(exc)), expected, REPAIR_ADVICE) from None
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise read_failure(storage, relative, exc, expected, REPAIR_ADVICE) from None
+
+
+def inverse_columns(type_name: str) -> list[tuple[str, str, str]]:
+    """(list column on `type_name`, its target type, the target's to-one column pointing back)
+    for each to-many relationship of `type_name` that the backup can derive exactly: a
+    sequence's `sequenceStepIds` (the steps whose `sequenceId` is it) and a step's
+    `sequenceTemplateIds` (the templates whose `sequenceStepId` is it).
+
+    Exact because every record of the target that points back is in the backup: every step
+    is (the root), and every template naming a backed-up step is (the walk fetches the
+    templates steps name, and incremental runs ask again by step)."""
+    found = []
+    for column in table_layout(type_name).to_many:
+        target = column.relationship.target
+        if ROOT_TYPE not in (type_name, target) or target == type_name:
+            continue
+        back = [c.column for c in table_layout(target).to_one if c.relationship.target == type_name]
+        if len(back) == 1:
+            found.append((column.column, target, back[0]))
+    return found
+
+
+def with_inverse_lists(
+    table: pa.Table,
+    type_name: str,
+    owners: dict[str, pa.Table],
+    unsure: frozenset[str] = frozenset(),
+) -> pa.Table:
+    """`table` with its derivable lists (`inverse_columns`) taken from the current tables of
+    their targets, `owners` (ids ascending).
+
+    The API gives such a list as of the record's last fetch, and an incremental run cannot see it
+    change when a member comes or goes without the record's own `updatedAt` moving. The owning
+    side, each member's to-one column, says it exactly.
+
+    For a target in `unsure` (its records were not asked for by step: `NOT_ASKED_BY_STEP`) the
+    backup may lack members, so a record's own list counts too: its ids the backup does not
+    hold stay; those it holds go where their to-one column says."""
+    for list_column, target, back in inverse_columns(type_name):
+        source = owners.get(target)
+        if list_column not in table.column_names or source is None:
+            continue
+        if back not in source.column_names:
+            continue
+        members: dict[int, list[int]] = {}
+        for member_id, owner in zip(
+            source.column("id").to_pylist(), source.column(back).to_pylist(), strict=True
+        ):
+            if owner is not None:
+                members.setdefault(owner, []).append(member_id)
+        ids = table.column("id").to_pylist()
+        if target in unsure:
+            held = set(source.column("id").to_pylist())
+            own = table.column(list_column).to_pylist()
+            for owner, listed in zip(ids, own, strict=True):
+                unknown = [m for m in listed or [] if m not in held]
+                members.setdefault(owner, []).extend(unknown)
+        values = [sorted(set(members.get(i, []))) for i in ids]
+        index = table.column_names.index(list_column)
+        field = table.schema.field(index)
+        table = table.set_column(index, field, pa.array(values, field.type))
+    return table
+
+
+POINTER_NAME = "_current.json"
+POINTER_FORMAT = "outreach-exporter/current"
+CURRENT_PREFIX = "_current/"
+_GENERATION = re.compile(r"gen-\d{8}T\d{6}Z-[0-9a-f]{6}")
+_COLLECTIONS = {resource_type(t).collection for t in RESOURCE_TYPES}
+
+
+def compact(
+    where: Storage | Path | str, into: Storage | Path | str | None = None
+) -> dict[str, int]:
+    """Publish the current state, one file per type, as one generation (default `DIR/_current/`)."""
+    storage = where if isinstance(where, Storage) else Storage.open(where, flag="DIR")
+    manifest.load_checked(storage)  # a clear error for a directory without a finished backup
+    try:
+        if into is None:  # writes into the backup: not while an export writes there
+            with locked(storage, "compact"):
+                return _compact(storage, None)
+        return _compact(storage, into)
+    except DamagedFileError as exc:  # `read_committed`'s line, and what to do after the repair
+        raise DamagedFileError(f"{exc}, then compact again") from None
+
+
+def new_generation() -> str:
+    return f"gen-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, int]:
+    document = manifest.load_checked(storage)  # read under the lock: the newest finished run
+    if into is None:
+        target, prefix = storage, CURRENT_PREFIX
+    else:
+        target = into if isinstance(into, Storage) else Storage.open(into, flag="--into")
+        prefix = ""
+    previous = load_pointer(target, prefix, missing_ok=True, damaged_ok=True)
+    generation = new_generation()
+    try:
+        published, rows = _write_generation(storage, document, target, prefix, generation)
+    except ExporterError:  # a damaged file, a failed write: the published set stays as it was
+        with contextlib.suppress(ExporterError):
+            remove_stale(
+                target, prefix, {previous["generation"]} if previous else set(), generation
+            )
+        raise
+    pointer = {
+        "format": POINTER_FORMAT,
+        "generation": generation,
+        "run_id": document.get("run_id"),
+        "manifest_sha256": document.get("manifest_sha256"),
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "files": published,
+    }
+    target.write_atomically(
+        prefix + POINTER_NAME, orjson.dumps(pointer, option=orjson.OPT_INDENT_2)
+    )
+    keep = {generation} | ({previous["generation"]} if previous else set())
+    remove_stale(target, prefix, keep)
+    return rows
+
+
+def _write_generation(
+    storage: Storage, document: dict[str, Any], target: Storage, prefix: str, generation: str
+) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """Write the current table of every type into the new `generation` below the target, each
+    durable before the pointer names it: (the pointer's files, rows per type)."""
+    present = {entry["type"] for entry in document["files"]}
+    rows: dict[str, int] = {}
+    published: dict[str, dict[str, Any]] = {}
+    # The owning sides the derived lists are read from (`inverse_columns`): the steps, kept
+    # whole as they are written, and for the steps' own lists, just the columns needed.
+    owners: dict[str, pa.Table] = {}
+    unsure = frozenset(
+        t
+        for t, r in document.get("resources", {}).items()
+        if isinstance(r, dict)
+        and isinstance(r.get("detail"), dict)
+        and NOT_ASKED_BY_STEP in r["detail"]
+    )
+    for _column, member, back in inverse_columns(ROOT_TYPE):
+        if member in present:
+            owners[member] = current_table(storage, document, member).select(["id", back])
+    for type_name in RESOURCE_TYPES:
+        if type_name not in present:
+            continue
+        table = with_inverse_lists(
+            current_table(storage, document, type_name), type_name, owners, unsure
+        )
+        if type_name == ROOT_TYPE:
+            owners[ROOT_TYPE] = table
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, compression="zstd")
+        payload = buffer.getvalue().to_pybytes()
+        relative = f"{generation}/{resource_type(type_name).collection}.parquet"
+        target.write_atomically(prefix + relative, payload)  # durable before the pointer
+        published[type_name] = {
+            "path": relative,
+            "rows": table.num_rows,
+            "bytes": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+        }
+        rows[type_name] = table.num_rows
+    return published, rows
+
+
+def _ours(relative: str) -> tuple[str | None, bool]:
+    """(generation, is ours) for a path below the target: what `compact` writes there."""
+    parts = relative.split("/")
+    name = parts[-1]
+    hidden = name.startswith(".") and name.endswith(INPROGRESS_SUFFIX)
+    plain = name[1 : -len(INPROGRESS_SUFFIX)] if hidden else name
+    collection = plain.endswith(".parquet") and plain[: -len(".parquet")] in _COLLECTIONS
+    if len(parts) == 1:  # the old layout's files, and a killed write's temporary pointer
+        return None, collection or (hidden and plain == POINTER_NAME)
+    if len(parts) == 2 and _GENERATION.fullmatch(parts[0]):
+        return parts[0], collection
+    return None, False
+
+
+def remove_stale(
+    target: Storage, prefix: str, keep: set[str], only: str | None = None
+) -> list[str]:
+    """Remove what earlier compactions wrote below `prefix`, but the generations in `keep`:
+    older generations, unfinished ones, the old layout's `<collection>.parquet`, temporary files
+    (with `only`, just that generation's files). Files this command did not write stay. Returns
+    what was removed."""
+    removed = []
+    for path in target.list_files(prefix.rstrip("/")):
+        relative = path[len(prefix) :] if prefix else path
+        generation, ours = _ours(relative)
+        if ours and generation not in keep and (only is None or generation == only):
+            target.delete(path)
+            removed.append(path)
+    if target.local:  # the emptied generation directories
+        for path in {p.rsplit("/", 1)[0] for p in removed if "/" in p[len(prefix) :]}:
+            with contextlib.suppress(OSError):  # not empty (a file we did not write), or gone
+                Path(target.path(path)).rmdir()
+    return removed
+
+
+def load_pointer(
+    target: Storage,
+    prefix: str = CURRENT_PREFIX,
+    *,
+    missing_ok: bool = False,
+    damaged_ok: bool = False,
+) -> dict[str, Any] | None:
+    """The pointer to the published generation, checked; None when there is none yet."""
+    name = prefix + POINTER_NAME
+    raw = target.read_document(name)
+    if raw is None:
+        if missing_ok:
+            return None
+        raise UsageError(
+            f"{target.shown(name)} does not exist: nothing compacted yet; run exporter compact"
+        )
+    try:
+        pointer = orjson.loads(raw)
+        if not isinstance(pointer, dict) or pointer.get("format") != POINTER_FORMAT:
+            raise ValueError("not a pointer")
+        if not _GENERATION.fullmatch(str(pointer.get("generation"))):
+            raise ValueError("bad generation")
+        files = pointer.get("files")
+        if not isinstance(files, dict):
+            raise ValueError("no files")
+        for entry in files.values():
+            path = entry.get("path") if isinstance(entry, dict) else None
+            if not isinstance(path, str) or _ours(path) != (pointer["generation"], True):
+                raise ValueError("a path outside its generation")
+    except (orjson.JSONDecodeError, ValueError, AttributeError, TypeError):
+        if damaged_ok:
+            return None
+        raise UsageError(
+            f"{target.shown(name)} is damaged; run exporter compact again to publish a new set"
+        ) from None
+    return pointer
+
+
+def read_current(
+    where: Storage | Path | str, prefix: str = CURRENT_PREFIX, *, attempts: int = 5
+) -> tuple[str, dict[str, pa.Table]]:
+    """The published current state, one table per type, all of one generation: (generation,
+    tables). A compaction that publishes while this reads may remove the generation before
+    the one it replaces; the set is then read again from the new pointer, never mixed."""
+    storage = where if isinstance(where, Storage) else Storage.open(where, flag="DIR")
+    for attempt in range(attempts):
+        pointer = load_pointer(storage, prefix)
+        assert pointer is not None
+        tables: dict[str, pa.Table] = {}
+        try:
+            for type_name, entry in pointer["files"].items():
+                relative = prefix + entry["path"]
+                payload = storage.read_bytes(relative)
+                if payload is None:
+                    raise FileNotFoundError(relative)
+                if hashlib.sha256(payload).hexdigest() != entry["sha256"]:
+                    raise DamagedFile(storage.shown(relative), ValueError("sha256 differs"))
+                tables[type_name] = pq.read_table(pa.BufferReader(payload))
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise UsageError(
+                    f"{storage.shown(prefix + POINTER_NAME)} names files that are gone; run "
+                    "exporter compact again"
+                ) from None
+            time.sleep(0.05)
+            continue
+        return str(pointer["generation"]), tables
+    raise AssertionError("unreachable")
+
+
+@click.command("compact")
+@click.argument("directory")
+@click.option(
+    "--into",
+    help="Where to publish the current state (_current.json naming gen-*/<collection>.parquet).  "
+    "[default: DIR/_current]",
+)
+def compact_command(directory: str, into: str | None) -> None:
+    """Write the newest version of every live record of a backup (full run, deltas, tombstones)."""
+    try:
+        storage = Storage.open(directory, flag="DIR")
+        target = None if into is None else Storage.open(into, flag="--into")
+        if not storage.exists(manifest.MANIFEST_NAME):
+            raise UsageError(f"{storage.display} holds no finished export to compact")
+        rows = compact(storage, target)
+    except ExporterError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(int(exc.exit_code)) from None
+    where = (
+        storage.shown(CURRENT_PREFIX + POINTER_NAME)
+        if target is None
+        else target.shown(POINTER_NAME)
+    )
+    for type_name, count in rows.items():
+        click.echo(f"{resource_type(type_name).collection}: {count:,} current records")
+    click.echo(f"wrote {where}")

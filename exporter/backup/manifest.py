@@ -1,0 +1,155 @@
+"""The manifest: the record of a finished run, written last, that `verify` and an auditor check files against.
+
+`_manifest.json` holds the run id, time window, source (no credentials), tool version, parameters,
+and per file its path, rows, bytes, sha256 and Arrow schema; `manifest_sha256` is the SHA-256 of
+the canonical JSON (sorted keys, no whitespace) of everything else, so any edit is detectable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from exporter import __version__
+from exporter.backup.checkpoint import RunState
+from exporter.backup.storage import Storage, inside_root
+from exporter.core.errors import UsageError
+from exporter.model.normalize import arrow_schema
+
+MANIFEST_NAME = "_manifest.json"
+FORMAT = "outreach-exporter/manifest"
+VERSION = 1
+
+
+def schema_fields(schema: pa.Schema) -> list[dict[str, Any]]:
+    return [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema]
+
+
+def canonical_digest(document: dict[str, Any]) -> str:
+    body = {k: v for k, v in document.items() if k != "manifest_sha256"}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def build(state: RunState, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of the directory after `state`'s run: every run's files, this run on top.
+
+    A directory holds one full run and any number of incremental ones after it (each in
+    `<type>/run=<id>/`, tombstones in `tombstones/run=<id>/`); the manifest lists all their files,
+    so `verify` checks the whole backup, and `runs` says which run wrote what."""
+    files = []
+    resources: dict[str, Any] = {}
+    schemas: dict[str, list[dict[str, Any]]] = {}
+
+    def add(entry: dict[str, Any], run_id: str) -> None:
+        type_name = entry["type"]
+        fields = schemas.setdefault(type_name, schema_fields(arrow_schema(type_name)))
+        files.append({**entry, "run_id": run_id, "schema": fields})
+        summary = resources.setdefault(type_name, {"rows": 0, "files": 0})
+        summary["rows"] += int(entry["rows"])
+        summary["files"] += 1
+
+    runs = []
+    for run in state.history:
+        for entry in run["files"]:
+            add(entry, run["run_id"])
+        runs.append({k: v for k, v in run.items() if k != "files"})
+    for type_name, resource in state.resources.items():
+        summary = resources.setdefault(type_name, {"rows": 0, "files": 0})
+        summary["directory"] = resource.directory
+        summary["extra_values"] = resource.extra_values
+        detail = {k: v for k, v in resource.detail.items() if k != "needs"}
+        if detail:
+            summary["detail"] = detail
+        for data_file in resource.files:
+            add(data_file.to_json(), state.run_id)
+    runs.append({k: v for k, v in state.summary().items() if k != "files"})
+    document: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "run_id": state.run_id,
+        "kind": state.kind,
+        "status": state.status,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at,
+        "window_start": state.window_start,
+        "window_end": state.window_end,
+        "source": state.source,
+        "account": state.account,
+        "tool": {"name": "outreach-exporter", "version": __version__},
+        "parameters": state.parameters,
+        "resources": resources,
+        "runs": runs,
+        "files": files,
+        "stats": stats or {},
+    }
+    document["manifest_sha256"] = canonical_digest(document)
+    return document
+
+
+def write(storage: Storage, state: RunState, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    document = build(state, stats)
+    storage.write_atomically(MANIFEST_NAME, orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    return document
+
+
+def load(where: Storage | Path | str) -> dict[str, Any]:
+    storage = where if isinstance(where, Storage) else Storage.open(where)
+    path = storage.path(MANIFEST_NAME)
+    raw = storage.read_document(MANIFEST_NAME)
+    if raw is None:
+        raise UsageError(f"{path} does not exist: no finished export in {storage}")
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UsageError(f"{path} is not valid JSON") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise UsageError(f"{path} is not an outreach-exporter manifest")
+    return document
+
+
+def load_checked(where: Storage | Path | str) -> dict[str, Any]:
+    """`load`, refusing a manifest that names a path outside the backup (UsageError naming it):
+    for every command that follows the manifest's paths (compact, restore). `verify` and
+    `status` read it with `load` and report each such path instead."""
+    storage = where if isinstance(where, Storage) else Storage.open(where)
+    document = load(storage)
+    problem = unsafe_path(document)
+    if problem is not None:
+        raise UsageError(
+            f"{storage.shown(MANIFEST_NAME)} names {problem}, outside the backup: it was edited or "
+            "damaged, so it is not followed. Run exporter verify on it, and put back "
+            f"{MANIFEST_NAME} from a copy of the backup"
+        )
+    return document
+
+
+def unsafe_path(document: dict[str, Any]) -> str | None:
+    """The first recorded path that is not a plain path inside the backup (quoted), or None."""
+    files = document.get("files")
+    if not isinstance(files, list):
+        return "no list of files"
+    for entry in files:
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if inside_root(path) is None:
+            return f"file {path!r}"
+    resources = document.get("resources")
+    for resource in (resources if isinstance(resources, dict) else {}).values():
+        directory = resource.get("directory") if isinstance(resource, dict) else None
+        if directory is not None and inside_root(directory) is None:
+            return f"directory {directory!r}"
+    return None
+
+
+def file_path(storage: Storage, entry: dict[str, Any]) -> str:
+    """A manifest entry's path, normalised; UsageError when it would leave the backup."""
+    relative = inside_root(entry.get("path"))
+    if relative is None:
+        raise UsageError(
+            f"{storage.shown(MANIFEST_NAME)} names file {entry.get('path')!r}, outside the "
+            f"backup; run exporter verify on it, and put back {MANIFEST_NAME} from a copy"
+        )
+    return relative

@@ -1,0 +1,618 @@
+"""Command-line interface: a thin click layer over the export, verify, status, restore and simulate commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from click.core import ParameterSource
+
+from exporter import __version__
+from exporter.api.auth import (
+    OAuthCredentials,
+    OAuthTokens,
+    RefreshTokenStore,
+    Secret,
+    StaticToken,
+    TokenSource,
+)
+from exporter.api.client import STOP_GRACE
+from exporter.commands.options import (
+    DAY,
+    EXPORT_VALUE_TYPES,
+    BaseUrlType,
+    BoundedInt,
+    FiniteFloat,
+    LocationType,
+    credential_options,
+    toml_defaults,
+    usage_error_line,
+)
+from exporter.core.config import (
+    DEFAULT_BASE_URL,
+    MAX_PAGE_SIZE,
+    ExportSettings,
+    RateLimit,
+    default_token_file,
+    load_toml_table,
+    token_url_for,
+)
+from exporter.core.errors import ExitCode, ExporterError, Interrupted, UsageError
+from exporter.core.progress import Reporter, Snapshot, configure_logging, event
+from exporter.model.schema import RESOURCE_TYPES
+
+DEMO_TOKEN = "demo-token"  # noqa: S105 - the simulator's static token, not a secret
+
+
+class ExporterGroup(click.Group):
+    """The command group, with one error line for every expected failure.
+
+    click's own usage errors (a bad flag, environment value or config value) become one line
+    naming where the value came from, exit 2; an `ExporterError` raised while options are read
+    (a config file that cannot be read) is its one line and exit code."""
+
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
+    ) -> Any:
+        global _JSON_ERRORS
+        _JSON_ERRORS = False
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            return super().main(argv, prog_name, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("stopped: interrupted", err=True)
+            sys.exit(int(ExitCode.INTERRUPTED))
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()  # no command given: the help, as click shows it
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {usage_error_line(exc, argv)}", err=True)
+            usage = isinstance(exc, click.UsageError) or exc.exit_code == ExitCode.USAGE
+            sys.exit(int(ExitCode.USAGE) if usage else exc.exit_code)
+        except ExporterError as exc:
+            fail(exc)
+
+
+@click.group(
+    cls=ExporterGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, prog_name="exporter")
+def main() -> None:
+    """Bulk exporter and backup tool for the Outreach.io API."""
+
+
+_JSON_ERRORS = False  # --log-format json: errors are JSON lines too
+
+
+def fail(error: ExporterError) -> None:
+    prefix = "stopped" if error.exit_code is ExitCode.INTERRUPTED else "error"
+    if _JSON_ERRORS:
+        line = orjson.dumps(
+            {
+                "level": "error",
+                "event": prefix,
+                "message": str(error),
+                "exit_code": int(error.exit_code),
+            }
+        ).decode()
+        click.echo(line, err=True)
+    else:
+        click.echo(f"{prefix}: {error}", err=True)
+    sys.exit(int(error.exit_code))
+
+
+def _output_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--quiet, --verbose and --log-format, shared by commands that run for a while."""
+    command = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        envvar="OUTREACH_LOG_FORMAT",
+        help="json: one JSON object per line on stderr (progress, events, errors), for schedulers.",
+    )(command)
+    command = click.option(
+        "--verbose", "-v", is_flag=True, help="Also log every request (method, URL, status, time)."
+    )(command)
+    command = click.option("--quiet", "-q", is_flag=True, help="Print only errors and the result.")(
+        command
+    )
+    command = click.option(
+        "--progress-interval",
+        type=FiniteFloat(0.05, DAY),
+        default=10.0,
+        show_default=True,
+        envvar="OUTREACH_PROGRESS_INTERVAL",
+        help="Seconds between progress lines when stderr is not a terminal.",
+    )(command)
+    return command
+
+
+def _reporter_factory(
+    log_format: str, quiet: bool, interval: float
+) -> Callable[[Callable[[], Snapshot]], Reporter]:
+    from exporter.model.schema import RESOURCE_TYPES, resource_type
+
+    if quiet:
+        mode = "quiet"
+    elif log_format == "json":
+        mode = "json"
+    elif sys.stderr.isatty():
+        mode = "tty"
+    else:
+        mode = "lines"
+    collections = {t: resource_type(t).collection for t in RESOURCE_TYPES}
+    return lambda snapshot: Reporter(mode, snapshot, collections=collections, interval=interval)
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Eager: fill click's default_map from the TOML file before other options are resolved."""
+    if value is None:
+        return None
+    table = load_toml_table(Path(value))
+    params = [p for p in ctx.command.params if p.name != "config"]
+    defaults = toml_defaults(table, params, f"config file {value}")
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def _run(
+    coro_factory: Callable[[], Any], on_signal: Callable[[], None], grace: float | None = None
+) -> Any:
+    """Run the coroutine. The first SIGINT/SIGTERM asks for a clean stop (`on_signal`: no new
+    requests, what was fetched is committed); requests still in flight `grace` seconds later
+    (None: never; export passes `STOP_GRACE`), or at a second signal, are cancelled and
+    `Interrupted` (exit 130, one line) is raised. No signal, however many, ends in a traceback."""
+
+    async def runner() -> Any:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        signals_seen = 0
+        cancelled = False
+
+        def cancel() -> None:
+            nonlocal cancelled
+            if not cancelled and task is not None and not task.done():
+                cancelled = True  # once: a second cancel would interrupt the final commit
+                task.cancel()
+
+        def handle() -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen == 1:
+                bound = f" (at most {grace:g} s)" if grace is not None else ""
+                click.echo(
+                    f"stopping: finishing requests in flight{bound} and committing (signal "
+                    "again to stop now)",
+                    err=True,
+                )
+                on_signal()
+                if grace is not None:
+                    loop.call_later(grace, cancel)
+            else:
+                cancel()
+
+        def dump_tasks() -> None:
+            """SIGUSR1: print what every task is waiting on (for a run that seems stuck)."""
+            for other in asyncio.all_tasks():
+                click.echo(f"task {other.get_name()}:", err=True)
+                other.print_stack(limit=6, file=sys.stderr)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, handle)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+        try:
+            return await coro_factory()
+        except asyncio.CancelledError:
+            if not cancelled:
+                raise
+            # The run has committed what it fetched; end the tasks it left (fetchers stuck on
+            # an answer) here, so none ends later with an error nobody reads.
+            others = [t for t in asyncio.all_tasks() if t is not task]
+            for other in others:
+                other.cancel()
+            if others:
+                await asyncio.wait(others, timeout=5)
+            raise Interrupted(
+                "requests still in flight were cancelled; what was done before them is "
+                "committed. Run the same command again to resume"
+            ) from None
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+                loop.remove_signal_handler(sig)
+
+    try:
+        return asyncio.run(runner())
+    except KeyboardInterrupt:  # a SIGINT after the handlers were removed, while shutting down
+        raise Interrupted("interrupted. Run the same command again to resume") from None
+
+
+@contextlib.contextmanager
+def _demo_server(steps: int, seed: int) -> Iterator[str]:
+    from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
+
+    simulator = Simulator(SimulatorConfig(steps=steps, seed=seed, static_token=DEMO_TOKEN))
+    with serve_in_thread(simulator) as root_url:
+        yield root_url + "/api/v2"
+
+
+def _token_source(settings: ExportSettings) -> TokenSource:
+    import aiohttp
+
+    if settings.refresh_token is not None:
+        missing = [
+            flag
+            for flag, value in (
+                ("--client-id", settings.client_id),
+                ("--client-secret", settings.client_secret),
+                ("--redirect-uri", settings.redirect_uri),
+            )
+            if not value
+        ]
+        if missing:
+            raise UsageError(f"OAuth needs {', '.join(missing)} as well as --refresh-token")
+        assert settings.client_id and settings.client_secret and settings.redirect_uri
+        credentials = OAuthCredentials(
+            client_id=settings.client_id,
+            client_secret=settings.client_secret,
+            refresh_token=settings.refresh_token,
+            redirect_uri=settings.redirect_uri,
+            token_url=token_url_for(settings.base_url),
+        )
+        token_file = settings.token_file or default_token_file()
+        out = Path(str(settings.out)).expanduser().absolute()
+        if "://" not in str(settings.out) and out in token_file.expanduser().absolute().parents:
+            raise UsageError(
+                f"--token-file {token_file} is inside --out: backups get copied and shared, and "
+                "the refresh token must not travel with them; keep it elsewhere"
+            )
+        store = RefreshTokenStore(token_file)
+        return OAuthTokens(credentials, store, lambda: aiohttp.ClientSession())
+    if settings.token is None:
+        raise UsageError(
+            "no credentials: pass --token (or set OUTREACH_TOKEN), or the OAuth flags "
+            "--client-id, --client-secret, --refresh-token and --redirect-uri; "
+            "or try --demo to export from the built-in simulator"
+        )
+    return StaticToken(settings.token)
+
+
+def _refuse_beside_demo(ctx: click.Context) -> None:
+    """--demo exports from the built-in simulator: a base URL given as well (by flag, variable
+    or config file) would be silently ignored, so the two are refused together."""
+    source = ctx.get_parameter_source("base_url")
+    named = (
+        {
+            ParameterSource.COMMANDLINE: "--base-url",
+            ParameterSource.ENVIRONMENT: "OUTREACH_BASE_URL",
+            ParameterSource.DEFAULT_MAP: "base_url in the config file",
+        }.get(source)
+        if source is not None
+        else None
+    )
+    if named is not None:
+        raise UsageError(
+            f"--demo exports from the built-in simulator, so {named} would be ignored; "
+            "drop one of the two"
+        )
+
+
+def _secret(value: str | None) -> Secret | None:
+    return Secret(value) if value else None
+
+
+@main.command()
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    callback=_load_config,
+    is_eager=True,
+    expose_value=False,
+    help="TOML file with defaults for any option below (keys as option names, e.g. page_size).",
+)
+@click.option(
+    "--out",
+    type=LocationType(),
+    required=True,
+    envvar="OUTREACH_OUT",
+    help="Output directory, or a URI: s3://bucket/prefix (endpoint, region and credentials from "
+    "the AWS_* variables), file://...  [env: OUTREACH_OUT]",
+)
+@click.option(
+    "--base-url",
+    type=BaseUrlType(),
+    default=DEFAULT_BASE_URL,
+    show_default=True,
+    envvar="OUTREACH_BASE_URL",
+    help="API base URL.  [env: OUTREACH_BASE_URL]",
+)
+@credential_options
+@click.option(
+    "--page-size",
+    type=EXPORT_VALUE_TYPES["page_size"],
+    default=MAX_PAGE_SIZE,
+    show_default=True,
+    envvar="OUTREACH_PAGE_SIZE",
+    help="Records per page (the API's maximum is 1000).  [env: OUTREACH_PAGE_SIZE]",
+)
+@click.option(
+    "--concurrency",
+    type=EXPORT_VALUE_TYPES["concurrency"],
+    default=8,
+    show_default=True,
+    envvar="OUTREACH_CONCURRENCY",
+    help="Requests in flight at once.  [env: OUTREACH_CONCURRENCY]",
+)
+@click.option(
+    "--rate-limit",
+    type=EXPORT_VALUE_TYPES["rate_limit"],
+    default="10000/3600",
+    show_default=True,
+    envvar="OUTREACH_RATE_LIMIT",
+    help="Request budget as N/SECONDS (Outreach allows 10,000 an hour per user).  "
+    "[env: OUTREACH_RATE_LIMIT]",
+)
+@click.option(
+    "--relationships",
+    type=EXPORT_VALUE_TYPES["relationships"],
+    default="all",
+    show_default=True,
+    envvar="OUTREACH_RELATIONSHIPS",
+    help="Related records to export beside the steps: all, none, or a comma list of sequence, "
+    "creator, updater, callPurpose, taskPriority, sequenceTemplates, mailings, calls, tasks "
+    "(or type names such as users).  [env: OUTREACH_RELATIONSHIPS]",
+)
+@click.option(
+    "--max-url-length",
+    type=EXPORT_VALUE_TYPES["max_url_length"],
+    default=8000,
+    show_default=True,
+    envvar="OUTREACH_MAX_URL_LENGTH",
+    help="Longest request URL the batched relationship fetches may build.",
+)
+@click.option(
+    "--incremental",
+    is_flag=True,
+    envvar="OUTREACH_INCREMENTAL",
+    help="Add only what changed since the last finished run in --out (a full run first if none), "
+    "in <type>/run=<id>/.  [env: OUTREACH_INCREMENTAL]",
+)
+@click.option(
+    "--overlap",
+    type=EXPORT_VALUE_TYPES["overlap"],
+    default=300.0,
+    show_default=True,
+    envvar="OUTREACH_OVERLAP",
+    help="Seconds an incremental window reaches back before the last run's mark (the API can be "
+    "eventually consistent); records already exported are not written twice.",
+)
+@click.option(
+    "--detect-deletes",
+    is_flag=True,
+    envvar="OUTREACH_DETECT_DELETES",
+    help="Check every id of the backup against the API and write tombstones for the gone ones.",
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Discard the backup in --out first: only files this tool wrote (README, Resuming).",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Set damaged committed files aside and fetch their records again; rebuild a lost "
+    "checkpoint of a finished backup from its manifest (with --incremental).",
+)
+@click.option(
+    "--commit-interval",
+    type=EXPORT_VALUE_TYPES["commit_interval"],
+    default=30.0,
+    show_default=True,
+    envvar="OUTREACH_COMMIT_INTERVAL",
+    help="Seconds between commits: the most work a kill can lose.  [env: OUTREACH_COMMIT_INTERVAL]",
+)
+@click.option(
+    "--read-timeout",
+    type=EXPORT_VALUE_TYPES["read_timeout"],
+    default=120.0,
+    show_default=True,
+    envvar="OUTREACH_READ_TIMEOUT",
+    help="Seconds an answer may stay silent (before its headers or between bytes of its body) "
+    "before the request is retried.  [env: OUTREACH_READ_TIMEOUT]",
+)
+@click.option(
+    "--request-deadline",
+    type=EXPORT_VALUE_TYPES["request_deadline"],
+    default=300.0,
+    show_default=True,
+    envvar="OUTREACH_REQUEST_DEADLINE",
+    metavar="SECONDS",
+    help="Seconds from sending a request to the last byte of its answer, however it trickles, "
+    "before the request is retried.  [env: OUTREACH_REQUEST_DEADLINE]",
+)
+@click.option(
+    "--max-response-mib",
+    type=EXPORT_VALUE_TYPES["max_response_mib"],
+    default=256,
+    show_default=True,
+    envvar="OUTREACH_MAX_RESPONSE_MIB",
+    metavar="N",
+    help="MiB one answer may hold once decompressed; a bigger one is refused as a fault.  "
+    "[env: OUTREACH_MAX_RESPONSE_MIB]",
+)
+@click.option(
+    "--file-rows",
+    type=EXPORT_VALUE_TYPES["file_rows"],
+    default=1_000_000,
+    show_default=True,
+    envvar="OUTREACH_FILE_ROWS",
+    help="Roll to a new Parquet file after this many rows.",
+)
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Start the built-in simulator on a free loopback port and export from it.",
+)
+@click.option(
+    "--demo-steps",
+    type=BoundedInt(1, 5_000_000),
+    default=10_000,
+    show_default=True,
+    help="Sequence steps the demo simulator holds.",
+)
+@click.option(
+    "--demo-seed",
+    type=BoundedInt(0, 2**32 - 1),
+    default=1,
+    show_default=True,
+    help="Seed of the demo data.",
+)
+@_output_options
+def export(
+    out: str,
+    base_url: str,
+    token: str | None,
+    client_id: str | None,
+    client_secret: str | None,
+    refresh_token: str | None,
+    redirect_uri: str | None,
+    token_file: Path | None,
+    page_size: int,
+    concurrency: int,
+    rate_limit: RateLimit,
+    relationships: str,
+    max_url_length: int,
+    incremental: bool,
+    overlap: float,
+    detect_deletes: bool,
+    restart: bool,
+    repair: bool,
+    commit_interval: float,
+    read_timeout: float,
+    request_deadline: float,
+    max_response_mib: int,
+    file_rows: int,
+    demo: bool,
+    demo_steps: int,
+    demo_seed: int,
+    quiet: bool,
+    verbose: bool,
+    log_format: str,
+    progress_interval: float,
+) -> None:
+    """Export sequence steps to typed Parquet files in --out, resuming an unfinished run there."""
+    from exporter.export.relationships import parse_selection
+    from exporter.export.run import Export
+
+    if demo:
+        _refuse_beside_demo(click.get_current_context())
+    settings = ExportSettings(
+        out=out,
+        base_url=base_url,
+        token=_secret(token),
+        client_id=client_id,
+        client_secret=_secret(client_secret),
+        refresh_token=_secret(refresh_token),
+        redirect_uri=redirect_uri,
+        token_file=token_file,
+        page_size=page_size,
+        concurrency=concurrency,
+        rate_limit=rate_limit,
+        relationships=relationships,
+        max_url_length=max_url_length,
+        incremental=incremental,
+        overlap=overlap,
+        detect_deletes=detect_deletes,
+        restart=restart,
+        commit_interval=commit_interval,
+        read_timeout=read_timeout,
+        request_deadline=request_deadline,
+        max_response_mib=max_response_mib,
+        file_rows=file_rows,
+    )
+    global _JSON_ERRORS
+    _JSON_ERRORS = log_format == "json"
+    configure_logging(log_format, verbose, quiet)
+    with contextlib.ExitStack() as stack:
+        if demo:
+            demo_url = stack.enter_context(_demo_server(demo_steps, demo_seed))
+            event(
+                "demo", f"demo: simulator with {demo_steps} steps at {demo_url}", base_url=demo_url
+            )
+            settings = ExportSettings(
+                **{
+                    **settings.__dict__,
+                    "base_url": demo_url,
+                    "token": Secret(DEMO_TOKEN),
+                    "refresh_token": None,
+                    # The port changes every time; the data does not: name it by its seed.
+                    "source": f"demo simulator ({demo_steps} steps, seed {demo_seed})",
+                }
+            )
+        try:
+            parse_selection(settings.relationships)
+            job = Export(
+                settings,
+                _token_source(settings),
+                _reporter_factory(log_format, quiet, progress_interval),
+                repair=repair,
+            )
+            result = _run(job.run, job.request_stop, grace=STOP_GRACE)
+        except ExporterError as exc:
+            fail(exc)
+            return
+    order = {name: i for i, name in enumerate(RESOURCE_TYPES)}
+    rows = dict(sorted(result.rows.items(), key=lambda item: order.get(item[0], len(order))))
+    total = sum(rows.values())
+    rate = total / result.seconds if result.seconds else 0.0
+    if log_format == "json":
+        click.echo(
+            orjson.dumps(
+                {
+                    "run_id": result.state.run_id,
+                    "kind": result.state.kind,
+                    "rows": rows,
+                    "seconds": round(result.seconds, 3),
+                    "requests": result.requests,
+                    "resumed": result.resumed,
+                    "manifest": job.storage.shown("_manifest.json"),
+                }
+            ).decode()
+        )
+        return
+    verb = "resumed and finished" if result.resumed else "exported"
+    click.echo(
+        f"{verb} {total:,} records ("
+        + ", ".join(f"{name} {count:,}" for name, count in rows.items())
+        + f") in {result.seconds:.1f}s, {rate:,.0f} records/s, {result.requests:,} requests"
+    )
+    click.echo(f"run {result.state.run_id}: {job.storage.shown('_manifest.json')}")
+
+
+def _register_subcommands() -> None:
+    from exporter.audit.status import status_command
+    from exporter.audit.verify import verify_command
+    from exporter.backup.compact import compact_command
+    from exporter.fleet.fleet import fleet_command
+    from exporter.restore.restore import restore_command
+    from exporter.simulator.cli import simulate
+
+    main.add_command(simulate)
+    main.add_command(verify_command)
+    main.add_command(status_command)
+    main.add_command(compact_command)
+    main.add_command(fleet_command)
+    main.add_command(restore_command)
+
+
+_register_subcommands()
+
+__all__ = ["ExitCode", "main"]

@@ -1,0 +1,321 @@
+"""Command-line pieces shared by several commands: credential options, strict value types, one-line errors, and how a report is shown."""
+
+# One strict validation for every way a value arrives (a flag, an OUTREACH_* variable, a TOML
+# config file, a fleet file):
+# 1. The value types below are bounded and finite: no NaN, no infinity, no 20-digit count that
+#    overflows a checkpoint later; a number of seconds has a ceiling as well as a floor.
+# 2. A TOML value is checked for its exact TOML type first (`page_size = 5.7` and
+#    `concurrency = true` are refused, not rounded or read as 1), then converted by the same
+#    click type a flag goes through (`toml_value`). Config and fleet files both use it.
+# 3. Every refusal is one line that names where the value came from (`usage_error_line`).
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+
+from exporter.core.config import MAX_PAGE_SIZE, RateLimit, check_base_url, parse_rate_limit
+from exporter.core.errors import UsageError
+
+F = Callable[..., Any]
+
+DAY = 86_400.0
+
+
+class FiniteFloat(click.FloatRange):
+    """A number within [min, max] that is a real number: `nan`, `inf` and `1e999` are refused."""
+
+    def __init__(self, min: float, max: float, *, min_open: bool = False) -> None:
+        super().__init__(min, max, min_open=min_open)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("a number is needed, not an empty value", param, ctx)
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class BoundedInt(click.IntRange):
+    """A whole number within [min, max], written in decimal digits only (no `1_000`, no `0x10`)."""
+
+    def __init__(self, min: int, max: int) -> None:
+        super().__init__(min, max)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not re.fullmatch(r"\s*[+-]?\d{1,30}\s*", value):
+            self.fail(f"{value[:40]!r} is not a whole number", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class RateLimitType(click.ParamType[RateLimit]):
+    name = "N/SECONDS"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> RateLimit:
+        if isinstance(value, RateLimit):
+            return value
+        try:
+            return parse_rate_limit(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class BaseUrlType(click.ParamType[str]):
+    name = "URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return check_base_url(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class RelationshipsType(click.ParamType[str]):
+    """`all`, `none`, or a comma list of relationship names (checked here, kept as text)."""
+
+    name = "LIST"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from exporter.export.relationships import parse_selection
+
+        try:
+            parse_selection(str(value))
+        except UsageError as exc:
+            self.fail(str(exc).removeprefix("--relationships: "), param, ctx)
+        return str(value)
+
+
+class LocationType(click.ParamType[str]):
+    """A directory or a URI to write a backup to: never empty (that would be the current
+    directory), no control characters, a URI that parses, a `~user` that exists, and not
+    pyarrow's `mock://` filesystem (memory: the backup would vanish with the process)."""
+
+    name = "DIR|URI"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = os.fspath(value) if isinstance(value, Path) else str(value)
+        if not text.strip():
+            self.fail(
+                "an empty location; give a directory or a URI (s3://bucket/prefix)", param, ctx
+            )
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            self.fail("a location with control characters (a newline?) is refused", param, ctx)
+        try:
+            scheme = urlsplit(text).scheme.lower()
+        except ValueError as exc:
+            self.fail(f"not a path or a URI that parses ({exc})", param, ctx)
+        if scheme == "mock":
+            self.fail("mock:// keeps files in memory only; give a directory or a URI", param, ctx)
+        if text.startswith("~"):
+            try:
+                Path(text).expanduser()
+            except RuntimeError:
+                self.fail(f"{text[:60]!r}: no such user's home directory", param, ctx)
+        return text
+
+
+def header_safe(text: str) -> bool:
+    """Whether `text` can travel in an HTTP header or a form field as is: printable ASCII, no
+    space, no control character (a pasted CR/LF would otherwise inject a header)."""
+    return all("!" <= c <= "~" for c in text)
+
+
+CREDENTIAL_RULE = "printable ASCII without spaces or control characters (check what was pasted)"
+
+
+class CredentialType(click.ParamType[str]):
+    """A token, secret, client id or redirect URI: `header_safe`, and never shown in an error."""
+
+    name = "TEXT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not header_safe(text):
+            self.fail(f"must be {CREDENTIAL_RULE}; the value is not shown", param, ctx)
+        return text
+
+
+# The export options' value types, shared by `export`'s flags and the fleet file's keys.
+EXPORT_VALUE_TYPES: dict[str, click.ParamType[Any]] = {
+    "page_size": BoundedInt(1, MAX_PAGE_SIZE),
+    "concurrency": BoundedInt(1, 64),
+    "rate_limit": RateLimitType(),
+    "relationships": RelationshipsType(),
+    "max_url_length": BoundedInt(1024, 65536),
+    "overlap": FiniteFloat(0.0, 365 * DAY),
+    "commit_interval": FiniteFloat(0.05, DAY),
+    "read_timeout": FiniteFloat(0.1, 3600.0),
+    "request_deadline": FiniteFloat(1.0, DAY),
+    "max_response_mib": BoundedInt(1, 16 * 1024),
+    "file_rows": BoundedInt(1, 1_000_000_000),
+    "incremental": click.BOOL,
+    "detect_deletes": click.BOOL,
+}
+
+
+def toml_value(
+    type_: click.ParamType[Any], value: Any, where: str, *, is_flag: bool = False
+) -> Any:
+    """A value read from a TOML file, checked for its exact TOML type and then converted by the
+    flag's own click type; `where` names the file and key in the one-line error."""
+    expected: tuple[type, ...]
+    if is_flag or isinstance(type_, click.types.BoolParamType):
+        expected, wanted = (bool,), "true or false"
+    elif isinstance(type_, click.types.IntParamType):
+        expected, wanted = (int,), "a whole number"
+    elif isinstance(type_, click.types.FloatParamType):
+        expected, wanted = (int, float), "a number"
+    else:
+        expected, wanted = (str,), "a string"
+    if not isinstance(value, expected) or (bool not in expected and isinstance(value, bool)):
+        # The value is not shown: the key may be a secret's (a token in a config file).
+        raise UsageError(f"{where} must be {wanted}, not a TOML {_toml_type(value)}")
+    try:
+        return type_.convert(value, None, None)
+    except click.BadParameter as exc:
+        raise UsageError(f"{where}: {_one_line(exc.message)}") from None
+
+
+def _toml_type(value: Any) -> str:
+    for kind, name in (
+        (bool, "boolean"),
+        (int, "integer"),
+        (float, "float"),
+        (str, "string"),
+        (list, "array"),
+        (dict, "table"),
+    ):
+        if isinstance(value, kind):
+            return name
+    return "date or time"
+
+
+def toml_defaults(
+    table: dict[str, Any], params: Sequence[click.Parameter], source: str
+) -> dict[str, Any]:
+    """A config file's table as click's default_map: every key an option of the command,
+    every value checked (`toml_value`) before click sees it."""
+    by_name = {p.name: p for p in params if p.name and isinstance(p, click.Option)}
+    unknown = sorted(k for k in table if k.replace("-", "_") not in by_name)
+    if unknown:
+        raise UsageError(
+            f"{source}: unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(by_name))}"
+        )
+    defaults: dict[str, Any] = {}
+    for key, value in table.items():
+        param = by_name[key.replace("-", "_")]
+        assert isinstance(param, click.Option) and param.name
+        defaults[param.name] = toml_value(
+            param.type, value, f"{source}: {key}", is_flag=param.is_flag
+        )
+    return defaults
+
+
+def usage_error_line(exc: click.ClickException, args: Sequence[str]) -> str:
+    """One line for a click usage error, naming where a bad value came from (the flag, the
+    OUTREACH_* variable, the config file) and where help is."""
+    message = _one_line(exc.format_message())
+    ctx = getattr(exc, "ctx", None)
+    param = getattr(exc, "param", None)
+    missing = isinstance(exc, click.MissingParameter)
+    if isinstance(exc, click.BadParameter) and param is not None and not missing:
+        message = f"{_param_source(param, ctx, args)}: {_one_line(exc.message)}"
+    if ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return message
+
+
+def _param_source(param: click.Parameter, ctx: click.Context | None, args: Sequence[str]) -> str:
+    if not isinstance(param, click.Option):
+        return param.human_readable_name
+    flag = max(param.opts, key=len)
+    given = any(a == o or a.startswith(o + "=") for a in args for o in param.opts)
+    if given:
+        return flag
+    envvars = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+    for name in envvars:
+        if os.environ.get(name):  # click reads an empty variable as unset
+            return f"{name} (for {flag})"
+    if ctx is not None and param.name in (ctx.default_map or {}):
+        return f"{flag} (from the config file)"
+    return flag
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def credential_options(command: F) -> F:
+    """--token, or the OAuth refresh-token grant (--client-id, --client-secret, --refresh-token,
+    --redirect-uri, --token-file); each also from its OUTREACH_* variable."""
+    options = [
+        click.option(
+            "--token",
+            type=CredentialType(),
+            envvar="OUTREACH_TOKEN",
+            help="Static access token.  [env: OUTREACH_TOKEN]",
+        ),
+        click.option(
+            "--client-id",
+            type=CredentialType(),
+            envvar="OUTREACH_CLIENT_ID",
+            help="OAuth client id.  [env: OUTREACH_CLIENT_ID]",
+        ),
+        click.option(
+            "--client-secret",
+            type=CredentialType(),
+            envvar="OUTREACH_CLIENT_SECRET",
+            help="OAuth client secret.  [env: OUTREACH_CLIENT_SECRET]",
+        ),
+        click.option(
+            "--refresh-token",
+            type=CredentialType(),
+            envvar="OUTREACH_REFRESH_TOKEN",
+            help="OAuth refresh token (first run; later runs use the rotated one saved in "
+            "--token-file).  [env: OUTREACH_REFRESH_TOKEN]",
+        ),
+        click.option(
+            "--redirect-uri",
+            type=CredentialType(),
+            envvar="OUTREACH_REDIRECT_URI",
+            help="OAuth redirect URI registered for the app.  [env: OUTREACH_REDIRECT_URI]",
+        ),
+        click.option(
+            "--token-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar="OUTREACH_TOKEN_FILE",
+            help="Where the newest refresh token is kept (mode 0600).  "
+            "[default: ~/.config/outreach-exporter/refresh-token.json; env: OUTREACH_TOKEN_FILE]",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def show_report(report: Any, as_json: bool, render: Callable[[Any], list[str]]) -> None:
+    """A command's report: indented JSON with --json, else its rendered lines."""
+    import orjson
+
+    if as_json:
+        click.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        for line in render(report):
+            click.echo(line)
+
+
+def exit_on_error(error: Any) -> None:
+    """One `error:` line on stderr and the error's exit code (for an expected failure)."""
+    click.echo(f"error: {error}", err=True)
+    raise SystemExit(int(error.exit_code))

@@ -1,0 +1,150 @@
+"""Settings of an export: flags, then OUTREACH_* environment variables, then a TOML file, then defaults.
+
+click resolves the first three in that order by itself (command line, `envvar`, `default_map`);
+this module reads the TOML file's table (exporter/options.py checks each value before it reaches
+the `default_map`), parses the values click cannot (`--rate-limit N/SECONDS`), and holds the
+resolved `ExportSettings`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from exporter.api.auth import Secret
+from exporter.core.errors import UsageError
+from exporter.core.files import read_small_file
+
+DEFAULT_BASE_URL = "https://api.outreach.io/api/v2"
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    requests: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{self.seconds:g}"
+
+
+MAX_RATE_REQUESTS = 1_000_000_000
+MAX_RATE_SECONDS = 31 * 86_400.0
+_RATE_LIMIT = re.compile(r"(\d{1,10})/(\d{1,10}(?:\.\d{1,9})?)")
+
+
+def parse_rate_limit(text: str) -> RateLimit:
+    """`N/SECONDS`, e.g. `10000/3600`: decimal digits only, finite and bounded."""
+    match = _RATE_LIMIT.fullmatch(text.strip())
+    parsed = RateLimit(int(match[1]), float(match[2])) if match else None
+    if (
+        parsed is None
+        or not 1 <= parsed.requests <= MAX_RATE_REQUESTS
+        or not 0 < parsed.seconds <= MAX_RATE_SECONDS
+    ):
+        raise ValueError(
+            f"{text[:40]!r} is not N/SECONDS with 1 <= N <= {MAX_RATE_REQUESTS:,} and "
+            f"0 < SECONDS <= {MAX_RATE_SECONDS:,.0f}, e.g. 10000/3600"
+        )
+    return parsed
+
+
+def check_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s) URL, e.g. {DEFAULT_BASE_URL}")
+    if parts.username or parts.password:
+        raise ValueError("the base URL must not carry credentials; use --token or OAuth flags")
+    return url.rstrip("/")
+
+
+def token_url_for(base_url: str) -> str:
+    """Outreach serves `/oauth/token` at the API host's root."""
+    parts = urlsplit(base_url)
+    return f"{parts.scheme}://{parts.netloc}/oauth/token"
+
+
+def default_token_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "outreach-exporter" / "refresh-token.json"
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's content; a missing, unreadable or invalid file is one clear UsageError."""
+    try:
+        return tomllib.loads(read_small_file(path, what))
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{what} {path} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise UsageError(f"{what} {path} is not usable TOML: nested too deeply") from None
+
+
+def load_toml_table(path: Path) -> dict[str, Any]:
+    """A config file's settings: its `[export]` table, or its top level when it has none.
+
+    Beside an `[export]` table nothing else may stand: a key there would be silently ignored."""
+    data = read_toml(path, "config file")
+    if "export" not in data:
+        return data
+    table = data["export"]
+    if not isinstance(table, dict):
+        raise UsageError(f"config file {path}: export must be a table ([export])")
+    others = sorted(k for k in data if k != "export")
+    if others:
+        raise UsageError(
+            f"config file {path}: {', '.join(others)} stand(s) outside the [export] table; "
+            "move every setting into [export] (or drop the [export] line)"
+        )
+    return table
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    out: Path | str  # a directory, or a URI (s3://bucket/prefix, file://...)
+    base_url: str = DEFAULT_BASE_URL
+    token: Secret | None = None
+    client_id: str | None = None
+    client_secret: Secret | None = None
+    refresh_token: Secret | None = None
+    redirect_uri: str | None = None
+    token_file: Path | None = None
+    page_size: int = MAX_PAGE_SIZE
+    concurrency: int = 8
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit(10_000, 3600.0))
+    restart: bool = False
+    commit_interval: float = 30.0
+    file_rows: int = 1_000_000
+    file_bytes: int = 256 << 20
+    incremental: bool = False
+    overlap: float = 300.0  # seconds an incremental window reaches back past the last mark
+    detect_deletes: bool = False
+    relationships: str = "all"
+    max_url_length: int = 8000
+    read_timeout: float = 120.0  # seconds an answer may go silent before the request is retried
+    request_deadline: float = 300.0  # seconds from sending a request to its answer's last byte
+    max_response_mib: int = 256  # MiB of one answer's body after decompression
+    initial_partitions: int | None = None  # default: two per worker (tests set it to force splits)
+    source: str | None = None  # what the run records as its source (default: the base URL)
+
+    def parameters(self) -> dict[str, Any]:
+        """What the manifest and checkpoint record: no secret, no credential."""
+        return {
+            "page_size": self.page_size,
+            "concurrency": self.concurrency,
+            "rate_limit": str(self.rate_limit),
+            "auth": "oauth" if self.refresh_token is not None else "token",
+            "commit_interval": self.commit_interval,
+            "file_rows": self.file_rows,
+            "file_bytes": self.file_bytes,
+            "relationships": self.relationships,
+            "incremental": self.incremental,
+            "overlap": self.overlap,
+            "detect_deletes": self.detect_deletes,
+        }

@@ -1,0 +1,1 @@
+"""An export run: plan, partitioned crawl, relationship walk, deletions, incremental history, the single writer."""

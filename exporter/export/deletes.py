@@ -1,0 +1,144 @@
+"""Deletion detection: which ids of the backup the API no longer has, written as tombstones.
+
+There is no webhook and no DELETE for sequence steps; the only way to see a removal is to ask
+for the ids. The scan asks for the backup's live ids in batches (`filter[id]=a,b,c`, an empty
+sparse fieldset so each record is a type and an id, the maximum page size), and every asked id
+that does not come back becomes a tombstone row: (type, id, detected_at, run_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from exporter.api.client import ApiClient
+from exporter.api.pagination import ChainGuard, collection_url, next_link, page_records
+from exporter.export.crawl import Message, PageBatch
+from exporter.model.normalize import TOMBSTONE_SCHEMA, TOMBSTONE_TYPE, check_type, record_id
+from exporter.model.schema import resource_type
+
+
+@dataclass
+class DeleteStats:
+    requests: int = 0
+    checked: int = 0
+    tombstones: int = 0
+
+
+class DeleteScan:
+    """Checks the backup's ids against the API and sends tombstones to the writer."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        *,
+        base_url: str,
+        inbox: asyncio.Queue[Message | None],
+        credits: asyncio.Semaphore,
+        run_id: str,
+        page_size: int,
+        workers: int,
+        max_url_length: int,
+    ) -> None:
+        self.client = client
+        self.base_url = base_url
+        self.inbox = inbox
+        self.credits = credits
+        self.run_id = run_id
+        self.page_size = page_size
+        self.workers = max(1, workers)
+        self.max_url_length = max_url_length
+        self.stats: dict[str, DeleteStats] = {}
+        self._stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def _url(self, type_name: str, ids: str) -> str:
+        return collection_url(
+            self.base_url,
+            resource_type(type_name).collection,
+            [
+                ("filter[id]", ids),
+                (f"fields[{type_name}]", ""),
+                ("page[size]", str(self.page_size)),
+            ],
+        )
+
+    def batches(self, type_name: str, ids: Sequence[int]) -> list[list[int]]:
+        """Ids cut to the page size and the URL length."""
+        room = self.max_url_length - len(self._url(type_name, ""))
+        out: list[list[int]] = []
+        current: list[int] = []
+        used = 0
+        for value in ids:
+            cost = len(str(value)) + 1
+            if current and (used + cost > room or len(current) >= self.page_size):
+                out.append(current)
+                current, used = [], 0
+            current.append(value)
+            used += cost
+        if current:
+            out.append(current)
+        return out
+
+    async def scan(self, type_name: str, ids: Sequence[int]) -> None:
+        stats = self.stats.setdefault(type_name, DeleteStats())
+        queue = list(reversed(self.batches(type_name, ids)))
+
+        async def worker() -> None:
+            while queue and not self._stopping:
+                await self._check(type_name, queue.pop(), stats)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(self.workers):
+                group.create_task(worker())
+
+    async def _check(self, type_name: str, batch: list[int], stats: DeleteStats) -> None:
+        first = self._url(type_name, ",".join(map(str, batch)))
+        url: str | None = first
+        present: set[int] = set()
+        asked = set(batch)
+        guard = ChainGuard(first)
+        while url is not None:
+            document = await self.client.get_document(url)
+            stats.requests += 1
+            known = len(present)
+            for record in page_records(document, url):
+                value = record_id(check_type(record, type_name), type_name)
+                if value in asked:  # an id not asked for proves nothing (nor is progress)
+                    present.add(value)
+            following = next_link(document, url, self.base_url)
+            if following is not None:
+                guard.follow(url, following, len(present) - known)
+            url = following
+        stats.checked += len(batch)
+        gone = [value for value in batch if value not in present]
+        if not gone:
+            return
+        stats.tombstones += len(gone)
+        now = datetime.now(UTC)
+        table = pa.table(
+            {
+                "type": pa.array([type_name] * len(gone), pa.string()),
+                "id": pa.array(gone, pa.int64()),
+                "detected_at": pa.array([now] * len(gone), pa.timestamp("us", tz="UTC")),
+                "run_id": pa.array([self.run_id] * len(gone), pa.string()),
+            },
+            schema=TOMBSTONE_SCHEMA,
+        )
+        await self.credits.acquire()  # released by the writer once the rows are written
+        self.inbox.put_nowait(
+            PageBatch(
+                type_name=TOMBSTONE_TYPE,
+                table=table,
+                partition_key=None,
+                through=0,
+                final=True,
+                extra_values=0,
+            )
+        )

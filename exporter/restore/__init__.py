@@ -1,0 +1,1 @@
+"""Writing a backup back into an account: plan, journal of sent writes, send."""

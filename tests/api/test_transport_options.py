@@ -1,0 +1,94 @@
+"""`--request-deadline` and `--max-response-mib` (and their OUTREACH_* variables): bounded, finite, and what the transport uses."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from exporter.core.config import ExportSettings
+from exporter.core.errors import ExitCode
+from exporter.export.run import Export
+from tests.commands.test_inputs import assert_refused, invoke
+from tests.conftest import TOKEN, StartSimulator, clean_env, spawn
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "why"),
+    [
+        ("--request-deadline", "0", "not in the range"),
+        ("--request-deadline", "0.5", "not in the range"),
+        ("--request-deadline", "86401", "not in the range"),
+        ("--request-deadline", "inf", "not a finite number"),
+        ("--request-deadline", "nan", "not a finite number"),
+        ("--request-deadline", "1e999", "not a finite number"),
+        ("--max-response-mib", "0", "not in the range"),
+        ("--max-response-mib", "16385", "not in the range"),
+        ("--max-response-mib", "1.5", "not a whole number"),
+        ("--max-response-mib", "99999999999999999999", "not in the range"),
+        ("--max-response-mib", "1_0", "not a whole number"),
+    ],
+)
+def test_out_of_bounds_values_are_refused_naming_the_flag(
+    tmp_path: Path, flag: str, value: str, why: str
+) -> None:
+    code, _out, err = invoke(["export", "--out", str(tmp_path / "o"), flag, value])
+    assert_refused(code, err, flag, why)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "why"),
+    [
+        ("OUTREACH_REQUEST_DEADLINE", "inf", "not a finite number"),
+        ("OUTREACH_MAX_RESPONSE_MIB", "0", "not in the range"),
+    ],
+)
+def test_out_of_bounds_variables_are_refused_naming_them(
+    tmp_path: Path, variable: str, value: str, why: str
+) -> None:
+    code, _out, err = invoke(["export", "--out", str(tmp_path / "o")], {variable: value})
+    assert_refused(code, err, variable, why)
+
+
+def test_the_settings_reach_the_client_settings(tmp_path: Path) -> None:
+    defaults = Export(ExportSettings(out=tmp_path / "a"), tokens=None)._client_settings()  # type: ignore[arg-type]
+    assert (defaults.request_deadline, defaults.max_response_bytes) == (300.0, 256 << 20)
+    chosen = ExportSettings(out=tmp_path / "b", request_deadline=7.5, max_response_mib=3)
+    client = Export(chosen, tokens=None)._client_settings()  # type: ignore[arg-type]
+    assert (client.request_deadline, client.max_response_bytes) == (7.5, 3 << 20)
+
+
+async def test_the_flags_bound_a_real_export(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """A trickling answer meets `--request-deadline 1` (the default, 300 s, would wait on it
+    for minutes), and a gzip bomb meets `--max-response-mib 1`: both named in the one line."""
+    slow, big = await start_simulator(steps=20), await start_simulator(steps=20)
+    slow.sim.hostile.trickle = 100
+    slow.sim.hostile.trickle_bytes_per_s = 20
+    big.sim.hostile.gzip_bomb = 100
+    big.sim.hostile.gzip_bomb_bytes = 8 << 20
+
+    async def export(base_url: str, out: Path, *flags: str) -> tuple[int | None, str]:
+        process = await spawn(
+            sys.executable,
+            *("-m", "exporter", "export", "--out", str(out), "--base-url", base_url),
+            *("--token", TOKEN, "--relationships", "none", "--read-timeout", "60", *flags),
+            env=clean_env(),
+        )
+        _stdout, stderr = await process.communicate()
+        return process.returncode, stderr.decode()
+
+    started = time.monotonic()
+    (slow_code, slow_err), (big_code, big_err) = await asyncio.gather(
+        export(slow.base_url, tmp_path / "slow", "--request-deadline", "1"),
+        export(big.base_url, tmp_path / "big", "--max-response-mib", "1"),
+    )
+    assert time.monotonic() - started < 120
+    for code, err in ((slow_code, slow_err), (big_code, big_err)):
+        assert code not in (0, ExitCode.USAGE) and "Traceback" not in err, err
+    assert "within the 1 s request deadline" in slow_err, slow_err
+    assert "1 MiB" in big_err and "larger than" in big_err, big_err

@@ -1,0 +1,215 @@
+"""Kill a real `exporter export` at random instants (SIGKILL), run it again, and get exactly the uninterrupted result."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from exporter.core.errors import ExitCode
+from exporter.model.schema import resource_type
+from exporter.simulator import Faults
+from tests.audit.test_verify_helpers import assert_manifest_matches_files
+from tests.conftest import TOKEN, Running, StartSimulator, spawn
+from tests.export.test_relationships import expected_related
+from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row, read_rows
+
+KILL_POINTS = int(os.environ.get("RESUME_KILL_POINTS", "20"))
+
+
+def export_command(running: Running, out: Path | str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "exporter",
+        "export",
+        "--out",
+        str(out),
+        "--base-url",
+        running.base_url,
+        "--token",
+        TOKEN,
+        "--page-size",
+        "100",
+        "--concurrency",
+        "4",
+        "--commit-interval",
+        "0.05",
+        "--file-rows",
+        "250",
+        "--rate-limit",
+        "100000/1",
+        *extra,
+    ]
+
+
+def kill_now(process: asyncio.subprocess.Process) -> bool:
+    """SIGKILL `process`; False when it had already exited (and been reaped) just before: the
+    kill did not land, so the caller must not count it (its exit code says how it ended)."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGKILL)
+        return True
+    return False
+
+
+async def run_to_completion(command: list[str], kills: list[float]) -> tuple[int, list[int]]:
+    """Run `command`, SIGKILL it after each delay in `kills` (restarting it), then let it finish."""
+    codes: list[int] = []
+    for delay in [*kills, None]:
+        process = await spawn(*command)
+        if delay is not None:
+            try:
+                await asyncio.wait_for(process.wait(), timeout=delay)
+            except TimeoutError:
+                kill_now(process)  # a race with its own exit is counted by its exit code
+        _out, err = await process.communicate()
+        assert b"Traceback" not in err, err.decode()
+        codes.append(process.returncode if process.returncode is not None else -1)
+        if (
+            codes[-1] == ExitCode.USAGE
+            and b"already holds a finished export" in err
+            and len(codes) > 1
+        ):
+            break  # the previous run was killed after it had finished: nothing left to do
+        if delay is None or process.returncode == 0:
+            assert process.returncode == 0, err.decode()
+            break  # finished (before the kill was due, or at last)
+    return codes[-1], codes
+
+
+def assert_exact(running: Running, out: Path) -> None:
+    """Every dataset equals the simulator's ground truth, with a manifest that matches the files."""
+    steps = list(running.sim.truth.records("sequenceStep"))
+    assert_rows_equal(
+        read_rows(out / "sequenceSteps"),
+        [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in steps],
+    )
+    for target, rows in expected_related(running.sim, steps).items():
+        directory = out / resource_type(target).collection
+        assert_rows_equal(read_rows(directory), sorted(rows, key=lambda r: r["id"]))
+    assert_manifest_matches_files(out)
+    leftovers = [
+        p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".inprogress")
+    ]
+    assert not leftovers, leftovers
+
+
+async def test_sigkill_at_random_instants_then_resume_is_exact(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    # A budget no soak exhausts: hundreds of kill points spend more than the API's 10,000
+    # requests an hour, and the client would (rightly) wait for the window to reset.
+    running = await start_simulator(
+        steps=2500, seed=31, faults=Faults(latency_s=0.004), rate_limit=10**9
+    )
+    rng = random.Random(2026)
+    # Measure an uninterrupted run first, to spread the kills over its whole length.
+    reference = tmp_path / "reference"
+    started = asyncio.get_running_loop().time()
+    await run_to_completion(export_command(running, reference), [])
+    duration = asyncio.get_running_loop().time() - started
+    assert_exact(running, reference)
+
+    kills_done = 0
+    trial = 0
+    while kills_done < KILL_POINTS:
+        trial += 1
+        out = tmp_path / f"trial-{trial}"
+        # One to three kills in a row before the run is allowed to finish.
+        kills = [rng.uniform(0.05, duration) for _ in range(rng.randint(1, 3))]
+        _code, codes = await run_to_completion(export_command(running, out), kills)
+        kills_done += sum(1 for c in codes[:-1] if c == -signal.SIGKILL)
+        assert_exact(running, out)
+        manifest = orjson.loads((out / "_manifest.json").read_bytes())
+        if any(c == -signal.SIGKILL for c in codes[:-1]):
+            assert manifest["stats"]["resumed"] in (True, False)
+
+
+async def test_sigterm_commits_and_says_how_to_resume(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=3000, seed=32, faults=Faults(latency_s=0.01))
+    command = export_command(running, tmp_path)
+    process = await spawn(*command)
+    # Wait for the first commit, then ask it to stop.
+    checkpoint = tmp_path / "_checkpoint.json"
+    for _ in range(400):
+        if checkpoint.exists():
+            break
+        await asyncio.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _out, err = await process.communicate()
+    text = err.decode()
+    assert process.returncode == ExitCode.INTERRUPTED, text
+    assert "run the same command again" in text.lower() and "Traceback" not in text
+    state: dict[str, Any] = orjson.loads(checkpoint.read_bytes())
+    assert state["status"] == "running"
+    assert not (tmp_path / "_manifest.json").exists()
+    # What was fetched before the signal is committed: a resumed run has less to do.
+    committed = sum(f["rows"] for r in state["resources"].values() for f in r["files"])
+    assert committed > 0
+    code, _codes = await run_to_completion(command, [])
+    assert code == 0
+    assert_exact(running, tmp_path)
+    manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
+    assert manifest["stats"]["resumed"] is True
+
+
+async def test_restart_discards_a_killed_run_and_starts_over(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    running = await start_simulator(steps=2500, seed=33, faults=Faults(latency_s=0.01))
+    command = export_command(running, tmp_path)
+    process = await spawn(*command)
+    checkpoint = tmp_path / "_checkpoint.json"
+    for _ in range(1000):
+        if (
+            checkpoint.exists()
+            and orjson.loads(checkpoint.read_bytes())["resources"]["sequenceStep"]["files"]
+        ):
+            break
+        await asyncio.sleep(0.01)
+    kill_now(process)
+    await process.communicate()
+    killed = orjson.loads(checkpoint.read_bytes())
+    assert killed["status"] == "running"
+    old_files = {f["path"] for r in killed["resources"].values() for f in r["files"]}
+    assert old_files
+
+    code, _codes = await run_to_completion([*command, "--restart"], [])
+    assert code == 0
+    manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
+    assert manifest["run_id"] != killed["run_id"] and manifest["stats"]["resumed"] is False
+    assert not old_files & {f["path"] for f in manifest["files"]}
+    assert not any((tmp_path / p).exists() for p in old_files)  # the killed run's files are gone
+    assert_exact(running, tmp_path)
+
+
+async def test_file_uri_output(start_simulator: StartSimulator, tmp_path: Path) -> None:
+    running = await start_simulator(steps=800, seed=34)
+    out = tmp_path / "via-uri"
+    code, _codes = await run_to_completion(export_command(running, out.as_uri()), [])
+    assert code == 0
+    assert_exact(running, out)
+
+
+async def test_kill_now_tolerates_a_process_that_just_exited() -> None:
+    # The race `run_to_completion` meets: the kill is due, but the run ended (and was reaped)
+    # an instant before. Sending SIGKILL then raises ProcessLookupError; it must count as a
+    # kill that did not land, not end the test in an error.
+    done = await spawn(sys.executable, "-c", "pass")
+    await done.communicate()
+    assert done.returncode == 0
+    assert kill_now(done) is False
+    assert done.returncode == 0
+    running = await spawn(sys.executable, "-c", "import time; time.sleep(60)")
+    assert kill_now(running) is True
+    await running.communicate()
+    assert running.returncode == -signal.SIGKILL

@@ -4,6 +4,8 @@ Usage:
     python scripts/bench.py                       # the full report (BENCHMARKS.md's matrix)
     python scripts/bench.py --quick               # 10,000 and 100,000 steps only
     python scripts/bench.py --markdown BENCHMARKS.md
+    python scripts/bench.py --quick --only 'no latency,300 ms' --vs ../old-checkout --repeat 3
+                                                  # this code beside another checkout's, paired
 
 Every scenario starts its own simulator process (`exporter simulate`, loopback only, record
 cache off so every page is rendered anew for every client) and runs, each in its own process
@@ -15,6 +17,9 @@ so that peak memory (ru_maxrss from wait4) is theirs alone:
   up front: no page waits for the one before it). Where the CPU dominates the export beats it,
   because it reads pages with Arrow's C++ JSON reader instead of building Python objects: there
   the floor is a naive client's cost, not a bound.
+With `--vs TREE`, every scenario's export also runs with the code of another checkout (its
+`exporter` package first on PYTHONPATH) against the same simulator process, alternating which
+goes first, `--repeat` times each; the table gives both medians and their ratio (no floor).
 Under a scaled-down rate limit, the theoretical minimum time is what the fixed window allows for
 the export's requests: every `window` seconds, `limit` requests. Nothing here is asserted.
 """
@@ -91,11 +96,14 @@ def simulator(scenario: Scenario, log: Path) -> Iterator[str]:
             process.kill()
 
 
-def run_measured(command: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB, stdout) of a child process."""
+def run_measured(command: list[str], tree: Path | None = None) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB, stdout) of a child process; `tree`: run that checkout's code."""
+    env = None
+    if tree is not None:
+        env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
-        process = subprocess.Popen(command, stdout=out_file, stderr=err_file)
+        process = subprocess.Popen(command, stdout=out_file, stderr=err_file, env=env)
         _pid, status, usage = os.wait4(process.pid, 0)  # this child's own peak memory
         seconds = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -109,7 +117,7 @@ def run_measured(command: list[str]) -> tuple[float, float, str]:
     return seconds, usage.ru_maxrss / 1024, out
 
 
-def measure_export(base: str, scenario: Scenario) -> Measure:
+def measure_export(base: str, scenario: Scenario, tree: Path | None = None) -> Measure:
     out_dir = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:
         command = [
@@ -118,7 +126,7 @@ def measure_export(base: str, scenario: Scenario) -> Measure:
             "--concurrency", str(scenario.concurrency), "--rate-limit", scenario.rate_limit,
             "--relationships", "all" if scenario.relationships else "none", "--quiet",
         ]  # fmt: skip
-        seconds, peak, _out = run_measured(command)
+        seconds, peak, _out = run_measured(command, tree)
         manifest = orjson.loads((out_dir / "_manifest.json").read_bytes())
         records = sum(r["rows"] for r in manifest["resources"].values())
         stats = manifest.get("stats", {})
@@ -222,6 +230,44 @@ def run(scenario: Scenario) -> dict[str, Any]:
     return row
 
 
+def median_measure(measures: list[Measure]) -> Measure:
+    """The run of median wall time (its memory and requests with it)."""
+    return sorted(measures, key=lambda m: m.seconds)[len(measures) // 2]
+
+
+def run_paired(scenario: Scenario, other: Path, repeat: int) -> dict[str, Any]:
+    """This code's export and `other`'s, against one simulator, alternating which goes first."""
+    log = Path(tempfile.mkstemp(prefix="bench-requests-", suffix=".log")[1])
+    ours: list[Measure] = []
+    theirs: list[Measure] = []
+    try:
+        with simulator(scenario, log) as root:
+            for round_ in range(repeat):
+                order = [(None, ours), (other, theirs)]
+                for tree, into in order if round_ % 2 == 0 else reversed(order):
+                    into.append(measure_export(root + "/api/v2", scenario, tree))
+    finally:
+        log.unlink(missing_ok=True)
+    return {"scenario": scenario, "new": median_measure(ours), "old": median_measure(theirs)}
+
+
+def render_paired(rows: list[dict[str, Any]], other: Path, repeat: int) -> str:
+    lines = [
+        f"Medians of {repeat} runs each; old = `{other}`, new = this checkout.",
+        "",
+        "| scenario | steps | relationships | concurrency | old records/s | new records/s | new / old | old requests | new requests | old peak MiB | new peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        s, old, new = row["scenario"], row["old"], row["new"]
+        lines.append(
+            f"| {s.name} | {s.steps:,} | {'on' if s.relationships else 'off'} | {s.concurrency} | "
+            f"{old.rate:,.0f} | {new.rate:,.0f} | {new.rate / old.rate:.2f} | {old.requests:,} | "
+            f"{new.requests:,} | {old.peak_mib:.0f} | {new.peak_mib:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| scenario | steps | relationships | concurrency | export records/s | floor records/s | export / floor | records | requests | export s | export peak MiB | floor peak MiB |",
@@ -253,6 +299,11 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def wanted(scenario: Scenario, only: str | None) -> bool:
+    """`--only a,b`: scenarios whose name contains a or b (all without it)."""
+    return not only or any(part and part in scenario.name for part in only.split(","))
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_floor":
         root, urls_file, concurrency = sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -262,11 +313,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10,000 and 100,000 steps only")
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
-    parser.add_argument("--only", help="run only scenarios whose name contains this")
+    parser.add_argument(
+        "--only", help="only scenarios whose name contains one of these (comma-separated)"
+    )
+    parser.add_argument("--vs", type=Path, help="also run each export with this checkout's code")
+    parser.add_argument("--repeat", type=int, default=1, help="with --vs: runs of each, median")
     args = parser.parse_args()
+    if args.vs is not None:
+        if not (args.vs / "exporter" / "__init__.py").is_file():
+            raise SystemExit(f"--vs {args.vs}: no exporter package there")
+        paired = []
+        for scenario in scenarios(args.quick):
+            if not wanted(scenario, args.only):
+                continue
+            row = run_paired(scenario, args.vs, max(1, args.repeat))
+            paired.append(row)
+            print(
+                f"{scenario.name:28} steps={scenario.steps:>9,} rel={'on ' if scenario.relationships else 'off'} "
+                f"old {row['old'].rate:>9,.0f} rec/s  new {row['new'].rate:>9,.0f} rec/s  "
+                f"x{row['new'].rate / row['old'].rate:.2f}",
+                flush=True,
+            )
+        report = (
+            render_paired(paired, args.vs, max(1, args.repeat)) + f"\n\nMachine: {machine()}.\n"
+        )
+        print("\n" + report)
+        if args.markdown:
+            args.markdown.write_text(report)
+        return
     rows = []
     for scenario in scenarios(args.quick):
-        if args.only and args.only not in scenario.name:
+        if not wanted(scenario, args.only):
             continue
         row = run(scenario)
         rows.append(row)

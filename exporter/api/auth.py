@@ -40,6 +40,7 @@ from exporter.core.errors import (
     remember_secret,
     scrub,
 )
+from exporter.core.secrets import Secret
 
 # The longest token endpoint answer read (a grant is a few hundred bytes).
 MAX_TOKEN_ANSWER = 1 << 20
@@ -58,32 +59,6 @@ def header_safe(token: str) -> str | None:
             )
             return f"{kind} at position {position + 1}"
     return None if token else "it is empty"
-
-
-class Secret:
-    """A string that does not print itself."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 class TokenSource(Protocol):

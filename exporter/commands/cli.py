@@ -19,7 +19,6 @@ from exporter.api.auth import (
     OAuthCredentials,
     OAuthTokens,
     RefreshTokenStore,
-    Secret,
     StaticToken,
     TokenSource,
 )
@@ -46,6 +45,7 @@ from exporter.core.config import (
 )
 from exporter.core.errors import ExitCode, ExporterError, Interrupted, UsageError
 from exporter.core.progress import Reporter, Snapshot, configure_logging, event
+from exporter.core.secrets import Secret
 from exporter.model.schema import RESOURCE_TYPES
 
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the simulator's static token, not a secret

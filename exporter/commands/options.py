@@ -23,6 +23,7 @@ import click
 
 from exporter.core.config import MAX_PAGE_SIZE, RateLimit, check_base_url, parse_rate_limit
 from exporter.core.errors import UsageError
+from exporter.core.secrets import CREDENTIAL_RULE, header_safe
 
 F = Callable[..., Any]
 
@@ -122,15 +123,6 @@ class LocationType(click.ParamType[str]):
             except RuntimeError:
                 self.fail(f"{text[:60]!r}: no such user's home directory", param, ctx)
         return text
-
-
-def header_safe(text: str) -> bool:
-    """Whether `text` can travel in an HTTP header or a form field as is: printable ASCII, no
-    space, no control character (a pasted CR/LF would otherwise inject a header)."""
-    return all("!" <= c <= "~" for c in text)
-
-
-CREDENTIAL_RULE = "printable ASCII without spaces or control characters (check what was pasted)"
 
 
 class CredentialType(click.ParamType[str]):

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from exporter.api.auth import Secret
 from exporter.core.errors import UsageError
 from exporter.core.files import read_small_file
+from exporter.core.secrets import Secret
 
 DEFAULT_BASE_URL = "https://api.outreach.io/api/v2"
 MAX_PAGE_SIZE = 1000

@@ -42,17 +42,14 @@ from exporter.api.auth import (
     OAuthCredentials,
     OAuthTokens,
     RefreshTokenStore,
-    Secret,
     StaticToken,
     TokenSource,
 )
 from exporter.api.client import STOP_GRACE
 from exporter.backup import checkpoint, manifest
 from exporter.commands.options import (
-    CREDENTIAL_RULE,
     EXPORT_VALUE_TYPES,
     LocationType,
-    header_safe,
     toml_value,
 )
 from exporter.core.config import (
@@ -72,6 +69,7 @@ from exporter.core.errors import (
     scrub,
 )
 from exporter.core.files import MAX_SECRET_BYTES, read_small_file
+from exporter.core.secrets import CREDENTIAL_RULE, Secret, header_safe
 from exporter.export.run import Export, FinishedExport, utc_now
 
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

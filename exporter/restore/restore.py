@@ -72,7 +72,7 @@ import click
 import orjson
 
 from exporter.api.account import Account, canonical_base_url, identify
-from exporter.api.auth import Secret, TokenSource
+from exporter.api.auth import TokenSource
 from exporter.api.client import STOP_GRACE, ApiClient, ClientSettings, NotSentError
 from exporter.api.pagination import ChainGuard, collection_url, next_link, page_records
 from exporter.backup import manifest
@@ -97,6 +97,7 @@ from exporter.core.errors import (
     UsageError,
     clean_text,
 )
+from exporter.core.secrets import Secret
 from exporter.model.normalize import (
     EXTRA_COLUMN,
     TOMBSTONE_TYPE,

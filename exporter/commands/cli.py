@@ -23,6 +23,7 @@ from exporter.api.auth import (
     TokenSource,
 )
 from exporter.api.client import STOP_GRACE
+from exporter.commands.display import ProgressDisplay
 from exporter.commands.options import (
     DAY,
     EXPORT_VALUE_TYPES,
@@ -44,7 +45,8 @@ from exporter.core.config import (
     token_url_for,
 )
 from exporter.core.errors import ExitCode, ExporterError, Interrupted, UsageError
-from exporter.core.progress import Reporter, Snapshot, configure_logging, event
+from exporter.core.events import configure_logging, event
+from exporter.core.progress import Snapshot
 from exporter.core.secrets import Secret
 from exporter.model.schema import RESOURCE_TYPES
 
@@ -138,7 +140,7 @@ def _output_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _reporter_factory(
     log_format: str, quiet: bool, interval: float
-) -> Callable[[Callable[[], Snapshot]], Reporter]:
+) -> Callable[[Callable[[], Snapshot]], ProgressDisplay]:
     from exporter.model.schema import RESOURCE_TYPES, resource_type
 
     if quiet:
@@ -150,7 +152,9 @@ def _reporter_factory(
     else:
         mode = "lines"
     collections = {t: resource_type(t).collection for t in RESOURCE_TYPES}
-    return lambda snapshot: Reporter(mode, snapshot, collections=collections, interval=interval)
+    return lambda snapshot: ProgressDisplay(
+        mode, snapshot, collections=collections, interval=interval
+    )
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:

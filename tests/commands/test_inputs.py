@@ -135,7 +135,7 @@ def invoke(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str
     """The command line in this process (click's CliRunner): exit code, stdout, stderr."""
     from click.testing import CliRunner
 
-    from exporter.commands.cli import main
+    from exporter.commands.main import main
 
     clean = {k: None for k in os.environ if k.startswith("OUTREACH_")}
     result = CliRunner().invoke(main, args, env={**clean, **(env or {})})
@@ -354,7 +354,7 @@ OPEN_ELSEWHERE: set[tuple[str, str]] = set()
 def numeric_options() -> list[object]:
     import click
 
-    from exporter.commands.cli import main
+    from exporter.commands.main import main
 
     cases: list[object] = []
     for name, command in sorted(main.commands.items()):
@@ -375,7 +375,7 @@ def numeric_options() -> list[object]:
 def test_every_numeric_option_refuses_nan_inf_and_huge_numbers(command: str, flag: str) -> None:
     import click
 
-    from exporter.commands.cli import main
+    from exporter.commands.main import main
 
     accepted = []
     for value in HOSTILE_NUMBERS:

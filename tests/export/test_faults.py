@@ -26,7 +26,7 @@ from click.testing import CliRunner
 import exporter.export.run
 from exporter.api.auth import StaticToken, TokenSource
 from exporter.api.client import ClientSettings
-from exporter.commands.cli import main
+from exporter.commands.main import main
 from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import ExitCode
 from exporter.core.secrets import Secret

@@ -123,7 +123,7 @@ def test_restore_refuses_ids_beyond_int64_and_non_finite_delays(
 ) -> None:
     from click.testing import CliRunner
 
-    from exporter.commands.cli import main
+    from exporter.commands.main import main
 
     result = CliRunner().invoke(
         main, ["restore", str(tmp_path), "--base-url", "http://127.0.0.1:9/api/v2", *args]

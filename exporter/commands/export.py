@@ -1,12 +1,10 @@
-"""Command-line interface: a thin click layer over the export, verify, status, restore and simulate commands."""
+"""`exporter export`: options to `ExportSettings`, the run under signals, its summary line."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +12,10 @@ import click
 import orjson
 from click.core import ParameterSource
 
-from exporter import __version__
-from exporter.api.auth import (
-    OAuthCredentials,
-    OAuthTokens,
-    RefreshTokenStore,
-    StaticToken,
-    TokenSource,
-)
 from exporter.api.client import STOP_GRACE
+from exporter.commands.credentials import secret, token_source
 from exporter.commands.display import ProgressDisplay
+from exporter.commands.exits import errors_as_json, fail
 from exporter.commands.options import (
     DAY,
     EXPORT_VALUE_TYPES,
@@ -33,82 +25,22 @@ from exporter.commands.options import (
     LocationType,
     credential_options,
     toml_defaults,
-    usage_error_line,
 )
+from exporter.commands.running import run_stoppable
 from exporter.core.config import (
     DEFAULT_BASE_URL,
     MAX_PAGE_SIZE,
     ExportSettings,
     RateLimit,
-    default_token_file,
     load_toml_table,
-    token_url_for,
 )
-from exporter.core.errors import ExitCode, ExporterError, Interrupted, UsageError
+from exporter.core.errors import ExporterError, UsageError
 from exporter.core.events import configure_logging, event
 from exporter.core.progress import Snapshot
 from exporter.core.secrets import Secret
 from exporter.model.schema import RESOURCE_TYPES
 
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the simulator's static token, not a secret
-
-
-class ExporterGroup(click.Group):
-    """The command group, with one error line for every expected failure.
-
-    click's own usage errors (a bad flag, environment value or config value) become one line
-    naming where the value came from, exit 2; an `ExporterError` raised while options are read
-    (a config file that cannot be read) is its one line and exit code."""
-
-    def main(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
-    ) -> Any:
-        global _JSON_ERRORS
-        _JSON_ERRORS = False
-        argv = list(sys.argv[1:] if args is None else args)
-        try:
-            return super().main(argv, prog_name, standalone_mode=False, **extra)
-        except click.exceptions.Abort:
-            click.echo("stopped: interrupted", err=True)
-            sys.exit(int(ExitCode.INTERRUPTED))
-        except click.exceptions.NoArgsIsHelpError as exc:
-            exc.show()  # no command given: the help, as click shows it
-            sys.exit(exc.exit_code)
-        except click.ClickException as exc:
-            click.echo(f"error: {usage_error_line(exc, argv)}", err=True)
-            usage = isinstance(exc, click.UsageError) or exc.exit_code == ExitCode.USAGE
-            sys.exit(int(ExitCode.USAGE) if usage else exc.exit_code)
-        except ExporterError as exc:
-            fail(exc)
-
-
-@click.group(
-    cls=ExporterGroup,
-    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-)
-@click.version_option(__version__, prog_name="exporter")
-def main() -> None:
-    """Bulk exporter and backup tool for the Outreach.io API."""
-
-
-_JSON_ERRORS = False  # --log-format json: errors are JSON lines too
-
-
-def fail(error: ExporterError) -> None:
-    prefix = "stopped" if error.exit_code is ExitCode.INTERRUPTED else "error"
-    if _JSON_ERRORS:
-        line = orjson.dumps(
-            {
-                "level": "error",
-                "event": prefix,
-                "message": str(error),
-                "exit_code": int(error.exit_code),
-            }
-        ).decode()
-        click.echo(line, err=True)
-    else:
-        click.echo(f"{prefix}: {error}", err=True)
-    sys.exit(int(error.exit_code))
 
 
 def _output_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -168,77 +100,6 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     return value
 
 
-def _run(
-    coro_factory: Callable[[], Any], on_signal: Callable[[], None], grace: float | None = None
-) -> Any:
-    """Run the coroutine. The first SIGINT/SIGTERM asks for a clean stop (`on_signal`: no new
-    requests, what was fetched is committed); requests still in flight `grace` seconds later
-    (None: never; export passes `STOP_GRACE`), or at a second signal, are cancelled and
-    `Interrupted` (exit 130, one line) is raised. No signal, however many, ends in a traceback."""
-
-    async def runner() -> Any:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        signals_seen = 0
-        cancelled = False
-
-        def cancel() -> None:
-            nonlocal cancelled
-            if not cancelled and task is not None and not task.done():
-                cancelled = True  # once: a second cancel would interrupt the final commit
-                task.cancel()
-
-        def handle() -> None:
-            nonlocal signals_seen
-            signals_seen += 1
-            if signals_seen == 1:
-                bound = f" (at most {grace:g} s)" if grace is not None else ""
-                click.echo(
-                    f"stopping: finishing requests in flight{bound} and committing (signal "
-                    "again to stop now)",
-                    err=True,
-                )
-                on_signal()
-                if grace is not None:
-                    loop.call_later(grace, cancel)
-            else:
-                cancel()
-
-        def dump_tasks() -> None:
-            """SIGUSR1: print what every task is waiting on (for a run that seems stuck)."""
-            for other in asyncio.all_tasks():
-                click.echo(f"task {other.get_name()}:", err=True)
-                other.print_stack(limit=6, file=sys.stderr)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, handle)
-        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-        try:
-            return await coro_factory()
-        except asyncio.CancelledError:
-            if not cancelled:
-                raise
-            # The run has committed what it fetched; end the tasks it left (fetchers stuck on
-            # an answer) here, so none ends later with an error nobody reads.
-            others = [t for t in asyncio.all_tasks() if t is not task]
-            for other in others:
-                other.cancel()
-            if others:
-                await asyncio.wait(others, timeout=5)
-            raise Interrupted(
-                "requests still in flight were cancelled; what was done before them is "
-                "committed. Run the same command again to resume"
-            ) from None
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-                loop.remove_signal_handler(sig)
-
-    try:
-        return asyncio.run(runner())
-    except KeyboardInterrupt:  # a SIGINT after the handlers were removed, while shutting down
-        raise Interrupted("interrupted. Run the same command again to resume") from None
-
-
 @contextlib.contextmanager
 def _demo_server(steps: int, seed: int) -> Iterator[str]:
     from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
@@ -246,47 +107,6 @@ def _demo_server(steps: int, seed: int) -> Iterator[str]:
     simulator = Simulator(SimulatorConfig(steps=steps, seed=seed, static_token=DEMO_TOKEN))
     with serve_in_thread(simulator) as root_url:
         yield root_url + "/api/v2"
-
-
-def _token_source(settings: ExportSettings) -> TokenSource:
-    import aiohttp
-
-    if settings.refresh_token is not None:
-        missing = [
-            flag
-            for flag, value in (
-                ("--client-id", settings.client_id),
-                ("--client-secret", settings.client_secret),
-                ("--redirect-uri", settings.redirect_uri),
-            )
-            if not value
-        ]
-        if missing:
-            raise UsageError(f"OAuth needs {', '.join(missing)} as well as --refresh-token")
-        assert settings.client_id and settings.client_secret and settings.redirect_uri
-        credentials = OAuthCredentials(
-            client_id=settings.client_id,
-            client_secret=settings.client_secret,
-            refresh_token=settings.refresh_token,
-            redirect_uri=settings.redirect_uri,
-            token_url=token_url_for(settings.base_url),
-        )
-        token_file = settings.token_file or default_token_file()
-        out = Path(str(settings.out)).expanduser().absolute()
-        if "://" not in str(settings.out) and out in token_file.expanduser().absolute().parents:
-            raise UsageError(
-                f"--token-file {token_file} is inside --out: backups get copied and shared, and "
-                "the refresh token must not travel with them; keep it elsewhere"
-            )
-        store = RefreshTokenStore(token_file)
-        return OAuthTokens(credentials, store, lambda: aiohttp.ClientSession())
-    if settings.token is None:
-        raise UsageError(
-            "no credentials: pass --token (or set OUTREACH_TOKEN), or the OAuth flags "
-            "--client-id, --client-secret, --refresh-token and --redirect-uri; "
-            "or try --demo to export from the built-in simulator"
-        )
-    return StaticToken(settings.token)
 
 
 def _refuse_beside_demo(ctx: click.Context) -> None:
@@ -309,11 +129,7 @@ def _refuse_beside_demo(ctx: click.Context) -> None:
         )
 
 
-def _secret(value: str | None) -> Secret | None:
-    return Secret(value) if value else None
-
-
-@main.command()
+@click.command()
 @click.option(
     "--config",
     type=click.Path(dir_okay=False),
@@ -521,10 +337,10 @@ def export(
     settings = ExportSettings(
         out=out,
         base_url=base_url,
-        token=_secret(token),
+        token=secret(token),
         client_id=client_id,
-        client_secret=_secret(client_secret),
-        refresh_token=_secret(refresh_token),
+        client_secret=secret(client_secret),
+        refresh_token=secret(refresh_token),
         redirect_uri=redirect_uri,
         token_file=token_file,
         page_size=page_size,
@@ -542,8 +358,7 @@ def export(
         max_response_mib=max_response_mib,
         file_rows=file_rows,
     )
-    global _JSON_ERRORS
-    _JSON_ERRORS = log_format == "json"
+    errors_as_json(log_format == "json")
     configure_logging(log_format, verbose, quiet)
     with contextlib.ExitStack() as stack:
         if demo:
@@ -565,11 +380,11 @@ def export(
             parse_selection(settings.relationships)
             job = Export(
                 settings,
-                _token_source(settings),
+                token_source(settings),
                 _reporter_factory(log_format, quiet, progress_interval),
                 repair=repair,
             )
-            result = _run(job.run, job.request_stop, grace=STOP_GRACE)
+            result = run_stoppable(job.run, job.request_stop, grace=STOP_GRACE)
         except ExporterError as exc:
             fail(exc)
             return
@@ -599,24 +414,3 @@ def export(
         + f") in {result.seconds:.1f}s, {rate:,.0f} records/s, {result.requests:,} requests"
     )
     click.echo(f"run {result.state.run_id}: {job.storage.shown('_manifest.json')}")
-
-
-def _register_subcommands() -> None:
-    from exporter.audit.status import status_command
-    from exporter.audit.verify import verify_command
-    from exporter.backup.compact import compact_command
-    from exporter.fleet.fleet import fleet_command
-    from exporter.restore.restore import restore_command
-    from exporter.simulator.cli import simulate
-
-    main.add_command(simulate)
-    main.add_command(verify_command)
-    main.add_command(status_command)
-    main.add_command(compact_command)
-    main.add_command(fleet_command)
-    main.add_command(restore_command)
-
-
-_register_subcommands()
-
-__all__ = ["ExitCode", "main"]

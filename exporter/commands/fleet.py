@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
+from exporter.commands.fleet_file import load_fleet
 from exporter.core.errors import ExitCode, ExporterError, UsageError
-from exporter.fleet.fleet import AccountResult, load_fleet, run_dask, run_local
+from exporter.fleet.fleet import AccountResult, run_dask, run_local
 
 
 def summary_table(results: list[AccountResult]) -> str:

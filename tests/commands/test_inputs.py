@@ -300,8 +300,8 @@ def test_hostile_fleet_values_are_refused_naming_account_and_key(
 ) -> None:
     import tomllib
 
+    from exporter.commands.fleet_file import parse_fleet
     from exporter.core.errors import UsageError
-    from exporter.fleet.fleet import parse_fleet
 
     text = f'[[account]]\nname = "acme"\nout = "/o"\ntoken_env = "T"\n{line}\n'
     with pytest.raises(UsageError) as caught:

@@ -17,16 +17,14 @@ from exporter.commands.credentials import secret, token_source
 from exporter.commands.display import ProgressDisplay
 from exporter.commands.exits import errors_as_json, fail
 from exporter.commands.options import (
-    DAY,
     EXPORT_VALUE_TYPES,
     BaseUrlType,
-    BoundedInt,
-    FiniteFloat,
     LocationType,
     credential_options,
     toml_defaults,
 )
 from exporter.commands.running import run_stoppable
+from exporter.core.bounds import DAY, BoundedInt, FiniteFloat
 from exporter.core.config import (
     DEFAULT_BASE_URL,
     MAX_PAGE_SIZE,

@@ -14,12 +14,11 @@ from exporter.commands.credentials import token_source
 from exporter.commands.exits import fail
 from exporter.commands.options import (
     BaseUrlType,
-    BoundedInt,
-    FiniteFloat,
     RateLimitType,
     credential_options,
 )
 from exporter.commands.running import run_stoppable
+from exporter.core.bounds import BoundedInt, FiniteFloat
 from exporter.core.config import DEFAULT_BASE_URL, ExportSettings, RateLimit
 from exporter.core.errors import ExporterError, UsageError
 from exporter.core.secrets import Secret

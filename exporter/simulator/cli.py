@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from exporter.commands.options import BoundedInt, FiniteFloat
+from exporter.core.bounds import BoundedInt, FiniteFloat
 
 from .config import Faults, SimulatorConfig
 from .faults import HostileFaults, TokenFault

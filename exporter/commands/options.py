@@ -15,10 +15,10 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
+from exporter.backup.storage import check_location
 from exporter.core.bounds import DAY, BoundedInt, FiniteFloat
 from exporter.core.config import MAX_PAGE_SIZE, RateLimit, check_base_url, parse_rate_limit
 from exporter.core.errors import UsageError
@@ -67,31 +67,16 @@ class RelationshipsType(click.ParamType[str]):
 
 
 class LocationType(click.ParamType[str]):
-    """A directory or a URI to write a backup to: never empty (that would be the current
-    directory), no control characters, a URI that parses, a `~user` that exists, and not
-    pyarrow's `mock://` filesystem (memory: the backup would vanish with the process)."""
+    """A directory or a URI to write a backup to (`storage.check_location`)."""
 
     name = "DIR|URI"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = os.fspath(value) if isinstance(value, Path) else str(value)
-        if not text.strip():
-            self.fail(
-                "an empty location; give a directory or a URI (s3://bucket/prefix)", param, ctx
-            )
-        if any(ord(c) < 32 or ord(c) == 127 for c in text):
-            self.fail("a location with control characters (a newline?) is refused", param, ctx)
         try:
-            scheme = urlsplit(text).scheme.lower()
+            check_location(text)
         except ValueError as exc:
-            self.fail(f"not a path or a URI that parses ({exc})", param, ctx)
-        if scheme == "mock":
-            self.fail("mock:// keeps files in memory only; give a directory or a URI", param, ctx)
-        if text.startswith("~"):
-            try:
-                Path(text).expanduser()
-            except RuntimeError:
-                self.fail(f"{text[:60]!r}: no such user's home directory", param, ctx)
+            self.fail(str(exc), param, ctx)
         return text
 
 

@@ -7,6 +7,7 @@ import click
 from exporter.backup import manifest
 from exporter.backup.compact import CURRENT_PREFIX, POINTER_NAME, compact
 from exporter.backup.storage import Storage
+from exporter.commands.exits import fail
 from exporter.core.errors import ExporterError, UsageError
 from exporter.model.schema import resource_type
 
@@ -27,8 +28,7 @@ def compact_command(directory: str, into: str | None) -> None:
             raise UsageError(f"{storage.display} holds no finished export to compact")
         rows = compact(storage, target)
     except ExporterError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise SystemExit(int(exc.exit_code)) from None
+        fail(exc)
     where = (
         storage.shown(CURRENT_PREFIX + POINTER_NAME)
         if target is None

@@ -1,4 +1,4 @@
-"""What a run shows its operator: a live display on a terminal, periodic lines or JSON events elsewhere.
+"""What a command shows its operator: a run's live progress (a terminal block, periodic lines or JSON events), a report as lines or JSON.
 
 Three audiences, one source of truth (`Snapshot`, read from the run's counters twice a second):
 - a person at a terminal: a live block, one line per resource (records, pages, records/s, and an
@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
+
+import click
+import orjson
 
 from exporter.core.events import event
 from exporter.core.progress import ResourceProgress, Snapshot
@@ -113,3 +116,12 @@ class ProgressDisplay:
             )
             self.stream.flush()
             self._drawn = 0
+
+
+def show_report(report: Any, as_json: bool, render: Callable[[Any], list[str]]) -> None:
+    """A command's report: indented JSON with --json, else its rendered lines."""
+    if as_json:
+        click.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        for line in render(report):
+            click.echo(line)

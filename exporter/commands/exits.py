@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import click
 import orjson
@@ -12,7 +13,9 @@ from exporter.core.errors import ExitCode, ExporterError
 _JSON_ERRORS = False  # --log-format json: errors are JSON lines too
 
 
-def fail(error: ExporterError) -> None:
+def fail(error: ExporterError) -> NoReturn:
+    """One `error:` line (`stopped:` for an interrupted run) on stderr, then the error's exit
+    code: every command ends an expected failure here."""
     prefix = "stopped" if error.exit_code is ExitCode.INTERRUPTED else "error"
     if _JSON_ERRORS:
         line = orjson.dumps(

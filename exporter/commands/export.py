@@ -385,7 +385,6 @@ def export(
             result = run_stoppable(job.run, job.request_stop, grace=STOP_GRACE)
         except ExporterError as exc:
             fail(exc)
-            return
     order = {name: i for i, name in enumerate(RESOURCE_TYPES)}
     rows = dict(sorted(result.rows.items(), key=lambda item: order.get(item[0], len(order))))
     total = sum(rows.values())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from exporter.commands.exits import fail
 from exporter.commands.fleet_file import load_fleet
 from exporter.core.errors import ExitCode, ExporterError, UsageError
 from exporter.fleet.fleet import AccountResult, run_dask, run_local
@@ -99,9 +100,7 @@ def fleet_command(
                 raise UsageError("--scheduler is for --executor dask")
             results = asyncio.run(run_local(accounts, parallel, _progress))
     except ExporterError as exc:
-        prefix = "stopped" if exc.exit_code is ExitCode.INTERRUPTED else "error"
-        click.echo(f"{prefix}: {exc}", err=True)
-        sys.exit(int(exc.exit_code))
+        fail(exc)
     click.echo(summary_table(results))
     failures = [r.account for r in results if not r.ok]
     if failures:

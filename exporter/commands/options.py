@@ -249,20 +249,3 @@ def credential_options(command: F) -> F:
     for option in reversed(options):
         command = option(command)
     return command
-
-
-def show_report(report: Any, as_json: bool, render: Callable[[Any], list[str]]) -> None:
-    """A command's report: indented JSON with --json, else its rendered lines."""
-    import orjson
-
-    if as_json:
-        click.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
-    else:
-        for line in render(report):
-            click.echo(line)
-
-
-def exit_on_error(error: Any) -> None:
-    """One `error:` line on stderr and the error's exit code (for an expected failure)."""
-    click.echo(f"error: {error}", err=True)
-    raise SystemExit(int(error.exit_code))

@@ -175,7 +175,6 @@ def restore_command(
         report: RestoreReport = run_stoppable(job.run, job.request_stop, grace=STOP_GRACE)
     except ExporterError as exc:
         fail(exc)
-        return
     for line in render(report):
         click.echo(line)
     problem = report.error_line()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from exporter.audit.status import render, status
-from exporter.commands.options import exit_on_error, show_report
+from exporter.commands.display import show_report
+from exporter.commands.exits import fail
 from exporter.core.errors import ExporterError, UsageError
 
 
@@ -27,11 +28,9 @@ def status_command(directory: str, as_json: bool, shown: str) -> None:
     DIR is a path or a URI, as `export --out` takes (s3://bucket/prefix, file://...).
     """
     if shown != "all" and not (shown.isdigit() and int(shown) >= 1):
-        exit_on_error(UsageError(f"--runs {shown!r}: a number of runs (1 or more) or 'all'"))
-        return
+        fail(UsageError(f"--runs {shown!r}: a number of runs (1 or more) or 'all'"))
     try:
         report = status(directory).newest(None if shown == "all" else int(shown))
     except ExporterError as exc:
-        exit_on_error(exc)
-        return
+        fail(exc)
     show_report(report, as_json, render)

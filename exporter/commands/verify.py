@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from exporter.audit.verify import render, verify
-from exporter.commands.options import exit_on_error, show_report
+from exporter.commands.display import show_report
+from exporter.commands.exits import fail
 from exporter.core.errors import ExporterError
 
 
@@ -23,7 +24,6 @@ def verify_command(directory: str, as_json: bool) -> None:
     try:
         report = verify(directory)
     except ExporterError as exc:
-        exit_on_error(exc)
-        return
+        fail(exc)
     show_report(report, as_json, render)
     raise SystemExit(int(report.exit_code))

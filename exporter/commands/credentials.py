@@ -1,24 +1,54 @@
-"""Credentials from the command line: the token source of `export` and `restore`, built from their credential options."""
+"""Credentials from the command line: the credential options as settings, checked together, and the token source they make."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
-from exporter.api.auth import (
-    OAuthCredentials,
-    OAuthTokens,
-    RefreshTokenStore,
-    StaticToken,
-    TokenSource,
-)
-from exporter.core.config import ExportSettings, default_token_file, token_url_for
+from exporter.api.auth import TokenSource, token_source
+from exporter.core.config import ExportSettings, default_token_file
 from exporter.core.errors import UsageError
 from exporter.core.secrets import Secret
 
 
-def token_source(settings: ExportSettings) -> TokenSource:
-    import aiohttp
+class CredentialSettings(TypedDict):
+    """The `ExportSettings` fields the credential options fill (secrets wrapped)."""
 
+    token: Secret | None
+    client_id: str | None
+    client_secret: Secret | None
+    refresh_token: Secret | None
+    redirect_uri: str | None
+    token_file: Path | None
+
+
+def credential_settings(
+    token: str | None,
+    client_id: str | None,
+    client_secret: str | None,
+    refresh_token: str | None,
+    redirect_uri: str | None,
+    token_file: Path | None,
+) -> CredentialSettings:
+    """The credential options' values as settings: an empty secret is no secret."""
+    return CredentialSettings(
+        token=secret(token),
+        client_id=client_id,
+        client_secret=secret(client_secret),
+        refresh_token=secret(refresh_token),
+        redirect_uri=redirect_uri,
+        token_file=token_file,
+    )
+
+
+def secret(value: str | None) -> Secret | None:
+    return Secret(value) if value else None
+
+
+def command_token_source(settings: ExportSettings) -> TokenSource:
+    """`export`'s and `restore`'s token source: the credential flags checked together (every
+    OAuth flag beside --refresh-token, a token file outside --out, some credential at all),
+    each refusal naming the flags, then `auth.token_source`."""
     if settings.refresh_token is not None:
         missing = [
             flag
@@ -31,14 +61,6 @@ def token_source(settings: ExportSettings) -> TokenSource:
         ]
         if missing:
             raise UsageError(f"OAuth needs {', '.join(missing)} as well as --refresh-token")
-        assert settings.client_id and settings.client_secret and settings.redirect_uri
-        credentials = OAuthCredentials(
-            client_id=settings.client_id,
-            client_secret=settings.client_secret,
-            refresh_token=settings.refresh_token,
-            redirect_uri=settings.redirect_uri,
-            token_url=token_url_for(settings.base_url),
-        )
         token_file = settings.token_file or default_token_file()
         out = Path(str(settings.out)).expanduser().absolute()
         if "://" not in str(settings.out) and out in token_file.expanduser().absolute().parents:
@@ -46,16 +68,10 @@ def token_source(settings: ExportSettings) -> TokenSource:
                 f"--token-file {token_file} is inside --out: backups get copied and shared, and "
                 "the refresh token must not travel with them; keep it elsewhere"
             )
-        store = RefreshTokenStore(token_file)
-        return OAuthTokens(credentials, store, lambda: aiohttp.ClientSession())
-    if settings.token is None:
+    elif settings.token is None:
         raise UsageError(
             "no credentials: pass --token (or set OUTREACH_TOKEN), or the OAuth flags "
             "--client-id, --client-secret, --refresh-token and --redirect-uri; "
             "or try --demo to export from the built-in simulator"
         )
-    return StaticToken(settings.token)
-
-
-def secret(value: str | None) -> Secret | None:
-    return Secret(value) if value else None
+    return token_source(settings)

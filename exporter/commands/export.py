@@ -13,7 +13,7 @@ import orjson
 from click.core import ParameterSource
 
 from exporter.api.client import STOP_GRACE
-from exporter.commands.credentials import secret, token_source
+from exporter.commands.credentials import command_token_source, credential_settings
 from exporter.commands.display import ProgressDisplay
 from exporter.commands.exits import errors_as_json, fail
 from exporter.commands.options import (
@@ -335,12 +335,9 @@ def export(
     settings = ExportSettings(
         out=out,
         base_url=base_url,
-        token=secret(token),
-        client_id=client_id,
-        client_secret=secret(client_secret),
-        refresh_token=secret(refresh_token),
-        redirect_uri=redirect_uri,
-        token_file=token_file,
+        **credential_settings(
+            token, client_id, client_secret, refresh_token, redirect_uri, token_file
+        ),
         page_size=page_size,
         concurrency=concurrency,
         rate_limit=rate_limit,
@@ -378,7 +375,7 @@ def export(
             parse_selection(settings.relationships)
             job = Export(
                 settings,
-                token_source(settings),
+                command_token_source(settings),
                 _reporter_factory(log_format, quiet, progress_interval),
                 repair=repair,
             )

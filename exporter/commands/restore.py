@@ -10,7 +10,7 @@ import click
 from exporter.api.client import STOP_GRACE
 from exporter.backup import manifest
 from exporter.backup.storage import Storage
-from exporter.commands.credentials import token_source
+from exporter.commands.credentials import command_token_source, credential_settings
 from exporter.commands.exits import fail
 from exporter.commands.options import (
     BaseUrlType,
@@ -21,7 +21,6 @@ from exporter.commands.running import run_stoppable
 from exporter.core.bounds import BoundedInt, FiniteFloat
 from exporter.core.config import DEFAULT_BASE_URL, ExportSettings, RateLimit
 from exporter.core.errors import ExporterError, UsageError
-from exporter.core.secrets import Secret
 from exporter.restore.restore import (
     MAX_ID,
     Mode,
@@ -148,12 +147,9 @@ def restore_command(
         auth = ExportSettings(
             out=directory,
             base_url=base_url,
-            token=Secret(token) if token else None,
-            client_id=client_id,
-            client_secret=Secret(client_secret) if client_secret else None,
-            refresh_token=Secret(refresh_token) if refresh_token else None,
-            redirect_uri=redirect_uri,
-            token_file=token_file,
+            **credential_settings(
+                token, client_id, client_secret, refresh_token, redirect_uri, token_file
+            ),
         )
         settings = RestoreSettings(
             directory=directory,
@@ -170,7 +166,7 @@ def restore_command(
             resend_lost=resend_lost,
             into_another_account=into_another_account,
         )
-        job = Restore(settings, token_source(auth))
+        job = Restore(settings, command_token_source(auth))
         # Bounded: see "Stopping" in this module's docstring.
         report: RestoreReport = run_stoppable(job.run, job.request_stop, grace=STOP_GRACE)
     except ExporterError as exc:

@@ -35,16 +35,10 @@ from typing import Any
 
 import click
 
-from exporter.api.auth import (
-    OAuthCredentials,
-    OAuthTokens,
-    RefreshTokenStore,
-    StaticToken,
-    TokenSource,
-)
+from exporter.api.auth import TokenSource, token_source
 from exporter.api.client import STOP_GRACE
 from exporter.backup import checkpoint, manifest
-from exporter.core.config import ExportSettings, token_url_for
+from exporter.core.config import ExportSettings
 from exporter.core.errors import (
     ExporterError,
     Interrupted,
@@ -127,9 +121,7 @@ def resolve(account: Account) -> tuple[ExportSettings, TokenSource]:
     if not c.oauth:
         token = _read_secret(where, "token", c.token_env, c.token_file)
         settings = ExportSettings(out=out, base_url=account.base_url, token=token, **options)
-        return settings, StaticToken(token)
-    import aiohttp
-
+        return settings, token_source(settings)
     assert c.client_id and c.redirect_uri and c.token_file
     client_secret = _read_secret(where, "client_secret", c.client_secret_env, c.client_secret_file)
     refresh_token = _read_secret(where, "refresh_token", c.refresh_token_env, c.refresh_token_file)
@@ -143,15 +135,7 @@ def resolve(account: Account) -> tuple[ExportSettings, TokenSource]:
         token_file=Path(c.token_file),
         **options,
     )
-    credentials = OAuthCredentials(
-        client_id=c.client_id,
-        client_secret=client_secret,
-        refresh_token=refresh_token,
-        redirect_uri=c.redirect_uri,
-        token_url=token_url_for(account.base_url),
-    )
-    store = RefreshTokenStore(Path(c.token_file))
-    return settings, OAuthTokens(credentials, store, lambda: aiohttp.ClientSession())
+    return settings, token_source(settings)
 
 
 def _read_secret(where: str, what: str, env: str | None, path: str | None) -> Secret:

@@ -16,14 +16,14 @@ from exporter.api.client import STOP_GRACE
 from exporter.commands.credentials import command_token_source, credential_settings
 from exporter.commands.display import ProgressDisplay
 from exporter.commands.exits import errors_as_json, fail
-from exporter.commands.options import (
+from exporter.commands.running import run_stoppable
+from exporter.commands.values import (
     EXPORT_VALUE_TYPES,
     BaseUrlType,
     LocationType,
     credential_options,
     toml_defaults,
 )
-from exporter.commands.running import run_stoppable
 from exporter.core.bounds import DAY, BoundedInt, FiniteFloat
 from exporter.core.config import (
     DEFAULT_BASE_URL,

@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 import click
 
-from exporter.commands.options import EXPORT_VALUE_TYPES, LocationType, toml_value
+from exporter.commands.values import EXPORT_VALUE_TYPES, LocationType, toml_value
 from exporter.core.config import DEFAULT_BASE_URL, check_base_url, read_toml
 from exporter.core.errors import UsageError, redact_url
 from exporter.core.secrets import CREDENTIAL_RULE, header_safe

@@ -13,10 +13,10 @@ from exporter.commands.compact import compact_command
 from exporter.commands.exits import errors_as_json, fail
 from exporter.commands.export import export
 from exporter.commands.fleet import fleet_command
-from exporter.commands.options import usage_error_line
 from exporter.commands.restore import restore_command
 from exporter.commands.simulate import simulate
 from exporter.commands.status import status_command
+from exporter.commands.values import usage_error_line
 from exporter.commands.verify import verify_command
 from exporter.core.errors import ExitCode, ExporterError
 

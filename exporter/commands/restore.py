@@ -12,12 +12,12 @@ from exporter.backup import manifest
 from exporter.backup.storage import Storage
 from exporter.commands.credentials import command_token_source, credential_settings
 from exporter.commands.exits import fail
-from exporter.commands.options import (
+from exporter.commands.running import run_stoppable
+from exporter.commands.values import (
     BaseUrlType,
     RateLimitType,
     credential_options,
 )
-from exporter.commands.running import run_stoppable
 from exporter.core.bounds import BoundedInt, FiniteFloat
 from exporter.core.config import DEFAULT_BASE_URL, ExportSettings, RateLimit
 from exporter.core.errors import ExporterError, UsageError

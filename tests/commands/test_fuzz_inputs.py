@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from exporter.commands.main import main
-from exporter.commands.options import usage_error_line
+from exporter.commands.values import usage_error_line
 from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
 from tests.conftest import TOKEN
 

@@ -347,7 +347,7 @@ def test_the_largest_accepted_values_run_an_exact_export(tmp_path: Path) -> None
 HOSTILE_NUMBERS = ["nan", "inf", "-inf", "1e400", "100000000000000000000"]
 
 # Options of commands whose modules this change does not own, still open (each owner should
-# declare them with exporter.commands.options.FiniteFloat / BoundedInt): strict, so a fix shows up.
+# declare them with exporter.commands.values.FiniteFloat / BoundedInt): strict, so a fix shows up.
 OPEN_ELSEWHERE: set[tuple[str, str]] = set()
 
 

@@ -1,4 +1,4 @@
-"""Command-line pieces shared by several commands: credential options, strict value types, one-line errors, and how a report is shown."""
+"""Option values: strict value types (bounded, finite, header-safe), TOML values checked by the same types, and one-line usage errors."""
 
 # One strict validation for every way a value arrives (a flag, an OUTREACH_* variable, a TOML
 # config file, a fleet file):

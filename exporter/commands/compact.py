@@ -8,17 +8,14 @@ from exporter.backup import manifest
 from exporter.backup.compact import CURRENT_PREFIX, POINTER_NAME, compact
 from exporter.backup.storage import Storage
 from exporter.commands.exits import fail
+from exporter.commands.options import options
 from exporter.core.errors import ExporterError, UsageError
 from exporter.model.schema import resource_type
 
 
 @click.command("compact")
 @click.argument("directory")
-@click.option(
-    "--into",
-    help="Where to publish the current state (_current.json naming gen-*/<collection>.parquet).  "
-    "[default: DIR/_current]",
-)
+@options("into")
 def compact_command(directory: str, into: str | None) -> None:
     """Write the newest version of every live record of a backup (full run, deltas, tombstones)."""
     try:

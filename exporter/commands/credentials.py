@@ -11,6 +11,17 @@ from exporter.core.errors import UsageError
 from exporter.core.secrets import Secret
 
 
+class CredentialOptions(TypedDict):
+    """The credential options as a command receives them (`options.CREDENTIALS`)."""
+
+    token: str | None
+    client_id: str | None
+    client_secret: str | None
+    refresh_token: str | None
+    redirect_uri: str | None
+    token_file: Path | None
+
+
 class CredentialSettings(TypedDict):
     """The `ExportSettings` fields the credential options fill (secrets wrapped)."""
 
@@ -22,22 +33,15 @@ class CredentialSettings(TypedDict):
     token_file: Path | None
 
 
-def credential_settings(
-    token: str | None,
-    client_id: str | None,
-    client_secret: str | None,
-    refresh_token: str | None,
-    redirect_uri: str | None,
-    token_file: Path | None,
-) -> CredentialSettings:
+def credential_settings(options: CredentialOptions) -> CredentialSettings:
     """The credential options' values as settings: an empty secret is no secret."""
     return CredentialSettings(
-        token=secret(token),
-        client_id=client_id,
-        client_secret=secret(client_secret),
-        refresh_token=secret(refresh_token),
-        redirect_uri=redirect_uri,
-        token_file=token_file,
+        token=secret(options["token"]),
+        client_id=options["client_id"],
+        client_secret=secret(options["client_secret"]),
+        refresh_token=secret(options["refresh_token"]),
+        redirect_uri=options["redirect_uri"],
+        token_file=options["token_file"],
     )
 
 

@@ -10,6 +10,7 @@ import click
 
 from exporter.commands.exits import fail
 from exporter.commands.fleet_file import load_fleet
+from exporter.commands.options import options
 from exporter.core.errors import ExitCode, ExporterError, UsageError
 from exporter.fleet.fleet import AccountResult, run_dask, run_local
 
@@ -51,40 +52,7 @@ def _progress(result: AccountResult) -> None:
 
 
 @click.command("fleet")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Fleet file (TOML): [defaults] and one [[account]] table per account.",
-)
-@click.option(
-    "--executor",
-    type=click.Choice(["local", "dask"]),
-    default="local",
-    show_default=True,
-    help="local: this process; dask: the Dask cluster at --scheduler.",
-)
-@click.option(
-    "--scheduler",
-    envvar="DASK_SCHEDULER_ADDRESS",
-    help="Dask scheduler address, e.g. tcp://10.0.0.5:8786.  [env: DASK_SCHEDULER_ADDRESS]",
-)
-@click.option(
-    "--parallel",
-    type=click.IntRange(1, 256),
-    default=4,
-    show_default=True,
-    help="local: accounts exported at once (dask: the cluster's worker threads decide).",
-)
-@click.option(
-    "--retries",
-    type=click.IntRange(0, 10),
-    default=2,
-    show_default=True,
-    help="dask: reruns of an account's task after an unexpected error (a dead worker's task is "
-    "rerun by the scheduler).",
-)
+@options("config_path", "executor", "scheduler", "parallel", "retries")
 def fleet_command(
     config_path: Path, executor: str, scheduler: str | None, parallel: int, retries: int
 ) -> None:

@@ -11,8 +11,9 @@ from urllib.parse import unquote, urlsplit
 
 import click
 
-from exporter.commands.values import EXPORT_VALUE_TYPES, LocationType, toml_value
-from exporter.core.config import DEFAULT_BASE_URL, check_base_url, read_toml
+from exporter.commands.options import ACCOUNT_OPTIONS, OPTIONS
+from exporter.commands.values import toml_value
+from exporter.core.config import DEFAULT_BASE_URL, read_toml
 from exporter.core.errors import UsageError, redact_url
 from exporter.core.secrets import CREDENTIAL_RULE, header_safe
 from exporter.fleet.fleet import Account, Credentials
@@ -37,8 +38,8 @@ OAUTH_ONLY_KEYS = (
 )
 CREDENTIAL_KEYS = ("token_env", "token_file", "client_id", *OAUTH_ONLY_KEYS)
 
-# Export options an account (or [defaults]) may set: the same value types as `export`'s flags.
-OPTION_KEYS = tuple(EXPORT_VALUE_TYPES)
+# Export options an account (or [defaults]) may set: the option table's, checked by its types.
+OPTION_KEYS = ACCOUNT_OPTIONS
 # `repair = true`: as `export --repair` (damaged files set aside and fetched again; with
 # `incremental = true`, a lost checkpoint rebuilt from the manifest).
 ACCOUNT_KEYS = ("name", "base_url", "out", *CREDENTIAL_KEYS, *OPTION_KEYS, "repair")
@@ -106,14 +107,16 @@ def _account(name: str, merged: dict[str, Any], where: str) -> Account:
         # {name} makes one [defaults] path serve every account, e.g. "/backups/{name}".
         return value.replace("{name}", name)
 
-    try:
-        base_url = check_base_url(text("base_url") or DEFAULT_BASE_URL)
-    except ValueError as exc:
-        raise UsageError(f"{where}: base_url: {exc}") from None
+    try:  # the option table's type, with the fleet file's message (not folded to one line)
+        base_url = OPTIONS["base_url"].value_type.convert(
+            text("base_url") or DEFAULT_BASE_URL, None, None
+        )
+    except click.BadParameter as exc:
+        raise UsageError(f"{where}: base_url: {exc.message}") from None
     out = text("out")
     if out is None:
         raise UsageError(f"{where}: out is missing (the account's output directory)")
-    out = toml_value(LocationType(), out, f"{where}: out")
+    out = _option("out", out, where)
     references = {key: text(key) for key in CREDENTIAL_KEYS}
     for key, value in references.items():
         if key.endswith("_env") and value is not None and not ENV_NAME.fullmatch(value):
@@ -128,7 +131,7 @@ def _account(name: str, merged: dict[str, Any], where: str) -> Account:
     credentials = Credentials(**references)
     _check_credentials(credentials, where)
     options = {key: _option(key, merged[key], where) for key in OPTION_KEYS if key in merged}
-    repair = toml_value(click.BOOL, merged.get("repair", False), f"{where}: repair")
+    repair = _option("repair", merged.get("repair", False), where)
     return Account(
         name=name,
         base_url=base_url,
@@ -174,7 +177,9 @@ def _check_credentials(c: Credentials, where: str) -> None:
 
 
 def _option(key: str, value: Any, where: str) -> Any:
-    return toml_value(EXPORT_VALUE_TYPES[key], value, f"{where}: {key}")
+    """A key the option table declares, checked as `export --config` checks it."""
+    spec = OPTIONS[key]
+    return toml_value(spec.value_type, value, f"{where}: {key}", is_flag=spec.is_flag)
 
 
 def canonical_location(location: str, where: str = "") -> tuple[str, ...]:

@@ -7,20 +7,13 @@ import click
 from exporter.audit.status import render, status
 from exporter.commands.display import show_report
 from exporter.commands.exits import fail
+from exporter.commands.options import options
 from exporter.core.errors import ExporterError, UsageError
 
 
 @click.command("status")
 @click.argument("directory", metavar="DIR")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report.")
-@click.option(
-    "--runs",
-    "shown",
-    default="10",
-    show_default=True,
-    metavar="N|all",
-    help="How many of the newest runs to list (the totals always cover every run).",
-)
+@options("as_json", "shown")
 def status_command(directory: str, as_json: bool, shown: str) -> None:
     """Show the runs in DIR (the newest 10 unless --runs says otherwise), the backup's totals and
     high-water marks, and what export would do next.

@@ -2,11 +2,12 @@
 
 # One strict validation for every way a value arrives (a flag, an OUTREACH_* variable, a TOML
 # config file, a fleet file):
-# 1. The value types below are bounded and finite: no NaN, no infinity, no 20-digit count that
+# 1. The value types below (and core.bounds') are bounded and finite: no NaN, no infinity, no 20-digit count that
 #    overflows a checkpoint later; a number of seconds has a ceiling as well as a floor.
 # 2. A TOML value is checked for its exact TOML type first (`page_size = 5.7` and
 #    `concurrency = true` are refused, not rounded or read as 1), then converted by the same
-#    click type a flag goes through (`toml_value`). Config and fleet files both use it.
+#    click type a flag goes through (`toml_value`), the option table's (commands/options.py).
+#    Config and fleet files both use it.
 # 3. Every refusal is one line that names where the value came from (`usage_error_line`).
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Any
 import click
 
 from exporter.backup.storage import check_location
-from exporter.core.bounds import DAY, BoundedInt, FiniteFloat
-from exporter.core.config import MAX_PAGE_SIZE, RateLimit, check_base_url, parse_rate_limit
+from exporter.core.config import RateLimit, check_base_url, parse_rate_limit
 from exporter.core.errors import UsageError
 from exporter.core.secrets import CREDENTIAL_RULE, header_safe
+from exporter.restore.restore import MAX_ID
 
 F = Callable[..., Any]
 
@@ -80,6 +81,25 @@ class LocationType(click.ParamType[str]):
         return text
 
 
+class IdList(click.ParamType[tuple[int, ...]]):
+    name = "ID,ID,..."
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        parts = [p.strip() for p in str(value).split(",") if p.strip()]
+        if not parts or not all(p.isascii() and p.isdigit() for p in parts):
+            self.fail(
+                f"{str(value)[:60]!r} is not a comma list of step ids, e.g. 1,2,3", param, ctx
+            )
+        ids = tuple(int(p) for p in parts if len(p) <= 19)
+        if len(ids) < len(parts) or not all(1 <= i <= MAX_ID for i in ids):
+            self.fail(f"a step id is a number from 1 to {MAX_ID}", param, ctx)
+        return ids
+
+
 class CredentialType(click.ParamType[str]):
     """A token, secret, client id or redirect URI: `header_safe`, and never shown in an error."""
 
@@ -90,24 +110,6 @@ class CredentialType(click.ParamType[str]):
         if not header_safe(text):
             self.fail(f"must be {CREDENTIAL_RULE}; the value is not shown", param, ctx)
         return text
-
-
-# The export options' value types, shared by `export`'s flags and the fleet file's keys.
-EXPORT_VALUE_TYPES: dict[str, click.ParamType[Any]] = {
-    "page_size": BoundedInt(1, MAX_PAGE_SIZE),
-    "concurrency": BoundedInt(1, 64),
-    "rate_limit": RateLimitType(),
-    "relationships": RelationshipsType(),
-    "max_url_length": BoundedInt(1024, 65536),
-    "overlap": FiniteFloat(0.0, 365 * DAY),
-    "commit_interval": FiniteFloat(0.05, DAY),
-    "read_timeout": FiniteFloat(0.1, 3600.0),
-    "request_deadline": FiniteFloat(1.0, DAY),
-    "max_response_mib": BoundedInt(1, 16 * 1024),
-    "file_rows": BoundedInt(1, 1_000_000_000),
-    "incremental": click.BOOL,
-    "detect_deletes": click.BOOL,
-}
 
 
 def toml_value(
@@ -201,51 +203,3 @@ def _param_source(param: click.Parameter, ctx: click.Context | None, args: Seque
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def credential_options(command: F) -> F:
-    """--token, or the OAuth refresh-token grant (--client-id, --client-secret, --refresh-token,
-    --redirect-uri, --token-file); each also from its OUTREACH_* variable."""
-    options = [
-        click.option(
-            "--token",
-            type=CredentialType(),
-            envvar="OUTREACH_TOKEN",
-            help="Static access token.  [env: OUTREACH_TOKEN]",
-        ),
-        click.option(
-            "--client-id",
-            type=CredentialType(),
-            envvar="OUTREACH_CLIENT_ID",
-            help="OAuth client id.  [env: OUTREACH_CLIENT_ID]",
-        ),
-        click.option(
-            "--client-secret",
-            type=CredentialType(),
-            envvar="OUTREACH_CLIENT_SECRET",
-            help="OAuth client secret.  [env: OUTREACH_CLIENT_SECRET]",
-        ),
-        click.option(
-            "--refresh-token",
-            type=CredentialType(),
-            envvar="OUTREACH_REFRESH_TOKEN",
-            help="OAuth refresh token (first run; later runs use the rotated one saved in "
-            "--token-file).  [env: OUTREACH_REFRESH_TOKEN]",
-        ),
-        click.option(
-            "--redirect-uri",
-            type=CredentialType(),
-            envvar="OUTREACH_REDIRECT_URI",
-            help="OAuth redirect URI registered for the app.  [env: OUTREACH_REDIRECT_URI]",
-        ),
-        click.option(
-            "--token-file",
-            type=click.Path(dir_okay=False, path_type=Path),
-            envvar="OUTREACH_TOKEN_FILE",
-            help="Where the newest refresh token is kept (mode 0600).  "
-            "[default: ~/.config/outreach-exporter/refresh-token.json; env: OUTREACH_TOKEN_FILE]",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command

@@ -7,12 +7,13 @@ import click
 from exporter.audit.verify import render, verify
 from exporter.commands.display import show_report
 from exporter.commands.exits import fail
+from exporter.commands.options import options
 from exporter.core.errors import ExporterError
 
 
 @click.command("verify")
 @click.argument("directory", metavar="DIR")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report.")
+@options("as_json")
 def verify_command(directory: str, as_json: bool) -> None:
     """Check every file in DIR against its manifest: sizes, sha256, rows, schemas, extra files.
 

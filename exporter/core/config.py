@@ -1,8 +1,8 @@
 """Settings of an export: flags, then OUTREACH_* environment variables, then a TOML file, then defaults.
 
 click resolves the first three in that order by itself (command line, `envvar`, `default_map`);
-this module reads the TOML file's table (exporter/options.py checks each value before it reaches
-the `default_map`), parses the values click cannot (`--rate-limit N/SECONDS`), and holds the
+this module reads the TOML file's table (the option table's types, exporter/commands/options.py,
+check each value before it reaches the `default_map`), parses the values click cannot (`--rate-limit N/SECONDS`), and holds the
 resolved `ExportSettings`.
 """
 

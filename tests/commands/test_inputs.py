@@ -535,7 +535,7 @@ def test_an_interrupt_outside_a_run_is_exit_130_in_one_line(
 ) -> None:
     """Ctrl-C while a command without its own signal handling works (verify reading a big
     backup): the documented 130 and one `stopped:` line, not click's 'Aborted!' and exit 1."""
-    from exporter.audit import verify
+    from exporter.commands import verify  # the command's module, where it looks verify up
 
     def interrupted(_directory: str) -> None:
         raise KeyboardInterrupt

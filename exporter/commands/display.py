@@ -118,6 +118,27 @@ class ProgressDisplay:
             self._drawn = 0
 
 
+def progress_display(
+    log_format: str, quiet: bool, interval: float
+) -> Callable[[Callable[[], Snapshot]], ProgressDisplay]:
+    """How a run's progress is shown: nothing with --quiet, JSON events with --log-format json,
+    a live block on a terminal, else a line every `interval` seconds."""
+    from exporter.model.schema import RESOURCE_TYPES, resource_type
+
+    if quiet:
+        mode = "quiet"
+    elif log_format == "json":
+        mode = "json"
+    elif sys.stderr.isatty():
+        mode = "tty"
+    else:
+        mode = "lines"
+    collections = {t: resource_type(t).collection for t in RESOURCE_TYPES}
+    return lambda snapshot: ProgressDisplay(
+        mode, snapshot, collections=collections, interval=interval
+    )
+
+
 def show_report(report: Any, as_json: bool, render: Callable[[Any], list[str]]) -> None:
     """A command's report: indented JSON with --json, else its rendered lines."""
     if as_json:

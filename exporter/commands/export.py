@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Unpack
 
 import click
@@ -17,40 +16,17 @@ from exporter.commands.credentials import (
     command_token_source,
     credential_settings,
 )
-from exporter.commands.display import ProgressDisplay
+from exporter.commands.display import progress_display
 from exporter.commands.exits import errors_as_json, fail
 from exporter.commands.options import CREDENTIALS, options
 from exporter.commands.running import run_stoppable
-from exporter.core.config import (
-    ExportSettings,
-    RateLimit,
-)
+from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import ExporterError, UsageError
 from exporter.core.events import configure_logging, event
-from exporter.core.progress import Snapshot
 from exporter.core.secrets import Secret
 from exporter.model.schema import RESOURCE_TYPES
 
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the simulator's static token, not a secret
-
-
-def _reporter_factory(
-    log_format: str, quiet: bool, interval: float
-) -> Callable[[Callable[[], Snapshot]], ProgressDisplay]:
-    from exporter.model.schema import RESOURCE_TYPES, resource_type
-
-    if quiet:
-        mode = "quiet"
-    elif log_format == "json":
-        mode = "json"
-    elif sys.stderr.isatty():
-        mode = "tty"
-    else:
-        mode = "lines"
-    collections = {t: resource_type(t).collection for t in RESOURCE_TYPES}
-    return lambda snapshot: ProgressDisplay(
-        mode, snapshot, collections=collections, interval=interval
-    )
 
 
 @contextlib.contextmanager
@@ -186,7 +162,7 @@ def export(
             job = Export(
                 settings,
                 command_token_source(settings),
-                _reporter_factory(log_format, quiet, progress_interval),
+                progress_display(log_format, quiet, progress_interval),
                 repair=repair,
             )
             result = run_stoppable(job.run, job.request_stop, grace=STOP_GRACE)

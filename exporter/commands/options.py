@@ -340,7 +340,7 @@ OPTIONS: dict[str, OptionSpec] = {
         ("--run", "run_id"), help="Restore the state as of this run id.  [default: newest]"
     ),
     "ids": OptionSpec(
-        ("--ids",), type=IdList(), help="Only these backed-up step ids (comma list)."
+        ("--ids",), type=IdList(MAX_ID), help="Only these backed-up step ids (comma list)."
     ),
     "sequence": OptionSpec(
         ("--sequence",),

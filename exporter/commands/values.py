@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,6 @@ from exporter.backup.storage import check_location
 from exporter.core.config import RateLimit, check_base_url, parse_rate_limit
 from exporter.core.errors import UsageError
 from exporter.core.secrets import CREDENTIAL_RULE, header_safe
-from exporter.restore.restore import MAX_ID
-
-F = Callable[..., Any]
 
 
 class RateLimitType(click.ParamType[RateLimit]):
@@ -82,7 +79,12 @@ class LocationType(click.ParamType[str]):
 
 
 class IdList(click.ParamType[tuple[int, ...]]):
+    """A comma list of step ids, each from 1 to `most`."""
+
     name = "ID,ID,..."
+
+    def __init__(self, most: int) -> None:
+        self.most = most
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
@@ -95,8 +97,8 @@ class IdList(click.ParamType[tuple[int, ...]]):
                 f"{str(value)[:60]!r} is not a comma list of step ids, e.g. 1,2,3", param, ctx
             )
         ids = tuple(int(p) for p in parts if len(p) <= 19)
-        if len(ids) < len(parts) or not all(1 <= i <= MAX_ID for i in ids):
-            self.fail(f"a step id is a number from 1 to {MAX_ID}", param, ctx)
+        if len(ids) < len(parts) or not all(1 <= i <= self.most for i in ids):
+            self.fail(f"a step id is a number from 1 to {self.most}", param, ctx)
         return ids
 
 

@@ -1,5 +1,5 @@
 """`python -m exporter`: the same as the `exporter` console script."""
 
-from exporter.commands.cli import main
+from exporter.commands.main import main
 
 main()

@@ -15,8 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from exporter.api.auth import Secret, StaticToken
+from exporter.api.auth import StaticToken
 from exporter.core.config import ExportSettings, parse_rate_limit
+from exporter.core.secrets import Secret
 from exporter.export.run import Export
 
 TOKEN = "bench-token"  # the simulator's static token, not a secret

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import exporter.export.run
-from exporter.api.auth import Secret, StaticToken
+from exporter.api.auth import StaticToken
 from exporter.api.client import ClientSettings
 from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import ExporterError
+from exporter.core.secrets import Secret
 from exporter.export.run import Export
 from exporter.model.schema import resource_type
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 
-from exporter.core.progress import LOGGER
+from exporter.core.events import LOGGER
 from exporter.model.schema import Kind, Shape, resource_type
 
 # Column names of sequenceStep relationships, as the README's data model documents them.

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
+from exporter.core.config import ExportSettings, default_token_file, token_url_for
 from exporter.core.errors import (
     ApiError,
     AuthError,
@@ -40,6 +41,7 @@ from exporter.core.errors import (
     remember_secret,
     scrub,
 )
+from exporter.core.secrets import Secret
 
 # The longest token endpoint answer read (a grant is a few hundred bytes).
 MAX_TOKEN_ANSWER = 1 << 20
@@ -58,32 +60,6 @@ def header_safe(token: str) -> str | None:
             )
             return f"{kind} at position {position + 1}"
     return None if token else "it is empty"
-
-
-class Secret:
-    """A string that does not print itself."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 class TokenSource(Protocol):
@@ -411,3 +387,25 @@ class OAuthTokens:
         if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
             seconds = None
         return status, document, seconds
+
+
+def token_source(settings: ExportSettings) -> TokenSource:
+    """The token source `settings` hold: the OAuth refresh-token grant (rotated refresh tokens
+    kept in `token_file`, by default `default_token_file()`) when they hold a refresh token,
+    else the static token. Callers check first that the credentials are complete and say so
+    in their own words (`export`'s flags, the fleet file's keys)."""
+    if settings.refresh_token is not None:
+        if not (settings.client_id and settings.client_secret and settings.redirect_uri):
+            raise UsageError("OAuth needs a client id, a client secret and a redirect URI")
+        credentials = OAuthCredentials(
+            client_id=settings.client_id,
+            client_secret=settings.client_secret,
+            refresh_token=settings.refresh_token,
+            redirect_uri=settings.redirect_uri,
+            token_url=token_url_for(settings.base_url),
+        )
+        store = RefreshTokenStore(settings.token_file or default_token_file())
+        return OAuthTokens(credentials, store, lambda: aiohttp.ClientSession())
+    if settings.token is None:
+        raise UsageError("no credentials: a static token or an OAuth refresh token is needed")
+    return StaticToken(settings.token)

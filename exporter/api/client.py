@@ -69,7 +69,7 @@ from exporter.core.errors import (
     redact_url,
     shown_url,
 )
-from exporter.core.progress import LOGGER, event
+from exporter.core.events import LOGGER, event
 
 JSONAPI = "application/vnd.api+json"
 T = TypeVar("T")

@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import click
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -37,9 +36,8 @@ from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.compact import ROOT_TYPE
 from exporter.backup.damage import inspect, shown
 from exporter.backup.storage import Storage
-from exporter.commands.options import exit_on_error, show_report
 from exporter.core.config import ExportSettings
-from exporter.core.errors import ExporterError, UsageError
+from exporter.core.errors import UsageError
 from exporter.export.run import BACKUP_DIRECTORIES, TOMBSTONE_DIRECTORY, iso, micros, uncommitted
 from exporter.model.normalize import TOMBSTONE_TYPE
 from exporter.model.schema import RESOURCE_TYPES, resource_type
@@ -841,31 +839,3 @@ def _progress(r: ResourceStatus) -> str:
         waiting = f", {r.ranges_waiting} batch(es) waiting above" if r.ranges_waiting else ""
         parts.append(f"related records committed through position {r.positions_through:,}{waiting}")
     return "; ".join(parts) or "in progress"
-
-
-@click.command("status")
-@click.argument("directory", metavar="DIR")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report.")
-@click.option(
-    "--runs",
-    "shown",
-    default="10",
-    show_default=True,
-    metavar="N|all",
-    help="How many of the newest runs to list (the totals always cover every run).",
-)
-def status_command(directory: str, as_json: bool, shown: str) -> None:
-    """Show the runs in DIR (the newest 10 unless --runs says otherwise), the backup's totals and
-    high-water marks, and what export would do next.
-
-    DIR is a path or a URI, as `export --out` takes (s3://bucket/prefix, file://...).
-    """
-    if shown != "all" and not (shown.isdigit() and int(shown) >= 1):
-        exit_on_error(UsageError(f"--runs {shown!r}: a number of runs (1 or more) or 'all'"))
-        return
-    try:
-        report = status(directory).newest(None if shown == "all" else int(shown))
-    except ExporterError as exc:
-        exit_on_error(exc)
-        return
-    show_report(report, as_json, render)

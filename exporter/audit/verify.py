@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -49,8 +48,7 @@ import pyarrow.parquet as pq
 from exporter.backup import checkpoint, manifest
 from exporter.backup.sink import PART_NAME
 from exporter.backup.storage import Storage
-from exporter.commands.options import exit_on_error, show_report
-from exporter.core.errors import ExitCode, ExporterError, OutputError, UsageError
+from exporter.core.errors import ExitCode, OutputError, UsageError
 from exporter.export.repair import quarantine_name
 from exporter.export.run import BACKUP_DIRECTORIES, _is_ours, uncommitted
 from exporter.model.normalize import arrow_schema
@@ -559,23 +557,3 @@ def render(report: VerifyReport) -> list[str]:
     ]
     lines.append(report.summary())
     return lines
-
-
-@click.command("verify")
-@click.argument("directory", metavar="DIR")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON report.")
-def verify_command(directory: str, as_json: bool) -> None:
-    """Check every file in DIR against its manifest: sizes, sha256, rows, schemas, extra files.
-
-    DIR is a path or a URI, as `export --out` takes (s3://bucket/prefix, file://...). Exit 0
-    when everything matches, 6 when anything differs, 4 when nothing differs but some files
-    cannot be read, 1 for an unfinished run whose committed files match, 2 when DIR holds no
-    export.
-    """
-    try:
-        report = verify(directory)
-    except ExporterError as exc:
-        exit_on_error(exc)
-        return
-    show_report(report, as_json, render)
-    raise SystemExit(int(report.exit_code))

@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import click
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -392,31 +391,3 @@ def read_current(
             continue
         return str(pointer["generation"]), tables
     raise AssertionError("unreachable")
-
-
-@click.command("compact")
-@click.argument("directory")
-@click.option(
-    "--into",
-    help="Where to publish the current state (_current.json naming gen-*/<collection>.parquet).  "
-    "[default: DIR/_current]",
-)
-def compact_command(directory: str, into: str | None) -> None:
-    """Write the newest version of every live record of a backup (full run, deltas, tombstones)."""
-    try:
-        storage = Storage.open(directory, flag="DIR")
-        target = None if into is None else Storage.open(into, flag="--into")
-        if not storage.exists(manifest.MANIFEST_NAME):
-            raise UsageError(f"{storage.display} holds no finished export to compact")
-        rows = compact(storage, target)
-    except ExporterError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise SystemExit(int(exc.exit_code)) from None
-    where = (
-        storage.shown(CURRENT_PREFIX + POINTER_NAME)
-        if target is None
-        else target.shown(POINTER_NAME)
-    )
-    for type_name, count in rows.items():
-        click.echo(f"{resource_type(type_name).collection}: {count:,} current records")
-    click.echo(f"wrote {where}")

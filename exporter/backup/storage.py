@@ -38,13 +38,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-import click
 import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from exporter.commands.options import LocationType
 from exporter.core.errors import BusyError, ExitCode, ExporterError, OutputError, UsageError
 
 INPROGRESS_SUFFIX = ".inprogress"
@@ -195,6 +193,28 @@ def _scrubbed(message: str, secrets_: list[str]) -> str:
     return " ".join(message.split())  # one line
 
 
+def check_location(text: str) -> None:
+    """A directory or a URI to write a backup to: never empty (that would be the current
+    directory), no control characters, a URI that parses, a `~user` that exists, and not
+    pyarrow's `mock://` filesystem (memory: the backup would vanish with the process).
+    ValueError says what is wrong."""
+    if not text.strip():
+        raise ValueError("an empty location; give a directory or a URI (s3://bucket/prefix)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError("a location with control characters (a newline?) is refused")
+    try:
+        scheme = urlsplit(text).scheme.lower()
+    except ValueError as exc:
+        raise ValueError(f"not a path or a URI that parses ({exc})") from None
+    if scheme == "mock":
+        raise ValueError("mock:// keeps files in memory only; give a directory or a URI")
+    if text.startswith("~"):
+        try:
+            Path(text).expanduser()
+        except RuntimeError:
+            raise ValueError(f"{text[:60]!r}: no such user's home directory") from None
+
+
 def _refuse_prefix(flag: str, shown: str, why: str) -> UsageError:
     return UsageError(f"{flag} {shown!r}: {why}")
 
@@ -248,9 +268,9 @@ class Storage:
         refused; a prefix that is an object (not a "directory") is refused."""
         text = str(out)
         try:  # the rules `export --out` checks (an empty location, ~nouser, a bad URI, ...)
-            LocationType().convert(text, None, None)
-        except click.BadParameter as exc:
-            raise UsageError(f"{flag}: {exc.message}") from None
+            check_location(text)
+        except ValueError as exc:
+            raise UsageError(f"{flag}: {exc}") from None
         shown = redact_uri(text)
         scheme = urlsplit(text).scheme if "://" in text or text.startswith("file:") else ""
         if isinstance(out, Path) or not scheme or len(scheme) == 1:  # a path (C: on Windows)

@@ -1,321 +1,483 @@
-"""Command-line pieces shared by several commands: credential options, strict value types, one-line errors, and how a report is shown."""
+"""The option table: every option of the exporter's commands, declared once (flags, value type with its bounds, default, OUTREACH_* variable, help)."""
 
-# One strict validation for every way a value arrives (a flag, an OUTREACH_* variable, a TOML
-# config file, a fleet file):
-# 1. The value types below are bounded and finite: no NaN, no infinity, no 20-digit count that
-#    overflows a checkpoint later; a number of seconds has a ceiling as well as a floor.
-# 2. A TOML value is checked for its exact TOML type first (`page_size = 5.7` and
-#    `concurrency = true` are refused, not rounded or read as 1), then converted by the same
-#    click type a flag goes through (`toml_value`). Config and fleet files both use it.
-# 3. Every refusal is one line that names where the value came from (`usage_error_line`).
+# How a command takes its options: `@options("out", "base_url", *CREDENTIALS, ...)` applies the
+# table's declarations by name, in the order given (the order `--help` lists them). A config
+# file (`export --config`) is checked by the same click types (`load_config`), and so is a fleet
+# file's account (`ACCOUNT_OPTIONS`, `OPTIONS[key].value_type`): a bound written here holds for
+# a flag, a variable, a config file and a fleet file alike.
+#
+# Where a command has always taken an option differently, the difference is declared here too,
+# beside the table (`RESTORE_VARIANTS`), not in the command.
 
 from __future__ import annotations
 
-import math
-import os
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
-from exporter.core.config import MAX_PAGE_SIZE, RateLimit, check_base_url, parse_rate_limit
-from exporter.core.errors import UsageError
+from exporter.commands.values import (
+    BaseUrlType,
+    CredentialType,
+    IdList,
+    LocationType,
+    RateLimitType,
+    RelationshipsType,
+    toml_defaults,
+)
+from exporter.core.bounds import DAY, BoundedInt, FiniteFloat
+from exporter.core.config import DEFAULT_BASE_URL, MAX_PAGE_SIZE, load_toml_table
+from exporter.restore.restore import MAX_ID, Mode
 
 F = Callable[..., Any]
 
-DAY = 86_400.0
+
+class _NoDefault:
+    """An option declared without a default (click's own rules then apply)."""
+
+    def __repr__(self) -> str:
+        return "NO_DEFAULT"
 
 
-class FiniteFloat(click.FloatRange):
-    """A number within [min, max] that is a real number: `nan`, `inf` and `1e999` are refused."""
-
-    def __init__(self, min: float, max: float, *, min_open: bool = False) -> None:
-        super().__init__(min, max, min_open=min_open)
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and not value.strip():
-            self.fail("a number is needed, not an empty value", param, ctx)
-        number = click.FLOAT.convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return super().convert(number, param, ctx)
+NO_DEFAULT = _NoDefault()
 
 
-class BoundedInt(click.IntRange):
-    """A whole number within [min, max], written in decimal digits only (no `1_000`, no `0x10`)."""
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option as the user sees it; `decls` are click's: the flags, and the parameter's
+    name where it is not the long flag's (`--run` is `run_id`)."""
 
-    def __init__(self, min: int, max: int) -> None:
-        super().__init__(min, max)
+    decls: tuple[str, ...]
+    help: str
+    type: click.ParamType[Any] | None = None
+    default: object = NO_DEFAULT
+    show_default: bool = False
+    envvar: str | None = None
+    metavar: str | None = None
+    is_flag: bool = False
+    required: bool = False
+    # --config only: read first, its file fills the other options' defaults.
+    callback: Callable[[click.Context, click.Parameter, Any], Any] | None = None
+    is_eager: bool = False
+    expose_value: bool = True
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and not re.fullmatch(r"\s*[+-]?\d{1,30}\s*", value):
-            self.fail(f"{value[:40]!r} is not a whole number", param, ctx)
-        return super().convert(value, param, ctx)
+    @property
+    def value_type(self) -> click.ParamType[Any]:
+        """The type a value of this option is checked and converted by (a flag's: a boolean)."""
+        if self.is_flag:
+            return click.BOOL
+        return self.type or click.STRING
 
-
-class RateLimitType(click.ParamType[RateLimit]):
-    name = "N/SECONDS"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> RateLimit:
-        if isinstance(value, RateLimit):
-            return value
-        try:
-            return parse_rate_limit(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class BaseUrlType(click.ParamType[str]):
-    name = "URL"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        try:
-            return check_base_url(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class RelationshipsType(click.ParamType[str]):
-    """`all`, `none`, or a comma list of relationship names (checked here, kept as text)."""
-
-    name = "LIST"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from exporter.export.relationships import parse_selection
-
-        try:
-            parse_selection(str(value))
-        except UsageError as exc:
-            self.fail(str(exc).removeprefix("--relationships: "), param, ctx)
-        return str(value)
+    def decorator(self) -> Callable[[F], F]:
+        attrs: dict[str, Any] = {"help": self.help}
+        for name, value in (
+            ("type", self.type),
+            ("show_default", self.show_default),
+            ("envvar", self.envvar),
+            ("metavar", self.metavar),
+            ("is_flag", self.is_flag),
+            ("required", self.required),
+            ("callback", self.callback),
+            ("is_eager", self.is_eager),
+        ):
+            if value:
+                attrs[name] = value
+        if self.default is not NO_DEFAULT:
+            attrs["default"] = self.default
+        if not self.expose_value:
+            attrs["expose_value"] = False
+        return click.option(*self.decls, **attrs)
 
 
-class LocationType(click.ParamType[str]):
-    """A directory or a URI to write a backup to: never empty (that would be the current
-    directory), no control characters, a URI that parses, a `~user` that exists, and not
-    pyarrow's `mock://` filesystem (memory: the backup would vanish with the process)."""
-
-    name = "DIR|URI"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = os.fspath(value) if isinstance(value, Path) else str(value)
-        if not text.strip():
-            self.fail(
-                "an empty location; give a directory or a URI (s3://bucket/prefix)", param, ctx
-            )
-        if any(ord(c) < 32 or ord(c) == 127 for c in text):
-            self.fail("a location with control characters (a newline?) is refused", param, ctx)
-        try:
-            scheme = urlsplit(text).scheme.lower()
-        except ValueError as exc:
-            self.fail(f"not a path or a URI that parses ({exc})", param, ctx)
-        if scheme == "mock":
-            self.fail("mock:// keeps files in memory only; give a directory or a URI", param, ctx)
-        if text.startswith("~"):
-            try:
-                Path(text).expanduser()
-            except RuntimeError:
-                self.fail(f"{text[:60]!r}: no such user's home directory", param, ctx)
-        return text
+def load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Eager: fill click's default_map from the TOML file before other options are resolved."""
+    if value is None:
+        return None
+    table = load_toml_table(Path(value))
+    params = [p for p in ctx.command.params if p.name != "config"]
+    defaults = toml_defaults(table, params, f"config file {value}")
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
 
 
-def header_safe(text: str) -> bool:
-    """Whether `text` can travel in an HTTP header or a form field as is: printable ASCII, no
-    space, no control character (a pasted CR/LF would otherwise inject a header)."""
-    return all("!" <= c <= "~" for c in text)
+OPTIONS: dict[str, OptionSpec] = {
+    # -- where from, where to
+    "config": OptionSpec(
+        ("--config",),
+        type=click.Path(dir_okay=False),
+        callback=load_config,
+        is_eager=True,
+        expose_value=False,
+        help="TOML file with defaults for any option below (keys as option names, e.g. page_size).",
+    ),
+    "out": OptionSpec(
+        ("--out",),
+        type=LocationType(),
+        required=True,
+        envvar="OUTREACH_OUT",
+        help="Output directory, or a URI: s3://bucket/prefix (endpoint, region and credentials "
+        "from the AWS_* variables), file://...  [env: OUTREACH_OUT]",
+    ),
+    "base_url": OptionSpec(
+        ("--base-url",),
+        type=BaseUrlType(),
+        default=DEFAULT_BASE_URL,
+        show_default=True,
+        envvar="OUTREACH_BASE_URL",
+        help="API base URL.  [env: OUTREACH_BASE_URL]",
+    ),
+    # -- credentials: --token, or the OAuth refresh-token grant
+    "token": OptionSpec(
+        ("--token",),
+        type=CredentialType(),
+        envvar="OUTREACH_TOKEN",
+        help="Static access token.  [env: OUTREACH_TOKEN]",
+    ),
+    "client_id": OptionSpec(
+        ("--client-id",),
+        type=CredentialType(),
+        envvar="OUTREACH_CLIENT_ID",
+        help="OAuth client id.  [env: OUTREACH_CLIENT_ID]",
+    ),
+    "client_secret": OptionSpec(
+        ("--client-secret",),
+        type=CredentialType(),
+        envvar="OUTREACH_CLIENT_SECRET",
+        help="OAuth client secret.  [env: OUTREACH_CLIENT_SECRET]",
+    ),
+    "refresh_token": OptionSpec(
+        ("--refresh-token",),
+        type=CredentialType(),
+        envvar="OUTREACH_REFRESH_TOKEN",
+        help="OAuth refresh token (first run; later runs use the rotated one saved in "
+        "--token-file).  [env: OUTREACH_REFRESH_TOKEN]",
+    ),
+    "redirect_uri": OptionSpec(
+        ("--redirect-uri",),
+        type=CredentialType(),
+        envvar="OUTREACH_REDIRECT_URI",
+        help="OAuth redirect URI registered for the app.  [env: OUTREACH_REDIRECT_URI]",
+    ),
+    "token_file": OptionSpec(
+        ("--token-file",),
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="OUTREACH_TOKEN_FILE",
+        help="Where the newest refresh token is kept (mode 0600).  "
+        "[default: ~/.config/outreach-exporter/refresh-token.json; env: OUTREACH_TOKEN_FILE]",
+    ),
+    # -- how an export asks the API
+    "page_size": OptionSpec(
+        ("--page-size",),
+        type=BoundedInt(1, MAX_PAGE_SIZE),
+        default=MAX_PAGE_SIZE,
+        show_default=True,
+        envvar="OUTREACH_PAGE_SIZE",
+        help="Records per page (the API's maximum is 1000).  [env: OUTREACH_PAGE_SIZE]",
+    ),
+    "concurrency": OptionSpec(
+        ("--concurrency",),
+        type=BoundedInt(1, 64),
+        default=8,
+        show_default=True,
+        envvar="OUTREACH_CONCURRENCY",
+        help="Requests in flight at once.  [env: OUTREACH_CONCURRENCY]",
+    ),
+    "rate_limit": OptionSpec(
+        ("--rate-limit",),
+        type=RateLimitType(),
+        default="10000/3600",
+        show_default=True,
+        envvar="OUTREACH_RATE_LIMIT",
+        help="Request budget as N/SECONDS (Outreach allows 10,000 an hour per user).  "
+        "[env: OUTREACH_RATE_LIMIT]",
+    ),
+    "relationships": OptionSpec(
+        ("--relationships",),
+        type=RelationshipsType(),
+        default="all",
+        show_default=True,
+        envvar="OUTREACH_RELATIONSHIPS",
+        help="Related records to export beside the steps: all, none, or a comma list of "
+        "sequence, creator, updater, callPurpose, taskPriority, sequenceTemplates, mailings, "
+        "calls, tasks (or type names such as users).  [env: OUTREACH_RELATIONSHIPS]",
+    ),
+    "max_url_length": OptionSpec(
+        ("--max-url-length",),
+        type=BoundedInt(1024, 65536),
+        default=8000,
+        show_default=True,
+        envvar="OUTREACH_MAX_URL_LENGTH",
+        help="Longest request URL the batched relationship fetches may build.",
+    ),
+    # -- what an export does
+    "incremental": OptionSpec(
+        ("--incremental",),
+        is_flag=True,
+        envvar="OUTREACH_INCREMENTAL",
+        help="Add only what changed since the last finished run in --out (a full run first if "
+        "none), in <type>/run=<id>/.  [env: OUTREACH_INCREMENTAL]",
+    ),
+    "overlap": OptionSpec(
+        ("--overlap",),
+        type=FiniteFloat(0.0, 365 * DAY),
+        default=300.0,
+        show_default=True,
+        envvar="OUTREACH_OVERLAP",
+        help="Seconds an incremental window reaches back before the last run's mark (the API can "
+        "be eventually consistent); records already exported are not written twice.",
+    ),
+    "detect_deletes": OptionSpec(
+        ("--detect-deletes",),
+        is_flag=True,
+        envvar="OUTREACH_DETECT_DELETES",
+        help="Check every id of the backup against the API and write tombstones for the gone ones.",
+    ),
+    "restart": OptionSpec(
+        ("--restart",),
+        is_flag=True,
+        help="Discard the backup in --out first: only files this tool wrote (README, Resuming).",
+    ),
+    "repair": OptionSpec(
+        ("--repair",),
+        is_flag=True,
+        help="Set damaged committed files aside and fetch their records again; rebuild a lost "
+        "checkpoint of a finished backup from its manifest (with --incremental).",
+    ),
+    # -- how long things may take, how big they may grow
+    "commit_interval": OptionSpec(
+        ("--commit-interval",),
+        type=FiniteFloat(0.05, DAY),
+        default=30.0,
+        show_default=True,
+        envvar="OUTREACH_COMMIT_INTERVAL",
+        help="Seconds between commits: the most work a kill can lose.  "
+        "[env: OUTREACH_COMMIT_INTERVAL]",
+    ),
+    "read_timeout": OptionSpec(
+        ("--read-timeout",),
+        type=FiniteFloat(0.1, 3600.0),
+        default=120.0,
+        show_default=True,
+        envvar="OUTREACH_READ_TIMEOUT",
+        help="Seconds an answer may stay silent (before its headers or between bytes of its body) "
+        "before the request is retried.  [env: OUTREACH_READ_TIMEOUT]",
+    ),
+    "request_deadline": OptionSpec(
+        ("--request-deadline",),
+        type=FiniteFloat(1.0, DAY),
+        default=300.0,
+        show_default=True,
+        envvar="OUTREACH_REQUEST_DEADLINE",
+        metavar="SECONDS",
+        help="Seconds from sending a request to the last byte of its answer, however it "
+        "trickles, before the request is retried.  [env: OUTREACH_REQUEST_DEADLINE]",
+    ),
+    "max_response_mib": OptionSpec(
+        ("--max-response-mib",),
+        type=BoundedInt(1, 16 * 1024),
+        default=256,
+        show_default=True,
+        envvar="OUTREACH_MAX_RESPONSE_MIB",
+        metavar="N",
+        help="MiB one answer may hold once decompressed; a bigger one is refused as a fault.  "
+        "[env: OUTREACH_MAX_RESPONSE_MIB]",
+    ),
+    "file_rows": OptionSpec(
+        ("--file-rows",),
+        type=BoundedInt(1, 1_000_000_000),
+        default=1_000_000,
+        show_default=True,
+        envvar="OUTREACH_FILE_ROWS",
+        help="Roll to a new Parquet file after this many rows.",
+    ),
+    # -- the built-in demo
+    "demo": OptionSpec(
+        ("--demo",),
+        is_flag=True,
+        help="Start the built-in simulator on a free loopback port and export from it.",
+    ),
+    "demo_steps": OptionSpec(
+        ("--demo-steps",),
+        type=BoundedInt(1, 5_000_000),
+        default=10_000,
+        show_default=True,
+        help="Sequence steps the demo simulator holds.",
+    ),
+    "demo_seed": OptionSpec(
+        ("--demo-seed",),
+        type=BoundedInt(0, 2**32 - 1),
+        default=1,
+        show_default=True,
+        help="Seed of the demo data.",
+    ),
+    # -- what a long run prints
+    "progress_interval": OptionSpec(
+        ("--progress-interval",),
+        type=FiniteFloat(0.05, DAY),
+        default=10.0,
+        show_default=True,
+        envvar="OUTREACH_PROGRESS_INTERVAL",
+        help="Seconds between progress lines when stderr is not a terminal.",
+    ),
+    "quiet": OptionSpec(("--quiet", "-q"), is_flag=True, help="Print only errors and the result."),
+    "verbose": OptionSpec(
+        ("--verbose", "-v"),
+        is_flag=True,
+        help="Also log every request (method, URL, status, time).",
+    ),
+    "log_format": OptionSpec(
+        ("--log-format",),
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        envvar="OUTREACH_LOG_FORMAT",
+        help="json: one JSON object per line on stderr (progress, events, errors), for schedulers.",
+    ),
+    # -- restore
+    "run_id": OptionSpec(
+        ("--run", "run_id"), help="Restore the state as of this run id.  [default: newest]"
+    ),
+    "ids": OptionSpec(
+        ("--ids",), type=IdList(MAX_ID), help="Only these backed-up step ids (comma list)."
+    ),
+    "sequence": OptionSpec(
+        ("--sequence",),
+        type=BoundedInt(1, MAX_ID),
+        help="Only the backed-up steps of this sequence.",
+    ),
+    "mode": OptionSpec(
+        ("--mode",),
+        type=click.Choice([m.value for m in Mode]),
+        default=Mode.BOTH.value,
+        show_default=True,
+        help="recreate: only create gone steps; rollback: only patch changed ones; both.",
+    ),
+    "apply": OptionSpec(
+        ("--apply",),
+        is_flag=True,
+        help="Write. Without it restore only reads and prints its plan.",
+    ),
+    "journal": OptionSpec(
+        ("--journal",),
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Write journal.  [default: DIR/_restore/<target account>-journal.jsonl; for a "
+        "backup on an object store, $XDG_STATE_HOME/outreach-exporter/restore/]",
+    ),
+    "lookup_delay": OptionSpec(
+        ("--lookup-delay",),
+        type=FiniteFloat(0, 3600),
+        default=2.0,
+        show_default=True,
+        help="Seconds to wait after a write whose answer was lost before looking it up (a create "
+        "not found is never sent again on that account; see --resend-lost).",
+    ),
+    "resend_lost": OptionSpec(
+        ("--resend-lost",),
+        is_flag=True,
+        help="Send again the creates whose answer was lost and that a last lookup does not find. "
+        "Only once you have checked the target yourself: a lost create may still land later.",
+    ),
+    "into_another_account": OptionSpec(
+        ("--into-another-account",),
+        is_flag=True,
+        help="Restore a backup of another account: only create its steps (never patch by id).",
+    ),
+    # -- fleet
+    "config_path": OptionSpec(
+        ("--config", "config_path"),
+        type=click.Path(dir_okay=False, path_type=Path),
+        required=True,
+        help="Fleet file (TOML): [defaults] and one [[account]] table per account.",
+    ),
+    "executor": OptionSpec(
+        ("--executor",),
+        type=click.Choice(["local", "dask"]),
+        default="local",
+        show_default=True,
+        help="local: this process; dask: the Dask cluster at --scheduler.",
+    ),
+    "scheduler": OptionSpec(
+        ("--scheduler",),
+        envvar="DASK_SCHEDULER_ADDRESS",
+        help="Dask scheduler address, e.g. tcp://10.0.0.5:8786.  [env: DASK_SCHEDULER_ADDRESS]",
+    ),
+    "parallel": OptionSpec(
+        ("--parallel",),
+        type=click.IntRange(1, 256),
+        default=4,
+        show_default=True,
+        help="local: accounts exported at once (dask: the cluster's worker threads decide).",
+    ),
+    "retries": OptionSpec(
+        ("--retries",),
+        type=click.IntRange(0, 10),
+        default=2,
+        show_default=True,
+        help="dask: reruns of an account's task after an unexpected error (a dead worker's task "
+        "is rerun by the scheduler).",
+    ),
+    # -- verify, status, compact
+    "as_json": OptionSpec(
+        ("--json", "as_json"), is_flag=True, help="Print a machine-readable JSON report."
+    ),
+    "shown": OptionSpec(
+        ("--runs", "shown"),
+        default="10",
+        show_default=True,
+        metavar="N|all",
+        help="How many of the newest runs to list (the totals always cover every run).",
+    ),
+    "into": OptionSpec(
+        ("--into",),
+        help="Where to publish the current state (_current.json naming gen-*/<collection>.parquet)."
+        "  [default: DIR/_current]",
+    ),
+}
 
+CREDENTIALS = ("token", "client_id", "client_secret", "refresh_token", "redirect_uri", "token_file")
 
-CREDENTIAL_RULE = "printable ASCII without spaces or control characters (check what was pasted)"
+# The export options a fleet account (or its [defaults]) may set, beside base_url, out and
+# repair; checked by the same types as the flags.
+ACCOUNT_OPTIONS = (
+    "page_size",
+    "concurrency",
+    "rate_limit",
+    "relationships",
+    "max_url_length",
+    "overlap",
+    "commit_interval",
+    "read_timeout",
+    "request_deadline",
+    "max_response_mib",
+    "file_rows",
+    "incremental",
+    "detect_deletes",
+)
 
-
-class CredentialType(click.ParamType[str]):
-    """A token, secret, client id or redirect URI: `header_safe`, and never shown in an error."""
-
-    name = "TEXT"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = str(value)
-        if not header_safe(text):
-            self.fail(f"must be {CREDENTIAL_RULE}; the value is not shown", param, ctx)
-        return text
-
-
-# The export options' value types, shared by `export`'s flags and the fleet file's keys.
-EXPORT_VALUE_TYPES: dict[str, click.ParamType[Any]] = {
-    "page_size": BoundedInt(1, MAX_PAGE_SIZE),
-    "concurrency": BoundedInt(1, 64),
-    "rate_limit": RateLimitType(),
-    "relationships": RelationshipsType(),
-    "max_url_length": BoundedInt(1024, 65536),
-    "overlap": FiniteFloat(0.0, 365 * DAY),
-    "commit_interval": FiniteFloat(0.05, DAY),
-    "read_timeout": FiniteFloat(0.1, 3600.0),
-    "request_deadline": FiniteFloat(1.0, DAY),
-    "max_response_mib": BoundedInt(1, 16 * 1024),
-    "file_rows": BoundedInt(1, 1_000_000_000),
-    "incremental": click.BOOL,
-    "detect_deletes": click.BOOL,
+# `restore` has always taken these two differently from `export`: fewer requests in flight by
+# default, no OUTREACH_CONCURRENCY, a plain whole number (click's IntRange, which reads `1_0`),
+# and a shorter help line.
+RESTORE_VARIANTS = {
+    "concurrency": replace(
+        OPTIONS["concurrency"],
+        type=click.IntRange(1, 64),
+        default=4,
+        envvar=None,
+        help="Requests in flight at once.",
+    ),
+    "rate_limit": replace(OPTIONS["rate_limit"], help="Request budget as N/SECONDS."),
 }
 
 
-def toml_value(
-    type_: click.ParamType[Any], value: Any, where: str, *, is_flag: bool = False
-) -> Any:
-    """A value read from a TOML file, checked for its exact TOML type and then converted by the
-    flag's own click type; `where` names the file and key in the one-line error."""
-    expected: tuple[type, ...]
-    if is_flag or isinstance(type_, click.types.BoolParamType):
-        expected, wanted = (bool,), "true or false"
-    elif isinstance(type_, click.types.IntParamType):
-        expected, wanted = (int,), "a whole number"
-    elif isinstance(type_, click.types.FloatParamType):
-        expected, wanted = (int, float), "a number"
-    else:
-        expected, wanted = (str,), "a string"
-    if not isinstance(value, expected) or (bool not in expected and isinstance(value, bool)):
-        # The value is not shown: the key may be a secret's (a token in a config file).
-        raise UsageError(f"{where} must be {wanted}, not a TOML {_toml_type(value)}")
-    try:
-        return type_.convert(value, None, None)
-    except click.BadParameter as exc:
-        raise UsageError(f"{where}: {_one_line(exc.message)}") from None
+def options(*names: str, variants: Mapping[str, OptionSpec] | None = None) -> Callable[[F], F]:
+    """The table's options `names` (or a command's `variants` of them), in `--help` order."""
+    specs = [(variants or {}).get(name) or OPTIONS[name] for name in names]
 
+    def apply(command: F) -> F:
+        for spec in reversed(specs):
+            command = spec.decorator()(command)
+        return command
 
-def _toml_type(value: Any) -> str:
-    for kind, name in (
-        (bool, "boolean"),
-        (int, "integer"),
-        (float, "float"),
-        (str, "string"),
-        (list, "array"),
-        (dict, "table"),
-    ):
-        if isinstance(value, kind):
-            return name
-    return "date or time"
-
-
-def toml_defaults(
-    table: dict[str, Any], params: Sequence[click.Parameter], source: str
-) -> dict[str, Any]:
-    """A config file's table as click's default_map: every key an option of the command,
-    every value checked (`toml_value`) before click sees it."""
-    by_name = {p.name: p for p in params if p.name and isinstance(p, click.Option)}
-    unknown = sorted(k for k in table if k.replace("-", "_") not in by_name)
-    if unknown:
-        raise UsageError(
-            f"{source}: unknown setting(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(by_name))}"
-        )
-    defaults: dict[str, Any] = {}
-    for key, value in table.items():
-        param = by_name[key.replace("-", "_")]
-        assert isinstance(param, click.Option) and param.name
-        defaults[param.name] = toml_value(
-            param.type, value, f"{source}: {key}", is_flag=param.is_flag
-        )
-    return defaults
-
-
-def usage_error_line(exc: click.ClickException, args: Sequence[str]) -> str:
-    """One line for a click usage error, naming where a bad value came from (the flag, the
-    OUTREACH_* variable, the config file) and where help is."""
-    message = _one_line(exc.format_message())
-    ctx = getattr(exc, "ctx", None)
-    param = getattr(exc, "param", None)
-    missing = isinstance(exc, click.MissingParameter)
-    if isinstance(exc, click.BadParameter) and param is not None and not missing:
-        message = f"{_param_source(param, ctx, args)}: {_one_line(exc.message)}"
-    if ctx is not None:
-        message += f" (see '{ctx.command_path} --help')"
-    return message
-
-
-def _param_source(param: click.Parameter, ctx: click.Context | None, args: Sequence[str]) -> str:
-    if not isinstance(param, click.Option):
-        return param.human_readable_name
-    flag = max(param.opts, key=len)
-    given = any(a == o or a.startswith(o + "=") for a in args for o in param.opts)
-    if given:
-        return flag
-    envvars = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
-    for name in envvars:
-        if os.environ.get(name):  # click reads an empty variable as unset
-            return f"{name} (for {flag})"
-    if ctx is not None and param.name in (ctx.default_map or {}):
-        return f"{flag} (from the config file)"
-    return flag
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def credential_options(command: F) -> F:
-    """--token, or the OAuth refresh-token grant (--client-id, --client-secret, --refresh-token,
-    --redirect-uri, --token-file); each also from its OUTREACH_* variable."""
-    options = [
-        click.option(
-            "--token",
-            type=CredentialType(),
-            envvar="OUTREACH_TOKEN",
-            help="Static access token.  [env: OUTREACH_TOKEN]",
-        ),
-        click.option(
-            "--client-id",
-            type=CredentialType(),
-            envvar="OUTREACH_CLIENT_ID",
-            help="OAuth client id.  [env: OUTREACH_CLIENT_ID]",
-        ),
-        click.option(
-            "--client-secret",
-            type=CredentialType(),
-            envvar="OUTREACH_CLIENT_SECRET",
-            help="OAuth client secret.  [env: OUTREACH_CLIENT_SECRET]",
-        ),
-        click.option(
-            "--refresh-token",
-            type=CredentialType(),
-            envvar="OUTREACH_REFRESH_TOKEN",
-            help="OAuth refresh token (first run; later runs use the rotated one saved in "
-            "--token-file).  [env: OUTREACH_REFRESH_TOKEN]",
-        ),
-        click.option(
-            "--redirect-uri",
-            type=CredentialType(),
-            envvar="OUTREACH_REDIRECT_URI",
-            help="OAuth redirect URI registered for the app.  [env: OUTREACH_REDIRECT_URI]",
-        ),
-        click.option(
-            "--token-file",
-            type=click.Path(dir_okay=False, path_type=Path),
-            envvar="OUTREACH_TOKEN_FILE",
-            help="Where the newest refresh token is kept (mode 0600).  "
-            "[default: ~/.config/outreach-exporter/refresh-token.json; env: OUTREACH_TOKEN_FILE]",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def show_report(report: Any, as_json: bool, render: Callable[[Any], list[str]]) -> None:
-    """A command's report: indented JSON with --json, else its rendered lines."""
-    import orjson
-
-    if as_json:
-        click.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
-    else:
-        for line in render(report):
-            click.echo(line)
-
-
-def exit_on_error(error: Any) -> None:
-    """One `error:` line on stderr and the error's exit code (for an expected failure)."""
-    click.echo(f"error: {error}", err=True)
-    raise SystemExit(int(error.exit_code))
+    return apply

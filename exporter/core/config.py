@@ -1,8 +1,8 @@
 """Settings of an export: flags, then OUTREACH_* environment variables, then a TOML file, then defaults.
 
 click resolves the first three in that order by itself (command line, `envvar`, `default_map`);
-this module reads the TOML file's table (exporter/options.py checks each value before it reaches
-the `default_map`), parses the values click cannot (`--rate-limit N/SECONDS`), and holds the
+this module reads the TOML file's table (the option table's types, exporter/commands/options.py,
+check each value before it reaches the `default_map`), parses the values click cannot (`--rate-limit N/SECONDS`), and holds the
 resolved `ExportSettings`.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from exporter.api.auth import Secret
 from exporter.core.errors import UsageError
 from exporter.core.files import read_small_file
+from exporter.core.secrets import Secret
 
 DEFAULT_BASE_URL = "https://api.outreach.io/api/v2"
 MAX_PAGE_SIZE = 1000

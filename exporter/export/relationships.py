@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from exporter.api.client import ApiClient
 from exporter.api.pagination import ChainGuard, collection_url, next_link
 from exporter.core.errors import ApiError, UsageError, shown_url
-from exporter.core.progress import event
+from exporter.core.events import event
 from exporter.export.crawl import Message, PageBatch, RowSelector
 from exporter.model.fastpage import PageReader
 from exporter.model.normalize import Normalizer, table_layout

@@ -47,7 +47,8 @@ from exporter.backup.sink import part_run_id
 from exporter.backup.storage import OpenFile, Storage
 from exporter.core.config import ExportSettings
 from exporter.core.errors import Interrupted, OutputError, UsageError, redact_url
-from exporter.core.progress import Reporter, ResourceProgress, Snapshot, event
+from exporter.core.events import event
+from exporter.core.progress import Reporter, ResourceProgress, Snapshot
 from exporter.export.crawl import CollectionCrawl, CrawlStats, Flush, Message, RowSelector
 from exporter.export.deletes import DeleteScan
 from exporter.export.history import (

@@ -23,7 +23,7 @@ from exporter.backup import checkpoint
 from exporter.backup.checkpoint import PartitionState, ResourceState, RunState
 from exporter.backup.sink import PartWriter
 from exporter.backup.storage import Storage
-from exporter.core.progress import event
+from exporter.core.events import event
 from exporter.export.crawl import Flush, Message, PageBatch, Plan, Split
 from exporter.model.normalize import arrow_schema
 

@@ -7,11 +7,12 @@ import contextlib
 import math
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from exporter.commands.options import BoundedInt, FiniteFloat
+from exporter.core.bounds import DAY, BoundedInt, FiniteFloat
 
 from .config import Faults, SimulatorConfig
 from .faults import HostileFaults, TokenFault
@@ -19,13 +20,29 @@ from .server import Simulator, serve
 
 # Every number is finite and bounded (`nan`, `inf`, `1e20` refused): a simulator told to
 # generate 1e20 steps or to wait inf seconds would only hang or crash later, far from the flag.
-DAY = 86_400.0
 _RATE = FiniteFloat(0.0, 1.0)
 _SECONDS = FiniteFloat(0.0, 3600.0)  # a delay on one response
 _RATIO = FiniteFloat(0.0, 1000.0)  # records of one type per step
 _COUNT = BoundedInt(1, 1_000_000)
 _SEED = BoundedInt(-(2**63), 2**63 - 1)
 _HITS = BoundedInt(0, 1_000_000_000)  # how many of the next requests a hostile fault hits
+
+F = Callable[..., Any]
+
+
+def _share(flag: str, help: str, default: float = 0.0) -> Callable[[F], F]:
+    """A share of requests (0 to 1) a fault hits."""
+    return click.option(flag, type=_RATE, default=default, help=help)
+
+
+def _seconds(flag: str, help: str, default: float = 0.0) -> Callable[[F], F]:
+    """Seconds a fault holds one answer back."""
+    return click.option(flag, type=_SECONDS, default=default, help=help)
+
+
+def _next_requests(flag: str, what: str) -> Callable[[F], F]:
+    """A hostile fault that hits the next N requests (none by default)."""
+    return click.option(flag, type=_HITS, default=0, help=f"The next N {what}")
 
 
 class TokenFaultsType(click.ParamType[tuple[TokenFault, ...]]):
@@ -128,39 +145,28 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
     help="Requests per fixed window, as N/SECONDS.",
 )
 @click.option("--retry-after/--no-retry-after", default=False, help="Send Retry-After on 429.")
-@click.option("--latency", type=_SECONDS, default=0.0, help="Seconds added to every API response.")
-@click.option("--latency-per-record", type=_SECONDS, default=0.0, help="Seconds added per record.")
-@click.option("--error-rate", type=_RATE, default=0.0, help="Share of requests answered 500/503.")
+@_seconds("--latency", "Seconds added to every API response.")
+@_seconds("--latency-per-record", "Seconds added per record.")
+@_share("--error-rate", "Share of requests answered 500/503.")
 @click.option(
     "--big-page-502-above",
     type=BoundedInt(1, 1_000_000),
     default=None,
     help="Answer 502 to page[size] above this.",
 )
-@click.option("--reset-rate", type=_RATE, default=0.0, help="Share of connections reset mid-body.")
-@click.option("--truncate-rate", type=_RATE, default=0.0, help="Share of 200s with truncated JSON.")
-@click.option(
-    "--malformed-rate", type=_RATE, default=0.0, help="Share of 200s with malformed JSON."
-)
-@click.option(
-    "--html-rate", type=_RATE, default=0.0, help="Share answered by an HTML page (502/200)."
-)
-@click.option(
-    "--slow-body", type=_SECONDS, default=0.0, help="Trickle bodies over this many seconds."
-)
-@click.option("--slow-body-rate", type=_RATE, default=1.0, help="Share of bodies trickled.")
+@_share("--reset-rate", "Share of connections reset mid-body.")
+@_share("--truncate-rate", "Share of 200s with truncated JSON.")
+@_share("--malformed-rate", "Share of 200s with malformed JSON.")
+@_share("--html-rate", "Share answered by an HTML page (502/200).")
+@_seconds("--slow-body", "Trickle bodies over this many seconds.")
+@_share("--slow-body-rate", "Share of bodies trickled.", default=1.0)
 @click.option(
     "--mutation-rate",
     type=FiniteFloat(0.0, 1_000_000.0),
     default=0.0,
     help="Inserts/updates/deletes per second while serving.",
 )
-@click.option(
-    "--lost-write-rate",
-    type=_RATE,
-    default=0.0,
-    help="Share of writes applied, then answered by a dropped connection.",
-)
+@_share("--lost-write-rate", "Share of writes applied, then answered by a dropped connection.")
 @click.option(
     "--cache-mib",
     type=BoundedInt(0, 1 << 20),
@@ -176,11 +182,9 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
     default=0.0,
     help="Seconds the API's Date header is off (a wrong server clock; negative = behind).",
 )
-@click.option(
+@_seconds(
     "--write-apply-delay",
-    type=_SECONDS,
-    default=0.0,
-    help="Seconds every accepted write waits before it is applied (applied even if the "
+    "Seconds every accepted write waits before it is applied (applied even if the "
     "client is gone by then).",
 )
 @click.option(
@@ -191,38 +195,21 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
     help="Faults of the next POST /oauth/token requests, in order: 500, 503, 429 (with "
     "--token-retry-after), 307 (to --redirect-to), echo (a 400 quoting the secrets), slow.",
 )
-@click.option(
-    "--token-retry-after",
-    type=_SECONDS,
-    default=1.0,
-    help="Retry-After of a token 429 (--token-faults 429).",
-)
-@click.option(
-    "--token-slow", type=_SECONDS, default=5.0, help="Seconds a `slow` token answer takes."
-)
+@_seconds("--token-retry-after", "Retry-After of a token 429 (--token-faults 429).", default=1.0)
+@_seconds("--token-slow", "Seconds a `slow` token answer takes.", default=5.0)
 @click.option(
     "--redirect-to",
     default=HostileFaults.redirect_to,
     help="Root URL that cross-origin redirects (--redirect-cross, token 307) point at.",
 )
-@click.option(
-    "--trickle",
-    type=_HITS,
-    default=0,
-    help="The next N API GETs trickle their body at --trickle-bytes-per-s.",
-)
+@_next_requests("--trickle", "API GETs trickle their body at --trickle-bytes-per-s.")
 @click.option(
     "--trickle-bytes-per-s",
     type=BoundedInt(1, 1 << 30),
     default=20,
     help="Bytes a second of a trickled body.",
 )
-@click.option(
-    "--gzip-bomb",
-    type=_HITS,
-    default=0,
-    help="The next N API GETs answer a gzip body inflating to --gzip-bomb-bytes.",
-)
+@_next_requests("--gzip-bomb", "API GETs answer a gzip body inflating to --gzip-bomb-bytes.")
 @click.option(
     "--gzip-bomb-bytes",
     type=BoundedInt(16, 1 << 34),
@@ -230,23 +217,10 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
     show_default="1 GiB",
     help="Inflated size of a gzip bomb.",
 )
-@click.option(
-    "--redirect-cross",
-    type=_HITS,
-    default=0,
-    help="The next N API GETs answer 307 to the same path under --redirect-to.",
-)
-@click.option(
-    "--redirect-same",
-    type=_HITS,
-    default=0,
-    help="The next N API GETs answer 307 to their own URL (one more hop).",
-)
-@click.option(
-    "--echo-auth",
-    type=_HITS,
-    default=0,
-    help="The next N API GETs answer an errors document quoting the Authorization header.",
+@_next_requests("--redirect-cross", "API GETs answer 307 to the same path under --redirect-to.")
+@_next_requests("--redirect-same", "API GETs answer 307 to their own URL (one more hop).")
+@_next_requests(
+    "--echo-auth", "API GETs answer an errors document quoting the Authorization header."
 )
 @click.option(
     "--echo-auth-status",
@@ -254,11 +228,8 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
     default=400,
     help="Status of an --echo-auth answer.",
 )
-@click.option(
-    "--echo-auth-write",
-    type=_HITS,
-    default=0,
-    help="The next N writes answer 422 whose detail quotes the Authorization header.",
+@_next_requests(
+    "--echo-auth-write", "writes answer 422 whose detail quotes the Authorization header."
 )
 @click.option(
     "--request-log",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from exporter.api.account import Account, canonical_base_url, identify, org_of
-from exporter.api.auth import Secret, StaticToken
+from exporter.api.auth import StaticToken
 from exporter.api.client import ApiClient, ClientSettings
 from exporter.core.errors import AuthError
+from exporter.core.secrets import Secret
 from tests.conftest import TOKEN, StartSimulator
 
 

@@ -17,10 +17,11 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.api.auth import Secret, StaticToken
+from exporter.api.auth import StaticToken
 from exporter.api.client import ApiClient, ClientSettings
 from exporter.api.pagination import ChainGuard, next_link, page_records
 from exporter.core.errors import ExporterError
+from exporter.core.secrets import Secret
 from exporter.model.fastpage import PageReader
 from exporter.model.normalize import Normalizer
 

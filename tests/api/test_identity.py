@@ -8,9 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
-from exporter.api.auth import Secret, StaticToken
+from exporter.api.auth import StaticToken
 from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import UsageError
+from exporter.core.secrets import Secret
 from exporter.export.run import Export, ExportResult
 from tests.conftest import TOKEN, StartSimulator
 

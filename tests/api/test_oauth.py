@@ -17,8 +17,9 @@ import aiohttp
 import orjson
 import pytest
 
-from exporter.api.auth import OAuthCredentials, OAuthTokens, RefreshTokenStore, Secret
+from exporter.api.auth import OAuthCredentials, OAuthTokens, RefreshTokenStore
 from exporter.core.errors import AuthError, ExitCode
+from exporter.core.secrets import Secret
 from exporter.simulator import Faults
 from exporter.simulator.auth import TokenResponse
 from tests.conftest import Running, StartSimulator

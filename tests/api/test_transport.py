@@ -12,9 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from exporter.api.auth import OAuthCredentials, OAuthTokens, Secret, StaticToken
+from exporter.api.auth import OAuthCredentials, OAuthTokens, StaticToken
 from exporter.api.client import ApiClient, ClientSettings
 from exporter.core.errors import ApiError, AuthError, ExitCode
+from exporter.core.secrets import Secret
 from exporter.simulator.faults import TokenFault
 from tests.conftest import TOKEN, Running, StartSimulator
 

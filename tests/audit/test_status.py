@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from exporter import __version__
 from exporter.audit.status import updated_high_water
-from exporter.commands.cli import main
+from exporter.commands.main import main
 from exporter.core.errors import ExitCode, UsageError
 from exporter.export.run import ExportResult
 from exporter.model.schema import RESOURCE_TYPES, resource_type

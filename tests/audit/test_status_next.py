@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from exporter.api.auth import Secret, StaticToken
+from exporter.api.auth import StaticToken
 from exporter.backup.damage import DamagedFileError
 from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import UsageError
+from exporter.core.secrets import Secret
 from exporter.export.run import Export
 from exporter.simulator import Faults
 from tests.audit.test_status import export_args, kill_export_when, status_json, status_text

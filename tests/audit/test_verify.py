@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from exporter.commands.cli import main
+from exporter.commands.main import main
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
 from tests.conftest import StartSimulator, spawn

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from exporter.backup.storage import Storage
-from exporter.commands.cli import main
+from exporter.commands.main import main
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
 from tests.backup.test_s3 import s3_server  # noqa: F401  (the moto server fixture)

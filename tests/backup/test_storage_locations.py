@@ -81,7 +81,7 @@ def test_every_command_refuses_a_dir_as_export_refuses_its_out(
     `LocationType`): one line naming DIR, exit 2, never the current directory for ''."""
     from click.testing import CliRunner
 
-    from exporter.commands.cli import main
+    from exporter.commands.main import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "_manifest.json").write_text("{}")  # '' must not mean this directory

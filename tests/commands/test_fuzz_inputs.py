@@ -22,8 +22,8 @@ from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from exporter.commands.cli import main
-from exporter.commands.options import usage_error_line
+from exporter.commands.main import main
+from exporter.commands.values import usage_error_line
 from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
 from tests.conftest import TOKEN
 

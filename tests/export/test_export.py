@@ -13,8 +13,9 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from exporter.api.auth import Secret, StaticToken
+from exporter.api.auth import StaticToken
 from exporter.core.config import ExportSettings, RateLimit
+from exporter.core.secrets import Secret
 from exporter.export.run import Export, ExportResult
 from exporter.model.normalize import arrow_schema
 from exporter.simulator import Faults

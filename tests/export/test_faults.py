@@ -24,11 +24,12 @@ import pytest
 from click.testing import CliRunner
 
 import exporter.export.run
-from exporter.api.auth import Secret, StaticToken, TokenSource
+from exporter.api.auth import StaticToken, TokenSource
 from exporter.api.client import ClientSettings
-from exporter.commands.cli import main
+from exporter.commands.main import main
 from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import ExitCode
+from exporter.core.secrets import Secret
 from exporter.export.run import Export
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve_in_thread
 from tests.conftest import TOKEN, StartSimulator, clean_env, spawn

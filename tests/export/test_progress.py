@@ -12,7 +12,8 @@ from pathlib import Path
 
 import orjson
 
-from exporter.core.progress import ResourceProgress, Snapshot, render_lines, summary_line
+from exporter.commands.display import render_lines, summary_line
+from exporter.core.progress import ResourceProgress, Snapshot
 from exporter.simulator import Faults
 from tests.conftest import TOKEN, StartSimulator
 

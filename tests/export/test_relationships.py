@@ -13,9 +13,10 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from exporter.api.auth import Secret, StaticToken
+from exporter.api.auth import StaticToken
 from exporter.api.client import ApiClient, ClientSettings
 from exporter.core.errors import UsageError
+from exporter.core.secrets import Secret
 from exporter.export.crawl import Message, PageBatch
 from exporter.export.relationships import RelationshipWalk, parse_selection
 from exporter.model.normalize import arrow_schema, table_layout

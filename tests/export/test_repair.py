@@ -13,10 +13,11 @@ from typing import Any
 import orjson
 import pytest
 
-from exporter.api.auth import Secret, StaticToken
+from exporter.api.auth import StaticToken
 from exporter.backup.damage import DamagedFileError
 from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import ExitCode, Interrupted, UsageError
+from exporter.core.secrets import Secret
 from exporter.export.run import Export, ExportResult
 from exporter.simulator import Faults
 from tests.conftest import TOKEN, Running, StartSimulator, clean_env, spawn

@@ -8,10 +8,11 @@ import contextlib
 import orjson
 import pytest
 
-from exporter.api.auth import Secret, StaticToken
+from exporter.api.auth import StaticToken
 from exporter.backup.damage import DamagedFileError
 from exporter.backup.storage import Storage
 from exporter.core.errors import Interrupted
+from exporter.core.secrets import Secret
 from exporter.export.run import Export
 from exporter.simulator import Faults
 from tests.backup.test_s3 import assert_exact_on_s3, s3_server  # noqa: F401 - the fixture

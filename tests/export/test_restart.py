@@ -10,9 +10,10 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from exporter.api.auth import Secret, StaticToken
+from exporter.api.auth import StaticToken
 from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import AuthError, ExitCode
+from exporter.core.secrets import Secret
 from exporter.export.run import Export, ExportResult
 from tests.conftest import TOKEN, StartSimulator, spawn
 from tests.export.test_export import expected_steps

@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from exporter.backup import checkpoint
+from exporter.commands.fleet_file import parse_fleet
 from exporter.core.errors import ExitCode, UsageError
 from exporter.export.run import utc_now
-from exporter.fleet.fleet import Account, export_account, parse_fleet, resolve
+from exporter.fleet.fleet import Account, export_account, resolve
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve_in_thread
 from tests.audit.test_verify_helpers import assert_manifest_matches_files
 from tests.conftest import TOKEN, StartSimulator

@@ -16,9 +16,10 @@ import aiohttp
 import orjson
 
 from exporter.api.account import Account, canonical_base_url
-from exporter.api.auth import Secret, StaticToken
+from exporter.api.auth import StaticToken
 from exporter.core.config import RateLimit
 from exporter.core.errors import ExitCode
+from exporter.core.secrets import Secret
 from exporter.restore.journal import Journal, read_mapping, replay
 from exporter.restore.restore import (
     Action,

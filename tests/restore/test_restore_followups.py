@@ -123,7 +123,7 @@ def test_restore_refuses_ids_beyond_int64_and_non_finite_delays(
 ) -> None:
     from click.testing import CliRunner
 
-    from exporter.commands.cli import main
+    from exporter.commands.main import main
 
     result = CliRunner().invoke(
         main, ["restore", str(tmp_path), "--base-url", "http://127.0.0.1:9/api/v2", *args]
@@ -254,9 +254,10 @@ async def test_the_client_tells_a_write_never_sent_from_one_whose_answer_was_los
     once; a write whose connection is cut after it was sent stays a plain `ApiError`."""
     import socket
 
-    from exporter.api.auth import Secret, StaticToken
+    from exporter.api.auth import StaticToken
     from exporter.api.client import ClientSettings, NotSentError
     from exporter.core.errors import ApiError
+    from exporter.core.secrets import Secret
 
     with socket.socket() as probe:  # a loopback port nothing listens on: connects are refused
         probe.bind(("127.0.0.1", 0))

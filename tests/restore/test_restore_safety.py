@@ -15,9 +15,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from exporter.api.auth import Secret, StaticToken
+from exporter.api.auth import StaticToken
 from exporter.core.config import RateLimit
 from exporter.core.errors import ExitCode, UsageError
+from exporter.core.secrets import Secret
 from exporter.restore.journal import replay
 from exporter.restore.restore import (
     Restore,

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from exporter.commands.cli import main
+from exporter.commands.main import main
 from exporter.simulator.cli import simulate
 
 # The flags the issue asks for.

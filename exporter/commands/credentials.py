@@ -1,0 +1,81 @@
+"""Credentials from the command line: the credential options as settings, checked together, and the token source they make."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypedDict
+
+from exporter.api.auth import TokenSource, token_source
+from exporter.core.config import ExportSettings, default_token_file
+from exporter.core.errors import UsageError
+from exporter.core.secrets import Secret
+
+
+class CredentialOptions(TypedDict):
+    """The credential options as a command receives them (`options.CREDENTIALS`)."""
+
+    token: str | None
+    client_id: str | None
+    client_secret: str | None
+    refresh_token: str | None
+    redirect_uri: str | None
+    token_file: Path | None
+
+
+class CredentialSettings(TypedDict):
+    """The `ExportSettings` fields the credential options fill (secrets wrapped)."""
+
+    token: Secret | None
+    client_id: str | None
+    client_secret: Secret | None
+    refresh_token: Secret | None
+    redirect_uri: str | None
+    token_file: Path | None
+
+
+def credential_settings(options: CredentialOptions) -> CredentialSettings:
+    """The credential options' values as settings: an empty secret is no secret."""
+    return CredentialSettings(
+        token=secret(options["token"]),
+        client_id=options["client_id"],
+        client_secret=secret(options["client_secret"]),
+        refresh_token=secret(options["refresh_token"]),
+        redirect_uri=options["redirect_uri"],
+        token_file=options["token_file"],
+    )
+
+
+def secret(value: str | None) -> Secret | None:
+    return Secret(value) if value else None
+
+
+def command_token_source(settings: ExportSettings) -> TokenSource:
+    """`export`'s and `restore`'s token source: the credential flags checked together (every
+    OAuth flag beside --refresh-token, a token file outside --out, some credential at all),
+    each refusal naming the flags, then `auth.token_source`."""
+    if settings.refresh_token is not None:
+        missing = [
+            flag
+            for flag, value in (
+                ("--client-id", settings.client_id),
+                ("--client-secret", settings.client_secret),
+                ("--redirect-uri", settings.redirect_uri),
+            )
+            if not value
+        ]
+        if missing:
+            raise UsageError(f"OAuth needs {', '.join(missing)} as well as --refresh-token")
+        token_file = settings.token_file or default_token_file()
+        out = Path(str(settings.out)).expanduser().absolute()
+        if "://" not in str(settings.out) and out in token_file.expanduser().absolute().parents:
+            raise UsageError(
+                f"--token-file {token_file} is inside --out: backups get copied and shared, and "
+                "the refresh token must not travel with them; keep it elsewhere"
+            )
+    elif settings.token is None:
+        raise UsageError(
+            "no credentials: pass --token (or set OUTREACH_TOKEN), or the OAuth flags "
+            "--client-id, --client-secret, --refresh-token and --redirect-uri; "
+            "or try --demo to export from the built-in simulator"
+        )
+    return token_source(settings)

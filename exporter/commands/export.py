@@ -1,0 +1,196 @@
+"""`exporter export`: options to `ExportSettings`, the run under signals, its summary line."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Unpack
+
+import click
+import orjson
+from click.core import ParameterSource
+
+from exporter.api.client import STOP_GRACE
+from exporter.commands.credentials import (
+    CredentialOptions,
+    command_token_source,
+    credential_settings,
+)
+from exporter.commands.display import progress_display
+from exporter.commands.exits import errors_as_json, fail
+from exporter.commands.options import CREDENTIALS, options
+from exporter.commands.running import run_stoppable
+from exporter.core.config import ExportSettings, RateLimit
+from exporter.core.errors import ExporterError, UsageError
+from exporter.core.events import configure_logging, event
+from exporter.core.secrets import Secret
+from exporter.model.schema import RESOURCE_TYPES
+
+DEMO_TOKEN = "demo-token"  # noqa: S105 - the simulator's static token, not a secret
+
+
+@contextlib.contextmanager
+def _demo_server(steps: int, seed: int) -> Iterator[str]:
+    from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
+
+    simulator = Simulator(SimulatorConfig(steps=steps, seed=seed, static_token=DEMO_TOKEN))
+    with serve_in_thread(simulator) as root_url:
+        yield root_url + "/api/v2"
+
+
+def _refuse_beside_demo(ctx: click.Context) -> None:
+    """--demo exports from the built-in simulator: a base URL given as well (by flag, variable
+    or config file) would be silently ignored, so the two are refused together."""
+    source = ctx.get_parameter_source("base_url")
+    named = (
+        {
+            ParameterSource.COMMANDLINE: "--base-url",
+            ParameterSource.ENVIRONMENT: "OUTREACH_BASE_URL",
+            ParameterSource.DEFAULT_MAP: "base_url in the config file",
+        }.get(source)
+        if source is not None
+        else None
+    )
+    if named is not None:
+        raise UsageError(
+            f"--demo exports from the built-in simulator, so {named} would be ignored; "
+            "drop one of the two"
+        )
+
+
+@click.command()
+@options(
+    "config",
+    "out",
+    "base_url",
+    *CREDENTIALS,
+    "page_size",
+    "concurrency",
+    "rate_limit",
+    "relationships",
+    "max_url_length",
+    "incremental",
+    "overlap",
+    "detect_deletes",
+    "restart",
+    "repair",
+    "commit_interval",
+    "read_timeout",
+    "request_deadline",
+    "max_response_mib",
+    "file_rows",
+    "demo",
+    "demo_steps",
+    "demo_seed",
+    "progress_interval",
+    "quiet",
+    "verbose",
+    "log_format",
+)
+def export(
+    out: str,
+    base_url: str,
+    page_size: int,
+    concurrency: int,
+    rate_limit: RateLimit,
+    relationships: str,
+    max_url_length: int,
+    incremental: bool,
+    overlap: float,
+    detect_deletes: bool,
+    restart: bool,
+    repair: bool,
+    commit_interval: float,
+    read_timeout: float,
+    request_deadline: float,
+    max_response_mib: int,
+    file_rows: int,
+    demo: bool,
+    demo_steps: int,
+    demo_seed: int,
+    quiet: bool,
+    verbose: bool,
+    log_format: str,
+    progress_interval: float,
+    **credentials: Unpack[CredentialOptions],
+) -> None:
+    """Export sequence steps to typed Parquet files in --out, resuming an unfinished run there."""
+    from exporter.export.relationships import parse_selection
+    from exporter.export.run import Export
+
+    if demo:
+        _refuse_beside_demo(click.get_current_context())
+    settings = ExportSettings(
+        out=out,
+        base_url=base_url,
+        **credential_settings(credentials),
+        page_size=page_size,
+        concurrency=concurrency,
+        rate_limit=rate_limit,
+        relationships=relationships,
+        max_url_length=max_url_length,
+        incremental=incremental,
+        overlap=overlap,
+        detect_deletes=detect_deletes,
+        restart=restart,
+        commit_interval=commit_interval,
+        read_timeout=read_timeout,
+        request_deadline=request_deadline,
+        max_response_mib=max_response_mib,
+        file_rows=file_rows,
+    )
+    errors_as_json(log_format == "json")
+    configure_logging(log_format, verbose, quiet)
+    with contextlib.ExitStack() as stack:
+        if demo:
+            demo_url = stack.enter_context(_demo_server(demo_steps, demo_seed))
+            event(
+                "demo", f"demo: simulator with {demo_steps} steps at {demo_url}", base_url=demo_url
+            )
+            settings = ExportSettings(
+                **{
+                    **settings.__dict__,
+                    "base_url": demo_url,
+                    "token": Secret(DEMO_TOKEN),
+                    "refresh_token": None,
+                    # The port changes every time; the data does not: name it by its seed.
+                    "source": f"demo simulator ({demo_steps} steps, seed {demo_seed})",
+                }
+            )
+        try:
+            parse_selection(settings.relationships)
+            job = Export(
+                settings,
+                command_token_source(settings),
+                progress_display(log_format, quiet, progress_interval),
+                repair=repair,
+            )
+            result = run_stoppable(job.run, job.request_stop, grace=STOP_GRACE)
+        except ExporterError as exc:
+            fail(exc)
+    order = {name: i for i, name in enumerate(RESOURCE_TYPES)}
+    rows = dict(sorted(result.rows.items(), key=lambda item: order.get(item[0], len(order))))
+    total = sum(rows.values())
+    rate = total / result.seconds if result.seconds else 0.0
+    if log_format == "json":
+        click.echo(
+            orjson.dumps(
+                {
+                    "run_id": result.state.run_id,
+                    "kind": result.state.kind,
+                    "rows": rows,
+                    "seconds": round(result.seconds, 3),
+                    "requests": result.requests,
+                    "resumed": result.resumed,
+                    "manifest": job.storage.shown("_manifest.json"),
+                }
+            ).decode()
+        )
+        return
+    verb = "resumed and finished" if result.resumed else "exported"
+    click.echo(
+        f"{verb} {total:,} records ("
+        + ", ".join(f"{name} {count:,}" for name, count in rows.items())
+        + f") in {result.seconds:.1f}s, {rate:,.0f} records/s, {result.requests:,} requests"
+    )
+    click.echo(f"run {result.state.run_id}: {job.storage.shown('_manifest.json')}")

@@ -1,0 +1,207 @@
+"""Option values: strict value types (bounded, finite, header-safe), TOML values checked by the same types, and one-line usage errors."""
+
+# One strict validation for every way a value arrives (a flag, an OUTREACH_* variable, a TOML
+# config file, a fleet file):
+# 1. The value types below (and core.bounds') are bounded and finite: no NaN, no infinity, no 20-digit count that
+#    overflows a checkpoint later; a number of seconds has a ceiling as well as a floor.
+# 2. A TOML value is checked for its exact TOML type first (`page_size = 5.7` and
+#    `concurrency = true` are refused, not rounded or read as 1), then converted by the same
+#    click type a flag goes through (`toml_value`), the option table's (commands/options.py).
+#    Config and fleet files both use it.
+# 3. Every refusal is one line that names where the value came from (`usage_error_line`).
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from exporter.backup.storage import check_location
+from exporter.core.config import RateLimit, check_base_url, parse_rate_limit
+from exporter.core.errors import UsageError
+from exporter.core.secrets import CREDENTIAL_RULE, header_safe
+
+
+class RateLimitType(click.ParamType[RateLimit]):
+    name = "N/SECONDS"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> RateLimit:
+        if isinstance(value, RateLimit):
+            return value
+        try:
+            return parse_rate_limit(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class BaseUrlType(click.ParamType[str]):
+    name = "URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return check_base_url(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class RelationshipsType(click.ParamType[str]):
+    """`all`, `none`, or a comma list of relationship names (checked here, kept as text)."""
+
+    name = "LIST"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from exporter.export.relationships import parse_selection
+
+        try:
+            parse_selection(str(value))
+        except UsageError as exc:
+            self.fail(str(exc).removeprefix("--relationships: "), param, ctx)
+        return str(value)
+
+
+class LocationType(click.ParamType[str]):
+    """A directory or a URI to write a backup to (`storage.check_location`)."""
+
+    name = "DIR|URI"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = os.fspath(value) if isinstance(value, Path) else str(value)
+        try:
+            check_location(text)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return text
+
+
+class IdList(click.ParamType[tuple[int, ...]]):
+    """A comma list of step ids, each from 1 to `most`."""
+
+    name = "ID,ID,..."
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        parts = [p.strip() for p in str(value).split(",") if p.strip()]
+        if not parts or not all(p.isascii() and p.isdigit() for p in parts):
+            self.fail(
+                f"{str(value)[:60]!r} is not a comma list of step ids, e.g. 1,2,3", param, ctx
+            )
+        ids = tuple(int(p) for p in parts if len(p) <= 19)
+        if len(ids) < len(parts) or not all(1 <= i <= self.most for i in ids):
+            self.fail(f"a step id is a number from 1 to {self.most}", param, ctx)
+        return ids
+
+
+class CredentialType(click.ParamType[str]):
+    """A token, secret, client id or redirect URI: `header_safe`, and never shown in an error."""
+
+    name = "TEXT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not header_safe(text):
+            self.fail(f"must be {CREDENTIAL_RULE}; the value is not shown", param, ctx)
+        return text
+
+
+def toml_value(
+    type_: click.ParamType[Any], value: Any, where: str, *, is_flag: bool = False
+) -> Any:
+    """A value read from a TOML file, checked for its exact TOML type and then converted by the
+    flag's own click type; `where` names the file and key in the one-line error."""
+    expected: tuple[type, ...]
+    if is_flag or isinstance(type_, click.types.BoolParamType):
+        expected, wanted = (bool,), "true or false"
+    elif isinstance(type_, click.types.IntParamType):
+        expected, wanted = (int,), "a whole number"
+    elif isinstance(type_, click.types.FloatParamType):
+        expected, wanted = (int, float), "a number"
+    else:
+        expected, wanted = (str,), "a string"
+    if not isinstance(value, expected) or (bool not in expected and isinstance(value, bool)):
+        # The value is not shown: the key may be a secret's (a token in a config file).
+        raise UsageError(f"{where} must be {wanted}, not a TOML {_toml_type(value)}")
+    try:
+        return type_.convert(value, None, None)
+    except click.BadParameter as exc:
+        raise UsageError(f"{where}: {_one_line(exc.message)}") from None
+
+
+def _toml_type(value: Any) -> str:
+    for kind, name in (
+        (bool, "boolean"),
+        (int, "integer"),
+        (float, "float"),
+        (str, "string"),
+        (list, "array"),
+        (dict, "table"),
+    ):
+        if isinstance(value, kind):
+            return name
+    return "date or time"
+
+
+def toml_defaults(
+    table: dict[str, Any], params: Sequence[click.Parameter], source: str
+) -> dict[str, Any]:
+    """A config file's table as click's default_map: every key an option of the command,
+    every value checked (`toml_value`) before click sees it."""
+    by_name = {p.name: p for p in params if p.name and isinstance(p, click.Option)}
+    unknown = sorted(k for k in table if k.replace("-", "_") not in by_name)
+    if unknown:
+        raise UsageError(
+            f"{source}: unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(by_name))}"
+        )
+    defaults: dict[str, Any] = {}
+    for key, value in table.items():
+        param = by_name[key.replace("-", "_")]
+        assert isinstance(param, click.Option) and param.name
+        defaults[param.name] = toml_value(
+            param.type, value, f"{source}: {key}", is_flag=param.is_flag
+        )
+    return defaults
+
+
+def usage_error_line(exc: click.ClickException, args: Sequence[str]) -> str:
+    """One line for a click usage error, naming where a bad value came from (the flag, the
+    OUTREACH_* variable, the config file) and where help is."""
+    message = _one_line(exc.format_message())
+    ctx = getattr(exc, "ctx", None)
+    param = getattr(exc, "param", None)
+    missing = isinstance(exc, click.MissingParameter)
+    if isinstance(exc, click.BadParameter) and param is not None and not missing:
+        message = f"{_param_source(param, ctx, args)}: {_one_line(exc.message)}"
+    if ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return message
+
+
+def _param_source(param: click.Parameter, ctx: click.Context | None, args: Sequence[str]) -> str:
+    if not isinstance(param, click.Option):
+        return param.human_readable_name
+    flag = max(param.opts, key=len)
+    given = any(a == o or a.startswith(o + "=") for a in args for o in param.opts)
+    if given:
+        return flag
+    envvars = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+    for name in envvars:
+        if os.environ.get(name):  # click reads an empty variable as unset
+            return f"{name} (for {flag})"
+    if ctx is not None and param.name in (ctx.default_map or {}):
+        return f"{flag} (from the config file)"
+    return flag
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

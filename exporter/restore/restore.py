@@ -97,6 +97,7 @@ from exporter.core.errors import (
     UsageError,
     clean_text,
 )
+from exporter.core.times import epoch_or_none
 from exporter.model.normalize import (
     EXTRA_COLUMN,
     TOMBSTONE_TYPE,
@@ -776,7 +777,7 @@ class Restore:
                 step_id = record_id(record, STEP)
                 ids.add(step_id)
                 found.append((step_id, values_of_record(record)))
-                made = _epoch((record.get("attributes") or {}).get("createdAt"))
+                made = epoch_or_none((record.get("attributes") or {}).get("createdAt"))
                 if made is not None:
                     self._created_at[step_id] = made
             following = next_link(document, next_url, self.base_url)
@@ -1083,15 +1084,6 @@ def _first_error(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
-
-
-def _epoch(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def _created_id(document: dict[str, Any] | None) -> int | None:

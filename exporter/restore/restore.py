@@ -97,7 +97,7 @@ from exporter.core.errors import (
     UsageError,
     clean_text,
 )
-from exporter.core.times import epoch_or_none
+from exporter.core.times import epoch_or_none, iso_exact
 from exporter.model.normalize import (
     EXTRA_COLUMN,
     TOMBSTONE_TYPE,
@@ -160,7 +160,7 @@ Values = dict[str, Any]  # writable field -> value as on the wire (relationships
 
 def _wire(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
+        return iso_exact(value)  # a timestamp[us, UTC] column: always aware, in UTC
     if isinstance(value, date):
         return value.isoformat()
     return value

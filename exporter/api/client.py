@@ -19,7 +19,7 @@ Every request the exporter makes goes through `ApiClient._request`, in these ste
      fault (a proxy's glitch), so it is retried within `max_attempts` like a truncated body, and
      then one `ApiError` naming the cap; memory stays under the cap whatever the ratio;
    - redirects are never followed by aiohttp. A redirect of a GET to the base URL's origin
-     (scheme, host, port, as `pagination.origin` compares them; no userinfo) is followed here,
+     (scheme, host, port, as `urls.origin` compares them; no userinfo) is followed here,
      with the token, through the same budgets, at most `max_redirects` hops in a row; a
      redirect to another origin, of a write, or without a usable `Location` is fatal: one
      `ApiError` naming where it pointed (the token is never sent there);
@@ -56,7 +56,8 @@ from aiolimiter import AsyncLimiter
 
 from exporter import __version__
 from exporter.api.auth import TokenSource
-from exporter.api.pagination import origin, query_value, with_query_value
+from exporter.api.documents import json_or_none, parse_document
+from exporter.api.urls import origin, query_value, with_query_value
 from exporter.core.errors import (
     ApiError,
     AuthError,
@@ -520,7 +521,7 @@ class ApiClient:
                         return status, parse_document(body, content_type)
                     # Off the event loop: parsing a page is the heaviest CPU work of a run.
                     return status, await asyncio.to_thread(parse, body, content_type)
-                error_id, detail = error_details(_try_parse(body))
+                error_id, detail = error_details(json_or_none(body))
                 detail = self._scrub(detail)
                 if outcome is StatusClass.RATE_LIMITED:
                     self.stats.rate_limited += 1
@@ -753,30 +754,6 @@ def _retry_after(headers: Any, now: float) -> float | None:
         return max(0.0, parsedate_to_datetime(text).timestamp() - now)
     except (TypeError, ValueError):
         return None
-
-
-def _try_parse(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def check_json_content(content_type: str) -> None:
-    kind = content_type.split(";", 1)[0].strip().lower()
-    if kind and "json" not in kind:
-        raise RetriableError(f"a {kind} body where JSON was expected")
-
-
-def parse_document(body: bytes, content_type: str) -> dict[str, Any]:
-    check_json_content(content_type)
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise RetriableError(f"a truncated or malformed JSON body ({len(body)} bytes)") from None
-    if not isinstance(document, dict):
-        raise RetriableError("a JSON body that is not an object")
-    return document
 
 
 def _fatal(status: int, error_id: str | None, detail: str | None, url: str) -> ApiError:

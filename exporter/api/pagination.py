@@ -21,21 +21,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit
 
+from exporter.api.urls import origin
 from exporter.core.errors import ResponseError, redact_url
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def origin(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme, 0)
 
 
 def same_page(a: str, b: str) -> bool:
@@ -140,28 +129,3 @@ def next_link(document: dict[str, Any], current_url: str, base_url: str) -> str 
             "links.next equals the current page: the API is looping", url=current_url
         )
     return absolute
-
-
-def page_records(document: Any, url: str) -> list[Any]:
-    """The `data` array of a collection page."""
-    if not isinstance(document, dict):
-        raise ResponseError("the response is not a JSON:API document", url=url)
-    data = document.get("data")
-    if not isinstance(data, list):
-        raise ResponseError("the response has no `data` array", url=url)
-    return data
-
-
-def query_value(url: str, name: str) -> str | None:
-    for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
-        if key == name:
-            return value
-    return None
-
-
-def with_query_value(url: str, name: str, value: str) -> str:
-    """The same URL with one query parameter set (used to shrink `page[size]` after a 502)."""
-    parts = urlsplit(url)
-    pairs = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != name]
-    pairs.append((name, value))
-    return urlunsplit(parts._replace(query=urlencode(pairs, safe="[],.:")))

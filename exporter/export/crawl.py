@@ -29,7 +29,8 @@ from typing import Protocol
 import pyarrow as pa
 
 from exporter.api.client import ApiClient
-from exporter.api.pagination import ChainGuard, collection_url, next_link, page_records
+from exporter.api.documents import page_records
+from exporter.api.pagination import ChainGuard, collection_url, next_link
 from exporter.backup.checkpoint import PartitionState
 from exporter.model.fastpage import PageReader
 from exporter.model.normalize import Normalizer, record_id

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from exporter.api.client import ApiClient
-from exporter.api.pagination import ChainGuard, collection_url, next_link, page_records
+from exporter.api.documents import page_records
+from exporter.api.pagination import ChainGuard, collection_url, next_link
 from exporter.export.crawl import Message, PageBatch
 from exporter.model.normalize import TOMBSTONE_SCHEMA, TOMBSTONE_TYPE, check_type, record_id
 from exporter.model.schema import resource_type

@@ -74,7 +74,8 @@ import orjson
 from exporter.api.account import Account, canonical_base_url, identify
 from exporter.api.auth import Secret, TokenSource
 from exporter.api.client import STOP_GRACE, ApiClient, ClientSettings, NotSentError
-from exporter.api.pagination import ChainGuard, collection_url, next_link, page_records
+from exporter.api.documents import page_records
+from exporter.api.pagination import ChainGuard, collection_url, next_link
 from exporter.backup import manifest
 from exporter.backup.compact import current_table
 from exporter.backup.storage import Storage

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from exporter.api.auth import Secret, StaticToken
 from exporter.api.client import ApiClient, ClientSettings
-from exporter.api.pagination import ChainGuard, next_link, page_records
+from exporter.api.documents import page_records
+from exporter.api.pagination import ChainGuard, next_link
 from exporter.core.errors import ExporterError
 from exporter.model.fastpage import PageReader
 from exporter.model.normalize import Normalizer

@@ -39,11 +39,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 import zlib
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -57,6 +56,14 @@ from aiolimiter import AsyncLimiter
 from exporter import __version__
 from exporter.api.auth import TokenSource
 from exporter.api.documents import json_or_none, parse_document
+from exporter.api.ratelimit import (
+    LONGEST_WINDOW,
+    ApiWindow,
+    RequestBudget,
+    header_number,
+    reset_time,
+    retry_after_delay,
+)
 from exporter.api.urls import origin, query_value, with_query_value
 from exporter.core.errors import (
     ApiError,
@@ -86,10 +93,6 @@ class NotSentError(ApiError):
     (`aiohttp.ClientConnectorError`: the TCP connect, or the TLS handshake, failed): not one
     byte of the request left this machine, so the API provably did not apply it and it may be
     sent again. (Any other transport failure may have happened after the request was sent.)"""
-
-
-# The API's documented window is an hour; a reset further away than this is not believed.
-LONGEST_WINDOW = 3600.0
 
 
 @dataclass(frozen=True)
@@ -131,130 +134,6 @@ class ClientStats:
     smaller_pages: int = 0
     token_refreshes: int = 0
     server_time: float | None = None  # the API's clock (Date header) at its first answer
-
-
-class RequestBudget:
-    """The configured budget: at most `limit` request starts in any `period` seconds.
-
-    A log of the last `limit` start times, not a token bucket: a bucket (aiolimiter's) starts
-    full and refills continuously, so a burst followed by steady pacing can put up to twice its
-    `limit` into one of the API's fixed windows. With the log no interval of `period` seconds,
-    wherever the API's window boundaries fall, ever holds more than `limit` starts.
-    """
-
-    def __init__(
-        self, limit: int, period: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        if limit < 1 or period <= 0:
-            raise ValueError("a request budget needs limit >= 1 and period > 0")
-        self.limit = limit
-        self.period = period
-        self._clock = clock
-        self._starts: deque[float] = deque()
-
-    def delay(self, now: float) -> float:
-        """Seconds until another request may start (0: now)."""
-        starts = self._starts
-        while starts and starts[0] <= now - self.period:
-            starts.popleft()
-        if len(starts) < self.limit:
-            return 0.0
-        return starts[0] + self.period - now
-
-    def take(self, now: float) -> None:
-        self._starts.append(now)
-
-    async def acquire(self) -> None:
-        """Wait for a turn and take it (for callers that pace requests of their own)."""
-        while True:
-            wait = self.delay(self._clock())
-            if wait <= 0:
-                break
-            await asyncio.sleep(wait)
-        self.take(self._clock())
-
-
-class ApiWindow:
-    """The API's fixed rate-limit window as its headers describe it.
-
-    - `remaining` is the lowest `X-RateLimit-Remaining` answered in the current window (answers
-      arrive out of order; the API's count only falls). A request still in flight may or may not
-      have been counted yet, so `remaining - in_flight` more can start without a 429 (exactly,
-      once nothing is in flight); a request that failed without headers is assumed counted.
-    - The window is named by its `X-RateLimit-Reset`. Once the clock passes it (plus `margin`
-      for clock skew), a fresh window of `limit` is assumed until an answer from it arrives; an
-      answer naming an older window is ignored, one naming a newer window is adopted.
-    - `reserve` requests of each window are left to other programs.
-    - No headers at all: nothing is known, nothing is held back (the configured budget paces).
-    """
-
-    def __init__(
-        self, *, margin: float, reserve: int = 0, default_limit: int | None = None
-    ) -> None:
-        self.margin = margin
-        self.reserve = reserve
-        self.limit = default_limit
-        self.reset: float | None = None
-        self.remaining: int | None = None
-        self.rolled = False  # the clock passed `reset`: `remaining` is assumed, not answered
-        self.in_flight = 0
-        self.blocked_until = 0.0  # after a 429 with Retry-After (or without headers)
-        self.changed = asyncio.Event()
-
-    def delay(self, now: float) -> float:
-        """Seconds to wait before another request may start (0: now). While answers in flight
-        may still free some of the window, `changed` is set when one arrives."""
-        if now < self.blocked_until:
-            return self.blocked_until - now
-        if self.reset is None or self.remaining is None:
-            return 0.0
-        if not self.rolled and now >= self.reset + self.margin:
-            self.rolled = True
-            self.remaining = self.limit
-            if self.remaining is None:
-                return 0.0
-        if self.remaining - self.in_flight - self.reserve > 0:
-            return 0.0
-        if self.rolled:
-            return 0.05  # the new window's size is being learnt from answers in flight
-        return max(0.001, self.reset + self.margin - now)
-
-    def take(self) -> None:
-        self.in_flight += 1
-
-    def answered(self, remaining: float | None, reset: float | None, limit: float | None) -> None:
-        """An answer arrived (its headers, at least)."""
-        self.in_flight -= 1
-        if limit is not None and limit >= 1:
-            self.limit = int(limit)
-        if remaining is None or reset is None:
-            self.lost()
-            return
-        if self.reset is None or reset > self.reset:
-            self.reset, self.remaining, self.rolled = reset, int(remaining), False
-        elif reset == self.reset and not self.rolled and self.remaining is not None:
-            self.remaining = min(self.remaining, int(remaining))
-        self.changed.set()
-
-    def failed(self) -> None:
-        """A request got no answer at all (connection refused, reset before the headers)."""
-        self.in_flight -= 1
-        self.lost()
-
-    def lost(self) -> None:
-        if self.remaining is not None and not self.rolled:
-            self.remaining -= 1  # it may have been counted: assume so
-        self.changed.set()
-
-    def block(self, until: float) -> None:
-        self.blocked_until = max(self.blocked_until, until)
-
-    def spent(self, reset: float | None, now: float) -> None:
-        """A 429: nothing is left until `reset`; a reset already past says our clock is ahead."""
-        if reset is not None and now > reset:
-            self.margin = min(max(self.margin, now - reset + 0.05), 5.0)
-        if self.remaining is not None and not self.rolled:
-            self.remaining = 0
 
 
 class ApiClient:
@@ -395,9 +274,9 @@ class ApiClient:
 
     def _observe(self, headers: Any) -> None:
         assert self._window is not None
-        remaining = _header_number(headers, "X-RateLimit-Remaining")
-        reset = _reset_time(headers, self._clock())
-        limit = _header_number(headers, "X-RateLimit-Limit")
+        remaining = header_number(headers, "X-RateLimit-Remaining")
+        reset = reset_time(headers, self._clock())
+        limit = header_number(headers, "X-RateLimit-Limit")
         self._window.answered(remaining, reset, limit)
         if remaining is not None and reset is not None:
             self.stats.rate_remaining = int(remaining)
@@ -569,7 +448,7 @@ class ApiClient:
                     f"the API answered {status}" + (f" ({detail})" if detail else ""),
                     status=status,
                     error_id=error_id,
-                    retry_after=_retry_after(headers, self._clock()),
+                    retry_after=retry_after_delay(headers, self._clock()),
                 )
             except RetriableError as exc:
                 attempt += 1
@@ -625,9 +504,9 @@ class ApiClient:
         """After a 429: hold every request until the window resets (or `Retry-After` passes)."""
         assert self._window is not None
         now = self._clock()
-        reset = _reset_time(headers, now)
+        reset = reset_time(headers, now)
         self._window.spent(reset, now)
-        retry_after = _retry_after(headers, now)
+        retry_after = retry_after_delay(headers, now)
         if retry_after is not None:
             self._window.block(now + min(retry_after, LONGEST_WINDOW))
         elif reset is None or self._window.remaining is None:
@@ -711,47 +590,12 @@ def _page_size(url: str) -> int | None:
     return int(value)
 
 
-def _header_number(headers: Any, name: str) -> float | None:
-    value = headers.get(name)  # CIMultiDict: case-insensitive
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _reset_time(headers: Any, now: float) -> float | None:
-    """`X-RateLimit-Reset` as epoch seconds (a small number is taken as seconds from now)."""
-    reset = _header_number(headers, "X-RateLimit-Reset")
-    if reset is None or reset < 0:
-        return None
-    if reset < 1e9:  # not an epoch time: some gateways send the seconds left
-        reset = now + reset
-    return min(reset, now + LONGEST_WINDOW)
-
-
 def _header_date(headers: Any) -> float | None:
     value = headers.get("Date")
     if not value:
         return None
     try:
         return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-
-
-def _retry_after(headers: Any, now: float) -> float | None:
-    """`Retry-After` in seconds, given as seconds or as an HTTP date."""
-    value = _header_number(headers, "Retry-After")
-    if value is not None:
-        return value if value >= 0 else None
-    text = headers.get("Retry-After")
-    if not text:
-        return None
-    try:
-        return max(0.0, parsedate_to_datetime(text).timestamp() - now)
     except (TypeError, ValueError):
         return None
 

@@ -2,7 +2,7 @@
 
 Every request the exporter makes goes through `ApiClient._request`, in these steps:
 1. take a slot of the in-flight bound (`concurrency`: requests at once);
-2. wait for a turn under two budgets (`_pace`): the configured one (an aiolimiter
+2. wait for a turn under two budgets (`ratelimit.RateLimits.turn`): the configured one (an aiolimiter
    `AsyncLimiter` pacing the steady state, and `RequestBudget` capping request starts at N in
    any window of the configured period) and the API's own (`ApiWindow`, what
    its `X-RateLimit-Remaining`/`-Reset` headers say is left of its fixed window, less the
@@ -37,7 +37,6 @@ Budgets and locks are created inside the running loop (in `__aenter__`), never a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -51,19 +50,11 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 
 from exporter import __version__
 from exporter.api.auth import TokenSource
 from exporter.api.documents import json_or_none, parse_document
-from exporter.api.ratelimit import (
-    LONGEST_WINDOW,
-    ApiWindow,
-    RequestBudget,
-    header_number,
-    reset_time,
-    retry_after_delay,
-)
+from exporter.api.ratelimit import RateLimits, retry_after_delay
 from exporter.api.urls import origin, query_value, with_query_value
 from exporter.core.errors import (
     ApiError,
@@ -153,11 +144,8 @@ class ApiClient:
         self._rng = rng or random.Random()
         self._clock = clock  # wall clock: X-RateLimit-Reset is in epoch seconds
         self._session: aiohttp.ClientSession | None = None
-        self._limiter: RequestBudget | None = None
-        self._window: ApiWindow | None = None
+        self._limits: RateLimits | None = None
         self._in_flight: asyncio.Semaphore | None = None
-        self._pace_lock: asyncio.Lock | None = None
-        self._bucket: AsyncLimiter | None = None
 
     async def __aenter__(self) -> ApiClient:
         s = self.settings
@@ -180,20 +168,14 @@ class ApiClient:
             auto_decompress=False,
             raise_for_status=False,
         )
-        loop = asyncio.get_running_loop()
-        # The configured budget, twice: aiolimiter's bucket paces the steady state (no
-        # bunching at window edges), the log caps any window at the budget (the bucket alone
-        # would let a full burst plus its refill into one of the API's fixed windows).
-        self._bucket = AsyncLimiter(s.rate_limit, s.rate_period)
-        self._limiter = RequestBudget(s.rate_limit, s.rate_period, loop.time)
-        self._window = ApiWindow(
-            # Room for clock skew: 1% of the window, at most a second (a second of an hour).
-            margin=min(1.0, max(0.005, s.rate_period / 100)),
+        self._limits = RateLimits(
+            limit=s.rate_limit,
+            period=s.rate_period,
             reserve=s.remaining_reserve or 0,
-            default_limit=None,
+            clock=self._clock,
+            stats=self.stats,
         )
         self._in_flight = asyncio.Semaphore(s.concurrency)
-        self._pace_lock = asyncio.Lock()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -238,50 +220,6 @@ class ApiClient:
             method, url, document, max_attempts=max_attempts, accept_statuses=(422,)
         )
 
-    # -- pacing ----------------------------------------------------------------------------
-
-    async def _pace(self) -> None:
-        """Wait for a turn under both budgets, then count the request against them."""
-        assert self._limiter is not None and self._window is not None
-        assert self._pace_lock is not None and self._bucket is not None
-        limiter, window = self._limiter, self._window
-        loop = asyncio.get_running_loop()
-        async with self._pace_lock:  # first come, first served
-            started = loop.time()
-            await self._bucket.acquire()
-            self.stats.budget_wait_seconds += loop.time() - started
-            paused = False
-            while True:
-                budget_wait = limiter.delay(loop.time())
-                window_wait = window.delay(self._clock())
-                wait = max(budget_wait, window_wait)
-                if wait <= 0:
-                    break
-                if window_wait >= budget_wait and not paused:
-                    paused = True
-                    self.stats.rate_pauses += 1
-                window.changed.clear()
-                started = loop.time()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(window.changed.wait(), timeout=wait)
-                waited = loop.time() - started
-                if window_wait >= budget_wait:
-                    self.stats.rate_wait_seconds += waited
-                else:
-                    self.stats.budget_wait_seconds += waited
-            limiter.take(loop.time())
-            window.take()
-
-    def _observe(self, headers: Any) -> None:
-        assert self._window is not None
-        remaining = header_number(headers, "X-RateLimit-Remaining")
-        reset = reset_time(headers, self._clock())
-        limit = header_number(headers, "X-RateLimit-Limit")
-        self._window.answered(remaining, reset, limit)
-        if remaining is not None and reset is not None:
-            self.stats.rate_remaining = int(remaining)
-            self.stats.rate_reset = reset
-
     # -- one request, retried ---------------------------------------------------------------
 
     async def _request(
@@ -294,8 +232,8 @@ class ApiClient:
         accept_statuses: tuple[int, ...] = (),
         parse: Callable[[bytes, str], Any] | None = None,
     ) -> tuple[int, Any]:
-        assert self._window is not None and self._in_flight is not None
-        window = self._window
+        assert self._limits is not None and self._in_flight is not None
+        limits = self._limits
         attempts = max_attempts or self.settings.max_attempts
         attempt = 0  # failed attempts so far
         rate_waits = 0
@@ -307,7 +245,7 @@ class ApiClient:
         while True:
             failure: RetriableError | None = None
             async with self._in_flight:
-                await self._pace()
+                await limits.turn()
                 answered = False
                 sent = time.monotonic()
                 status, body = 0, b""
@@ -327,7 +265,7 @@ class ApiClient:
                         status = response.status
                         headers = response.headers
                         answered = True
-                        self._observe(headers)  # before the body: a cut body still counted
+                        limits.answered(headers)  # before the body: a cut body still counted
                         body = await _read_body(response, self.settings.max_response_bytes)
                 except aiohttp.ClientConnectorError as exc:
                     connection_failures += 1
@@ -357,7 +295,7 @@ class ApiClient:
                     ) from None
                 finally:
                     if not answered:
-                        window.failed()
+                        limits.unanswered()
             if LOGGER.isEnabledFor(logging.DEBUG):  # --verbose
                 _log_request(
                     method, url, time.monotonic() - sent, attempt + 1, failure, status, body
@@ -415,7 +353,7 @@ class ApiClient:
                             error_id=error_id,
                             hint=self.settings.give_up_hint,
                         )
-                    self._rate_limited(headers)
+                    limits.rate_limited(headers)
                     continue  # the same request again, once the window allows; not an attempt
                 if outcome is StatusClass.REFRESH:
                     if refreshed:
@@ -499,19 +437,6 @@ class ApiClient:
                 hint=self.settings.give_up_hint,
             )
         return target
-
-    def _rate_limited(self, headers: Any) -> None:
-        """After a 429: hold every request until the window resets (or `Retry-After` passes)."""
-        assert self._window is not None
-        now = self._clock()
-        reset = reset_time(headers, now)
-        self._window.spent(reset, now)
-        retry_after = retry_after_delay(headers, now)
-        if retry_after is not None:
-            self._window.block(now + min(retry_after, LONGEST_WINDOW))
-        elif reset is None or self._window.remaining is None:
-            # No headers to go by: wait a window of the configured budget (at most a minute).
-            self._window.block(now + min(60.0, self.settings.rate_period))
 
     async def _backoff(self, attempt: int, retry_after: float | None = None) -> None:
         self.stats.retries += 1

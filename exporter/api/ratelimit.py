@@ -1,14 +1,17 @@
-"""The request budgets: the configured one (`RequestBudget`) and the API's own window (`ApiWindow`), and the rate-limit headers they are read from."""
+"""The request budgets: the configured one (`RequestBudget`), the API's own window (`ApiWindow`), a client's pacing under both (`RateLimits`), and the rate-limit headers they are read from."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
+
+from aiolimiter import AsyncLimiter
 
 # The API's documented window is an hour; a reset further away than this is not believed.
 LONGEST_WINDOW = 3600.0
@@ -136,6 +139,105 @@ class ApiWindow:
             self.margin = min(max(self.margin, now - reset + 0.05), 5.0)
         if self.remaining is not None and not self.rolled:
             self.remaining = 0
+
+
+class PacingStats(Protocol):
+    """Where `RateLimits` counts its waits and the API's last word (the client's `ClientStats`)."""
+
+    rate_wait_seconds: float
+    rate_pauses: int
+    budget_wait_seconds: float
+    rate_remaining: int | None
+    rate_reset: float | None
+
+
+class RateLimits:
+    """Both budgets of one client: every request waits for its turn under each (`turn`), and
+    every answer, or its absence, tells the API's window what is left. Created inside the
+    running loop (its lock, event and clocks belong to it), never at import."""
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        period: float,
+        reserve: int,
+        clock: Callable[[], float],
+        stats: PacingStats,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self._period = period
+        self._clock = clock  # wall clock: X-RateLimit-Reset is in epoch seconds
+        self._stats = stats
+        # The configured budget, twice: aiolimiter's bucket paces the steady state (no
+        # bunching at window edges), the log caps any window at the budget (the bucket alone
+        # would let a full burst plus its refill into one of the API's fixed windows).
+        self._bucket = AsyncLimiter(limit, period)
+        self._budget = RequestBudget(limit, period, loop.time)
+        self.window = ApiWindow(
+            # Room for clock skew: 1% of the window, at most a second (a second of an hour).
+            margin=min(1.0, max(0.005, period / 100)),
+            reserve=reserve,
+            default_limit=None,
+        )
+        self._lock = asyncio.Lock()
+
+    async def turn(self) -> None:
+        """Wait for a turn under both budgets, then count the request against them."""
+        budget, window, stats = self._budget, self.window, self._stats
+        loop = asyncio.get_running_loop()
+        async with self._lock:  # first come, first served
+            started = loop.time()
+            await self._bucket.acquire()
+            stats.budget_wait_seconds += loop.time() - started
+            paused = False
+            while True:
+                budget_wait = budget.delay(loop.time())
+                window_wait = window.delay(self._clock())
+                wait = max(budget_wait, window_wait)
+                if wait <= 0:
+                    break
+                if window_wait >= budget_wait and not paused:
+                    paused = True
+                    stats.rate_pauses += 1
+                window.changed.clear()
+                started = loop.time()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(window.changed.wait(), timeout=wait)
+                waited = loop.time() - started
+                if window_wait >= budget_wait:
+                    stats.rate_wait_seconds += waited
+                else:
+                    stats.budget_wait_seconds += waited
+            budget.take(loop.time())
+            window.take()
+
+    def answered(self, headers: Any) -> None:
+        """An answer's headers arrived (read before its body: a body cut short still counted)."""
+        remaining = header_number(headers, "X-RateLimit-Remaining")
+        reset = reset_time(headers, self._clock())
+        limit = header_number(headers, "X-RateLimit-Limit")
+        self.window.answered(remaining, reset, limit)
+        if remaining is not None and reset is not None:
+            self._stats.rate_remaining = int(remaining)
+            self._stats.rate_reset = reset
+
+    def unanswered(self) -> None:
+        """A request that got no answer at all (connection refused, reset before the headers)."""
+        self.window.failed()
+
+    def rate_limited(self, headers: Any) -> None:
+        """After a 429: hold every request until the window resets (or `Retry-After` passes)."""
+        window = self.window
+        now = self._clock()
+        reset = reset_time(headers, now)
+        window.spent(reset, now)
+        retry_after = retry_after_delay(headers, now)
+        if retry_after is not None:
+            window.block(now + min(retry_after, LONGEST_WINDOW))
+        elif reset is None or window.remaining is None:
+            # No headers to go by: wait a window of the configured budget (at most a minute).
+            window.block(now + min(60.0, self._period))
 
 
 def header_number(headers: Any, name: str) -> float | None:

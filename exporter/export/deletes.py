@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from exporter.api.client import ApiClient
 from exporter.api.documents import page_records
-from exporter.api.pagination import ChainGuard, collection_url, next_link
+from exporter.api.pagination import collection_url, paginate
 from exporter.export.crawl import Message, PageBatch
 from exporter.model.normalize import TOMBSTONE_SCHEMA, TOMBSTONE_TYPE, check_type, record_id
 from exporter.model.schema import resource_type
@@ -101,22 +101,16 @@ class DeleteScan:
 
     async def _check(self, type_name: str, batch: list[int], stats: DeleteStats) -> None:
         first = self._url(type_name, ",".join(map(str, batch)))
-        url: str | None = first
         present: set[int] = set()
         asked = set(batch)
-        guard = ChainGuard(first)
-        while url is not None:
-            document = await self.client.get_document(url)
+        async for page in paginate(self.client, first, base_url=self.base_url):
             stats.requests += 1
             known = len(present)
-            for record in page_records(document, url):
+            for record in page_records(page.content, page.url):
                 value = record_id(check_type(record, type_name), type_name)
                 if value in asked:  # an id not asked for proves nothing (nor is progress)
                     present.add(value)
-            following = next_link(document, url, self.base_url)
-            if following is not None:
-                guard.follow(url, following, len(present) - known)
-            url = following
+            page.new_records = len(present) - known
         stats.checked += len(batch)
         gone = [value for value in batch if value not in present]
         if not gone:

@@ -75,7 +75,7 @@ from exporter.api.account import Account, canonical_base_url, identify
 from exporter.api.auth import Secret, TokenSource
 from exporter.api.client import STOP_GRACE, ApiClient, ClientSettings, NotSentError
 from exporter.api.documents import page_records
-from exporter.api.pagination import ChainGuard, collection_url, next_link
+from exporter.api.pagination import collection_url, paginate
 from exporter.backup import manifest
 from exporter.backup.compact import current_table
 from exporter.backup.storage import Storage
@@ -768,12 +768,9 @@ class Restore:
     async def _fetch_pages(self, url: str) -> list[tuple[int, Values]]:
         found: list[tuple[int, Values]] = []
         ids: set[int] = set()
-        guard = ChainGuard(url)
-        next_url: str | None = url
-        while next_url is not None:
-            document = await self.client.get_document(next_url)
+        async for page in paginate(self.client, url, base_url=self.base_url):
             known = len(ids)
-            for raw in page_records(document, next_url):
+            for raw in page_records(page.content, page.url):
                 record = check_type(raw, STEP)
                 step_id = record_id(record, STEP)
                 ids.add(step_id)
@@ -781,10 +778,7 @@ class Restore:
                 made = epoch_or_none((record.get("attributes") or {}).get("createdAt"))
                 if made is not None:
                     self._created_at[step_id] = made
-            following = next_link(document, next_url, self.base_url)
-            if following is not None:
-                guard.follow(next_url, following, len(ids) - known)
-            next_url = following
+            page.new_records = len(ids) - known
         return found
 
     async def _fetch_by_ids(self, ids: Sequence[int]) -> dict[int, Values]:

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from exporter.api.client import ApiClient
 from exporter.api.documents import page_records
-from exporter.api.pagination import collection_url, paginate
+from exporter.api.pagination import collection_url, id_batches, paginate
 from exporter.export.crawl import Message, PageBatch
 from exporter.model.normalize import TOMBSTONE_SCHEMA, TOMBSTONE_TYPE, check_type, record_id
 from exporter.model.schema import resource_type
@@ -73,19 +73,7 @@ class DeleteScan:
     def batches(self, type_name: str, ids: Sequence[int]) -> list[list[int]]:
         """Ids cut to the page size and the URL length."""
         room = self.max_url_length - len(self._url(type_name, ""))
-        out: list[list[int]] = []
-        current: list[int] = []
-        used = 0
-        for value in ids:
-            cost = len(str(value)) + 1
-            if current and (used + cost > room or len(current) >= self.page_size):
-                out.append(current)
-                current, used = [], 0
-            current.append(value)
-            used += cost
-        if current:
-            out.append(current)
-        return out
+        return list(id_batches(ids, room=room, most=self.page_size))
 
     async def scan(self, type_name: str, ids: Sequence[int]) -> None:
         stats = self.stats.setdefault(type_name, DeleteStats())

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from exporter.api.client import ApiClient
-from exporter.api.pagination import collection_url, paginate
+from exporter.api.pagination import collection_url, ids_that_fit, paginate
 from exporter.core.errors import ApiError, UsageError, shown_url
 from exporter.core.progress import event
 from exporter.export.crawl import Message, PageBatch, RowSelector
@@ -399,12 +399,7 @@ class RelationshipWalk:
                 stop += 1
             complete = url_full or stop < len(ids)
         else:
-            while stop < len(ids) and stop - head < self.page_size:
-                cost = len(str(ids[stop])) + 1
-                if used + cost > room:
-                    break
-                used += cost
-                stop += 1
+            stop = head + ids_that_fit(ids, head, room=room, most=self.page_size)
             complete = stop < len(ids) or stop - head == self.page_size
         if not complete and not final:
             return None  # a partial batch: wait for the crawl to bring more ids

@@ -75,7 +75,7 @@ from exporter.api.account import Account, canonical_base_url, identify
 from exporter.api.auth import Secret, TokenSource
 from exporter.api.client import STOP_GRACE, ApiClient, ClientSettings, NotSentError
 from exporter.api.documents import page_records
-from exporter.api.pagination import collection_url, paginate
+from exporter.api.pagination import collection_url, id_batches, paginate
 from exporter.backup import manifest
 from exporter.backup.compact import current_table
 from exporter.backup.storage import Storage
@@ -806,16 +806,10 @@ class Restore:
                 ],
             )
 
-        batch: list[int] = []
-        for step_id in ids:
-            candidate = [*batch, step_id]
-            if batch and (
-                len(candidate) > PAGE_SIZE or len(url_for(candidate)) > self.settings.max_url_length
-            ):
-                yield url_for(batch)
-                candidate = [step_id]
-            batch = candidate
-        if batch:
+        # Each URL within max_url_length: `id_batches` counts a comma after every id, and the
+        # last one has none.
+        room = self.settings.max_url_length - len(url_for([])) + 1
+        for batch in id_batches(ids, room=room, most=PAGE_SIZE):
             yield url_for(batch)
 
     async def _sequence_steps(self, sequence: int) -> list[tuple[int, Values]]:

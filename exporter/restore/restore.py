@@ -94,8 +94,10 @@ from exporter.core.errors import (
     ExporterError,
     Interrupted,
     OutputError,
+    StatusClass,
     UnreachableError,
     UsageError,
+    classify_status,
     clean_text,
 )
 from exporter.core.times import epoch_or_none, iso_exact
@@ -451,9 +453,14 @@ def make_plan(
 
 
 def _refused(status: int | None) -> bool:
-    """A definite answer that the write was not applied: a 4xx other than 408/425 (a 429 and
-    a 401 never reach here: the client waits them out or refreshes and sends again)."""
-    return status is not None and 400 <= status < 500 and status not in (408, 425)
+    """A definite answer that the write was not applied: a 4xx that the shared classification
+    (`classify_status`) does not call passing (408 and 425 are retried). A 429 reaches here only
+    once the client gave up waiting it out; a 401 is an AuthError, handled before."""
+    return (
+        status is not None
+        and 400 <= status < 500
+        and classify_status(status) is not StatusClass.RETRY
+    )
 
 
 def _error_text(document: Any) -> str:
@@ -1030,7 +1037,7 @@ class Restore:
         except UnreachableError as exc:
             lost = str(exc)
         else:
-            if not 200 <= status < 300:
+            if classify_status(status) is not StatusClass.OK:  # a 422: the API refused it
                 self._fail(entry, intent, status, _error_text(document) or f"HTTP {status}")
                 return
             new_id = _created_id(document)

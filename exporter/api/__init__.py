@@ -1,1 +1,1 @@
-"""Talking to the Outreach API: credentials, the HTTP client (rate limit, retries, origin checks), pagination, the account behind a token."""
+"""Talking to the Outreach API: credentials (auth), request budgets (ratelimit), the HTTP transport (client), JSON:API documents, the links.next chain (pagination), the account behind a token."""

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
+from exporter.api.ratelimit import retry_after_delay
 from exporter.core.config import ExportSettings, default_token_file, token_url_for
 from exporter.core.errors import (
     ApiError,
@@ -366,7 +367,7 @@ class OAuthTokens:
                         "(--base-url) and run again",
                         status=status,
                     )
-                retry_after = response.headers.get("Retry-After")
+                retry_after = retry_after_delay(response.headers, time.time())
                 body = bytearray()
                 async for chunk in response.content.iter_chunked(1 << 16):
                     body += chunk
@@ -379,14 +380,7 @@ class OAuthTokens:
             document = orjson.loads(body)
         except orjson.JSONDecodeError:
             document = None
-        seconds: float | None
-        try:
-            seconds = float(retry_after) if retry_after else None
-        except ValueError:
-            seconds = None
-        if seconds is not None and not (math.isfinite(seconds) and seconds >= 0):
-            seconds = None
-        return status, document, seconds
+        return status, document, retry_after
 
 
 def token_source(settings: ExportSettings) -> TokenSource:

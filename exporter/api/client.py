@@ -2,7 +2,7 @@
 
 Every request the exporter makes goes through `ApiClient._request`, in these steps:
 1. take a slot of the in-flight bound (`concurrency`: requests at once);
-2. wait for a turn under two budgets (`_pace`): the configured one (an aiolimiter
+2. wait for a turn under two budgets (`ratelimit.RateLimits.turn`): the configured one (an aiolimiter
    `AsyncLimiter` pacing the steady state, and `RequestBudget` capping request starts at N in
    any window of the configured period) and the API's own (`ApiWindow`, what
    its `X-RateLimit-Remaining`/`-Reset` headers say is left of its fixed window, less the
@@ -19,7 +19,7 @@ Every request the exporter makes goes through `ApiClient._request`, in these ste
      fault (a proxy's glitch), so it is retried within `max_attempts` like a truncated body, and
      then one `ApiError` naming the cap; memory stays under the cap whatever the ratio;
    - redirects are never followed by aiohttp. A redirect of a GET to the base URL's origin
-     (scheme, host, port, as `pagination.origin` compares them; no userinfo) is followed here,
+     (scheme, host, port, as `urls.origin` compares them; no userinfo) is followed here,
      with the token, through the same budgets, at most `max_redirects` hops in a row; a
      redirect to another origin, of a write, or without a usable `Location` is fatal: one
      `ApiError` naming where it pointed (the token is never sent there);
@@ -37,13 +37,11 @@ Budgets and locks are created inside the running loop (in `__aenter__`), never a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
 import random
 import time
 import zlib
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -52,11 +50,12 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 
 from exporter import __version__
 from exporter.api.auth import TokenSource
-from exporter.api.pagination import origin, query_value, with_query_value
+from exporter.api.documents import json_or_none, parse_document
+from exporter.api.ratelimit import RateLimits, retry_after_delay
+from exporter.api.urls import origin, query_value, with_query_value
 from exporter.core.errors import (
     ApiError,
     AuthError,
@@ -85,10 +84,6 @@ class NotSentError(ApiError):
     (`aiohttp.ClientConnectorError`: the TCP connect, or the TLS handshake, failed): not one
     byte of the request left this machine, so the API provably did not apply it and it may be
     sent again. (Any other transport failure may have happened after the request was sent.)"""
-
-
-# The API's documented window is an hour; a reset further away than this is not believed.
-LONGEST_WINDOW = 3600.0
 
 
 @dataclass(frozen=True)
@@ -132,130 +127,6 @@ class ClientStats:
     server_time: float | None = None  # the API's clock (Date header) at its first answer
 
 
-class RequestBudget:
-    """The configured budget: at most `limit` request starts in any `period` seconds.
-
-    A log of the last `limit` start times, not a token bucket: a bucket (aiolimiter's) starts
-    full and refills continuously, so a burst followed by steady pacing can put up to twice its
-    `limit` into one of the API's fixed windows. With the log no interval of `period` seconds,
-    wherever the API's window boundaries fall, ever holds more than `limit` starts.
-    """
-
-    def __init__(
-        self, limit: int, period: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        if limit < 1 or period <= 0:
-            raise ValueError("a request budget needs limit >= 1 and period > 0")
-        self.limit = limit
-        self.period = period
-        self._clock = clock
-        self._starts: deque[float] = deque()
-
-    def delay(self, now: float) -> float:
-        """Seconds until another request may start (0: now)."""
-        starts = self._starts
-        while starts and starts[0] <= now - self.period:
-            starts.popleft()
-        if len(starts) < self.limit:
-            return 0.0
-        return starts[0] + self.period - now
-
-    def take(self, now: float) -> None:
-        self._starts.append(now)
-
-    async def acquire(self) -> None:
-        """Wait for a turn and take it (for callers that pace requests of their own)."""
-        while True:
-            wait = self.delay(self._clock())
-            if wait <= 0:
-                break
-            await asyncio.sleep(wait)
-        self.take(self._clock())
-
-
-class ApiWindow:
-    """The API's fixed rate-limit window as its headers describe it.
-
-    - `remaining` is the lowest `X-RateLimit-Remaining` answered in the current window (answers
-      arrive out of order; the API's count only falls). A request still in flight may or may not
-      have been counted yet, so `remaining - in_flight` more can start without a 429 (exactly,
-      once nothing is in flight); a request that failed without headers is assumed counted.
-    - The window is named by its `X-RateLimit-Reset`. Once the clock passes it (plus `margin`
-      for clock skew), a fresh window of `limit` is assumed until an answer from it arrives; an
-      answer naming an older window is ignored, one naming a newer window is adopted.
-    - `reserve` requests of each window are left to other programs.
-    - No headers at all: nothing is known, nothing is held back (the configured budget paces).
-    """
-
-    def __init__(
-        self, *, margin: float, reserve: int = 0, default_limit: int | None = None
-    ) -> None:
-        self.margin = margin
-        self.reserve = reserve
-        self.limit = default_limit
-        self.reset: float | None = None
-        self.remaining: int | None = None
-        self.rolled = False  # the clock passed `reset`: `remaining` is assumed, not answered
-        self.in_flight = 0
-        self.blocked_until = 0.0  # after a 429 with Retry-After (or without headers)
-        self.changed = asyncio.Event()
-
-    def delay(self, now: float) -> float:
-        """Seconds to wait before another request may start (0: now). While answers in flight
-        may still free some of the window, `changed` is set when one arrives."""
-        if now < self.blocked_until:
-            return self.blocked_until - now
-        if self.reset is None or self.remaining is None:
-            return 0.0
-        if not self.rolled and now >= self.reset + self.margin:
-            self.rolled = True
-            self.remaining = self.limit
-            if self.remaining is None:
-                return 0.0
-        if self.remaining - self.in_flight - self.reserve > 0:
-            return 0.0
-        if self.rolled:
-            return 0.05  # the new window's size is being learnt from answers in flight
-        return max(0.001, self.reset + self.margin - now)
-
-    def take(self) -> None:
-        self.in_flight += 1
-
-    def answered(self, remaining: float | None, reset: float | None, limit: float | None) -> None:
-        """An answer arrived (its headers, at least)."""
-        self.in_flight -= 1
-        if limit is not None and limit >= 1:
-            self.limit = int(limit)
-        if remaining is None or reset is None:
-            self.lost()
-            return
-        if self.reset is None or reset > self.reset:
-            self.reset, self.remaining, self.rolled = reset, int(remaining), False
-        elif reset == self.reset and not self.rolled and self.remaining is not None:
-            self.remaining = min(self.remaining, int(remaining))
-        self.changed.set()
-
-    def failed(self) -> None:
-        """A request got no answer at all (connection refused, reset before the headers)."""
-        self.in_flight -= 1
-        self.lost()
-
-    def lost(self) -> None:
-        if self.remaining is not None and not self.rolled:
-            self.remaining -= 1  # it may have been counted: assume so
-        self.changed.set()
-
-    def block(self, until: float) -> None:
-        self.blocked_until = max(self.blocked_until, until)
-
-    def spent(self, reset: float | None, now: float) -> None:
-        """A 429: nothing is left until `reset`; a reset already past says our clock is ahead."""
-        if reset is not None and now > reset:
-            self.margin = min(max(self.margin, now - reset + 0.05), 5.0)
-        if self.remaining is not None and not self.rolled:
-            self.remaining = 0
-
-
 class ApiClient:
     """The one HTTP client of a run; every request shares its budgets and in-flight bound."""
 
@@ -273,11 +144,8 @@ class ApiClient:
         self._rng = rng or random.Random()
         self._clock = clock  # wall clock: X-RateLimit-Reset is in epoch seconds
         self._session: aiohttp.ClientSession | None = None
-        self._limiter: RequestBudget | None = None
-        self._window: ApiWindow | None = None
+        self._limits: RateLimits | None = None
         self._in_flight: asyncio.Semaphore | None = None
-        self._pace_lock: asyncio.Lock | None = None
-        self._bucket: AsyncLimiter | None = None
 
     async def __aenter__(self) -> ApiClient:
         s = self.settings
@@ -300,20 +168,14 @@ class ApiClient:
             auto_decompress=False,
             raise_for_status=False,
         )
-        loop = asyncio.get_running_loop()
-        # The configured budget, twice: aiolimiter's bucket paces the steady state (no
-        # bunching at window edges), the log caps any window at the budget (the bucket alone
-        # would let a full burst plus its refill into one of the API's fixed windows).
-        self._bucket = AsyncLimiter(s.rate_limit, s.rate_period)
-        self._limiter = RequestBudget(s.rate_limit, s.rate_period, loop.time)
-        self._window = ApiWindow(
-            # Room for clock skew: 1% of the window, at most a second (a second of an hour).
-            margin=min(1.0, max(0.005, s.rate_period / 100)),
+        self._limits = RateLimits(
+            limit=s.rate_limit,
+            period=s.rate_period,
             reserve=s.remaining_reserve or 0,
-            default_limit=None,
+            clock=self._clock,
+            stats=self.stats,
         )
         self._in_flight = asyncio.Semaphore(s.concurrency)
-        self._pace_lock = asyncio.Lock()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -358,50 +220,6 @@ class ApiClient:
             method, url, document, max_attempts=max_attempts, accept_statuses=(422,)
         )
 
-    # -- pacing ----------------------------------------------------------------------------
-
-    async def _pace(self) -> None:
-        """Wait for a turn under both budgets, then count the request against them."""
-        assert self._limiter is not None and self._window is not None
-        assert self._pace_lock is not None and self._bucket is not None
-        limiter, window = self._limiter, self._window
-        loop = asyncio.get_running_loop()
-        async with self._pace_lock:  # first come, first served
-            started = loop.time()
-            await self._bucket.acquire()
-            self.stats.budget_wait_seconds += loop.time() - started
-            paused = False
-            while True:
-                budget_wait = limiter.delay(loop.time())
-                window_wait = window.delay(self._clock())
-                wait = max(budget_wait, window_wait)
-                if wait <= 0:
-                    break
-                if window_wait >= budget_wait and not paused:
-                    paused = True
-                    self.stats.rate_pauses += 1
-                window.changed.clear()
-                started = loop.time()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(window.changed.wait(), timeout=wait)
-                waited = loop.time() - started
-                if window_wait >= budget_wait:
-                    self.stats.rate_wait_seconds += waited
-                else:
-                    self.stats.budget_wait_seconds += waited
-            limiter.take(loop.time())
-            window.take()
-
-    def _observe(self, headers: Any) -> None:
-        assert self._window is not None
-        remaining = _header_number(headers, "X-RateLimit-Remaining")
-        reset = _reset_time(headers, self._clock())
-        limit = _header_number(headers, "X-RateLimit-Limit")
-        self._window.answered(remaining, reset, limit)
-        if remaining is not None and reset is not None:
-            self.stats.rate_remaining = int(remaining)
-            self.stats.rate_reset = reset
-
     # -- one request, retried ---------------------------------------------------------------
 
     async def _request(
@@ -414,8 +232,8 @@ class ApiClient:
         accept_statuses: tuple[int, ...] = (),
         parse: Callable[[bytes, str], Any] | None = None,
     ) -> tuple[int, Any]:
-        assert self._window is not None and self._in_flight is not None
-        window = self._window
+        assert self._limits is not None and self._in_flight is not None
+        limits = self._limits
         attempts = max_attempts or self.settings.max_attempts
         attempt = 0  # failed attempts so far
         rate_waits = 0
@@ -427,7 +245,7 @@ class ApiClient:
         while True:
             failure: RetriableError | None = None
             async with self._in_flight:
-                await self._pace()
+                await limits.turn()
                 answered = False
                 sent = time.monotonic()
                 status, body = 0, b""
@@ -447,7 +265,7 @@ class ApiClient:
                         status = response.status
                         headers = response.headers
                         answered = True
-                        self._observe(headers)  # before the body: a cut body still counted
+                        limits.answered(headers)  # before the body: a cut body still counted
                         body = await _read_body(response, self.settings.max_response_bytes)
                 except aiohttp.ClientConnectorError as exc:
                     connection_failures += 1
@@ -477,7 +295,7 @@ class ApiClient:
                     ) from None
                 finally:
                     if not answered:
-                        window.failed()
+                        limits.unanswered()
             if LOGGER.isEnabledFor(logging.DEBUG):  # --verbose
                 _log_request(
                     method, url, time.monotonic() - sent, attempt + 1, failure, status, body
@@ -520,7 +338,7 @@ class ApiClient:
                         return status, parse_document(body, content_type)
                     # Off the event loop: parsing a page is the heaviest CPU work of a run.
                     return status, await asyncio.to_thread(parse, body, content_type)
-                error_id, detail = error_details(_try_parse(body))
+                error_id, detail = error_details(json_or_none(body))
                 detail = self._scrub(detail)
                 if outcome is StatusClass.RATE_LIMITED:
                     self.stats.rate_limited += 1
@@ -535,7 +353,7 @@ class ApiClient:
                             error_id=error_id,
                             hint=self.settings.give_up_hint,
                         )
-                    self._rate_limited(headers)
+                    limits.rate_limited(headers)
                     continue  # the same request again, once the window allows; not an attempt
                 if outcome is StatusClass.REFRESH:
                     if refreshed:
@@ -568,7 +386,7 @@ class ApiClient:
                     f"the API answered {status}" + (f" ({detail})" if detail else ""),
                     status=status,
                     error_id=error_id,
-                    retry_after=_retry_after(headers, self._clock()),
+                    retry_after=retry_after_delay(headers, self._clock()),
                 )
             except RetriableError as exc:
                 attempt += 1
@@ -619,19 +437,6 @@ class ApiClient:
                 hint=self.settings.give_up_hint,
             )
         return target
-
-    def _rate_limited(self, headers: Any) -> None:
-        """After a 429: hold every request until the window resets (or `Retry-After` passes)."""
-        assert self._window is not None
-        now = self._clock()
-        reset = _reset_time(headers, now)
-        self._window.spent(reset, now)
-        retry_after = _retry_after(headers, now)
-        if retry_after is not None:
-            self._window.block(now + min(retry_after, LONGEST_WINDOW))
-        elif reset is None or self._window.remaining is None:
-            # No headers to go by: wait a window of the configured budget (at most a minute).
-            self._window.block(now + min(60.0, self.settings.rate_period))
 
     async def _backoff(self, attempt: int, retry_after: float | None = None) -> None:
         self.stats.retries += 1
@@ -710,27 +515,6 @@ def _page_size(url: str) -> int | None:
     return int(value)
 
 
-def _header_number(headers: Any, name: str) -> float | None:
-    value = headers.get(name)  # CIMultiDict: case-insensitive
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _reset_time(headers: Any, now: float) -> float | None:
-    """`X-RateLimit-Reset` as epoch seconds (a small number is taken as seconds from now)."""
-    reset = _header_number(headers, "X-RateLimit-Reset")
-    if reset is None or reset < 0:
-        return None
-    if reset < 1e9:  # not an epoch time: some gateways send the seconds left
-        reset = now + reset
-    return min(reset, now + LONGEST_WINDOW)
-
-
 def _header_date(headers: Any) -> float | None:
     value = headers.get("Date")
     if not value:
@@ -739,44 +523,6 @@ def _header_date(headers: Any) -> float | None:
         return parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError):
         return None
-
-
-def _retry_after(headers: Any, now: float) -> float | None:
-    """`Retry-After` in seconds, given as seconds or as an HTTP date."""
-    value = _header_number(headers, "Retry-After")
-    if value is not None:
-        return value if value >= 0 else None
-    text = headers.get("Retry-After")
-    if not text:
-        return None
-    try:
-        return max(0.0, parsedate_to_datetime(text).timestamp() - now)
-    except (TypeError, ValueError):
-        return None
-
-
-def _try_parse(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def check_json_content(content_type: str) -> None:
-    kind = content_type.split(";", 1)[0].strip().lower()
-    if kind and "json" not in kind:
-        raise RetriableError(f"a {kind} body where JSON was expected")
-
-
-def parse_document(body: bytes, content_type: str) -> dict[str, Any]:
-    check_json_content(content_type)
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise RetriableError(f"a truncated or malformed JSON body ({len(body)} bytes)") from None
-    if not isinstance(document, dict):
-        raise RetriableError("a JSON body that is not an object")
-    return document
 
 
 def _fatal(status: int, error_id: str | None, detail: str | None, url: str) -> ApiError:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import posixpath
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,8 @@ from exporter.backup.damage import inspect, shown
 from exporter.backup.storage import Storage
 from exporter.core.config import ExportSettings
 from exporter.core.errors import UsageError
-from exporter.export.run import BACKUP_DIRECTORIES, TOMBSTONE_DIRECTORY, iso, micros, uncommitted
+from exporter.core.times import iso, iso_exact, iso_exact_or_none, micros
+from exporter.export.run import BACKUP_DIRECTORIES, TOMBSTONE_DIRECTORY, uncommitted
 from exporter.model.normalize import TOMBSTONE_TYPE
 from exporter.model.schema import RESOURCE_TYPES, resource_type
 
@@ -508,7 +509,7 @@ class _Survey:
             )
             if type_name != TOMBSTONE_TYPE:
                 paths = [str(f.get("path")) for f in mine]
-                result.updated_at_max = _iso_or_none(self._newest(paths, run.problems))
+                result.updated_at_max = iso_exact_or_none(self._newest(paths, run.problems))
             if state is not None and type_name in state.resources:
                 _partitions(result, state.resources[type_name])
             _watermark(result, detail)
@@ -538,7 +539,7 @@ class _Survey:
                     newest[type_name] = value
         for type_name, value in newest.items():
             if type_name in found:
-                found[type_name].updated_at_max = _iso(value)
+                found[type_name].updated_at_max = iso_exact(value)
         return [found[t] for t in _order(set(found))]
 
     def _newest(self, paths: list[str], problems: list[str]) -> datetime | None:
@@ -629,10 +630,6 @@ def _high_water_of(root: Storage, relative: str, problems: list[str]) -> datetim
         return None
 
 
-def _iso_or_none(value: datetime | None) -> str | None:
-    return None if value is None else _iso(value)
-
-
 def updated_high_water(
     path: Path | str,
     column: str = HIGH_WATER_COLUMN,
@@ -680,13 +677,6 @@ def _scan_max(parquet: pq.ParquetFile, column: str) -> datetime | None:
         if isinstance(value, datetime) and (newest is None or value > newest):
             newest = value
     return newest
-
-
-def _iso(value: datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    text = value.astimezone(UTC).isoformat()
-    return text.replace("+00:00", "Z")
 
 
 def _uncommitted(root: Storage, named: set[str]) -> list[str]:

@@ -29,7 +29,8 @@ from typing import Protocol
 import pyarrow as pa
 
 from exporter.api.client import ApiClient
-from exporter.api.pagination import ChainGuard, collection_url, next_link, page_records
+from exporter.api.documents import page_records
+from exporter.api.pagination import collection_url, paginate
 from exporter.backup.checkpoint import PartitionState
 from exporter.model.fastpage import PageReader
 from exporter.model.normalize import Normalizer, record_id
@@ -343,19 +344,17 @@ class CollectionCrawl:
                 *self.extra_params,
             ],
         )
-        guard = ChainGuard(first)
-        url: str | None = first
-        while url is not None:
-            if self._stopping:
-                return
-            await self.credits.acquire()
-            try:
-                page = await self.client.get_parsed(url, PageReader(self.normalizer, url))
-                following = next_link({"links": page.links}, url, self.base_url)
-                batch = page.batch
-            except BaseException:
-                self.credits.release()
-                raise
+        pages = paginate(
+            self.client,
+            first,
+            base_url=self.base_url,
+            reader=lambda url: PageReader(self.normalizer, url),
+            credits=self.credits,
+            stopped=lambda: self._stopping,
+        )
+        async for page in pages:
+            batch = page.content.batch
+            following = page.next_url
             self.stats.pages += 1
             past_end = any(i > walk.high for i in batch.ids)
             wanted = self.select(batch.table) if self.select is not None else None
@@ -401,9 +400,9 @@ class CollectionCrawl:
             )
             if self.announcer is not None:
                 await self.announcer.backpressure()
-            if not final and following is not None:
-                guard.follow(url, following, len(batch.ids) - repeated)
-            url = None if final else following
+            if final:
+                break
+            page.new_records = len(batch.ids) - repeated
 
 
 def _copy(state: PartitionState) -> PartitionState:

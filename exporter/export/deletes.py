@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from exporter.api.client import ApiClient
-from exporter.api.pagination import ChainGuard, collection_url, next_link, page_records
+from exporter.api.documents import page_records
+from exporter.api.pagination import collection_url, id_batches, paginate
 from exporter.export.crawl import Message, PageBatch
 from exporter.model.normalize import TOMBSTONE_SCHEMA, TOMBSTONE_TYPE, check_type, record_id
 from exporter.model.schema import resource_type
@@ -72,19 +73,7 @@ class DeleteScan:
     def batches(self, type_name: str, ids: Sequence[int]) -> list[list[int]]:
         """Ids cut to the page size and the URL length."""
         room = self.max_url_length - len(self._url(type_name, ""))
-        out: list[list[int]] = []
-        current: list[int] = []
-        used = 0
-        for value in ids:
-            cost = len(str(value)) + 1
-            if current and (used + cost > room or len(current) >= self.page_size):
-                out.append(current)
-                current, used = [], 0
-            current.append(value)
-            used += cost
-        if current:
-            out.append(current)
-        return out
+        return list(id_batches(ids, room=room, most=self.page_size))
 
     async def scan(self, type_name: str, ids: Sequence[int]) -> None:
         stats = self.stats.setdefault(type_name, DeleteStats())
@@ -100,22 +89,16 @@ class DeleteScan:
 
     async def _check(self, type_name: str, batch: list[int], stats: DeleteStats) -> None:
         first = self._url(type_name, ",".join(map(str, batch)))
-        url: str | None = first
         present: set[int] = set()
         asked = set(batch)
-        guard = ChainGuard(first)
-        while url is not None:
-            document = await self.client.get_document(url)
+        async for page in paginate(self.client, first, base_url=self.base_url):
             stats.requests += 1
             known = len(present)
-            for record in page_records(document, url):
+            for record in page_records(page.content, page.url):
                 value = record_id(check_type(record, type_name), type_name)
                 if value in asked:  # an id not asked for proves nothing (nor is progress)
                     present.add(value)
-            following = next_link(document, url, self.base_url)
-            if following is not None:
-                guard.follow(url, following, len(present) - known)
-            url = following
+            page.new_records = len(present) - known
         stats.checked += len(batch)
         gone = [value for value in batch if value not in present]
         if not gone:

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from exporter.api.client import ApiClient
-from exporter.api.pagination import ChainGuard, collection_url, next_link
+from exporter.api.pagination import collection_url, ids_that_fit, paginate
 from exporter.core.errors import ApiError, UsageError, shown_url
 from exporter.core.events import event
 from exporter.export.crawl import Message, PageBatch, RowSelector
@@ -399,12 +399,7 @@ class RelationshipWalk:
                 stop += 1
             complete = url_full or stop < len(ids)
         else:
-            while stop < len(ids) and stop - head < self.page_size:
-                cost = len(str(ids[stop])) + 1
-                if used + cost > room:
-                    break
-                used += cost
-                stop += 1
+            stop = head + ids_that_fit(ids, head, room=room, most=self.page_size)
             complete = stop < len(ids) or stop - head == self.page_size
         if not complete and not final:
             return None  # a partial batch: wait for the crawl to bring more ids
@@ -485,20 +480,20 @@ class RelationshipWalk:
         link_only = state.link_only
         stats.batches += 1
         first = self._url(batch.target, link_only, ",".join(map(str, batch.ids)))
-        url: str | None = first
         found: set[int] = set()
         per_step: dict[int, int] = {}
         asked = set(batch.ids)  # ids, or step ids for a link-only type
-        guard = ChainGuard(first)
-        while url is not None:
-            await self.credits.acquire()
-            try:
-                page = await self.client.get_parsed(url, PageReader(normalizer, url))
-                following = next_link({"links": page.links}, url, self.base_url)
-                normalized = page.batch
-            except BaseException:
-                self.credits.release()
-                raise
+        pages = paginate(
+            self.client,
+            first,
+            base_url=self.base_url,
+            reader=lambda url: PageReader(normalizer, url),
+            credits=self.credits,
+        )
+        async for page in pages:
+            url = page.url
+            normalized = page.content.batch
+            following = page.next_url
             stats.requests += 1
             if link_only and self.unsure_filter and batch.target in self.not_asked:
                 following = None  # given up while this page was on its way: write what was asked
@@ -562,9 +557,9 @@ class RelationshipWalk:
                     link_range=(batch.start, batch.end) if following is None else None,
                 )
             )
-            if following is not None:
-                guard.follow(url, following, len(found) - known)
-            url = following
+            if following is None:
+                break
+            page.new_records = len(found) - known
         if link_only:
             for step_id, group in zip(batch.ids, batch.groups, strict=True):
                 state.learnt.setdefault(group, GroupStats()).add(per_step.get(step_id, 0))

@@ -15,6 +15,7 @@ Tombstone files are not fetched: the run's `--detect-deletes` phase checks their
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from exporter.api.client import ApiClient
-from exporter.api.pagination import ChainGuard, collection_url, next_link
+from exporter.api.pagination import collection_url, paginate
 from exporter.backup.checkpoint import PartitionState, ResourceState, RunState
 from exporter.backup.manifest import canonical_digest
 from exporter.backup.sink import DataFile
@@ -78,8 +79,8 @@ async def refetch_range(
     high: int,
     page_size: int,
     keep: Keep,
-    inbox: Any,
-    credits: Any,
+    inbox: asyncio.Queue[Message | None],
+    credits: asyncio.Semaphore,
     needs: dict[str, int] | None,
 ) -> int:
     """Walk `low..high` of a collection and send the kept rows to the writer; returns their count."""
@@ -89,23 +90,22 @@ async def refetch_range(
         resource_type(type_name).collection,
         [("filter[id]", f"{low}..{high}"), ("sort", "id"), ("page[size]", str(page_size))],
     )
-    guard = ChainGuard(first)
-    url: str | None = first
     kept = 0
     seen: set[int] = set()
-    while url is not None:
-        await credits.acquire()
-        try:
-            page = await client.get_parsed(url, PageReader(normalizer, url))
-            following = next_link({"links": page.links}, url, base_url)
-        except BaseException:
-            credits.release()
-            raise
-        table = page.batch.table
+    pages = paginate(
+        client,
+        first,
+        base_url=base_url,
+        reader=lambda url: PageReader(normalizer, url),
+        credits=credits,
+    )
+    async for page in pages:
+        following = page.next_url
+        table = page.content.batch.table
         wanted = keep(table)
         rows = []
         fresh = 0
-        for index, value in enumerate(page.batch.ids):
+        for index, value in enumerate(page.content.batch.ids):
             if low <= value <= high and value not in seen:
                 seen.add(value)
                 fresh += 1
@@ -124,9 +124,7 @@ async def refetch_range(
             needs=needs if rows else None,
         )
         inbox.put_nowait(message)
-        if following is not None:
-            guard.follow(url, following, fresh)
-        url = following
+        page.new_records = fresh
     return kept
 
 

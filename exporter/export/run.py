@@ -49,6 +49,7 @@ from exporter.core.config import ExportSettings
 from exporter.core.errors import Interrupted, OutputError, UsageError, redact_url
 from exporter.core.events import event
 from exporter.core.progress import Reporter, ResourceProgress, Snapshot
+from exporter.core.times import iso, micros, utc_now
 from exporter.export.crawl import CollectionCrawl, CrawlStats, Flush, Message, RowSelector
 from exporter.export.deletes import DeleteScan
 from exporter.export.history import (
@@ -80,10 +81,6 @@ from exporter.model.normalize import TOMBSTONE_TYPE
 from exporter.model.schema import RESOURCE_TYPES, resource_type
 
 MAX_CLOCK_SKEW = 300.0  # seconds the API's clock and ours may differ before the earlier is taken
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_run_id() -> str:
@@ -234,15 +231,6 @@ def remove_empty_directories(storage: Storage, directory: str) -> None:
             sub.rmdir()  # fails, and is meant to, when anything is left inside
     with contextlib.suppress(OSError):
         root.rmdir()
-
-
-def iso(seconds: float) -> str:
-    stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
-
-
-def micros(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1_000_000)
 
 
 def updated_at_filterable(type_name: str) -> bool:

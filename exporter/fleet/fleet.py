@@ -48,7 +48,8 @@ from exporter.core.errors import (
 )
 from exporter.core.files import MAX_SECRET_BYTES, read_small_file
 from exporter.core.secrets import CREDENTIAL_RULE, Secret, header_safe
-from exporter.export.run import Export, FinishedExport, utc_now
+from exporter.core.times import utc_now
+from exporter.export.run import Export, FinishedExport
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from exporter.api.client import check_json_content, parse_document
-from exporter.api.pagination import page_records
+from exporter.api.documents import check_json_content, page_records, parse_document
 from exporter.model.normalize import (
     EXTRA_COLUMN,
     NormalizedBatch,

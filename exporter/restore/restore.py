@@ -73,7 +73,8 @@ import orjson
 from exporter.api.account import Account, canonical_base_url, identify
 from exporter.api.auth import TokenSource
 from exporter.api.client import ApiClient, ClientSettings, NotSentError
-from exporter.api.pagination import ChainGuard, collection_url, next_link, page_records
+from exporter.api.documents import page_records
+from exporter.api.pagination import collection_url, id_batches, paginate
 from exporter.backup import manifest
 from exporter.backup.compact import current_table
 from exporter.backup.storage import Storage
@@ -85,10 +86,13 @@ from exporter.core.errors import (
     ExporterError,
     Interrupted,
     OutputError,
+    StatusClass,
     UnreachableError,
     UsageError,
+    classify_status,
     clean_text,
 )
+from exporter.core.times import epoch_or_none, iso_exact
 from exporter.model.normalize import (
     EXTRA_COLUMN,
     TOMBSTONE_TYPE,
@@ -151,7 +155,7 @@ Values = dict[str, Any]  # writable field -> value as on the wire (relationships
 
 def _wire(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
+        return iso_exact(value)  # a timestamp[us, UTC] column: always aware, in UTC
     if isinstance(value, date):
         return value.isoformat()
     return value
@@ -441,9 +445,14 @@ def make_plan(
 
 
 def _refused(status: int | None) -> bool:
-    """A definite answer that the write was not applied: a 4xx other than 408/425 (a 429 and
-    a 401 never reach here: the client waits them out or refreshes and sends again)."""
-    return status is not None and 400 <= status < 500 and status not in (408, 425)
+    """A definite answer that the write was not applied: a 4xx that the shared classification
+    (`classify_status`) does not call passing (408 and 425 are retried). A 429 reaches here only
+    once the client gave up waiting it out; a 401 is an AuthError, handled before."""
+    return (
+        status is not None
+        and 400 <= status < 500
+        and classify_status(status) is not StatusClass.RETRY
+    )
 
 
 def _error_text(document: Any) -> str:
@@ -758,23 +767,17 @@ class Restore:
     async def _fetch_pages(self, url: str) -> list[tuple[int, Values]]:
         found: list[tuple[int, Values]] = []
         ids: set[int] = set()
-        guard = ChainGuard(url)
-        next_url: str | None = url
-        while next_url is not None:
-            document = await self.client.get_document(next_url)
+        async for page in paginate(self.client, url, base_url=self.base_url):
             known = len(ids)
-            for raw in page_records(document, next_url):
+            for raw in page_records(page.content, page.url):
                 record = check_type(raw, STEP)
                 step_id = record_id(record, STEP)
                 ids.add(step_id)
                 found.append((step_id, values_of_record(record)))
-                made = _epoch((record.get("attributes") or {}).get("createdAt"))
+                made = epoch_or_none((record.get("attributes") or {}).get("createdAt"))
                 if made is not None:
                     self._created_at[step_id] = made
-            following = next_link(document, next_url, self.base_url)
-            if following is not None:
-                guard.follow(next_url, following, len(ids) - known)
-            next_url = following
+            page.new_records = len(ids) - known
         return found
 
     async def _fetch_by_ids(self, ids: Sequence[int]) -> dict[int, Values]:
@@ -802,16 +805,10 @@ class Restore:
                 ],
             )
 
-        batch: list[int] = []
-        for step_id in ids:
-            candidate = [*batch, step_id]
-            if batch and (
-                len(candidate) > PAGE_SIZE or len(url_for(candidate)) > self.settings.max_url_length
-            ):
-                yield url_for(batch)
-                candidate = [step_id]
-            batch = candidate
-        if batch:
+        # Each URL within max_url_length: `id_batches` counts a comma after every id, and the
+        # last one has none.
+        room = self.settings.max_url_length - len(url_for([])) + 1
+        for batch in id_batches(ids, room=room, most=PAGE_SIZE):
             yield url_for(batch)
 
     async def _sequence_steps(self, sequence: int) -> list[tuple[int, Values]]:
@@ -1032,7 +1029,7 @@ class Restore:
         except UnreachableError as exc:
             lost = str(exc)
         else:
-            if not 200 <= status < 300:
+            if classify_status(status) is not StatusClass.OK:  # a 422: the API refused it
                 self._fail(entry, intent, status, _error_text(document) or f"HTTP {status}")
                 return
             new_id = _created_id(document)
@@ -1075,15 +1072,6 @@ def _first_error(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
-
-
-def _epoch(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def _created_id(document: dict[str, Any] | None) -> int | None:

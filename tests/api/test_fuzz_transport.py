@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from exporter.api.auth import StaticToken
 from exporter.api.client import ApiClient, ClientSettings
-from exporter.api.pagination import ChainGuard, next_link, page_records
+from exporter.api.documents import page_records
+from exporter.api.pagination import ChainGuard, next_link
 from exporter.core.errors import ExporterError
 from exporter.core.secrets import Secret
 from exporter.model.fastpage import PageReader

@@ -8,15 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.api.pagination import (
-    STALL_PAGES,
-    ChainGuard,
-    collection_url,
-    next_link,
-    origin,
-    page_records,
-    with_query_value,
-)
+from exporter.api.documents import page_records
+from exporter.api.pagination import STALL_PAGES, ChainGuard, collection_url, next_link
+from exporter.api.urls import origin, with_query_value
 from exporter.core.errors import ResponseError
 
 BASE = "http://127.0.0.1:8123/api/v2"

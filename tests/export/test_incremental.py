@@ -16,7 +16,7 @@ from exporter.audit.status import render, status
 from exporter.audit.verify import verify as verify_directory
 from exporter.backup.compact import compact, inverse_columns
 from exporter.core.errors import UsageError
-from exporter.export.run import iso, micros
+from exporter.core.times import iso, micros
 from exporter.model.normalize import table_layout
 from exporter.model.schema import RESOURCE_TYPES, resource_type
 from tests.audit.test_verify_helpers import assert_manifest_matches_files

@@ -20,7 +20,7 @@ import pytest
 from exporter.backup import checkpoint
 from exporter.commands.fleet_file import parse_fleet
 from exporter.core.errors import ExitCode, UsageError
-from exporter.export.run import utc_now
+from exporter.core.times import utc_now
 from exporter.fleet.fleet import Account, export_account, resolve
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve_in_thread
 from tests.audit.test_verify_helpers import assert_manifest_matches_files

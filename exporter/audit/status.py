@@ -36,11 +36,12 @@ from exporter.backup import checkpoint, lock, manifest
 from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.compact import ROOT_TYPE
 from exporter.backup.damage import inspect, shown
+from exporter.backup.layout import BACKUP_DIRECTORIES, TOMBSTONE_DIRECTORY, uncommitted
 from exporter.backup.storage import Storage
 from exporter.commands.options import exit_on_error, show_report
 from exporter.core.config import ExportSettings
 from exporter.core.errors import ExporterError, UsageError
-from exporter.export.run import BACKUP_DIRECTORIES, TOMBSTONE_DIRECTORY, iso, micros, uncommitted
+from exporter.export.run import iso, micros
 from exporter.model.normalize import TOMBSTONE_TYPE
 from exporter.model.schema import RESOURCE_TYPES, resource_type
 
@@ -159,7 +160,7 @@ def _status(root: Storage) -> StatusReport:
     runs = survey.runs
     if not runs:
         # No checkpoint or manifest proves a file ours: export deletes nothing here
-        # (run.remove_uncommitted).
+        # (layout.remove_uncommitted).
         stray = _uncommitted(root, set())
         kept = (
             f"; it leaves the {len(stray)} part file(s) of this tool's naming here as they are "
@@ -692,7 +693,7 @@ def _iso(value: datetime) -> str:
 
 
 def _uncommitted(root: Storage, named: set[str]) -> list[str]:
-    """Part files no checkpoint names: the next export removes them (run.remove_uncommitted)."""
+    """Part files no checkpoint names: the next export removes them (layout.remove_uncommitted)."""
     return uncommitted(root, named, BACKUP_DIRECTORIES)
 
 

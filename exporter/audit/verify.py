@@ -15,7 +15,7 @@ For an unfinished run (only `_checkpoint.json`) the committed files the checkpoi
 checked the same way (schemas against the schema this exporter writes).
 
 Files the record does not name, below the backup's directories:
-- "uncommitted": exactly what the next `export` removes (`run.uncommitted`: part and temporary
+- "uncommitted": exactly what the next `export` removes (`layout.uncommitted`: part and temporary
   files of this exporter's naming where it writes them), listed on their own line, not a
   difference;
 - "set aside by --repair" (`<part file>.damaged-<run id>`, `repair.quarantine_name`): not part
@@ -47,12 +47,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from exporter.backup import checkpoint, manifest
+from exporter.backup.layout import BACKUP_DIRECTORIES, _is_ours, uncommitted
 from exporter.backup.sink import PART_NAME
 from exporter.backup.storage import Storage
 from exporter.commands.options import exit_on_error, show_report
 from exporter.core.errors import ExitCode, ExporterError, OutputError, UsageError
 from exporter.export.repair import quarantine_name
-from exporter.export.run import BACKUP_DIRECTORIES, _is_ours, uncommitted
 from exporter.model.normalize import arrow_schema
 from exporter.model.schema import RESOURCE_TYPES, resource_type
 
@@ -332,7 +332,7 @@ def _not_recorded(
     root: Storage, directories: dict[str, str], listed: set[str], report: VerifyReport, note: str
 ) -> None:
     """The files below the backup's directories that its record does not name:
-    - uncommitted: what the next export removes (`run.uncommitted`, export's own definition:
+    - uncommitted: what the next export removes (`layout.uncommitted`, export's own definition:
       part and temporary files of our naming where export writes them). Not a difference;
     - set aside by `export --repair` (`repair.quarantine_name` of a file of ours). Not one either;
     - any other `*.parquet` file: unlisted, a difference (a query over the folder would read it).

@@ -28,7 +28,7 @@ from exporter.backup.storage import INPROGRESS_SUFFIX, OpenFile, Storage, storag
 __all__ = ["INPROGRESS_SUFFIX", "PART_NAME", "DataFile", "PartWriter", "part_run_id"]
 
 # How `PartWriter` names a part file: part-<run id>-<sequence>.parquet, the run id being
-# `run.new_run_id()`'s (UTC time and 6 hex digits); while written locally, the same name
+# `layout.new_run_id()`'s (UTC time and 6 hex digits); while written locally, the same name
 # hidden (`.part-...parquet.inprogress`).
 PART_NAME = re.compile(r"\.?part-(\d{8}T\d{6}Z-[0-9a-f]{6})-\d{5,}\.parquet(\.inprogress)?")
 

@@ -36,7 +36,8 @@ from exporter.api.account import Account, canonical_base_url, identify
 from exporter.api.auth import TokenSource
 from exporter.api.client import ApiClient, ClientSettings
 from exporter.api.pagination import collection_url
-from exporter.backup import checkpoint, manifest
+from exporter.backup import catalog, checkpoint, manifest
+from exporter.backup.catalog import Found
 from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.compact import NOT_ASKED_BY_STEP, ROOT_TYPE
 from exporter.backup.damage import damaged_error, inspect, read_failure, shown
@@ -63,6 +64,7 @@ from exporter.export.history import (
     _micros,
     load_index,
 )
+from exporter.export.plan import FinishedExport
 from exporter.export.relationships import (
     IdSet,
     Link,
@@ -105,27 +107,6 @@ class ExportResult:
     @property
     def rows(self) -> dict[str, int]:
         return {k: v.rows for k, v in self.state.resources.items()}
-
-
-@dataclass
-class Found:
-    """What `--out` holds of ours, as read before anything is decided."""
-
-    checkpoint_present: bool
-    manifest_present: bool
-    state: RunState | None = None
-    unreadable: UsageError | None = None  # why the checkpoint could not be read
-    document: dict[str, Any] | None = None  # the manifest, when it could be read
-
-
-class FinishedExport(UsageError):
-    """A run without --incremental met a finished backup of the very account it exports
-    (confirmed by `Export._check_account`): nothing to do, nothing was changed. The fleet
-    counts exactly this as "already done"."""
-
-    def __init__(self, message: str, state: RunState) -> None:
-        super().__init__(message)
-        self.state = state
 
 
 def iso(seconds: float) -> str:
@@ -194,23 +175,6 @@ class Export:
     # request confirms the credentials and says whose data the base URL serves
     # (`account.identify`); 4. a backup of another account is refused; 5. only then is anything
     # deleted, and only what is provably ours (`_prepare`).
-
-    def _read_state(self) -> Found:
-        """What the folder holds of ours (nothing is changed)."""
-        storage = self.storage
-        found = Found(
-            checkpoint_present=storage.exists(checkpoint.CHECKPOINT_NAME),
-            manifest_present=storage.exists(manifest.MANIFEST_NAME),
-        )
-        if found.checkpoint_present:
-            try:
-                found.state = checkpoint.load(storage)
-            except UsageError as exc:
-                found.unreadable = exc
-        if found.manifest_present:
-            with contextlib.suppress(UsageError):
-                found.document = manifest.load(storage)
-        return found
 
     def _refuse_early(self, found: Found) -> None:
         """Refusals that need no request (and must not spend one)."""
@@ -561,7 +525,7 @@ class Export:
             await asyncio.to_thread(self.lock.release)
 
     async def _run_locked(self, started: float) -> ExportResult:
-        found = await asyncio.to_thread(self._read_state)
+        found = await asyncio.to_thread(catalog.read, self.storage)
         self._refuse_early(found)
         async with ApiClient(self._client_settings(), self.tokens) as client:
             self.client = client

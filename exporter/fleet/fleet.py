@@ -72,7 +72,8 @@ from exporter.core.errors import (
     scrub,
 )
 from exporter.core.files import MAX_SECRET_BYTES, read_small_file
-from exporter.export.run import Export, FinishedExport, utc_now
+from exporter.export.plan import FinishedExport
+from exporter.export.run import Export, utc_now
 
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -47,7 +47,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from exporter.backup import checkpoint, manifest
-from exporter.backup.layout import BACKUP_DIRECTORIES, _is_ours, uncommitted
+from exporter.backup.layout import BACKUP_DIRECTORIES, is_ours, uncommitted
 from exporter.backup.sink import PART_NAME
 from exporter.backup.storage import Storage
 from exporter.commands.options import exit_on_error, show_report
@@ -356,7 +356,7 @@ def _set_aside(path: str) -> bool:
     return (
         bool(marker)
         and PART_NAME.fullmatch(f"part-{run_id}-00000.parquet") is not None  # a run id
-        and _is_ours(original)
+        and is_ours(original)
         and quarantine_name(original, run_id) == path
     )
 

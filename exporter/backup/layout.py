@@ -12,7 +12,7 @@ from typing import Any
 from exporter.backup import checkpoint, manifest
 from exporter.backup.checkpoint import RunState
 from exporter.backup.sink import part_run_id
-from exporter.backup.storage import OpenFile, Storage
+from exporter.backup.storage import OpenFile, Storage, inside_root
 from exporter.model.schema import RESOURCE_TYPES, resource_type
 
 
@@ -30,7 +30,7 @@ BACKUP_DIRECTORIES = [
 ]
 
 
-def _is_ours(relative: str) -> bool:
+def is_ours(relative: str) -> bool:
     """A part file or a temporary one of our naming (`sink.part_run_id`), where an export puts
     them: in one of our type directories (tombstones: only in a `run=<id>/`). Nothing else is ours."""
     parts = relative.split("/")
@@ -47,7 +47,7 @@ def uncommitted(storage: Storage, named: set[str], directories: list[str]) -> li
         relative
         for directory in directories
         for relative in storage.list_files(directory)
-        if _is_ours(relative) and relative not in named
+        if is_ours(relative) and relative not in named
     ]
 
 
@@ -68,9 +68,10 @@ class ClaimingStorage(Storage):
         return super().open_data(relative)
 
 
-def _safe_named(storage: Storage, relative: str) -> bool:
-    """A path a state file names that we may move or delete: inside the root, of our naming."""
-    return storage.inside(relative) == relative and _is_ours(relative)
+def safe_named(relative: str) -> bool:
+    """A path a state file names that we may move or delete: inside the root (as
+    `Storage.inside` has it), of our naming."""
+    return inside_root(relative) == relative and is_ours(relative)
 
 
 def remove_uncommitted(storage: Storage, state: RunState | None, directories: list[str]) -> int:
@@ -103,7 +104,7 @@ def discard_run(
         named.update(
             str(f["path"]) for f in document["files"] if isinstance(f, dict) and "path" in f
         )
-    ours = {p for p in named if _safe_named(storage, p)}
+    ours = {p for p in named if safe_named(p)}
     ours.update(uncommitted(storage, set(), directories))
     for relative in sorted(ours):
         storage.delete(relative)

@@ -45,10 +45,10 @@ from exporter.backup.layout import (
     BACKUP_DIRECTORIES,
     TOMBSTONE_DIRECTORY,
     ClaimingStorage,
-    _safe_named,
     discard_run,
     new_run_id,
     remove_uncommitted,
+    safe_named,
 )
 from exporter.backup.lock import OutputLock
 from exporter.backup.storage import Storage
@@ -233,7 +233,7 @@ class Export:
         if state is None and found.document is not None:
             state = from_manifest(found.document, root)
             self._check_account(state, account)
-            unsafe = [f.path for f in state.committed_files() if not _safe_named(storage, f.path)]
+            unsafe = [f.path for f in state.committed_files() if not safe_named(f.path)]
             if unsafe:
                 raise UsageError(
                     f"{root}: the manifest names {unsafe[0]!r}, which is not a part file of this "
@@ -314,7 +314,7 @@ class Export:
         root = storage.display
         for item in damage:
             data_file = item.file
-            if not _safe_named(storage, data_file.path):
+            if not safe_named(data_file.path):
                 raise UsageError(
                     f"{root}: the checkpoint names {data_file.path!r}, which is not a part file "
                     "of this tool where it writes them; nothing was changed"

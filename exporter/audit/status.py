@@ -32,21 +32,29 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from exporter.backup import checkpoint, lock, manifest
+from exporter.backup import catalog, checkpoint, lock, manifest
 from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.compact import ROOT_TYPE
 from exporter.backup.damage import inspect, shown
 from exporter.backup.layout import BACKUP_DIRECTORIES, TOMBSTONE_DIRECTORY, uncommitted
 from exporter.backup.storage import Storage
 from exporter.commands.options import exit_on_error, show_report
-from exporter.core.config import ExportSettings
 from exporter.core.errors import ExporterError, UsageError
-from exporter.export.run import iso, micros
+from exporter.export.plan import (
+    DEFAULT_OVERLAP,
+    ExportRequest,
+    Extend,
+    FinishedExport,
+    Refuse,
+    Resume,
+    plan_export,
+    window_start,
+)
+from exporter.export.run import micros
 from exporter.model.normalize import TOMBSTONE_TYPE
 from exporter.model.schema import RESOURCE_TYPES, resource_type
 
 HIGH_WATER_COLUMN = "updatedAt"
-DEFAULT_OVERLAP = ExportSettings.overlap  # seconds; `export --overlap`'s default
 
 
 @dataclass
@@ -177,11 +185,17 @@ def _status(root: Storage) -> StatusReport:
 
 
 def _next_export(survey: _Survey) -> NextExport:
-    """What `export --out DIR` would do, as run.py's `Export._prepare` decides it."""
+    """What `export --out DIR` would do, as `plan.plan_export` decides it: without flags, with
+    the selection of the backup's run; for a finished backup, with --incremental too."""
     state, current = survey.state, survey.runs[-1]
+    same = ExportRequest(
+        where=survey.root.display, type_names=tuple(state.resources) if state else ()
+    )
+    plan = plan_export(survey.found, same)
     if state is None:
         # A finished backup without its checkpoint: export refuses it, but with --incremental
-        # --repair (run.py `_refuse_early`, then `_prepare` rebuilds it with `from_manifest`).
+        # --repair (`plan.refusal_before_request`, then the plan rebuilds it from the manifest).
+        assert isinstance(plan, Refuse)
         return NextExport(
             "refuse",
             current.run_id,
@@ -192,7 +206,7 @@ def _next_export(survey: _Survey) -> NextExport:
             "checkpoint back; --restart discards the backup)",
         )
     damaged = _damage(survey.root, state)
-    if state.status != "complete":
+    if isinstance(plan, Resume):
         unfinished = next((r for r in survey.runs if r.run_id == state.run_id), current)
         removal = (
             f"; {len(unfinished.uncommitted_files)} uncommitted file(s) removed and fetched again"
@@ -214,8 +228,9 @@ def _next_export(survey: _Survey) -> NextExport:
         if damaged:
             return NextExport("refuse", state.run_id, f"stop: {damaged}, then {resume}")
         return NextExport("resume", state.run_id, resume)
+    assert isinstance(plan, Refuse) and isinstance(plan.error, FinishedExport)
     refused = f"refuse a full export (run {state.run_id} finished it; --restart starts over)"
-    # --incremental: `_prepare` removes the uncommitted files, then `_check_files` stops on damage.
+    # --incremental: the plan removes the uncommitted files, then `_check_files` stops on damage.
     leftovers = _uncommitted(survey.root, {f.path for f in state.committed_files()})
     first = f"first remove {len(leftovers)} uncommitted file(s), then " if leftovers else ""
     if damaged:
@@ -228,11 +243,13 @@ def _next_export(survey: _Survey) -> NextExport:
             state.run_id,
             f"{refused}; --incremental cannot start: run {state.run_id} recorded no mark",
         )
-    since = _less(state.window_end, DEFAULT_OVERLAP)
+    extend = plan_export(survey.found, replace(same, incremental=True))
+    assert isinstance(extend, Extend)
+    since = extend.window_start
     used = state.parameters.get("overlap")
     last = ""
     if isinstance(used, int | float) and float(used) != DEFAULT_OVERLAP:
-        own = _less(state.window_end, float(used))
+        own = window_start(state.window_end, float(used))
         last = f"; the last run used {_seconds(float(used))}: since {own}"
     return NextExport(
         "refuse",
@@ -272,11 +289,6 @@ def _damage(root: Storage, state: RunState) -> str:
         f"{shown(root, found[0].file.path)} is damaged ({found[0].reason}){more}; pass --repair "
         "to set it aside and fetch its records again"
     )
-
-
-def _less(mark: str, overlap: float) -> str:
-    """An incremental window's start, computed as run.py's `Export._new_state` does."""
-    return iso(micros(mark) / 1_000_000 - overlap)
 
 
 def _seconds(value: float) -> str:
@@ -379,21 +391,17 @@ class _Survey:
 
     def __init__(self, root: Storage) -> None:
         self.root = root
-        self._manifest_present = root.exists(manifest.MANIFEST_NAME)
-        self.checkpoint_damaged = False  # beside a manifest: export refuses it, as a missing one
-        try:
-            self.state = checkpoint.load(root)
-        except UsageError:
-            if not self._manifest_present:
-                raise  # an unfinished run's checkpoint: nothing else describes it
-            self.state, self.checkpoint_damaged = None, True
-        self.document: dict[str, Any] | None = None
+        self.found = found = catalog.read(root)
+        self._manifest_present = found.manifest_present
+        if found.unreadable is not None and not found.manifest_present:
+            raise found.unreadable  # an unfinished run's checkpoint: nothing else describes it
+        # Beside a manifest, a damaged checkpoint is refused by export as a missing one.
+        self.checkpoint_damaged = found.unreadable is not None
+        self.state = found.state
+        self.document = found.document
         problems: list[str] = []  # about the records themselves: shown on the newest run
-        if self._manifest_present:
-            try:
-                self.document = manifest.load(root)
-            except UsageError as exc:
-                problems.append(f"{exc}; run `exporter verify`")
+        if found.manifest_unreadable is not None:
+            problems.append(f"{found.manifest_unreadable}; run `exporter verify`")
         self._high_water: dict[str, datetime | None] = {}
         self._stones: dict[str, Counter[str]] = {}
         records = self._records(problems)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ class Found:
     state: RunState | None = None
     unreadable: UsageError | None = None  # why the checkpoint could not be read
     document: dict[str, Any] | None = None  # the manifest, when it could be read
+    manifest_unreadable: UsageError | None = None  # why the manifest could not be read
 
 
 def read(storage: Storage) -> Found:
@@ -35,6 +35,8 @@ def read(storage: Storage) -> Found:
         except UsageError as exc:
             found.unreadable = exc
     if found.manifest_present:
-        with contextlib.suppress(UsageError):
+        try:
             found.document = manifest.load(storage)
+        except UsageError as exc:
+            found.manifest_unreadable = exc
     return found

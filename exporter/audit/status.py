@@ -32,13 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from exporter.backup import catalog, checkpoint, lock, manifest
-from exporter.backup.catalog import (
-    _checkpoint_records,
-    _manifest_records,
-    _order,
-    _Record,
-)
+from exporter.backup import catalog, checkpoint, lock
+from exporter.backup.catalog import RecordedFile, RunRecord, ordered_types, recorded_runs
 from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.compact import ROOT_TYPE
 from exporter.backup.damage import inspect, shown
@@ -338,40 +333,16 @@ class _Survey:
             problems.append(f"{found.manifest_unreadable}; run `exporter verify`")
         self._high_water: dict[str, datetime | None] = {}
         self._stones: dict[str, Counter[str]] = {}
-        records = self._records(problems)
+        records, disagreements = recorded_runs(found)
+        problems += disagreements
         self.runs: list[RunStatus] = []
-        previous: _Record | None = None
+        previous: RunRecord | None = None
         for record in records:
             self.runs.append(self._run(record, previous))
             previous = record
         if self.runs:
             self.runs[-1].problems += problems
         self._recorded = records
-
-    def _records(self, problems: list[str]) -> list[_Record]:
-        document, state = self.document, self.state
-        from_manifest = _manifest_records(document) if document is not None else []
-        if state is None:
-            return from_manifest
-        recorded = {r.run_id: r for r in from_manifest}
-        records = [recorded.pop(r.run_id, r) for r in _checkpoint_records(state)]
-        if document is None:
-            if state.status == "complete" and not self._manifest_present:
-                problems.append(
-                    f"{manifest.MANIFEST_NAME} is missing though the checkpoint says the run "
-                    "finished; run `exporter verify`"
-                )
-        elif state.status == "complete" and str(document.get("run_id")) != state.run_id:
-            problems.append(
-                f"{manifest.MANIFEST_NAME} records run {document.get('run_id')}, not run "
-                f"{state.run_id}, which the checkpoint says finished; run `exporter verify`"
-            )
-        if recorded:
-            problems.append(
-                f"{manifest.MANIFEST_NAME} records run(s) {', '.join(recorded)} that "
-                f"{checkpoint.CHECKPOINT_NAME} does not; run `exporter verify`"
-            )
-        return records
 
     @property
     def source(self) -> str | None:
@@ -380,7 +351,7 @@ class _Survey:
             return self.state.source
         return None if self.document is None else self.document.get("source")
 
-    def _run(self, record: _Record, previous: _Record | None) -> RunStatus:
+    def _run(self, record: RunRecord, previous: RunRecord | None) -> RunStatus:
         # The manifest's top level describes one run (its newest), the checkpoint one (its own).
         document = self.document
         if document is not None and str(document.get("run_id")) != record.run_id:
@@ -431,20 +402,20 @@ class _Survey:
                 for k, v in state.resources.items()
             }
         stones = Counter[str]()
-        for entry in record.files:
-            if entry.get("type") == TOMBSTONE_TYPE:
-                stones.update(self._tombstones(str(entry.get("path")), run.problems))
+        for recorded in record.files:
+            if recorded.type_name == TOMBSTONE_TYPE:
+                stones.update(self._tombstones(recorded.path, run.problems))
         run.mark_basis = mark_basis((details.get(ROOT_TYPE) or {}).get("detail") or {})
-        for type_name in _order(set(record.types) | set(stones) - {""}):
-            mine = [f for f in record.files if str(f.get("type")) == type_name]
+        for type_name in ordered_types(set(record.types) | set(stones) - {""}):
+            mine = [f for f in record.files if f.type_name == type_name]
             summary = details.get(type_name, {})
             detail = summary.get("detail") or {}
             result = ResourceStatus(
                 type_name=type_name,
                 directory=str(summary.get("directory") or _directory(record, type_name, mine)),
-                rows=sum(int(f.get("rows") or 0) for f in mine),
+                rows=sum(f.rows for f in mine),
                 files=len(mine),
-                bytes=sum(int(f.get("bytes") or 0) for f in mine),
+                bytes=sum(f.bytes for f in mine),
                 finished=record.complete,
                 updated_at_max=None,
                 extra_values=int(summary.get("extra_values") or 0),
@@ -452,7 +423,7 @@ class _Survey:
                 tombstones=stones.get(type_name, 0),
             )
             if type_name != TOMBSTONE_TYPE:
-                paths = [str(f.get("path")) for f in mine]
+                paths = [f.path for f in mine]
                 result.updated_at_max = _iso_or_none(self._newest(paths, run.problems))
             if state is not None and type_name in state.resources:
                 _partitions(result, state.resources[type_name])
@@ -476,15 +447,15 @@ class _Survey:
                 total.bytes += r.bytes
                 total.tombstones += r.tombstones
         for record in self._recorded:
-            for entry in record.files:
-                type_name, path = str(entry.get("type")), str(entry.get("path"))
+            for recorded in record.files:
+                type_name, path = recorded.type_name, recorded.path
                 value = self._high_water.get(path)
                 if value is not None and (type_name not in newest or value > newest[type_name]):
                     newest[type_name] = value
         for type_name, value in newest.items():
             if type_name in found:
                 found[type_name].updated_at_max = _iso(value)
-        return [found[t] for t in _order(set(found))]
+        return [found[t] for t in ordered_types(set(found))]
 
     def _newest(self, paths: list[str], problems: list[str]) -> datetime | None:
         newest: datetime | None = None
@@ -518,10 +489,10 @@ class _Survey:
         return self._stones[relative]
 
 
-def _directory(record: _Record, type_name: str, files: list[dict[str, Any]]) -> str:
+def _directory(record: RunRecord, type_name: str, files: list[RecordedFile]) -> str:
     """Where a run wrote a type: its files' directory, else where run.py puts it."""
     if files:
-        return posixpath.dirname(str(files[0].get("path")))
+        return posixpath.dirname(files[0].path)
     if type_name == TOMBSTONE_TYPE:
         return f"{TOMBSTONE_DIRECTORY}/run={record.run_id}"
     try:

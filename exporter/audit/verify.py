@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ class ExpectedFile:
     rows: int
     bytes: int
     sha256: str
-    schema: list[dict[str, Any]] | None  # None: not recorded and not derivable
+    schema: Sequence[Mapping[str, Any]] | None  # None: not recorded and not derivable
 
 
 # Statuses of files the manifest or checkpoint does not name.
@@ -382,7 +383,7 @@ def _expected_from_manifest(entry: Any) -> ExpectedFile | None:
         return None
 
 
-def _current_schema(type_name: str) -> list[dict[str, Any]] | None:
+def _current_schema(type_name: str) -> list[manifest.SchemaField] | None:
     if type_name not in RESOURCE_TYPES:
         return None
     return manifest.schema_fields(arrow_schema(type_name))
@@ -496,7 +497,7 @@ def _item_named(data_type: pa.DataType) -> pa.DataType:
 
 
 def _schema_difference(
-    path: str, expected: list[dict[str, Any]], found: list[dict[str, Any]]
+    path: str, expected: Sequence[Mapping[str, Any]], found: list[manifest.SchemaField]
 ) -> Difference:
     """One line naming the columns that differ; the full lists go to the JSON report."""
     want = {str(f.get("name")): f for f in expected if isinstance(f, dict)}

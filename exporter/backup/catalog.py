@@ -1,7 +1,15 @@
-"""The backup's catalog: what an output directory holds of ours (its checkpoint and its manifest), read before anything is decided."""
+"""The backup's catalog: what an output directory holds of ours (its checkpoint and its manifest) and the runs they record.
+
+The entries themselves are typed where they are written: `sink.FileEntry` (a part file),
+`checkpoint.RunEntry` and `HistoryEntry` (a finished run), `manifest.ManifestDocument`. Read
+back they are documents from disk, so the records here are built leniently from them: `Found`
+is what `export`'s plan (`export.plan`) and `status` start from, `recorded_runs` the runs
+`status` lists.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +21,7 @@ from exporter.model.normalize import TOMBSTONE_TYPE
 from exporter.model.schema import RESOURCE_TYPES
 
 
-@dataclass
+@dataclass(frozen=True)
 class Found:
     """What `--out` holds of ours, as read before anything is decided."""
 
@@ -21,60 +29,131 @@ class Found:
     manifest_present: bool
     state: RunState | None = None
     unreadable: UsageError | None = None  # why the checkpoint could not be read
-    document: dict[str, Any] | None = None  # the manifest, when it could be read
+    document: dict[str, Any] | None = None  # the manifest, when it could be read (unchecked)
     manifest_unreadable: UsageError | None = None  # why the manifest could not be read
 
 
 def read(storage: Storage) -> Found:
     """What the folder holds of ours (nothing is changed)."""
-    found = Found(
-        checkpoint_present=storage.exists(checkpoint.CHECKPOINT_NAME),
-        manifest_present=storage.exists(manifest.MANIFEST_NAME),
+    checkpoint_present = storage.exists(checkpoint.CHECKPOINT_NAME)
+    manifest_present = storage.exists(manifest.MANIFEST_NAME)
+    state: RunState | None = None
+    unreadable: UsageError | None = None
+    if checkpoint_present:
+        try:
+            state = checkpoint.load(storage)
+        except UsageError as exc:
+            unreadable = exc
+    document: dict[str, Any] | None = None
+    manifest_unreadable: UsageError | None = None
+    if manifest_present:
+        try:
+            document = manifest.load(storage)
+        except UsageError as exc:
+            manifest_unreadable = exc
+    return Found(
+        checkpoint_present, manifest_present, state, unreadable, document, manifest_unreadable
     )
-    if found.checkpoint_present:
-        try:
-            found.state = checkpoint.load(storage)
-        except UsageError as exc:
-            found.unreadable = exc
-    if found.manifest_present:
-        try:
-            found.document = manifest.load(storage)
-        except UsageError as exc:
-            found.manifest_unreadable = exc
-    return found
+
+
+@dataclass(frozen=True)
+class RecordedFile:
+    """A file as a run's record lists it, read leniently (a record from an older release, or
+    a damaged manifest, still says what it can): what `status` counts."""
+
+    path: str
+    type_name: str
+    rows: int
+    bytes: int
+
+    @classmethod
+    def from_entry(cls, entry: Mapping[str, Any]) -> RecordedFile:
+        """From a checkpoint's or a manifest's file entry (`FileEntry`, `ManifestFile`)."""
+        return cls(
+            path=str(entry.get("path")),
+            type_name=str(entry.get("type")),
+            rows=int(entry.get("rows") or 0),
+            bytes=int(entry.get("bytes") or 0),
+        )
 
 
 @dataclass
-class _Record:
+class RunRecord:
     """A run as one document records it: its times, window, the types it exported, its files."""
 
     run_id: str
     kind: str
     complete: bool
-    recorded_in: str
+    recorded_in: str  # manifest | checkpoint
     started_at: str | None
     finished_at: str | None
     window_start: str | None
     window_end: str | None
     types: list[str]
-    files: list[dict[str, Any]]  # path, type, rows, bytes (as the manifest and checkpoint list)
+    files: list[RecordedFile]
     parameters: dict[str, Any] = field(default_factory=dict)  # older backups did not record them
     tool_version: str | None = None
 
 
-def _order(types: set[str]) -> list[str]:
+def ordered_types(types: set[str]) -> list[str]:
     """The crawled collection first, then related types as the schema lists them, tombstones last."""
     known = {name: i for i, name in enumerate(RESOURCE_TYPES)}
     return sorted(types, key=lambda t: (t == TOMBSTONE_TYPE, known.get(t, len(known)), t))
 
 
+def recorded_runs(found: Found) -> tuple[list[RunRecord], list[str]]:
+    """Every run recorded in the folder, oldest first, and what the records disagree on.
+
+    The checkpoint says which runs there are (it is the commit point): its `history` and its
+    own run, each as the manifest records it where it does; without a checkpoint, the
+    manifest's runs. A record's files are read only once it is chosen."""
+    document, state = found.document, found.state
+    problems: list[str] = []
+    from_manifest = _manifest_entries(document) if document is not None else []
+    if state is None:
+        return [_record(*run, "manifest") for run in from_manifest], problems
+    recorded = {str(run[0].get("run_id")): run for run in from_manifest}
+    records = []
+    for entry, files, complete in _checkpoint_entries(state):
+        chosen = recorded.pop(str(entry.get("run_id")), None)
+        if chosen is not None:
+            records.append(_record(*chosen, "manifest"))
+        else:
+            records.append(_record(entry, files, complete, "checkpoint"))
+    if document is None:
+        if state.status == "complete" and not found.manifest_present:
+            problems.append(
+                f"{manifest.MANIFEST_NAME} is missing though the checkpoint says the run "
+                "finished; run `exporter verify`"
+            )
+    elif state.status == "complete" and str(document.get("run_id")) != state.run_id:
+        problems.append(
+            f"{manifest.MANIFEST_NAME} records run {document.get('run_id')}, not run "
+            f"{state.run_id}, which the checkpoint says finished; run `exporter verify`"
+        )
+    if recorded:
+        problems.append(
+            f"{manifest.MANIFEST_NAME} records run(s) {', '.join(recorded)} that "
+            f"{checkpoint.CHECKPOINT_NAME} does not; run `exporter verify`"
+        )
+    return records, problems
+
+
+# A run as one document lists it: its entry, its files' entries, and whether it finished.
+_Listed = tuple[Mapping[str, Any], Sequence[Mapping[str, Any]], bool]
+
+
 def _record(
-    entry: dict[str, Any], files: list[dict[str, Any]], complete: bool, recorded_in: str
-) -> _Record:
+    entry: Mapping[str, Any],
+    entries: Sequence[Mapping[str, Any]],
+    complete: bool,
+    recorded_in: str,
+) -> RunRecord:
+    files = [RecordedFile.from_entry(f) for f in entries]
     rows = entry.get("rows")
     types = {str(t) for t in rows} if isinstance(rows, dict) else set()
-    types |= {str(f.get("type")) for f in files}
-    return _Record(
+    types |= {f.type_name for f in files}
+    return RunRecord(
         run_id=str(entry.get("run_id")),
         kind=str(entry.get("kind") or "full"),
         complete=complete,
@@ -83,14 +162,14 @@ def _record(
         finished_at=entry.get("finished_at"),
         window_start=entry.get("window_start"),
         window_end=entry.get("window_end"),
-        types=_order(types),
+        types=ordered_types(types),
         files=files,
         parameters=dict(entry.get("parameters") or {}),
         tool_version=entry.get("tool_version"),
     )
 
 
-def _manifest_records(document: dict[str, Any]) -> list[_Record]:
+def _manifest_entries(document: dict[str, Any]) -> list[_Listed]:
     """The manifest's runs, oldest first, each with the files its `run_id` names."""
     top = str(document.get("run_id"))
     by_run: dict[str, list[dict[str, Any]]] = {}
@@ -101,16 +180,15 @@ def _manifest_records(document: dict[str, Any]) -> list[_Record]:
     if not runs:  # a manifest without a run history: one run, every file its own
         resources = document.get("resources") or {}
         runs = [{**document, "rows": {str(t): 0 for t in resources}}]
-    return [_record(r, by_run.get(str(r.get("run_id")), []), True, "manifest") for r in runs]
+    return [(r, by_run.get(str(r.get("run_id")), []), True) for r in runs]
 
 
-def _checkpoint_records(state: RunState) -> list[_Record]:
+def _checkpoint_entries(state: RunState) -> list[_Listed]:
     """The checkpoint's finished runs (`history`) and its own, finished or not."""
-    records = [
-        _record(r, [f for f in r.get("files") or [] if isinstance(f, dict)], True, "checkpoint")
+    runs: list[_Listed] = [
+        (r, [f for f in r.get("files") or [] if isinstance(f, dict)], True)
         for r in state.history
         if isinstance(r, dict)
     ]
     files = [f.to_json() for r in state.resources.values() for f in r.files]
-    own = _record(state.summary(), files, state.status == "complete", "checkpoint")
-    return [*records, own]
+    return [*runs, (state.summary(), files, state.status == "complete")]

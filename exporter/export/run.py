@@ -51,6 +51,7 @@ from exporter.backup.layout import (
     safe_named,
 )
 from exporter.backup.lock import OutputLock
+from exporter.backup.manifest import ManifestDocument
 from exporter.backup.storage import Storage
 from exporter.core.config import ExportSettings
 from exporter.core.errors import Interrupted, OutputError, UsageError, redact_url
@@ -103,7 +104,7 @@ def utc_now() -> str:
 @dataclass
 class ExportResult:
     state: RunState
-    manifest: dict[str, Any]
+    manifest: ManifestDocument
     resumed: bool
     seconds: float
     requests: int
@@ -885,10 +886,8 @@ class Export:
                 local_clock=iso(mark.local),
                 skew_seconds=round(skew, 3),
             )
-        previous = state.history[-1] if state.history else {}
-        window = window_at(
-            state.window_start, mark.at, previous.get("started_at"), self.settings.overlap
-        )
+        began = state.history[-1].get("started_at") if state.history else None
+        window = window_at(state.window_start, mark.at, began, self.settings.overlap)
         basis = mark.basis.copy()
         if window.clamped_from is not None:
             event(

@@ -4,9 +4,10 @@ A backup directory holds one full run and any number of incremental runs after i
 `DIR/<type>/run=<id>/`, tombstones in `DIR/tombstones/run=<id>/`). They are recorded twice:
 `_manifest.json` (cumulative, written when a run finishes) lists every finished run (`runs`) and
 every file with the run that wrote it; `_checkpoint.json` describes the current run, finished or
-not, with the earlier ones in its `history`. `discover_runs` is the one place that reads them:
-the checkpoint says which runs there are (it is the commit point), the manifest's record of a
-run is preferred where it has one; without a checkpoint, the manifest alone.
+not, with the earlier ones in its `history`. `catalog.recorded_runs` is the one place that reads
+them: the checkpoint says which runs there are (it is the commit point), the manifest's record
+of a run is preferred where it has one; without a checkpoint, the manifest alone. What the next
+export would do is what export's own plan says (`plan.plan_export`).
 
 The data files are read only for their footers (the `updatedAt` column statistics give each
 type's high-water mark, the newest change its committed data holds), and tombstone files for
@@ -37,7 +38,7 @@ from exporter.backup.catalog import RecordedFile, RunRecord, ordered_types, reco
 from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.compact import ROOT_TYPE
 from exporter.backup.damage import inspect, shown
-from exporter.backup.layout import BACKUP_DIRECTORIES, TOMBSTONE_DIRECTORY, uncommitted
+from exporter.backup.layout import BACKUP_DIRECTORIES, run_directory, uncommitted
 from exporter.backup.storage import Storage
 from exporter.commands.options import exit_on_error, show_report
 from exporter.core.errors import ExporterError, UsageError
@@ -53,7 +54,6 @@ from exporter.export.plan import (
 )
 from exporter.export.run import micros
 from exporter.model.normalize import TOMBSTONE_TYPE
-from exporter.model.schema import resource_type
 
 HIGH_WATER_COLUMN = "updatedAt"
 
@@ -490,16 +490,13 @@ class _Survey:
 
 
 def _directory(record: RunRecord, type_name: str, files: list[RecordedFile]) -> str:
-    """Where a run wrote a type: its files' directory, else where run.py puts it."""
+    """Where a run wrote a type: its files' directory, else where an export puts it."""
     if files:
         return posixpath.dirname(files[0].path)
-    if type_name == TOMBSTONE_TYPE:
-        return f"{TOMBSTONE_DIRECTORY}/run={record.run_id}"
     try:
-        collection = resource_type(type_name).collection
+        return run_directory(type_name, record.kind, record.run_id)
     except KeyError:
         return type_name
-    return collection + (f"/run={record.run_id}" if record.kind == "incremental" else "")
 
 
 def _partitions(result: ResourceStatus, resource: ResourceState) -> None:

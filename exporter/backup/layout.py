@@ -13,6 +13,7 @@ from exporter.backup import checkpoint, manifest
 from exporter.backup.checkpoint import RunState
 from exporter.backup.sink import part_run_id
 from exporter.backup.storage import OpenFile, Storage, inside_root
+from exporter.model.normalize import TOMBSTONE_TYPE
 from exporter.model.schema import RESOURCE_TYPES, resource_type
 
 
@@ -28,6 +29,16 @@ BACKUP_DIRECTORIES = [
     *(resource_type(t).collection for t in RESOURCE_TYPES),
     TOMBSTONE_DIRECTORY,
 ]
+
+
+def run_directory(type_name: str, kind: str, run_id: str) -> str:
+    """Where run `run_id` of `kind` (full | incremental) writes a type: the type's collection,
+    in `run=<id>/` for an incremental run; tombstones always in `tombstones/run=<id>/`.
+    KeyError for a type the schema does not know."""
+    if type_name == TOMBSTONE_TYPE:
+        return f"{TOMBSTONE_DIRECTORY}/run={run_id}"
+    collection = resource_type(type_name).collection
+    return collection + (f"/run={run_id}" if kind == "incremental" else "")
 
 
 def is_ours(relative: str) -> bool:

@@ -1,12 +1,14 @@
 """One export run, end to end: prepare the output directory, resume or plan, crawl, commit, write the manifest.
 
 Order of a run:
-1. check the output directory is writable and take its lock; read its checkpoint and manifest;
+1. check the output directory is writable and take its lock; read its checkpoint and manifest
+   (`backup.catalog`);
 2. refuse what needs no request; then one request confirms the credentials and whose data the
-   base URL serves (`account.identify`), and a backup of another account is refused; a finished
-   backup of this account without --incremental is `FinishedExport` (use another --out,
-   --incremental or --restart);
-3. only then delete, and only files of ours in a folder holding our checkpoint or manifest:
+   base URL serves (`account.identify`), and the plan (`export.plan`) decides: a backup of
+   another account is refused; a finished backup of this account without --incremental is
+   `FinishedExport` (use another --out, --incremental or --restart);
+3. only then, as the plan says, delete, and only files of ours in a folder holding our
+   checkpoint or manifest (`backup.layout`):
    --restart removes the backup; every other run removes part files of our naming that no
    checkpoint names; an unfinished run from the same account is resumed past what it committed;
 4. committed files are checked (size; with --repair, sha256): a damaged one stops the run, named,
@@ -43,11 +45,11 @@ from exporter.backup.compact import NOT_ASKED_BY_STEP, ROOT_TYPE
 from exporter.backup.damage import damaged_error, inspect, read_failure, shown
 from exporter.backup.layout import (
     BACKUP_DIRECTORIES,
-    TOMBSTONE_DIRECTORY,
     ClaimingStorage,
     discard_run,
     new_run_id,
     remove_uncommitted,
+    run_directory,
     safe_named,
 )
 from exporter.backup.lock import OutputLock
@@ -418,12 +420,7 @@ class Export:
             state.history = [*previous.history, previous.summary()]
             state.window_start = extend.window_start
         for type_name in self._resource_names():
-            if type_name == TOMBSTONE_TYPE:
-                directory = f"{TOMBSTONE_DIRECTORY}/run={run_id}"
-            else:
-                directory = resource_type(type_name).collection
-                if state.kind == "incremental":
-                    directory += f"/run={run_id}"
+            directory = run_directory(type_name, state.kind, run_id)
             state.resources[type_name] = ResourceState(type_name=type_name, directory=directory)
         return state
 

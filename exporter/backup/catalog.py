@@ -9,9 +9,9 @@ is what `export`'s plan (`export.plan`) and `status` start from, `recorded_runs`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from exporter.backup import checkpoint, manifest
 from exporter.backup.checkpoint import RunState
@@ -19,6 +19,8 @@ from exporter.backup.storage import Storage
 from exporter.core.errors import UsageError
 from exporter.model.normalize import TOMBSTONE_TYPE
 from exporter.model.schema import RESOURCE_TYPES
+
+_Document = TypeVar("_Document")
 
 
 @dataclass(frozen=True)
@@ -37,23 +39,23 @@ def read(storage: Storage) -> Found:
     """What the folder holds of ours (nothing is changed)."""
     checkpoint_present = storage.exists(checkpoint.CHECKPOINT_NAME)
     manifest_present = storage.exists(manifest.MANIFEST_NAME)
-    state: RunState | None = None
-    unreadable: UsageError | None = None
-    if checkpoint_present:
-        try:
-            state = checkpoint.load(storage)
-        except UsageError as exc:
-            unreadable = exc
-    document: dict[str, Any] | None = None
-    manifest_unreadable: UsageError | None = None
-    if manifest_present:
-        try:
-            document = manifest.load(storage)
-        except UsageError as exc:
-            manifest_unreadable = exc
+    state, unreadable = _load(checkpoint.load, storage) if checkpoint_present else (None, None)
+    document, manifest_unreadable = (
+        _load(manifest.load, storage) if manifest_present else (None, None)
+    )
     return Found(
         checkpoint_present, manifest_present, state, unreadable, document, manifest_unreadable
     )
+
+
+def _load(
+    load: Callable[[Storage], _Document], storage: Storage
+) -> tuple[_Document | None, UsageError | None]:
+    """What `load` reads, or why it cannot."""
+    try:
+        return load(storage), None
+    except UsageError as exc:
+        return None, exc
 
 
 @dataclass(frozen=True)

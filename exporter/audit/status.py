@@ -168,6 +168,12 @@ def _status(root: Storage) -> StatusReport:
     survey = _Survey(root)
     runs = survey.runs
     if not runs:
+        nothing = plan_export(survey.found, ExportRequest(where=root.display, type_names=()))
+        if isinstance(nothing, Refuse):
+            # A checkpoint missing or damaged beside a manifest that cannot be read either.
+            return StatusReport(
+                str(root), "none", [], NextExport("refuse", None, f"refuse: {nothing.error}")
+            )
         # No checkpoint or manifest proves a file ours: export deletes nothing here
         # (layout.remove_uncommitted).
         stray = _uncommitted(root, set())

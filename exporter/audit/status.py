@@ -4,9 +4,10 @@ A backup directory holds one full run and any number of incremental runs after i
 `DIR/<type>/run=<id>/`, tombstones in `DIR/tombstones/run=<id>/`). They are recorded twice:
 `_manifest.json` (cumulative, written when a run finishes) lists every finished run (`runs`) and
 every file with the run that wrote it; `_checkpoint.json` describes the current run, finished or
-not, with the earlier ones in its `history`. `discover_runs` is the one place that reads them:
-the checkpoint says which runs there are (it is the commit point), the manifest's record of a
-run is preferred where it has one; without a checkpoint, the manifest alone.
+not, with the earlier ones in its `history`. `catalog.recorded_runs` is the one place that reads
+them: the checkpoint says which runs there are (it is the commit point), the manifest's record
+of a run is preferred where it has one; without a checkpoint, the manifest alone. What the next
+export would do is what export's own plan says (`plan.plan_export`).
 
 The data files are read only for their footers (the `updatedAt` column statistics give each
 type's high-water mark, the newest change its committed data holds), and tombstone files for
@@ -31,20 +32,28 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from exporter.backup import checkpoint, lock, manifest
+from exporter.backup import catalog, checkpoint, lock
+from exporter.backup.catalog import RecordedFile, RunRecord, ordered_types, recorded_runs
 from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.compact import ROOT_TYPE
 from exporter.backup.damage import inspect, shown
+from exporter.backup.layout import BACKUP_DIRECTORIES, run_directory, uncommitted
 from exporter.backup.storage import Storage
-from exporter.core.config import ExportSettings
 from exporter.core.errors import UsageError
-from exporter.core.times import iso, iso_exact, iso_exact_or_none, micros
-from exporter.export.run import BACKUP_DIRECTORIES, TOMBSTONE_DIRECTORY, uncommitted
+from exporter.core.times import iso_exact, iso_exact_or_none, micros
+from exporter.export.plan import (
+    DEFAULT_OVERLAP,
+    ExportRequest,
+    Extend,
+    FinishedExport,
+    Refuse,
+    Resume,
+    plan_export,
+    window_start,
+)
 from exporter.model.normalize import TOMBSTONE_TYPE
-from exporter.model.schema import RESOURCE_TYPES, resource_type
 
 HIGH_WATER_COLUMN = "updatedAt"
-DEFAULT_OVERLAP = ExportSettings.overlap  # seconds; `export --overlap`'s default
 
 
 @dataclass
@@ -157,8 +166,14 @@ def _status(root: Storage) -> StatusReport:
     survey = _Survey(root)
     runs = survey.runs
     if not runs:
+        nothing = plan_export(survey.found, ExportRequest(where=root.display, type_names=()))
+        if isinstance(nothing, Refuse):
+            # A checkpoint missing or damaged beside a manifest that cannot be read either.
+            return StatusReport(
+                str(root), "none", [], NextExport("refuse", None, f"refuse: {nothing.error}")
+            )
         # No checkpoint or manifest proves a file ours: export deletes nothing here
-        # (run.remove_uncommitted).
+        # (layout.remove_uncommitted).
         stray = _uncommitted(root, set())
         kept = (
             f"; it leaves the {len(stray)} part file(s) of this tool's naming here as they are "
@@ -175,11 +190,17 @@ def _status(root: Storage) -> StatusReport:
 
 
 def _next_export(survey: _Survey) -> NextExport:
-    """What `export --out DIR` would do, as run.py's `Export._prepare` decides it."""
+    """What `export --out DIR` would do, as `plan.plan_export` decides it: without flags, with
+    the selection of the backup's run; for a finished backup, with --incremental too."""
     state, current = survey.state, survey.runs[-1]
+    same = ExportRequest(
+        where=survey.root.display, type_names=tuple(state.resources) if state else ()
+    )
+    plan = plan_export(survey.found, same)
     if state is None:
         # A finished backup without its checkpoint: export refuses it, but with --incremental
-        # --repair (run.py `_refuse_early`, then `_prepare` rebuilds it with `from_manifest`).
+        # --repair (`plan.refusal_before_request`, then the plan rebuilds it from the manifest).
+        assert isinstance(plan, Refuse)
         return NextExport(
             "refuse",
             current.run_id,
@@ -190,7 +211,7 @@ def _next_export(survey: _Survey) -> NextExport:
             "checkpoint back; --restart discards the backup)",
         )
     damaged = _damage(survey.root, state)
-    if state.status != "complete":
+    if isinstance(plan, Resume):
         unfinished = next((r for r in survey.runs if r.run_id == state.run_id), current)
         removal = (
             f"; {len(unfinished.uncommitted_files)} uncommitted file(s) removed and fetched again"
@@ -212,8 +233,9 @@ def _next_export(survey: _Survey) -> NextExport:
         if damaged:
             return NextExport("refuse", state.run_id, f"stop: {damaged}, then {resume}")
         return NextExport("resume", state.run_id, resume)
+    assert isinstance(plan, Refuse) and isinstance(plan.error, FinishedExport)
     refused = f"refuse a full export (run {state.run_id} finished it; --restart starts over)"
-    # --incremental: `_prepare` removes the uncommitted files, then `_check_files` stops on damage.
+    # --incremental: the plan removes the uncommitted files, then `_check_files` stops on damage.
     leftovers = _uncommitted(survey.root, {f.path for f in state.committed_files()})
     first = f"first remove {len(leftovers)} uncommitted file(s), then " if leftovers else ""
     if damaged:
@@ -226,11 +248,13 @@ def _next_export(survey: _Survey) -> NextExport:
             state.run_id,
             f"{refused}; --incremental cannot start: run {state.run_id} recorded no mark",
         )
-    since = _less(state.window_end, DEFAULT_OVERLAP)
+    extend = plan_export(survey.found, replace(same, incremental=True))
+    assert isinstance(extend, Extend)
+    since = extend.window_start
     used = state.parameters.get("overlap")
     last = ""
     if isinstance(used, int | float) and float(used) != DEFAULT_OVERLAP:
-        own = _less(state.window_end, float(used))
+        own = window_start(state.window_end, float(used))
         last = f"; the last run used {_seconds(float(used))}: since {own}"
     return NextExport(
         "refuse",
@@ -272,11 +296,6 @@ def _damage(root: Storage, state: RunState) -> str:
     )
 
 
-def _less(mark: str, overlap: float) -> str:
-    """An incremental window's start, computed as run.py's `Export._new_state` does."""
-    return iso(micros(mark) / 1_000_000 - overlap)
-
-
 def _seconds(value: float) -> str:
     return f"{value:g} s"
 
@@ -300,134 +319,34 @@ def discover_runs(root: Storage) -> list[RunStatus]:
     return _Survey(root).runs
 
 
-@dataclass
-class _Record:
-    """A run as one document records it: its times, window, the types it exported, its files."""
-
-    run_id: str
-    kind: str
-    complete: bool
-    recorded_in: str
-    started_at: str | None
-    finished_at: str | None
-    window_start: str | None
-    window_end: str | None
-    types: list[str]
-    files: list[dict[str, Any]]  # path, type, rows, bytes (as the manifest and checkpoint list)
-    parameters: dict[str, Any] = field(default_factory=dict)  # older backups did not record them
-    tool_version: str | None = None
-
-
-def _order(types: set[str]) -> list[str]:
-    """The crawled collection first, then related types as the schema lists them, tombstones last."""
-    known = {name: i for i, name in enumerate(RESOURCE_TYPES)}
-    return sorted(types, key=lambda t: (t == TOMBSTONE_TYPE, known.get(t, len(known)), t))
-
-
-def _record(
-    entry: dict[str, Any], files: list[dict[str, Any]], complete: bool, recorded_in: str
-) -> _Record:
-    rows = entry.get("rows")
-    types = {str(t) for t in rows} if isinstance(rows, dict) else set()
-    types |= {str(f.get("type")) for f in files}
-    return _Record(
-        run_id=str(entry.get("run_id")),
-        kind=str(entry.get("kind") or "full"),
-        complete=complete,
-        recorded_in=recorded_in,
-        started_at=entry.get("started_at"),
-        finished_at=entry.get("finished_at"),
-        window_start=entry.get("window_start"),
-        window_end=entry.get("window_end"),
-        types=_order(types),
-        files=files,
-        parameters=dict(entry.get("parameters") or {}),
-        tool_version=entry.get("tool_version"),
-    )
-
-
-def _manifest_records(document: dict[str, Any]) -> list[_Record]:
-    """The manifest's runs, oldest first, each with the files its `run_id` names."""
-    top = str(document.get("run_id"))
-    by_run: dict[str, list[dict[str, Any]]] = {}
-    for entry in document.get("files") or []:
-        if isinstance(entry, dict):
-            by_run.setdefault(str(entry.get("run_id") or top), []).append(entry)
-    runs = [r for r in document.get("runs") or [] if isinstance(r, dict)]
-    if not runs:  # a manifest without a run history: one run, every file its own
-        resources = document.get("resources") or {}
-        runs = [{**document, "rows": {str(t): 0 for t in resources}}]
-    return [_record(r, by_run.get(str(r.get("run_id")), []), True, "manifest") for r in runs]
-
-
-def _checkpoint_records(state: RunState) -> list[_Record]:
-    """The checkpoint's finished runs (`history`) and its own, finished or not."""
-    records = [
-        _record(r, [f for f in r.get("files") or [] if isinstance(f, dict)], True, "checkpoint")
-        for r in state.history
-        if isinstance(r, dict)
-    ]
-    files = [f.to_json() for r in state.resources.values() for f in r.files]
-    own = _record(state.summary(), files, state.status == "complete", "checkpoint")
-    return [*records, own]
-
-
 class _Survey:
     """The runs of one directory, read once: the documents, the footers, the tombstone files."""
 
     def __init__(self, root: Storage) -> None:
         self.root = root
-        self._manifest_present = root.exists(manifest.MANIFEST_NAME)
-        self.checkpoint_damaged = False  # beside a manifest: export refuses it, as a missing one
-        try:
-            self.state = checkpoint.load(root)
-        except UsageError:
-            if not self._manifest_present:
-                raise  # an unfinished run's checkpoint: nothing else describes it
-            self.state, self.checkpoint_damaged = None, True
-        self.document: dict[str, Any] | None = None
+        self.found = found = catalog.read(root)
+        self._manifest_present = found.manifest_present
+        if found.unreadable is not None and not found.manifest_present:
+            raise found.unreadable  # an unfinished run's checkpoint: nothing else describes it
+        # Beside a manifest, a damaged checkpoint is refused by export as a missing one.
+        self.checkpoint_damaged = found.unreadable is not None
+        self.state = found.state
+        self.document = found.document
         problems: list[str] = []  # about the records themselves: shown on the newest run
-        if self._manifest_present:
-            try:
-                self.document = manifest.load(root)
-            except UsageError as exc:
-                problems.append(f"{exc}; run `exporter verify`")
+        if found.manifest_unreadable is not None:
+            problems.append(f"{found.manifest_unreadable}; run `exporter verify`")
         self._high_water: dict[str, datetime | None] = {}
         self._stones: dict[str, Counter[str]] = {}
-        records = self._records(problems)
+        records, disagreements = recorded_runs(found)
+        problems += disagreements
         self.runs: list[RunStatus] = []
-        previous: _Record | None = None
+        previous: RunRecord | None = None
         for record in records:
             self.runs.append(self._run(record, previous))
             previous = record
         if self.runs:
             self.runs[-1].problems += problems
         self._recorded = records
-
-    def _records(self, problems: list[str]) -> list[_Record]:
-        document, state = self.document, self.state
-        from_manifest = _manifest_records(document) if document is not None else []
-        if state is None:
-            return from_manifest
-        recorded = {r.run_id: r for r in from_manifest}
-        records = [recorded.pop(r.run_id, r) for r in _checkpoint_records(state)]
-        if document is None:
-            if state.status == "complete" and not self._manifest_present:
-                problems.append(
-                    f"{manifest.MANIFEST_NAME} is missing though the checkpoint says the run "
-                    "finished; run `exporter verify`"
-                )
-        elif state.status == "complete" and str(document.get("run_id")) != state.run_id:
-            problems.append(
-                f"{manifest.MANIFEST_NAME} records run {document.get('run_id')}, not run "
-                f"{state.run_id}, which the checkpoint says finished; run `exporter verify`"
-            )
-        if recorded:
-            problems.append(
-                f"{manifest.MANIFEST_NAME} records run(s) {', '.join(recorded)} that "
-                f"{checkpoint.CHECKPOINT_NAME} does not; run `exporter verify`"
-            )
-        return records
 
     @property
     def source(self) -> str | None:
@@ -436,7 +355,7 @@ class _Survey:
             return self.state.source
         return None if self.document is None else self.document.get("source")
 
-    def _run(self, record: _Record, previous: _Record | None) -> RunStatus:
+    def _run(self, record: RunRecord, previous: RunRecord | None) -> RunStatus:
         # The manifest's top level describes one run (its newest), the checkpoint one (its own).
         document = self.document
         if document is not None and str(document.get("run_id")) != record.run_id:
@@ -487,20 +406,20 @@ class _Survey:
                 for k, v in state.resources.items()
             }
         stones = Counter[str]()
-        for entry in record.files:
-            if entry.get("type") == TOMBSTONE_TYPE:
-                stones.update(self._tombstones(str(entry.get("path")), run.problems))
+        for recorded in record.files:
+            if recorded.type_name == TOMBSTONE_TYPE:
+                stones.update(self._tombstones(recorded.path, run.problems))
         run.mark_basis = mark_basis((details.get(ROOT_TYPE) or {}).get("detail") or {})
-        for type_name in _order(set(record.types) | set(stones) - {""}):
-            mine = [f for f in record.files if str(f.get("type")) == type_name]
+        for type_name in ordered_types(set(record.types) | set(stones) - {""}):
+            mine = [f for f in record.files if f.type_name == type_name]
             summary = details.get(type_name, {})
             detail = summary.get("detail") or {}
             result = ResourceStatus(
                 type_name=type_name,
                 directory=str(summary.get("directory") or _directory(record, type_name, mine)),
-                rows=sum(int(f.get("rows") or 0) for f in mine),
+                rows=sum(f.rows for f in mine),
                 files=len(mine),
-                bytes=sum(int(f.get("bytes") or 0) for f in mine),
+                bytes=sum(f.bytes for f in mine),
                 finished=record.complete,
                 updated_at_max=None,
                 extra_values=int(summary.get("extra_values") or 0),
@@ -508,7 +427,7 @@ class _Survey:
                 tombstones=stones.get(type_name, 0),
             )
             if type_name != TOMBSTONE_TYPE:
-                paths = [str(f.get("path")) for f in mine]
+                paths = [f.path for f in mine]
                 result.updated_at_max = iso_exact_or_none(self._newest(paths, run.problems))
             if state is not None and type_name in state.resources:
                 _partitions(result, state.resources[type_name])
@@ -532,15 +451,15 @@ class _Survey:
                 total.bytes += r.bytes
                 total.tombstones += r.tombstones
         for record in self._recorded:
-            for entry in record.files:
-                type_name, path = str(entry.get("type")), str(entry.get("path"))
+            for recorded in record.files:
+                type_name, path = recorded.type_name, recorded.path
                 value = self._high_water.get(path)
                 if value is not None and (type_name not in newest or value > newest[type_name]):
                     newest[type_name] = value
         for type_name, value in newest.items():
             if type_name in found:
                 found[type_name].updated_at_max = iso_exact(value)
-        return [found[t] for t in _order(set(found))]
+        return [found[t] for t in ordered_types(set(found))]
 
     def _newest(self, paths: list[str], problems: list[str]) -> datetime | None:
         newest: datetime | None = None
@@ -574,17 +493,14 @@ class _Survey:
         return self._stones[relative]
 
 
-def _directory(record: _Record, type_name: str, files: list[dict[str, Any]]) -> str:
-    """Where a run wrote a type: its files' directory, else where run.py puts it."""
+def _directory(record: RunRecord, type_name: str, files: list[RecordedFile]) -> str:
+    """Where a run wrote a type: its files' directory, else where an export puts it."""
     if files:
-        return posixpath.dirname(str(files[0].get("path")))
-    if type_name == TOMBSTONE_TYPE:
-        return f"{TOMBSTONE_DIRECTORY}/run={record.run_id}"
+        return posixpath.dirname(files[0].path)
     try:
-        collection = resource_type(type_name).collection
+        return run_directory(type_name, record.kind, record.run_id)
     except KeyError:
         return type_name
-    return collection + (f"/run={record.run_id}" if record.kind == "incremental" else "")
 
 
 def _partitions(result: ResourceStatus, resource: ResourceState) -> None:
@@ -680,7 +596,7 @@ def _scan_max(parquet: pq.ParquetFile, column: str) -> datetime | None:
 
 
 def _uncommitted(root: Storage, named: set[str]) -> list[str]:
-    """Part files no checkpoint names: the next export removes them (run.remove_uncommitted)."""
+    """Part files no checkpoint names: the next export removes them (layout.remove_uncommitted)."""
     return uncommitted(root, named, BACKUP_DIRECTORIES)
 
 

@@ -15,7 +15,7 @@ For an unfinished run (only `_checkpoint.json`) the committed files the checkpoi
 checked the same way (schemas against the schema this exporter writes).
 
 Files the record does not name, below the backup's directories:
-- "uncommitted": exactly what the next `export` removes (`run.uncommitted`: part and temporary
+- "uncommitted": exactly what the next `export` removes (`layout.uncommitted`: part and temporary
   files of this exporter's naming where it writes them), listed on their own line, not a
   difference;
 - "set aside by --repair" (`<part file>.damaged-<run id>`, `repair.quarantine_name`): not part
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +47,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from exporter.backup import checkpoint, manifest
+from exporter.backup.layout import BACKUP_DIRECTORIES, is_ours, uncommitted
 from exporter.backup.sink import PART_NAME
 from exporter.backup.storage import Storage
 from exporter.core.errors import ExitCode, OutputError, UsageError
 from exporter.export.repair import quarantine_name
-from exporter.export.run import BACKUP_DIRECTORIES, _is_ours, uncommitted
 from exporter.model.normalize import arrow_schema
 from exporter.model.schema import RESOURCE_TYPES, resource_type
 
@@ -94,7 +95,7 @@ class ExpectedFile:
     rows: int
     bytes: int
     sha256: str
-    schema: list[dict[str, Any]] | None  # None: not recorded and not derivable
+    schema: Sequence[Mapping[str, Any]] | None  # None: not recorded and not derivable
 
 
 # Statuses of files the manifest or checkpoint does not name.
@@ -330,7 +331,7 @@ def _not_recorded(
     root: Storage, directories: dict[str, str], listed: set[str], report: VerifyReport, note: str
 ) -> None:
     """The files below the backup's directories that its record does not name:
-    - uncommitted: what the next export removes (`run.uncommitted`, export's own definition:
+    - uncommitted: what the next export removes (`layout.uncommitted`, export's own definition:
       part and temporary files of our naming where export writes them). Not a difference;
     - set aside by `export --repair` (`repair.quarantine_name` of a file of ours). Not one either;
     - any other `*.parquet` file: unlisted, a difference (a query over the folder would read it).
@@ -354,7 +355,7 @@ def _set_aside(path: str) -> bool:
     return (
         bool(marker)
         and PART_NAME.fullmatch(f"part-{run_id}-00000.parquet") is not None  # a run id
-        and _is_ours(original)
+        and is_ours(original)
         and quarantine_name(original, run_id) == path
     )
 
@@ -380,7 +381,7 @@ def _expected_from_manifest(entry: Any) -> ExpectedFile | None:
         return None
 
 
-def _current_schema(type_name: str) -> list[dict[str, Any]] | None:
+def _current_schema(type_name: str) -> list[manifest.SchemaField] | None:
     if type_name not in RESOURCE_TYPES:
         return None
     return manifest.schema_fields(arrow_schema(type_name))
@@ -494,7 +495,7 @@ def _item_named(data_type: pa.DataType) -> pa.DataType:
 
 
 def _schema_difference(
-    path: str, expected: list[dict[str, Any]], found: list[dict[str, Any]]
+    path: str, expected: Sequence[Mapping[str, Any]], found: list[manifest.SchemaField]
 ) -> Difference:
     """One line naming the columns that differ; the full lists go to the JSON report."""
     want = {str(f.get("name")): f for f in expected if isinstance(f, dict)}

@@ -14,11 +14,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import orjson
 
-from exporter.backup.sink import DataFile
+from exporter.backup.sink import DataFile, FileEntry
 from exporter.backup.storage import Storage, inside_root
 from exporter.core.errors import ExporterError, UsageError
 
@@ -94,6 +94,28 @@ class ResourceState:
         )
 
 
+class RunEntry(TypedDict):
+    """A finished run as a later one records it: one of the manifest's `runs`
+    (`RunState.summary()` without its files). Entries written by older releases may lack keys."""
+
+    run_id: str
+    kind: str  # full | incremental
+    started_at: str
+    finished_at: str | None
+    window_start: str | None
+    window_end: str | None
+    parameters: dict[str, Any]
+    tool_version: str | None
+    rows: dict[str, int]  # per type
+
+
+class HistoryEntry(RunEntry):
+    """A finished run as the checkpoint's `history` records it: with its files (`checked_history`
+    makes sure of those)."""
+
+    files: list[FileEntry]
+
+
 @dataclass
 class RunState:
     run_id: str
@@ -108,7 +130,7 @@ class RunState:
     window_end: str | None = None  # the API's clock when the run began: the next run's mark
     phase: str = "crawl"  # crawl | deltas | deletes | done
     # Earlier finished runs in this directory, oldest first, each with its files.
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
     tool_version: str | None = None  # the exporter that started the run
     account: dict[str, Any] | None = None  # whose backup this is: `account.Account.to_json()`
 
@@ -157,7 +179,7 @@ class RunState:
     def history_files(self) -> list[DataFile]:
         return [DataFile.from_json(f) for run in self.history for f in run["files"]]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> HistoryEntry:
         """This run as one entry of a later run's `history`."""
         return {
             "run_id": self.run_id,
@@ -203,7 +225,8 @@ def checked_file(data_file: DataFile, directory: str | None = None) -> DataFile:
     return data_file
 
 
-def checked_history(value: object) -> list[dict[str, Any]]:
+def checked_history(value: object) -> list[HistoryEntry]:
+    """A recorded history, if each entry is a run with a list of part files; else ValueError."""
     if not isinstance(value, list):
         raise ValueError("history is not a list")
     for run in value:
@@ -211,7 +234,7 @@ def checked_history(value: object) -> list[dict[str, Any]]:
             raise ValueError("a history entry without files")
         for entry in run["files"]:
             checked_file(DataFile.from_json(entry))
-    return list(value)
+    return cast(list[HistoryEntry], list(value))
 
 
 class UnreadableCheckpoint(UsageError):

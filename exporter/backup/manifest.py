@@ -8,14 +8,16 @@ the canonical JSON (sorted keys, no whitespace) of everything else, so any edit 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 import orjson
 import pyarrow as pa
 
 from exporter import __version__
-from exporter.backup.checkpoint import RunState
+from exporter.backup.checkpoint import HistoryEntry, RunEntry, RunState
+from exporter.backup.sink import FileEntry
 from exporter.backup.storage import Storage, inside_root
 from exporter.core.errors import UsageError
 from exporter.model.normalize import arrow_schema
@@ -25,26 +27,85 @@ FORMAT = "outreach-exporter/manifest"
 VERSION = 1
 
 
-def schema_fields(schema: pa.Schema) -> list[dict[str, Any]]:
+class SchemaField(TypedDict):
+    name: str
+    type: str  # the Arrow type, as pyarrow prints it
+    nullable: bool
+
+
+class ManifestFile(FileEntry):
+    """A part file as the manifest lists it: with the run that wrote it and its Arrow schema."""
+
+    run_id: str
+    schema: list[SchemaField]
+
+
+class ResourceSummary(TypedDict):
+    """One type over every run's files; `directory`, `extra_values` and `detail` describe the
+    newest run's, for the types it exported."""
+
+    rows: int
+    files: int
+    directory: NotRequired[str]
+    extra_values: NotRequired[int]
+    detail: NotRequired[dict[str, Any]]  # the type's stage-specific progress, `needs` left out
+
+
+class ToolEntry(TypedDict):
+    name: str
+    version: str
+
+
+class ManifestDocument(TypedDict):
+    """`_manifest.json` as `build` writes it (a manifest read back is untrusted JSON: `load`
+    returns it as such, and its readers check what they use)."""
+
+    format: str
+    version: int
+    run_id: str
+    kind: str
+    status: str
+    started_at: str
+    finished_at: str | None
+    window_start: str | None
+    window_end: str | None
+    source: str
+    account: dict[str, Any] | None
+    tool: ToolEntry
+    parameters: dict[str, Any]
+    resources: dict[str, ResourceSummary]
+    runs: list[RunEntry]  # every run, oldest first, this one last
+    files: list[ManifestFile]  # every run's files
+    stats: dict[str, Any]
+    manifest_sha256: NotRequired[str]  # of everything else (`canonical_digest`)
+
+
+def schema_fields(schema: pa.Schema) -> list[SchemaField]:
     return [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema]
 
 
-def canonical_digest(document: dict[str, Any]) -> str:
+def without_files(run: HistoryEntry) -> RunEntry:
+    """A history entry as one of the manifest's `runs`: every key but `files`, in the entry's
+    own order (the manifest's bytes follow it)."""
+    return cast(RunEntry, {k: v for k, v in run.items() if k != "files"})
+
+
+def canonical_digest(document: Mapping[str, object]) -> str:
     body = {k: v for k, v in document.items() if k != "manifest_sha256"}
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def build(state: RunState, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+def build(state: RunState, stats: dict[str, Any] | None = None) -> ManifestDocument:
     """The manifest of the directory after `state`'s run: every run's files, this run on top.
 
     A directory holds one full run and any number of incremental ones after it (each in
     `<type>/run=<id>/`, tombstones in `tombstones/run=<id>/`); the manifest lists all their files,
     so `verify` checks the whole backup, and `runs` says which run wrote what."""
-    files = []
-    resources: dict[str, Any] = {}
-    schemas: dict[str, list[dict[str, Any]]] = {}
+    files: list[ManifestFile] = []
+    resources: dict[str, ResourceSummary] = {}
+    schemas: dict[str, list[SchemaField]] = {}
 
-    def add(entry: dict[str, Any], run_id: str) -> None:
+    def add(entry: FileEntry, run_id: str) -> None:
         type_name = entry["type"]
         fields = schemas.setdefault(type_name, schema_fields(arrow_schema(type_name)))
         files.append({**entry, "run_id": run_id, "schema": fields})
@@ -52,11 +113,11 @@ def build(state: RunState, stats: dict[str, Any] | None = None) -> dict[str, Any
         summary["rows"] += int(entry["rows"])
         summary["files"] += 1
 
-    runs = []
+    runs: list[RunEntry] = []
     for run in state.history:
         for entry in run["files"]:
             add(entry, run["run_id"])
-        runs.append({k: v for k, v in run.items() if k != "files"})
+        runs.append(without_files(run))
     for type_name, resource in state.resources.items():
         summary = resources.setdefault(type_name, {"rows": 0, "files": 0})
         summary["directory"] = resource.directory
@@ -66,8 +127,8 @@ def build(state: RunState, stats: dict[str, Any] | None = None) -> dict[str, Any
             summary["detail"] = detail
         for data_file in resource.files:
             add(data_file.to_json(), state.run_id)
-    runs.append({k: v for k, v in state.summary().items() if k != "files"})
-    document: dict[str, Any] = {
+    runs.append(without_files(state.summary()))
+    document: ManifestDocument = {
         "format": FORMAT,
         "version": VERSION,
         "run_id": state.run_id,
@@ -90,7 +151,9 @@ def build(state: RunState, stats: dict[str, Any] | None = None) -> dict[str, Any
     return document
 
 
-def write(storage: Storage, state: RunState, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+def write(
+    storage: Storage, state: RunState, stats: dict[str, Any] | None = None
+) -> ManifestDocument:
     document = build(state, stats)
     storage.write_atomically(MANIFEST_NAME, orjson.dumps(document, option=orjson.OPT_INDENT_2))
     return document

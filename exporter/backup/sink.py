@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,10 +26,10 @@ import pyarrow.parquet as pq
 
 from exporter.backup.storage import INPROGRESS_SUFFIX, OpenFile, Storage, storage_error
 
-__all__ = ["INPROGRESS_SUFFIX", "PART_NAME", "DataFile", "PartWriter", "part_run_id"]
+__all__ = ["INPROGRESS_SUFFIX", "PART_NAME", "DataFile", "FileEntry", "PartWriter", "part_run_id"]
 
 # How `PartWriter` names a part file: part-<run id>-<sequence>.parquet, the run id being
-# `run.new_run_id()`'s (UTC time and 6 hex digits); while written locally, the same name
+# `layout.new_run_id()`'s (UTC time and 6 hex digits); while written locally, the same name
 # hidden (`.part-...parquet.inprogress`).
 PART_NAME = re.compile(r"\.?part-(\d{8}T\d{6}Z-[0-9a-f]{6})-\d{5,}\.parquet(\.inprogress)?")
 
@@ -48,6 +49,18 @@ def part_run_id(relative: str) -> str | None:
     return None
 
 
+class FileEntry(TypedDict):
+    """A `DataFile` as the checkpoint and the manifest record it (`DataFile.to_json`)."""
+
+    path: str
+    type: str
+    rows: int
+    bytes: int
+    sha256: str
+    min_id: int | None
+    max_id: int | None
+
+
 @dataclass(frozen=True)
 class DataFile:
     """A committed Parquet file, as the checkpoint and the manifest name it."""
@@ -60,7 +73,7 @@ class DataFile:
     min_id: int | None
     max_id: int | None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> FileEntry:
         return {
             "path": self.path,
             "type": self.type_name,
@@ -72,7 +85,7 @@ class DataFile:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DataFile:
+    def from_json(cls, data: Mapping[str, Any]) -> DataFile:
         return cls(
             path=str(data["path"]),
             type_name=str(data["type"]),

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from exporter.api.client import ApiClient
 from exporter.api.pagination import collection_url, paginate
-from exporter.backup.checkpoint import PartitionState, ResourceState, RunState
+from exporter.backup.checkpoint import HistoryEntry, PartitionState, ResourceState, RunState
 from exporter.backup.manifest import canonical_digest
 from exporter.backup.sink import DataFile
 from exporter.backup.storage import Storage, storage_error
@@ -155,7 +155,10 @@ def from_manifest(document: dict[str, Any], where: str) -> RunState:
             window_start=last.get("window_start"),
             window_end=last.get("window_end"),
             phase="done",
-            history=[{**run, "files": by_run.get(str(run["run_id"]), [])} for run in runs[:-1]],
+            history=[
+                cast(HistoryEntry, {**run, "files": by_run.get(str(run["run_id"]), [])})
+                for run in runs[:-1]
+            ],
             tool_version=last.get("tool_version"),
             account=document.get("account") if isinstance(document.get("account"), dict) else None,
         )

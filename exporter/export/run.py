@@ -1,12 +1,14 @@
 """One export run, end to end: prepare the output directory, resume or plan, crawl, commit, write the manifest.
 
 Order of a run:
-1. check the output directory is writable and take its lock; read its checkpoint and manifest;
+1. check the output directory is writable and take its lock; read its checkpoint and manifest
+   (`backup.catalog`);
 2. refuse what needs no request; then one request confirms the credentials and whose data the
-   base URL serves (`account.identify`), and a backup of another account is refused; a finished
-   backup of this account without --incremental is `FinishedExport` (use another --out,
-   --incremental or --restart);
-3. only then delete, and only files of ours in a folder holding our checkpoint or manifest:
+   base URL serves (`account.identify`), and the plan (`export.plan`) decides: a backup of
+   another account is refused; a finished backup of this account without --incremental is
+   `FinishedExport` (use another --out, --incremental or --restart);
+3. only then, as the plan says, delete, and only files of ours in a folder holding our
+   checkpoint or manifest (`backup.layout`):
    --restart removes the backup; every other run removes part files of our naming that no
    checkpoint names; an unfinished run from the same account is resumed past what it committed;
 4. committed files are checked (size; with --repair, sha256): a damaged one stops the run, named,
@@ -22,29 +24,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from exporter import __version__
-from exporter.api.account import Account, canonical_base_url, identify
+from exporter.api.account import Account, identify
 from exporter.api.auth import TokenSource
 from exporter.api.client import ApiClient, ClientSettings
 from exporter.api.pagination import collection_url
-from exporter.backup import checkpoint, manifest
+from exporter.backup import catalog, checkpoint, manifest
+from exporter.backup.catalog import Found
 from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.compact import NOT_ASKED_BY_STEP, ROOT_TYPE
 from exporter.backup.damage import damaged_error, inspect, read_failure, shown
+from exporter.backup.layout import (
+    BACKUP_DIRECTORIES,
+    ClaimingStorage,
+    discard_run,
+    new_run_id,
+    remove_uncommitted,
+    run_directory,
+    safe_named,
+)
 from exporter.backup.lock import OutputLock
-from exporter.backup.sink import part_run_id
-from exporter.backup.storage import OpenFile, Storage
+from exporter.backup.manifest import ManifestDocument
+from exporter.backup.storage import Storage
 from exporter.core.config import ExportSettings
 from exporter.core.errors import Interrupted, OutputError, UsageError, redact_url
 from exporter.core.events import event
@@ -59,6 +68,17 @@ from exporter.export.history import (
     _micros,
     load_index,
 )
+from exporter.export.plan import (
+    ExportRequest,
+    Extend,
+    Refuse,
+    Resume,
+    StartFull,
+    plan_export,
+    refusal_before_request,
+    take_mark,
+    window_at,
+)
 from exporter.export.relationships import (
     IdSet,
     Link,
@@ -72,7 +92,6 @@ from exporter.export.repair import (
     Keep,
     covered,
     drop_file,
-    from_manifest,
     refetch_range,
     set_aside,
 )
@@ -80,17 +99,11 @@ from exporter.export.writer import CommitPolicy, Writer
 from exporter.model.normalize import TOMBSTONE_TYPE
 from exporter.model.schema import RESOURCE_TYPES, resource_type
 
-MAX_CLOCK_SKEW = 300.0  # seconds the API's clock and ours may differ before the earlier is taken
-
-
-def new_run_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-
 
 @dataclass
 class ExportResult:
     state: RunState
-    manifest: dict[str, Any]
+    manifest: ManifestDocument
     resumed: bool
     seconds: float
     requests: int
@@ -101,136 +114,6 @@ class ExportResult:
     @property
     def rows(self) -> dict[str, int]:
         return {k: v.rows for k, v in self.state.resources.items()}
-
-
-@dataclass
-class Found:
-    """What `--out` holds of ours, as read before anything is decided."""
-
-    checkpoint_present: bool
-    manifest_present: bool
-    state: RunState | None = None
-    unreadable: UsageError | None = None  # why the checkpoint could not be read
-    document: dict[str, Any] | None = None  # the manifest, when it could be read
-
-
-class FinishedExport(UsageError):
-    """A run without --incremental met a finished backup of the very account it exports
-    (confirmed by `Export._check_account`): nothing to do, nothing was changed. The fleet
-    counts exactly this as "already done"."""
-
-    def __init__(self, message: str, state: RunState) -> None:
-        super().__init__(message)
-        self.state = state
-
-
-TOMBSTONE_DIRECTORY = "tombstones"
-
-
-# Every directory an export writes into (an earlier selection's types included), tombstones last.
-BACKUP_DIRECTORIES = [
-    *(resource_type(t).collection for t in RESOURCE_TYPES),
-    TOMBSTONE_DIRECTORY,
-]
-
-
-def _is_ours(relative: str) -> bool:
-    """A part file or a temporary one of our naming (`sink.part_run_id`), where an export puts
-    them: in one of our type directories (tombstones: only in a `run=<id>/`). Nothing else is ours."""
-    parts = relative.split("/")
-    if parts[0] not in BACKUP_DIRECTORIES or part_run_id(relative) is None:
-        return False
-    return parts[0] != TOMBSTONE_DIRECTORY or len(parts) == 3
-
-
-def uncommitted(storage: Storage, named: set[str], directories: list[str]) -> list[str]:
-    """Part files of our naming below our directories that `named` (every file a checkpoint
-    names, earlier runs' included) does not hold: uploads completed but never committed, and
-    temporary files. Files of any other name stay, whoever wrote them."""
-    return [
-        relative
-        for directory in directories
-        for relative in storage.list_files(directory)
-        if _is_ours(relative) and relative not in named
-    ]
-
-
-class ClaimingStorage(Storage):
-    """The writer's view of a backup it starts: `claim` runs once, before the first data file
-    is opened (a file is opened when its first row group is written, at the latest when it is
-    committed)."""
-
-    def __init__(self, storage: Storage, claim: Callable[[], None]) -> None:
-        # The same root as `storage`, whatever it holds (not its constructor's arguments).
-        self.__dict__.update(storage.__dict__)
-        self._claim: Callable[[], None] | None = claim
-
-    def open_data(self, relative: str) -> OpenFile:
-        claim, self._claim = self._claim, None
-        if claim is not None:
-            claim()
-        return super().open_data(relative)
-
-
-def _safe_named(storage: Storage, relative: str) -> bool:
-    """A path a state file names that we may move or delete: inside the root, of our naming."""
-    return storage.inside(relative) == relative and _is_ours(relative)
-
-
-def remove_uncommitted(storage: Storage, state: RunState | None, directories: list[str]) -> int:
-    """Delete the `uncommitted` files of a folder holding `state` (our checkpoint); returns the
-    count. Without a checkpoint nothing proves a file ours, so nothing is deleted."""
-    if state is None:
-        return 0
-    named = {f.path for f in state.committed_files()}
-    found = uncommitted(storage, named, directories)
-    for relative in found:
-        storage.delete(relative)
-    return len(found)
-
-
-def discard_run(
-    storage: Storage,
-    state: RunState | None,
-    document: dict[str, Any] | None,
-    directories: list[str],
-) -> int:
-    """`--restart` in a folder holding our checkpoint or manifest (the caller checks): delete the
-    part files they name (every run's) and every other part file of our naming below our
-    directories, then the checkpoint and the manifest, then the directories left empty.
-    A named path that is not of our naming where we write is not deleted (a tampered state
-    file must not make us delete a user's file). Returns how many data files were deleted."""
-    named: set[str] = set()
-    if state is not None:
-        named.update(f.path for f in state.committed_files())
-    if document is not None and isinstance(document.get("files"), list):
-        named.update(
-            str(f["path"]) for f in document["files"] if isinstance(f, dict) and "path" in f
-        )
-    ours = {p for p in named if _safe_named(storage, p)}
-    ours.update(uncommitted(storage, set(), directories))
-    for relative in sorted(ours):
-        storage.delete(relative)
-    for name in (checkpoint.CHECKPOINT_NAME, manifest.MANIFEST_NAME):
-        storage.delete(name)
-    for directory in directories:
-        remove_empty_directories(storage, directory)
-    return len(ours)
-
-
-def remove_empty_directories(storage: Storage, directory: str) -> None:
-    """Remove `directory` and its subdirectories, deepest first, where they are empty (local
-    only: an object store has no directories to leave behind)."""
-    if not storage.local:
-        return
-    root = Path(storage.path(directory))
-    if not root.is_dir():
-        return
-    for sub in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        with contextlib.suppress(OSError):
-            sub.rmdir()  # fails, and is meant to, when anything is left inside
-    with contextlib.suppress(OSError):
-        root.rmdir()
 
 
 def updated_at_filterable(type_name: str) -> bool:
@@ -252,9 +135,13 @@ class Export:
         reporter: Callable[[Callable[[], Snapshot]], Reporter] | None = None,
         *,
         repair: bool = False,
+        finished_since: str | None = None,
     ) -> None:
         self.settings = settings
         self.repair = repair  # --repair: mend damaged files, rebuild a lost checkpoint
+        # A fleet's start (`utc_now()` text): a backup finished since is done, even with
+        # --incremental (`ExportRequest.finished_since`).
+        self.finished_since = finished_since
         self.storage = Storage.open(settings.out)
         self.tokens = tokens
         self.make_reporter = reporter
@@ -286,150 +173,59 @@ class Export:
     # -- preparing the directory ----------------------------------------------------------
     #
     # In this order, so nothing is deleted on a guess: 1. the lock is held (`run`); 2. the
-    # folder's state is read, and what needs no request is refused (`_refuse_early`); 3. one
-    # request confirms the credentials and says whose data the base URL serves
-    # (`account.identify`); 4. a backup of another account is refused; 5. only then is anything
-    # deleted, and only what is provably ours (`_prepare`).
+    # folder's catalog is read, and what needs no request is refused
+    # (`plan.refusal_before_request`); 3. one request confirms the credentials and says whose
+    # data the base URL serves (`account.identify`); 4. the plan is made (`plan.plan_export`:
+    # a backup of another account is refused); 5. only then is anything deleted, and only what
+    # is provably ours (`_prepare`).
 
-    def _read_state(self) -> Found:
-        """What the folder holds of ours (nothing is changed)."""
-        storage = self.storage
-        found = Found(
-            checkpoint_present=storage.exists(checkpoint.CHECKPOINT_NAME),
-            manifest_present=storage.exists(manifest.MANIFEST_NAME),
-        )
-        if found.checkpoint_present:
-            try:
-                found.state = checkpoint.load(storage)
-            except UsageError as exc:
-                found.unreadable = exc
-        if found.manifest_present:
-            with contextlib.suppress(UsageError):
-                found.document = manifest.load(storage)
-        return found
-
-    def _refuse_early(self, found: Found) -> None:
-        """Refusals that need no request (and must not spend one)."""
+    def _request(self) -> ExportRequest:
         s = self.settings
-        root = self.storage.display
-        if s.restart:
-            if self.repair:
-                raise UsageError(
-                    "--repair mends the backup in --out and --restart discards it: pass one of them"
-                )
-            return
-        state = found.state
-        if state is None and found.manifest_present:
-            # A finished backup whose checkpoint is gone or damaged: starting over would delete
-            # every file it holds. The manifest still describes it, so it can be rebuilt.
-            what = "is missing" if found.unreadable is None else "is damaged"
-            if isinstance(found.unreadable, checkpoint.UnreadableCheckpoint):
-                # why, without the loader's own advice (which this message replaces)
-                what = f"is damaged ({found.unreadable.reason})"
-            if found.document is None:
-                raise UsageError(
-                    f"{root} holds a finished backup but its {checkpoint.CHECKPOINT_NAME} {what} "
-                    f"and its {manifest.MANIFEST_NAME} cannot be read; nothing was changed. Put "
-                    "either back (from wherever the backup was copied from), or choose another --out"
-                )
-            if not (self.repair and s.incremental):
-                raise UsageError(
-                    f"{root} holds a finished backup ({manifest.MANIFEST_NAME}) but its "
-                    f"{checkpoint.CHECKPOINT_NAME} {what}, so it can neither be resumed nor "
-                    "extended; nothing was changed. Pass --incremental --repair to rebuild the "
-                    "checkpoint from the manifest and extend the backup, or put the checkpoint "
-                    "back (from wherever the backup was copied from)"
-                )
-            return
-        if found.unreadable is not None:
-            raise found.unreadable  # an unfinished run's checkpoint: nothing else describes it
-        if self.repair and state is None:
-            raise UsageError(f"{root} holds no backup to repair; run without --repair to start one")
+        return ExportRequest(
+            where=self.storage.display,
+            type_names=tuple(self._resource_names()),
+            incremental=s.incremental,
+            restart=s.restart,
+            repair=self.repair,
+            source=s.source,
+            overlap=s.overlap,
+            finished_since=self.finished_since,
+        )
 
     def _prepare(self, found: Found, account: Account) -> tuple[RunState, bool]:
-        """The run's state, once the account is confirmed; deletes only files of ours."""
-        s = self.settings
+        """The run's state, as the plan says, once the account is confirmed; deletes only
+        files of ours."""
         storage = self.storage
-        root = storage.display
-        if s.restart:
-            if found.checkpoint_present or found.manifest_present:
+        plan = plan_export(found, self._request(), account)
+        if isinstance(plan, Refuse):
+            raise plan.error  # FinishedExport among them: a fleet counts it as "already done"
+        if isinstance(plan, StartFull):
+            if plan.discard:
                 removed = discard_run(storage, found.state, found.document, self.directories)
                 event(
                     "run.discard",
                     f"--restart: removed the checkpoint, the manifest and {removed} data file(s)",
                     removed=removed,
                 )
-            # else: a folder holding no backup of ours; nothing in it is touched.
-            return self._new_state(None, account), False
-        state = found.state
-        if state is None and found.document is not None:
-            state = from_manifest(found.document, root)
-            self._check_account(state, account)
-            unsafe = [f.path for f in state.committed_files() if not _safe_named(storage, f.path)]
-            if unsafe:
-                raise UsageError(
-                    f"{root}: the manifest names {unsafe[0]!r}, which is not a part file of this "
-                    "tool where it writes them; the checkpoint is not rebuilt from it"
-                )
+            return self._new_state(account, None), False
+        if isinstance(plan, Resume):
+            state = plan.state
+            if state.account is None:
+                state.account = account.to_json()  # an older checkpoint: record whose it is now
+            remove_uncommitted(storage, state, self.directories)
+            return state, True
+        previous = plan.previous
+        if plan.rebuilt:
             self.lock.check()
-            checkpoint.save(storage, state)
+            checkpoint.save(storage, previous)
             event(
                 "run.repair",
                 f"rebuilt {checkpoint.CHECKPOINT_NAME} from {manifest.MANIFEST_NAME} "
-                f"(run {state.run_id})",
-                run_id=state.run_id,
+                f"(run {previous.run_id})",
+                run_id=previous.run_id,
             )
-        if state is None:
-            return self._new_state(None, account), False
-        self._check_account(state, account)
-        if state.status == "complete" and not s.incremental:
-            # Only now, with the account confirmed: a fleet counts this as "already done".
-            raise FinishedExport(
-                f"{root} already holds a finished export (run {state.run_id}); pass "
-                "--incremental to add what changed since (with --repair to mend damaged files), "
-                "--restart to replace it, or choose another --out",
-                state,
-            )
-        if state.status == "complete":
-            remove_uncommitted(storage, state, self.directories)
-            return self._new_state(state, account), False
-        expected = sorted(self._resource_names(state.kind))
-        if sorted(state.resources) != expected:
-            raise UsageError(
-                f"{root} holds an unfinished export of {', '.join(sorted(state.resources))}; "
-                "resume it with the same --relationships and --detect-deletes, or pass "
-                "--restart to discard it"
-            )
-        if state.account is None:
-            state.account = account.to_json()  # an older checkpoint: record whose it is now
-        remove_uncommitted(storage, state, self.directories)
-        return state, True
-
-    def _check_account(self, state: RunState, account: Account) -> None:
-        """Refuse a backup of another account, however the path or the URL is spelled: the
-        org ids when both are known; otherwise the canonical base URLs (an older state file
-        without `account`: its recorded source); a named source (the demo) must match too."""
-        s = self.settings
-        recorded = Account.from_json(state.account)
-        both_orgs = recorded is not None and recorded.org is not None and account.org is not None
-        same = recorded.same_as(account) if both_orgs and recorded is not None else True
-        if s.source is not None:
-            same = same and state.source == s.source
-        elif not both_orgs:
-            if recorded is not None:
-                same = recorded.origin == account.origin
-            else:
-                try:
-                    same = canonical_base_url(state.source) == account.origin
-                except ValueError:
-                    same = False
-        if not same:
-            theirs = recorded.label if recorded is not None else state.source
-            mine = s.source or account.label
-            raise UsageError(
-                f"{self.storage.display} holds a backup of {theirs}, not of {mine}; nothing was "
-                "changed. Use another --out for this account (or --restart to discard that backup)"
-            )
+        remove_uncommitted(storage, previous, self.directories)
+        return self._new_state(account, plan), False
 
     # -- damaged files ------------------------------------------------------------------------
 
@@ -446,7 +242,7 @@ class Export:
         root = storage.display
         for item in damage:
             data_file = item.file
-            if not _safe_named(storage, data_file.path):
+            if not safe_named(data_file.path):
                 raise UsageError(
                     f"{root}: the checkpoint names {data_file.path!r}, which is not a part file "
                     "of this tool where it writes them; nothing was changed"
@@ -588,13 +384,14 @@ class Export:
 
         return keep
 
-    def _resource_names(self, kind: str) -> list[str]:
+    def _resource_names(self) -> list[str]:
         names = list(self.type_names)
         if self.settings.detect_deletes:
             names.append(TOMBSTONE_TYPE)
         return names
 
-    def _new_state(self, previous: RunState | None, account: Account) -> RunState:
+    def _new_state(self, account: Account, extend: Extend | None) -> RunState:
+        """A new run's state: a full one, or (`extend`) an incremental one on top of the last."""
         s = self.settings
         run_id = new_run_id()
         state = RunState(
@@ -605,19 +402,13 @@ class Export:
             tool_version=__version__,
             account=account.to_json(),
         )
-        if previous is not None:
-            assert previous.window_end is not None
+        if extend is not None:
+            previous = extend.previous
             state.kind = "incremental"
             state.history = [*previous.history, previous.summary()]
-            since = micros(previous.window_end) / 1_000_000 - s.overlap
-            state.window_start = iso(since)
-        for type_name in self._resource_names(state.kind):
-            if type_name == TOMBSTONE_TYPE:
-                directory = f"{TOMBSTONE_DIRECTORY}/run={run_id}"
-            else:
-                directory = resource_type(type_name).collection
-                if state.kind == "incremental":
-                    directory += f"/run={run_id}"
+            state.window_start = extend.window_start
+        for type_name in self._resource_names():
+            directory = run_directory(type_name, state.kind, run_id)
             state.resources[type_name] = ResourceState(type_name=type_name, directory=directory)
         return state
 
@@ -657,8 +448,10 @@ class Export:
             await asyncio.to_thread(self.lock.release)
 
     async def _run_locked(self, started: float) -> ExportResult:
-        found = await asyncio.to_thread(self._read_state)
-        self._refuse_early(found)
+        found = await asyncio.to_thread(catalog.read, self.storage)
+        refused = refusal_before_request(found, self._request())
+        if refused is not None:
+            raise refused
         async with ApiClient(self._client_settings(), self.tokens) as client:
             self.client = client
             # One request confirms the credentials and whose data this is, before anything
@@ -1050,14 +843,11 @@ class Export:
         based on.
 
         1. The API's clock (its Date header at its first answer; a first small request when
-           there was none yet) and this machine's clock.
+           there was none yet) and this machine's clock (`plan.take_mark`).
         2. When they disagree by more than `MAX_CLOCK_SKEW`, the earlier of the two, with a
-           warning: a mark too late loses the changes between the two for good (the next
-           window starts after them), one too early only fetches some records again.
-        3. A window that would start after its end (a previous mark taken from a wrong clock)
-           is never accepted: it starts where the previous run began by this machine's clock,
-           less the overlap, with a warning; when even that is after the end, the run stops
-           with a usage error and exports nothing.
+           warning.
+        3. A window that would start after its end is moved back to where the previous run
+           began, with a warning, or the run stops with a usage error (`plan.window_at`).
         """
         if client.stats.server_time is None:
             await client.get_document(
@@ -1067,53 +857,38 @@ class Export:
                     [("page[size]", "1"), (f"fields[{ROOT_TYPE}]", "")],
                 )
             )
-        local = time.time()
-        server = client.stats.server_time
-        basis: dict[str, Any] = {"local_clock": iso(local)}
-        if server is None:
-            mark = local
-            basis["based_on"] = "local clock"
-            basis["reason"] = "the API sent no usable Date header"
-        else:
-            skew = server - local
-            basis.update(server_clock=iso(server), skew_seconds=round(skew, 3))
-            mark = min(server, local) if abs(skew) > MAX_CLOCK_SKEW else server
-            basis["based_on"] = "server clock" if mark == server else "local clock"
-            if abs(skew) > MAX_CLOCK_SKEW:
-                event(
-                    "clock.skew",
-                    f"the API's clock ({iso(server)}, its Date header) is "
-                    f"{abs(skew):,.0f} s {'ahead of' if skew > 0 else 'behind'} this machine's "
-                    f"({iso(local)}); the run's mark is the earlier, {iso(mark)}",
-                    logging.WARNING,
-                    server_clock=iso(server),
-                    local_clock=iso(local),
-                    skew_seconds=round(skew, 3),
-                )
-        if state.window_start is not None and micros(state.window_start) > mark * 1_000_000:
-            previous = state.history[-1] if state.history else {}
-            began = previous.get("started_at")
-            fallback = micros(began) / 1_000_000 - self.settings.overlap if began else None
-            if fallback is None or fallback > mark:
-                raise UsageError(
-                    f"the incremental window would start at {state.window_start}, after its end "
-                    f"{iso(mark)} (a clock, the API's or this machine's, is wrong); nothing was "
-                    "exported. Check this machine's clock and run again"
-                )
+        mark = take_mark(client.stats.server_time, time.time())
+        if mark.skewed:
+            assert mark.server is not None
+            skew = mark.server - mark.local
+            event(
+                "clock.skew",
+                f"the API's clock ({iso(mark.server)}, its Date header) is "
+                f"{abs(skew):,.0f} s {'ahead of' if skew > 0 else 'behind'} this machine's "
+                f"({iso(mark.local)}); the run's mark is the earlier, {iso(mark.at)}",
+                logging.WARNING,
+                server_clock=iso(mark.server),
+                local_clock=iso(mark.local),
+                skew_seconds=round(skew, 3),
+            )
+        began = state.history[-1].get("started_at") if state.history else None
+        window = window_at(state.window_start, mark.at, began, self.settings.overlap)
+        basis = mark.basis.copy()
+        if window.clamped_from is not None:
             event(
                 "window.clamped",
-                f"the incremental window would start at {state.window_start} (the last run's "
-                f"mark less the overlap), after its end {iso(mark)}: that mark came from a wrong "
-                f"clock. Starting instead where the last run began, {iso(fallback)}",
+                f"the incremental window would start at {window.clamped_from} (the last run's "
+                f"mark less the overlap), after its end {window.end}: that mark came from a "
+                f"wrong clock. Starting instead where the last run began, {window.start}",
                 logging.WARNING,
-                window_start=state.window_start,
-                window_end=iso(mark),
-                clamped_to=iso(fallback),
+                window_start=window.clamped_from,
+                window_end=window.end,
+                clamped_to=window.start,
             )
-            basis["window_start_clamped_from"] = state.window_start
-            state.window_start = iso(fallback)
+            basis["window_start_clamped_from"] = window.clamped_from
+        state.window_start = window.start
         state.resources[ROOT_TYPE].detail["mark"] = basis
-        state.window_end = iso(mark)
+        state.window_end = window.end
 
     @staticmethod
     async def _crawl_then_close(
@@ -1189,4 +964,4 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-__all__ = ["Export", "ExportResult", "FinishedExport", "OutputError"]
+__all__ = ["Export", "ExportResult", "OutputError"]

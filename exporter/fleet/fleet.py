@@ -28,7 +28,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -37,7 +37,7 @@ import click
 
 from exporter.api.auth import TokenSource, token_source
 from exporter.api.client import STOP_GRACE
-from exporter.backup import checkpoint, manifest
+from exporter.backup import manifest
 from exporter.core.config import ExportSettings
 from exporter.core.errors import (
     ExporterError,
@@ -49,7 +49,8 @@ from exporter.core.errors import (
 from exporter.core.files import MAX_SECRET_BYTES, read_small_file
 from exporter.core.secrets import CREDENTIAL_RULE, Secret, header_safe
 from exporter.core.times import utc_now
-from exporter.export.run import Export, FinishedExport
+from exporter.export.plan import FinishedExport
+from exporter.export.run import Export
 
 
 @dataclass(frozen=True)
@@ -176,29 +177,15 @@ def _one_line(text: str, known: Iterable[str]) -> str:
     return " ".join(scrub(text, known).split())[:500]
 
 
-def _finished_this_run(account: Account, fleet_started: str) -> bool:
-    """Whether `out` holds an export that finished during this fleet run (`fleet_started`):
-    an earlier attempt of this task did it (a worker died after the export, before its result
-    reached the scheduler), so even an incremental account must not add another run. Whose it
-    is, the export itself confirms (`FinishedExport`)."""
-    try:
-        state = checkpoint.load(account.out)
-    except UsageError:
-        return False  # a damaged checkpoint: the export says what is wrong with it
-    return (
-        state is not None
-        and state.status == "complete"
-        and bool(state.finished_at)
-        and str(state.finished_at) >= fleet_started  # both utc_now() text: ordered as times
-    )
-
-
-def _already_done(account: Account, done: FinishedExport, this_run: bool) -> AccountResult:
+def _already_done(account: Account, done: FinishedExport) -> AccountResult:
     """The result of an account whose export found a finished backup of this very account
     (`FinishedExport`, raised only after the account was confirmed by a request, never on the
     path or URL alone: a fleet file whose tokens were swapped between accounts gets the
-    export's refusal instead)."""
+    export's refusal instead). `done.recent`: it finished during this fleet run, so an earlier
+    attempt of this task did it (a worker died after the export, before its result reached
+    the scheduler)."""
     state = done.state
+    this_run = done.recent
     try:
         stats = manifest.load(account.out).get("stats", {})
     except UsageError:
@@ -236,18 +223,16 @@ async def export_account(
     clock = time.monotonic()
     tokens: TokenSource | None = None
     job: Export | None = None
-    this_run = False
     try:
-        this_run = await asyncio.to_thread(_finished_this_run, account, fleet_started)
         settings, tokens = resolve(account)
-        if this_run:
-            settings = replace(settings, incremental=False)
-        job = Export(settings, tokens, repair=account.repair)
+        # What a finished backup means here is the export's plan (`plan.plan_export`): one
+        # that finished since `fleet_started` is done, even for an incremental account.
+        job = Export(settings, tokens, repair=account.repair, finished_since=fleet_started)
         if started is not None:
             started(job)
         result = await job.run()
     except FinishedExport as done:
-        return _already_done(account, done, this_run)
+        return _already_done(account, done)
     except ExporterError as exc:
         verb = "stopped" if isinstance(exc, Interrupted) else "failed"
         known = tokens.secrets() if tokens is not None else []

@@ -70,6 +70,30 @@ async def test_a_manifest_without_its_checkpoint(
     assert (tmp_path / "_checkpoint.json").is_file()
 
 
+@pytest.mark.parametrize("checkpoint", ["missing", "damaged"])
+async def test_neither_the_checkpoint_nor_the_manifest_readable(
+    checkpoint: str, start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug caught: status listed no run and said "start a new run", where export refuses
+    (deleting would lose a finished backup whose documents could be put back)."""
+    running = await start_simulator(steps=50, seed=175)
+    await run_export(running.base_url, tmp_path)
+    (tmp_path / "_manifest.json").write_text("{bad")
+    if checkpoint == "missing":
+        (tmp_path / "_checkpoint.json").unlink()
+    else:
+        (tmp_path / "_checkpoint.json").write_text("{bad")
+    report = status_json(tmp_path)
+    assert report["runs"] == [] and report["next_export"]["action"] == "refuse", report
+    message = report["next_export"]["message"]
+    assert f"_checkpoint.json is {checkpoint}" in message, message
+    assert "and its _manifest.json cannot be read; nothing was changed" in message, message
+    parts = sorted((tmp_path / "sequenceSteps").glob("part-*.parquet"))
+    with pytest.raises(UsageError, match="cannot be read; nothing was changed"):
+        await export(running.base_url, tmp_path)
+    assert parts and all(p.is_file() for p in parts)  # as status said: nothing deleted
+
+
 async def test_a_finished_backup_with_damage_and_leftovers(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

@@ -1,4 +1,4 @@
-"""`verify` tells what is not part of the backup as export does: files `--repair` set aside, and uncommitted files by export's own definition (`run._is_ours`)."""
+"""`verify` tells what is not part of the backup as export does: files `--repair` set aside, and uncommitted files by export's own definition (`layout.is_ours`)."""
 
 from __future__ import annotations
 

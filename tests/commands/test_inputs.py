@@ -324,7 +324,7 @@ def test_the_largest_accepted_values_run_an_exact_export(tmp_path: Path) -> None
     finish exactly (the overlap reaches a year back, no checkpoint overflows)."""
     from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
     from tests.conftest import TOKEN
-    from tests.fleet.test_fleet import assert_exact
+    from tests.fleet.test_fleet import assert_exact_for_seed
 
     extremes = [
         "--overlap", "31536000", "--commit-interval", "86400", "--read-timeout", "3600",
@@ -339,7 +339,7 @@ def test_the_largest_accepted_values_run_an_exact_export(tmp_path: Path) -> None
         again = run_cli(*args, "--incremental", env={"OUTREACH_TOKEN": TOKEN}, timeout=120)
         assert again.returncode == 0, again.stderr
     assert "Traceback" not in first.stderr + again.stderr
-    assert_exact(tmp_path, 120, 8)
+    assert_exact_for_seed(tmp_path, 120, 8)
 
 
 # -- every numeric option of every command is finite and bounded -------------------------------

@@ -30,7 +30,7 @@ from tests.export.test_resume import assert_exact, export_command, run_to_comple
 DAMAGE = ("truncate", "flip", "delete")
 
 
-def settings(base_url: str, out: Path | str, **overrides: Any) -> ExportSettings:
+def command_settings(base_url: str, out: Path | str, **overrides: Any) -> ExportSettings:
     return ExportSettings(
         out=out,
         base_url=base_url,
@@ -50,7 +50,9 @@ def settings(base_url: str, out: Path | str, **overrides: Any) -> ExportSettings
 async def export(
     base_url: str, out: Path, *, repair: bool = False, **overrides: Any
 ) -> ExportResult:
-    job = Export(settings(base_url, out, **overrides), StaticToken(Secret(TOKEN)), repair=repair)
+    job = Export(
+        command_settings(base_url, out, **overrides), StaticToken(Secret(TOKEN)), repair=repair
+    )
     return await job.run()
 
 
@@ -59,7 +61,7 @@ async def stopped_run(running: Running, out: Path) -> dict[str, Any]:
     # Pages of 5: the walk cuts a batch of users once a page's worth is queued, so user files
     # are committed mid-crawl (with pages of 100, the few users of 1,500 steps waited for the
     # crawl's end, and a stop that came after the run's last check was no stop at all).
-    job = Export(settings(running.base_url, out, page_size=5), StaticToken(Secret(TOKEN)))
+    job = Export(command_settings(running.base_url, out, page_size=5), StaticToken(Secret(TOKEN)))
     task = asyncio.create_task(job.run())
     checkpoint = out / "_checkpoint.json"
     latency = running.sim.faults.latency_s

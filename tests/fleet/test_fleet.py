@@ -63,14 +63,14 @@ def exporter(
     )
 
 
-def expected_steps(steps: int, seed: int) -> list[dict[str, Any]]:
+def expected_steps_for_seed(steps: int, seed: int) -> list[dict[str, Any]]:
     """Ground truth of a simulator with this size and seed (the data is deterministic)."""
     sim = Simulator(SimulatorConfig(steps=steps, seed=seed))
     return [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in sim.truth.records("sequenceStep")]
 
 
-def assert_exact(out: Path, steps: int, seed: int) -> None:
-    assert_rows_equal(read_rows(out / "sequenceSteps"), expected_steps(steps, seed))
+def assert_exact_for_seed(out: Path, steps: int, seed: int) -> None:
+    assert_rows_equal(read_rows(out / "sequenceSteps"), expected_steps_for_seed(steps, seed))
     assert_manifest_matches_files(out)
 
 
@@ -310,8 +310,8 @@ def test_local_fleet_exports_every_account_exactly(tmp_path: Path) -> None:
     assert lines[1].split()[:2] == ["alpha", "1,200"] and lines[1].endswith("  ok")
     assert lines[2].split()[:2] == ["beta", "700"] and lines[2].endswith("  ok")
     assert lines[3].split()[:2] == ["total", "1,900"] and lines[3].endswith("2 ok, 0 failed")
-    assert_exact(tmp_path / "out" / "alpha", 1200, 21)
-    assert_exact(tmp_path / "out" / "beta", 700, 22)
+    assert_exact_for_seed(tmp_path / "out" / "alpha", 1200, 21)
+    assert_exact_for_seed(tmp_path / "out" / "beta", 700, 22)
     beta_manifest = orjson.loads((tmp_path / "out" / "beta" / "_manifest.json").read_bytes())
     assert beta_manifest["parameters"]["concurrency"] == 1  # the account's own override
     assert_no_secret(TOKEN, result.stdout, result.stderr, under=tmp_path / "out")
@@ -344,7 +344,7 @@ def test_one_failing_account_is_named_and_the_others_finish(tmp_path: Path) -> N
     assert rows["total"].endswith("1 ok, 2 failed")
     [summary] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "bad-token, no-env" in summary and "good" not in summary.replace("no-env", "")
-    assert_exact(tmp_path / "out" / "good", 900, 23)
+    assert_exact_for_seed(tmp_path / "out" / "good", 900, 23)
     assert_no_secret(wrong, result.stdout, result.stderr, under=tmp_path / "out")
 
 
@@ -454,7 +454,7 @@ def test_dask_worker_killed_mid_export_resumes_elsewhere_exactly(tmp_path: Path)
     manifest = orjson.loads((alpha_out / "_manifest.json").read_bytes())
     assert manifest["run_id"] == before[0]  # the same run, finished by another worker
     for name, (steps, seed) in specs.items():
-        assert_exact(tmp_path / "out" / name, steps, seed)
+        assert_exact_for_seed(tmp_path / "out" / name, steps, seed)
     assert_no_secret(TOKEN, stdout, stderr, under=tmp_path / "out")
 
 
@@ -614,7 +614,7 @@ def test_fleet_killed_and_run_again_finishes_everything_without_redoing(tmp_path
         assert third.returncode == 0, (third.stdout, third.stderr)
         assert third.stdout.count("ok, already done") == 2
     for name, (steps, seed) in specs.items():
-        assert_exact(tmp_path / name, steps, seed)
+        assert_exact_for_seed(tmp_path / name, steps, seed)
     manifest = checkpoint.load(alpha)
     assert manifest is not None and manifest.run_id == alpha_state.run_id
 

@@ -25,10 +25,10 @@ from exporter.model.schema import resource_type
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.export.test_relationships import expected_related
-from tests.truth import (
+from tests.helpers.truth import (
     STEP_RELATIONSHIP_COLUMNS,
     assert_rows_equal,
+    expected_related,
     expected_row,
     read_rows,
 )

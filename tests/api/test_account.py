@@ -8,7 +8,7 @@ from exporter.api.account import Account, canonical_base_url, identify, org_of
 from exporter.api.auth import Secret, StaticToken
 from exporter.api.client import ApiClient, ClientSettings
 from exporter.core.errors import AuthError
-from tests.conftest import TOKEN, StartSimulator
+from tests.helpers.sim import TOKEN, StartSimulator
 
 
 @pytest.mark.parametrize(

@@ -3,45 +3,23 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 
 from exporter.api.pagination import STALL_PAGES
 from exporter.core.errors import ApiError, ResponseError
-from tests.conftest import TOKEN, StartSimulator
-from tests.export.test_faults import expected_steps, export, fast_client
-from tests.truth import assert_rows_equal, read_rows
-
-
-@dataclass
-class Crafted:
-    status: int
-    body: bytes
-    content_type: str = "application/vnd.api+json"
-
-
-# (request URL as the client sent it, the simulator's document) -> a crafted answer, or None
-Tamper = Callable[[str, dict[str, Any]], Crafted | None]
-
-
-@dataclass
-class Proxy:
-    root: str
-    tamper: Tamper | None = None
-    seen: list[str] = field(default_factory=list)
-
-    @property
-    def base_url(self) -> str:
-        return self.root + "/api/v2"
+from tests.helpers.runs import export, fast_client
+from tests.helpers.sim import TOKEN, StartSimulator
+from tests.helpers.tampering_proxy import Crafted, Proxy, Tamper, proxy_for, site
+from tests.helpers.truth import assert_rows_equal, expected_steps, read_rows
 
 
 @dataclass
@@ -50,56 +28,6 @@ class Trap:
 
     url: str
     requests: list[dict[str, str]] = field(default_factory=list)
-
-
-@asynccontextmanager
-async def site(app: web.Application, host: str) -> AsyncIterator[str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    tcp = web.TCPSite(runner, host, 0)
-    await tcp.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
-
-
-@asynccontextmanager
-async def proxy_for(upstream: str) -> AsyncIterator[Proxy]:
-    """Forwards every request to the simulator at `upstream`; `proxy.tamper` may replace answers."""
-    session = aiohttp.ClientSession()
-    proxy = Proxy(root="")
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        url = proxy.root + request.path_qs
-        proxy.seen.append(url)
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization",)}
-        headers["Content-Type"] = request.headers.get("Content-Type", "")
-        async with session.get(upstream + request.path_qs, headers=headers) as answer:
-            raw = await answer.read()
-            status = answer.status
-        raw = raw.replace(upstream.encode(), proxy.root.encode())
-        if proxy.tamper is not None and status == 200:
-            crafted = proxy.tamper(url, orjson.loads(raw))
-            if crafted is not None:
-                return web.Response(
-                    status=crafted.status,
-                    body=crafted.body,
-                    headers={"Content-Type": crafted.content_type},
-                )
-        return web.Response(
-            status=status, body=raw, headers={"Content-Type": "application/vnd.api+json"}
-        )
-
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", handle)
-    try:
-        async with site(app, "127.0.0.1") as root:
-            proxy.root = root
-            yield proxy
-    finally:
-        await session.close()
 
 
 @asynccontextmanager

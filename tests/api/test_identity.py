@@ -12,7 +12,7 @@ from exporter.api.auth import Secret, StaticToken
 from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import UsageError
 from exporter.export.run import Export, ExportResult
-from tests.conftest import TOKEN, StartSimulator
+from tests.helpers.sim import TOKEN, StartSimulator
 
 
 async def export(base_url: str, out: Path, **overrides: Any) -> ExportResult:

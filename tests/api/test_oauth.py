@@ -21,9 +21,10 @@ from exporter.api.auth import OAuthCredentials, OAuthTokens, RefreshTokenStore, 
 from exporter.core.errors import AuthError, ExitCode
 from exporter.simulator import Faults
 from exporter.simulator.auth import TokenResponse
-from tests.conftest import Running, StartSimulator
-from tests.export.test_faults import expected_steps, export, one_error_line
-from tests.truth import assert_rows_equal, read_rows
+from tests.helpers.checks import one_error_line
+from tests.helpers.runs import export
+from tests.helpers.sim import Running, StartSimulator
+from tests.helpers.truth import assert_rows_equal, expected_steps, read_rows
 
 
 def oauth(running: Running, store: Path | None, refresh_token: str | None = None) -> OAuthTokens:

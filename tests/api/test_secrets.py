@@ -12,7 +12,7 @@ from pathlib import Path
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
 from exporter.simulator.auth import TokenResponse
-from tests.conftest import TOKEN, StartSimulator
+from tests.helpers.sim import TOKEN, StartSimulator
 
 
 async def cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -14,8 +14,8 @@ import pytest
 
 from exporter.core.errors import ExitCode
 from exporter.simulator.auth import TokenResponse
-from tests.conftest import StartSimulator
-from tests.export.test_faults import one_error_line
+from tests.helpers.checks import one_error_line
+from tests.helpers.sim import StartSimulator
 
 TAMPERED = [
     "good-part\r\nX-Injected: yes",

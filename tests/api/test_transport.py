@@ -16,7 +16,7 @@ from exporter.api.auth import OAuthCredentials, OAuthTokens, Secret, StaticToken
 from exporter.api.client import ApiClient, ClientSettings
 from exporter.core.errors import ApiError, AuthError, ExitCode
 from exporter.simulator.faults import TokenFault
-from tests.conftest import TOKEN, Running, StartSimulator
+from tests.helpers.sim import TOKEN, Running, StartSimulator
 
 FAST = {"backoff_base": 0.001, "backoff_max": 0.01}
 SMALL_PAGE = "/sequenceSteps?page[size]=5"

@@ -12,8 +12,9 @@ import pytest
 from exporter.core.config import ExportSettings
 from exporter.core.errors import ExitCode
 from exporter.export.run import Export
-from tests.commands.test_inputs import assert_refused, invoke
-from tests.conftest import TOKEN, StartSimulator, clean_env, spawn
+from tests.helpers.checks import assert_refused
+from tests.helpers.commands import invoke
+from tests.helpers.sim import TOKEN, StartSimulator, clean_env, spawn
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,8 @@ import asyncio
 import os
 import random
 import shutil
-import signal
 import sys
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,23 +26,14 @@ from exporter.core.errors import ExitCode, UsageError
 from exporter.export.run import ExportResult
 from exporter.model.schema import RESOURCE_TYPES, resource_type
 from exporter.simulator import Faults
-from tests.conftest import TOKEN, Running, StartSimulator
-from tests.export.test_export import run_export
-from tests.export.test_incremental import mutate
-from tests.export.test_relationships import export_deleting_a_sequence_midway
-
-
-def status_json(out: Path) -> dict[str, Any]:
-    result = CliRunner().invoke(main, ["status", str(out), "--json"])
-    assert result.exit_code == 0, (result.output, result.exception)
-    report: dict[str, Any] = orjson.loads(result.stdout)
-    return report
-
-
-def status_text(out: Path) -> list[str]:
-    result = CliRunner().invoke(main, ["status", str(out)])
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.stdout.splitlines()
+from tests.helpers.commands import status_json, status_text
+from tests.helpers.runs import (
+    export_args,
+    export_deleting_a_sequence_midway,
+    kill_export_when,
+    run_export,
+)
+from tests.helpers.sim import TOKEN, Running, StartSimulator, mutate
 
 
 def newest_updated_at(out: Path, paths: list[str]) -> datetime | None:
@@ -158,67 +147,6 @@ async def kill_export_mid_run(base_url: str, out: Path) -> None:
         out,
         lambda state: len(state["resources"]["sequenceStep"]["files"]) >= 2,
     )
-
-
-async def kill_export_when(
-    command: list[str], out: Path, ready: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
-    """Run `command` (a real export) and SIGKILL it once its checkpoint satisfies `ready`;
-    return that checkpoint."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    checkpoint_path = out / "_checkpoint.json"
-    state: dict[str, Any] = {}
-    try:
-        for _ in range(1200):
-            await asyncio.sleep(0.02)
-            assert process.returncode is None, "the export finished before it could be killed"
-            try:
-                state = orjson.loads(checkpoint_path.read_bytes())
-            except (FileNotFoundError, orjson.JSONDecodeError):
-                continue
-            if ready(state):
-                break
-        else:
-            raise AssertionError("the checkpoint was not ready within 24 s")
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGKILL)
-        await process.wait()
-    assert process.returncode == -signal.SIGKILL
-    return state
-
-
-def export_args(base_url: str, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "exporter",
-        "export",
-        "--base-url",
-        base_url,
-        "--token",
-        TOKEN,
-        "--out",
-        str(out),
-        "--commit-interval",
-        "0.2",
-        "--file-rows",
-        "200",
-        "--page-size",
-        "50",
-        "--concurrency",
-        "2",
-        "--rate-limit",
-        "100000/1",
-        "--relationships",
-        "sequence,creator,mailings",
-    ]
 
 
 async def test_killed_run_then_resumed(start_simulator: StartSimulator, tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import UsageError
 from exporter.export.run import Export
 from exporter.simulator import Faults
-from tests.audit.test_status import export_args, kill_export_when, status_json, status_text
-from tests.conftest import TOKEN, StartSimulator
-from tests.export.test_export import run_export
+from tests.helpers.commands import status_json, status_text
+from tests.helpers.runs import export_args, kill_export_when, run_export
+from tests.helpers.sim import TOKEN, StartSimulator
 
 
 async def export(base_url: str, out: Path, *, repair: bool = False, **overrides: object) -> None:

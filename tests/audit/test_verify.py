@@ -22,15 +22,10 @@ from click.testing import CliRunner
 from exporter.commands.cli import main
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
-from tests.conftest import StartSimulator, spawn
-from tests.export.test_export import run_export
-from tests.export.test_incremental import mutate
-from tests.export.test_resume import export_command
-
-
-def load_manifest(out: Path) -> dict[str, Any]:
-    document: dict[str, Any] = orjson.loads((out / "_manifest.json").read_bytes())
-    return document
+from tests.helpers.checks import load_manifest
+from tests.helpers.commands import verify_json, verify_text
+from tests.helpers.runs import export_command, run_export
+from tests.helpers.sim import StartSimulator, mutate, spawn
 
 
 def write_manifest(out: Path, document: dict[str, Any]) -> None:
@@ -39,19 +34,6 @@ def write_manifest(out: Path, document: dict[str, Any]) -> None:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def verify_json(out: Path) -> tuple[int, dict[str, Any]]:
-    result = CliRunner().invoke(main, ["verify", str(out), "--json"])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    report: dict[str, Any] = orjson.loads(result.stdout)
-    return result.exit_code, report
-
-
-def verify_text(out: Path) -> tuple[int, list[str]]:
-    result = CliRunner().invoke(main, ["verify", str(out)])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result.exit_code, result.stdout.splitlines()
 
 
 def exporter(*args: str) -> subprocess.CompletedProcess[str]:
@@ -64,17 +46,6 @@ def exporter(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
-
-
-@pytest.fixture
-async def backup(start_simulator: StartSimulator, tmp_path: Path) -> Path:
-    """A finished export: several step files (rolled at 200 rows) and two related types."""
-    running = await start_simulator(steps=700, seed=21)
-    out = tmp_path / "backup"
-    await run_export(
-        running.base_url, out, relationships="sequence,creator", file_rows=200, page_size=100
-    )
-    return out
 
 
 def step_files(out: Path) -> list[dict[str, Any]]:

@@ -22,9 +22,8 @@ from exporter.backup.storage import Storage
 from exporter.commands.cli import main
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
-from tests.backup.test_s3 import s3_server  # noqa: F401  (the moto server fixture)
-from tests.conftest import TOKEN, StartSimulator
-from tests.export.test_export import run_export
+from tests.helpers.runs import run_export
+from tests.helpers.sim import TOKEN, StartSimulator
 
 
 def new_uri() -> str:
@@ -119,7 +118,7 @@ async def export_to_s3(start_simulator: StartSimulator, seed: int) -> tuple[str,
 
 
 async def test_finished_run_verifies_and_reports_as_a_local_copy_does(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     start_simulator: StartSimulator,
     tmp_path: Path,
 ) -> None:
@@ -174,7 +173,7 @@ async def test_finished_run_verifies_and_reports_as_a_local_copy_does(
 
 
 async def test_tampered_objects_are_reported_by_name(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     start_simulator: StartSimulator,
 ) -> None:
     uri, storage = await export_to_s3(start_simulator, seed=32)
@@ -216,7 +215,7 @@ async def test_tampered_objects_are_reported_by_name(
 
 
 async def test_recorded_paths_cannot_leave_the_prefix(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     start_simulator: StartSimulator,
 ) -> None:
     """A manifest naming a key in another prefix or bucket is a `path` difference, not a read."""
@@ -273,7 +272,7 @@ async def kill_export_on_s3(base_url: str, uri: str) -> None:
 
 
 async def test_unfinished_run_verifies_against_its_checkpoint(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     start_simulator: StartSimulator,
     tmp_path: Path,
 ) -> None:
@@ -335,7 +334,7 @@ async def test_unfinished_run_verifies_against_its_checkpoint(
     assert differences_by_subject(report) == {target: {"sha256"}}
 
 
-async def test_no_export_no_bucket_no_server(s3_server: str) -> None:  # noqa: F811
+async def test_no_export_no_bucket_no_server(s3_server: str) -> None:
     # An empty prefix in a bucket that exists: no export, as for an empty local directory.
     empty = new_uri()
     code, stdout, stderr = invoke("verify", empty)

@@ -24,10 +24,8 @@ from exporter.backup.compact import (
 )
 from exporter.backup.storage import Storage
 from exporter.core.errors import ExitCode
-from tests.backup.test_s3 import s3_server  # noqa: F401 - the fixture
-from tests.conftest import Running, StartSimulator, clean_env, spawn
-from tests.export.test_export import run_export
-from tests.export.test_incremental import mutate
+from tests.helpers.runs import run_export
+from tests.helpers.sim import Running, StartSimulator, clean_env, mutate, spawn
 
 Fingerprint = dict[str, str]  # type -> sha256 of its rows (as Arrow IPC), one set
 
@@ -155,7 +153,7 @@ async def test_killed_compactions_never_show_a_mixed_set_locally(
 
 
 async def test_killed_compactions_never_show_a_mixed_set_on_s3(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     start_simulator: StartSimulator,
     tmp_path: Path,
 ) -> None:

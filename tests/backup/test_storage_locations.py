@@ -12,8 +12,7 @@ import pytest
 
 from exporter.backup.storage import Storage, redact_uri
 from exporter.core.errors import ExitCode, UsageError
-from tests.backup.test_s3 import s3_server  # noqa: F401 - the fixture
-from tests.conftest import TOKEN, StartSimulator, clean_env, spawn
+from tests.helpers.sim import TOKEN, StartSimulator, clean_env, spawn
 
 KEY_ID = "AKIAEXAMPLEKEY77"
 SECRET = "SeCrEt+Key/With=Signs-9"  # as it would be in a URI: percent-encoded where needed
@@ -118,7 +117,7 @@ async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
 
 
 async def test_credentials_in_the_uri_are_never_shown(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     start_simulator: StartSimulator,
 ) -> None:
     running = await start_simulator(steps=200, seed=91)
@@ -197,7 +196,7 @@ async def test_the_export_result_names_the_manifest_once_under_the_location(
 
 
 async def test_every_command_refuses_an_object_named_like_the_prefix(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
 ) -> None:
     name = f"objp-{uuid.uuid4().hex[:6]}"
     bucket = Storage.open("s3://backups")

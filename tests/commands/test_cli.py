@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from exporter.core.errors import ExitCode
-from tests.conftest import TOKEN, StartSimulator
+from tests.helpers.sim import TOKEN, StartSimulator
 
 
 def exporter(

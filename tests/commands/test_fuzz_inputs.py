@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from exporter.commands.cli import main
 from exporter.commands.options import usage_error_line
 from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
-from tests.conftest import TOKEN
+from tests.helpers.sim import TOKEN
 
 DOCUMENTED_EXIT_CODES = {0, 1, 2, 3, 4, 5, 6, 7, 130}
 CLOSED = "http://127.0.0.1:9/api/v2"

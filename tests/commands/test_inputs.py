@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from exporter.core.errors import ExitCode
-from tests.conftest import clean_env
+from tests.helpers.checks import assert_refused
+from tests.helpers.commands import invoke
+from tests.helpers.sim import clean_env
 
 HANG = 20  # seconds: far longer than any refusal takes; a read that blocks runs into it
 
@@ -129,28 +131,6 @@ def test_refresh_token_store_that_is_not_utf8_is_refused(tmp_path: Path) -> None
 # -- item 8: one strict validation for flags, environment, config files and fleet files ---------
 
 BASE = ("--token", "t", "--base-url", "http://127.0.0.1:9/api/v2")
-
-
-def invoke(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """The command line in this process (click's CliRunner): exit code, stdout, stderr."""
-    from click.testing import CliRunner
-
-    from exporter.commands.cli import main
-
-    clean = {k: None for k in os.environ if k.startswith("OUTREACH_")}
-    result = CliRunner().invoke(main, args, env={**clean, **(env or {})})
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def assert_refused(code: int, stderr: str, *words: str) -> None:
-    assert code == ExitCode.USAGE, (code, stderr)
-    assert "Traceback" not in stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
 
 
 @pytest.mark.parametrize(
@@ -323,8 +303,8 @@ def test_the_largest_accepted_values_run_an_exact_export(tmp_path: Path) -> None
     """The ceilings are safe: an export and an incremental run with every bound at its maximum
     finish exactly (the overlap reaches a year back, no checkpoint overflows)."""
     from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
-    from tests.conftest import TOKEN
-    from tests.fleet.test_fleet import assert_exact_for_seed
+    from tests.helpers.checks import assert_exact_for_seed
+    from tests.helpers.sim import TOKEN
 
     extremes = [
         "--overlap", "31536000", "--commit-interval", "86400", "--read-timeout", "3600",
@@ -443,7 +423,7 @@ def test_a_backup_dir_that_cannot_be_parsed_is_one_line(command: str, location: 
 @pytest.fixture
 def live_api() -> Iterator[str]:
     from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
-    from tests.conftest import TOKEN
+    from tests.helpers.sim import TOKEN
 
     with serve_in_thread(Simulator(SimulatorConfig(steps=20, seed=3, static_token=TOKEN))) as root:
         yield root + "/api/v2"
@@ -516,7 +496,7 @@ def test_a_fleet_secret_file_that_cannot_be_a_header_fails_its_account(
 def test_a_restore_journal_that_is_a_directory_is_one_line(
     tmp_path: Path, live_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.conftest import TOKEN
+    from tests.helpers.sim import TOKEN
 
     monkeypatch.chdir(tmp_path)  # --journal "" is the current directory
     backup = tmp_path / "b"

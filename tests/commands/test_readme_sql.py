@@ -10,9 +10,8 @@ import duckdb
 import pyarrow.parquet as pq
 
 from exporter.backup.compact import compact, read_current
-from tests.conftest import StartSimulator
-from tests.export.test_export import run_export
-from tests.export.test_incremental import mutate
+from tests.helpers.runs import run_export
+from tests.helpers.sim import StartSimulator, mutate
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -6,36 +6,21 @@ import asyncio
 import hashlib
 import itertools
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from exporter.api.auth import Secret, StaticToken
-from exporter.core.config import ExportSettings, RateLimit
-from exporter.export.run import Export, ExportResult
 from exporter.model.normalize import arrow_schema
 from exporter.simulator import Faults
-from tests.conftest import TOKEN, StartSimulator
-from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row, read_rows
-
-
-async def run_export(base_url: str, out: Path, **overrides: Any) -> tuple[Export, ExportResult]:
-    settings = ExportSettings(
-        out=out,
-        base_url=base_url,
-        token=Secret(TOKEN),
-        rate_limit=RateLimit(100_000, 1.0),
-        **{"relationships": "none", **overrides},
-    )
-    job = Export(settings, StaticToken(Secret(TOKEN)))
-    return job, await job.run()
-
-
-def expected_steps(sim: Any) -> list[dict[str, Any]]:
-    return [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in sim.truth.records("sequenceStep")]
+from tests.helpers.runs import run_export
+from tests.helpers.sim import TOKEN, StartSimulator
+from tests.helpers.truth import (
+    assert_rows_equal,
+    expected_steps,
+    read_rows,
+)
 
 
 @pytest.mark.parametrize(

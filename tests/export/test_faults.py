@@ -23,54 +23,18 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-import exporter.export.run
-from exporter.api.auth import Secret, StaticToken, TokenSource
-from exporter.api.client import ClientSettings
 from exporter.commands.cli import main
-from exporter.core.config import ExportSettings, RateLimit
+from exporter.core.config import RateLimit
 from exporter.core.errors import ExitCode
-from exporter.export.run import Export
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve_in_thread
-from tests.conftest import TOKEN, StartSimulator, clean_env, spawn
-from tests.export.test_resume import assert_exact
-from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row, read_rows
-
-
-def fast_client(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> None:
-    """Make every client a run builds back off in milliseconds (tests only; see the report
-    in scripts/soak.py for real-time figures)."""
-    original = ClientSettings
-
-    def patched(**kwargs: Any) -> ClientSettings:
-        return original(**{**kwargs, "backoff_base": 0.005, "backoff_max": 0.05, **overrides})
-
-    monkeypatch.setattr(exporter.export.run, "ClientSettings", patched)
-
-
-async def export(
-    base_url: str, out: Path, tokens: TokenSource | None = None, **overrides: Any
-) -> Export:
-    settings = ExportSettings(
-        out=out,
-        base_url=base_url,
-        token=Secret(TOKEN),
-        **{"rate_limit": RateLimit(100_000, 1.0), "relationships": "none", **overrides},
-    )
-    job = Export(settings, tokens or StaticToken(Secret(TOKEN)))
-    await job.run()
-    return job
-
-
-def expected_steps(sim: Any) -> list[dict[str, Any]]:
-    return [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in sim.truth.records("sequenceStep")]
-
-
-def one_error_line(stderr: str) -> str:
-    """The one `error:` line of a failed run (progress lines aside), never a traceback."""
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if "rror" in line]
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    return lines[0]
+from tests.helpers.checks import assert_exact, one_error_line
+from tests.helpers.runs import export, fast_client
+from tests.helpers.sim import TOKEN, StartSimulator, clean_env, spawn
+from tests.helpers.truth import (
+    assert_rows_equal,
+    expected_steps,
+    read_rows,
+)
 
 
 def assert_checkpoint_intact(out: Path) -> dict[str, Any]:

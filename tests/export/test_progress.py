@@ -14,7 +14,7 @@ import orjson
 
 from exporter.core.progress import ResourceProgress, Snapshot, render_lines, summary_line
 from exporter.simulator import Faults
-from tests.conftest import TOKEN, StartSimulator
+from tests.helpers.sim import TOKEN, StartSimulator
 
 
 def command(base_url: str, out: Path, *extra: str) -> list[str]:

@@ -15,36 +15,18 @@ import pytest
 
 from exporter.api.auth import Secret, StaticToken
 from exporter.backup.damage import DamagedFileError
-from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import ExitCode, Interrupted, UsageError
 from exporter.export.run import Export, ExportResult
 from exporter.simulator import Faults
-from tests.conftest import TOKEN, Running, StartSimulator, clean_env, spawn
-from tests.export.test_incremental import (
+from tests.helpers.checks import (
     assert_compacted_equals_truth,
+    assert_exact,
     assert_no_version_twice,
-    mutate,
 )
-from tests.export.test_resume import assert_exact, export_command, run_to_completion
+from tests.helpers.runs import command_settings, export_command, run_to_completion
+from tests.helpers.sim import TOKEN, Running, StartSimulator, clean_env, mutate, spawn
 
 DAMAGE = ("truncate", "flip", "delete")
-
-
-def command_settings(base_url: str, out: Path | str, **overrides: Any) -> ExportSettings:
-    return ExportSettings(
-        out=out,
-        base_url=base_url,
-        token=Secret(TOKEN),
-        rate_limit=RateLimit(100_000, 1.0),
-        **{
-            "relationships": "all",
-            "page_size": 100,
-            "concurrency": 4,
-            "commit_interval": 0.05,
-            "file_rows": 250,
-            **overrides,
-        },
-    )
 
 
 async def export(

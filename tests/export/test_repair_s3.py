@@ -14,13 +14,13 @@ from exporter.backup.storage import Storage
 from exporter.core.errors import Interrupted
 from exporter.export.run import Export
 from exporter.simulator import Faults
-from tests.backup.test_s3 import assert_exact_on_s3, s3_server  # noqa: F401 - the fixture
-from tests.conftest import TOKEN, StartSimulator
-from tests.export.test_repair import command_settings
+from tests.helpers.runs import command_settings
+from tests.helpers.s3 import assert_exact_on_s3
+from tests.helpers.sim import TOKEN, StartSimulator
 
 
 async def test_a_damaged_object_is_named_then_repaired_on_s3(
-    s3_server: str,  # noqa: F811 - the fixture
+    s3_server: str,
     start_simulator: StartSimulator,
 ) -> None:
     running = await start_simulator(steps=1500, seed=81, faults=Faults(latency_s=0.004))
@@ -56,7 +56,7 @@ async def test_a_damaged_object_is_named_then_repaired_on_s3(
 
 
 async def test_restart_on_s3_keeps_a_users_objects(
-    s3_server: str,  # noqa: F811 - the fixture
+    s3_server: str,
     start_simulator: StartSimulator,
 ) -> None:
     running = await start_simulator(steps=300, seed=82)

@@ -14,9 +14,8 @@ from exporter.api.auth import Secret, StaticToken
 from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import AuthError, ExitCode
 from exporter.export.run import Export, ExportResult
-from tests.conftest import TOKEN, StartSimulator, spawn
-from tests.export.test_export import expected_steps
-from tests.truth import assert_rows_equal
+from tests.helpers.sim import TOKEN, StartSimulator, spawn
+from tests.helpers.truth import assert_rows_equal, expected_steps
 
 ORPHAN = "part-20250101T000000Z-abcdef-00001.parquet"  # our naming, named by no checkpoint
 

@@ -22,9 +22,13 @@ from exporter.core.errors import ExitCode, UsageError
 from exporter.export.run import utc_now
 from exporter.fleet.fleet import Account, export_account, parse_fleet, resolve
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve_in_thread
-from tests.audit.test_verify_helpers import assert_manifest_matches_files
-from tests.conftest import TOKEN, StartSimulator
-from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row, read_rows
+from tests.helpers.checks import assert_exact_for_seed
+from tests.helpers.sim import TOKEN, StartSimulator
+from tests.helpers.truth import (
+    STEP_RELATIONSHIP_COLUMNS,
+    assert_rows_equal,
+    expected_row,
+)
 
 IDENTITY = 1  # requests an export spends confirming whose backup `out` holds (`account.identify`)
 FAST = {"rate_limit": "100000/1", "relationships": "none", "page_size": 100, "concurrency": 2}
@@ -61,17 +65,6 @@ def exporter(
         timeout=timeout,
         check=False,
     )
-
-
-def expected_steps_for_seed(steps: int, seed: int) -> list[dict[str, Any]]:
-    """Ground truth of a simulator with this size and seed (the data is deterministic)."""
-    sim = Simulator(SimulatorConfig(steps=steps, seed=seed))
-    return [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in sim.truth.records("sequenceStep")]
-
-
-def assert_exact_for_seed(out: Path, steps: int, seed: int) -> None:
-    assert_rows_equal(read_rows(out / "sequenceSteps"), expected_steps_for_seed(steps, seed))
-    assert_manifest_matches_files(out)
 
 
 def assert_no_secret(secret: str, *texts: str, under: Path) -> None:

@@ -20,9 +20,7 @@ from exporter.core.errors import ExitCode, ExporterError
 from exporter.restore.journal import replay
 from exporter.restore.restore import backup_steps, default_journal
 from exporter.simulator import Simulator, SimulatorConfig, serve
-from tests.conftest import TOKEN, Running, StartSimulator, clean_env
-from tests.export.test_export import run_export
-from tests.restore.test_restore import (
+from tests.helpers.restore import (
     assert_restored,
     damage,
     exported,
@@ -32,6 +30,8 @@ from tests.restore.test_restore import (
     run_cli,
     writes,
 )
+from tests.helpers.runs import run_export
+from tests.helpers.sim import TOKEN, Running, StartSimulator, clean_env
 
 # -- 1. the journal is read as a regular file, streamed ---------------------------------------
 

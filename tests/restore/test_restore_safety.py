@@ -29,9 +29,7 @@ from exporter.restore.restore import (
     default_journal,
 )
 from exporter.simulator import Faults
-from tests.conftest import TOKEN, Running, StartSimulator
-from tests.export.test_export import run_export
-from tests.restore.test_restore import (
+from tests.helpers.restore import (
     KILL_POINTS,
     account,
     assert_restored,
@@ -44,6 +42,8 @@ from tests.restore.test_restore import (
     target,
     writes,
 )
+from tests.helpers.runs import run_export
+from tests.helpers.sim import TOKEN, Running, StartSimulator
 
 SEQUENCELESS = 8
 

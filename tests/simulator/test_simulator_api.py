@@ -10,11 +10,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import jsonschema
 import pytest
-from simulator_helpers import Running, running, validate_resource
 
 from exporter.model import schema
 from exporter.simulator import Simulator, SimulatorConfig
 from exporter.simulator.data import BASE_TIME
+from tests.helpers.simulator_http import Running, running, validate_resource
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")

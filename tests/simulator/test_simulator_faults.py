@@ -8,11 +8,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from simulator_helpers import Running, running
 
 from exporter.model import schema
 from exporter.simulator import Faults, Simulator, SimulatorConfig
 from exporter.simulator.data import BASE_TIME
+from tests.helpers.simulator_http import Running, running
 
 STEPS = "/sequenceSteps"
 

@@ -7,10 +7,10 @@ import zlib
 
 import aiohttp
 import orjson
-from simulator_helpers import AUTH, running
 
 from exporter.simulator import SimulatorConfig
 from exporter.simulator.faults import TokenFault
+from tests.helpers.simulator_http import AUTH, running
 
 FORM = {
     "grant_type": "refresh_token",

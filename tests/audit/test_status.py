@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import shutil
 import sys
@@ -33,7 +32,7 @@ from tests.helpers.runs import (
     kill_export_when,
     run_export,
 )
-from tests.helpers.sim import TOKEN, Running, StartSimulator, mutate
+from tests.helpers.sim import TOKEN, Running, StartSimulator, clean_env, mutate
 
 
 def newest_updated_at(out: Path, paths: list[str]) -> datetime | None:
@@ -208,7 +207,7 @@ async def test_killed_run_then_resumed(start_simulator: StartSimulator, tmp_path
     assert (difference["subject"], difference["what"]) == (committed[0], "sha256")
 
     # Resume to the end: now the directory is a finished run and the next export would refuse.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    env = clean_env()
     process = await asyncio.create_subprocess_exec(
         *export_args(running.base_url, out), env=env, stdout=asyncio.subprocess.PIPE
     )

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,7 @@ from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
 from tests.helpers.checks import load_manifest
 from tests.helpers.commands import verify_json, verify_text
-from tests.helpers.runs import export_command, run_export
+from tests.helpers.runs import export_command, run_export, run_exporter
 from tests.helpers.sim import StartSimulator, mutate, spawn
 
 
@@ -34,18 +31,6 @@ def write_manifest(out: Path, document: dict[str, Any]) -> None:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def exporter(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def step_files(out: Path) -> list[dict[str, Any]]:
@@ -234,22 +219,22 @@ def test_no_export_is_a_usage_error(tmp_path: Path) -> None:
 
 
 async def test_real_subprocess(backup: Path, tmp_path: Path) -> None:
-    clean = await asyncio.to_thread(exporter, "verify", str(backup))
+    clean = await asyncio.to_thread(run_exporter, "verify", str(backup))
     assert clean.returncode == 0, clean.stderr
     assert clean.stdout.splitlines()[-1].startswith("OK:") and clean.stderr == ""
 
     entry = step_files(backup)[2]
     flip_byte(backup / entry["path"])
-    tampered = await asyncio.to_thread(exporter, "verify", str(backup))
+    tampered = await asyncio.to_thread(run_exporter, "verify", str(backup))
     assert tampered.returncode == ExitCode.VERIFY_MISMATCH
     assert any(line.startswith(entry["path"] + ": sha256") for line in tampered.stdout.splitlines())
-    as_json = await asyncio.to_thread(exporter, "verify", "--json", str(backup))
+    as_json = await asyncio.to_thread(run_exporter, "verify", "--json", str(backup))
     assert as_json.returncode == ExitCode.VERIFY_MISMATCH
     assert orjson.loads(as_json.stdout)["differences"][0]["subject"] == entry["path"]
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    missing = await asyncio.to_thread(exporter, "verify", str(empty))
+    missing = await asyncio.to_thread(run_exporter, "verify", str(empty))
     assert missing.returncode == ExitCode.USAGE
     assert "Traceback" not in missing.stderr
     assert len(missing.stderr.splitlines()) == 1 and missing.stderr.startswith("error: ")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import signal
 import socket
@@ -22,8 +21,8 @@ from exporter.backup.storage import Storage
 from exporter.commands.cli import main
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
-from tests.helpers.runs import run_export
-from tests.helpers.sim import TOKEN, StartSimulator
+from tests.helpers.runs import run_cli, run_export
+from tests.helpers.sim import TOKEN, StartSimulator, clean_env
 
 
 def new_uri() -> str:
@@ -45,19 +44,8 @@ def as_json(command: str, where: str) -> tuple[int, dict[str, Any]]:
 
 async def exporter(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """A real `python -m exporter` process; it inherits the AWS variables."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "exporter",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**environment, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    command = [sys.executable, "-m", "exporter", *args]
+    return await asyncio.wait_for(run_cli(command, env=env), timeout=60)
 
 
 def load_manifest(storage: Storage) -> dict[str, Any]:
@@ -241,7 +229,7 @@ async def test_recorded_paths_cannot_leave_the_prefix(
 
 async def kill_export_on_s3(base_url: str, uri: str) -> None:
     """A real `exporter export --out s3://...`, SIGKILLed once its checkpoint commits step files."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    environment = clean_env()
     process = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "exporter", "export", "--base-url", base_url, "--token", TOKEN],
         *["--out", uri, "--commit-interval", "0.2", "--file-rows", "100", "--page-size", "50"],

@@ -15,10 +15,10 @@ from exporter.backup.compact import compact, load_pointer, read_current
 from exporter.backup.lock import LEASE_NAME, OutputLock
 from exporter.backup.storage import Storage
 from exporter.core.errors import ExitCode, OutputError
-from tests.helpers.runs import export_command, run_export
+from tests.helpers.runs import export_command, run_cli, run_export
 from tests.helpers.s3 import assert_exact_on_s3
 from tests.helpers.s3_fault_proxy import Fault, FaultProxy, fault_proxy
-from tests.helpers.sim import StartSimulator, clean_env, spawn
+from tests.helpers.sim import StartSimulator
 
 
 @pytest.fixture
@@ -34,10 +34,7 @@ def new_uri(name: str) -> str:
 
 
 async def run(*args: str) -> tuple[int, str, str]:
-    process = await spawn(sys.executable, "-m", "exporter", *args, env=clean_env())
-    out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_cli([sys.executable, "-m", "exporter", *args])
 
 
 def test_a_lost_answer_to_a_conditional_write_is_recognised(proxy: FaultProxy) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from exporter.core.errors import ExitCode
 from tests.helpers.checks import assert_refused
 from tests.helpers.commands import invoke
-from tests.helpers.sim import clean_env
+from tests.helpers.runs import run_exporter
 
 HANG = 20  # seconds: far longer than any refusal takes; a read that blocks runs into it
 
@@ -29,15 +28,7 @@ def run_cli(
     def cap_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
-        capture_output=True,
-        text=True,
-        env=clean_env(**(env or {})),
-        timeout=timeout,
-        check=False,
-        preexec_fn=cap_memory,
-    )
+    return run_exporter(*args, env=env, timeout=timeout, preexec_fn=cap_memory)
 
 
 def assert_one_line(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hashlib
 import math
-import os
 import resource
 import shutil
 import signal
@@ -28,7 +27,7 @@ from exporter.core.config import RateLimit
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve_in_thread
 from tests.helpers.checks import assert_exact, one_error_line
-from tests.helpers.runs import export, fast_client
+from tests.helpers.runs import fast_client, run_export
 from tests.helpers.sim import TOKEN, StartSimulator, clean_env, spawn
 from tests.helpers.truth import (
     assert_rows_equal,
@@ -65,7 +64,7 @@ async def test_every_fault_kind_export_equals_truth(
         seed=5,
     )
     running = await start_simulator(steps=1500, seed=21, faults=faults)
-    job = await export(running.base_url, tmp_path, relationships="all", concurrency=4)
+    job, _result = await run_export(running.base_url, tmp_path, relationships="all", concurrency=4)
     assert_exact(running, tmp_path)
     stats = job.client.stats if job.client else None
     assert stats is not None
@@ -96,7 +95,7 @@ async def test_an_answer_silent_past_the_read_timeout_is_asked_again(
     assert stats["retries"] > 0  # the silent answers were given up on and asked again
 
     patient = tmp_path / "patient"
-    job = await export(running.base_url, patient, page_size=50, concurrency=8)
+    job, _result = await run_export(running.base_url, patient, page_size=50, concurrency=8)
     assert_rows_equal(read_rows(patient / "sequenceSteps"), expected_steps(running.sim))
     assert job.client is not None and job.client.stats.retries == 0  # waited them out
 
@@ -158,7 +157,7 @@ async def test_rate_limit_alone_uses_the_window_without_429(
 ) -> None:
     running = await start_simulator(steps=700, seed=8, rate_limit=20, rate_window=1.0)
     started = time.monotonic()
-    job = await export(
+    job, _result = await run_export(
         running.base_url, tmp_path, page_size=20, concurrency=4, rate_limit=RateLimit(20, 1.0)
     )
     elapsed = time.monotonic() - started
@@ -192,7 +191,7 @@ async def test_another_program_spending_the_budget(
 
     spender = asyncio.create_task(other_program())
     try:
-        job = await export(
+        job, _result = await run_export(
             running.base_url,
             tmp_path,
             page_size=20,
@@ -230,7 +229,7 @@ async def test_a_429_waits_for_the_window_then_sends_the_same_request(
                     break
     spent = running.sim.counters.rate_limited
     started = time.monotonic()
-    job = await export(running.base_url, tmp_path, page_size=50, concurrency=4)
+    job, _result = await run_export(running.base_url, tmp_path, page_size=50, concurrency=4)
     assert_rows_equal(read_rows(tmp_path / "sequenceSteps"), expected_steps(running.sim))
     assert job.client is not None
     stats = job.client.stats
@@ -284,7 +283,7 @@ async def test_full_output_directory_exit_4_then_resume(
         *("--token", TOKEN, "--page-size", "100", "--commit-interval", "0.05"),
         *("--file-rows", "200", "--rate-limit", "100000/1", "--concurrency", "2"),
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    env = clean_env()
 
     async def run(preexec: Any = None) -> subprocess.CompletedProcess[str]:
         return await asyncio.to_thread(

@@ -23,11 +23,11 @@ from exporter.export.run import utc_now
 from exporter.fleet.fleet import Account, export_account, parse_fleet, resolve
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve_in_thread
 from tests.helpers.checks import assert_exact_for_seed
-from tests.helpers.sim import TOKEN, StartSimulator
+from tests.helpers.runs import run_exporter
+from tests.helpers.sim import TOKEN, StartSimulator, clean_env
 from tests.helpers.truth import (
-    STEP_RELATIONSHIP_COLUMNS,
     assert_rows_equal,
-    expected_row,
+    expected_steps,
 )
 
 IDENTITY = 1  # requests an export spends confirming whose backup `out` holds (`account.identify`)
@@ -50,21 +50,6 @@ def fleet_toml(defaults: dict[str, Any], accounts: list[dict[str, Any]]) -> str:
     for account in accounts:
         lines += ["", "[[account]]", *(f"{k} = {value(v)}" for k, v in account.items())]
     return "\n".join(lines) + "\n"
-
-
-def exporter(
-    *args: str, env: dict[str, str], timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    full_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def assert_no_secret(secret: str, *texts: str, under: Path) -> None:
@@ -295,7 +280,7 @@ def test_local_fleet_exports_every_account_exactly(tmp_path: Path) -> None:
                 ],
             )
         )
-        result = exporter("fleet", "--config", str(config), env={"ALPHA_TOKEN": TOKEN})
+        result = run_exporter("fleet", "--config", str(config), env={"ALPHA_TOKEN": TOKEN})
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stdout.splitlines()
@@ -324,7 +309,7 @@ def test_one_failing_account_is_named_and_the_others_finish(tmp_path: Path) -> N
             )
         )
         wrong = "wrong-token-0c4e7a"
-        result = exporter(
+        result = run_exporter(
             "fleet", "--config", str(config), env={"GOOD_TOKEN": TOKEN, "WRONG_TOKEN": wrong}
         )
     assert result.returncode == ExitCode.FAILED, (result.stdout, result.stderr)
@@ -344,7 +329,7 @@ def test_one_failing_account_is_named_and_the_others_finish(tmp_path: Path) -> N
 def test_bad_fleet_file_exits_2_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "fleet.toml"
     config.write_text('[[account]]\nname = "acme"\nout = "/o"\ntoken = "sk-inline-778899"\n')
-    result = exporter("fleet", "--config", str(config), env={})
+    result = run_exporter("fleet", "--config", str(config), env={})
     assert result.returncode == ExitCode.USAGE
     assert result.stderr.count("\n") == 1 and "'acme'" in result.stderr
     assert "sk-inline-778899" not in result.stderr
@@ -416,7 +401,7 @@ def test_dask_worker_killed_mid_export_resumes_elsewhere_exactly(tmp_path: Path)
                 [{"name": name, "base_url": url} for name, url in urls.items()],
             )
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+        env = clean_env()
         fleet = subprocess.Popen(
             [sys.executable, "-m", "exporter", "fleet", "--config", str(config),
              "--executor", "dask", "--scheduler", cluster.scheduler_address],
@@ -540,7 +525,7 @@ def test_a_token_store_inside_an_out_is_refused() -> None:
 def test_shared_out_is_refused_by_the_command_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "fleet.toml"
     config.write_text(two_accounts(f"{tmp_path}/o/same", f"{tmp_path}/o/./same/"))
-    result = exporter("fleet", "--config", str(config), env={})
+    result = run_exporter("fleet", "--config", str(config), env={})
     assert result.returncode == ExitCode.USAGE, (result.stdout, result.stderr)
     assert result.stderr.count("\n") == 1 and "share one backup" in result.stderr
     assert not (tmp_path / "o").exists()
@@ -571,7 +556,7 @@ def test_fleet_killed_and_run_again_finishes_everything_without_redoing(tmp_path
                 ],
             )
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+        env = clean_env()
         fleet = subprocess.Popen(
             [sys.executable, "-m", "exporter", "fleet", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -591,7 +576,7 @@ def test_fleet_killed_and_run_again_finishes_everything_without_redoing(tmp_path
         assert alpha_state is not None and alpha_state.status == "complete"
         alpha_requests = sims["alpha"].counters.requests
 
-        again = exporter("fleet", "--config", str(config), env={"FLEET_TOKEN": TOKEN})
+        again = run_exporter("fleet", "--config", str(config), env={"FLEET_TOKEN": TOKEN})
         assert again.returncode == 0, (again.stdout, again.stderr)
         assert "Traceback" not in again.stderr
         rows = {line.split()[0]: line for line in again.stdout.splitlines()[1:]}
@@ -603,7 +588,7 @@ def test_fleet_killed_and_run_again_finishes_everything_without_redoing(tmp_path
         assert sims["alpha"].counters.requests == alpha_requests + IDENTITY
 
         # And once more: both are done now.
-        third = exporter("fleet", "--config", str(config), env={"FLEET_TOKEN": TOKEN})
+        third = run_exporter("fleet", "--config", str(config), env={"FLEET_TOKEN": TOKEN})
         assert third.returncode == 0, (third.stdout, third.stderr)
         assert third.stdout.count("ok, already done") == 2
     for name, (steps, seed) in specs.items():
@@ -708,11 +693,4 @@ async def test_a_fleet_account_with_repair_mends_a_damaged_backup(
         for path in sorted((tmp_path / "sequenceSteps").rglob("*.parquet"))
         for row in pq.read_table(path).to_pylist()
     ]
-    assert_rows_equal(sorted(rows, key=lambda r: r["id"]), expected_steps_of(running))
-
-
-def expected_steps_of(running: Any) -> list[dict[str, Any]]:
-    return [
-        expected_row(r, STEP_RELATIONSHIP_COLUMNS)
-        for r in running.sim.truth.records("sequenceStep")
-    ]
+    assert_rows_equal(sorted(rows, key=lambda r: r["id"]), expected_steps(running.sim))

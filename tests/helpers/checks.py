@@ -152,11 +152,6 @@ def current(out: Path, type_name: str) -> dict[int, dict[str, Any]]:
     return {} if table is None else {r["id"]: r for r in table.to_pylist()}
 
 
-def columns_of(type_name: str) -> dict[str, str]:
-    layout = table_layout(type_name)
-    return {c.relationship.name: c.column for c in (*layout.to_one, *layout.to_many)}
-
-
 def assert_current_state_is_the_truth(
     running: Running, out: Path, held: dict[str, set[int]]
 ) -> None:
@@ -182,7 +177,7 @@ def assert_current_state_is_the_truth(
         for record_id, got in rows.items():
             truth = sim.truth.get(type_name, record_id)
             assert truth is not None
-            want = expected_row(truth, columns_of(type_name))
+            want = expected_row(truth, rel_columns(type_name))
             for column, _target, _back in inverse_columns(type_name):
                 # Derived by compaction from the members' to-one column, ids ascending.
                 want[column] = sorted(want[column] or [])

@@ -29,7 +29,7 @@ from exporter.restore.restore import (
     lookup_key,
     values_of_record,
 )
-from tests.helpers.runs import kill_now, run_export
+from tests.helpers.runs import run_cli, run_export
 from tests.helpers.sim import TOKEN, Running, StartSimulator
 
 JSONAPI = "application/vnd.api+json"
@@ -43,10 +43,14 @@ async def exported(
     return running, backup_steps(out, None)
 
 
-async def restore(running: Running, out: Path, **overrides: Any) -> RestoreReport:
+async def restore(
+    running: Running, out: Path, base_url: str | None = None, **overrides: Any
+) -> RestoreReport:
+    """A restore in this process from the backup in `out` into `running` (or `base_url`, another
+    spelling of it), without waits between lookups."""
     settings = RestoreSettings(
         directory=out,
-        base_url=running.base_url,
+        base_url=base_url or running.base_url,
         rate_limit=RateLimit(100_000, 1.0),
         lookup_delay=0.0,
         backoff_base=0.01,
@@ -133,21 +137,6 @@ def restore_command(running: Running, out: Path, *extra: str) -> list[str]:
         "0.05",
         *extra,
     ]
-
-
-async def run_cli(command: list[str], kill_after: float | None = None) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
-    if kill_after is not None:
-        try:
-            await asyncio.wait_for(asyncio.shield(process.wait()), timeout=kill_after)
-        except TimeoutError:
-            kill_now(process)  # may have exited just then: not a landed kill
-    out, err = await process.communicate()
-    code = process.returncode if process.returncode is not None else -1
-    return code, out.decode(), err.decode()
 
 
 KILL_POINTS = int(os.environ.get("RESTORE_KILL_POINTS", "8"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,18 +22,38 @@ from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import ExitCode
 from exporter.export.relationships import RelationshipWalk
 from exporter.export.run import Export, ExportResult
-from tests.helpers.sim import TOKEN, Running, spawn
+from tests.helpers.sim import TOKEN, Running, clean_env, spawn
 
 
-async def run_export(base_url: str, out: Path, **overrides: Any) -> tuple[Export, ExportResult]:
-    settings = ExportSettings(
+def export_settings(
+    base_url: str, out: Path | str, token: str = TOKEN, **overrides: Any
+) -> ExportSettings:
+    """A test's export: the simulator's token, a rate limit that never waits, no
+    relationships; `overrides` replace any of these or set the rest."""
+    return ExportSettings(
         out=out,
         base_url=base_url,
-        token=Secret(TOKEN),
-        rate_limit=RateLimit(100_000, 1.0),
-        **{"relationships": "none", **overrides},
+        token=Secret(token),
+        **{"rate_limit": RateLimit(100_000, 1.0), "relationships": "none", **overrides},
     )
-    job = Export(settings, StaticToken(Secret(TOKEN)))
+
+
+async def run_export(
+    base_url: str,
+    out: Path | str,
+    tokens: TokenSource | None = None,
+    *,
+    token: str = TOKEN,
+    repair: bool = False,
+    **overrides: Any,
+) -> tuple[Export, ExportResult]:
+    """An export in this process (`export_settings`, with `tokens` or the static `token`):
+    the job, whose client holds the run's request statistics, and its result."""
+    job = Export(
+        export_settings(base_url, out, token, **overrides),
+        tokens or StaticToken(Secret(token)),
+        repair=repair,
+    )
     return job, await job.run()
 
 
@@ -48,26 +68,30 @@ def fast_client(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> None:
     monkeypatch.setattr(exporter.export.run, "ClientSettings", patched)
 
 
-async def export(
-    base_url: str, out: Path, tokens: TokenSource | None = None, **overrides: Any
-) -> Export:
-    settings = ExportSettings(
-        out=out,
-        base_url=base_url,
-        token=Secret(TOKEN),
-        **{"rate_limit": RateLimit(100_000, 1.0), "relationships": "none", **overrides},
+def run_exporter(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    preexec_fn: Callable[[], object] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m exporter ARGS` to its end, in `clean_env(**env)`; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(**(env or {})),
+        timeout=timeout,
+        check=False,
+        preexec_fn=preexec_fn,
     )
-    job = Export(settings, tokens or StaticToken(Secret(TOKEN)))
-    await job.run()
-    return job
 
 
 def command_settings(base_url: str, out: Path | str, **overrides: Any) -> ExportSettings:
-    return ExportSettings(
-        out=out,
-        base_url=base_url,
-        token=Secret(TOKEN),
-        rate_limit=RateLimit(100_000, 1.0),
+    """What `export_command` runs (relationships, pages of 100, 4 at once, commits every
+    0.05 s, files of 250 rows), for a run in this process."""
+    return export_settings(
+        base_url,
+        out,
         **{
             "relationships": "all",
             "page_size": 100,
@@ -169,10 +193,9 @@ async def kill_export_when(
 ) -> dict[str, Any]:
     """Run `command` (a real export) and SIGKILL it once its checkpoint satisfies `ready`;
     return that checkpoint."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
     process = await asyncio.create_subprocess_exec(
         *command,
-        env=env,
+        env=clean_env(),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -248,3 +271,19 @@ async def export_deleting_a_sequence_midway(running: Any, out: Path) -> int:
             running.base_url, out, relationships="sequence", concurrency=1, page_size=100
         )
     return victim
+
+
+async def run_cli(
+    command: list[str], kill_after: float | None = None, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run `command` to its end (SIGKILLed after `kill_after` seconds if given) in
+    `clean_env(**env)`, without blocking the loop: its exit code, stdout and stderr."""
+    process = await spawn(*command, env=clean_env(**(env or {})))
+    if kill_after is not None:
+        try:
+            await asyncio.wait_for(asyncio.shield(process.wait()), timeout=kill_after)
+        except TimeoutError:
+            kill_now(process)  # may have exited just then: not a landed kill
+    out, err = await process.communicate()
+    code = process.returncode if process.returncode is not None else -1
+    return code, out.decode(), err.decode()

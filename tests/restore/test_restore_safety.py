@@ -8,21 +8,15 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from exporter.api.auth import Secret, StaticToken
-from exporter.core.config import RateLimit
 from exporter.core.errors import ExitCode, UsageError
 from exporter.restore.journal import replay
 from exporter.restore.restore import (
-    Restore,
-    RestoreReport,
-    RestoreSettings,
     Values,
     backup_steps,
     create_body,
@@ -36,6 +30,7 @@ from tests.helpers.restore import (
     damage,
     poll,
     post,
+    restore,
     restore_command,
     run_cli,
     settle,
@@ -43,23 +38,9 @@ from tests.helpers.restore import (
     writes,
 )
 from tests.helpers.runs import run_export
-from tests.helpers.sim import TOKEN, Running, StartSimulator
+from tests.helpers.sim import Running, StartSimulator
 
 SEQUENCELESS = 8
-
-
-async def restore_into(
-    running: Running, out: Path, base_url: str | None = None, **overrides: Any
-) -> RestoreReport:
-    settings = RestoreSettings(
-        directory=out,
-        base_url=base_url or running.base_url,
-        rate_limit=RateLimit(100_000, 1.0),
-        lookup_delay=0.0,
-        backoff_base=0.01,
-        **overrides,
-    )
-    return await Restore(settings, StaticToken(Secret(TOKEN))).run()
 
 
 def sequenceless_values(i: int) -> Values:
@@ -113,7 +94,7 @@ async def test_a_lost_create_of_a_step_without_sequence_is_found_not_sent_again(
     running, backup, made = await exported_with_sequenceless(start_simulator, tmp_path, seed=31)
     delete(running, made)
     running.sim.faults = Faults(lost_write_rate=1.0, seed=1)
-    report = await restore_into(running, tmp_path, apply=True)
+    report = await restore(running, tmp_path, apply=True)
     assert running.sim.counters.writes_lost == SEQUENCELESS
     assert writes(running)["POST"] == 2 * SEQUENCELESS  # once each (and 8 made before export)
     assert report.exit_code is ExitCode.OK, [e.note for e in report.unresolved]
@@ -179,7 +160,7 @@ async def test_two_spellings_of_one_target_use_one_journal(
     state_account(tmp_path, running)
     backup = backup_steps(tmp_path, None)
     deleted, _altered = damage(running, random.Random(33), 13, 0)
-    first = await restore_into(running, tmp_path, apply=True)
+    first = await restore(running, tmp_path, apply=True)
     assert sorted(first.created) == deleted
     port = running.base_url.split(":")[2].split("/")[0]
     for spelling in (
@@ -187,7 +168,7 @@ async def test_two_spellings_of_one_target_use_one_journal(
         f"HTTP://LOCALHOST:{port}/api/./v2",
         f"http://127.0.0.1:{port}/api//v2/",
     ):
-        again = await restore_into(running, tmp_path, base_url=spelling, apply=True)
+        again = await restore(running, tmp_path, base_url=spelling, apply=True)
         assert again.exit_code is ExitCode.OK
         assert writes(running)["POST"] == 13, spelling  # not one created twice
     assert [p.name for p in (tmp_path / "_restore").glob("*-journal.jsonl")] == [
@@ -204,12 +185,12 @@ async def test_a_journal_of_another_account_is_refused(
     running = await start_simulator(steps=240, seed=34, org_guid="acct-one")
     await run_export(running.base_url, tmp_path)
     damage(running, random.Random(34), 3, 0)
-    await restore_into(running, tmp_path, apply=True)
+    await restore(running, tmp_path, apply=True)
     journal = default_journal(tmp_path, running.base_url)
     assert b'"org":"acct-one"' in journal.read_bytes().splitlines()[0]
     other = await start_simulator(steps=240, seed=34, org_guid="acct-two")
     with pytest.raises(UsageError, match="written against"):
-        await restore_into(other, tmp_path, journal=journal, apply=True, into_another_account=True)
+        await restore(other, tmp_path, journal=journal, apply=True, into_another_account=True)
     assert writes(other) == Counter()
 
 
@@ -228,9 +209,9 @@ async def test_a_backup_of_another_account_is_refused_then_only_created(
     _deleted, altered = damage(into, random.Random(35), 0, 5)  # G's steps differ from C's
     theirs = target(into)
     with pytest.raises(UsageError, match="--into-another-account"):
-        await restore_into(into, tmp_path, apply=True)
+        await restore(into, tmp_path, apply=True)
     assert writes(into) == Counter()
-    report = await restore_into(into, tmp_path, apply=True, into_another_account=True)
+    report = await restore(into, tmp_path, apply=True, into_another_account=True)
     # (This API refuses a step without a sequence: those few fail with a 422.)
     without = sorted(i for i, v in backup.items() if v["sequence"] is None)
     assert sorted(e.old_id for e in report.failed) == without
@@ -241,7 +222,7 @@ async def test_a_backup_of_another_account_is_refused_then_only_created(
     assert all(now[report.created[i]] == v for i, v in backup.items() if i not in without)
     assert len(now) == len(theirs) + len(backup) - len(without)
     posts = len(backup) + len(without)  # the refused ones are tried again, nothing else
-    again = await restore_into(into, tmp_path, apply=True, into_another_account=True)
+    again = await restore(into, tmp_path, apply=True, into_another_account=True)
     assert writes(into) == Counter({"POST": posts})
     assert sorted(e.old_id for e in again.failed) == without
     assert altered  # (what made G's steps differ)
@@ -304,7 +285,7 @@ async def test_a_forged_journal_line_cannot_make_restore_patch_an_unrelated_step
     running = await _backup(start_simulator, tmp_path, seed=38)
     backup = backup_steps(tmp_path, None)
     deleted, _altered = damage(running, random.Random(38), 2, 0)
-    await restore_into(running, tmp_path, apply=True)  # a real journal
+    await restore(running, tmp_path, apply=True)  # a real journal
     posts = writes(running)["POST"]
     journal = default_journal(tmp_path, running.base_url)
     lines = journal.read_bytes()
@@ -339,7 +320,7 @@ async def test_a_forged_journal_line_cannot_make_restore_patch_an_unrelated_step
     for forgery in forged:
         journal.write_bytes(lines + forgery + b"\n")
         with pytest.raises(UsageError, match="journal"):
-            await restore_into(running, tmp_path, apply=True)
+            await restore(running, tmp_path, apply=True)
         assert writes(running) == Counter({"POST": posts})  # not a PATCH, not a POST
         assert target(running)[victim] == now[victim]
 
@@ -354,7 +335,7 @@ async def test_restore_writes_go_through_the_api_window(
     backup = backup_steps(tmp_path, None)
     running.sim.counters.rate_limited = 0
     damage(running, random.Random(39), 30, 15)
-    report = await restore_into(running, tmp_path, apply=True)
+    report = await restore(running, tmp_path, apply=True)
     assert report.exit_code is ExitCode.OK
     assert running.sim.counters.rate_limited == 0
     assert_restored(running, backup, default_journal(tmp_path, running.base_url))
@@ -427,17 +408,17 @@ async def test_two_journals_for_one_account_or_an_older_one_are_refused(
     running = await start_simulator(steps=120, seed=42)
     await run_export(running.base_url, tmp_path)
     damage(running, random.Random(42), 2, 0)
-    await restore_into(running, tmp_path, apply=True)
+    await restore(running, tmp_path, apply=True)
     journal = default_journal(tmp_path, running.base_url)
     copy = journal.with_name("copy-journal.jsonl")
     copy.write_bytes(journal.read_bytes())
     with pytest.raises(UsageError, match="2 restore journals are for"):
-        await restore_into(running, tmp_path, apply=True)
+        await restore(running, tmp_path, apply=True)
     # An older version's journal, which does not say whose it is, named by the host spelling.
     copy.write_bytes(b"".join(journal.read_bytes().splitlines(keepends=True)[1:]))
     with pytest.raises(UsageError, match="does not say which account"):
-        await restore_into(running, tmp_path)
+        await restore(running, tmp_path)
     assert writes(running) == Counter({"POST": 2})
-    report = await restore_into(running, tmp_path, journal=copy, apply=True)  # named: bound
+    report = await restore(running, tmp_path, journal=copy, apply=True)  # named: bound
     assert report.exit_code is ExitCode.OK and writes(running) == Counter({"POST": 2})
     assert b'"state":"target"' in copy.read_bytes().splitlines()[-1]

@@ -25,7 +25,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -700,7 +700,7 @@ class Export:
 
     def _client_settings(self) -> ClientSettings:
         s = self.settings
-        return ClientSettings(
+        client = ClientSettings(
             base_url=s.base_url,
             concurrency=s.concurrency,
             rate_limit=s.rate_limit.requests,
@@ -709,6 +709,14 @@ class Export:
             request_deadline=s.request_deadline,
             max_response_bytes=s.max_response_mib * 1024 * 1024,
         )
+        if s.retry is not None:  # tests and soaks wait less, slow links more (RetryPolicy)
+            client = replace(
+                client,
+                max_attempts=s.retry.attempts,
+                backoff_base=s.retry.backoff_base,
+                backoff_max=s.retry.backoff_max,
+            )
+        return client
 
     async def _run(
         self, state: RunState, resumed: bool, started: float, client: ApiClient

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from exporter.api.pagination import STALL_PAGES
 from exporter.core.errors import ApiError, ResponseError
-from tests.helpers.runs import fast_client, run_export
+from tests.helpers.runs import fast_retries, run_export
 from tests.helpers.sim import TOKEN, StartSimulator
 from tests.helpers.tampering_proxy import Crafted, Proxy, Tamper, proxy_for, site
 from tests.helpers.truth import assert_rows_equal, expected_steps, read_rows
@@ -225,10 +225,9 @@ async def test_bad_type_or_id_stops_the_export_and_writes_nothing_unsafe(
 
 
 async def test_wrong_content_type_is_retried_then_refused_clearly(
-    proxied: tuple[Any, Proxy], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    proxied: tuple[Any, Proxy], tmp_path: Path
 ) -> None:
     running, proxy = proxied
-    fast_client(monkeypatch, max_attempts=3)
 
     def as_text(url: str, doc: dict[str, Any]) -> Crafted | None:
         if not second_page(url):
@@ -236,12 +235,12 @@ async def test_wrong_content_type_is_retried_then_refused_clearly(
         return Crafted(200, orjson.dumps(doc), content_type="text/plain")
 
     proxy.tamper = once(as_text, 2)  # a passing fault: retried, then fine
-    await run_export(proxy.base_url, tmp_path / "a", **SMALL)
+    await run_export(proxy.base_url, tmp_path / "a", retry=fast_retries(3), **SMALL)
     assert_rows_equal(read_rows(tmp_path / "a" / "sequenceSteps"), expected_steps(running.sim))
 
     proxy.tamper = as_text  # for good: one clear error naming the page
     with pytest.raises(ApiError) as caught:
-        await run_export(proxy.base_url, tmp_path / "b", **SMALL)
+        await run_export(proxy.base_url, tmp_path / "b", retry=fast_retries(3), **SMALL)
     text = str(caught.value)
     assert "a text/plain body where JSON was expected" in text
     assert "gave up after 3 attempts" in text and f"url {proxy.base_url}/sequenceSteps?" in text
@@ -249,17 +248,16 @@ async def test_wrong_content_type_is_retried_then_refused_clearly(
 
 @pytest.mark.parametrize("status", [200, 502, 503])
 async def test_html_error_page_is_retried(
-    proxied: tuple[Any, Proxy], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int
+    proxied: tuple[Any, Proxy], tmp_path: Path, status: int
 ) -> None:
     running, proxy = proxied
-    fast_client(monkeypatch)
     page = b"<html><body><h1>Bad Gateway</h1>nginx</body></html>"
 
     def html(url: str, doc: dict[str, Any]) -> Crafted | None:
         return Crafted(status, page, "text/html") if second_page(url) else None
 
     proxy.tamper = once(html, 3)
-    job, _result = await run_export(proxy.base_url, tmp_path, **SMALL)
+    job, _result = await run_export(proxy.base_url, tmp_path, retry=fast_retries(), **SMALL)
     assert_rows_equal(read_rows(tmp_path / "sequenceSteps"), expected_steps(running.sim))
     assert job.client is not None and job.client.stats.retries >= 1
 

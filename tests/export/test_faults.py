@@ -27,7 +27,7 @@ from exporter.core.config import RateLimit
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve_in_thread
 from tests.helpers.checks import assert_exact, one_error_line
-from tests.helpers.runs import fast_client, run_export
+from tests.helpers.runs import fast_retries, fast_retries_variable, run_export
 from tests.helpers.sim import TOKEN, StartSimulator, clean_env, spawn
 from tests.helpers.truth import (
     assert_rows_equal,
@@ -49,9 +49,8 @@ def assert_checkpoint_intact(out: Path) -> dict[str, Any]:
 
 
 async def test_every_fault_kind_export_equals_truth(
-    start_simulator: StartSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
-    fast_client(monkeypatch, max_attempts=12)  # ~35% of answers are faulty here
     faults = Faults(
         error_rate=0.08,
         big_page_502_above=300,
@@ -64,7 +63,13 @@ async def test_every_fault_kind_export_equals_truth(
         seed=5,
     )
     running = await start_simulator(steps=1500, seed=21, faults=faults)
-    job, _result = await run_export(running.base_url, tmp_path, relationships="all", concurrency=4)
+    job, _result = await run_export(
+        running.base_url,
+        tmp_path,
+        relationships="all",
+        concurrency=4,
+        retry=fast_retries(12),  # ~35% of answers are faulty here
+    )
     assert_exact(running, tmp_path)
     stats = job.client.stats if job.client else None
     assert stats is not None
@@ -100,12 +105,10 @@ async def test_an_answer_silent_past_the_read_timeout_is_asked_again(
     assert job.client is not None and job.client.stats.retries == 0  # waited them out
 
 
-def test_retries_exhausted_one_line_then_resume(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_retries_exhausted_one_line_then_resume(tmp_path: Path) -> None:
     """Every answer fails after the first commit: one line naming URL, status and error id, exit
     1, the checkpoint intact; with the faults gone the same command finishes exactly."""
-    fast_client(monkeypatch, max_attempts=3)
+    fast = fast_retries_variable(3)
     sim = Simulator(
         SimulatorConfig(steps=2000, seed=41, static_token=TOKEN, faults=Faults(latency_s=0.01))
     )
@@ -130,7 +133,7 @@ def test_retries_exhausted_one_line_then_resume(
             *("--relationships", "none", "--rate-limit", "100000/1"),
         ]
         try:
-            result = CliRunner().invoke(main, args)
+            result = CliRunner().invoke(main, args, env=fast)
         finally:
             stop.set()
             flipper.join()
@@ -146,7 +149,7 @@ def test_retries_exhausted_one_line_then_resume(
         assert 0 < committed < 2000
 
         sim.faults.error_rate = 0.0
-        again = CliRunner().invoke(main, args)
+        again = CliRunner().invoke(main, args, env=fast)
         assert again.exit_code == 0, again.stderr
         assert "resumed and finished" in again.stdout
     assert_rows_equal(read_rows(out / "sequenceSteps"), expected_steps(sim))

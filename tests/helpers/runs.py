@@ -15,10 +15,9 @@ import orjson
 import pyarrow as pa
 import pytest
 
-import exporter.export.run
 from exporter.api.auth import Secret, StaticToken, TokenSource
 from exporter.api.client import ClientSettings
-from exporter.core.config import ExportSettings, RateLimit
+from exporter.core.config import RETRY_BACKOFF_VARIABLE, ExportSettings, RateLimit, RetryPolicy
 from exporter.core.errors import ExitCode
 from exporter.export.relationships import RelationshipWalk
 from exporter.export.run import Export, ExportResult
@@ -38,6 +37,19 @@ def export_settings(
     )
 
 
+def fast_retries(attempts: int = ClientSettings.max_attempts) -> RetryPolicy:
+    """Backoffs of milliseconds (0.005 s, doubling to at most 0.05 s) for a run whose faults
+    the simulator makes; at most `attempts` sends (the client's own number unless told)."""
+    return RetryPolicy(attempts, backoff_base=0.005, backoff_max=0.05)
+
+
+def fast_retries_variable(attempts: int = ClientSettings.max_attempts) -> dict[str, str]:
+    """`fast_retries(attempts)` as the environment a command line reads it from."""
+    policy = fast_retries(attempts)
+    value = f"{policy.attempts}/{policy.backoff_base}/{policy.backoff_max}"
+    return {RETRY_BACKOFF_VARIABLE: value}
+
+
 async def run_export(
     base_url: str,
     out: Path | str,
@@ -55,17 +67,6 @@ async def run_export(
         repair=repair,
     )
     return job, await job.run()
-
-
-def fast_client(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> None:
-    """Make every client a run builds back off in milliseconds (tests only; see the report
-    in scripts/soak.py for real-time figures)."""
-    original = ClientSettings
-
-    def patched(**kwargs: Any) -> ClientSettings:
-        return original(**{**kwargs, "backoff_base": 0.005, "backoff_max": 0.05, **overrides})
-
-    monkeypatch.setattr(exporter.export.run, "ClientSettings", patched)
 
 
 def run_exporter(

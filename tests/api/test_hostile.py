@@ -196,6 +196,7 @@ def _set_record(field_name: str, value: Any) -> Tamper:
     return tamper
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("field_name", "value", "match"),
     [

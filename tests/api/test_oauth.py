@@ -25,6 +25,8 @@ from tests.helpers.runs import run_export
 from tests.helpers.sim import Running, StartSimulator, clean_env
 from tests.helpers.truth import assert_rows_equal, expected_steps, read_rows
 
+pytestmark = pytest.mark.slow  # exports across token lifetimes, a CLI subprocess: seconds each
+
 
 def oauth(running: Running, store: Path | None, refresh_token: str | None = None) -> OAuthTokens:
     cfg = running.sim.cfg

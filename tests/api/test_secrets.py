@@ -7,11 +7,15 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+import pytest
+
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
 from exporter.simulator.auth import TokenResponse
 from tests.helpers.runs import run_exporter
 from tests.helpers.sim import TOKEN, StartSimulator
+
+pytestmark = pytest.mark.slow  # exports and CLI subprocesses searched for secrets: seconds each
 
 
 async def cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -16,6 +16,8 @@ from exporter.simulator.auth import TokenResponse
 from tests.helpers.checks import one_error_line
 from tests.helpers.sim import StartSimulator, clean_env
 
+pytestmark = pytest.mark.slow  # CLI subprocesses reading token files: seconds each
+
 TAMPERED = [
     "good-part\r\nX-Injected: yes",
     "good-part\nsecond-line",

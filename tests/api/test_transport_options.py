@@ -84,6 +84,7 @@ def test_a_bad_retry_variable_is_refused_naming_it(tmp_path: Path, value: str) -
     assert_refused(code, err, RETRY_BACKOFF_VARIABLE, "ATTEMPTS/BASE/MAX")
 
 
+@pytest.mark.slow
 async def test_the_flags_bound_a_real_export(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

@@ -148,6 +148,7 @@ async def kill_export_mid_run(base_url: str, out: Path) -> None:
     )
 
 
+@pytest.mark.slow
 async def test_killed_run_then_resumed(start_simulator: StartSimulator, tmp_path: Path) -> None:
     running = await start_simulator(steps=3000, seed=12, faults=Faults(latency_s=0.08))
     out = tmp_path / "out"
@@ -327,6 +328,7 @@ def reported_totals(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+@pytest.mark.slow
 async def test_every_run_of_a_nightly_backup(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -416,6 +418,7 @@ def incremental_command(running: Running, out: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 async def test_a_killed_incremental_run_beside_the_finished_ones(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -526,6 +529,7 @@ def without_progress(run: dict[str, Any]) -> dict[str, Any]:
     return {**run, "resources": resources}
 
 
+@pytest.mark.slow
 async def test_when_the_checkpoint_and_the_manifest_disagree(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -571,6 +575,7 @@ async def test_when_the_checkpoint_and_the_manifest_disagree(
     assert [r["run_id"] for r in status_json(half_written)["runs"]] == ids
 
 
+@pytest.mark.slow
 async def test_runs_limits_the_listed_runs_not_the_totals(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

@@ -55,6 +55,7 @@ async def test_a_manifest_without_its_checkpoint(
     assert (tmp_path / "_checkpoint.json").is_file()
 
 
+@pytest.mark.slow
 async def test_a_finished_backup_with_damage_and_leftovers(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -79,6 +80,7 @@ async def test_a_finished_backup_with_damage_and_leftovers(
     assert "damaged" not in status_json(tmp_path)["next_export"]["message"]
 
 
+@pytest.mark.slow
 async def test_an_unfinished_run_with_a_damaged_file(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

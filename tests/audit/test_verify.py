@@ -44,6 +44,7 @@ def differences_by_subject(report: dict[str, Any]) -> dict[str, set[str]]:
     return found
 
 
+@pytest.mark.slow
 def test_untouched_export_verifies(backup: Path) -> None:
     manifest = load_manifest(backup)
     assert len(step_files(backup)) >= 3 and {"sequence", "user"} <= set(manifest["resources"])
@@ -85,6 +86,7 @@ def drop_rows(path: Path) -> None:
 Tamper = Callable[[Path], None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("tamper", "kinds"),
     [
@@ -218,6 +220,7 @@ def test_no_export_is_a_usage_error(tmp_path: Path) -> None:
     assert result.exit_code == ExitCode.USAGE and "does not exist" in result.stderr
 
 
+@pytest.mark.slow
 async def test_real_subprocess(backup: Path, tmp_path: Path) -> None:
     clean = await asyncio.to_thread(run_exporter, "verify", str(backup))
     assert clean.returncode == 0, clean.stderr
@@ -240,6 +243,7 @@ async def test_real_subprocess(backup: Path, tmp_path: Path) -> None:
     assert len(missing.stderr.splitlines()) == 1 and missing.stderr.startswith("error: ")
 
 
+@pytest.mark.slow
 async def test_a_killed_incremental_run_verifies_against_its_checkpoint(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -277,6 +281,7 @@ async def test_a_killed_incremental_run_verifies_against_its_checkpoint(
     assert load_manifest(out)["files"][0]["path"] in differences_by_subject(report)
 
 
+@pytest.mark.slow
 async def test_a_failed_runs_orphans_are_uncommitted_not_added(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ import orjson
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 
 from exporter.backup.storage import Storage
@@ -23,6 +24,8 @@ from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
 from tests.helpers.runs import run_cli, run_export
 from tests.helpers.sim import TOKEN, StartSimulator, clean_env
+
+pytestmark = pytest.mark.slow  # every test starts or uses a moto S3 server
 
 
 def new_uri() -> str:

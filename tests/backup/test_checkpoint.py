@@ -132,6 +132,7 @@ def test_manifest_paths_that_leave_the_backup_are_refused(
         manifest.load_checked(tmp_path)
 
 
+@pytest.mark.slow
 async def test_export_never_writes_outside_out_for_a_tampered_checkpoint(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

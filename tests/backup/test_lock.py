@@ -27,6 +27,8 @@ from tests.helpers.runs import export_command, run_to_completion
 from tests.helpers.s3 import assert_exact_on_s3
 from tests.helpers.sim import StartSimulator, spawn
 
+pytestmark = pytest.mark.slow  # exports and compactions racing, S3 leases: seconds each
+
 
 async def run_cli(command: list[str]) -> tuple[int, str]:
     """Run a command to its end without blocking the loop (the simulator answers on it);

@@ -24,6 +24,8 @@ from tests.helpers.runs import export_command, kill_now, run_export
 from tests.helpers.s3 import admin_filesystem, assert_exact_on_s3, moto_command, start_moto
 from tests.helpers.sim import TOKEN, StartSimulator, clean_env, spawn
 
+pytestmark = pytest.mark.slow  # every test starts or uses a moto S3 server
+
 
 async def test_export_to_s3_equals_ground_truth(
     s3_server: str, start_simulator: StartSimulator, tmp_path: Path

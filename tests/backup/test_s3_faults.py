@@ -20,6 +20,8 @@ from tests.helpers.s3 import assert_exact_on_s3
 from tests.helpers.s3_fault_proxy import Fault, FaultProxy, fault_proxy
 from tests.helpers.sim import StartSimulator
 
+pytestmark = pytest.mark.slow  # every test starts or uses a moto S3 server
+
 
 @pytest.fixture
 def proxy(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:

@@ -116,6 +116,7 @@ async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     return process.returncode, out.decode() + err.decode()
 
 
+@pytest.mark.slow
 async def test_credentials_in_the_uri_are_never_shown(
     s3_server: str,
     start_simulator: StartSimulator,
@@ -172,6 +173,7 @@ async def test_credentials_in_the_uri_are_never_shown(
         assert f"s3://backups/{prefix}/" in shown[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_format", ["text", "json"])
 async def test_the_export_result_names_the_manifest_once_under_the_location(
     log_format: str,
@@ -195,6 +197,7 @@ async def test_the_export_result_names_the_manifest_once_under_the_location(
     assert (tmp_path / "p1" / "_manifest.json").is_file()
 
 
+@pytest.mark.slow
 async def test_every_command_refuses_an_object_named_like_the_prefix(
     s3_server: str,
 ) -> None:

@@ -12,6 +12,8 @@ from exporter.core.errors import ExitCode
 from tests.helpers.runs import run_exporter
 from tests.helpers.sim import TOKEN, StartSimulator
 
+pytestmark = pytest.mark.slow  # every test runs `python -m exporter` subprocesses: seconds each
+
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)

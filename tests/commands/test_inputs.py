@@ -50,11 +50,13 @@ def fifo(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_config_that_is_dev_zero_is_refused(tmp_path: Path) -> None:
     result = run_cli("export", "--config", "/dev/zero", "--out", str(tmp_path / "o"))
     assert_one_line(result, ExitCode.USAGE, "/dev/zero", "not a regular file")
 
 
+@pytest.mark.slow
 def test_config_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path, fifo: Path) -> None:
     started = time.monotonic()
     result = run_cli("export", "--config", str(fifo), "--out", str(tmp_path / "o"))
@@ -62,6 +64,7 @@ def test_config_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path, fifo: 
     assert time.monotonic() - started < HANG / 2
 
 
+@pytest.mark.slow
 def test_config_that_is_too_big_is_refused(tmp_path: Path) -> None:
     big = tmp_path / "big.toml"
     big.write_text("# filler\n" * 200_000)  # 1.8 MB of valid TOML
@@ -69,10 +72,12 @@ def test_config_that_is_too_big_is_refused(tmp_path: Path) -> None:
     assert_one_line(result, ExitCode.USAGE, str(big), "larger than")
 
 
+@pytest.mark.slow
 def test_fleet_file_that_is_dev_zero_is_refused() -> None:
     assert_one_line(run_cli("fleet", "--config", "/dev/zero"), ExitCode.USAGE, "not a regular file")
 
 
+@pytest.mark.slow
 def test_fleet_token_file_that_is_a_fifo_fails_that_account_only(
     tmp_path: Path, fifo: Path
 ) -> None:
@@ -88,6 +93,7 @@ def test_fleet_token_file_that_is_a_fifo_fails_that_account_only(
     assert "FIFO" in row and "failed:" in row
 
 
+@pytest.mark.slow
 def test_fleet_token_file_that_is_dev_zero_fails_that_account_only(tmp_path: Path) -> None:
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(
@@ -107,11 +113,13 @@ OAUTH = (
 )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_refresh_token_store_that_is_a_fifo_is_refused(tmp_path: Path, fifo: Path) -> None:
     result = run_cli("export", "--out", str(tmp_path / "o"), *OAUTH, "--token-file", str(fifo))
     assert_one_line(result, ExitCode.USAGE, str(fifo), "FIFO")
 
 
+@pytest.mark.slow
 def test_refresh_token_store_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     store = tmp_path / "store.json"
     store.write_bytes(b'{"refresh_token": "\xff\xfe"}')
@@ -247,6 +255,7 @@ def test_demo_beside_a_base_url_is_refused(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_bad_value_from_a_real_process_is_one_line(tmp_path: Path) -> None:
     result = run_cli("export", "--out", str(tmp_path), *BASE, "--overlap", "inf")
     assert_one_line(result, ExitCode.USAGE, "--overlap", "finite")
@@ -290,6 +299,7 @@ def test_a_fleet_out_that_is_empty_is_refused(tmp_path: Path) -> None:
     assert_refused(code, stderr, "'acme'", "out", "empty")
 
 
+@pytest.mark.slow
 def test_the_largest_accepted_values_run_an_exact_export(tmp_path: Path) -> None:
     """The ceilings are safe: an export and an incremental run with every bound at its maximum
     finish exactly (the overlap reaches a year back, no checkpoint overflows)."""
@@ -385,6 +395,7 @@ def test_no_command_shows_the_help() -> None:
     assert code == ExitCode.USAGE and "Commands:" in stdout + stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["export", "fleet"])
 @pytest.mark.parametrize(
     "nesting", ["a = " + "[" * 50_000, "a = " + "{b = " * 50_000], ids=["arrays", "tables"]

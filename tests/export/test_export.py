@@ -23,6 +23,7 @@ from tests.helpers.truth import (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("steps", "concurrency", "page_size"),
     [(1500, 1, 1000), (1500, 8, 1000), (150, 1, 1), (300, 8, 1), (2500, 8, 7)],
@@ -47,6 +48,7 @@ async def test_export_equals_ground_truth(
     assert running.sim.counters.max_in_flight <= concurrency
 
 
+@pytest.mark.slow
 async def test_data_covers_the_hard_cases(start_simulator: StartSimulator, tmp_path: Path) -> None:
     """The ground truth has what the comparison must survive: long notes, unicode, nulls, every type."""
     running = await start_simulator(steps=3000, seed=11)
@@ -65,6 +67,7 @@ async def test_data_covers_the_hard_cases(start_simulator: StartSimulator, tmp_p
     )
 
 
+@pytest.mark.slow
 async def test_splitting_keeps_workers_busy_and_output_exact(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -82,6 +85,7 @@ async def test_splitting_keeps_workers_busy_and_output_exact(
         assert low == high + 1  # the partitions still tile the id range exactly
 
 
+@pytest.mark.slow
 async def test_duckdb_reads_the_output_and_manifest_matches(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -130,6 +134,7 @@ async def test_duckdb_reads_the_output_and_manifest_matches(
             assert TOKEN.encode() not in produced.read_bytes(), produced
 
 
+@pytest.mark.slow
 async def test_walk_under_mutation_exports_each_surviving_record_once(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

@@ -35,6 +35,8 @@ from tests.helpers.truth import (
     read_rows,
 )
 
+pytestmark = pytest.mark.slow  # exports through faults, rate windows and a full disk: seconds each
+
 
 def assert_checkpoint_intact(out: Path) -> dict[str, Any]:
     """The checkpoint of an unfinished run: readable, and every file it names is on disk as named."""

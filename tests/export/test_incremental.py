@@ -28,6 +28,7 @@ from tests.helpers.truth import (
 )
 
 
+@pytest.mark.slow
 async def test_incremental_runs_then_compact_equal_ground_truth(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -70,6 +71,7 @@ async def test_incremental_runs_then_compact_equal_ground_truth(
     assert stones["sequenceStep"]["tombstones"] > 0 and stones["mailing"]["tombstones"] > 0
 
 
+@pytest.mark.slow
 async def test_unchanged_source_gives_an_empty_delta(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -92,6 +94,7 @@ async def test_incremental_without_a_finished_run_is_a_full_run(
     assert result.state.kind == "full" and result.rows["sequenceStep"] == 300
 
 
+@pytest.mark.slow
 async def test_detect_deletes_writes_tombstones(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

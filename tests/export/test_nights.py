@@ -17,12 +17,13 @@ from tests.helpers.checks import assert_consistent, assert_current_state_is_the_
 from tests.helpers.runs import export_command, run_to_completion, timed_run
 from tests.helpers.sim import KINDS, StartSimulator, night
 
+pytestmark = pytest.mark.slow  # nights of incremental runs killed at random instants: a minute
+
 NIGHTS = int(os.environ.get("NIGHTS", "4"))
 SEED = int(os.environ.get("NIGHTS_SEED", "71"))
 INCREMENTAL = ("--incremental", "--detect-deletes")
 
 
-@pytest.mark.slow
 async def test_nights_of_changes_with_kills_end_as_the_ground_truth(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
 from exporter.core.progress import ResourceProgress, Snapshot, render_lines, summary_line
 from exporter.simulator import Faults
@@ -59,6 +60,7 @@ def test_render_lines_and_summary() -> None:
     assert summary_line(snapshot).startswith("progress: 2,500 records (sequenceStep 2,500), 250/s")
 
 
+@pytest.mark.slow
 async def test_json_log_format(start_simulator: StartSimulator, tmp_path: Path) -> None:
     running = await start_simulator(steps=1200, seed=61, faults=Faults(latency_s=0.02))
     code, out, err = await run_cli(
@@ -78,6 +80,7 @@ async def test_json_log_format(start_simulator: StartSimulator, tmp_path: Path) 
     assert TOKEN not in out + err
 
 
+@pytest.mark.slow
 async def test_verbose_logs_every_request(start_simulator: StartSimulator, tmp_path: Path) -> None:
     # Some answers fail: their retries are logged as well.
     running = await start_simulator(steps=700, seed=62, faults=Faults(error_rate=0.1))
@@ -98,6 +101,7 @@ async def test_verbose_logs_every_request(start_simulator: StartSimulator, tmp_p
     assert TOKEN not in err
 
 
+@pytest.mark.slow
 async def test_json_errors(tmp_path: Path) -> None:
     code, _out, err = await run_cli(
         command("http://127.0.0.1:9/api/v2", tmp_path, "--log-format", "json")
@@ -107,6 +111,7 @@ async def test_json_errors(tmp_path: Path) -> None:
     assert last["level"] == "error" and last["exit_code"] == 5 and "--base-url" in last["message"]
 
 
+@pytest.mark.slow
 async def test_lines_off_a_terminal_and_quiet(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -122,6 +127,7 @@ async def test_lines_off_a_terminal_and_quiet(
     assert "sequenceStep 1,200" in out
 
 
+@pytest.mark.slow
 def test_live_display_on_a_terminal(tmp_path: Path) -> None:
     master, slave = pty.openpty()
     env = clean_env()

@@ -45,6 +45,7 @@ def minimum_requests(
     return max(math.ceil(records / page_size), math.ceil(key_bytes / room), 1 if keys else 0)
 
 
+@pytest.mark.slow
 async def test_related_datasets_equal_ground_truth_and_join(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -101,6 +102,7 @@ LINK_ONLY_RATIO = 1.25
 LINK_ONLY_FIXED = 2  # the first batch, sized before anything is learnt, and the last one
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("steps", "total_ratio"), [(3000, None), (50_000, 1.10)])
 async def test_requests_are_close_to_the_minimum(
     start_simulator: StartSimulator,
@@ -136,6 +138,7 @@ async def test_requests_are_close_to_the_minimum(
         assert total_actual <= total_minimum * total_ratio, (total_actual, total_minimum)
 
 
+@pytest.mark.slow
 async def test_selection_limits_the_walk(start_simulator: StartSimulator, tmp_path: Path) -> None:
     running = await start_simulator(steps=800, seed=4)
     _job, result = await run_export(running.base_url, tmp_path, relationships="sequence,mailings")
@@ -194,6 +197,7 @@ async def test_missing_references_are_listed_not_fatal(start_simulator: StartSim
     assert all(p.table.schema == arrow_schema("sequence") for p in pages)
 
 
+@pytest.mark.slow
 async def test_missing_references_reach_the_manifest(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -205,6 +209,7 @@ async def test_missing_references_reach_the_manifest(
     assert manifest["status"] == "complete"
 
 
+@pytest.mark.slow
 async def test_the_walk_runs_beside_the_crawl(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

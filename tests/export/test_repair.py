@@ -26,6 +26,8 @@ from tests.helpers.checks import (
 from tests.helpers.runs import command_settings, export_command, run_to_completion
 from tests.helpers.sim import TOKEN, Running, StartSimulator, clean_env, mutate, spawn
 
+pytestmark = pytest.mark.slow  # exports stopped, damaged and repaired: seconds each
+
 DAMAGE = ("truncate", "flip", "delete")
 
 

@@ -18,6 +18,8 @@ from tests.helpers.runs import command_settings
 from tests.helpers.s3 import assert_exact_on_s3
 from tests.helpers.sim import TOKEN, StartSimulator
 
+pytestmark = pytest.mark.slow  # every test starts or uses a moto S3 server
+
 
 async def test_a_damaged_object_is_named_then_repaired_on_s3(
     s3_server: str,

@@ -38,6 +38,7 @@ def assert_intact(files: dict[Path, bytes]) -> None:
         assert path.read_bytes() == content
 
 
+@pytest.mark.slow
 async def test_restart_in_a_folder_that_is_not_a_backup_deletes_nothing(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -142,6 +143,7 @@ async def test_every_run_removes_uncommitted_files_of_ours_first(
     assert committed.relative_to(tmp_path).as_posix() in {f["path"] for f in manifest["files"]}
 
 
+@pytest.mark.slow
 async def test_cli_restart_with_a_wrong_token_exits_3_and_deletes_nothing(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
@@ -21,6 +22,7 @@ from tests.helpers.sim import StartSimulator, spawn
 KILL_POINTS = int(os.environ.get("RESUME_KILL_POINTS", "20"))
 
 
+@pytest.mark.slow
 async def test_sigkill_at_random_instants_then_resume_is_exact(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -52,6 +54,7 @@ async def test_sigkill_at_random_instants_then_resume_is_exact(
             assert manifest["stats"]["resumed"] in (True, False)
 
 
+@pytest.mark.slow
 async def test_sigterm_commits_and_says_how_to_resume(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -82,6 +85,7 @@ async def test_sigterm_commits_and_says_how_to_resume(
     assert manifest["stats"]["resumed"] is True
 
 
+@pytest.mark.slow
 async def test_restart_discards_a_killed_run_and_starts_over(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -112,6 +116,7 @@ async def test_restart_discards_a_killed_run_and_starts_over(
     assert_exact(running, tmp_path)
 
 
+@pytest.mark.slow
 async def test_file_uri_output(start_simulator: StartSimulator, tmp_path: Path) -> None:
     running = await start_simulator(steps=800, seed=34)
     out = tmp_path / "via-uri"

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import orjson
+import pytest
 
 from exporter.simulator import Faults
 from tests.helpers.checks import (
@@ -17,6 +18,8 @@ from tests.helpers.checks import (
 )
 from tests.helpers.runs import export_command, run_to_completion, timed_run
 from tests.helpers.sim import Running, StartSimulator, mutate
+
+pytestmark = pytest.mark.slow  # nightly runs killed at random instants: minutes
 
 ROUNDS = int(os.environ.get("RESUME_INCREMENTAL_ROUNDS", "7"))
 MUTATIONS = 60  # per round, of every kind `mutate` makes

@@ -74,6 +74,7 @@ def test_compaction_keeps_a_steps_own_members_the_backup_lacks_when_not_asked_by
     assert unsure.column("sequenceTemplateIds").to_pylist() == [[1, 2], [3]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["refuse", "ignore"])
 async def test_incremental_runs_go_on_when_templates_cannot_be_asked_for_by_step(
     start_simulator: StartSimulator,

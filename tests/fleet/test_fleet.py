@@ -262,6 +262,7 @@ def simulators_in_threads(*specs: tuple[int, int]) -> Iterator[list[str]]:
         yield urls
 
 
+@pytest.mark.slow
 def test_local_fleet_exports_every_account_exactly(tmp_path: Path) -> None:
     (tmp_path / "beta-token").write_text(TOKEN)
     with simulators_in_threads((1200, 21), (700, 22)) as (alpha_url, beta_url):
@@ -295,6 +296,7 @@ def test_local_fleet_exports_every_account_exactly(tmp_path: Path) -> None:
     assert_no_secret(TOKEN, result.stdout, result.stderr, under=tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_one_failing_account_is_named_and_the_others_finish(tmp_path: Path) -> None:
     with simulators_in_threads((900, 23), (400, 24)) as (good_url, bad_url):
         config = tmp_path / "fleet.toml"
@@ -326,6 +328,7 @@ def test_one_failing_account_is_named_and_the_others_finish(tmp_path: Path) -> N
     assert_no_secret(wrong, result.stdout, result.stderr, under=tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_bad_fleet_file_exits_2_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "fleet.toml"
     config.write_text('[[account]]\nname = "acme"\nout = "/o"\ntoken = "sk-inline-778899"\n')
@@ -366,6 +369,7 @@ def committed_files(out: Path) -> tuple[str, int] | None:
     return None
 
 
+@pytest.mark.slow
 def test_dask_worker_killed_mid_export_resumes_elsewhere_exactly(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     token_file = tmp_path / "token"
@@ -522,6 +526,7 @@ def test_a_token_store_inside_an_out_is_refused() -> None:
         parse(text)
 
 
+@pytest.mark.slow
 def test_shared_out_is_refused_by_the_command_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "fleet.toml"
     config.write_text(two_accounts(f"{tmp_path}/o/same", f"{tmp_path}/o/./same/"))
@@ -534,6 +539,7 @@ def test_shared_out_is_refused_by_the_command_in_one_line(tmp_path: Path) -> Non
 # -- running the fleet again after it was killed -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_fleet_killed_and_run_again_finishes_everything_without_redoing(tmp_path: Path) -> None:
     """SIGKILL the fleet after one account finished and while another is half done: the next
     run reports the finished one as done (nothing fetched again) and resumes the other."""

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
 from exporter.api.account import Account
 from exporter.core.errors import ExitCode
@@ -68,6 +69,7 @@ async def test_writable_fields_come_from_the_schema() -> None:
     )
 
 
+@pytest.mark.slow
 async def test_plan_only_reads_and_writes_nothing(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -115,6 +117,7 @@ async def test_apply_recreates_and_rolls_back_then_is_a_no_op(
     assert writes(running) == Counter({"POST": 6, "PATCH": 5})
 
 
+@pytest.mark.slow
 async def test_mode_recreate_and_rollback_each_do_their_half(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -202,6 +205,7 @@ async def test_run_restores_the_state_as_of_that_run(
     assert plan.count(Action.EQUAL) == len(latest)
 
 
+@pytest.mark.slow
 async def test_lost_answers_are_looked_up_not_sent_twice(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -298,6 +302,7 @@ async def test_a_torn_last_journal_line_is_cut(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.slow
 async def test_cli_plans_by_default_and_refuses_two_selections(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -318,6 +323,7 @@ async def test_cli_plans_by_default_and_refuses_two_selections(
     assert TOKEN not in err
 
 
+@pytest.mark.slow
 async def test_a_second_restore_on_the_same_journal_stops_and_writes_nothing(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -338,6 +344,7 @@ async def test_a_second_restore_on_the_same_journal_stops_and_writes_nothing(
     assert_restored(running, backup, default_journal(tmp_path, running.base_url))
 
 
+@pytest.mark.slow
 async def test_sigkill_at_random_moments_creates_no_step_twice(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

@@ -86,6 +86,7 @@ def created_once(running: Running, backup: dict[int, Values]) -> None:
 # ---------------------------------------------------------------------------- 17.1
 
 
+@pytest.mark.slow
 async def test_a_lost_create_of_a_step_without_sequence_is_found_not_sent_again(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -106,6 +107,7 @@ async def test_a_lost_create_of_a_step_without_sequence_is_found_not_sent_again(
 # ---------------------------------------------------------------------------- 17.2
 
 
+@pytest.mark.slow
 async def test_a_slow_create_killed_and_rerun_at_once_is_never_sent_twice(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -152,6 +154,7 @@ def state_account(out: Path, running: Running) -> None:
     path.write_bytes(orjson.dumps(document))
 
 
+@pytest.mark.slow
 async def test_two_spellings_of_one_target_use_one_journal(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -197,6 +200,7 @@ async def test_a_journal_of_another_account_is_refused(
 # ---------------------------------------------------------------------------- 17.4
 
 
+@pytest.mark.slow
 async def test_a_backup_of_another_account_is_refused_then_only_created(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -237,6 +241,7 @@ async def _backup(start_simulator: StartSimulator, out: Path, seed: int) -> Runn
     return running
 
 
+@pytest.mark.slow
 async def test_a_tampered_parquet_file_is_refused_before_any_write(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -255,6 +260,7 @@ async def test_a_tampered_parquet_file_is_refused_before_any_write(
     assert writes(running) == Counter()
 
 
+@pytest.mark.slow
 async def test_an_edited_manifest_or_a_path_outside_is_refused(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -325,6 +331,7 @@ async def test_a_forged_journal_line_cannot_make_restore_patch_an_unrelated_step
         assert target(running)[victim] == now[victim]
 
 
+@pytest.mark.slow
 async def test_restore_writes_go_through_the_api_window(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -344,6 +351,7 @@ async def test_restore_writes_go_through_the_api_window(
 # ---------------------------------------------------------------------------- kills
 
 
+@pytest.mark.slow
 async def test_sigkill_at_random_moments_with_slow_writes_and_steps_without_sequence(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

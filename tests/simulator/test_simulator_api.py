@@ -35,6 +35,7 @@ def seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
+@pytest.mark.slow
 async def test_every_type_matches_the_openapi_schemas(sim: Simulator) -> None:
     async with running(sim=sim) as run:
         for type_name in schema.RESOURCE_TYPES:

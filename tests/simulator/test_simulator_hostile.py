@@ -7,6 +7,7 @@ import zlib
 
 import aiohttp
 import orjson
+import pytest
 
 from exporter.simulator import SimulatorConfig
 from exporter.simulator.faults import TokenFault
@@ -92,6 +93,7 @@ async def test_get_redirects_echo_and_gzip_bomb() -> None:
         }
 
 
+@pytest.mark.slow
 async def test_trickle_sends_the_real_body_a_few_bytes_a_second() -> None:
     async with running(SimulatorConfig(steps=20)) as run:
         faults = run.sim.hostile

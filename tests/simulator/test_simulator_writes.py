@@ -51,6 +51,7 @@ def _assert_errors(reply: Reply, status: int, *pointers: str | None) -> list[dic
 # ----------------------------------------------------------------------------- create / update
 
 
+@pytest.mark.slow
 async def test_create_answers_201_with_the_record_as_get_serves_it() -> None:
     async with running(_config()) as run:
         sim = run.sim

@@ -249,7 +249,7 @@ def export_args(base_url: str, out: Path) -> list[str]:
     ]
 
 
-async def export_deleting_a_sequence_midway(running: Any, out: Path) -> int:
+async def export_deleting_a_sequence_midway(running: Running, out: Path) -> int:
     """Export with relationships=sequence, deleting one referenced sequence from the simulator
     after the steps that name it were announced and before its batch is fetched; its id."""
     victim: int = running.sim.truth.ids("sequence")[5]

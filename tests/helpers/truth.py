@@ -106,7 +106,7 @@ def recorded_events(level: int = logging.INFO) -> Iterator[list[str]]:
         LOGGER.setLevel(before)
 
 
-def expected_steps(sim: Any) -> list[dict[str, Any]]:
+def expected_steps(sim: Simulator) -> list[dict[str, Any]]:
     return [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in sim.truth.records("sequenceStep")]
 
 
@@ -141,7 +141,9 @@ def referenced(steps: list[dict[str, Any]]) -> dict[str, set[int]]:
     return wanted
 
 
-def expected_related(sim: Any, steps: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def expected_related(
+    sim: Simulator, steps: list[dict[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
     wanted = referenced(steps)
     step_ids = {int(s["id"]) for s in steps}
     out: dict[str, list[dict[str, Any]]] = {}

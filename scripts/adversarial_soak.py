@@ -43,8 +43,8 @@ from exporter.model.schema import RESOURCE_TYPES
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve
 from exporter.simulator.auth import TokenResponse
 from exporter.simulator.faults import TokenFault
-from tests.conftest import Running, clean_env
-from tests.export.test_nights import assert_current_state_is_the_truth, night
+from tests.helpers.checks import assert_current_state_is_the_truth
+from tests.helpers.sim import Running, clean_env, night
 
 TOKEN = "soak-static-token-7d1e"  # the simulator's static token in static runs, not a secret
 DOCUMENTED = {int(code) for code in ExitCode}

@@ -1,32 +1,17 @@
-"""Shared fixtures: a real simulator on a loopback port, and export helpers."""
+"""Shared fixtures: real simulators on loopback ports, and a moto S3 server (helpers are in tests/helpers/)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from exporter.simulator import Simulator, SimulatorConfig, serve
-
-TOKEN = "test-token-3b9f"  # the simulator's static token in tests
-
-
-@dataclass
-class Running:
-    sim: Simulator
-    root_url: str
-
-    @property
-    def base_url(self) -> str:
-        return self.root_url + "/api/v2"
-
-
-StartSimulator = Callable[..., Awaitable[Running]]
+from tests.helpers.s3 import admin_filesystem, start_moto
+from tests.helpers.sim import TOKEN, Running, StartSimulator
 
 
 @pytest.fixture
@@ -43,17 +28,29 @@ async def start_simulator() -> AsyncIterator[StartSimulator]:
         yield start
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without OUTREACH_* (so no developer's settings leak into a
-    test's subprocess), plus `extra`."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}, **extra}
-
-
-async def spawn(*command: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
-    """Start a subprocess with its output piped, in `clean_env()` unless told otherwise."""
-    return await asyncio.create_subprocess_exec(
-        *command,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=clean_env() if env is None else env,
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[str]:
+    """A moto S3 server on a free loopback port, with the AWS variables pointing at it."""
+    process, port = start_moto()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+    }
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_REGION="us-east-1",
     )
+    try:
+        admin_filesystem(port).create_dir("backups")
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -54,6 +54,53 @@ def parse_rate_limit(text: str) -> RateLimit:
     return parsed
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a failed request is asked again: at most `attempts` sends, waiting `backoff_base`
+    seconds doubled after each failure (with jitter), never more than `backoff_max`.
+
+    Without one (the default) an export uses the API client's own: 6 sends, 0.5 s to 30 s.
+    Shorter waits are for tests and soaks against the simulator, longer ones for slow links:
+    `ExportSettings(retry=...)` in a program, or OUTREACH_RETRY_BACKOFF=ATTEMPTS/BASE/MAX (e.g.
+    `3/0.005/0.05`) for any export, one started as a subprocess too. Not a command-line option,
+    and not recorded in the manifest: it changes no byte of the output."""
+
+    attempts: int
+    backoff_base: float
+    backoff_max: float
+
+
+RETRY_BACKOFF_VARIABLE = "OUTREACH_RETRY_BACKOFF"
+_RETRY = re.compile(r"(\d{1,3})/(\d{1,5}(?:\.\d{1,9})?)/(\d{1,5}(?:\.\d{1,9})?)")
+
+
+def parse_retry_policy(text: str) -> RetryPolicy:
+    """`ATTEMPTS/BASE/MAX`, e.g. `3/0.005/0.05`: 1 to 100 sends, 0 < BASE <= MAX <= 3600 s."""
+    match = _RETRY.fullmatch(text.strip())
+    parsed = RetryPolicy(int(match[1]), float(match[2]), float(match[3])) if match else None
+    if (
+        parsed is None
+        or not 1 <= parsed.attempts <= 100
+        or not 0 < parsed.backoff_base <= parsed.backoff_max <= 3600
+    ):
+        raise ValueError(
+            f"{text[:40]!r} is not ATTEMPTS/BASE/MAX with 1 <= ATTEMPTS <= 100 and "
+            "0 < BASE <= MAX <= 3600 seconds, e.g. 3/0.005/0.05"
+        )
+    return parsed
+
+
+def retry_policy_from_environment() -> RetryPolicy | None:
+    """OUTREACH_RETRY_BACKOFF's policy, or None (the client's own) when it is unset or empty."""
+    text = os.environ.get(RETRY_BACKOFF_VARIABLE, "")
+    if not text:
+        return None
+    try:
+        return parse_retry_policy(text)
+    except ValueError as exc:
+        raise UsageError(f"{RETRY_BACKOFF_VARIABLE}: {exc}") from None
+
+
 def check_base_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -132,6 +179,8 @@ class ExportSettings:
     max_response_mib: int = 256  # MiB of one answer's body after decompression
     initial_partitions: int | None = None  # default: two per worker (tests set it to force splits)
     source: str | None = None  # what the run records as its source (default: the base URL)
+    # None: the API client's own retries; OUTREACH_RETRY_BACKOFF sets them (see RetryPolicy)
+    retry: RetryPolicy | None = field(default_factory=retry_policy_from_environment)
 
     def parameters(self) -> dict[str, Any]:
         """What the manifest and checkpoint record: no secret, no credential."""

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -482,7 +482,7 @@ class Export:
 
     def _client_settings(self) -> ClientSettings:
         s = self.settings
-        return ClientSettings(
+        client = ClientSettings(
             base_url=s.base_url,
             concurrency=s.concurrency,
             rate_limit=s.rate_limit.requests,
@@ -491,6 +491,14 @@ class Export:
             request_deadline=s.request_deadline,
             max_response_bytes=s.max_response_mib * 1024 * 1024,
         )
+        if s.retry is not None:  # tests and soaks wait less, slow links more (RetryPolicy)
+            client = replace(
+                client,
+                max_attempts=s.retry.attempts,
+                backoff_base=s.retry.backoff_base,
+                backoff_max=s.retry.backoff_max,
+            )
+        return client
 
     async def _run(
         self, state: RunState, resumed: bool, started: float, client: ApiClient

@@ -9,7 +9,7 @@ from exporter.api.auth import StaticToken
 from exporter.api.client import ApiClient, ClientSettings
 from exporter.core.errors import AuthError
 from exporter.core.secrets import Secret
-from tests.conftest import TOKEN, StartSimulator
+from tests.helpers.sim import TOKEN, StartSimulator
 
 
 @pytest.mark.parametrize(

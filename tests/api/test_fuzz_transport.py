@@ -222,6 +222,7 @@ async def fetch(root: str, how: str) -> None:
             ChainGuard(url).follow(url, link, len(records))
 
 
+@pytest.mark.slow
 @settings(
     max_examples=100,
     deadline=None,

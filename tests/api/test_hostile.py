@@ -3,45 +3,23 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 
 from exporter.api.pagination import STALL_PAGES
 from exporter.core.errors import ApiError, ResponseError
-from tests.conftest import TOKEN, StartSimulator
-from tests.export.test_faults import expected_steps, export, fast_client
-from tests.truth import assert_rows_equal, read_rows
-
-
-@dataclass
-class Crafted:
-    status: int
-    body: bytes
-    content_type: str = "application/vnd.api+json"
-
-
-# (request URL as the client sent it, the simulator's document) -> a crafted answer, or None
-Tamper = Callable[[str, dict[str, Any]], Crafted | None]
-
-
-@dataclass
-class Proxy:
-    root: str
-    tamper: Tamper | None = None
-    seen: list[str] = field(default_factory=list)
-
-    @property
-    def base_url(self) -> str:
-        return self.root + "/api/v2"
+from tests.helpers.runs import fast_retries, run_export
+from tests.helpers.sim import TOKEN, StartSimulator
+from tests.helpers.tampering_proxy import Crafted, Proxy, Tamper, proxy_for, site
+from tests.helpers.truth import assert_rows_equal, expected_steps, read_rows
 
 
 @dataclass
@@ -50,56 +28,6 @@ class Trap:
 
     url: str
     requests: list[dict[str, str]] = field(default_factory=list)
-
-
-@asynccontextmanager
-async def site(app: web.Application, host: str) -> AsyncIterator[str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    tcp = web.TCPSite(runner, host, 0)
-    await tcp.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
-
-
-@asynccontextmanager
-async def proxy_for(upstream: str) -> AsyncIterator[Proxy]:
-    """Forwards every request to the simulator at `upstream`; `proxy.tamper` may replace answers."""
-    session = aiohttp.ClientSession()
-    proxy = Proxy(root="")
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        url = proxy.root + request.path_qs
-        proxy.seen.append(url)
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization",)}
-        headers["Content-Type"] = request.headers.get("Content-Type", "")
-        async with session.get(upstream + request.path_qs, headers=headers) as answer:
-            raw = await answer.read()
-            status = answer.status
-        raw = raw.replace(upstream.encode(), proxy.root.encode())
-        if proxy.tamper is not None and status == 200:
-            crafted = proxy.tamper(url, orjson.loads(raw))
-            if crafted is not None:
-                return web.Response(
-                    status=crafted.status,
-                    body=crafted.body,
-                    headers={"Content-Type": crafted.content_type},
-                )
-        return web.Response(
-            status=status, body=raw, headers={"Content-Type": "application/vnd.api+json"}
-        )
-
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", handle)
-    try:
-        async with site(app, "127.0.0.1") as root:
-            proxy.root = root
-            yield proxy
-    finally:
-        await session.close()
 
 
 @asynccontextmanager
@@ -180,13 +108,13 @@ async def test_next_link_to_another_origin_is_refused_and_gets_no_token(
 
         proxy.tamper = foreign
         with pytest.raises(ResponseError, match="another origin") as caught:
-            await export(proxy.base_url, tmp_path, **SMALL)
+            await run_export(proxy.base_url, tmp_path, **SMALL)
         assert TOKEN not in str(caught.value)
         assert trap.requests == []  # never asked, so never sent the token
         assert not any(u.startswith(trap_root) for u in proxy.seen)
     # the checkpoint is intact: once the API behaves, the same export resumes to the exact result
     proxy.tamper = None
-    await export(proxy.base_url, tmp_path, **SMALL)
+    await run_export(proxy.base_url, tmp_path, **SMALL)
     assert_rows_equal(read_rows(tmp_path / "sequenceSteps"), expected_steps(running.sim))
 
 
@@ -203,7 +131,7 @@ async def test_next_link_equal_to_the_current_page_is_a_loop(
 
     proxy.tamper = loop
     with pytest.raises(ResponseError, match="looping"):
-        await export(proxy.base_url, tmp_path, **SMALL)
+        await run_export(proxy.base_url, tmp_path, **SMALL)
     assert sum(1 for u in proxy.seen if second_page(u)) == 1  # not asked again and again
 
 
@@ -224,10 +152,10 @@ async def test_next_link_back_to_an_earlier_page_is_a_loop_and_the_export_resume
 
     proxy.tamper = cycle
     with pytest.raises(ResponseError, match="leads back to a page this chain already read"):
-        await export(proxy.base_url, tmp_path, **SMALL)
+        await run_export(proxy.base_url, tmp_path, **SMALL)
     assert len(chain) == 3  # page 2 was not asked for a second time
     proxy.tamper = None  # the checkpoint is intact: the same export resumes to the exact result
-    await export(proxy.base_url, tmp_path, **SMALL)
+    await run_export(proxy.base_url, tmp_path, **SMALL)
     assert_rows_equal(read_rows(tmp_path / "sequenceSteps"), expected_steps(running.sim))
 
 
@@ -251,10 +179,10 @@ async def test_pages_that_only_repeat_records_are_a_loop_and_the_export_resumes(
 
     proxy.tamper = repeat
     with pytest.raises(ResponseError, match=f"{STALL_PAGES} pages in a row brought no new"):
-        await export(proxy.base_url, tmp_path, **{**SMALL, "page_size": 5})
+        await run_export(proxy.base_url, tmp_path, **{**SMALL, "page_size": 5})
     assert len(served) == 1 + STALL_PAGES  # 200 steps in pages of 5: it stopped well before 40
     proxy.tamper = None
-    await export(proxy.base_url, tmp_path, **{**SMALL, "page_size": 5})
+    await run_export(proxy.base_url, tmp_path, **{**SMALL, "page_size": 5})
     assert_rows_equal(read_rows(tmp_path / "sequenceSteps"), expected_steps(running.sim))
 
 
@@ -268,6 +196,7 @@ def _set_record(field_name: str, value: Any) -> Tamper:
     return tamper
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("field_name", "value", "match"),
     [
@@ -289,7 +218,7 @@ async def test_bad_type_or_id_stops_the_export_and_writes_nothing_unsafe(
     proxy.tamper = _set_record(field_name, value)
     out = tmp_path / "out"
     with pytest.raises(ResponseError, match=match):
-        await export(proxy.base_url, out, **SMALL)
+        await run_export(proxy.base_url, out, **SMALL)
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     for path in out.rglob("*"):
         assert path.resolve().is_relative_to(out.resolve())
@@ -297,10 +226,9 @@ async def test_bad_type_or_id_stops_the_export_and_writes_nothing_unsafe(
 
 
 async def test_wrong_content_type_is_retried_then_refused_clearly(
-    proxied: tuple[Any, Proxy], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    proxied: tuple[Any, Proxy], tmp_path: Path
 ) -> None:
     running, proxy = proxied
-    fast_client(monkeypatch, max_attempts=3)
 
     def as_text(url: str, doc: dict[str, Any]) -> Crafted | None:
         if not second_page(url):
@@ -308,12 +236,12 @@ async def test_wrong_content_type_is_retried_then_refused_clearly(
         return Crafted(200, orjson.dumps(doc), content_type="text/plain")
 
     proxy.tamper = once(as_text, 2)  # a passing fault: retried, then fine
-    await export(proxy.base_url, tmp_path / "a", **SMALL)
+    await run_export(proxy.base_url, tmp_path / "a", retry=fast_retries(3), **SMALL)
     assert_rows_equal(read_rows(tmp_path / "a" / "sequenceSteps"), expected_steps(running.sim))
 
     proxy.tamper = as_text  # for good: one clear error naming the page
     with pytest.raises(ApiError) as caught:
-        await export(proxy.base_url, tmp_path / "b", **SMALL)
+        await run_export(proxy.base_url, tmp_path / "b", retry=fast_retries(3), **SMALL)
     text = str(caught.value)
     assert "a text/plain body where JSON was expected" in text
     assert "gave up after 3 attempts" in text and f"url {proxy.base_url}/sequenceSteps?" in text
@@ -321,17 +249,16 @@ async def test_wrong_content_type_is_retried_then_refused_clearly(
 
 @pytest.mark.parametrize("status", [200, 502, 503])
 async def test_html_error_page_is_retried(
-    proxied: tuple[Any, Proxy], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int
+    proxied: tuple[Any, Proxy], tmp_path: Path, status: int
 ) -> None:
     running, proxy = proxied
-    fast_client(monkeypatch)
     page = b"<html><body><h1>Bad Gateway</h1>nginx</body></html>"
 
     def html(url: str, doc: dict[str, Any]) -> Crafted | None:
         return Crafted(status, page, "text/html") if second_page(url) else None
 
     proxy.tamper = once(html, 3)
-    job = await export(proxy.base_url, tmp_path, **SMALL)
+    job, _result = await run_export(proxy.base_url, tmp_path, retry=fast_retries(), **SMALL)
     assert_rows_equal(read_rows(tmp_path / "sequenceSteps"), expected_steps(running.sim))
     assert job.client is not None and job.client.stats.retries >= 1
 
@@ -347,7 +274,7 @@ async def test_errors_document_spelled_details(proxied: tuple[Any, Proxy], tmp_p
 
     proxy.tamper = refuse
     with pytest.raises(ApiError) as caught:
-        await export(proxy.base_url, tmp_path, **SMALL)
+        await run_export(proxy.base_url, tmp_path, **SMALL)
     text = str(caught.value)
     assert "cursor went stale" in text and "error id 'invalidCursor'" in text
     assert "status 400" in text and f"url {proxy.base_url}/sequenceSteps?" in text
@@ -366,7 +293,7 @@ async def test_an_echoed_token_is_scrubbed_from_the_error(
 
     proxy.tamper = echo
     with pytest.raises(ApiError) as caught:
-        await export(proxy.base_url, tmp_path, **SMALL)
+        await run_export(proxy.base_url, tmp_path, **SMALL)
     assert TOKEN not in str(caught.value) and "token *** may not read this" in str(caught.value)
 
 
@@ -387,7 +314,7 @@ async def test_relationship_with_neither_data_nor_links(
         return document(200, doc)
 
     proxy.tamper = hollow
-    await export(proxy.base_url, tmp_path, **SMALL)
+    await run_export(proxy.base_url, tmp_path, **SMALL)
     rows = read_rows(tmp_path / "sequenceSteps")
     assert changed
     expected = []
@@ -412,7 +339,7 @@ async def test_unknown_attributes_are_kept(proxied: tuple[Any, Proxy], tmp_path:
         return document(200, doc)
 
     proxy.tamper = extend
-    await export(proxy.base_url, tmp_path, **SMALL)
+    await run_export(proxy.base_url, tmp_path, **SMALL)
     rows = read_rows(tmp_path / "sequenceSteps")
     assert len(rows) == len(added) == 200
     for row in rows:
@@ -437,7 +364,7 @@ async def test_the_same_record_on_two_pages_is_written_once(
         return document(200, doc)
 
     proxy.tamper = repeat
-    job = await export(proxy.base_url, tmp_path, **SMALL)
+    job, _result = await run_export(proxy.base_url, tmp_path, **SMALL)
     assert len(last_of_page) >= 3
     assert_rows_equal(read_rows(tmp_path / "sequenceSteps"), expected_steps(running.sim))
     assert job.crawl_stats["sequenceStep"].duplicates >= 3

@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from exporter.api.auth import StaticToken
-from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import UsageError
-from exporter.core.secrets import Secret
-from exporter.export.run import Export, ExportResult
-from tests.conftest import TOKEN, StartSimulator
-
-
-async def export(base_url: str, out: Path, **overrides: Any) -> ExportResult:
-    settings = ExportSettings(
-        out=out,
-        base_url=base_url,
-        token=Secret(TOKEN),
-        rate_limit=RateLimit(100_000, 1.0),
-        **{"relationships": "none", **overrides},
-    )
-    return await Export(settings, StaticToken(Secret(TOKEN))).run()
+from tests.helpers.runs import run_export
+from tests.helpers.sim import StartSimulator
 
 
 def snapshot(out: Path) -> dict[Path, bytes]:
@@ -40,11 +25,11 @@ async def test_another_spelling_of_the_same_api_is_the_same_backup(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
     running = await start_simulator(steps=80, seed=71)
-    first = await export(running.base_url, tmp_path)
+    _job, first = await run_export(running.base_url, tmp_path)
     assert first.state.account == {"origin": running.base_url, "org": "sim-org-71"}
     manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
     assert manifest["account"] == first.state.account
-    again = await export(localhost(running.base_url), tmp_path, incremental=True)
+    _job, again = await run_export(localhost(running.base_url), tmp_path, incremental=True)
     assert again.state.kind == "incremental"
 
 
@@ -52,11 +37,11 @@ async def test_another_org_behind_the_same_url_is_refused(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
     running = await start_simulator(steps=80, seed=72)
-    await export(running.base_url, tmp_path)
+    await run_export(running.base_url, tmp_path)
     before = snapshot(tmp_path)
     running.sim.cfg.org_guid = "another-org"
     with pytest.raises(UsageError) as caught:
-        await export(running.base_url, tmp_path, incremental=True)
+        await run_export(running.base_url, tmp_path, incremental=True)
     message = str(caught.value)
     assert "sim-org-72" in message and "another-org" in message and "--out" in message
     assert "\n" not in message
@@ -67,16 +52,16 @@ async def test_an_unfinished_run_is_resumed_only_for_its_own_account(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
     running = await start_simulator(steps=80, seed=73)
-    await export(running.base_url, tmp_path)
+    await run_export(running.base_url, tmp_path)
     path = tmp_path / "_checkpoint.json"
     state = orjson.loads(path.read_bytes())
     state["status"] = "running"  # as a killed run leaves it
     path.write_bytes(orjson.dumps(state))
     running.sim.cfg.org_guid = "someone-else"
     with pytest.raises(UsageError, match="holds a backup of"):
-        await export(running.base_url, tmp_path)
+        await run_export(running.base_url, tmp_path)
     running.sim.cfg.org_guid = None
-    resumed = await export(localhost(running.base_url), tmp_path)
+    _job, resumed = await run_export(localhost(running.base_url), tmp_path)
     assert resumed.resumed and resumed.rows == {"sequenceStep": 80}
 
 
@@ -85,14 +70,14 @@ async def test_an_older_checkpoint_without_an_account_falls_back_to_the_canonica
 ) -> None:
     running = await start_simulator(steps=60, seed=74)
     other = await start_simulator(steps=60, seed=74)  # the same data, another URL
-    await export(running.base_url, tmp_path)
+    await run_export(running.base_url, tmp_path)
     path = tmp_path / "_checkpoint.json"
     state = orjson.loads(path.read_bytes())
     del state["account"]
     path.write_bytes(orjson.dumps(state))
     with pytest.raises(UsageError, match="holds a backup of"):
-        await export(other.base_url, tmp_path, incremental=True)
+        await run_export(other.base_url, tmp_path, incremental=True)
     # The recorded source, spelled another way (what the canonical form makes one).
     respelled = running.base_url.replace("http://", "HTTP://") + "/"
-    again = await export(respelled, tmp_path, incremental=True)
+    _job, again = await run_export(respelled, tmp_path, incremental=True)
     assert again.state.account is not None and again.state.account["org"] == "sim-org-74"

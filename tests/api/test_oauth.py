@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import stat
 import subprocess
 import sys
@@ -22,9 +21,12 @@ from exporter.core.errors import AuthError, ExitCode
 from exporter.core.secrets import Secret
 from exporter.simulator import Faults
 from exporter.simulator.auth import TokenResponse
-from tests.conftest import Running, StartSimulator
-from tests.export.test_faults import expected_steps, export, one_error_line
-from tests.truth import assert_rows_equal, read_rows
+from tests.helpers.checks import one_error_line
+from tests.helpers.runs import run_export
+from tests.helpers.sim import Running, StartSimulator, clean_env
+from tests.helpers.truth import assert_rows_equal, expected_steps, read_rows
+
+pytestmark = pytest.mark.slow  # exports across token lifetimes, a CLI subprocess: seconds each
 
 
 def oauth(running: Running, store: Path | None, refresh_token: str | None = None) -> OAuthTokens:
@@ -73,7 +75,7 @@ async def test_export_across_several_token_lifetimes(
     token_file = tmp_path / "config" / "refresh-token.json"
     tokens = oauth(running, token_file)
     started = time.monotonic()
-    await export(running.base_url, tmp_path / "out", tokens, page_size=40, concurrency=2)
+    await run_export(running.base_url, tmp_path / "out", tokens, page_size=40, concurrency=2)
     elapsed = time.monotonic() - started
     assert_rows_equal(read_rows(tmp_path / "out" / "sequenceSteps"), expected_steps(running.sim))
 
@@ -91,11 +93,11 @@ async def test_export_across_several_token_lifetimes(
 
     # The next run is given the first (now dead) refresh token again but starts from the file.
     running.sim.faults.latency_s = 0.0
-    await export(running.base_url, tmp_path / "again", oauth(running, token_file))
+    await run_export(running.base_url, tmp_path / "again", oauth(running, token_file))
     assert orjson.loads(token_file.read_bytes())["refresh_token"] == running.sim.auth.refresh_token
     # Without the file the old refresh token is refused: exit 3, with what to do.
     with pytest.raises(AuthError, match="authorize the app again") as caught:
-        await export(running.base_url, tmp_path / "third", oauth(running, None))
+        await run_export(running.base_url, tmp_path / "third", oauth(running, None))
     assert caught.value.exit_code == ExitCode.AUTH and caught.value.error_id == "invalid_grant"
 
 
@@ -111,7 +113,7 @@ async def test_a_401_refreshes_once_and_the_export_goes_on(
         faults=Faults(latency_s=0.05),
     )
     record_mints(running, expires_in=2)  # the client believes its token lives 2 s, not 0.6
-    job = await export(
+    job, _result = await run_export(
         running.base_url, tmp_path, oauth(running, tmp_path / "t.json"), page_size=25
     )
     assert_rows_equal(read_rows(tmp_path / "sequenceSteps"), expected_steps(running.sim))
@@ -125,7 +127,7 @@ async def test_revoked_refresh_token_exits_3_with_one_line(
 ) -> None:
     running = await start_simulator(steps=50, seed=25, static_token=None)
     cfg = running.sim.cfg
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    env = clean_env()
     env.update(
         {
             "OUTREACH_CLIENT_ID": cfg.client_id,

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
+
+import pytest
 
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
 from exporter.simulator.auth import TokenResponse
-from tests.conftest import TOKEN, StartSimulator
+from tests.helpers.runs import run_exporter
+from tests.helpers.sim import TOKEN, StartSimulator
+
+pytestmark = pytest.mark.slow  # exports and CLI subprocesses searched for secrets: seconds each
 
 
 async def cli(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    full.update(env or {})
-    command = [sys.executable, "-m", "exporter", "export", *args]
-    return await asyncio.to_thread(
-        subprocess.run, command, capture_output=True, text=True, env=full, check=False, timeout=120
-    )
+    return await asyncio.to_thread(run_exporter, "export", *args, env=dict(env or {}))
 
 
 def assert_nowhere(secrets: set[str], outputs: list[str], *roots: Path) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -14,8 +13,10 @@ import pytest
 
 from exporter.core.errors import ExitCode
 from exporter.simulator.auth import TokenResponse
-from tests.conftest import StartSimulator
-from tests.export.test_faults import one_error_line
+from tests.helpers.checks import one_error_line
+from tests.helpers.sim import StartSimulator, clean_env
+
+pytestmark = pytest.mark.slow  # CLI subprocesses reading token files: seconds each
 
 TAMPERED = [
     "good-part\r\nX-Injected: yes",
@@ -44,7 +45,7 @@ async def test_a_tampered_token_file_is_one_line_exit_2_naming_it(
     token_file.parent.mkdir(mode=0o700)
     token_file.write_bytes(orjson.dumps({"refresh_token": stored, "saved_at": 1}))
     token_file.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    env = clean_env()
     env.update(
         {
             "OUTREACH_CLIENT_ID": cfg.client_id,

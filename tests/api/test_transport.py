@@ -17,7 +17,7 @@ from exporter.api.client import ApiClient, ClientSettings
 from exporter.core.errors import ApiError, AuthError, ExitCode
 from exporter.core.secrets import Secret
 from exporter.simulator.faults import TokenFault
-from tests.conftest import TOKEN, Running, StartSimulator
+from tests.helpers.sim import TOKEN, Running, StartSimulator
 
 FAST = {"backoff_base": 0.001, "backoff_max": 0.01}
 SMALL_PAGE = "/sequenceSteps?page[size]=5"
@@ -98,6 +98,7 @@ async def test_an_error_document_echoing_the_authorization_header_is_scrubbed(
 # -- a trickling answer and the overall deadline -----------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_trickling_answer_hits_the_request_deadline(
     start_simulator: StartSimulator,
 ) -> None:
@@ -119,6 +120,7 @@ async def test_a_trickling_answer_hits_the_request_deadline(
 # -- a gzip bomb -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_gzip_bomb_is_refused_at_the_cap_without_inflating_it(
     start_simulator: StartSimulator,
 ) -> None:
@@ -177,6 +179,7 @@ async def test_token_endpoint_5xx_are_retried(start_simulator: StartSimulator) -
     assert running.sim.counters.by_route["POST /oauth/token"] == 3
 
 
+@pytest.mark.slow
 async def test_token_endpoint_429_waits_for_retry_after(start_simulator: StartSimulator) -> None:
     """Bug caught: the 429 retry removed, or Retry-After ignored (asked again at once)."""
     running = await start_simulator(steps=20, static_token=None)
@@ -234,6 +237,7 @@ async def test_token_endpoint_error_echoing_the_secrets_is_scrubbed(
     assert "invalid_request" in str(caught.value)
 
 
+@pytest.mark.slow
 async def test_a_slow_token_endpoint_is_bounded_by_its_deadline(
     start_simulator: StartSimulator,
 ) -> None:

@@ -1,4 +1,4 @@
-"""`--request-deadline` and `--max-response-mib` (and their OUTREACH_* variables): bounded, finite, and what the transport uses."""
+"""`--request-deadline` and `--max-response-mib` (and their OUTREACH_* variables), and OUTREACH_RETRY_BACKOFF: bounded, finite, and what the transport uses."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from exporter.core.config import ExportSettings
+from exporter.core.config import RETRY_BACKOFF_VARIABLE, ExportSettings, RetryPolicy
 from exporter.core.errors import ExitCode
 from exporter.export.run import Export
-from tests.commands.test_inputs import assert_refused, invoke
-from tests.conftest import TOKEN, StartSimulator, clean_env, spawn
+from tests.helpers.checks import assert_refused
+from tests.helpers.commands import invoke
+from tests.helpers.sim import TOKEN, StartSimulator, clean_env, spawn
 
 
 @pytest.mark.parametrize(
@@ -61,6 +62,29 @@ def test_the_settings_reach_the_client_settings(tmp_path: Path) -> None:
     assert (client.request_deadline, client.max_response_bytes) == (7.5, 3 << 20)
 
 
+def test_a_retry_policy_reaches_the_client_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(RETRY_BACKOFF_VARIABLE, raising=False)
+    defaults = Export(ExportSettings(out=tmp_path / "a"), tokens=None)._client_settings()  # type: ignore[arg-type]
+    assert (defaults.max_attempts, defaults.backoff_base, defaults.backoff_max) == (6, 0.5, 30.0)
+    chosen = ExportSettings(out=tmp_path / "b", retry=RetryPolicy(3, 0.005, 0.05))
+    client = Export(chosen, tokens=None)._client_settings()  # type: ignore[arg-type]
+    assert (client.max_attempts, client.backoff_base, client.backoff_max) == (3, 0.005, 0.05)
+    monkeypatch.setenv(RETRY_BACKOFF_VARIABLE, "4/0.01/0.1")
+    assert ExportSettings(out=tmp_path / "c").retry == RetryPolicy(4, 0.01, 0.1)
+    assert ExportSettings(out=tmp_path / "d", retry=None).retry is None  # a program's own wins
+
+
+@pytest.mark.parametrize("value", ["fast", "0/0.1/1", "101/0.1/1", "3/0/1", "3/2/1", "3/1/3601"])
+def test_a_bad_retry_variable_is_refused_naming_it(tmp_path: Path, value: str) -> None:
+    code, _out, err = invoke(
+        ["export", "--out", str(tmp_path / "o"), "--token", "t"], {RETRY_BACKOFF_VARIABLE: value}
+    )
+    assert_refused(code, err, RETRY_BACKOFF_VARIABLE, "ATTEMPTS/BASE/MAX")
+
+
+@pytest.mark.slow
 async def test_the_flags_bound_a_real_export(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import shutil
-import signal
 import sys
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,23 +25,14 @@ from exporter.core.errors import ExitCode, UsageError
 from exporter.export.run import ExportResult
 from exporter.model.schema import RESOURCE_TYPES, resource_type
 from exporter.simulator import Faults
-from tests.conftest import TOKEN, Running, StartSimulator
-from tests.export.test_export import run_export
-from tests.export.test_incremental import mutate
-from tests.export.test_relationships import export_deleting_a_sequence_midway
-
-
-def status_json(out: Path) -> dict[str, Any]:
-    result = CliRunner().invoke(main, ["status", str(out), "--json"])
-    assert result.exit_code == 0, (result.output, result.exception)
-    report: dict[str, Any] = orjson.loads(result.stdout)
-    return report
-
-
-def status_text(out: Path) -> list[str]:
-    result = CliRunner().invoke(main, ["status", str(out)])
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.stdout.splitlines()
+from tests.helpers.commands import status_json, status_text
+from tests.helpers.runs import (
+    export_args,
+    export_deleting_a_sequence_midway,
+    kill_export_when,
+    run_export,
+)
+from tests.helpers.sim import TOKEN, Running, StartSimulator, clean_env, mutate
 
 
 def newest_updated_at(out: Path, paths: list[str]) -> datetime | None:
@@ -160,67 +148,7 @@ async def kill_export_mid_run(base_url: str, out: Path) -> None:
     )
 
 
-async def kill_export_when(
-    command: list[str], out: Path, ready: Callable[[dict[str, Any]], bool]
-) -> dict[str, Any]:
-    """Run `command` (a real export) and SIGKILL it once its checkpoint satisfies `ready`;
-    return that checkpoint."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    checkpoint_path = out / "_checkpoint.json"
-    state: dict[str, Any] = {}
-    try:
-        for _ in range(1200):
-            await asyncio.sleep(0.02)
-            assert process.returncode is None, "the export finished before it could be killed"
-            try:
-                state = orjson.loads(checkpoint_path.read_bytes())
-            except (FileNotFoundError, orjson.JSONDecodeError):
-                continue
-            if ready(state):
-                break
-        else:
-            raise AssertionError("the checkpoint was not ready within 24 s")
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGKILL)
-        await process.wait()
-    assert process.returncode == -signal.SIGKILL
-    return state
-
-
-def export_args(base_url: str, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "exporter",
-        "export",
-        "--base-url",
-        base_url,
-        "--token",
-        TOKEN,
-        "--out",
-        str(out),
-        "--commit-interval",
-        "0.2",
-        "--file-rows",
-        "200",
-        "--page-size",
-        "50",
-        "--concurrency",
-        "2",
-        "--rate-limit",
-        "100000/1",
-        "--relationships",
-        "sequence,creator,mailings",
-    ]
-
-
+@pytest.mark.slow
 async def test_killed_run_then_resumed(start_simulator: StartSimulator, tmp_path: Path) -> None:
     running = await start_simulator(steps=3000, seed=12, faults=Faults(latency_s=0.08))
     out = tmp_path / "out"
@@ -280,7 +208,7 @@ async def test_killed_run_then_resumed(start_simulator: StartSimulator, tmp_path
     assert (difference["subject"], difference["what"]) == (committed[0], "sha256")
 
     # Resume to the end: now the directory is a finished run and the next export would refuse.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    env = clean_env()
     process = await asyncio.create_subprocess_exec(
         *export_args(running.base_url, out), env=env, stdout=asyncio.subprocess.PIPE
     )
@@ -400,6 +328,7 @@ def reported_totals(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+@pytest.mark.slow
 async def test_every_run_of_a_nightly_backup(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -489,6 +418,7 @@ def incremental_command(running: Running, out: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 async def test_a_killed_incremental_run_beside_the_finished_ones(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -599,6 +529,7 @@ def without_progress(run: dict[str, Any]) -> dict[str, Any]:
     return {**run, "resources": resources}
 
 
+@pytest.mark.slow
 async def test_when_the_checkpoint_and_the_manifest_disagree(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -644,6 +575,7 @@ async def test_when_the_checkpoint_and_the_manifest_disagree(
     assert [r["run_id"] for r in status_json(half_written)["runs"]] == ids
 
 
+@pytest.mark.slow
 async def test_runs_limits_the_listed_runs_not_the_totals(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

@@ -7,27 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from exporter.api.auth import StaticToken
 from exporter.backup.damage import DamagedFileError
-from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import UsageError
-from exporter.core.secrets import Secret
-from exporter.export.run import Export
 from exporter.simulator import Faults
-from tests.audit.test_status import export_args, kill_export_when, status_json, status_text
-from tests.conftest import TOKEN, StartSimulator
-from tests.export.test_export import run_export
-
-
-async def export(base_url: str, out: Path, *, repair: bool = False, **overrides: object) -> None:
-    settings = ExportSettings(
-        out=out,
-        base_url=base_url,
-        token=Secret(TOKEN),
-        rate_limit=RateLimit(100_000, 1.0),
-        **{"relationships": "none", **overrides},  # type: ignore[arg-type]
-    )
-    await Export(settings, StaticToken(Secret(TOKEN)), repair=repair).run()
+from tests.helpers.commands import status_json, status_text
+from tests.helpers.runs import export_args, kill_export_when, run_export
+from tests.helpers.sim import StartSimulator
 
 
 async def test_part_files_without_a_checkpoint_or_manifest_are_left_alone(
@@ -44,7 +29,7 @@ async def test_part_files_without_a_checkpoint_or_manifest_are_left_alone(
         "next export would: start a new run; it leaves the 1 part file(s) of this tool's naming "
         "here as they are (no checkpoint or manifest names them)"
     )
-    await export(running.base_url, out)
+    await run_export(running.base_url, out)
     assert (out / "sequenceSteps" / part.name).is_file()  # what status said
 
 
@@ -65,8 +50,8 @@ async def test_a_manifest_without_its_checkpoint(
     assert f"{checkpoint} beside the manifest" in message, message
     assert "--incremental --repair rebuilds the checkpoint from the manifest" in message, message
     with pytest.raises(UsageError, match="--incremental --repair"):
-        await export(running.base_url, tmp_path, incremental=True)
-    await export(running.base_url, tmp_path, incremental=True, repair=True)  # as status said
+        await run_export(running.base_url, tmp_path, incremental=True)
+    await run_export(running.base_url, tmp_path, incremental=True, repair=True)  # as status said
     assert (tmp_path / "_checkpoint.json").is_file()
 
 
@@ -90,10 +75,11 @@ async def test_neither_the_checkpoint_nor_the_manifest_readable(
     assert "and its _manifest.json cannot be read; nothing was changed" in message, message
     parts = sorted((tmp_path / "sequenceSteps").glob("part-*.parquet"))
     with pytest.raises(UsageError, match="cannot be read; nothing was changed"):
-        await export(running.base_url, tmp_path)
+        await run_export(running.base_url, tmp_path)
     assert parts and all(p.is_file() for p in parts)  # as status said: nothing deleted
 
 
+@pytest.mark.slow
 async def test_a_finished_backup_with_damage_and_leftovers(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -112,12 +98,13 @@ async def test_a_finished_backup_with_damage_and_leftovers(
     assert f"{relative} is damaged (100 bytes instead of the " in message, message
     assert "pass --repair to set it aside and fetch its records again" in message, message
     with pytest.raises(DamagedFileError, match=relative):
-        await export(running.base_url, tmp_path, incremental=True)
+        await run_export(running.base_url, tmp_path, incremental=True)
     assert not leftover.exists()  # removed, as status said
-    await export(running.base_url, tmp_path, incremental=True, repair=True)
+    await run_export(running.base_url, tmp_path, incremental=True, repair=True)
     assert "damaged" not in status_json(tmp_path)["next_export"]["message"]
 
 
+@pytest.mark.slow
 async def test_an_unfinished_run_with_a_damaged_file(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -138,6 +125,6 @@ async def test_an_unfinished_run_with_a_damaged_file(
     )
     assert f", then resume run {state['run_id']}" in message, message
     with pytest.raises(DamagedFileError, match=relative):
-        await export(running.base_url, out, relationships="sequence,creator,mailings")
-    await export(running.base_url, out, relationships="sequence,creator,mailings", repair=True)
+        await run_export(running.base_url, out, relationships="sequence,creator,mailings")
+    await run_export(running.base_url, out, relationships="sequence,creator,mailings", repair=True)
     assert (out / "_manifest.json").is_file()

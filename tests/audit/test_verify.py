@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,15 +19,10 @@ from click.testing import CliRunner
 from exporter.commands.main import main
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
-from tests.conftest import StartSimulator, spawn
-from tests.export.test_export import run_export
-from tests.export.test_incremental import mutate
-from tests.export.test_resume import export_command
-
-
-def load_manifest(out: Path) -> dict[str, Any]:
-    document: dict[str, Any] = orjson.loads((out / "_manifest.json").read_bytes())
-    return document
+from tests.helpers.checks import load_manifest
+from tests.helpers.commands import verify_json, verify_text
+from tests.helpers.runs import export_command, run_export, run_exporter
+from tests.helpers.sim import StartSimulator, mutate, spawn
 
 
 def write_manifest(out: Path, document: dict[str, Any]) -> None:
@@ -39,42 +31,6 @@ def write_manifest(out: Path, document: dict[str, Any]) -> None:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def verify_json(out: Path) -> tuple[int, dict[str, Any]]:
-    result = CliRunner().invoke(main, ["verify", str(out), "--json"])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    report: dict[str, Any] = orjson.loads(result.stdout)
-    return result.exit_code, report
-
-
-def verify_text(out: Path) -> tuple[int, list[str]]:
-    result = CliRunner().invoke(main, ["verify", str(out)])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result.exit_code, result.stdout.splitlines()
-
-
-def exporter(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-
-
-@pytest.fixture
-async def backup(start_simulator: StartSimulator, tmp_path: Path) -> Path:
-    """A finished export: several step files (rolled at 200 rows) and two related types."""
-    running = await start_simulator(steps=700, seed=21)
-    out = tmp_path / "backup"
-    await run_export(
-        running.base_url, out, relationships="sequence,creator", file_rows=200, page_size=100
-    )
-    return out
 
 
 def step_files(out: Path) -> list[dict[str, Any]]:
@@ -88,6 +44,7 @@ def differences_by_subject(report: dict[str, Any]) -> dict[str, set[str]]:
     return found
 
 
+@pytest.mark.slow
 def test_untouched_export_verifies(backup: Path) -> None:
     manifest = load_manifest(backup)
     assert len(step_files(backup)) >= 3 and {"sequence", "user"} <= set(manifest["resources"])
@@ -129,6 +86,7 @@ def drop_rows(path: Path) -> None:
 Tamper = Callable[[Path], None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("tamper", "kinds"),
     [
@@ -262,28 +220,30 @@ def test_no_export_is_a_usage_error(tmp_path: Path) -> None:
     assert result.exit_code == ExitCode.USAGE and "does not exist" in result.stderr
 
 
+@pytest.mark.slow
 async def test_real_subprocess(backup: Path, tmp_path: Path) -> None:
-    clean = await asyncio.to_thread(exporter, "verify", str(backup))
+    clean = await asyncio.to_thread(run_exporter, "verify", str(backup))
     assert clean.returncode == 0, clean.stderr
     assert clean.stdout.splitlines()[-1].startswith("OK:") and clean.stderr == ""
 
     entry = step_files(backup)[2]
     flip_byte(backup / entry["path"])
-    tampered = await asyncio.to_thread(exporter, "verify", str(backup))
+    tampered = await asyncio.to_thread(run_exporter, "verify", str(backup))
     assert tampered.returncode == ExitCode.VERIFY_MISMATCH
     assert any(line.startswith(entry["path"] + ": sha256") for line in tampered.stdout.splitlines())
-    as_json = await asyncio.to_thread(exporter, "verify", "--json", str(backup))
+    as_json = await asyncio.to_thread(run_exporter, "verify", "--json", str(backup))
     assert as_json.returncode == ExitCode.VERIFY_MISMATCH
     assert orjson.loads(as_json.stdout)["differences"][0]["subject"] == entry["path"]
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    missing = await asyncio.to_thread(exporter, "verify", str(empty))
+    missing = await asyncio.to_thread(run_exporter, "verify", str(empty))
     assert missing.returncode == ExitCode.USAGE
     assert "Traceback" not in missing.stderr
     assert len(missing.stderr.splitlines()) == 1 and missing.stderr.startswith("error: ")
 
 
+@pytest.mark.slow
 async def test_a_killed_incremental_run_verifies_against_its_checkpoint(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -321,6 +281,7 @@ async def test_a_killed_incremental_run_verifies_against_its_checkpoint(
     assert load_manifest(out)["files"][0]["path"] in differences_by_subject(report)
 
 
+@pytest.mark.slow
 async def test_a_failed_runs_orphans_are_uncommitted_not_added(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import signal
 import socket
@@ -16,15 +15,17 @@ import orjson
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 
 from exporter.backup.storage import Storage
 from exporter.commands.main import main
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
-from tests.backup.test_s3 import s3_server  # noqa: F401  (the moto server fixture)
-from tests.conftest import TOKEN, StartSimulator
-from tests.export.test_export import run_export
+from tests.helpers.runs import run_cli, run_export
+from tests.helpers.sim import TOKEN, StartSimulator, clean_env
+
+pytestmark = pytest.mark.slow  # every test starts or uses a moto S3 server
 
 
 def new_uri() -> str:
@@ -46,19 +47,8 @@ def as_json(command: str, where: str) -> tuple[int, dict[str, Any]]:
 
 async def exporter(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """A real `python -m exporter` process; it inherits the AWS variables."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "exporter",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**environment, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    command = [sys.executable, "-m", "exporter", *args]
+    return await asyncio.wait_for(run_cli(command, env=env), timeout=60)
 
 
 def load_manifest(storage: Storage) -> dict[str, Any]:
@@ -119,7 +109,7 @@ async def export_to_s3(start_simulator: StartSimulator, seed: int) -> tuple[str,
 
 
 async def test_finished_run_verifies_and_reports_as_a_local_copy_does(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     start_simulator: StartSimulator,
     tmp_path: Path,
 ) -> None:
@@ -174,7 +164,7 @@ async def test_finished_run_verifies_and_reports_as_a_local_copy_does(
 
 
 async def test_tampered_objects_are_reported_by_name(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     start_simulator: StartSimulator,
 ) -> None:
     uri, storage = await export_to_s3(start_simulator, seed=32)
@@ -216,7 +206,7 @@ async def test_tampered_objects_are_reported_by_name(
 
 
 async def test_recorded_paths_cannot_leave_the_prefix(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     start_simulator: StartSimulator,
 ) -> None:
     """A manifest naming a key in another prefix or bucket is a `path` difference, not a read."""
@@ -242,7 +232,7 @@ async def test_recorded_paths_cannot_leave_the_prefix(
 
 async def kill_export_on_s3(base_url: str, uri: str) -> None:
     """A real `exporter export --out s3://...`, SIGKILLed once its checkpoint commits step files."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    environment = clean_env()
     process = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "exporter", "export", "--base-url", base_url, "--token", TOKEN],
         *["--out", uri, "--commit-interval", "0.2", "--file-rows", "100", "--page-size", "50"],
@@ -273,7 +263,7 @@ async def kill_export_on_s3(base_url: str, uri: str) -> None:
 
 
 async def test_unfinished_run_verifies_against_its_checkpoint(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     start_simulator: StartSimulator,
     tmp_path: Path,
 ) -> None:
@@ -335,7 +325,7 @@ async def test_unfinished_run_verifies_against_its_checkpoint(
     assert differences_by_subject(report) == {target: {"sha256"}}
 
 
-async def test_no_export_no_bucket_no_server(s3_server: str) -> None:  # noqa: F811
+async def test_no_export_no_bucket_no_server(s3_server: str) -> None:
     # An empty prefix in a bucket that exists: no export, as for an empty local directory.
     empty = new_uri()
     code, stdout, stderr = invoke("verify", empty)

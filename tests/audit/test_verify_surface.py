@@ -7,12 +7,13 @@ from pathlib import Path
 
 from exporter.core.errors import ExitCode
 from exporter.export.repair import quarantine_name
-from tests.audit.test_verify import backup, load_manifest, verify_json, verify_text  # noqa: F401
+from tests.helpers.checks import load_manifest
+from tests.helpers.commands import verify_json, verify_text
 
 OTHER_RUN = "20261204T000000Z-abcdef"
 
 
-def test_a_file_set_aside_by_repair_is_listed_not_a_mismatch(backup: Path) -> None:  # noqa: F811
+def test_a_file_set_aside_by_repair_is_listed_not_a_mismatch(backup: Path) -> None:
     relative = next(f["path"] for f in load_manifest(backup)["files"])
     aside = quarantine_name(relative, OTHER_RUN)
     (backup / aside).write_bytes((backup / relative).read_bytes()[:100])  # damaged bytes
@@ -26,7 +27,7 @@ def test_a_file_set_aside_by_repair_is_listed_not_a_mismatch(backup: Path) -> No
     assert not report["differences"]
 
 
-def test_uncommitted_is_what_export_would_remove(backup: Path) -> None:  # noqa: F811
+def test_uncommitted_is_what_export_would_remove(backup: Path) -> None:
     document = load_manifest(backup)
     relative = next(f["path"] for f in document["files"] if f["type"] == "sequenceStep")
     folder = relative.rsplit("/", 1)[0]

@@ -16,9 +16,8 @@ from exporter.backup.sink import DataFile
 from exporter.backup.storage import Storage
 from exporter.core.errors import ExitCode, UsageError
 from exporter.export.crawl import EmittedIds, plan_partitions
-from tests.conftest import StartSimulator, spawn
-from tests.export.test_export import run_export
-from tests.export.test_resume import export_command
+from tests.helpers.runs import export_command, run_export
+from tests.helpers.sim import StartSimulator, spawn
 
 
 @given(st.integers(1, 10**12), st.integers(0, 10**6), st.integers(1, 64))
@@ -133,6 +132,7 @@ def test_manifest_paths_that_leave_the_backup_are_refused(
         manifest.load_checked(tmp_path)
 
 
+@pytest.mark.slow
 async def test_export_never_writes_outside_out_for_a_tampered_checkpoint(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

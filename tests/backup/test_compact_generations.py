@@ -24,10 +24,8 @@ from exporter.backup.compact import (
 )
 from exporter.backup.storage import Storage
 from exporter.core.errors import ExitCode
-from tests.backup.test_s3 import s3_server  # noqa: F401 - the fixture
-from tests.conftest import Running, StartSimulator, clean_env, spawn
-from tests.export.test_export import run_export
-from tests.export.test_incremental import mutate
+from tests.helpers.runs import run_export
+from tests.helpers.sim import Running, StartSimulator, clean_env, mutate, spawn
 
 Fingerprint = dict[str, str]  # type -> sha256 of its rows (as Arrow IPC), one set
 
@@ -146,6 +144,7 @@ async def nights_of_killed_compactions(
     assert not [p for p in left if p.endswith(".inprogress")], left
 
 
+@pytest.mark.slow
 async def test_killed_compactions_never_show_a_mixed_set_locally(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -154,8 +153,9 @@ async def test_killed_compactions_never_show_a_mixed_set_locally(
     await nights_of_killed_compactions(running, str(out), Storage.open(out), tmp_path, 4, 4, 2.0)
 
 
+@pytest.mark.slow
 async def test_killed_compactions_never_show_a_mixed_set_on_s3(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     start_simulator: StartSimulator,
     tmp_path: Path,
 ) -> None:
@@ -192,6 +192,7 @@ def test_a_killed_writes_leftovers_and_old_layout_are_removed_not_others(tmp_pat
     assert not (current / "gen-20260102T000000Z-bbbbbb").exists()  # emptied: removed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "bit-flipped", "deleted"])
 async def test_compact_names_a_damaged_part_in_one_line(
     damage: str, start_simulator: StartSimulator, tmp_path: Path

@@ -22,9 +22,12 @@ from exporter.backup.lock import LEASE_NAME, BusyError, OutputLock
 from exporter.backup.storage import DocumentChanged, Storage
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
-from tests.backup.test_s3 import assert_exact_on_s3, s3_server  # noqa: F401 - the fixture
-from tests.conftest import StartSimulator, spawn
-from tests.export.test_resume import assert_exact, export_command, run_to_completion
+from tests.helpers.checks import assert_exact
+from tests.helpers.runs import export_command, run_to_completion
+from tests.helpers.s3 import assert_exact_on_s3
+from tests.helpers.sim import StartSimulator, spawn
+
+pytestmark = pytest.mark.slow  # exports and compactions racing, S3 leases: seconds each
 
 
 async def run_cli(command: list[str]) -> tuple[int, str]:
@@ -133,7 +136,7 @@ def dead_pid() -> int:
 
 
 async def test_export_to_s3_respects_a_live_lease_and_takes_over_dead_ones(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     start_simulator: StartSimulator,
 ) -> None:
     running = await start_simulator(steps=600, seed=44)
@@ -163,7 +166,7 @@ async def test_export_to_s3_respects_a_live_lease_and_takes_over_dead_ones(
     assert code == 0, err
 
 
-def test_lease_is_renewed_and_a_lost_lease_stops_commits(s3_server: str) -> None:  # noqa: F811
+def test_lease_is_renewed_and_a_lost_lease_stops_commits(s3_server: str) -> None:
     storage = Storage.open(f"s3://backups/lease-{uuid.uuid4().hex[:8]}")
     lock = OutputLock(storage, "export", ttl=0.9)
     lock.acquire()
@@ -187,7 +190,7 @@ def test_lease_is_renewed_and_a_lost_lease_stops_commits(s3_server: str) -> None
     assert storage.exists(LEASE_NAME)  # not ours any more: left to its holder
 
 
-def test_guarded_documents_are_written_only_as_last_read(s3_server: str) -> None:  # noqa: F811
+def test_guarded_documents_are_written_only_as_last_read(s3_server: str) -> None:
     """create-if-absent and replace-if-unchanged on the checkpoint: a run never overwrites a
     checkpoint another run wrote since it read it."""
     uri = f"s3://backups/cond-{uuid.uuid4().hex[:8]}"
@@ -208,7 +211,7 @@ def test_guarded_documents_are_written_only_as_last_read(s3_server: str) -> None
 
 
 def test_two_runs_reading_no_lease_at_once_cannot_both_take_it(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
 ) -> None:
     """B reads "no lease", pauses; A takes the lease; B writes: B must not hold it too."""
     storage_uri = f"s3://backups/race-{uuid.uuid4().hex[:8]}"
@@ -251,7 +254,7 @@ def test_two_runs_reading_no_lease_at_once_cannot_both_take_it(
     assert not Storage.open(storage_uri).exists(LEASE_NAME)
 
 
-def test_the_lease_is_read_again_at_every_commit(s3_server: str) -> None:  # noqa: F811
+def test_the_lease_is_read_again_at_every_commit(s3_server: str) -> None:
     storage = Storage.open(f"s3://backups/recheck-{uuid.uuid4().hex[:8]}")
     lock = OutputLock(storage, "export")  # renewed every 100 s: the renewer will not notice
     lock.acquire()
@@ -265,7 +268,7 @@ def test_the_lease_is_read_again_at_every_commit(s3_server: str) -> None:  # noq
 
 
 async def test_two_exports_started_together_on_s3_one_runs_one_stops(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     start_simulator: StartSimulator,
 ) -> None:
     running = await start_simulator(steps=800, seed=45, faults=Faults(latency_s=0.002))

@@ -15,15 +15,16 @@ from exporter.backup.compact import compact, load_pointer, read_current
 from exporter.backup.lock import LEASE_NAME, OutputLock
 from exporter.backup.storage import Storage
 from exporter.core.errors import ExitCode, OutputError
-from tests.backup.test_s3 import assert_exact_on_s3, s3_server  # noqa: F401 - the fixture
-from tests.conftest import StartSimulator, clean_env, spawn
-from tests.export.test_export import run_export
-from tests.export.test_resume import export_command
-from tests.s3_fault_proxy import Fault, FaultProxy, fault_proxy
+from tests.helpers.runs import export_command, run_cli, run_export
+from tests.helpers.s3 import assert_exact_on_s3
+from tests.helpers.s3_fault_proxy import Fault, FaultProxy, fault_proxy
+from tests.helpers.sim import StartSimulator
+
+pytestmark = pytest.mark.slow  # every test starts or uses a moto S3 server
 
 
 @pytest.fixture
-def proxy(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:  # noqa: F811
+def proxy(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
     """The fault proxy in front of moto; AWS_ENDPOINT_URL points at it for the test."""
     with fault_proxy(s3_server) as running:
         monkeypatch.setenv("AWS_ENDPOINT_URL", running.endpoint)
@@ -35,10 +36,7 @@ def new_uri(name: str) -> str:
 
 
 async def run(*args: str) -> tuple[int, str, str]:
-    process = await spawn(sys.executable, "-m", "exporter", *args, env=clean_env())
-    out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_cli([sys.executable, "-m", "exporter", *args])
 
 
 def test_a_lost_answer_to_a_conditional_write_is_recognised(proxy: FaultProxy) -> None:

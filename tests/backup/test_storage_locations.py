@@ -12,8 +12,7 @@ import pytest
 
 from exporter.backup.storage import Storage, redact_uri
 from exporter.core.errors import ExitCode, UsageError
-from tests.backup.test_s3 import s3_server  # noqa: F401 - the fixture
-from tests.conftest import TOKEN, StartSimulator, clean_env, spawn
+from tests.helpers.sim import TOKEN, StartSimulator, clean_env, spawn
 
 KEY_ID = "AKIAEXAMPLEKEY77"
 SECRET = "SeCrEt+Key/With=Signs-9"  # as it would be in a URI: percent-encoded where needed
@@ -117,8 +116,9 @@ async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     return process.returncode, out.decode() + err.decode()
 
 
+@pytest.mark.slow
 async def test_credentials_in_the_uri_are_never_shown(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
     start_simulator: StartSimulator,
 ) -> None:
     running = await start_simulator(steps=200, seed=91)
@@ -173,6 +173,7 @@ async def test_credentials_in_the_uri_are_never_shown(
         assert f"s3://backups/{prefix}/" in shown[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_format", ["text", "json"])
 async def test_the_export_result_names_the_manifest_once_under_the_location(
     log_format: str,
@@ -196,8 +197,9 @@ async def test_the_export_result_names_the_manifest_once_under_the_location(
     assert (tmp_path / "p1" / "_manifest.json").is_file()
 
 
+@pytest.mark.slow
 async def test_every_command_refuses_an_object_named_like_the_prefix(
-    s3_server: str,  # noqa: F811
+    s3_server: str,
 ) -> None:
     name = f"objp-{uuid.uuid4().hex[:6]}"
     bucket = Storage.open("s3://backups")

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
 from exporter.core.errors import ExitCode
-from tests.conftest import TOKEN, StartSimulator
+from tests.helpers.runs import run_exporter
+from tests.helpers.sim import TOKEN, StartSimulator
 
-
-def exporter(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        check=False,
-    )
+pytestmark = pytest.mark.slow  # every test runs `python -m exporter` subprocesses: seconds each
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
@@ -55,12 +41,12 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *
 def test_bad_flags_get_one_line_and_exit_2(
     tmp_path: Path, args: list[str], words: list[str]
 ) -> None:
-    result = exporter("export", "--out", str(tmp_path / "o"), "--token", "t", *args)
+    result = run_exporter("export", "--out", str(tmp_path / "o"), "--token", "t", *args)
     assert_one_line_error(result, 2, *words)
 
 
 def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
-    result = exporter("export", "--out", str(tmp_path), env={"OUTREACH_PAGE_SIZE": "zero"})
+    result = run_exporter("export", "--out", str(tmp_path), env={"OUTREACH_PAGE_SIZE": "zero"})
     assert_one_line_error(result, 2, "page-size")
 
 
@@ -68,26 +54,26 @@ def test_config_file_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[export]\npage_sise = 5\n")
     assert_one_line_error(
-        exporter("export", "--config", str(bad), "--out", str(tmp_path)), 2, "page_sise"
+        run_exporter("export", "--config", str(bad), "--out", str(tmp_path)), 2, "page_sise"
     )
     broken = tmp_path / "broken.toml"
     broken.write_text("[export\n")
     assert_one_line_error(
-        exporter("export", "--config", str(broken), "--out", str(tmp_path)), 2, "TOML"
+        run_exporter("export", "--config", str(broken), "--out", str(tmp_path)), 2, "TOML"
     )
     assert_one_line_error(
-        exporter("export", "--config", str(tmp_path / "none.toml"), "--out", "x"),
+        run_exporter("export", "--config", str(tmp_path / "none.toml"), "--out", "x"),
         2,
         "does not exist",
     )
 
 
 def test_missing_credentials(tmp_path: Path) -> None:
-    assert_one_line_error(exporter("export", "--out", str(tmp_path)), 2, "--token", "--demo")
+    assert_one_line_error(run_exporter("export", "--out", str(tmp_path)), 2, "--token", "--demo")
 
 
 def test_unreachable_base_url(tmp_path: Path) -> None:
-    result = exporter(
+    result = run_exporter(
         "export", "--out", str(tmp_path), "--token", "t", "--base-url", "http://127.0.0.1:9/api/v2"
     )
     assert_one_line_error(result, ExitCode.UNREACHABLE, "--base-url", "127.0.0.1:9")
@@ -105,14 +91,14 @@ def test_unreachable_base_url(tmp_path: Path) -> None:
 def test_a_uri_without_a_bucket_is_named_as_the_user_gave_it(
     args: tuple[str, ...], named: str
 ) -> None:
-    result = exporter(*args)
+    result = run_exporter(*args)
     assert_one_line_error(result, ExitCode.USAGE, named, "names a bucket")
 
 
 def test_unwritable_output(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = exporter("export", "--out", str(blocker / "sub"), "--token", "t")
+    result = run_exporter("export", "--out", str(blocker / "sub"), "--token", "t")
     assert_one_line_error(result, ExitCode.OUTPUT, str(blocker))
 
 
@@ -152,11 +138,11 @@ async def test_wrong_token_and_precedence(start_simulator: StartSimulator, tmp_p
 async def _async_exporter(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     import asyncio
 
-    return await asyncio.to_thread(exporter, *args, env=env)
+    return await asyncio.to_thread(run_exporter, *args, env=env)
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    result = exporter("export", "--demo", "--demo-steps", "700", "--out", str(tmp_path))
+    result = run_exporter("export", "--demo", "--demo-steps", "700", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "sequenceStep 700" in result.stdout
     manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
@@ -176,7 +162,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 
 def test_token_file_inside_out_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "backup"
-    result = exporter(
+    result = run_exporter(
         "export",
         "--out",
         str(out),

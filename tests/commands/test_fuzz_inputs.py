@@ -25,7 +25,9 @@ from hypothesis import strategies as st
 from exporter.commands.main import main
 from exporter.commands.values import usage_error_line
 from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
-from tests.conftest import TOKEN
+from tests.helpers.sim import TOKEN
+
+pytestmark = pytest.mark.slow  # hypothesis drives hundreds of inputs through the CLI: seconds each
 
 DOCUMENTED_EXIT_CODES = {0, 1, 2, 3, 4, 5, 6, 7, 130}
 CLOSED = "http://127.0.0.1:9/api/v2"

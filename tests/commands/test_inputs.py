@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from exporter.core.errors import ExitCode
-from tests.conftest import clean_env
+from tests.helpers.checks import assert_refused
+from tests.helpers.commands import invoke
+from tests.helpers.runs import run_exporter
 
 HANG = 20  # seconds: far longer than any refusal takes; a read that blocks runs into it
 
@@ -27,15 +28,7 @@ def run_cli(
     def cap_memory() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
-        capture_output=True,
-        text=True,
-        env=clean_env(**(env or {})),
-        timeout=timeout,
-        check=False,
-        preexec_fn=cap_memory,
-    )
+    return run_exporter(*args, env=env, timeout=timeout, preexec_fn=cap_memory)
 
 
 def assert_one_line(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
@@ -57,11 +50,13 @@ def fifo(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_config_that_is_dev_zero_is_refused(tmp_path: Path) -> None:
     result = run_cli("export", "--config", "/dev/zero", "--out", str(tmp_path / "o"))
     assert_one_line(result, ExitCode.USAGE, "/dev/zero", "not a regular file")
 
 
+@pytest.mark.slow
 def test_config_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path, fifo: Path) -> None:
     started = time.monotonic()
     result = run_cli("export", "--config", str(fifo), "--out", str(tmp_path / "o"))
@@ -69,6 +64,7 @@ def test_config_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path, fifo: 
     assert time.monotonic() - started < HANG / 2
 
 
+@pytest.mark.slow
 def test_config_that_is_too_big_is_refused(tmp_path: Path) -> None:
     big = tmp_path / "big.toml"
     big.write_text("# filler\n" * 200_000)  # 1.8 MB of valid TOML
@@ -76,10 +72,12 @@ def test_config_that_is_too_big_is_refused(tmp_path: Path) -> None:
     assert_one_line(result, ExitCode.USAGE, str(big), "larger than")
 
 
+@pytest.mark.slow
 def test_fleet_file_that_is_dev_zero_is_refused() -> None:
     assert_one_line(run_cli("fleet", "--config", "/dev/zero"), ExitCode.USAGE, "not a regular file")
 
 
+@pytest.mark.slow
 def test_fleet_token_file_that_is_a_fifo_fails_that_account_only(
     tmp_path: Path, fifo: Path
 ) -> None:
@@ -95,6 +93,7 @@ def test_fleet_token_file_that_is_a_fifo_fails_that_account_only(
     assert "FIFO" in row and "failed:" in row
 
 
+@pytest.mark.slow
 def test_fleet_token_file_that_is_dev_zero_fails_that_account_only(tmp_path: Path) -> None:
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(
@@ -114,11 +113,13 @@ OAUTH = (
 )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_refresh_token_store_that_is_a_fifo_is_refused(tmp_path: Path, fifo: Path) -> None:
     result = run_cli("export", "--out", str(tmp_path / "o"), *OAUTH, "--token-file", str(fifo))
     assert_one_line(result, ExitCode.USAGE, str(fifo), "FIFO")
 
 
+@pytest.mark.slow
 def test_refresh_token_store_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     store = tmp_path / "store.json"
     store.write_bytes(b'{"refresh_token": "\xff\xfe"}')
@@ -129,28 +130,6 @@ def test_refresh_token_store_that_is_not_utf8_is_refused(tmp_path: Path) -> None
 # -- item 8: one strict validation for flags, environment, config files and fleet files ---------
 
 BASE = ("--token", "t", "--base-url", "http://127.0.0.1:9/api/v2")
-
-
-def invoke(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """The command line in this process (click's CliRunner): exit code, stdout, stderr."""
-    from click.testing import CliRunner
-
-    from exporter.commands.main import main
-
-    clean = {k: None for k in os.environ if k.startswith("OUTREACH_")}
-    result = CliRunner().invoke(main, args, env={**clean, **(env or {})})
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.stdout, result.stderr
-
-
-def assert_refused(code: int, stderr: str, *words: str) -> None:
-    assert code == ExitCode.USAGE, (code, stderr)
-    assert "Traceback" not in stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
 
 
 @pytest.mark.parametrize(
@@ -276,6 +255,7 @@ def test_demo_beside_a_base_url_is_refused(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_bad_value_from_a_real_process_is_one_line(tmp_path: Path) -> None:
     result = run_cli("export", "--out", str(tmp_path), *BASE, "--overlap", "inf")
     assert_one_line(result, ExitCode.USAGE, "--overlap", "finite")
@@ -319,12 +299,13 @@ def test_a_fleet_out_that_is_empty_is_refused(tmp_path: Path) -> None:
     assert_refused(code, stderr, "'acme'", "out", "empty")
 
 
+@pytest.mark.slow
 def test_the_largest_accepted_values_run_an_exact_export(tmp_path: Path) -> None:
     """The ceilings are safe: an export and an incremental run with every bound at its maximum
     finish exactly (the overlap reaches a year back, no checkpoint overflows)."""
     from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
-    from tests.conftest import TOKEN
-    from tests.fleet.test_fleet import assert_exact
+    from tests.helpers.checks import assert_exact_for_seed
+    from tests.helpers.sim import TOKEN
 
     extremes = [
         "--overlap", "31536000", "--commit-interval", "86400", "--read-timeout", "3600",
@@ -339,7 +320,7 @@ def test_the_largest_accepted_values_run_an_exact_export(tmp_path: Path) -> None
         again = run_cli(*args, "--incremental", env={"OUTREACH_TOKEN": TOKEN}, timeout=120)
         assert again.returncode == 0, again.stderr
     assert "Traceback" not in first.stderr + again.stderr
-    assert_exact(tmp_path, 120, 8)
+    assert_exact_for_seed(tmp_path, 120, 8)
 
 
 # -- every numeric option of every command is finite and bounded -------------------------------
@@ -414,6 +395,7 @@ def test_no_command_shows_the_help() -> None:
     assert code == ExitCode.USAGE and "Commands:" in stdout + stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["export", "fleet"])
 @pytest.mark.parametrize(
     "nesting", ["a = " + "[" * 50_000, "a = " + "{b = " * 50_000], ids=["arrays", "tables"]
@@ -443,7 +425,7 @@ def test_a_backup_dir_that_cannot_be_parsed_is_one_line(command: str, location: 
 @pytest.fixture
 def live_api() -> Iterator[str]:
     from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
-    from tests.conftest import TOKEN
+    from tests.helpers.sim import TOKEN
 
     with serve_in_thread(Simulator(SimulatorConfig(steps=20, seed=3, static_token=TOKEN))) as root:
         yield root + "/api/v2"
@@ -516,7 +498,7 @@ def test_a_fleet_secret_file_that_cannot_be_a_header_fails_its_account(
 def test_a_restore_journal_that_is_a_directory_is_one_line(
     tmp_path: Path, live_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.conftest import TOKEN
+    from tests.helpers.sim import TOKEN
 
     monkeypatch.chdir(tmp_path)  # --journal "" is the current directory
     backup = tmp_path / "b"

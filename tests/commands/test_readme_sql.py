@@ -8,11 +8,13 @@ from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
+import pytest
 
 from exporter.backup.compact import compact, read_current
-from tests.conftest import StartSimulator
-from tests.export.test_export import run_export
-from tests.export.test_incremental import mutate
+from tests.helpers.runs import run_export
+from tests.helpers.sim import StartSimulator, mutate
+
+pytestmark = pytest.mark.slow  # a backup with deltas and tombstones, then DuckDB: seconds
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

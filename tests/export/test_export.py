@@ -6,39 +6,24 @@ import asyncio
 import hashlib
 import itertools
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from exporter.api.auth import StaticToken
-from exporter.core.config import ExportSettings, RateLimit
-from exporter.core.secrets import Secret
-from exporter.export.run import Export, ExportResult
 from exporter.model.normalize import arrow_schema
 from exporter.simulator import Faults
-from tests.conftest import TOKEN, StartSimulator
-from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row, read_rows
+from tests.helpers.runs import run_export
+from tests.helpers.sim import TOKEN, StartSimulator
+from tests.helpers.truth import (
+    assert_rows_equal,
+    expected_steps,
+    read_rows,
+)
 
 
-async def run_export(base_url: str, out: Path, **overrides: Any) -> tuple[Export, ExportResult]:
-    settings = ExportSettings(
-        out=out,
-        base_url=base_url,
-        token=Secret(TOKEN),
-        rate_limit=RateLimit(100_000, 1.0),
-        **{"relationships": "none", **overrides},
-    )
-    job = Export(settings, StaticToken(Secret(TOKEN)))
-    return job, await job.run()
-
-
-def expected_steps(sim: Any) -> list[dict[str, Any]]:
-    return [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in sim.truth.records("sequenceStep")]
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("steps", "concurrency", "page_size"),
     [(1500, 1, 1000), (1500, 8, 1000), (150, 1, 1), (300, 8, 1), (2500, 8, 7)],
@@ -63,6 +48,7 @@ async def test_export_equals_ground_truth(
     assert running.sim.counters.max_in_flight <= concurrency
 
 
+@pytest.mark.slow
 async def test_data_covers_the_hard_cases(start_simulator: StartSimulator, tmp_path: Path) -> None:
     """The ground truth has what the comparison must survive: long notes, unicode, nulls, every type."""
     running = await start_simulator(steps=3000, seed=11)
@@ -81,6 +67,7 @@ async def test_data_covers_the_hard_cases(start_simulator: StartSimulator, tmp_p
     )
 
 
+@pytest.mark.slow
 async def test_splitting_keeps_workers_busy_and_output_exact(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -98,6 +85,7 @@ async def test_splitting_keeps_workers_busy_and_output_exact(
         assert low == high + 1  # the partitions still tile the id range exactly
 
 
+@pytest.mark.slow
 async def test_duckdb_reads_the_output_and_manifest_matches(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -146,6 +134,7 @@ async def test_duckdb_reads_the_output_and_manifest_matches(
             assert TOKEN.encode() not in produced.read_bytes(), produced
 
 
+@pytest.mark.slow
 async def test_walk_under_mutation_exports_each_surviving_record_once(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hashlib
 import math
-import os
 import resource
 import shutil
 import signal
@@ -23,55 +22,20 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-import exporter.export.run
-from exporter.api.auth import StaticToken, TokenSource
-from exporter.api.client import ClientSettings
 from exporter.commands.main import main
-from exporter.core.config import ExportSettings, RateLimit
+from exporter.core.config import RateLimit
 from exporter.core.errors import ExitCode
-from exporter.core.secrets import Secret
-from exporter.export.run import Export
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve_in_thread
-from tests.conftest import TOKEN, StartSimulator, clean_env, spawn
-from tests.export.test_resume import assert_exact
-from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row, read_rows
+from tests.helpers.checks import assert_exact, one_error_line
+from tests.helpers.runs import fast_retries, fast_retries_variable, run_export
+from tests.helpers.sim import TOKEN, StartSimulator, clean_env, spawn
+from tests.helpers.truth import (
+    assert_rows_equal,
+    expected_steps,
+    read_rows,
+)
 
-
-def fast_client(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> None:
-    """Make every client a run builds back off in milliseconds (tests only; see the report
-    in scripts/soak.py for real-time figures)."""
-    original = ClientSettings
-
-    def patched(**kwargs: Any) -> ClientSettings:
-        return original(**{**kwargs, "backoff_base": 0.005, "backoff_max": 0.05, **overrides})
-
-    monkeypatch.setattr(exporter.export.run, "ClientSettings", patched)
-
-
-async def export(
-    base_url: str, out: Path, tokens: TokenSource | None = None, **overrides: Any
-) -> Export:
-    settings = ExportSettings(
-        out=out,
-        base_url=base_url,
-        token=Secret(TOKEN),
-        **{"rate_limit": RateLimit(100_000, 1.0), "relationships": "none", **overrides},
-    )
-    job = Export(settings, tokens or StaticToken(Secret(TOKEN)))
-    await job.run()
-    return job
-
-
-def expected_steps(sim: Any) -> list[dict[str, Any]]:
-    return [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in sim.truth.records("sequenceStep")]
-
-
-def one_error_line(stderr: str) -> str:
-    """The one `error:` line of a failed run (progress lines aside), never a traceback."""
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if "rror" in line]
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    return lines[0]
+pytestmark = pytest.mark.slow  # exports through faults, rate windows and a full disk: seconds each
 
 
 def assert_checkpoint_intact(out: Path) -> dict[str, Any]:
@@ -87,9 +51,8 @@ def assert_checkpoint_intact(out: Path) -> dict[str, Any]:
 
 
 async def test_every_fault_kind_export_equals_truth(
-    start_simulator: StartSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
-    fast_client(monkeypatch, max_attempts=12)  # ~35% of answers are faulty here
     faults = Faults(
         error_rate=0.08,
         big_page_502_above=300,
@@ -102,7 +65,13 @@ async def test_every_fault_kind_export_equals_truth(
         seed=5,
     )
     running = await start_simulator(steps=1500, seed=21, faults=faults)
-    job = await export(running.base_url, tmp_path, relationships="all", concurrency=4)
+    job, _result = await run_export(
+        running.base_url,
+        tmp_path,
+        relationships="all",
+        concurrency=4,
+        retry=fast_retries(12),  # ~35% of answers are faulty here
+    )
     assert_exact(running, tmp_path)
     stats = job.client.stats if job.client else None
     assert stats is not None
@@ -133,17 +102,15 @@ async def test_an_answer_silent_past_the_read_timeout_is_asked_again(
     assert stats["retries"] > 0  # the silent answers were given up on and asked again
 
     patient = tmp_path / "patient"
-    job = await export(running.base_url, patient, page_size=50, concurrency=8)
+    job, _result = await run_export(running.base_url, patient, page_size=50, concurrency=8)
     assert_rows_equal(read_rows(patient / "sequenceSteps"), expected_steps(running.sim))
     assert job.client is not None and job.client.stats.retries == 0  # waited them out
 
 
-def test_retries_exhausted_one_line_then_resume(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_retries_exhausted_one_line_then_resume(tmp_path: Path) -> None:
     """Every answer fails after the first commit: one line naming URL, status and error id, exit
     1, the checkpoint intact; with the faults gone the same command finishes exactly."""
-    fast_client(monkeypatch, max_attempts=3)
+    fast = fast_retries_variable(3)
     sim = Simulator(
         SimulatorConfig(steps=2000, seed=41, static_token=TOKEN, faults=Faults(latency_s=0.01))
     )
@@ -168,7 +135,7 @@ def test_retries_exhausted_one_line_then_resume(
             *("--relationships", "none", "--rate-limit", "100000/1"),
         ]
         try:
-            result = CliRunner().invoke(main, args)
+            result = CliRunner().invoke(main, args, env=fast)
         finally:
             stop.set()
             flipper.join()
@@ -184,7 +151,7 @@ def test_retries_exhausted_one_line_then_resume(
         assert 0 < committed < 2000
 
         sim.faults.error_rate = 0.0
-        again = CliRunner().invoke(main, args)
+        again = CliRunner().invoke(main, args, env=fast)
         assert again.exit_code == 0, again.stderr
         assert "resumed and finished" in again.stdout
     assert_rows_equal(read_rows(out / "sequenceSteps"), expected_steps(sim))
@@ -195,7 +162,7 @@ async def test_rate_limit_alone_uses_the_window_without_429(
 ) -> None:
     running = await start_simulator(steps=700, seed=8, rate_limit=20, rate_window=1.0)
     started = time.monotonic()
-    job = await export(
+    job, _result = await run_export(
         running.base_url, tmp_path, page_size=20, concurrency=4, rate_limit=RateLimit(20, 1.0)
     )
     elapsed = time.monotonic() - started
@@ -229,7 +196,7 @@ async def test_another_program_spending_the_budget(
 
     spender = asyncio.create_task(other_program())
     try:
-        job = await export(
+        job, _result = await run_export(
             running.base_url,
             tmp_path,
             page_size=20,
@@ -267,7 +234,7 @@ async def test_a_429_waits_for_the_window_then_sends_the_same_request(
                     break
     spent = running.sim.counters.rate_limited
     started = time.monotonic()
-    job = await export(running.base_url, tmp_path, page_size=50, concurrency=4)
+    job, _result = await run_export(running.base_url, tmp_path, page_size=50, concurrency=4)
     assert_rows_equal(read_rows(tmp_path / "sequenceSteps"), expected_steps(running.sim))
     assert job.client is not None
     stats = job.client.stats
@@ -321,7 +288,7 @@ async def test_full_output_directory_exit_4_then_resume(
         *("--token", TOKEN, "--page-size", "100", "--commit-interval", "0.05"),
         *("--file-rows", "200", "--rate-limit", "100000/1", "--concurrency", "2"),
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    env = clean_env()
 
     async def run(preexec: Any = None) -> subprocess.CompletedProcess[str]:
         return await asyncio.to_thread(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pyarrow.parquet as pq
@@ -14,113 +12,23 @@ import pytest
 
 from exporter.audit.status import render, status
 from exporter.audit.verify import verify as verify_directory
-from exporter.backup.compact import compact, inverse_columns
+from exporter.backup.compact import compact
 from exporter.core.errors import UsageError
 from exporter.core.times import iso, micros
-from exporter.model.normalize import table_layout
-from exporter.model.schema import RESOURCE_TYPES, resource_type
-from tests.audit.test_verify_helpers import assert_manifest_matches_files
-from tests.conftest import Running, StartSimulator
-from tests.export.test_export import run_export
-from tests.export.test_relationships import expected_related, rel_columns
-from tests.truth import STEP_RELATIONSHIP_COLUMNS, expected_row, recorded_events
-
-CHILDREN = ("mailing", "call", "task", "sequenceTemplate")
-
-
-def mutate(running: Running, rng: random.Random, count: int) -> Counter[str]:
-    """Changes of the kinds the API shows in `updatedAt` (or by an id disappearing):
-    steps inserted, updated and deleted (childless ones), mailings, calls and tasks inserted,
-    updated and deleted, and the other related records updated."""
-    sim, store = running.sim, running.sim.store
-    done: Counter[str] = Counter()
-    parents = {
-        r["relationships"]["sequenceStep"]["data"]["id"]
-        for t in CHILDREN
-        for r in sim.truth.records(t)
-        if r["relationships"]["sequenceStep"]["data"] is not None
-    }
-    for _ in range(count):
-        kind = rng.choice(["insert", "update", "delete"])
-        type_name = rng.choice(RESOURCE_TYPES)
-        ids = sim.truth.ids(type_name)
-        if kind == "insert" and type_name in ("sequenceStep", "mailing", "call", "task"):
-            store.insert(type_name)
-        elif kind == "delete" and type_name in ("mailing", "call", "task"):
-            store.delete(type_name, rng.choice(ids))
-        elif kind == "delete" and type_name == "sequenceStep":
-            childless = [i for i in ids if i not in parents]
-            store.delete(type_name, rng.choice(childless))
-        elif ids:
-            kind = "update"
-            store.update(type_name, rng.choice(ids))
-        done[f"{kind} {type_name}"] += 1
-    return done
+from tests.helpers.checks import (
+    assert_compacted_equals_truth,
+    assert_manifest_matches_files,
+    assert_no_version_twice,
+    current_rows,
+)
+from tests.helpers.runs import run_export
+from tests.helpers.sim import CHILDREN, Running, StartSimulator, mutate
+from tests.helpers.truth import (
+    recorded_events,
+)
 
 
-def inverse_lists(type_name: str) -> list[str]:
-    layout = table_layout(type_name)
-    return [c.column for c in layout.to_many]
-
-
-def current_rows(directory: Path, type_name: str) -> list[dict[str, Any]]:
-    from exporter.backup.compact import read_current  # the set `_current/_current.json` names
-
-    assert resource_type(type_name).collection  # a type the backup knows
-    _generation, tables = read_current(directory)
-    return sorted(tables[type_name].to_pylist(), key=lambda r: r["id"])
-
-
-def assert_compacted_equals_truth(running: Running, out: Path) -> None:
-    sim = running.sim
-    compact(out)
-    steps = list(sim.truth.records("sequenceStep"))
-    got_steps = current_rows(out, "sequenceStep")
-    want_steps = [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in steps]
-    assert [r["id"] for r in got_steps] == [r["id"] for r in want_steps]
-    for got, want in zip(got_steps, want_steps, strict=True):
-        for column, _target, _back in inverse_columns("sequenceStep"):
-            want[column] = sorted(want[column] or [])  # derived by compaction, ids ascending
-        assert {k: got[k] for k in want} == want, want["id"]
-    for target, wanted in expected_related(sim, steps).items():
-        rows = {r["id"]: r for r in current_rows(out, target)}
-        # every record the current steps need is there, in its current version ...
-        for want in wanted:
-            assert want["id"] in rows, (target, want["id"])
-        # ... and nothing in the backup is stale or gone
-        for record_id, got in rows.items():
-            truth = sim.truth.get(target, record_id)
-            assert truth is not None, (target, record_id, "deleted but not tombstoned")
-            want = expected_row(truth, rel_columns(target))
-            # Inverse lists (a sequence's sequenceStepIds) change when a member comes or goes
-            # without the record's updatedAt moving: an incremental run cannot see that, so
-            # compaction derives them from the members' own to-one column (ids ascending).
-            for column, _target, _back in inverse_columns(target):
-                want[column] = sorted(want[column] or [])
-            # Other inverse lists stay as of the record's last fetch (README, "Incremental runs").
-            for column in set(inverse_lists(target)) - {c for c, _t, _b in inverse_columns(target)}:
-                del want[column]
-            assert {k: got[k] for k in want} == want, (target, record_id)
-
-
-def assert_no_version_twice(out: Path) -> None:
-    manifest = orjson.loads((out / "_manifest.json").read_bytes())
-    for type_name in {f["type"] for f in manifest["files"]} - {"_tombstone"}:
-        pairs: Counter[tuple[int, Any]] = Counter()
-        for entry in manifest["files"]:
-            if entry["type"] == type_name:
-                table = pq.read_table(out / entry["path"], columns=["id", "updatedAt"])
-                pairs.update(
-                    zip(
-                        table.column("id").to_pylist(),
-                        table.column("updatedAt").to_pylist(),
-                        strict=True,
-                    )
-                )
-        twice = [p for p, n in pairs.items() if n > 1]
-        assert not twice, (type_name, twice[:5])
-
-
+@pytest.mark.slow
 async def test_incremental_runs_then_compact_equal_ground_truth(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -163,6 +71,7 @@ async def test_incremental_runs_then_compact_equal_ground_truth(
     assert stones["sequenceStep"]["tombstones"] > 0 and stones["mailing"]["tombstones"] > 0
 
 
+@pytest.mark.slow
 async def test_unchanged_source_gives_an_empty_delta(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -185,6 +94,7 @@ async def test_incremental_without_a_finished_run_is_a_full_run(
     assert result.state.kind == "full" and result.rows["sequenceStep"] == 300
 
 
+@pytest.mark.slow
 async def test_detect_deletes_writes_tombstones(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

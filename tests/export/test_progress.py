@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pty
 import subprocess
@@ -11,11 +10,13 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
 from exporter.commands.display import render_lines, summary_line
 from exporter.core.progress import ResourceProgress, Snapshot
 from exporter.simulator import Faults
-from tests.conftest import TOKEN, StartSimulator
+from tests.helpers.runs import run_cli
+from tests.helpers.sim import TOKEN, StartSimulator, clean_env
 
 
 def command(base_url: str, out: Path, *extra: str) -> list[str]:
@@ -42,16 +43,6 @@ def command(base_url: str, out: Path, *extra: str) -> list[str]:
     ]
 
 
-async def run(cmd: list[str]) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    process = await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
-    out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 def test_render_lines_and_summary() -> None:
     snapshot = Snapshot(
         elapsed=10.0,
@@ -70,9 +61,10 @@ def test_render_lines_and_summary() -> None:
     assert summary_line(snapshot).startswith("progress: 2,500 records (sequenceStep 2,500), 250/s")
 
 
+@pytest.mark.slow
 async def test_json_log_format(start_simulator: StartSimulator, tmp_path: Path) -> None:
     running = await start_simulator(steps=1200, seed=61, faults=Faults(latency_s=0.02))
-    code, out, err = await run(
+    code, out, err = await run_cli(
         command(running.base_url, tmp_path, "--log-format", "json", "--progress-interval", "0.1")
     )
     assert code == 0, err
@@ -89,10 +81,11 @@ async def test_json_log_format(start_simulator: StartSimulator, tmp_path: Path) 
     assert TOKEN not in out + err
 
 
+@pytest.mark.slow
 async def test_verbose_logs_every_request(start_simulator: StartSimulator, tmp_path: Path) -> None:
     # Some answers fail: their retries are logged as well.
     running = await start_simulator(steps=700, seed=62, faults=Faults(error_rate=0.1))
-    code, _out, err = await run(
+    code, _out, err = await run_cli(
         command(
             running.base_url, tmp_path, "--verbose", "--log-format", "json", "--page-size", "50"
         )
@@ -109,8 +102,9 @@ async def test_verbose_logs_every_request(start_simulator: StartSimulator, tmp_p
     assert TOKEN not in err
 
 
+@pytest.mark.slow
 async def test_json_errors(tmp_path: Path) -> None:
-    code, _out, err = await run(
+    code, _out, err = await run_cli(
         command("http://127.0.0.1:9/api/v2", tmp_path, "--log-format", "json")
     )
     assert code == 5
@@ -118,24 +112,26 @@ async def test_json_errors(tmp_path: Path) -> None:
     assert last["level"] == "error" and last["exit_code"] == 5 and "--base-url" in last["message"]
 
 
+@pytest.mark.slow
 async def test_lines_off_a_terminal_and_quiet(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
     running = await start_simulator(steps=1200, seed=62, faults=Faults(latency_s=0.02))
-    code, _out, err = await run(
+    code, _out, err = await run_cli(
         command(running.base_url, tmp_path / "a", "--progress-interval", "0.1")
     )
     assert code == 0, err
     assert any(line.startswith("progress: ") for line in err.splitlines())
     assert "\x1b[" not in err  # no terminal codes in a log file
-    code, out, err = await run(command(running.base_url, tmp_path / "b", "--quiet"))
+    code, out, err = await run_cli(command(running.base_url, tmp_path / "b", "--quiet"))
     assert code == 0 and err == ""
     assert "sequenceStep 1,200" in out
 
 
+@pytest.mark.slow
 def test_live_display_on_a_terminal(tmp_path: Path) -> None:
     master, slave = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+    env = clean_env()
     process = subprocess.Popen(
         [
             sys.executable,

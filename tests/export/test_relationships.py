@@ -19,57 +19,18 @@ from exporter.core.errors import UsageError
 from exporter.core.secrets import Secret
 from exporter.export.crawl import Message, PageBatch
 from exporter.export.relationships import RelationshipWalk, parse_selection
-from exporter.model.normalize import arrow_schema, table_layout
+from exporter.model.normalize import arrow_schema
 from exporter.model.schema import resource_type
-from tests.conftest import TOKEN, StartSimulator
-from tests.export.test_export import run_export
-from tests.truth import assert_rows_equal, expected_row, read_rows, recorded_events
-
-LINK_ONLY = {"mailing", "call", "task"}
-DATA_LINKS = {  # relationship on the step -> target type
-    "sequence": "sequence",
-    "creator": "user",
-    "updater": "user",
-    "callPurpose": "callPurpose",
-    "taskPriority": "taskPriority",
-    "sequenceTemplates": "sequenceTemplate",
-}
-
-
-def rel_columns(type_name: str) -> dict[str, str]:
-    layout = table_layout(type_name)
-    return {c.relationship.name: c.column for c in (*layout.to_one, *layout.to_many)}
-
-
-def referenced(steps: list[dict[str, Any]]) -> dict[str, set[int]]:
-    """Ids each related type must hold, from the ground truth's steps."""
-    wanted: dict[str, set[int]] = {t: set() for t in set(DATA_LINKS.values())}
-    for step in steps:
-        for rel, target in DATA_LINKS.items():
-            data = step["relationships"][rel].get("data")
-            if isinstance(data, list):
-                wanted[target].update(int(d["id"]) for d in data)
-            elif data is not None:
-                wanted[target].add(int(data["id"]))
-    return wanted
-
-
-def expected_related(sim: Any, steps: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    wanted = referenced(steps)
-    step_ids = {int(s["id"]) for s in steps}
-    out: dict[str, list[dict[str, Any]]] = {}
-    for target in [*wanted, *LINK_ONLY]:
-        records = []
-        for record in sim.truth.records(target):
-            if target in LINK_ONLY:
-                owner = record["relationships"]["sequenceStep"]["data"]
-                keep = owner is not None and int(owner["id"]) in step_ids
-            else:
-                keep = int(record["id"]) in wanted[target]
-            if keep:
-                records.append(expected_row(record, rel_columns(target)))
-        out[target] = records
-    return out
+from tests.helpers.runs import export_deleting_a_sequence_midway, run_export
+from tests.helpers.sim import TOKEN, StartSimulator
+from tests.helpers.truth import (
+    LINK_ONLY,
+    assert_rows_equal,
+    expected_related,
+    read_rows,
+    recorded_events,
+    referenced,
+)
 
 
 def minimum_requests(
@@ -85,6 +46,7 @@ def minimum_requests(
     return max(math.ceil(records / page_size), math.ceil(key_bytes / room), 1 if keys else 0)
 
 
+@pytest.mark.slow
 async def test_related_datasets_equal_ground_truth_and_join(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -141,6 +103,7 @@ LINK_ONLY_RATIO = 1.25
 LINK_ONLY_FIXED = 2  # the first batch, sized before anything is learnt, and the last one
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("steps", "total_ratio"), [(3000, None), (50_000, 1.10)])
 async def test_requests_are_close_to_the_minimum(
     start_simulator: StartSimulator,
@@ -176,6 +139,7 @@ async def test_requests_are_close_to_the_minimum(
         assert total_actual <= total_minimum * total_ratio, (total_actual, total_minimum)
 
 
+@pytest.mark.slow
 async def test_selection_limits_the_walk(start_simulator: StartSimulator, tmp_path: Path) -> None:
     running = await start_simulator(steps=800, seed=4)
     _job, result = await run_export(running.base_url, tmp_path, relationships="sequence,mailings")
@@ -234,31 +198,7 @@ async def test_missing_references_are_listed_not_fatal(start_simulator: StartSim
     assert all(p.table.schema == arrow_schema("sequence") for p in pages)
 
 
-async def export_deleting_a_sequence_midway(running: Any, out: Path) -> int:
-    """Export with relationships=sequence, deleting one referenced sequence from the simulator
-    after the steps that name it were announced and before its batch is fetched; its id."""
-    victim: int = running.sim.truth.ids("sequence")[5]
-    original_announce = RelationshipWalk.announce
-
-    def announce_then_delete(
-        self: RelationshipWalk, table: pa.Table, only: set[str] | None = None
-    ) -> dict[str, int]:
-        needs = original_announce(self, table, only)
-        if (
-            running.sim.truth.get("sequence", victim) is not None
-            and victim in self.targets["sequence"].requested
-        ):
-            running.sim.store.delete("sequence", victim)
-        return needs
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(RelationshipWalk, "announce", announce_then_delete)
-        await run_export(
-            running.base_url, out, relationships="sequence", concurrency=1, page_size=100
-        )
-    return victim
-
-
+@pytest.mark.slow
 async def test_missing_references_reach_the_manifest(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -270,6 +210,7 @@ async def test_missing_references_reach_the_manifest(
     assert manifest["status"] == "complete"
 
 
+@pytest.mark.slow
 async def test_the_walk_runs_beside_the_crawl(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -293,7 +234,7 @@ async def test_records_a_batch_did_not_ask_for_are_not_written(
     """An answer to `filter[id]=a,b` that also holds record d, or to
     `filter[sequenceStep][id]=s,t` that holds a mailing of step u: d and that mailing are
     dropped, counted and logged; what was asked for is written."""
-    from tests.api.test_hostile import Crafted, proxy_for
+    from tests.helpers.tampering_proxy import Crafted, proxy_for
 
     running = await start_simulator(steps=300, seed=9)
     sim = running.sim

@@ -15,43 +15,29 @@ import pytest
 
 from exporter.api.auth import StaticToken
 from exporter.backup.damage import DamagedFileError
-from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import ExitCode, Interrupted, UsageError
 from exporter.core.secrets import Secret
 from exporter.export.run import Export, ExportResult
 from exporter.simulator import Faults
-from tests.conftest import TOKEN, Running, StartSimulator, clean_env, spawn
-from tests.export.test_incremental import (
+from tests.helpers.checks import (
     assert_compacted_equals_truth,
+    assert_exact,
     assert_no_version_twice,
-    mutate,
 )
-from tests.export.test_resume import assert_exact, export_command, run_to_completion
+from tests.helpers.runs import command_settings, export_command, run_to_completion
+from tests.helpers.sim import TOKEN, Running, StartSimulator, clean_env, mutate, spawn
+
+pytestmark = pytest.mark.slow  # exports stopped, damaged and repaired: seconds each
 
 DAMAGE = ("truncate", "flip", "delete")
-
-
-def settings(base_url: str, out: Path | str, **overrides: Any) -> ExportSettings:
-    return ExportSettings(
-        out=out,
-        base_url=base_url,
-        token=Secret(TOKEN),
-        rate_limit=RateLimit(100_000, 1.0),
-        **{
-            "relationships": "all",
-            "page_size": 100,
-            "concurrency": 4,
-            "commit_interval": 0.05,
-            "file_rows": 250,
-            **overrides,
-        },
-    )
 
 
 async def export(
     base_url: str, out: Path, *, repair: bool = False, **overrides: Any
 ) -> ExportResult:
-    job = Export(settings(base_url, out, **overrides), StaticToken(Secret(TOKEN)), repair=repair)
+    job = Export(
+        command_settings(base_url, out, **overrides), StaticToken(Secret(TOKEN)), repair=repair
+    )
     return await job.run()
 
 
@@ -60,7 +46,7 @@ async def stopped_run(running: Running, out: Path) -> dict[str, Any]:
     # Pages of 5: the walk cuts a batch of users once a page's worth is queued, so user files
     # are committed mid-crawl (with pages of 100, the few users of 1,500 steps waited for the
     # crawl's end, and a stop that came after the run's last check was no stop at all).
-    job = Export(settings(running.base_url, out, page_size=5), StaticToken(Secret(TOKEN)))
+    job = Export(command_settings(running.base_url, out, page_size=5), StaticToken(Secret(TOKEN)))
     task = asyncio.create_task(job.run())
     checkpoint = out / "_checkpoint.json"
     latency = running.sim.faults.latency_s

@@ -15,19 +15,21 @@ from exporter.core.errors import Interrupted
 from exporter.core.secrets import Secret
 from exporter.export.run import Export
 from exporter.simulator import Faults
-from tests.backup.test_s3 import assert_exact_on_s3, s3_server  # noqa: F401 - the fixture
-from tests.conftest import TOKEN, StartSimulator
-from tests.export.test_repair import settings
+from tests.helpers.runs import command_settings
+from tests.helpers.s3 import assert_exact_on_s3
+from tests.helpers.sim import TOKEN, StartSimulator
+
+pytestmark = pytest.mark.slow  # every test starts or uses a moto S3 server
 
 
 async def test_a_damaged_object_is_named_then_repaired_on_s3(
-    s3_server: str,  # noqa: F811 - the fixture
+    s3_server: str,
     start_simulator: StartSimulator,
 ) -> None:
     running = await start_simulator(steps=1500, seed=81, faults=Faults(latency_s=0.004))
     uri = "s3://backups/acme/repair"
     storage = Storage.open(uri)
-    job = Export(settings(running.base_url, uri), StaticToken(Secret(TOKEN)))
+    job = Export(command_settings(running.base_url, uri), StaticToken(Secret(TOKEN)))
     task = asyncio.create_task(job.run())
     deadline = asyncio.get_running_loop().time() + 60
     while asyncio.get_running_loop().time() < deadline:
@@ -46,10 +48,10 @@ async def test_a_damaged_object_is_named_then_repaired_on_s3(
     with storage.fs.open_output_stream(storage.path(victim)) as handle:
         handle.write(data[: len(data) // 3])
 
-    again = Export(settings(running.base_url, uri), StaticToken(Secret(TOKEN)))
+    again = Export(command_settings(running.base_url, uri), StaticToken(Secret(TOKEN)))
     with pytest.raises(DamagedFileError, match=victim):
         await again.run()
-    fixed = Export(settings(running.base_url, uri), StaticToken(Secret(TOKEN)), repair=True)
+    fixed = Export(command_settings(running.base_url, uri), StaticToken(Secret(TOKEN)), repair=True)
     result = await fixed.run()
     assert result.resumed
     assert_exact_on_s3(running, uri)
@@ -57,7 +59,7 @@ async def test_a_damaged_object_is_named_then_repaired_on_s3(
 
 
 async def test_restart_on_s3_keeps_a_users_objects(
-    s3_server: str,  # noqa: F811 - the fixture
+    s3_server: str,
     start_simulator: StartSimulator,
 ) -> None:
     running = await start_simulator(steps=300, seed=82)
@@ -68,11 +70,11 @@ async def test_restart_on_s3_keeps_a_users_objects(
         with storage.fs.open_output_stream(storage.path(relative)) as handle:
             handle.write(content)
     await Export(
-        settings(running.base_url, uri, relationships="none", restart=True),
+        command_settings(running.base_url, uri, relationships="none", restart=True),
         StaticToken(Secret(TOKEN)),
     ).run()
     await Export(
-        settings(running.base_url, uri, relationships="none", restart=True),
+        command_settings(running.base_url, uri, relationships="none", restart=True),
         StaticToken(Secret(TOKEN)),
     ).run()
     for relative, content in theirs.items():

@@ -4,33 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from exporter.api.auth import StaticToken
-from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import AuthError, ExitCode
-from exporter.core.secrets import Secret
-from exporter.export.run import Export, ExportResult
-from tests.conftest import TOKEN, StartSimulator, spawn
-from tests.export.test_export import expected_steps
-from tests.truth import assert_rows_equal
+from tests.helpers.runs import run_export
+from tests.helpers.sim import TOKEN, StartSimulator, spawn
+from tests.helpers.truth import assert_rows_equal, expected_steps
 
 ORPHAN = "part-20250101T000000Z-abcdef-00001.parquet"  # our naming, named by no checkpoint
-
-
-async def export(base_url: str, out: Path, token: str = TOKEN, **overrides: Any) -> ExportResult:
-    settings = ExportSettings(
-        out=out,
-        base_url=base_url,
-        token=Secret(token),
-        rate_limit=RateLimit(100_000, 1.0),
-        **{"relationships": "none", **overrides},
-    )
-    return await Export(settings, StaticToken(Secret(token))).run()
 
 
 def users_own_files(out: Path) -> dict[Path, bytes]:
@@ -54,6 +38,7 @@ def assert_intact(files: dict[Path, bytes]) -> None:
         assert path.read_bytes() == content
 
 
+@pytest.mark.slow
 async def test_restart_in_a_folder_that_is_not_a_backup_deletes_nothing(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -62,7 +47,7 @@ async def test_restart_in_a_folder_that_is_not_a_backup_deletes_nothing(
     # Named like ours, but with no checkpoint or manifest here nothing proves it is.
     (tmp_path / "sequenceSteps" / ORPHAN).write_bytes(b"a user's copy")
     mine[tmp_path / "sequenceSteps" / ORPHAN] = b"a user's copy"
-    result = await export(running.base_url, tmp_path, restart=True)
+    _job, result = await run_export(running.base_url, tmp_path, restart=True)
     assert result.rows == {"sequenceStep": 120}
     assert_intact(mine)
 
@@ -71,11 +56,11 @@ async def test_restart_with_a_wrong_token_deletes_nothing(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
     running = await start_simulator(steps=120, seed=4)
-    await export(running.base_url, tmp_path)
+    await run_export(running.base_url, tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     mine = users_own_files(tmp_path)
     with pytest.raises(AuthError):
-        await export(running.base_url, tmp_path, token="wrong-token", restart=True)
+        await run_export(running.base_url, tmp_path, token="wrong-token", restart=True)
     assert_intact(mine)
     assert_intact({p: c for p, c in before.items() if not p.name.startswith("_lock")})
 
@@ -84,7 +69,7 @@ async def test_restart_deletes_only_what_the_backup_names_and_our_orphans(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
     running = await start_simulator(steps=300, seed=5)
-    await export(running.base_url, tmp_path, file_rows=100)
+    await run_export(running.base_url, tmp_path, file_rows=100)
     old = orjson.loads((tmp_path / "_manifest.json").read_bytes())
     old_files = [tmp_path / f["path"] for f in old["files"]]
     assert len(old_files) >= 2 and all(p.exists() for p in old_files)
@@ -92,7 +77,7 @@ async def test_restart_deletes_only_what_the_backup_names_and_our_orphans(
     # Our naming, inside our directory of a folder holding our checkpoint: ours (README).
     orphan = tmp_path / "sequenceSteps" / ORPHAN
     orphan.write_bytes(b"left by a killed run")
-    result = await export(running.base_url, tmp_path, restart=True)
+    _job, result = await run_export(running.base_url, tmp_path, restart=True)
     assert result.rows == {"sequenceStep": 300}
     assert not any(p.exists() for p in old_files)
     assert not orphan.exists()
@@ -107,7 +92,7 @@ async def test_a_tampered_checkpoint_cannot_make_restart_delete_a_users_file(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
     running = await start_simulator(steps=50, seed=6)
-    await export(running.base_url, tmp_path)
+    await run_export(running.base_url, tmp_path)
     mine = users_own_files(tmp_path)
     outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
     outside.write_bytes(b"keep")
@@ -117,7 +102,7 @@ async def test_a_tampered_checkpoint_cannot_make_restart_delete_a_users_file(
     for path in ("tasks/todo.txt", "../" + outside.name, "notes.md"):
         state["resources"]["sequenceStep"]["files"].append({**named, "path": path})
     (tmp_path / "_checkpoint.json").write_bytes(orjson.dumps(state))
-    await export(running.base_url, tmp_path, restart=True)
+    await run_export(running.base_url, tmp_path, restart=True)
     assert_intact(mine)
 
 
@@ -128,7 +113,7 @@ async def test_a_fresh_run_keeps_part_named_files_of_a_folder_it_does_not_own(
     foreign = tmp_path / "sequenceSteps" / ORPHAN
     foreign.parent.mkdir(parents=True)
     foreign.write_bytes(b"someone else's")
-    await export(running.base_url, tmp_path)
+    await run_export(running.base_url, tmp_path)
     assert foreign.read_bytes() == b"someone else's"
 
 
@@ -138,7 +123,7 @@ async def test_every_run_removes_uncommitted_files_of_ours_first(
     """Left by an incremental run that failed before its first commit: removed by the next
     `--incremental` run (before, only fresh and resumed runs cleaned up)."""
     running = await start_simulator(steps=60, seed=8)
-    first = await export(running.base_url, tmp_path)
+    _job, first = await run_export(running.base_url, tmp_path)
     committed = tmp_path / first.state.resources["sequenceStep"].files[0].path
     failed = "20250101T000000Z-abcdef"
     left = tmp_path / "sequenceSteps" / f"run={failed}" / f"part-{failed}-00001.parquet"
@@ -150,7 +135,7 @@ async def test_every_run_removes_uncommitted_files_of_ours_first(
     lookalike = left.parent / "part-notes.parquet"  # not our naming: not ours
     lookalike.write_bytes(b"x")
     mine[lookalike] = b"x"
-    again = await export(running.base_url, tmp_path, incremental=True)
+    _job, again = await run_export(running.base_url, tmp_path, incremental=True)
     assert again.state.kind == "incremental"
     assert not left.exists() and not temporary.exists()
     assert_intact(mine)
@@ -158,11 +143,12 @@ async def test_every_run_removes_uncommitted_files_of_ours_first(
     assert committed.relative_to(tmp_path).as_posix() in {f["path"] for f in manifest["files"]}
 
 
+@pytest.mark.slow
 async def test_cli_restart_with_a_wrong_token_exits_3_and_deletes_nothing(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
     running = await start_simulator(steps=50, seed=9)
-    await export(running.base_url, tmp_path)
+    await run_export(running.base_url, tmp_path)
     before = {
         p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "_lock" not in p.name
     }

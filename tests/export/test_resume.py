@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import signal
@@ -12,95 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from exporter.core.errors import ExitCode
-from exporter.model.schema import resource_type
 from exporter.simulator import Faults
-from tests.audit.test_verify_helpers import assert_manifest_matches_files
-from tests.conftest import TOKEN, Running, StartSimulator, spawn
-from tests.export.test_relationships import expected_related
-from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row, read_rows
+from tests.helpers.checks import assert_exact
+from tests.helpers.runs import export_command, kill_now, run_to_completion
+from tests.helpers.sim import StartSimulator, spawn
 
 KILL_POINTS = int(os.environ.get("RESUME_KILL_POINTS", "20"))
 
 
-def export_command(running: Running, out: Path | str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "exporter",
-        "export",
-        "--out",
-        str(out),
-        "--base-url",
-        running.base_url,
-        "--token",
-        TOKEN,
-        "--page-size",
-        "100",
-        "--concurrency",
-        "4",
-        "--commit-interval",
-        "0.05",
-        "--file-rows",
-        "250",
-        "--rate-limit",
-        "100000/1",
-        *extra,
-    ]
-
-
-def kill_now(process: asyncio.subprocess.Process) -> bool:
-    """SIGKILL `process`; False when it had already exited (and been reaped) just before: the
-    kill did not land, so the caller must not count it (its exit code says how it ended)."""
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGKILL)
-        return True
-    return False
-
-
-async def run_to_completion(command: list[str], kills: list[float]) -> tuple[int, list[int]]:
-    """Run `command`, SIGKILL it after each delay in `kills` (restarting it), then let it finish."""
-    codes: list[int] = []
-    for delay in [*kills, None]:
-        process = await spawn(*command)
-        if delay is not None:
-            try:
-                await asyncio.wait_for(process.wait(), timeout=delay)
-            except TimeoutError:
-                kill_now(process)  # a race with its own exit is counted by its exit code
-        _out, err = await process.communicate()
-        assert b"Traceback" not in err, err.decode()
-        codes.append(process.returncode if process.returncode is not None else -1)
-        if (
-            codes[-1] == ExitCode.USAGE
-            and b"already holds a finished export" in err
-            and len(codes) > 1
-        ):
-            break  # the previous run was killed after it had finished: nothing left to do
-        if delay is None or process.returncode == 0:
-            assert process.returncode == 0, err.decode()
-            break  # finished (before the kill was due, or at last)
-    return codes[-1], codes
-
-
-def assert_exact(running: Running, out: Path) -> None:
-    """Every dataset equals the simulator's ground truth, with a manifest that matches the files."""
-    steps = list(running.sim.truth.records("sequenceStep"))
-    assert_rows_equal(
-        read_rows(out / "sequenceSteps"),
-        [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in steps],
-    )
-    for target, rows in expected_related(running.sim, steps).items():
-        directory = out / resource_type(target).collection
-        assert_rows_equal(read_rows(directory), sorted(rows, key=lambda r: r["id"]))
-    assert_manifest_matches_files(out)
-    leftovers = [
-        p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".inprogress")
-    ]
-    assert not leftovers, leftovers
-
-
+@pytest.mark.slow
 async def test_sigkill_at_random_instants_then_resume_is_exact(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -132,6 +54,7 @@ async def test_sigkill_at_random_instants_then_resume_is_exact(
             assert manifest["stats"]["resumed"] in (True, False)
 
 
+@pytest.mark.slow
 async def test_sigterm_commits_and_says_how_to_resume(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -162,6 +85,7 @@ async def test_sigterm_commits_and_says_how_to_resume(
     assert manifest["stats"]["resumed"] is True
 
 
+@pytest.mark.slow
 async def test_restart_discards_a_killed_run_and_starts_over(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -192,6 +116,7 @@ async def test_restart_discards_a_killed_run_and_starts_over(
     assert_exact(running, tmp_path)
 
 
+@pytest.mark.slow
 async def test_file_uri_output(start_simulator: StartSimulator, tmp_path: Path) -> None:
     running = await start_simulator(steps=800, seed=34)
     out = tmp_path / "via-uri"

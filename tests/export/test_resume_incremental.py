@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import shutil
@@ -10,59 +9,21 @@ import signal
 from pathlib import Path
 
 import orjson
+import pytest
 
-from exporter.audit.verify import verify
-from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
-from tests.audit.test_verify_helpers import assert_manifest_matches_files
-from tests.conftest import Running, StartSimulator
-from tests.export.test_incremental import (
+from tests.helpers.checks import (
     assert_compacted_equals_truth,
-    assert_no_version_twice,
-    mutate,
+    assert_consistent,
 )
-from tests.export.test_resume import export_command, run_to_completion
+from tests.helpers.runs import export_command, run_to_completion, timed_run
+from tests.helpers.sim import Running, StartSimulator, mutate
+
+pytestmark = pytest.mark.slow  # nightly runs killed at random instants: minutes
 
 ROUNDS = int(os.environ.get("RESUME_INCREMENTAL_ROUNDS", "7"))
 MUTATIONS = 60  # per round, of every kind `mutate` makes
 INCREMENTAL = ("--incremental", "--detect-deletes")
-
-
-def mtime_ns(path: Path) -> int | None:
-    try:
-        return path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return None
-
-
-async def timed_run(command: list[str], out: Path) -> tuple[float, float]:
-    """Run `command` uninterrupted; return (seconds until its first checkpoint commit, seconds in all)."""
-    checkpoint = out / "_checkpoint.json"
-    before = mtime_ns(checkpoint)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    run = asyncio.create_task(run_to_completion(command, []))
-    first_commit: float | None = None
-    while not run.done():
-        if first_commit is None and mtime_ns(checkpoint) != before:
-            first_commit = loop.time() - started
-        await asyncio.sleep(0.005)
-    code, _codes = await run
-    assert code == 0
-    duration = loop.time() - started
-    return (first_commit if first_commit is not None else 0.0), duration
-
-
-def assert_consistent(out: Path) -> None:
-    """The manifest matches the files, no version is written twice, nothing is left over."""
-    assert_manifest_matches_files(out)  # _current/ (compact's output) is not the backup's
-    assert_no_version_twice(out)
-    report = verify(out)
-    assert report.exit_code == ExitCode.OK, [d.line() for d in report.differences]
-    leftovers = [
-        p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".inprogress")
-    ]
-    assert not leftovers, leftovers
 
 
 def assert_round_exact(running: Running, out: Path) -> None:

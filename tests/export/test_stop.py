@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from exporter.api.client import STOP_GRACE
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
-from tests.conftest import TOKEN, Running, StartSimulator, clean_env, spawn
-from tests.export.test_resume import assert_exact, export_command, run_to_completion
+from tests.helpers.checks import assert_exact
+from tests.helpers.runs import export_command, run_to_completion
+from tests.helpers.sim import TOKEN, Running, StartSimulator, clean_env, spawn
+
+pytestmark = pytest.mark.slow  # signals to export subprocesses stuck on trickles: seconds each
 
 
 async def poll(condition: Any, seconds: float, what: str) -> None:

@@ -16,10 +16,10 @@ from exporter.backup.compact import NOT_ASKED_BY_STEP, with_inverse_lists
 from exporter.model.schema import ResourceType
 from exporter.simulator import query
 from exporter.simulator.query import Query, QueryError, parse_query
-from tests.conftest import Running, StartSimulator
-from tests.export.test_export import run_export
-from tests.export.test_incremental import assert_compacted_equals_truth, mutate
-from tests.truth import recorded_events
+from tests.helpers.checks import assert_compacted_equals_truth
+from tests.helpers.runs import run_export
+from tests.helpers.sim import Running, StartSimulator, mutate
+from tests.helpers.truth import recorded_events
 
 TEMPLATE_BY_STEP = "sequenceTemplate.sequenceStep"
 
@@ -74,6 +74,7 @@ def test_compaction_keeps_a_steps_own_members_the_backup_lacks_when_not_asked_by
     assert unsure.column("sequenceTemplateIds").to_pylist() == [[1, 2], [3]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["refuse", "ignore"])
 async def test_incremental_runs_go_on_when_templates_cannot_be_asked_for_by_step(
     start_simulator: StartSimulator,

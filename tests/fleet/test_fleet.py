@@ -23,9 +23,13 @@ from exporter.core.errors import ExitCode, UsageError
 from exporter.core.times import utc_now
 from exporter.fleet.fleet import Account, export_account, resolve
 from exporter.simulator import Faults, Simulator, SimulatorConfig, serve_in_thread
-from tests.audit.test_verify_helpers import assert_manifest_matches_files
-from tests.conftest import TOKEN, StartSimulator
-from tests.truth import STEP_RELATIONSHIP_COLUMNS, assert_rows_equal, expected_row, read_rows
+from tests.helpers.checks import assert_exact_for_seed
+from tests.helpers.runs import run_exporter
+from tests.helpers.sim import TOKEN, StartSimulator, clean_env
+from tests.helpers.truth import (
+    assert_rows_equal,
+    expected_steps,
+)
 
 IDENTITY = 1  # requests an export spends confirming whose backup `out` holds (`account.identify`)
 FAST = {"rate_limit": "100000/1", "relationships": "none", "page_size": 100, "concurrency": 2}
@@ -47,32 +51,6 @@ def fleet_toml(defaults: dict[str, Any], accounts: list[dict[str, Any]]) -> str:
     for account in accounts:
         lines += ["", "[[account]]", *(f"{k} = {value(v)}" for k, v in account.items())]
     return "\n".join(lines) + "\n"
-
-
-def exporter(
-    *args: str, env: dict[str, str], timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    full_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def expected_steps(steps: int, seed: int) -> list[dict[str, Any]]:
-    """Ground truth of a simulator with this size and seed (the data is deterministic)."""
-    sim = Simulator(SimulatorConfig(steps=steps, seed=seed))
-    return [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in sim.truth.records("sequenceStep")]
-
-
-def assert_exact(out: Path, steps: int, seed: int) -> None:
-    assert_rows_equal(read_rows(out / "sequenceSteps"), expected_steps(steps, seed))
-    assert_manifest_matches_files(out)
 
 
 def assert_no_secret(secret: str, *texts: str, under: Path) -> None:
@@ -285,6 +263,7 @@ def simulators_in_threads(*specs: tuple[int, int]) -> Iterator[list[str]]:
         yield urls
 
 
+@pytest.mark.slow
 def test_local_fleet_exports_every_account_exactly(tmp_path: Path) -> None:
     (tmp_path / "beta-token").write_text(TOKEN)
     with simulators_in_threads((1200, 21), (700, 22)) as (alpha_url, beta_url):
@@ -303,7 +282,7 @@ def test_local_fleet_exports_every_account_exactly(tmp_path: Path) -> None:
                 ],
             )
         )
-        result = exporter("fleet", "--config", str(config), env={"ALPHA_TOKEN": TOKEN})
+        result = run_exporter("fleet", "--config", str(config), env={"ALPHA_TOKEN": TOKEN})
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stdout.splitlines()
@@ -311,13 +290,14 @@ def test_local_fleet_exports_every_account_exactly(tmp_path: Path) -> None:
     assert lines[1].split()[:2] == ["alpha", "1,200"] and lines[1].endswith("  ok")
     assert lines[2].split()[:2] == ["beta", "700"] and lines[2].endswith("  ok")
     assert lines[3].split()[:2] == ["total", "1,900"] and lines[3].endswith("2 ok, 0 failed")
-    assert_exact(tmp_path / "out" / "alpha", 1200, 21)
-    assert_exact(tmp_path / "out" / "beta", 700, 22)
+    assert_exact_for_seed(tmp_path / "out" / "alpha", 1200, 21)
+    assert_exact_for_seed(tmp_path / "out" / "beta", 700, 22)
     beta_manifest = orjson.loads((tmp_path / "out" / "beta" / "_manifest.json").read_bytes())
     assert beta_manifest["parameters"]["concurrency"] == 1  # the account's own override
     assert_no_secret(TOKEN, result.stdout, result.stderr, under=tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_one_failing_account_is_named_and_the_others_finish(tmp_path: Path) -> None:
     with simulators_in_threads((900, 23), (400, 24)) as (good_url, bad_url):
         config = tmp_path / "fleet.toml"
@@ -332,7 +312,7 @@ def test_one_failing_account_is_named_and_the_others_finish(tmp_path: Path) -> N
             )
         )
         wrong = "wrong-token-0c4e7a"
-        result = exporter(
+        result = run_exporter(
             "fleet", "--config", str(config), env={"GOOD_TOKEN": TOKEN, "WRONG_TOKEN": wrong}
         )
     assert result.returncode == ExitCode.FAILED, (result.stdout, result.stderr)
@@ -345,14 +325,15 @@ def test_one_failing_account_is_named_and_the_others_finish(tmp_path: Path) -> N
     assert rows["total"].endswith("1 ok, 2 failed")
     [summary] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "bad-token, no-env" in summary and "good" not in summary.replace("no-env", "")
-    assert_exact(tmp_path / "out" / "good", 900, 23)
+    assert_exact_for_seed(tmp_path / "out" / "good", 900, 23)
     assert_no_secret(wrong, result.stdout, result.stderr, under=tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_bad_fleet_file_exits_2_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "fleet.toml"
     config.write_text('[[account]]\nname = "acme"\nout = "/o"\ntoken = "sk-inline-778899"\n')
-    result = exporter("fleet", "--config", str(config), env={})
+    result = run_exporter("fleet", "--config", str(config), env={})
     assert result.returncode == ExitCode.USAGE
     assert result.stderr.count("\n") == 1 and "'acme'" in result.stderr
     assert "sk-inline-778899" not in result.stderr
@@ -389,6 +370,7 @@ def committed_files(out: Path) -> tuple[str, int] | None:
     return None
 
 
+@pytest.mark.slow
 def test_dask_worker_killed_mid_export_resumes_elsewhere_exactly(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     token_file = tmp_path / "token"
@@ -424,7 +406,7 @@ def test_dask_worker_killed_mid_export_resumes_elsewhere_exactly(tmp_path: Path)
                 [{"name": name, "base_url": url} for name, url in urls.items()],
             )
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+        env = clean_env()
         fleet = subprocess.Popen(
             [sys.executable, "-m", "exporter", "fleet", "--config", str(config),
              "--executor", "dask", "--scheduler", cluster.scheduler_address],
@@ -455,7 +437,7 @@ def test_dask_worker_killed_mid_export_resumes_elsewhere_exactly(tmp_path: Path)
     manifest = orjson.loads((alpha_out / "_manifest.json").read_bytes())
     assert manifest["run_id"] == before[0]  # the same run, finished by another worker
     for name, (steps, seed) in specs.items():
-        assert_exact(tmp_path / "out" / name, steps, seed)
+        assert_exact_for_seed(tmp_path / "out" / name, steps, seed)
     assert_no_secret(TOKEN, stdout, stderr, under=tmp_path / "out")
 
 
@@ -545,10 +527,11 @@ def test_a_token_store_inside_an_out_is_refused() -> None:
         parse(text)
 
 
+@pytest.mark.slow
 def test_shared_out_is_refused_by_the_command_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "fleet.toml"
     config.write_text(two_accounts(f"{tmp_path}/o/same", f"{tmp_path}/o/./same/"))
-    result = exporter("fleet", "--config", str(config), env={})
+    result = run_exporter("fleet", "--config", str(config), env={})
     assert result.returncode == ExitCode.USAGE, (result.stdout, result.stderr)
     assert result.stderr.count("\n") == 1 and "share one backup" in result.stderr
     assert not (tmp_path / "o").exists()
@@ -557,6 +540,7 @@ def test_shared_out_is_refused_by_the_command_in_one_line(tmp_path: Path) -> Non
 # -- running the fleet again after it was killed -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_fleet_killed_and_run_again_finishes_everything_without_redoing(tmp_path: Path) -> None:
     """SIGKILL the fleet after one account finished and while another is half done: the next
     run reports the finished one as done (nothing fetched again) and resumes the other."""
@@ -579,7 +563,7 @@ def test_fleet_killed_and_run_again_finishes_everything_without_redoing(tmp_path
                 ],
             )
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
+        env = clean_env()
         fleet = subprocess.Popen(
             [sys.executable, "-m", "exporter", "fleet", "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -599,7 +583,7 @@ def test_fleet_killed_and_run_again_finishes_everything_without_redoing(tmp_path
         assert alpha_state is not None and alpha_state.status == "complete"
         alpha_requests = sims["alpha"].counters.requests
 
-        again = exporter("fleet", "--config", str(config), env={"FLEET_TOKEN": TOKEN})
+        again = run_exporter("fleet", "--config", str(config), env={"FLEET_TOKEN": TOKEN})
         assert again.returncode == 0, (again.stdout, again.stderr)
         assert "Traceback" not in again.stderr
         rows = {line.split()[0]: line for line in again.stdout.splitlines()[1:]}
@@ -611,11 +595,11 @@ def test_fleet_killed_and_run_again_finishes_everything_without_redoing(tmp_path
         assert sims["alpha"].counters.requests == alpha_requests + IDENTITY
 
         # And once more: both are done now.
-        third = exporter("fleet", "--config", str(config), env={"FLEET_TOKEN": TOKEN})
+        third = run_exporter("fleet", "--config", str(config), env={"FLEET_TOKEN": TOKEN})
         assert third.returncode == 0, (third.stdout, third.stderr)
         assert third.stdout.count("ok, already done") == 2
     for name, (steps, seed) in specs.items():
-        assert_exact(tmp_path / name, steps, seed)
+        assert_exact_for_seed(tmp_path / name, steps, seed)
     manifest = checkpoint.load(alpha)
     assert manifest is not None and manifest.run_id == alpha_state.run_id
 
@@ -716,11 +700,4 @@ async def test_a_fleet_account_with_repair_mends_a_damaged_backup(
         for path in sorted((tmp_path / "sequenceSteps").rglob("*.parquet"))
         for row in pq.read_table(path).to_pylist()
     ]
-    assert_rows_equal(sorted(rows, key=lambda r: r["id"]), expected_steps_of(running))
-
-
-def expected_steps_of(running: Any) -> list[dict[str, Any]]:
-    return [
-        expected_row(r, STEP_RELATIONSHIP_COLUMNS)
-        for r in running.sim.truth.records("sequenceStep")
-    ]
+    assert_rows_equal(sorted(rows, key=lambda r: r["id"]), expected_steps(running.sim))

@@ -21,6 +21,7 @@ def slow(body: bytes, type_name: str) -> Any:
     return Normalizer(type_name).to_batch(orjson.loads(body)["data"]).table
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "type_name",
     [
@@ -90,6 +91,7 @@ def _apply(record: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return record
 
 
+@pytest.mark.slow
 @settings(max_examples=80, deadline=None)
 @given(
     st.lists(

@@ -3,112 +3,45 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import sys
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import orjson
+import pytest
 
-from exporter.api.account import Account, canonical_base_url
-from exporter.api.auth import StaticToken
-from exporter.core.config import RateLimit
+from exporter.api.account import Account
 from exporter.core.errors import ExitCode
-from exporter.core.secrets import Secret
-from exporter.restore.journal import Journal, read_mapping, replay
+from exporter.restore.journal import Journal, replay
 from exporter.restore.restore import (
     Action,
     Mode,
-    Restore,
-    RestoreReport,
-    RestoreSettings,
-    Values,
     backup_steps,
     create_body,
     default_journal,
     lookup_key,
-    values_of_record,
     writable_fields,
 )
 from exporter.simulator import Faults
-from tests.conftest import TOKEN, Running, StartSimulator
-from tests.export.test_export import run_export
-from tests.export.test_resume import kill_now
-
-JSONAPI = "application/vnd.api+json"
-
-
-async def exported(
-    start_simulator: StartSimulator, out: Path, steps: int = 240, seed: int = 7, **config: Any
-) -> tuple[Running, dict[int, Values]]:
-    running = await start_simulator(steps=steps, seed=seed, **config)
-    await run_export(running.base_url, out)
-    return running, backup_steps(out, None)
-
-
-async def restore(running: Running, out: Path, **overrides: Any) -> RestoreReport:
-    settings = RestoreSettings(
-        directory=out,
-        base_url=running.base_url,
-        rate_limit=RateLimit(100_000, 1.0),
-        lookup_delay=0.0,
-        backoff_base=0.01,
-        **overrides,
-    )
-    return await Restore(settings, StaticToken(Secret(TOKEN))).run()
-
-
-def account(running: Running) -> Account:
-    """The account a simulator stands for, as its API root states it."""
-    cfg = running.sim.cfg
-    return Account(canonical_base_url(running.base_url), cfg.org_guid or f"sim-org-{cfg.seed}")
-
-
-def target(running: Running) -> dict[int, Values]:
-    return {r["id"]: values_of_record(r) for r in running.sim.truth.records("sequenceStep")}
-
-
-def damage(
-    running: Running, rng: random.Random, deletes: int, alters: int
-) -> tuple[list[int], list[int]]:
-    """Delete some steps and change a writable field of others (alive, distinct). Only steps
-    with a sequence are deleted: the API refuses to create one without (a test of its own)."""
-    records = sorted(running.sim.truth.records("sequenceStep"), key=lambda r: r["id"])
-    with_sequence = [r["id"] for r in records if r["relationships"]["sequence"]["data"]]
-    deleted = rng.sample(with_sequence, deletes)
-    altered = rng.sample([r["id"] for r in records if r["id"] not in deleted], alters)
-    for step_id in deleted:
-        running.sim.store.delete("sequenceStep", step_id)
-    for step_id in altered:
-        running.sim.store.update("sequenceStep", step_id)
-    return sorted(deleted), sorted(altered)
-
-
-def writes(running: Running) -> Counter[str]:
-    routes = running.sim.counters.by_route
-    return Counter({k.split()[0]: v for k, v in routes.items() if k.startswith(("POST", "PATCH"))})
-
-
-def key(values: Values) -> tuple[Any, ...]:
-    return tuple(lookup_key(values).values())
-
-
-def assert_restored(running: Running, backup: dict[int, Values], journal: Path) -> None:
-    """Every backed-up step is on the target exactly once, with the backup's writable fields."""
-    now = target(running)
-    mapping = read_mapping(journal) if journal.exists() else {}
-    for old_id, values in backup.items():
-        step_id = old_id if old_id in now else mapping.get(old_id)
-        assert step_id in now, f"step {old_id} is not on the target"
-        assert now[step_id] == values, old_id
-    # Exactly one target step per backed-up step: nothing was created twice.
-    assert Counter(key(v) for v in now.values()) == Counter(key(v) for v in backup.values())
-    assert len(now) == len(backup)
+from tests.helpers.restore import (
+    KILL_POINTS,
+    account,
+    assert_restored,
+    damage,
+    exported,
+    key,
+    poll,
+    post,
+    restore,
+    restore_command,
+    run_cli,
+    settle,
+    target,
+    writes,
+)
+from tests.helpers.runs import run_export
+from tests.helpers.sim import TOKEN, StartSimulator
 
 
 async def test_writable_fields_come_from_the_schema() -> None:
@@ -136,6 +69,7 @@ async def test_writable_fields_come_from_the_schema() -> None:
     )
 
 
+@pytest.mark.slow
 async def test_plan_only_reads_and_writes_nothing(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -183,6 +117,7 @@ async def test_apply_recreates_and_rolls_back_then_is_a_no_op(
     assert writes(running) == Counter({"POST": 6, "PATCH": 5})
 
 
+@pytest.mark.slow
 async def test_mode_recreate_and_rollback_each_do_their_half(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -270,6 +205,7 @@ async def test_run_restores_the_state_as_of_that_run(
     assert plan.count(Action.EQUAL) == len(latest)
 
 
+@pytest.mark.slow
 async def test_lost_answers_are_looked_up_not_sent_twice(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -298,19 +234,6 @@ async def test_lost_answers_are_looked_up_not_sent_twice(
     assert report.exit_code is ExitCode.OK, report.failed
     assert_restored(running, backup, journal)
     assert not replay(journal).unresolved
-
-
-async def post(running: Running, body: dict[str, Any]) -> int:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            running.base_url + "/sequenceSteps",
-            data=orjson.dumps(body),
-            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": JSONAPI},
-        ) as response,
-    ):
-        assert response.status == 201
-        return int((await response.json(content_type=None))["data"]["id"])
 
 
 async def test_unresolved_create_is_found_and_a_lookalike_is_not_taken(
@@ -379,40 +302,7 @@ async def test_a_torn_last_journal_line_is_cut(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- the CLI
 
 
-def restore_command(running: Running, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "exporter",
-        "restore",
-        str(out),
-        "--base-url",
-        running.base_url,
-        "--token",
-        TOKEN,
-        "--rate-limit",
-        "100000/1",
-        "--lookup-delay",
-        "0.05",
-        *extra,
-    ]
-
-
-async def run_cli(command: list[str], kill_after: float | None = None) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTREACH_")}
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
-    if kill_after is not None:
-        try:
-            await asyncio.wait_for(asyncio.shield(process.wait()), timeout=kill_after)
-        except TimeoutError:
-            kill_now(process)  # may have exited just then: not a landed kill
-    out, err = await process.communicate()
-    code = process.returncode if process.returncode is not None else -1
-    return code, out.decode(), err.decode()
-
-
+@pytest.mark.slow
 async def test_cli_plans_by_default_and_refuses_two_selections(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -433,6 +323,7 @@ async def test_cli_plans_by_default_and_refuses_two_selections(
     assert TOKEN not in err
 
 
+@pytest.mark.slow
 async def test_a_second_restore_on_the_same_journal_stops_and_writes_nothing(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -453,38 +344,7 @@ async def test_a_second_restore_on_the_same_journal_stops_and_writes_nothing(
     assert_restored(running, backup, default_journal(tmp_path, running.base_url))
 
 
-KILL_POINTS = int(os.environ.get("RESTORE_KILL_POINTS", "8"))
-
-
-async def poll(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    """Wait until `condition()` holds, checking every 20 ms; fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what or condition}"
-        await asyncio.sleep(0.02)
-
-
-async def settle(running: Running, out: Path, command: list[str]) -> None:
-    """Run the restore to its end once no write is in the API's hands: a create still
-    unresolved then was never applied (checked against the simulator's truth), and only then,
-    as an operator who checked would, is it sent again with --resend-lost."""
-    code, stdout, err = await run_cli(command)
-    assert "Traceback" not in err
-    if code == 0:
-        return
-    assert code == ExitCode.FAILED and "unresolved" in err, err + stdout
-    journal = default_journal(out, running.base_url)
-    backup = backup_steps(out, None)
-    now = Counter(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in target(running).values())
-    then = Counter(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in backup.values())
-    for intent in replay(journal).unresolved:
-        shown = orjson.dumps(backup[intent.old_id], option=orjson.OPT_SORT_KEYS)
-        assert now[shown] < then[shown], f"step {intent.old_id} landed but was not found"
-    code, stdout, err = await run_cli([*command, "--resend-lost"])
-    assert code == 0, err + stdout
-
-
+@pytest.mark.slow
 async def test_sigkill_at_random_moments_creates_no_step_twice(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

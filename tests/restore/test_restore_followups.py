@@ -20,9 +20,7 @@ from exporter.core.errors import ExitCode, ExporterError
 from exporter.restore.journal import replay
 from exporter.restore.restore import backup_steps, default_journal
 from exporter.simulator import Simulator, SimulatorConfig, serve
-from tests.conftest import TOKEN, Running, StartSimulator, clean_env
-from tests.export.test_export import run_export
-from tests.restore.test_restore import (
+from tests.helpers.restore import (
     assert_restored,
     damage,
     exported,
@@ -32,10 +30,13 @@ from tests.restore.test_restore import (
     run_cli,
     writes,
 )
+from tests.helpers.runs import run_export
+from tests.helpers.sim import TOKEN, Running, StartSimulator, clean_env
 
 # -- 1. the journal is read as a regular file, streamed ---------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("apply", [False, True], ids=["plan", "apply"])
 @pytest.mark.parametrize("kind", ["directory", "fifo"])
 async def test_a_journal_that_is_not_a_regular_file_is_one_line_without_a_hang(
@@ -56,6 +57,7 @@ async def test_a_journal_that_is_not_a_regular_file_is_one_line_without_a_hang(
     assert writes(running) == Counter()
 
 
+@pytest.mark.slow
 def test_a_large_journal_is_streamed_to_its_last_line(tmp_path: Path) -> None:
     """No size cap: a journal of tens of thousands of writes (several MiB) is read whole, and
     a torn last line is still ignored."""
@@ -135,6 +137,7 @@ def test_restore_refuses_ids_beyond_int64_and_non_finite_delays(
 # -- 4. a 422's detail is server text: scrubbed before the journal and the report --------------
 
 
+@pytest.mark.slow
 async def test_a_422_detail_echoing_the_token_is_scrubbed_in_journal_and_report(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -161,6 +164,7 @@ async def test_a_422_detail_echoing_the_token_is_scrubbed_in_journal_and_report(
 # -- 5. a stop during a slow write is bounded; the rerun settles it ----------------------------
 
 
+@pytest.mark.slow
 async def test_sigterm_during_a_slow_write_ends_130_within_the_grace_and_the_rerun_is_exact(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -205,6 +209,7 @@ async def test_sigterm_during_a_slow_write_ends_130_within_the_grace_and_the_rer
 # -- 6. a create whose connection was refused was never sent: absent, and sent again -----------
 
 
+@pytest.mark.slow
 async def test_a_create_whose_connection_was_refused_is_absent_and_sent_by_the_next_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

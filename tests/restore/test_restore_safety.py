@@ -8,59 +8,39 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from exporter.api.auth import StaticToken
-from exporter.core.config import RateLimit
 from exporter.core.errors import ExitCode, UsageError
-from exporter.core.secrets import Secret
 from exporter.restore.journal import replay
 from exporter.restore.restore import (
-    Restore,
-    RestoreReport,
-    RestoreSettings,
     Values,
     backup_steps,
     create_body,
     default_journal,
 )
 from exporter.simulator import Faults
-from tests.conftest import TOKEN, Running, StartSimulator
-from tests.export.test_export import run_export
-from tests.restore.test_restore import (
+from tests.helpers.restore import (
     KILL_POINTS,
     account,
     assert_restored,
     damage,
     poll,
     post,
+    restore,
     restore_command,
     run_cli,
     settle,
     target,
     writes,
 )
+from tests.helpers.runs import run_export
+from tests.helpers.sim import Running, StartSimulator
 
 SEQUENCELESS = 8
-
-
-async def restore_into(
-    running: Running, out: Path, base_url: str | None = None, **overrides: Any
-) -> RestoreReport:
-    settings = RestoreSettings(
-        directory=out,
-        base_url=base_url or running.base_url,
-        rate_limit=RateLimit(100_000, 1.0),
-        lookup_delay=0.0,
-        backoff_base=0.01,
-        **overrides,
-    )
-    return await Restore(settings, StaticToken(Secret(TOKEN))).run()
 
 
 def sequenceless_values(i: int) -> Values:
@@ -106,6 +86,7 @@ def created_once(running: Running, backup: dict[int, Values]) -> None:
 # ---------------------------------------------------------------------------- 17.1
 
 
+@pytest.mark.slow
 async def test_a_lost_create_of_a_step_without_sequence_is_found_not_sent_again(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -114,7 +95,7 @@ async def test_a_lost_create_of_a_step_without_sequence_is_found_not_sent_again(
     running, backup, made = await exported_with_sequenceless(start_simulator, tmp_path, seed=31)
     delete(running, made)
     running.sim.faults = Faults(lost_write_rate=1.0, seed=1)
-    report = await restore_into(running, tmp_path, apply=True)
+    report = await restore(running, tmp_path, apply=True)
     assert running.sim.counters.writes_lost == SEQUENCELESS
     assert writes(running)["POST"] == 2 * SEQUENCELESS  # once each (and 8 made before export)
     assert report.exit_code is ExitCode.OK, [e.note for e in report.unresolved]
@@ -126,6 +107,7 @@ async def test_a_lost_create_of_a_step_without_sequence_is_found_not_sent_again(
 # ---------------------------------------------------------------------------- 17.2
 
 
+@pytest.mark.slow
 async def test_a_slow_create_killed_and_rerun_at_once_is_never_sent_twice(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -172,6 +154,7 @@ def state_account(out: Path, running: Running) -> None:
     path.write_bytes(orjson.dumps(document))
 
 
+@pytest.mark.slow
 async def test_two_spellings_of_one_target_use_one_journal(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -180,7 +163,7 @@ async def test_two_spellings_of_one_target_use_one_journal(
     state_account(tmp_path, running)
     backup = backup_steps(tmp_path, None)
     deleted, _altered = damage(running, random.Random(33), 13, 0)
-    first = await restore_into(running, tmp_path, apply=True)
+    first = await restore(running, tmp_path, apply=True)
     assert sorted(first.created) == deleted
     port = running.base_url.split(":")[2].split("/")[0]
     for spelling in (
@@ -188,7 +171,7 @@ async def test_two_spellings_of_one_target_use_one_journal(
         f"HTTP://LOCALHOST:{port}/api/./v2",
         f"http://127.0.0.1:{port}/api//v2/",
     ):
-        again = await restore_into(running, tmp_path, base_url=spelling, apply=True)
+        again = await restore(running, tmp_path, base_url=spelling, apply=True)
         assert again.exit_code is ExitCode.OK
         assert writes(running)["POST"] == 13, spelling  # not one created twice
     assert [p.name for p in (tmp_path / "_restore").glob("*-journal.jsonl")] == [
@@ -205,18 +188,19 @@ async def test_a_journal_of_another_account_is_refused(
     running = await start_simulator(steps=240, seed=34, org_guid="acct-one")
     await run_export(running.base_url, tmp_path)
     damage(running, random.Random(34), 3, 0)
-    await restore_into(running, tmp_path, apply=True)
+    await restore(running, tmp_path, apply=True)
     journal = default_journal(tmp_path, running.base_url)
     assert b'"org":"acct-one"' in journal.read_bytes().splitlines()[0]
     other = await start_simulator(steps=240, seed=34, org_guid="acct-two")
     with pytest.raises(UsageError, match="written against"):
-        await restore_into(other, tmp_path, journal=journal, apply=True, into_another_account=True)
+        await restore(other, tmp_path, journal=journal, apply=True, into_another_account=True)
     assert writes(other) == Counter()
 
 
 # ---------------------------------------------------------------------------- 17.4
 
 
+@pytest.mark.slow
 async def test_a_backup_of_another_account_is_refused_then_only_created(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -229,9 +213,9 @@ async def test_a_backup_of_another_account_is_refused_then_only_created(
     _deleted, altered = damage(into, random.Random(35), 0, 5)  # G's steps differ from C's
     theirs = target(into)
     with pytest.raises(UsageError, match="--into-another-account"):
-        await restore_into(into, tmp_path, apply=True)
+        await restore(into, tmp_path, apply=True)
     assert writes(into) == Counter()
-    report = await restore_into(into, tmp_path, apply=True, into_another_account=True)
+    report = await restore(into, tmp_path, apply=True, into_another_account=True)
     # (This API refuses a step without a sequence: those few fail with a 422.)
     without = sorted(i for i, v in backup.items() if v["sequence"] is None)
     assert sorted(e.old_id for e in report.failed) == without
@@ -242,7 +226,7 @@ async def test_a_backup_of_another_account_is_refused_then_only_created(
     assert all(now[report.created[i]] == v for i, v in backup.items() if i not in without)
     assert len(now) == len(theirs) + len(backup) - len(without)
     posts = len(backup) + len(without)  # the refused ones are tried again, nothing else
-    again = await restore_into(into, tmp_path, apply=True, into_another_account=True)
+    again = await restore(into, tmp_path, apply=True, into_another_account=True)
     assert writes(into) == Counter({"POST": posts})
     assert sorted(e.old_id for e in again.failed) == without
     assert altered  # (what made G's steps differ)
@@ -257,6 +241,7 @@ async def _backup(start_simulator: StartSimulator, out: Path, seed: int) -> Runn
     return running
 
 
+@pytest.mark.slow
 async def test_a_tampered_parquet_file_is_refused_before_any_write(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -275,6 +260,7 @@ async def test_a_tampered_parquet_file_is_refused_before_any_write(
     assert writes(running) == Counter()
 
 
+@pytest.mark.slow
 async def test_an_edited_manifest_or_a_path_outside_is_refused(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -305,7 +291,7 @@ async def test_a_forged_journal_line_cannot_make_restore_patch_an_unrelated_step
     running = await _backup(start_simulator, tmp_path, seed=38)
     backup = backup_steps(tmp_path, None)
     deleted, _altered = damage(running, random.Random(38), 2, 0)
-    await restore_into(running, tmp_path, apply=True)  # a real journal
+    await restore(running, tmp_path, apply=True)  # a real journal
     posts = writes(running)["POST"]
     journal = default_journal(tmp_path, running.base_url)
     lines = journal.read_bytes()
@@ -340,11 +326,12 @@ async def test_a_forged_journal_line_cannot_make_restore_patch_an_unrelated_step
     for forgery in forged:
         journal.write_bytes(lines + forgery + b"\n")
         with pytest.raises(UsageError, match="journal"):
-            await restore_into(running, tmp_path, apply=True)
+            await restore(running, tmp_path, apply=True)
         assert writes(running) == Counter({"POST": posts})  # not a PATCH, not a POST
         assert target(running)[victim] == now[victim]
 
 
+@pytest.mark.slow
 async def test_restore_writes_go_through_the_api_window(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -355,7 +342,7 @@ async def test_restore_writes_go_through_the_api_window(
     backup = backup_steps(tmp_path, None)
     running.sim.counters.rate_limited = 0
     damage(running, random.Random(39), 30, 15)
-    report = await restore_into(running, tmp_path, apply=True)
+    report = await restore(running, tmp_path, apply=True)
     assert report.exit_code is ExitCode.OK
     assert running.sim.counters.rate_limited == 0
     assert_restored(running, backup, default_journal(tmp_path, running.base_url))
@@ -364,6 +351,7 @@ async def test_restore_writes_go_through_the_api_window(
 # ---------------------------------------------------------------------------- kills
 
 
+@pytest.mark.slow
 async def test_sigkill_at_random_moments_with_slow_writes_and_steps_without_sequence(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -428,17 +416,17 @@ async def test_two_journals_for_one_account_or_an_older_one_are_refused(
     running = await start_simulator(steps=120, seed=42)
     await run_export(running.base_url, tmp_path)
     damage(running, random.Random(42), 2, 0)
-    await restore_into(running, tmp_path, apply=True)
+    await restore(running, tmp_path, apply=True)
     journal = default_journal(tmp_path, running.base_url)
     copy = journal.with_name("copy-journal.jsonl")
     copy.write_bytes(journal.read_bytes())
     with pytest.raises(UsageError, match="2 restore journals are for"):
-        await restore_into(running, tmp_path, apply=True)
+        await restore(running, tmp_path, apply=True)
     # An older version's journal, which does not say whose it is, named by the host spelling.
     copy.write_bytes(b"".join(journal.read_bytes().splitlines(keepends=True)[1:]))
     with pytest.raises(UsageError, match="does not say which account"):
-        await restore_into(running, tmp_path)
+        await restore(running, tmp_path)
     assert writes(running) == Counter({"POST": 2})
-    report = await restore_into(running, tmp_path, journal=copy, apply=True)  # named: bound
+    report = await restore(running, tmp_path, journal=copy, apply=True)  # named: bound
     assert report.exit_code is ExitCode.OK and writes(running) == Counter({"POST": 2})
     assert b'"state":"target"' in copy.read_bytes().splitlines()[-1]

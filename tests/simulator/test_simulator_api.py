@@ -10,11 +10,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import jsonschema
 import pytest
-from simulator_helpers import Running, running, validate_resource
 
 from exporter.model import schema
 from exporter.simulator import Simulator, SimulatorConfig
 from exporter.simulator.data import BASE_TIME
+from tests.helpers.simulator_http import Running, running, validate_resource
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -35,6 +35,7 @@ def seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
+@pytest.mark.slow
 async def test_every_type_matches_the_openapi_schemas(sim: Simulator) -> None:
     async with running(sim=sim) as run:
         for type_name in schema.RESOURCE_TYPES:

@@ -6,10 +6,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from simulator_helpers import running
 
 from exporter.simulator import SimulatorConfig
 from exporter.simulator.ratelimit import FixedWindow
+from tests.helpers.simulator_http import running
 
 
 class Clock:

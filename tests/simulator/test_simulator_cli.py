@@ -64,6 +64,7 @@ def test_bad_values_get_one_clear_line(args: list[str], word: str) -> None:
     assert word in errors[0]
 
 
+@pytest.mark.slow
 def test_a_real_process_serves_and_stops_cleanly() -> None:
     command = [
         sys.executable, "-m", "exporter", "simulate", "--port", "0", "--steps", "40",
@@ -179,6 +180,7 @@ def test_unbounded_values_are_refused(args: list[str], monkeypatch: pytest.Monke
     assert len(errors) == 1 and args[0] in errors[0]
 
 
+@pytest.mark.slow
 def test_a_separate_process_serves_the_hostile_faults_it_is_told() -> None:
     """A soak drives a simulator in its own process: the flags' faults are served there."""
     command = [

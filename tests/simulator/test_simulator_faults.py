@@ -8,11 +8,11 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from simulator_helpers import Running, running
 
 from exporter.model import schema
 from exporter.simulator import Faults, Simulator, SimulatorConfig
 from exporter.simulator.data import BASE_TIME
+from tests.helpers.simulator_http import Running, running
 
 STEPS = "/sequenceSteps"
 
@@ -24,6 +24,7 @@ async def _statuses(run: Running, n: int, path: str = STEPS) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 async def test_error_rate_gives_500_and_503_with_errors_documents() -> None:
     async with running(SimulatorConfig(steps=50, seed=2)) as run:
         run.sim.faults.error_rate = 1.0
@@ -96,6 +97,7 @@ async def test_truncated_and_malformed_bodies_are_200_and_do_not_parse() -> None
         assert (await run.get(STEPS, params)).raw == good.raw
 
 
+@pytest.mark.slow
 async def test_slow_bodies_and_latency() -> None:
     async with running(SimulatorConfig(steps=100)) as run:
         good = await run.get(STEPS)
@@ -126,6 +128,7 @@ def _snapshot(sim: Simulator) -> dict[str, dict[int, Any]]:
     return {t: {r["id"]: r for r in sim.truth.records(t)} for t in schema.RESOURCE_TYPES}
 
 
+@pytest.mark.slow
 def test_mutations_insert_update_delete_every_type() -> None:
     clock_now = [float(BASE_TIME + 10_000)]
     sim = Simulator(SimulatorConfig(steps=300, seed=3, clock=lambda: clock_now[0]))
@@ -229,6 +232,7 @@ async def _walk_while_mutating(
         reply = await run.get(document["links"]["next"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("type_name", ["sequenceStep", "mailing", "task"])
 async def test_id_walk_under_mutation_is_exactly_the_survivors_plus_inserts(type_name: str) -> None:
     async with running(SimulatorConfig(steps=300, seed=4)) as run:
@@ -247,6 +251,7 @@ async def test_id_walk_under_mutation_is_exactly_the_survivors_plus_inserts(type
         assert deleted & start, "the walk saw deletes"
 
 
+@pytest.mark.slow
 async def test_updated_at_walk_under_mutation_misses_nothing() -> None:
     async with running(SimulatorConfig(steps=300, seed=6)) as run:
         sim = run.sim
@@ -264,6 +269,7 @@ async def test_updated_at_walk_under_mutation_misses_nothing() -> None:
             assert versions == sorted(set(versions))
 
 
+@pytest.mark.slow
 async def test_background_mutation_stream() -> None:
     faults = Faults(mutation_rate=400.0, latency_s=0.01)
     async with running(SimulatorConfig(steps=300, seed=8, faults=faults)) as run:

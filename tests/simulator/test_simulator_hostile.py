@@ -7,10 +7,11 @@ import zlib
 
 import aiohttp
 import orjson
-from simulator_helpers import AUTH, running
+import pytest
 
 from exporter.simulator import SimulatorConfig
 from exporter.simulator.faults import TokenFault
+from tests.helpers.simulator_http import AUTH, running
 
 FORM = {
     "grant_type": "refresh_token",
@@ -92,6 +93,7 @@ async def test_get_redirects_echo_and_gzip_bomb() -> None:
         }
 
 
+@pytest.mark.slow
 async def test_trickle_sends_the_real_body_a_few_bytes_a_second() -> None:
     async with running(SimulatorConfig(steps=20)) as run:
         faults = run.sim.hostile

@@ -93,6 +93,7 @@ def test_refusals(params: dict[str, str]) -> None:
     assert raised.value.document()["errors"][0]["detail"]
 
 
+@pytest.mark.slow
 @given(st.lists(st.tuples(st.integers(-3, 3), st.integers(0, 1000)), max_size=40), st.booleans())
 def test_compare_keys_agrees_with_sorting(rows: list[tuple[int, int]], descending: bool) -> None:
     ordered = sorted(rows, reverse=descending)
@@ -101,6 +102,7 @@ def test_compare_keys_agrees_with_sorting(rows: list[tuple[int, int]], descendin
         assert compare_keys(a, b, flags) <= 0
 
 
+@pytest.mark.slow
 @given(
     st.lists(
         st.one_of(

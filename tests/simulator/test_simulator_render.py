@@ -25,6 +25,7 @@ def _assert_renders_like_the_reference(sim: Simulator) -> int:
     return checked
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("specialized", [True, False])
 def test_spliced_bytes_equal_the_reference_rendering(specialized: bool) -> None:
     clock = [float(BASE_TIME + 1000)]
@@ -46,6 +47,7 @@ def test_spliced_bytes_equal_the_reference_rendering(specialized: bool) -> None:
     assert (step._values == step._generic_values) is not specialized
 
 
+@pytest.mark.slow
 def test_every_variant_of_every_type_renders_like_the_reference() -> None:
     # POOL_SIZE rows or more per type would be slow; rows % pool cover the variants in use.
     sim = Simulator(SimulatorConfig(steps=2500, seed=5, tasks_per_step=0.2))

@@ -7,11 +7,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from simulator_helpers import Reply, running, validate_resource
 
 from exporter.simulator import Faults, Simulator, SimulatorConfig
 from exporter.simulator.data import BASE_TIME
 from exporter.simulator.writes import WriteError, parse_write
+from tests.helpers.simulator_http import Reply, running, validate_resource
 
 STEPS = "/sequenceSteps"
 NOW = BASE_TIME + 86_400 * 30 + 3_723  # 2025-01-31T01:02:03Z
@@ -51,6 +51,7 @@ def _assert_errors(reply: Reply, status: int, *pointers: str | None) -> list[dic
 # ----------------------------------------------------------------------------- create / update
 
 
+@pytest.mark.slow
 async def test_create_answers_201_with_the_record_as_get_serves_it() -> None:
     async with running(_config()) as run:
         sim = run.sim

@@ -1,4 +1,4 @@
-"""Expected rows computed from the simulator's ground truth, independently of exporter.model.normalize."""
+"""Expected rows computed from the simulator's ground truth, independently of exporter.model.normalize (related records included)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import orjson
 import pyarrow.parquet as pq
 
 from exporter.core.events import LOGGER
+from exporter.model.normalize import table_layout
 from exporter.model.schema import Kind, Shape, resource_type
+from exporter.simulator import Simulator, SimulatorConfig
 
 # Column names of sequenceStep relationships, as the README's data model documents them.
 STEP_RELATIONSHIP_COLUMNS = {
@@ -102,3 +104,64 @@ def recorded_events(level: int = logging.INFO) -> Iterator[list[str]]:
     finally:
         LOGGER.removeHandler(handler)
         LOGGER.setLevel(before)
+
+
+def expected_steps(sim: Simulator) -> list[dict[str, Any]]:
+    return [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in sim.truth.records("sequenceStep")]
+
+
+LINK_ONLY = {"mailing", "call", "task"}
+
+
+DATA_LINKS = {  # relationship on the step -> target type
+    "sequence": "sequence",
+    "creator": "user",
+    "updater": "user",
+    "callPurpose": "callPurpose",
+    "taskPriority": "taskPriority",
+    "sequenceTemplates": "sequenceTemplate",
+}
+
+
+def rel_columns(type_name: str) -> dict[str, str]:
+    layout = table_layout(type_name)
+    return {c.relationship.name: c.column for c in (*layout.to_one, *layout.to_many)}
+
+
+def referenced(steps: list[dict[str, Any]]) -> dict[str, set[int]]:
+    """Ids each related type must hold, from the ground truth's steps."""
+    wanted: dict[str, set[int]] = {t: set() for t in set(DATA_LINKS.values())}
+    for step in steps:
+        for rel, target in DATA_LINKS.items():
+            data = step["relationships"][rel].get("data")
+            if isinstance(data, list):
+                wanted[target].update(int(d["id"]) for d in data)
+            elif data is not None:
+                wanted[target].add(int(data["id"]))
+    return wanted
+
+
+def expected_related(
+    sim: Simulator, steps: list[dict[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
+    wanted = referenced(steps)
+    step_ids = {int(s["id"]) for s in steps}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for target in [*wanted, *LINK_ONLY]:
+        records = []
+        for record in sim.truth.records(target):
+            if target in LINK_ONLY:
+                owner = record["relationships"]["sequenceStep"]["data"]
+                keep = owner is not None and int(owner["id"]) in step_ids
+            else:
+                keep = int(record["id"]) in wanted[target]
+            if keep:
+                records.append(expected_row(record, rel_columns(target)))
+        out[target] = records
+    return out
+
+
+def expected_steps_for_seed(steps: int, seed: int) -> list[dict[str, Any]]:
+    """Ground truth of a simulator with this size and seed (the data is deterministic)."""
+    sim = Simulator(SimulatorConfig(steps=steps, seed=seed))
+    return [expected_row(r, STEP_RELATIONSHIP_COLUMNS) for r in sim.truth.records("sequenceStep")]

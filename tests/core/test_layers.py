@@ -70,9 +70,13 @@ def violations() -> list[str]:
                 if other not in SIMULATOR_MAY_IMPORT:
                     problems.append(f"{where} (the simulator shares only core and model)")
                 continue
-            if other in ("simulator", "resources"):
-                if own not in ("commands", "model"):
+            if other == "simulator":
+                if own != "commands":
                     problems.append(f"{where} (only commands start a simulator)")
+                continue
+            if other == "resources":
+                if own != "model":
+                    problems.append(f"{where} (the reference files are the model's)")
                 continue
             if other not in LAYERS or own not in LAYERS:
                 problems.append(f"{where} (a package docs/architecture.md does not place)")

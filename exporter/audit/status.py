@@ -28,7 +28,6 @@ from typing import Any
 
 import click
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -36,6 +35,7 @@ from exporter.backup import checkpoint, lock, manifest
 from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.compact import ROOT_TYPE
 from exporter.backup.damage import inspect, shown
+from exporter.backup.reader import _max_of
 from exporter.backup.storage import Storage
 from exporter.commands.options import exit_on_error, show_report
 from exporter.core.config import ExportSettings
@@ -650,38 +650,6 @@ def updated_high_water(
         filesystem, path = pafs.LocalFileSystem(), Path(path).absolute()
     with filesystem.open_input_file(str(path)) as handle:
         return _max_of(pq.ParquetFile(handle), column)
-
-
-def _max_of(parquet: pq.ParquetFile, column: str) -> datetime | None:
-    """`updated_high_water` on an open file: statistics first, the column itself if need be."""
-    metadata = parquet.metadata
-    names = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
-    if column not in names:
-        return None
-    index = names.index(column)
-    newest: datetime | None = None
-    for group in range(metadata.num_row_groups):
-        chunk = metadata.row_group(group).column(index)
-        stats = chunk.statistics
-        if stats is None or not stats.has_min_max:
-            if stats is not None and stats.null_count == chunk.num_values:
-                continue  # an all-null row group has no maximum
-            return _scan_max(parquet, column)
-        value = stats.max
-        if not isinstance(value, datetime):
-            return _scan_max(parquet, column)
-        if newest is None or value > newest:
-            newest = value
-    return newest
-
-
-def _scan_max(parquet: pq.ParquetFile, column: str) -> datetime | None:
-    newest: datetime | None = None
-    for batch in parquet.iter_batches(batch_size=65_536, columns=[column]):
-        value = pc.max(batch.column(0)).as_py()
-        if isinstance(value, datetime) and (newest is None or value > newest):
-            newest = value
-    return newest
 
 
 def _iso(value: datetime) -> str:

@@ -29,13 +29,12 @@ from typing import Any
 import click
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from exporter.backup import checkpoint, lock, manifest
 from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.compact import ROOT_TYPE
 from exporter.backup.damage import inspect, shown
-from exporter.backup.reader import _max_of
+from exporter.backup.reader import newest_value, part_reader
 from exporter.backup.storage import Storage
 from exporter.commands.options import exit_on_error, show_report
 from exporter.core.config import ExportSettings
@@ -562,9 +561,7 @@ class _Survey:
                 problems.append(_outside(relative))
             else:
                 try:
-                    table = pq.read_table(
-                        self.root.path(location), columns=["type"], filesystem=self.root.fs
-                    )
+                    table = part_reader(self.root).table(location, ["type"])
                     counts.update(str(v) for v in table.column("type").to_pylist())
                 except (OSError, pa.ArrowException, KeyError) as exc:
                     problems.append(
@@ -623,7 +620,7 @@ def _high_water_of(root: Storage, relative: str, problems: list[str]) -> datetim
         problems.append(_outside(relative))
         return None
     try:
-        return updated_high_water(root.path(location), filesystem=root.fs)
+        return part_reader(root).newest(location, HIGH_WATER_COLUMN)
     except (OSError, pa.ArrowException) as exc:
         problems.append(
             f"{relative}: cannot read its updatedAt ({type(exc).__name__}); run `exporter verify`"
@@ -640,16 +637,11 @@ def updated_high_water(
     column: str = HIGH_WATER_COLUMN,
     filesystem: pafs.FileSystem | None = None,
 ) -> datetime | None:
-    """The largest value of `column` in a Parquet file: row-group statistics, else a column scan.
-
-    `path` is on `filesystem` (an object store's, say), a local path when none is given. Only the
-    footer is read when every row group carries statistics; otherwise the one column is streamed
-    batch by batch, so memory stays flat either way.
-    """
+    """The largest value of `column` in a part file (`reader.newest_value`): `path` is on
+    `filesystem` (an object store's, say), a local path when none is given."""
     if filesystem is None:
         filesystem, path = pafs.LocalFileSystem(), Path(path).absolute()
-    with filesystem.open_input_file(str(path)) as handle:
-        return _max_of(pq.ParquetFile(handle), column)
+    return newest_value(filesystem, str(path), column)
 
 
 def _iso(value: datetime) -> str:

@@ -33,12 +33,12 @@ import click
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from exporter.backup import manifest
 from exporter.backup.damage import DamagedFileError, read_failure
 from exporter.backup.lock import locked
-from exporter.backup.sink import DataFile
+from exporter.backup.reader import decode_table, part_reader
+from exporter.backup.sink import DataFile, encode_table
 from exporter.backup.storage import INPROGRESS_SUFFIX, DamagedFile, Storage
 from exporter.core.errors import ExporterError, OutputError, UsageError
 from exporter.model.normalize import TOMBSTONE_TYPE, arrow_schema, table_layout
@@ -117,7 +117,7 @@ def read_committed(storage: Storage, entry: dict[str, Any]) -> pa.Table:
             raise ValueError("its content differs from the recorded sha256")
         # By path, not from the bytes just hashed: pq.read_table(BufferReader) on this error
         # path was seen to end the process in a C++ abort at exit (pyarrow 26, 1 run in 8).
-        return pq.read_table(storage.path(relative), filesystem=storage.fs)
+        return part_reader(storage).table(relative)
     except OutputError as exc:  # the read failed: read_failure tells a missing file from the store
         raise read_failure(storage, relative, OSError(str(exc)), expected, REPAIR_ADVICE) from None
     except (OSError, ValueError, pa.ArrowException) as exc:
@@ -274,9 +274,7 @@ def _write_generation(
         )
         if type_name == ROOT_TYPE:
             owners[ROOT_TYPE] = table
-        buffer = pa.BufferOutputStream()
-        pq.write_table(table, buffer, compression="zstd")
-        payload = buffer.getvalue().to_pybytes()
+        payload = encode_table(table)
         relative = f"{generation}/{resource_type(type_name).collection}.parquet"
         target.write_atomically(prefix + relative, payload)  # durable before the pointer
         published[type_name] = {
@@ -381,7 +379,7 @@ def read_current(
                     raise FileNotFoundError(relative)
                 if hashlib.sha256(payload).hexdigest() != entry["sha256"]:
                     raise DamagedFile(storage.shown(relative), ValueError("sha256 differs"))
-                tables[type_name] = pq.read_table(pa.BufferReader(payload))
+                tables[type_name] = decode_table(payload)
         except FileNotFoundError:
             if attempt == attempts - 1:
                 raise UsageError(

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from exporter import __version__
 from exporter.api.account import Account, canonical_base_url, identify
@@ -43,6 +42,7 @@ from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.compact import NOT_ASKED_BY_STEP, ROOT_TYPE
 from exporter.backup.damage import damaged_error, inspect, read_failure, shown
 from exporter.backup.lock import OutputLock
+from exporter.backup.reader import part_reader
 from exporter.backup.sink import part_run_id
 from exporter.backup.storage import OpenFile, Storage
 from exporter.core.config import ExportSettings
@@ -1177,7 +1177,7 @@ def resume_walk(storage: Storage, state: RunState, walk: RelationshipWalk) -> No
 
 def read_column(storage: Storage, relative: str, column: str) -> list[int]:
     try:
-        table = pq.read_table(storage.path(relative), columns=[column], filesystem=storage.fs)
+        table = part_reader(storage).table(relative, [column])
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise read_failure(storage, relative, exc, None) from None
     values: list[int] = table.column(column).to_pylist()
@@ -1186,9 +1186,7 @@ def read_column(storage: Storage, relative: str, column: str) -> list[int]:
 
 def read_batches(storage: Storage, relative: str) -> Iterator[pa.Table]:
     try:
-        parquet = pq.ParquetFile(storage.fs.open_input_file(storage.path(relative)))
-        for batch in parquet.iter_batches(batch_size=50_000):
-            yield pa.Table.from_batches([batch])
+        yield from part_reader(storage).batches(relative)
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise read_failure(storage, relative, exc, None) from None
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from exporter.backup import checkpoint
 from exporter.backup.checkpoint import PartitionState, ResourceState, RunState
-from exporter.backup.sink import PartWriter
+from exporter.backup.sink import PartSink, PartWriter
 from exporter.backup.storage import Storage
 from exporter.core.progress import event
 from exporter.export.crawl import Flush, Message, PageBatch, Plan, Split
@@ -63,7 +63,7 @@ class Writer:
         self.credits = credits
         self.policy = policy
         self._clock = clock
-        self._writers: dict[str, PartWriter] = {}
+        self._writers: dict[str, PartSink] = {}
         self._pending: dict[str, dict[int, _Pending]] = {}
         # Relationship batches whose last page is appended, per related type (not yet committed).
         self._done_batches: dict[str, list[tuple[int, int]]] = {}
@@ -76,7 +76,7 @@ class Writer:
     def resource(self, type_name: str) -> ResourceState:
         return self.state.resources[type_name]
 
-    def _part_writer(self, type_name: str) -> PartWriter:
+    def _part_writer(self, type_name: str) -> PartSink:
         writer = self._writers.get(type_name)
         if writer is None:
             resource = self.resource(type_name)

@@ -32,7 +32,6 @@ import pyarrow.fs as pafs
 
 from exporter.backup import checkpoint, lock, manifest
 from exporter.backup.checkpoint import ResourceState, RunState
-from exporter.backup.compact import ROOT_TYPE
 from exporter.backup.damage import inspect, shown
 from exporter.backup.reader import newest_value, part_reader
 from exporter.backup.storage import Storage
@@ -490,7 +489,9 @@ class _Survey:
         for entry in record.files:
             if entry.get("type") == TOMBSTONE_TYPE:
                 stones.update(self._tombstones(str(entry.get("path")), run.problems))
-        run.mark_basis = mark_basis((details.get(ROOT_TYPE) or {}).get("detail") or {})
+        # The mark is recorded in the root type's detail (whichever type the run crawled whole).
+        bases = (mark_basis(summary.get("detail") or {}) for summary in details.values())
+        run.mark_basis = next((basis for basis in bases if basis is not None), None)
         for type_name in _order(set(record.types) | set(stones) - {""}):
             mine = [f for f in record.files if str(f.get("type")) == type_name]
             summary = details.get(type_name, {})

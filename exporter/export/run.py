@@ -39,7 +39,7 @@ from exporter.api.client import ApiClient, ClientSettings
 from exporter.api.pagination import collection_url
 from exporter.backup import checkpoint, manifest
 from exporter.backup.checkpoint import ResourceState, RunState
-from exporter.backup.compact import NOT_ASKED_BY_STEP, ROOT_TYPE
+from exporter.backup.compact import NOT_ASKED_BY_STEP
 from exporter.backup.damage import damaged_error, inspect, read_failure, shown
 from exporter.backup.lock import OutputLock
 from exporter.backup.reader import part_reader
@@ -62,6 +62,7 @@ from exporter.export.relationships import (
     Link,
     RelationshipWalk,
     WalkStats,
+    owner_column,
     parse_selection,
     step_back_link,
 )
@@ -273,9 +274,10 @@ class Export:
         self.phase = "starting"
         self.crawl_stats = {}
         self.walk_stats = {}
-        self.links = parse_selection(settings.relationships)
+        self.root_type = settings.root_type  # crawled whole; the other types are reached from it
+        self.links = parse_selection(settings.relationships, self.root_type)
         targets = list(dict.fromkeys(link.target for link in self.links))
-        self.type_names = [ROOT_TYPE, *targets]
+        self.type_names = [self.root_type, *targets]
         # Every type's directory, so files of an earlier selection are cleaned up too.
         self.directories = list(BACKUP_DIRECTORIES)
         self._stoppables: list[CollectionCrawl | RelationshipWalk | DeleteScan] = []
@@ -480,7 +482,9 @@ class Export:
             current = any(data_file in r.files for r in state.resources.values())
             moved = set_aside(storage, data_file.path, state.run_id)
             drop_file(state, data_file.path)
-            needs = state.resources[ROOT_TYPE].detail.get("needs", {}).pop(data_file.path, None)
+            needs = (
+                state.resources[self.root_type].detail.get("needs", {}).pop(data_file.path, None)
+            )
             event(
                 "run.repair",
                 f"{data_file.path} is damaged ({item.reason}): "
@@ -528,7 +532,7 @@ class Export:
             await message.done.wait()
 
         every_type: dict[str, int | None] = {t: None for t in RESOURCE_TYPES}
-        rounds = [[ROOT_TYPE], [t for t in pending if t != ROOT_TYPE]]
+        rounds = [[self.root_type], [t for t in pending if t != self.root_type]]
         for types in rounds:
             types = [t for t in types if t in pending]
             if not types:
@@ -539,7 +543,7 @@ class Export:
                 state.committed_files(),
                 version_since=every_type,
                 links=self.links,
-                root_type=ROOT_TYPE,
+                root_type=self.root_type,
             )
             for type_name in types:
                 for entry in pending[type_name]:
@@ -568,10 +572,11 @@ class Export:
         no intact file holds (that id in a full run; that version or a newer one otherwise)."""
         held = index.ids.get(type_name, IdSet())
         versions = index.versions.get(type_name, {})
-        steps = index.ids.get(ROOT_TYPE, IdSet())
+        steps = index.ids.get(self.root_type, IdSet())
         referenced = index.referenced.get(type_name, IdSet())
         link_only = any(k.link_only for k in self.links if k.target == type_name)
-        in_partitions = covered(state.resources[ROOT_TYPE].partitions)
+        in_partitions = covered(state.resources[self.root_type].partitions)
+        owner = owner_column(self.root_type)
 
         def keep(table: pa.Table) -> list[bool]:
             ids = table.column("id").to_pylist()
@@ -580,10 +585,10 @@ class Export:
                 if "updatedAt" in table.column_names
                 else [None] * len(ids)
             )
-            if type_name == ROOT_TYPE:
+            if type_name == self.root_type:
                 belongs = [in_partitions(i) if by_ids else True for i in ids]
-            elif link_only and "sequenceStepId" in table.column_names:
-                owners = table.column("sequenceStepId").to_pylist()
+            elif link_only and owner in table.column_names:
+                owners = table.column(owner).to_pylist()
                 belongs = [o in steps if o is not None else False for o in owners]
             else:
                 belongs = [i in referenced for i in ids]
@@ -767,8 +772,8 @@ class Export:
 
         if self._stop_requested or state.phase != "done":
             raise Interrupted(
-                f"stopped before the export finished; {state.resources[ROOT_TYPE].rows:,} "
-                f"{ROOT_TYPE} rows of run {state.run_id} are committed. Run the same command "
+                f"stopped before the export finished; {state.resources[self.root_type].rows:,} "
+                f"{self.root_type} rows of run {state.run_id} are committed. Run the same command "
                 "again to resume"
             )
         for resource in state.resources.values():
@@ -823,7 +828,7 @@ class Export:
             state.committed_files(),
             version_since=self._version_since(state),
             links=self.links,
-            root_type=ROOT_TYPE,
+            root_type=self.root_type,
         )
 
     def _version_since(self, state: RunState) -> dict[str, int | None]:
@@ -850,7 +855,7 @@ class Export:
     ) -> None:
         s = self.settings
         incremental = state.kind == "incremental"
-        root = state.resources[ROOT_TYPE]
+        root = state.resources[self.root_type]
         if state.window_end is None:
             start = state.window_start
             await self._mark_window(state, client)
@@ -885,6 +890,7 @@ class Export:
                 max_url_length=s.max_url_length,
                 select=select,
                 unsure_filter=unsure_filter,
+                root=self.root_type,
             )
             self._started(walk)
             self.walk_stats.update(walk.stats)  # live counters, for the progress display
@@ -930,8 +936,10 @@ class Export:
                     walk.seed(target, index.ids.get(target, IdSet()), 0)
             if resumed:
                 await asyncio.to_thread(resume_walk, self.storage, state, walk)
-        versions = index.versions.get(ROOT_TYPE, {}) if index is not None else {}
-        crawl = crawl_for(ROOT_TYPE, SkipKnownVersions(versions) if incremental else None, walk)
+        versions = index.versions.get(self.root_type, {}) if index is not None else {}
+        crawl = crawl_for(
+            self.root_type, SkipKnownVersions(versions) if incremental else None, walk
+        )
         async with asyncio.TaskGroup() as group:
             group.create_task(self._crawl_then_close(crawl, walk, root))
             if walk is not None:
@@ -951,7 +959,7 @@ class Export:
         # its step deleted, or it moved away) or when a step of the backup reaches it now.
         if incremental and index is not None:
             self._phase(state, "deltas")
-            members_steps = IdSet(index.ids.get(ROOT_TYPE, IdSet()))
+            members_steps = IdSet(index.ids.get(self.root_type, IdSet()))
             for value in emitted_steps:
                 members_steps.add(value)
             refreshed: list[ResourceState] = []
@@ -977,7 +985,7 @@ class Export:
                     if updated_at_filterable(target):
                         if link_only:
                             select: RowSelector = BelongsToBackup(
-                                members_steps, "sequenceStepId", versions, held
+                                members_steps, owner_column(self.root_type), versions, held
                             )
                         else:
                             select = BelongsToBackup(members, "id", versions)
@@ -998,7 +1006,7 @@ class Export:
                             )
                         ]
                         refreshes[0].request(target, members)
-                        back = step_back_link(target)
+                        back = step_back_link(target, self.root_type)
                         if back is not None:
                             # API-FACTS states `filter[sequenceStep][id]` for calls, mailings
                             # and tasks only: should the API refuse or ignore it here, the
@@ -1074,8 +1082,8 @@ class Export:
             await client.get_document(
                 collection_url(
                     self.settings.base_url,
-                    resource_type(ROOT_TYPE).collection,
-                    [("page[size]", "1"), (f"fields[{ROOT_TYPE}]", "")],
+                    resource_type(self.root_type).collection,
+                    [("page[size]", "1"), (f"fields[{self.root_type}]", "")],
                 )
             )
         local = time.time()
@@ -1123,7 +1131,7 @@ class Export:
             )
             basis["window_start_clamped_from"] = state.window_start
             state.window_start = iso(fallback)
-        state.resources[ROOT_TYPE].detail["mark"] = basis
+        state.resources[self.root_type].detail["mark"] = basis
         state.window_end = iso(mark)
 
     @staticmethod
@@ -1144,7 +1152,7 @@ def resume_walk(storage: Storage, state: RunState, walk: RelationshipWalk) -> No
        (`needs` > `positions_through`) is announced again for that type, and its `needs`
        rewritten to the new positions, so a second kill loses nothing either.
     """
-    root = state.resources[ROOT_TYPE]
+    root = state.resources[walk.root]
     needs_by_file: dict[str, dict[str, int]] = root.detail.setdefault("needs", {})
     watermark: dict[str, int] = {}
     for target in walk.targets:

@@ -13,7 +13,7 @@ The walk runs beside the step crawl on the same client (one rate limiter, one in
 Every queued id gets a position (0, 1, 2, ... per target type); a batch covers a contiguous
 range of positions, and a step page records, per type, the position its references end at
 (`needs`). The writer commits ranges; a step file whose `needs` lie below the committed
-watermark has all its relationships on disk (read on resume, see `run.resume_walk`).
+watermark has all its relationships on disk (read on resume, see `resume_walk`).
 Memory stays bounded: pending ids are packed arrays, and the crawl waits (`backpressure`) while
 more than a few batches' worth wait to be fetched.
 """
@@ -33,6 +33,10 @@ import pyarrow.compute as pc
 
 from exporter.api.client import ApiClient
 from exporter.api.pagination import ChainGuard, collection_url, next_link
+from exporter.backup.checkpoint import ResourceState, RunState
+from exporter.backup.damage import read_failure
+from exporter.backup.reader import part_reader
+from exporter.backup.storage import Storage
 from exporter.core.config import DEFAULT_ROOT_TYPE
 from exporter.core.errors import ApiError, UsageError, shown_url
 from exporter.core.progress import event
@@ -658,3 +662,77 @@ def owner_column(root: str) -> str:
     """The column of a link-only type's table naming the root record it belongs to
     (`sequenceStepId`: the to-one relationship named after the root, as `normalize` names it)."""
     return f"{root}Id"
+
+
+def mark_batches_committed(resource: ResourceState, ranges: list[tuple[int, int]]) -> None:
+    """Advance the related type's watermark: every position below `positions_through` is committed.
+
+    Batches finish out of order; ranges above the watermark wait in `ranges_above` until the gap
+    below them closes."""
+    detail = resource.detail
+    through = int(detail.get("positions_through", 0))
+    above = sorted([*(tuple(r) for r in detail.get("ranges_above", [])), *ranges])
+    waiting: list[list[int]] = []
+    for start, end in above:
+        if start <= through:
+            through = max(through, end)
+        else:
+            waiting.append([start, end])
+    detail["positions_through"] = through
+    detail["ranges_above"] = waiting
+
+
+def resume_walk(storage: Storage, state: RunState, walk: RelationshipWalk) -> None:
+    """Resume the relationship walk from what the checkpoint proves.
+
+    1. Related records already committed are neither fetched nor written again (their ids are
+       read from the committed files).
+    2. A committed step file whose references end above a type's committed watermark
+       (`needs` > `positions_through`) is announced again for that type, and its `needs`
+       rewritten to the new positions, so a second kill loses nothing either.
+    """
+    root = state.resources[walk.root]
+    needs_by_file: dict[str, dict[str, int]] = root.detail.setdefault("needs", {})
+    watermark: dict[str, int] = {}
+    for target in walk.targets:
+        resource = state.resources[target]
+        ids: list[int] = []
+        for data_file in resource.files:
+            ids.extend(read_column(storage, data_file.path, "id"))
+        watermark[target] = int(resource.detail.get("positions_through", 0))
+        highest = max(
+            [
+                watermark[target],
+                *(int(end) for _start, end in resource.detail.get("ranges_above", [])),
+                *(needs.get(target, 0) for needs in needs_by_file.values()),
+            ]
+        )
+        walk.seed(target, ids, highest)
+        # Every earlier position is now either committed or announced again below.
+        resource.detail["positions_through"] = highest
+        resource.detail["ranges_above"] = []
+    for data_file in root.files:
+        needs = needs_by_file.get(data_file.path, {})
+        lagging = {t for t in walk.targets if needs.get(t, 0) > watermark[t]}
+        if not lagging:
+            continue
+        renewed = dict(needs)
+        for table in read_batches(storage, data_file.path):
+            renewed.update(walk.announce(table, only=lagging))
+        needs_by_file[data_file.path] = renewed
+
+
+def read_column(storage: Storage, relative: str, column: str) -> list[int]:
+    try:
+        table = part_reader(storage).table(relative, [column])
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise read_failure(storage, relative, exc, None) from None
+    values: list[int] = table.column(column).to_pylist()
+    return values
+
+
+def read_batches(storage: Storage, relative: str) -> Iterator[pa.Table]:
+    try:
+        yield from part_reader(storage).batches(relative)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise read_failure(storage, relative, exc, None) from None

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,9 +40,8 @@ from exporter.api.pagination import collection_url
 from exporter.backup import checkpoint, manifest
 from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.compact import NOT_ASKED_BY_STEP
-from exporter.backup.damage import damaged_error, inspect, read_failure, shown
+from exporter.backup.damage import damaged_error, inspect, shown
 from exporter.backup.lock import OutputLock
-from exporter.backup.reader import part_reader
 from exporter.backup.sink import part_run_id
 from exporter.backup.storage import OpenFile, Storage
 from exporter.core.config import ExportSettings
@@ -64,6 +63,7 @@ from exporter.export.relationships import (
     WalkStats,
     owner_column,
     parse_selection,
+    resume_walk,
     step_back_link,
 )
 from exporter.export.repair import (
@@ -1141,62 +1141,6 @@ class Export:
         await crawl.run(root.partitions if root.planned else None)
         if walk is not None:
             walk.close()  # no more steps: flush the partial batches
-
-
-def resume_walk(storage: Storage, state: RunState, walk: RelationshipWalk) -> None:
-    """Resume the relationship walk from what the checkpoint proves.
-
-    1. Related records already committed are neither fetched nor written again (their ids are
-       read from the committed files).
-    2. A committed step file whose references end above a type's committed watermark
-       (`needs` > `positions_through`) is announced again for that type, and its `needs`
-       rewritten to the new positions, so a second kill loses nothing either.
-    """
-    root = state.resources[walk.root]
-    needs_by_file: dict[str, dict[str, int]] = root.detail.setdefault("needs", {})
-    watermark: dict[str, int] = {}
-    for target in walk.targets:
-        resource = state.resources[target]
-        ids: list[int] = []
-        for data_file in resource.files:
-            ids.extend(read_column(storage, data_file.path, "id"))
-        watermark[target] = int(resource.detail.get("positions_through", 0))
-        highest = max(
-            [
-                watermark[target],
-                *(int(end) for _start, end in resource.detail.get("ranges_above", [])),
-                *(needs.get(target, 0) for needs in needs_by_file.values()),
-            ]
-        )
-        walk.seed(target, ids, highest)
-        # Every earlier position is now either committed or announced again below.
-        resource.detail["positions_through"] = highest
-        resource.detail["ranges_above"] = []
-    for data_file in root.files:
-        needs = needs_by_file.get(data_file.path, {})
-        lagging = {t for t in walk.targets if needs.get(t, 0) > watermark[t]}
-        if not lagging:
-            continue
-        renewed = dict(needs)
-        for table in read_batches(storage, data_file.path):
-            renewed.update(walk.announce(table, only=lagging))
-        needs_by_file[data_file.path] = renewed
-
-
-def read_column(storage: Storage, relative: str, column: str) -> list[int]:
-    try:
-        table = part_reader(storage).table(relative, [column])
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise read_failure(storage, relative, exc, None) from None
-    values: list[int] = table.column(column).to_pylist()
-    return values
-
-
-def read_batches(storage: Storage, relative: str) -> Iterator[pa.Table]:
-    try:
-        yield from part_reader(storage).batches(relative)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise read_failure(storage, relative, exc, None) from None
 
 
 def _unwrap(exc: BaseException) -> BaseException:

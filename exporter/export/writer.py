@@ -25,6 +25,7 @@ from exporter.backup.sink import PartSink, PartWriter
 from exporter.backup.storage import Storage
 from exporter.core.progress import event
 from exporter.export.crawl import Flush, Message, PageBatch, Plan, Split
+from exporter.export.relationships import mark_batches_committed
 from exporter.model.normalize import arrow_schema
 
 
@@ -217,21 +218,3 @@ def _find(partitions: list[PartitionState], key: int) -> PartitionState:
         if partition.key == key:
             return partition
     raise KeyError(f"no partition {key}")
-
-
-def mark_batches_committed(resource: ResourceState, ranges: list[tuple[int, int]]) -> None:
-    """Advance the related type's watermark: every position below `positions_through` is committed.
-
-    Batches finish out of order; ranges above the watermark wait in `ranges_above` until the gap
-    below them closes."""
-    detail = resource.detail
-    through = int(detail.get("positions_through", 0))
-    above = sorted([*(tuple(r) for r in detail.get("ranges_above", [])), *ranges])
-    waiting: list[list[int]] = []
-    for start, end in above:
-        if start <= through:
-            through = max(through, end)
-        else:
-            waiting.append([start, end])
-    detail["positions_through"] = through
-    detail["ranges_above"] = waiting

@@ -33,6 +33,7 @@ import pyarrow.fs as pafs
 from exporter.backup import checkpoint, lock, manifest
 from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.damage import inspect, shown
+from exporter.backup.detail import BatchWatermark, IdSample, ResourceDetail
 from exporter.backup.reader import newest_value, part_reader
 from exporter.backup.storage import Storage
 from exporter.commands.options import exit_on_error, show_report
@@ -242,10 +243,9 @@ def _next_export(survey: _Survey) -> NextExport:
     )
 
 
-def mark_basis(detail: dict[str, Any]) -> str | None:
-    """What the run's mark was taken from, as `Export._mark_window` recorded it; None for runs
-    that recorded nothing (older releases: the API's clock)."""
-    basis = detail.get("mark")
+def mark_basis(basis: dict[str, Any] | None) -> str | None:
+    """What the run's mark was taken from, as `Export._mark_window` recorded it (the root's
+    `detail.mark`); None for runs that recorded nothing (older releases: the API's clock)."""
     if not isinstance(basis, dict) or not isinstance(basis.get("based_on"), str):
         return None
     text = str(basis["based_on"])
@@ -477,25 +477,28 @@ class _Survey:
         # What the run's documents say per type beyond its files: the manifest's top level
         # for the run it describes, else the checkpoint for its own run.
         details: dict[str, dict[str, Any]] = {}
+        recorded: dict[str, ResourceDetail] = {}
         if document is not None:
             resources = document.get("resources") or {}
             details = {str(k): v for k, v in resources.items() if isinstance(v, dict)}
+            recorded = {k: ResourceDetail.recorded(v.get("detail")) for k, v in details.items()}
         elif state is not None:
             details = {
-                k: {"directory": v.directory, "extra_values": v.extra_values, "detail": v.detail}
+                k: {"directory": v.directory, "extra_values": v.extra_values}
                 for k, v in state.resources.items()
             }
+            recorded = {k: v.detail for k, v in state.resources.items()}
         stones = Counter[str]()
         for entry in record.files:
             if entry.get("type") == TOMBSTONE_TYPE:
                 stones.update(self._tombstones(str(entry.get("path")), run.problems))
         # The mark is recorded in the root type's detail (whichever type the run crawled whole).
-        bases = (mark_basis(summary.get("detail") or {}) for summary in details.values())
+        bases = (mark_basis(detail.mark) for detail in recorded.values())
         run.mark_basis = next((basis for basis in bases if basis is not None), None)
         for type_name in _order(set(record.types) | set(stones) - {""}):
             mine = [f for f in record.files if str(f.get("type")) == type_name]
             summary = details.get(type_name, {})
-            detail = summary.get("detail") or {}
+            detail = recorded.get(type_name) or ResourceDetail()
             result = ResourceStatus(
                 type_name=type_name,
                 directory=str(summary.get("directory") or _directory(record, type_name, mine)),
@@ -505,7 +508,7 @@ class _Survey:
                 finished=record.complete,
                 updated_at_max=None,
                 extra_values=int(summary.get("extra_values") or 0),
-                missing_references=_missing_count(detail),
+                missing_references=_missing_count(detail.missing),
                 tombstones=stones.get(type_name, 0),
             )
             if type_name != TOMBSTONE_TYPE:
@@ -513,7 +516,7 @@ class _Survey:
                 result.updated_at_max = _iso_or_none(self._newest(paths, run.problems))
             if state is not None and type_name in state.resources:
                 _partitions(result, state.resources[type_name])
-            _watermark(result, detail)
+            _watermark(result, detail.watermark)
             run.resources.append(result)
         if state is not None and unfinished:
             run.uncommitted_files = _uncommitted(
@@ -600,15 +603,14 @@ def _partitions(result: ResourceStatus, resource: ResourceState) -> None:
     result.id_range_committed = done / span if span else 1.0
 
 
-def _missing_count(detail: dict[str, Any]) -> int:
-    missing = detail.get("missing")
+def _missing_count(missing: IdSample | None) -> int:
     return int(missing.get("count") or 0) if isinstance(missing, dict) else 0
 
 
-def _watermark(result: ResourceStatus, detail: dict[str, Any]) -> None:
-    if "positions_through" in detail:
-        result.positions_through = int(detail["positions_through"])
-        result.ranges_waiting = len(detail.get("ranges_above") or [])
+def _watermark(result: ResourceStatus, watermark: BatchWatermark | None) -> None:
+    if watermark is not None:
+        result.positions_through = watermark.through
+        result.ranges_waiting = len(watermark.waiting)
 
 
 def _outside(relative: str) -> str:

@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 
 from exporter.backup import manifest
 from exporter.backup.damage import DamagedFileError, read_failure
+from exporter.backup.detail import ResourceDetail
 from exporter.backup.lock import locked
 from exporter.backup.reader import decode_table, part_reader
 from exporter.backup.sink import DataFile, encode_table
@@ -49,9 +50,6 @@ from exporter.model.schema import RESOURCE_TYPES, resource_type
 # The types crawled whole: every one of their records is in a backup. A manifest does not say
 # which (the export's `root_type`), so compaction assumes the export's default.
 DEFAULT_ROOTS = (DEFAULT_ROOT_TYPE,)
-# A resource's `detail` key (checkpoint, manifest): the last run could not ask for that type's
-# records by step (the API refused or ignored `filter[sequenceStep][id]`).
-NOT_ASKED_BY_STEP = "not_asked_by_step"
 
 
 def current_table(
@@ -164,7 +162,7 @@ def with_inverse_lists(
     change when a member comes or goes without the record's own `updatedAt` moving. The owning
     side, each member's to-one column, says it exactly.
 
-    For a target in `unsure` (its records were not asked for by step: `NOT_ASKED_BY_STEP`) the
+    For a target in `unsure` (its records were not asked for by step: `not_asked_by_step`) the
     backup may lack members, so a record's own list counts too: its ids the backup does not
     hold stay; those it holds go where their to-one column says."""
     for list_column, target, back in inverse_columns(type_name, roots):
@@ -278,8 +276,7 @@ def _write_generation(
         t
         for t, r in document.get("resources", {}).items()
         if isinstance(r, dict)
-        and isinstance(r.get("detail"), dict)
-        and NOT_ASKED_BY_STEP in r["detail"]
+        and ResourceDetail.recorded(r.get("detail")).not_asked_by_step is not None
     )
     for root in roots:
         for _column, member, back in inverse_columns(root, roots):

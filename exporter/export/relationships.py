@@ -35,6 +35,7 @@ from exporter.api.client import ApiClient
 from exporter.api.pagination import ChainGuard, collection_url, next_link
 from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.damage import read_failure
+from exporter.backup.detail import BatchWatermark, IdSample, NotAsked
 from exporter.backup.reader import part_reader
 from exporter.backup.storage import Storage
 from exporter.core.config import DEFAULT_ROOT_TYPE
@@ -243,7 +244,7 @@ class RelationshipWalk:
         # this walk (API-FACTS states it only for calls, mailings and tasks): then stop asking by
         # step and say so in `not_asked` instead of failing, or of paging through every record.
         self.unsure_filter = unsure_filter
-        self.not_asked: dict[str, dict[str, object]] = {}
+        self.not_asked: dict[str, NotAsked] = {}
         self.select = select or {}
         self.base_url = base_url
         self.links = links
@@ -631,7 +632,7 @@ class RelationshipWalk:
             ids=ids[:20],
         )
 
-    def unrequested(self) -> dict[str, dict[str, object]]:
+    def unrequested(self) -> dict[str, IdSample]:
         """Records answers held that their requests did not ask for (dropped)."""
         return {
             t: {"count": s.unrequested_count, "ids": sorted(s.unrequested)}
@@ -639,7 +640,7 @@ class RelationshipWalk:
             if s.unrequested_count
         }
 
-    def missing(self) -> dict[str, dict[str, object]]:
+    def missing(self) -> dict[str, IdSample]:
         """Referenced records the API did not return (deleted since, or not visible to the user)."""
         return {
             t: {"count": s.missing_count, "ids": sorted(s.missing)}
@@ -665,21 +666,22 @@ def owner_column(root: str) -> str:
 
 
 def mark_batches_committed(resource: ResourceState, ranges: list[tuple[int, int]]) -> None:
-    """Advance the related type's watermark: every position below `positions_through` is committed.
+    """Advance the related type's watermark (`advance`) past the batches just committed."""
+    resource.detail.watermark = advance(resource.detail.watermark or BatchWatermark(), ranges)
 
-    Batches finish out of order; ranges above the watermark wait in `ranges_above` until the gap
-    below them closes."""
-    detail = resource.detail
-    through = int(detail.get("positions_through", 0))
-    above = sorted([*(tuple(r) for r in detail.get("ranges_above", [])), *ranges])
-    waiting: list[list[int]] = []
-    for start, end in above:
+
+def advance(watermark: BatchWatermark, ranges: list[tuple[int, int]]) -> BatchWatermark:
+    """The watermark once `ranges` [start, end) are committed too: every position below
+    `through` is committed. Batches finish out of order; ranges above the watermark wait in
+    `waiting` until the gap below them closes."""
+    through = watermark.through
+    waiting: list[tuple[int, int]] = []
+    for start, end in sorted([*watermark.waiting, *ranges]):
         if start <= through:
             through = max(through, end)
         else:
-            waiting.append([start, end])
-    detail["positions_through"] = through
-    detail["ranges_above"] = waiting
+            waiting.append((start, end))
+    return BatchWatermark(through, tuple(waiting))
 
 
 def resume_walk(storage: Storage, state: RunState, walk: RelationshipWalk) -> None:
@@ -688,29 +690,29 @@ def resume_walk(storage: Storage, state: RunState, walk: RelationshipWalk) -> No
     1. Related records already committed are neither fetched nor written again (their ids are
        read from the committed files).
     2. A committed step file whose references end above a type's committed watermark
-       (`needs` > `positions_through`) is announced again for that type, and its `needs`
+       (`file_needs` > `watermark.through`) is announced again for that type, and its needs
        rewritten to the new positions, so a second kill loses nothing either.
     """
     root = state.resources[walk.root]
-    needs_by_file: dict[str, dict[str, int]] = root.detail.setdefault("needs", {})
+    needs_by_file = root.detail.file_needs()
     watermark: dict[str, int] = {}
     for target in walk.targets:
         resource = state.resources[target]
         ids: list[int] = []
         for data_file in resource.files:
             ids.extend(read_column(storage, data_file.path, "id"))
-        watermark[target] = int(resource.detail.get("positions_through", 0))
+        committed = resource.detail.watermark or BatchWatermark()
+        watermark[target] = committed.through
         highest = max(
             [
                 watermark[target],
-                *(int(end) for _start, end in resource.detail.get("ranges_above", [])),
+                *(end for _start, end in committed.waiting),
                 *(needs.get(target, 0) for needs in needs_by_file.values()),
             ]
         )
         walk.seed(target, ids, highest)
         # Every earlier position is now either committed or announced again below.
-        resource.detail["positions_through"] = highest
-        resource.detail["ranges_above"] = []
+        resource.detail.watermark = BatchWatermark(highest)
     for data_file in root.files:
         needs = needs_by_file.get(data_file.path, {})
         lagging = {t for t in walk.targets if needs.get(t, 0) > watermark[t]}

@@ -39,8 +39,8 @@ from exporter.api.client import ApiClient, ClientSettings
 from exporter.api.pagination import collection_url
 from exporter.backup import checkpoint, manifest
 from exporter.backup.checkpoint import ResourceState, RunState
-from exporter.backup.compact import NOT_ASKED_BY_STEP
 from exporter.backup.damage import damaged_error, inspect, shown
+from exporter.backup.detail import NOT_ASKED_BY_STEP
 from exporter.backup.lock import OutputLock
 from exporter.backup.sink import part_run_id
 from exporter.backup.storage import OpenFile, Storage
@@ -67,7 +67,6 @@ from exporter.export.relationships import (
     step_back_link,
 )
 from exporter.export.repair import (
-    REPAIR_KEY,
     Keep,
     covered,
     drop_file,
@@ -482,9 +481,7 @@ class Export:
             current = any(data_file in r.files for r in state.resources.values())
             moved = set_aside(storage, data_file.path, state.run_id)
             drop_file(state, data_file.path)
-            needs = (
-                state.resources[self.root_type].detail.get("needs", {}).pop(data_file.path, None)
-            )
+            needs = state.resources[self.root_type].detail.take_file_needs(data_file.path)
             event(
                 "run.repair",
                 f"{data_file.path} is damaged ({item.reason}): "
@@ -496,7 +493,7 @@ class Export:
             if data_file.type_name == TOMBSTONE_TYPE or data_file.min_id is None:
                 continue  # tombstones: the --detect-deletes phase checks their ids again
             assert data_file.max_id is not None
-            state.resources[data_file.type_name].detail.setdefault(REPAIR_KEY, []).append(
+            state.resources[data_file.type_name].detail.add_repair(
                 {
                     "path": data_file.path,
                     "low": data_file.min_id,
@@ -519,9 +516,7 @@ class Export:
     ) -> None:
         """Fetch again what the damaged files held (steps first: related records are chosen
         by what the steps reach), commit it, then clear the pending repairs."""
-        pending = {
-            t: r.detail[REPAIR_KEY] for t, r in state.resources.items() if r.detail.get(REPAIR_KEY)
-        }
+        pending = {t: r.detail.repairs for t, r in state.resources.items() if r.detail.repairs}
         if not pending:
             return
         self.phase = "repair"
@@ -563,7 +558,7 @@ class Export:
                     )
             await flush()
         for type_name in pending:
-            del state.resources[type_name].detail[REPAIR_KEY]
+            state.resources[type_name].detail.clear_repairs()
         await flush()  # the repaired rows are committed: the pending repairs go with them
 
     def _keep(self, state: RunState, type_name: str, by_ids: bool, index: BackupIndex) -> Keep:
@@ -793,9 +788,9 @@ class Export:
             }
         )
         not_asked = {
-            t: r.detail[NOT_ASKED_BY_STEP]
+            t: how
             for t, r in state.resources.items()
-            if NOT_ASKED_BY_STEP in r.detail
+            if (how := r.detail.not_asked_by_step) is not None
         }
         if not_asked:
             self.stats[NOT_ASKED_BY_STEP] = not_asked
@@ -946,9 +941,9 @@ class Export:
                 group.create_task(walk.run())
         if walk is not None:
             for type_name, missing in walk.missing().items():
-                state.resources[type_name].detail["missing"] = missing
+                state.resources[type_name].detail.missing = missing
             for type_name, dropped in walk.unrequested().items():
-                state.resources[type_name].detail["unrequested"] = dropped
+                state.resources[type_name].detail.unrequested = dropped
         emitted_steps = crawl.emitted_ids()
         if self._stop_requested:
             return
@@ -1056,16 +1051,16 @@ class Export:
             refresh.close()
             await refresh.run()
             for dropped in refresh.unrequested().values():
-                resource.detail["unrequested"] = dropped
+                resource.detail.unrequested = dropped
             for how in refresh.not_asked.values():
-                resource.detail[NOT_ASKED_BY_STEP] = how  # in the checkpoint, then the manifest
+                resource.detail.not_asked_by_step = how  # in the checkpoint, then the manifest
             if self._stop_requested:
                 return
         done.append(resource)
 
     async def _mark_window(self, state: RunState, client: ApiClient) -> None:
         """Take the run's mark, the end of its window (the next window starts there, less the
-        overlap), before any data is read; say in the root type's `detail["mark"]` what it is
+        overlap), before any data is read; say in the root type's `detail.mark` what it is
         based on.
 
         1. The API's clock (its Date header at its first answer; a first small request when
@@ -1131,7 +1126,7 @@ class Export:
             )
             basis["window_start_clamped_from"] = state.window_start
             state.window_start = iso(fallback)
-        state.resources[self.root_type].detail["mark"] = basis
+        state.resources[self.root_type].detail.mark = basis
         state.window_end = iso(mark)
 
     @staticmethod

@@ -172,7 +172,7 @@ class Writer:
                 if needs:
                     # Up to which position each related type must be committed before this
                     # file's references are all exported (read on resume).
-                    resource.detail.setdefault("needs", {})[committed.path] = needs
+                    resource.detail.file_needs()[committed.path] = needs
         done = self._done_batches.pop(type_name, None)
         if done:
             mark_batches_committed(resource, done)

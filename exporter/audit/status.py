@@ -28,16 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from exporter.backup import catalog, checkpoint, lock
 from exporter.backup.catalog import RecordedFile, RunRecord, ordered_types, recorded_runs
 from exporter.backup.checkpoint import ResourceState, RunState
-from exporter.backup.compact import ROOT_TYPE
 from exporter.backup.damage import inspect, shown
+from exporter.backup.detail import BatchWatermark, IdSample, ResourceDetail
 from exporter.backup.layout import BACKUP_DIRECTORIES, run_directory, uncommitted
+from exporter.backup.reader import newest_value, part_reader
 from exporter.backup.storage import Storage
 from exporter.core.errors import UsageError
 from exporter.core.times import iso_exact, iso_exact_or_none, micros
@@ -267,10 +266,9 @@ def _next_export(survey: _Survey) -> NextExport:
     )
 
 
-def mark_basis(detail: dict[str, Any]) -> str | None:
-    """What the run's mark was taken from, as `Export._mark_window` recorded it; None for runs
-    that recorded nothing (older releases: the API's clock)."""
-    basis = detail.get("mark")
+def mark_basis(basis: dict[str, Any] | None) -> str | None:
+    """What the run's mark was taken from, as `Export._mark_window` recorded it (the root's
+    `detail.mark`); None for runs that recorded nothing (older releases: the API's clock)."""
     if not isinstance(basis, dict) or not isinstance(basis.get("based_on"), str):
         return None
     text = str(basis["based_on"])
@@ -397,23 +395,28 @@ class _Survey:
         # What the run's documents say per type beyond its files: the manifest's top level
         # for the run it describes, else the checkpoint for its own run.
         details: dict[str, dict[str, Any]] = {}
+        recorded: dict[str, ResourceDetail] = {}
         if document is not None:
             resources = document.get("resources") or {}
             details = {str(k): v for k, v in resources.items() if isinstance(v, dict)}
+            recorded = {k: ResourceDetail.recorded(v.get("detail")) for k, v in details.items()}
         elif state is not None:
             details = {
-                k: {"directory": v.directory, "extra_values": v.extra_values, "detail": v.detail}
+                k: {"directory": v.directory, "extra_values": v.extra_values}
                 for k, v in state.resources.items()
             }
+            recorded = {k: v.detail for k, v in state.resources.items()}
         stones = Counter[str]()
-        for recorded in record.files:
-            if recorded.type_name == TOMBSTONE_TYPE:
-                stones.update(self._tombstones(recorded.path, run.problems))
-        run.mark_basis = mark_basis((details.get(ROOT_TYPE) or {}).get("detail") or {})
+        for entry in record.files:
+            if entry.type_name == TOMBSTONE_TYPE:
+                stones.update(self._tombstones(entry.path, run.problems))
+        # The mark is recorded in the root type's detail (whichever type the run crawled whole).
+        bases = (mark_basis(detail.mark) for detail in recorded.values())
+        run.mark_basis = next((basis for basis in bases if basis is not None), None)
         for type_name in ordered_types(set(record.types) | set(stones) - {""}):
             mine = [f for f in record.files if f.type_name == type_name]
             summary = details.get(type_name, {})
-            detail = summary.get("detail") or {}
+            detail = recorded.get(type_name) or ResourceDetail()
             result = ResourceStatus(
                 type_name=type_name,
                 directory=str(summary.get("directory") or _directory(record, type_name, mine)),
@@ -423,7 +426,7 @@ class _Survey:
                 finished=record.complete,
                 updated_at_max=None,
                 extra_values=int(summary.get("extra_values") or 0),
-                missing_references=_missing_count(detail),
+                missing_references=_missing_count(detail.missing),
                 tombstones=stones.get(type_name, 0),
             )
             if type_name != TOMBSTONE_TYPE:
@@ -431,7 +434,7 @@ class _Survey:
                 result.updated_at_max = iso_exact_or_none(self._newest(paths, run.problems))
             if state is not None and type_name in state.resources:
                 _partitions(result, state.resources[type_name])
-            _watermark(result, detail)
+            _watermark(result, detail.watermark)
             run.resources.append(result)
         if state is not None and unfinished:
             run.uncommitted_files = _uncommitted(
@@ -480,9 +483,7 @@ class _Survey:
                 problems.append(_outside(relative))
             else:
                 try:
-                    table = pq.read_table(
-                        self.root.path(location), columns=["type"], filesystem=self.root.fs
-                    )
+                    table = part_reader(self.root).table(location, ["type"])
                     counts.update(str(v) for v in table.column("type").to_pylist())
                 except (OSError, pa.ArrowException, KeyError) as exc:
                     problems.append(
@@ -517,15 +518,14 @@ def _partitions(result: ResourceStatus, resource: ResourceState) -> None:
     result.id_range_committed = done / span if span else 1.0
 
 
-def _missing_count(detail: dict[str, Any]) -> int:
-    missing = detail.get("missing")
+def _missing_count(missing: IdSample | None) -> int:
     return int(missing.get("count") or 0) if isinstance(missing, dict) else 0
 
 
-def _watermark(result: ResourceStatus, detail: dict[str, Any]) -> None:
-    if "positions_through" in detail:
-        result.positions_through = int(detail["positions_through"])
-        result.ranges_waiting = len(detail.get("ranges_above") or [])
+def _watermark(result: ResourceStatus, watermark: BatchWatermark | None) -> None:
+    if watermark is not None:
+        result.positions_through = watermark.through
+        result.ranges_waiting = len(watermark.waiting)
 
 
 def _outside(relative: str) -> str:
@@ -538,7 +538,7 @@ def _high_water_of(root: Storage, relative: str, problems: list[str]) -> datetim
         problems.append(_outside(relative))
         return None
     try:
-        return updated_high_water(root.path(location), filesystem=root.fs)
+        return part_reader(root).newest(location, HIGH_WATER_COLUMN)
     except (OSError, pa.ArrowException) as exc:
         problems.append(
             f"{relative}: cannot read its updatedAt ({type(exc).__name__}); run `exporter verify`"
@@ -551,48 +551,11 @@ def updated_high_water(
     column: str = HIGH_WATER_COLUMN,
     filesystem: pafs.FileSystem | None = None,
 ) -> datetime | None:
-    """The largest value of `column` in a Parquet file: row-group statistics, else a column scan.
-
-    `path` is on `filesystem` (an object store's, say), a local path when none is given. Only the
-    footer is read when every row group carries statistics; otherwise the one column is streamed
-    batch by batch, so memory stays flat either way.
-    """
+    """The largest value of `column` in a part file (`reader.newest_value`): `path` is on
+    `filesystem` (an object store's, say), a local path when none is given."""
     if filesystem is None:
         filesystem, path = pafs.LocalFileSystem(), Path(path).absolute()
-    with filesystem.open_input_file(str(path)) as handle:
-        return _max_of(pq.ParquetFile(handle), column)
-
-
-def _max_of(parquet: pq.ParquetFile, column: str) -> datetime | None:
-    """`updated_high_water` on an open file: statistics first, the column itself if need be."""
-    metadata = parquet.metadata
-    names = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
-    if column not in names:
-        return None
-    index = names.index(column)
-    newest: datetime | None = None
-    for group in range(metadata.num_row_groups):
-        chunk = metadata.row_group(group).column(index)
-        stats = chunk.statistics
-        if stats is None or not stats.has_min_max:
-            if stats is not None and stats.null_count == chunk.num_values:
-                continue  # an all-null row group has no maximum
-            return _scan_max(parquet, column)
-        value = stats.max
-        if not isinstance(value, datetime):
-            return _scan_max(parquet, column)
-        if newest is None or value > newest:
-            newest = value
-    return newest
-
-
-def _scan_max(parquet: pq.ParquetFile, column: str) -> datetime | None:
-    newest: datetime | None = None
-    for batch in parquet.iter_batches(batch_size=65_536, columns=[column]):
-        value = pc.max(batch.column(0)).as_py()
-        if isinstance(value, datetime) and (newest is None or value > newest):
-            newest = value
-    return newest
+    return newest_value(filesystem, str(path), column)
 
 
 def _uncommitted(root: Storage, named: set[str]) -> list[str]:

@@ -44,10 +44,10 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from exporter.backup import checkpoint, manifest
 from exporter.backup.layout import BACKUP_DIRECTORIES, is_ours, uncommitted
+from exporter.backup.reader import part_reader
 from exporter.backup.sink import PART_NAME
 from exporter.backup.storage import Storage
 from exporter.core.errors import ExitCode, OutputError, UsageError
@@ -434,11 +434,7 @@ def _check_files(root: Storage, expected: list[ExpectedFile], report: VerifyRepo
         if result.sha256 != entry.sha256:
             report.differences.append(Difference(entry.path, "sha256", entry.sha256, result.sha256))
         try:
-            # One open for the footer: row count and schema (only the footer is fetched).
-            with root.fs.open_input_file(root.path(location)) as handle:
-                parquet = pq.ParquetFile(handle)
-                metadata = parquet.metadata
-                schema = parquet.schema_arrow
+            footer = part_reader(root).footer(location)  # only the footer is fetched
         except OSError as exc:
             _cannot_read(report, result, exc)
             continue
@@ -448,13 +444,11 @@ def _check_files(root: Storage, expected: list[ExpectedFile], report: VerifyRepo
                 Difference(entry.path, "parquet", note=f"not a readable Parquet file ({reason})")
             )
         else:
-            result.rows = metadata.num_rows
-            if metadata.num_rows != entry.rows:
-                report.differences.append(
-                    Difference(entry.path, "rows", entry.rows, metadata.num_rows)
-                )
+            result.rows = footer.rows
+            if footer.rows != entry.rows:
+                report.differences.append(Difference(entry.path, "rows", entry.rows, footer.rows))
             if entry.schema is not None:
-                found = manifest.schema_fields(_with_item_names(schema))
+                found = manifest.schema_fields(_with_item_names(footer.schema))
                 if found != entry.schema:
                     report.differences.append(_schema_difference(entry.path, entry.schema, found))
         if len(report.differences) > before:

@@ -18,6 +18,7 @@ from typing import Any, TypedDict, cast
 
 import orjson
 
+from exporter.backup.detail import ResourceDetail
 from exporter.backup.sink import DataFile, FileEntry
 from exporter.backup.storage import Storage, inside_root
 from exporter.core.errors import ExporterError, UsageError
@@ -59,7 +60,7 @@ class ResourceState:
     files: list[DataFile] = field(default_factory=list)
     next_sequence: int = 1
     extra_values: int = 0  # values kept in `_extra` (unknown or ill-typed)
-    detail: dict[str, Any] = field(default_factory=dict)  # stage-specific progress
+    detail: ResourceDetail = field(default_factory=ResourceDetail)  # walk progress, findings
 
     @property
     def rows(self) -> int:
@@ -75,7 +76,7 @@ class ResourceState:
             "files": [f.to_json() for f in self.files],
             "next_sequence": self.next_sequence,
             "extra_values": self.extra_values,
-            "detail": self.detail,
+            "detail": self.detail.to_json(),
         }
 
     @classmethod
@@ -90,7 +91,7 @@ class ResourceState:
             files=[checked_file(DataFile.from_json(f), directory) for f in data["files"]],
             next_sequence=int(data["next_sequence"]),
             extra_values=int(data.get("extra_values", 0)),
-            detail=dict(data.get("detail") or {}),
+            detail=ResourceDetail.from_json(data.get("detail")),
         )
 
 

@@ -25,6 +25,7 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,21 +33,22 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from exporter.backup import manifest
 from exporter.backup.damage import DamagedFileError, read_failure
+from exporter.backup.detail import ResourceDetail
 from exporter.backup.lock import locked
-from exporter.backup.sink import DataFile
+from exporter.backup.reader import decode_table, part_reader
+from exporter.backup.sink import DataFile, encode_table
 from exporter.backup.storage import INPROGRESS_SUFFIX, DamagedFile, Storage
+from exporter.core.config import DEFAULT_ROOT_TYPE
 from exporter.core.errors import ExporterError, OutputError, UsageError
 from exporter.model.normalize import TOMBSTONE_TYPE, arrow_schema, table_layout
 from exporter.model.schema import RESOURCE_TYPES, resource_type
 
-ROOT_TYPE = "sequenceStep"  # the crawled collection: every one of its records is in a backup
-# A resource's `detail` key (checkpoint, manifest): the last run could not ask for that type's
-# records by step (the API refused or ignored `filter[sequenceStep][id]`).
-NOT_ASKED_BY_STEP = "not_asked_by_step"
+# The types crawled whole: every one of their records is in a backup. A manifest does not say
+# which (the export's `root_type`), so compaction assumes the export's default.
+DEFAULT_ROOTS = (DEFAULT_ROOT_TYPE,)
 
 
 def current_table(
@@ -116,26 +118,28 @@ def read_committed(storage: Storage, entry: dict[str, Any]) -> pa.Table:
             raise ValueError("its content differs from the recorded sha256")
         # By path, not from the bytes just hashed: pq.read_table(BufferReader) on this error
         # path was seen to end the process in a C++ abort at exit (pyarrow 26, 1 run in 8).
-        return pq.read_table(storage.path(relative), filesystem=storage.fs)
+        return part_reader(storage).table(relative)
     except OutputError as exc:  # the read failed: read_failure tells a missing file from the store
         raise read_failure(storage, relative, OSError(str(exc)), expected, REPAIR_ADVICE) from None
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise read_failure(storage, relative, exc, expected, REPAIR_ADVICE) from None
 
 
-def inverse_columns(type_name: str) -> list[tuple[str, str, str]]:
+def inverse_columns(
+    type_name: str, roots: Collection[str] = DEFAULT_ROOTS
+) -> list[tuple[str, str, str]]:
     """(list column on `type_name`, its target type, the target's to-one column pointing back)
     for each to-many relationship of `type_name` that the backup can derive exactly: a
     sequence's `sequenceStepIds` (the steps whose `sequenceId` is it) and a step's
     `sequenceTemplateIds` (the templates whose `sequenceStepId` is it).
 
     Exact because every record of the target that points back is in the backup: every step
-    is (the root), and every template naming a backed-up step is (the walk fetches the
+    is (a root), and every template naming a backed-up step is (the walk fetches the
     templates steps name, and incremental runs ask again by step)."""
     found = []
     for column in table_layout(type_name).to_many:
         target = column.relationship.target
-        if ROOT_TYPE not in (type_name, target) or target == type_name:
+        if not (type_name in roots or target in roots) or target == type_name:
             continue
         back = [c.column for c in table_layout(target).to_one if c.relationship.target == type_name]
         if len(back) == 1:
@@ -148,6 +152,7 @@ def with_inverse_lists(
     type_name: str,
     owners: dict[str, pa.Table],
     unsure: frozenset[str] = frozenset(),
+    roots: Collection[str] = DEFAULT_ROOTS,
 ) -> pa.Table:
     """`table` with its derivable lists (`inverse_columns`) taken from the current tables of
     their targets, `owners` (ids ascending).
@@ -156,10 +161,10 @@ def with_inverse_lists(
     change when a member comes or goes without the record's own `updatedAt` moving. The owning
     side, each member's to-one column, says it exactly.
 
-    For a target in `unsure` (its records were not asked for by step: `NOT_ASKED_BY_STEP`) the
+    For a target in `unsure` (its records were not asked for by step: `not_asked_by_step`) the
     backup may lack members, so a record's own list counts too: its ids the backup does not
     hold stay; those it holds go where their to-one column says."""
-    for list_column, target, back in inverse_columns(type_name):
+    for list_column, target, back in inverse_columns(type_name, roots):
         source = owners.get(target)
         if list_column not in table.column_names or source is None:
             continue
@@ -193,16 +198,20 @@ _COLLECTIONS = {resource_type(t).collection for t in RESOURCE_TYPES}
 
 
 def compact(
-    where: Storage | Path | str, into: Storage | Path | str | None = None
+    where: Storage | Path | str,
+    into: Storage | Path | str | None = None,
+    *,
+    roots: Collection[str] = DEFAULT_ROOTS,
 ) -> dict[str, int]:
-    """Publish the current state, one file per type, as one generation (default `DIR/_current/`)."""
+    """Publish the current state, one file per type, as one generation (default `DIR/_current/`);
+    `roots` are the types the backup's export crawled whole."""
     storage = where if isinstance(where, Storage) else Storage.open(where, flag="DIR")
     manifest.load_checked(storage)  # a clear error for a directory without a finished backup
     try:
         if into is None:  # writes into the backup: not while an export writes there
             with locked(storage, "compact"):
-                return _compact(storage, None)
-        return _compact(storage, into)
+                return _compact(storage, None, roots)
+        return _compact(storage, into, roots)
     except DamagedFileError as exc:  # `read_committed`'s line, and what to do after the repair
         raise DamagedFileError(f"{exc}, then compact again") from None
 
@@ -211,7 +220,9 @@ def new_generation() -> str:
     return f"gen-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
 
 
-def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, int]:
+def _compact(
+    storage: Storage, into: Storage | Path | str | None, roots: Collection[str]
+) -> dict[str, int]:
     document = manifest.load_checked(storage)  # read under the lock: the newest finished run
     if into is None:
         target, prefix = storage, CURRENT_PREFIX
@@ -221,7 +232,7 @@ def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, i
     previous = load_pointer(target, prefix, missing_ok=True, damaged_ok=True)
     generation = new_generation()
     try:
-        published, rows = _write_generation(storage, document, target, prefix, generation)
+        published, rows = _write_generation(storage, document, target, prefix, generation, roots)
     except ExporterError:  # a damaged file, a failed write: the published set stays as it was
         with contextlib.suppress(ExporterError):
             remove_stale(
@@ -245,37 +256,40 @@ def _compact(storage: Storage, into: Storage | Path | str | None) -> dict[str, i
 
 
 def _write_generation(
-    storage: Storage, document: dict[str, Any], target: Storage, prefix: str, generation: str
+    storage: Storage,
+    document: dict[str, Any],
+    target: Storage,
+    prefix: str,
+    generation: str,
+    roots: Collection[str],
 ) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
     """Write the current table of every type into the new `generation` below the target, each
     durable before the pointer names it: (the pointer's files, rows per type)."""
     present = {entry["type"] for entry in document["files"]}
     rows: dict[str, int] = {}
     published: dict[str, dict[str, Any]] = {}
-    # The owning sides the derived lists are read from (`inverse_columns`): the steps, kept
-    # whole as they are written, and for the steps' own lists, just the columns needed.
+    # The owning sides the derived lists are read from (`inverse_columns`): the roots (the
+    # steps), kept whole as they are written, and for their own lists, just the columns needed.
     owners: dict[str, pa.Table] = {}
     unsure = frozenset(
         t
         for t, r in document.get("resources", {}).items()
         if isinstance(r, dict)
-        and isinstance(r.get("detail"), dict)
-        and NOT_ASKED_BY_STEP in r["detail"]
+        and ResourceDetail.recorded(r.get("detail")).not_asked_by_step is not None
     )
-    for _column, member, back in inverse_columns(ROOT_TYPE):
-        if member in present:
-            owners[member] = current_table(storage, document, member).select(["id", back])
+    for root in roots:
+        for _column, member, back in inverse_columns(root, roots):
+            if member in present:
+                owners[member] = current_table(storage, document, member).select(["id", back])
     for type_name in RESOURCE_TYPES:
         if type_name not in present:
             continue
         table = with_inverse_lists(
-            current_table(storage, document, type_name), type_name, owners, unsure
+            current_table(storage, document, type_name), type_name, owners, unsure, roots
         )
-        if type_name == ROOT_TYPE:
-            owners[ROOT_TYPE] = table
-        buffer = pa.BufferOutputStream()
-        pq.write_table(table, buffer, compression="zstd")
-        payload = buffer.getvalue().to_pybytes()
+        if type_name in roots:
+            owners[type_name] = table
+        payload = encode_table(table)
         relative = f"{generation}/{resource_type(type_name).collection}.parquet"
         target.write_atomically(prefix + relative, payload)  # durable before the pointer
         published[type_name] = {
@@ -380,7 +394,7 @@ def read_current(
                     raise FileNotFoundError(relative)
                 if hashlib.sha256(payload).hexdigest() != entry["sha256"]:
                     raise DamagedFile(storage.shown(relative), ValueError("sha256 differs"))
-                tables[type_name] = pq.read_table(pa.BufferReader(payload))
+                tables[type_name] = decode_table(payload)
         except FileNotFoundError:
             if attempt == attempts - 1:
                 raise UsageError(

@@ -122,7 +122,7 @@ def build(state: RunState, stats: dict[str, Any] | None = None) -> ManifestDocum
         summary = resources.setdefault(type_name, {"rows": 0, "files": 0})
         summary["directory"] = resource.directory
         summary["extra_values"] = resource.extra_values
-        detail = {k: v for k, v in resource.detail.items() if k != "needs"}
+        detail = resource.detail.in_manifest()
         if detail:
             summary["detail"] = detail
         for data_file in resource.files:

@@ -18,7 +18,7 @@ import contextlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,7 +26,16 @@ import pyarrow.parquet as pq
 
 from exporter.backup.storage import INPROGRESS_SUFFIX, OpenFile, Storage, storage_error
 
-__all__ = ["INPROGRESS_SUFFIX", "PART_NAME", "DataFile", "FileEntry", "PartWriter", "part_run_id"]
+__all__ = [
+    "INPROGRESS_SUFFIX",
+    "PART_NAME",
+    "DataFile",
+    "FileEntry",
+    "PartSink",
+    "PartWriter",
+    "encode_table",
+    "part_run_id",
+]
 
 # How `PartWriter` names a part file: part-<run id>-<sequence>.parquet, the run id being
 # `layout.new_run_id()`'s (UTC time and 6 hex digits); while written locally, the same name
@@ -97,8 +106,41 @@ class DataFile:
         )
 
 
+class PartSink(Protocol):
+    """Where the writer streams one resource type's rows: part files rolled by size, each
+    complete before `roll` reports it (the invariant above). `PartWriter` (Parquet) is the one
+    implementation; `reader.PartReader` reads what it wrote."""
+
+    @property
+    def next_sequence(self) -> int:
+        """The sequence number the next part file gets."""
+        ...
+
+    @property
+    def file_rows(self) -> int:
+        """Rows in the file being written, not yet committed."""
+        ...
+
+    @property
+    def file_bytes(self) -> int:
+        """Bytes of the file being written (an estimate)."""
+        ...
+
+    def append(self, table: pa.Table) -> None:
+        """Add rows to the file being written."""
+        ...
+
+    def roll(self) -> DataFile | None:
+        """Complete the file being written and put it in place; None when it holds no rows."""
+        ...
+
+    def discard(self) -> None:
+        """Drop the file being written; committed files are untouched."""
+        ...
+
+
 class PartWriter:
-    """Streams one resource type's rows into rolling Parquet part files."""
+    """Streams one resource type's rows into rolling Parquet part files (a `PartSink`)."""
 
     def __init__(
         self,
@@ -231,3 +273,12 @@ class PartWriter:
         self._buffer.clear()
         self._buffered_rows = self._buffered_bytes = self._file_rows = 0
         self._min_id = self._max_id = None
+
+
+def encode_table(table: pa.Table) -> bytes:
+    """One whole Parquet file in memory, zstd (what `compact` publishes, hashed before it is
+    written); `reader.decode_table` reads it back."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd")
+    payload: bytes = buffer.getvalue().to_pybytes()
+    return payload

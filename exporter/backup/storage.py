@@ -41,7 +41,6 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from exporter.core.errors import BusyError, ExitCode, ExporterError, OutputError, UsageError
 
@@ -641,30 +640,6 @@ class Storage:
         except OSError as exc:
             raise storage_error("read", self.shown(relative), exc) from None
         return digest.hexdigest()
-
-    def read_table(self, relative: str, columns: list[str] | None = None) -> pa.Table:
-        """A committed Parquet file, whole (or some columns).
-
-        OutputError (exit 4) when the store fails to answer (a 5xx, a reset: run again later);
-        DamagedFile when the bytes are there but are not the Parquet file they should be."""
-        self._check_root()
-        try:
-            return pq.read_table(self.path(relative), columns=columns, filesystem=self.fs)
-        except OSError as exc:
-            raise storage_error("read", self.shown(relative), exc) from None
-        except (pa.ArrowInvalid, pa.ArrowException, ValueError) as exc:
-            raise DamagedFile(self.shown(relative), exc) from None
-
-    def parquet_file(self, relative: str) -> pq.ParquetFile:
-        """A Parquet file to iterate (footer read now); errors as `read_table`'s. Reads of its
-        row groups later may still raise OSError: wrap them with `storage_error`."""
-        self._check_root()
-        try:
-            return pq.ParquetFile(self.fs.open_input_file(self.path(relative)))
-        except OSError as exc:
-            raise storage_error("read", self.shown(relative), exc) from None
-        except (pa.ArrowInvalid, pa.ArrowException, ValueError) as exc:
-            raise DamagedFile(self.shown(relative), exc) from None
 
 
 class DamagedFile(ExporterError):

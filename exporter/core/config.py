@@ -22,6 +22,10 @@ from exporter.core.secrets import Secret
 
 DEFAULT_BASE_URL = "https://api.outreach.io/api/v2"
 MAX_PAGE_SIZE = 1000
+# The collection an export crawls whole (its root); every other type it writes is reached from
+# the root's records by the relationship walk. A backup does not record its root (`parameters()`
+# leaves it out), so compaction assumes this one.
+DEFAULT_ROOT_TYPE = "sequenceStep"
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,8 @@ class ExportSettings:
     incremental: bool = False
     overlap: float = 300.0  # seconds an incremental window reaches back past the last mark
     detect_deletes: bool = False
-    relationships: str = "all"
+    relationships: str = "all"  # of the root type
+    root_type: str = DEFAULT_ROOT_TYPE
     max_url_length: int = 8000
     read_timeout: float = 120.0  # seconds an answer may go silent before the request is retried
     request_deadline: float = 300.0  # seconds from sending a request to its answer's last byte

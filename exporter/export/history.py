@@ -1,6 +1,6 @@
 """What a directory's earlier runs exported: ids, their newest versions, tombstones; read from committed files.
 
-An incremental run needs three things from the backup it extends, and reads them from the Parquet
+An incremental run needs three things from the backup it extends, and reads them from the part
 files the checkpoint names (never from memory of a previous process):
 - which ids each type holds, and which were tombstoned (deletion detection, relationship
   membership: a mailing belongs in the backup when its step does);
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from exporter.backup.damage import read_failure
+from exporter.backup.reader import part_reader
 from exporter.backup.sink import DataFile
 from exporter.backup.storage import Storage
 from exporter.export.relationships import IdSet, Link
@@ -74,16 +74,16 @@ def _read_into(
     root_type: str,
 ) -> None:
     """Add what one committed file holds to `index`."""
-    path = storage.path(data_file.path)
-    fs = storage.fs
+    reader = part_reader(storage)
+    relative = data_file.path
     if data_file.type_name == TOMBSTONE_TYPE:
-        table = pq.read_table(path, columns=["type", "id"], filesystem=fs)
+        table = reader.table(relative, ["type", "id"])
         for type_name, value in zip(
             table.column("type").to_pylist(), table.column("id").to_pylist(), strict=True
         ):
             index.tombstoned.setdefault(type_name, IdSet()).add(value)
         return
-    schema = pq.read_schema(path, filesystem=fs)
+    schema = reader.footer(relative).schema
     columns = ["id"]
     if "updatedAt" in schema.names:
         columns.append("updatedAt")
@@ -91,7 +91,7 @@ def _read_into(
         link for link in links if data_file.type_name == root_type and link.column is not None
     ]
     columns += [link.column for link in references if link.column and link.column in schema.names]
-    table = pq.read_table(path, columns=columns, filesystem=fs)
+    table = reader.table(relative, columns)
     ids = table.column("id").to_pylist()
     seen = index.ids.setdefault(data_file.type_name, IdSet())
     for value in ids:

@@ -13,7 +13,7 @@ The walk runs beside the step crawl on the same client (one rate limiter, one in
 Every queued id gets a position (0, 1, 2, ... per target type); a batch covers a contiguous
 range of positions, and a step page records, per type, the position its references end at
 (`needs`). The writer commits ranges; a step file whose `needs` lie below the committed
-watermark has all its relationships on disk (read on resume, see `run.resume_walk`).
+watermark has all its relationships on disk (read on resume, see `resume_walk`).
 Memory stays bounded: pending ids are packed arrays, and the crawl waits (`backpressure`) while
 more than a few batches' worth wait to be fetched.
 """
@@ -33,6 +33,12 @@ import pyarrow.compute as pc
 
 from exporter.api.client import ApiClient
 from exporter.api.pagination import collection_url, ids_that_fit, paginate
+from exporter.backup.checkpoint import ResourceState, RunState
+from exporter.backup.damage import read_failure
+from exporter.backup.detail import BatchWatermark, IdSample, NotAsked
+from exporter.backup.reader import part_reader
+from exporter.backup.storage import Storage
+from exporter.core.config import DEFAULT_ROOT_TYPE
 from exporter.core.errors import ApiError, UsageError, shown_url
 from exporter.core.events import event
 from exporter.export.crawl import Message, PageBatch, RowSelector
@@ -40,8 +46,7 @@ from exporter.model.fastpage import PageReader
 from exporter.model.normalize import Normalizer, table_layout
 from exporter.model.schema import Shape, resource_type
 
-ROOT = "sequenceStep"
-GROUP_COLUMN = "stepType"  # what link-only records per step are learnt by
+GROUP_COLUMN = "stepType"  # what link-only records per step are learnt by (a step's column)
 DEFAULT_MAX_URL_LENGTH = 8000  # bytes; what common proxies and servers accept in a request line
 SPILL_SIGMAS = 2.0  # a batch's expected records plus this many standard deviations fit its pages
 PENDING_BATCHES = 8  # the crawl waits while more than this many batches' worth are queued
@@ -49,9 +54,9 @@ PENDING_BATCHES = 8  # the crawl waits while more than this many batches' worth 
 
 @dataclass(frozen=True)
 class Link:
-    """One relationship of the step that the walk follows."""
+    """One relationship of the root type (the step) that the walk follows."""
 
-    name: str  # relationship name on sequenceStep
+    name: str  # relationship name on the root type
     target: str  # JSON:API type of the related records
     column: str | None  # step column holding the ids (None for link-only)
     many: bool  # the column is a list of ids
@@ -61,12 +66,12 @@ class Link:
         return self.column is None
 
 
-def step_links() -> list[Link]:
-    """Every relationship of sequenceStep, from the schema, with its column in the step table."""
-    layout = table_layout(ROOT)
+def step_links(root: str = DEFAULT_ROOT_TYPE) -> list[Link]:
+    """Every relationship of the root type, from the schema, with its column in the root's table."""
+    layout = table_layout(root)
     columns = {c.relationship.name: c.column for c in (*layout.to_one, *layout.to_many)}
     links = []
-    for rel in resource_type(ROOT).relationships:
+    for rel in resource_type(root).relationships:
         if rel.shape is Shape.LINKS:
             links.append(Link(rel.name, rel.target, None, True))
         else:
@@ -74,9 +79,10 @@ def step_links() -> list[Link]:
     return links
 
 
-def parse_selection(text: str) -> list[Link]:
-    """`all`, `none`, or a comma list of relationship names (or target types, e.g. `users`)."""
-    links = step_links()
+def parse_selection(text: str, root: str = DEFAULT_ROOT_TYPE) -> list[Link]:
+    """`all`, `none`, or a comma list of relationship names (or target types, e.g. `users`) of
+    the root type."""
+    links = step_links(root)
     value = text.strip()
     if value in ("", "all"):
         return links
@@ -229,13 +235,16 @@ class RelationshipWalk:
         max_url_length: int = DEFAULT_MAX_URL_LENGTH,
         select: dict[str, RowSelector] | None = None,
         unsure_filter: bool = False,
+        root: str = DEFAULT_ROOT_TYPE,
     ) -> None:
         self.client = client
+        self.root = root  # the type whose records name the related ones (`links` are its)
+        self.owner_column = owner_column(root)
         # The API may refuse or ignore `filter[sequenceStep][id]` on the link-only targets of
         # this walk (API-FACTS states it only for calls, mailings and tasks): then stop asking by
         # step and say so in `not_asked` instead of failing, or of paging through every record.
         self.unsure_filter = unsure_filter
-        self.not_asked: dict[str, dict[str, object]] = {}
+        self.not_asked: dict[str, NotAsked] = {}
         self.select = select or {}
         self.base_url = base_url
         self.links = links
@@ -359,7 +368,7 @@ class RelationshipWalk:
         return self.max_url_length - len(self._url(target, link_only, ""))
 
     def _url(self, target: str, link_only: bool, ids: str) -> str:
-        key = "filter[sequenceStep][id]" if link_only else "filter[id]"
+        key = f"filter[{self.root}][id]" if link_only else "filter[id]"
         return collection_url(
             self.base_url,
             resource_type(target).collection,
@@ -500,8 +509,8 @@ class RelationshipWalk:
             owners: list[int | None] | None = None
             if link_only:
                 owners = (
-                    normalized.table.column("sequenceStepId").to_pylist()
-                    if "sequenceStepId" in normalized.table.column_names
+                    normalized.table.column(self.owner_column).to_pylist()
+                    if self.owner_column in normalized.table.column_names
                     else [None] * len(normalized.ids)
                 )
             selector = self.select.get(batch.target)
@@ -575,7 +584,7 @@ class RelationshipWalk:
         naming it): then asking by step is given up and the batch counts as done."""
         if not (self.unsure_filter and self.targets[batch.target].link_only):
             return False
-        if exc.status not in (400, 422) or ROOT not in f"{exc.message} {exc.error_id or ''}":
+        if exc.status not in (400, 422) or self.root not in f"{exc.message} {exc.error_id or ''}":
             return False
         self._give_up(batch.target, "refused", f"status {exc.status}: {exc.message}")
         return True
@@ -586,10 +595,10 @@ class RelationshipWalk:
         state.take(state.pending)
         if target in self.not_asked:
             return
-        self.not_asked[target] = {"filter": f"filter[{ROOT}][id]", "how": how, "why": why}
+        self.not_asked[target] = {"filter": f"filter[{self.root}][id]", "how": how, "why": why}
         event(
             "walk.not_asked",
-            f"the API {how} filter[{ROOT}][id] on {resource_type(target).collection} ({why}); "
+            f"the API {how} filter[{self.root}][id] on {resource_type(target).collection} ({why}); "
             f"{target} records are refreshed by the ids the backup holds and its steps name, "
             "not asked for by step: one a step gained without changing may be missed. "
             "Recorded in the manifest; compaction keeps the steps' own lists for them",
@@ -618,7 +627,7 @@ class RelationshipWalk:
             ids=ids[:20],
         )
 
-    def unrequested(self) -> dict[str, dict[str, object]]:
+    def unrequested(self) -> dict[str, IdSample]:
         """Records answers held that their requests did not ask for (dropped)."""
         return {
             t: {"count": s.unrequested_count, "ids": sorted(s.unrequested)}
@@ -626,7 +635,7 @@ class RelationshipWalk:
             if s.unrequested_count
         }
 
-    def missing(self) -> dict[str, dict[str, object]]:
+    def missing(self) -> dict[str, IdSample]:
         """Referenced records the API did not return (deleted since, or not visible to the user)."""
         return {
             t: {"count": s.missing_count, "ids": sorted(s.missing)}
@@ -635,10 +644,92 @@ class RelationshipWalk:
         }
 
 
-def step_back_link(target: str) -> Link | None:
-    """For a type whose records name their step (`sequenceStep`, to-one with `data`), a link-only
-    style `Link` that fetches them by `filter[sequenceStep][id]`; None for other types."""
+def step_back_link(target: str, root: str = DEFAULT_ROOT_TYPE) -> Link | None:
+    """For a type whose records name their step (a to-one relationship named after the root
+    type, with `data`), a link-only style `Link` that fetches them by `filter[<root>][id]`; None
+    for other types."""
     for column in table_layout(target).to_one:
-        if column.relationship.name == ROOT and column.relationship.target == ROOT:
-            return Link(ROOT, target, None, True)
+        if column.relationship.name == root and column.relationship.target == root:
+            return Link(root, target, None, True)
     return None
+
+
+def owner_column(root: str) -> str:
+    """The column of a link-only type's table naming the root record it belongs to
+    (`sequenceStepId`: the to-one relationship named after the root, as `normalize` names it)."""
+    return f"{root}Id"
+
+
+def mark_batches_committed(resource: ResourceState, ranges: list[tuple[int, int]]) -> None:
+    """Advance the related type's watermark (`advance`) past the batches just committed."""
+    resource.detail.watermark = advance(resource.detail.watermark or BatchWatermark(), ranges)
+
+
+def advance(watermark: BatchWatermark, ranges: list[tuple[int, int]]) -> BatchWatermark:
+    """The watermark once `ranges` [start, end) are committed too: every position below
+    `through` is committed. Batches finish out of order; ranges above the watermark wait in
+    `waiting` until the gap below them closes."""
+    through = watermark.through
+    waiting: list[tuple[int, int]] = []
+    for start, end in sorted([*watermark.waiting, *ranges]):
+        if start <= through:
+            through = max(through, end)
+        else:
+            waiting.append((start, end))
+    return BatchWatermark(through, tuple(waiting))
+
+
+def resume_walk(storage: Storage, state: RunState, walk: RelationshipWalk) -> None:
+    """Resume the relationship walk from what the checkpoint proves.
+
+    1. Related records already committed are neither fetched nor written again (their ids are
+       read from the committed files).
+    2. A committed step file whose references end above a type's committed watermark
+       (`file_needs` > `watermark.through`) is announced again for that type, and its needs
+       rewritten to the new positions, so a second kill loses nothing either.
+    """
+    root = state.resources[walk.root]
+    needs_by_file = root.detail.file_needs()
+    watermark: dict[str, int] = {}
+    for target in walk.targets:
+        resource = state.resources[target]
+        ids: list[int] = []
+        for data_file in resource.files:
+            ids.extend(read_column(storage, data_file.path, "id"))
+        committed = resource.detail.watermark or BatchWatermark()
+        watermark[target] = committed.through
+        highest = max(
+            [
+                watermark[target],
+                *(end for _start, end in committed.waiting),
+                *(needs.get(target, 0) for needs in needs_by_file.values()),
+            ]
+        )
+        walk.seed(target, ids, highest)
+        # Every earlier position is now either committed or announced again below.
+        resource.detail.watermark = BatchWatermark(highest)
+    for data_file in root.files:
+        needs = needs_by_file.get(data_file.path, {})
+        lagging = {t for t in walk.targets if needs.get(t, 0) > watermark[t]}
+        if not lagging:
+            continue
+        renewed = dict(needs)
+        for table in read_batches(storage, data_file.path):
+            renewed.update(walk.announce(table, only=lagging))
+        needs_by_file[data_file.path] = renewed
+
+
+def read_column(storage: Storage, relative: str, column: str) -> list[int]:
+    try:
+        table = part_reader(storage).table(relative, [column])
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise read_failure(storage, relative, exc, None) from None
+    values: list[int] = table.column(column).to_pylist()
+    return values
+
+
+def read_batches(storage: Storage, relative: str) -> Iterator[pa.Table]:
+    try:
+        yield from part_reader(storage).batches(relative)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise read_failure(storage, relative, exc, None) from None

@@ -25,12 +25,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from exporter import __version__
 from exporter.api.account import Account, identify
@@ -40,8 +39,8 @@ from exporter.api.pagination import collection_url
 from exporter.backup import catalog, checkpoint, manifest
 from exporter.backup.catalog import Found
 from exporter.backup.checkpoint import ResourceState, RunState
-from exporter.backup.compact import NOT_ASKED_BY_STEP, ROOT_TYPE
-from exporter.backup.damage import damaged_error, inspect, read_failure, shown
+from exporter.backup.damage import damaged_error, inspect, shown
+from exporter.backup.detail import NOT_ASKED_BY_STEP
 from exporter.backup.layout import (
     BACKUP_DIRECTORIES,
     ClaimingStorage,
@@ -84,11 +83,12 @@ from exporter.export.relationships import (
     Link,
     RelationshipWalk,
     WalkStats,
+    owner_column,
     parse_selection,
+    resume_walk,
     step_back_link,
 )
 from exporter.export.repair import (
-    REPAIR_KEY,
     Keep,
     covered,
     drop_file,
@@ -149,9 +149,10 @@ class Export:
         self.phase = "starting"
         self.crawl_stats = {}
         self.walk_stats = {}
-        self.links = parse_selection(settings.relationships)
+        self.root_type = settings.root_type  # crawled whole; the other types are reached from it
+        self.links = parse_selection(settings.relationships, self.root_type)
         targets = list(dict.fromkeys(link.target for link in self.links))
-        self.type_names = [ROOT_TYPE, *targets]
+        self.type_names = [self.root_type, *targets]
         # Every type's directory, so files of an earlier selection are cleaned up too.
         self.directories = list(BACKUP_DIRECTORIES)
         self._stoppables: list[CollectionCrawl | RelationshipWalk | DeleteScan] = []
@@ -265,7 +266,7 @@ class Export:
             current = any(data_file in r.files for r in state.resources.values())
             moved = set_aside(storage, data_file.path, state.run_id)
             drop_file(state, data_file.path)
-            needs = state.resources[ROOT_TYPE].detail.get("needs", {}).pop(data_file.path, None)
+            needs = state.resources[self.root_type].detail.take_file_needs(data_file.path)
             event(
                 "run.repair",
                 f"{data_file.path} is damaged ({item.reason}): "
@@ -277,7 +278,7 @@ class Export:
             if data_file.type_name == TOMBSTONE_TYPE or data_file.min_id is None:
                 continue  # tombstones: the --detect-deletes phase checks their ids again
             assert data_file.max_id is not None
-            state.resources[data_file.type_name].detail.setdefault(REPAIR_KEY, []).append(
+            state.resources[data_file.type_name].detail.add_repair(
                 {
                     "path": data_file.path,
                     "low": data_file.min_id,
@@ -300,9 +301,7 @@ class Export:
     ) -> None:
         """Fetch again what the damaged files held (steps first: related records are chosen
         by what the steps reach), commit it, then clear the pending repairs."""
-        pending = {
-            t: r.detail[REPAIR_KEY] for t, r in state.resources.items() if r.detail.get(REPAIR_KEY)
-        }
+        pending = {t: r.detail.repairs for t, r in state.resources.items() if r.detail.repairs}
         if not pending:
             return
         self.phase = "repair"
@@ -313,7 +312,7 @@ class Export:
             await message.done.wait()
 
         every_type: dict[str, int | None] = {t: None for t in RESOURCE_TYPES}
-        rounds = [[ROOT_TYPE], [t for t in pending if t != ROOT_TYPE]]
+        rounds = [[self.root_type], [t for t in pending if t != self.root_type]]
         for types in rounds:
             types = [t for t in types if t in pending]
             if not types:
@@ -324,7 +323,7 @@ class Export:
                 state.committed_files(),
                 version_since=every_type,
                 links=self.links,
-                root_type=ROOT_TYPE,
+                root_type=self.root_type,
             )
             for type_name in types:
                 for entry in pending[type_name]:
@@ -344,7 +343,7 @@ class Export:
                     )
             await flush()
         for type_name in pending:
-            del state.resources[type_name].detail[REPAIR_KEY]
+            state.resources[type_name].detail.clear_repairs()
         await flush()  # the repaired rows are committed: the pending repairs go with them
 
     def _keep(self, state: RunState, type_name: str, by_ids: bool, index: BackupIndex) -> Keep:
@@ -353,10 +352,11 @@ class Export:
         no intact file holds (that id in a full run; that version or a newer one otherwise)."""
         held = index.ids.get(type_name, IdSet())
         versions = index.versions.get(type_name, {})
-        steps = index.ids.get(ROOT_TYPE, IdSet())
+        steps = index.ids.get(self.root_type, IdSet())
         referenced = index.referenced.get(type_name, IdSet())
         link_only = any(k.link_only for k in self.links if k.target == type_name)
-        in_partitions = covered(state.resources[ROOT_TYPE].partitions)
+        in_partitions = covered(state.resources[self.root_type].partitions)
+        owner = owner_column(self.root_type)
 
         def keep(table: pa.Table) -> list[bool]:
             ids = table.column("id").to_pylist()
@@ -365,10 +365,10 @@ class Export:
                 if "updatedAt" in table.column_names
                 else [None] * len(ids)
             )
-            if type_name == ROOT_TYPE:
+            if type_name == self.root_type:
                 belongs = [in_partitions(i) if by_ids else True for i in ids]
-            elif link_only and "sequenceStepId" in table.column_names:
-                owners = table.column("sequenceStepId").to_pylist()
+            elif link_only and owner in table.column_names:
+                owners = table.column(owner).to_pylist()
                 belongs = [o in steps if o is not None else False for o in owners]
             else:
                 belongs = [i in referenced for i in ids]
@@ -557,8 +557,8 @@ class Export:
 
         if self._stop_requested or state.phase != "done":
             raise Interrupted(
-                f"stopped before the export finished; {state.resources[ROOT_TYPE].rows:,} "
-                f"{ROOT_TYPE} rows of run {state.run_id} are committed. Run the same command "
+                f"stopped before the export finished; {state.resources[self.root_type].rows:,} "
+                f"{self.root_type} rows of run {state.run_id} are committed. Run the same command "
                 "again to resume"
             )
         for resource in state.resources.values():
@@ -578,9 +578,9 @@ class Export:
             }
         )
         not_asked = {
-            t: r.detail[NOT_ASKED_BY_STEP]
+            t: how
             for t, r in state.resources.items()
-            if NOT_ASKED_BY_STEP in r.detail
+            if (how := r.detail.not_asked_by_step) is not None
         }
         if not_asked:
             self.stats[NOT_ASKED_BY_STEP] = not_asked
@@ -613,7 +613,7 @@ class Export:
             state.committed_files(),
             version_since=self._version_since(state),
             links=self.links,
-            root_type=ROOT_TYPE,
+            root_type=self.root_type,
         )
 
     def _version_since(self, state: RunState) -> dict[str, int | None]:
@@ -640,7 +640,7 @@ class Export:
     ) -> None:
         s = self.settings
         incremental = state.kind == "incremental"
-        root = state.resources[ROOT_TYPE]
+        root = state.resources[self.root_type]
         if state.window_end is None:
             start = state.window_start
             await self._mark_window(state, client)
@@ -675,6 +675,7 @@ class Export:
                 max_url_length=s.max_url_length,
                 select=select,
                 unsure_filter=unsure_filter,
+                root=self.root_type,
             )
             self._started(walk)
             self.walk_stats.update(walk.stats)  # live counters, for the progress display
@@ -720,17 +721,19 @@ class Export:
                     walk.seed(target, index.ids.get(target, IdSet()), 0)
             if resumed:
                 await asyncio.to_thread(resume_walk, self.storage, state, walk)
-        versions = index.versions.get(ROOT_TYPE, {}) if index is not None else {}
-        crawl = crawl_for(ROOT_TYPE, SkipKnownVersions(versions) if incremental else None, walk)
+        versions = index.versions.get(self.root_type, {}) if index is not None else {}
+        crawl = crawl_for(
+            self.root_type, SkipKnownVersions(versions) if incremental else None, walk
+        )
         async with asyncio.TaskGroup() as group:
             group.create_task(self._crawl_then_close(crawl, walk, root))
             if walk is not None:
                 group.create_task(walk.run())
         if walk is not None:
             for type_name, missing in walk.missing().items():
-                state.resources[type_name].detail["missing"] = missing
+                state.resources[type_name].detail.missing = missing
             for type_name, dropped in walk.unrequested().items():
-                state.resources[type_name].detail["unrequested"] = dropped
+                state.resources[type_name].detail.unrequested = dropped
         emitted_steps = crawl.emitted_ids()
         if self._stop_requested:
             return
@@ -741,7 +744,7 @@ class Export:
         # its step deleted, or it moved away) or when a step of the backup reaches it now.
         if incremental and index is not None:
             self._phase(state, "deltas")
-            members_steps = IdSet(index.ids.get(ROOT_TYPE, IdSet()))
+            members_steps = IdSet(index.ids.get(self.root_type, IdSet()))
             for value in emitted_steps:
                 members_steps.add(value)
             refreshed: list[ResourceState] = []
@@ -767,7 +770,7 @@ class Export:
                     if updated_at_filterable(target):
                         if link_only:
                             select: RowSelector = BelongsToBackup(
-                                members_steps, "sequenceStepId", versions, held
+                                members_steps, owner_column(self.root_type), versions, held
                             )
                         else:
                             select = BelongsToBackup(members, "id", versions)
@@ -788,7 +791,7 @@ class Export:
                             )
                         ]
                         refreshes[0].request(target, members)
-                        back = step_back_link(target)
+                        back = step_back_link(target, self.root_type)
                         if back is not None:
                             # API-FACTS states `filter[sequenceStep][id]` for calls, mailings
                             # and tasks only: should the API refuse or ignore it here, the
@@ -838,16 +841,16 @@ class Export:
             refresh.close()
             await refresh.run()
             for dropped in refresh.unrequested().values():
-                resource.detail["unrequested"] = dropped
+                resource.detail.unrequested = dropped
             for how in refresh.not_asked.values():
-                resource.detail[NOT_ASKED_BY_STEP] = how  # in the checkpoint, then the manifest
+                resource.detail.not_asked_by_step = how  # in the checkpoint, then the manifest
             if self._stop_requested:
                 return
         done.append(resource)
 
     async def _mark_window(self, state: RunState, client: ApiClient) -> None:
         """Take the run's mark, the end of its window (the next window starts there, less the
-        overlap), before any data is read; say in the root type's `detail["mark"]` what it is
+        overlap), before any data is read; say in the root type's `detail.mark` what it is
         based on.
 
         1. The API's clock (its Date header at its first answer; a first small request when
@@ -861,8 +864,8 @@ class Export:
             await client.get_document(
                 collection_url(
                     self.settings.base_url,
-                    resource_type(ROOT_TYPE).collection,
-                    [("page[size]", "1"), (f"fields[{ROOT_TYPE}]", "")],
+                    resource_type(self.root_type).collection,
+                    [("page[size]", "1"), (f"fields[{self.root_type}]", "")],
                 )
             )
         mark = take_mark(client.stats.server_time, time.time())
@@ -895,7 +898,7 @@ class Export:
             )
             basis["window_start_clamped_from"] = window.clamped_from
         state.window_start = window.start
-        state.resources[ROOT_TYPE].detail["mark"] = basis
+        state.resources[self.root_type].detail.mark = dict(basis)
         state.window_end = window.end
 
     @staticmethod
@@ -905,64 +908,6 @@ class Export:
         await crawl.run(root.partitions if root.planned else None)
         if walk is not None:
             walk.close()  # no more steps: flush the partial batches
-
-
-def resume_walk(storage: Storage, state: RunState, walk: RelationshipWalk) -> None:
-    """Resume the relationship walk from what the checkpoint proves.
-
-    1. Related records already committed are neither fetched nor written again (their ids are
-       read from the committed files).
-    2. A committed step file whose references end above a type's committed watermark
-       (`needs` > `positions_through`) is announced again for that type, and its `needs`
-       rewritten to the new positions, so a second kill loses nothing either.
-    """
-    root = state.resources[ROOT_TYPE]
-    needs_by_file: dict[str, dict[str, int]] = root.detail.setdefault("needs", {})
-    watermark: dict[str, int] = {}
-    for target in walk.targets:
-        resource = state.resources[target]
-        ids: list[int] = []
-        for data_file in resource.files:
-            ids.extend(read_column(storage, data_file.path, "id"))
-        watermark[target] = int(resource.detail.get("positions_through", 0))
-        highest = max(
-            [
-                watermark[target],
-                *(int(end) for _start, end in resource.detail.get("ranges_above", [])),
-                *(needs.get(target, 0) for needs in needs_by_file.values()),
-            ]
-        )
-        walk.seed(target, ids, highest)
-        # Every earlier position is now either committed or announced again below.
-        resource.detail["positions_through"] = highest
-        resource.detail["ranges_above"] = []
-    for data_file in root.files:
-        needs = needs_by_file.get(data_file.path, {})
-        lagging = {t for t in walk.targets if needs.get(t, 0) > watermark[t]}
-        if not lagging:
-            continue
-        renewed = dict(needs)
-        for table in read_batches(storage, data_file.path):
-            renewed.update(walk.announce(table, only=lagging))
-        needs_by_file[data_file.path] = renewed
-
-
-def read_column(storage: Storage, relative: str, column: str) -> list[int]:
-    try:
-        table = pq.read_table(storage.path(relative), columns=[column], filesystem=storage.fs)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise read_failure(storage, relative, exc, None) from None
-    values: list[int] = table.column(column).to_pylist()
-    return values
-
-
-def read_batches(storage: Storage, relative: str) -> Iterator[pa.Table]:
-    try:
-        parquet = pq.ParquetFile(storage.fs.open_input_file(storage.path(relative)))
-        for batch in parquet.iter_batches(batch_size=50_000):
-            yield pa.Table.from_batches([batch])
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise read_failure(storage, relative, exc, None) from None
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 from exporter.backup import checkpoint
 from exporter.backup.checkpoint import PartitionState, ResourceState, RunState
-from exporter.backup.sink import PartWriter
+from exporter.backup.sink import PartSink, PartWriter
 from exporter.backup.storage import Storage
 from exporter.core.events import event
 from exporter.export.crawl import Flush, Message, PageBatch, Plan, Split
+from exporter.export.relationships import mark_batches_committed
 from exporter.model.normalize import arrow_schema
 
 
@@ -63,7 +64,7 @@ class Writer:
         self.credits = credits
         self.policy = policy
         self._clock = clock
-        self._writers: dict[str, PartWriter] = {}
+        self._writers: dict[str, PartSink] = {}
         self._pending: dict[str, dict[int, _Pending]] = {}
         # Relationship batches whose last page is appended, per related type (not yet committed).
         self._done_batches: dict[str, list[tuple[int, int]]] = {}
@@ -76,7 +77,7 @@ class Writer:
     def resource(self, type_name: str) -> ResourceState:
         return self.state.resources[type_name]
 
-    def _part_writer(self, type_name: str) -> PartWriter:
+    def _part_writer(self, type_name: str) -> PartSink:
         writer = self._writers.get(type_name)
         if writer is None:
             resource = self.resource(type_name)
@@ -171,7 +172,7 @@ class Writer:
                 if needs:
                     # Up to which position each related type must be committed before this
                     # file's references are all exported (read on resume).
-                    resource.detail.setdefault("needs", {})[committed.path] = needs
+                    resource.detail.file_needs()[committed.path] = needs
         done = self._done_batches.pop(type_name, None)
         if done:
             mark_batches_committed(resource, done)
@@ -217,21 +218,3 @@ def _find(partitions: list[PartitionState], key: int) -> PartitionState:
         if partition.key == key:
             return partition
     raise KeyError(f"no partition {key}")
-
-
-def mark_batches_committed(resource: ResourceState, ranges: list[tuple[int, int]]) -> None:
-    """Advance the related type's watermark: every position below `positions_through` is committed.
-
-    Batches finish out of order; ranges above the watermark wait in `ranges_above` until the gap
-    below them closes."""
-    detail = resource.detail
-    through = int(detail.get("positions_through", 0))
-    above = sorted([*(tuple(r) for r in detail.get("ranges_above", [])), *ranges])
-    waiting: list[list[int]] = []
-    for start, end in above:
-        if start <= through:
-            through = max(through, end)
-        else:
-            waiting.append([start, end])
-    detail["positions_through"] = through
-    detail["ranges_above"] = waiting

@@ -103,6 +103,8 @@ from exporter.model.normalize import (
 from exporter.model.schema import Shape, resource_type
 from exporter.restore.journal import Intent, Journal, JournalState, check_account, replay
 
+# Restore puts back sequence steps only, whatever root the export crawled (`root_type`): every
+# plan, write and lookup below is of this one type.
 STEP = "sequenceStep"
 RESTORE_DIRECTORY = "_restore"
 PAGE_SIZE = 1000

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 import exporter.simulator.app as simulator_app
-from exporter.backup.compact import NOT_ASKED_BY_STEP, with_inverse_lists
+from exporter.backup.compact import with_inverse_lists
+from exporter.backup.detail import NOT_ASKED_BY_STEP
 from exporter.model.schema import ResourceType
 from exporter.simulator import query
 from exporter.simulator.query import Query, QueryError, parse_query
@@ -106,8 +107,10 @@ async def test_incremental_runs_go_on_when_templates_cannot_be_asked_for_by_step
                 detect_deletes=night == 1,
             )
         assert events.count("walk.not_asked") == 1, events  # warned once
-        detail = result.state.resources["sequenceTemplate"].detail[NOT_ASKED_BY_STEP]
-        assert detail["how"] == ("refused" if how == "refuse" else "ignored"), detail
+        detail = result.state.resources["sequenceTemplate"].detail.not_asked_by_step
+        assert detail is not None and detail["how"] == (
+            "refused" if how == "refuse" else "ignored"
+        ), detail
         # Bounded: once an answer shows the filter unusable, no more is asked by step (but for
         # requests already under way, one per worker): refused, a request per worker at most;
         # ignored, at most one pass over the collection, not one per batch of steps.
@@ -117,7 +120,7 @@ async def test_incremental_runs_go_on_when_templates_cannot_be_asked_for_by_step
         manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
         assert NOT_ASKED_BY_STEP in manifest["resources"]["sequenceTemplate"]["detail"]
         assert manifest["stats"][NOT_ASKED_BY_STEP]["sequenceTemplate"]["how"] == detail["how"]
-        assert "unrequested" not in result.state.resources["sequenceTemplate"].detail
+        assert result.state.resources["sequenceTemplate"].detail.unrequested is None
     assert_compacted_equals_truth(running, tmp_path)
     # The API honours the filter again: the next run asks by step, and says nothing of it.
     running.sim.faults.relation_filters = {}
@@ -125,6 +128,6 @@ async def test_incremental_runs_go_on_when_templates_cannot_be_asked_for_by_step
     _job, result = await run_export(
         running.base_url, tmp_path, relationships="all", incremental=True, page_size=100
     )
-    assert NOT_ASKED_BY_STEP not in result.state.resources["sequenceTemplate"].detail
+    assert result.state.resources["sequenceTemplate"].detail.not_asked_by_step is None
     assert len(asked) > 4
     assert_compacted_equals_truth(running, tmp_path)

@@ -188,7 +188,14 @@ def plan_export(found: Found, request: ExportRequest, account: Account | None = 
                     recent,
                 )
             )
-        assert state.window_end is not None
+        if state.window_end is None:  # an older release's, or a hand-edited, state file
+            return Refuse(
+                UsageError(
+                    f"{request.where}: its finished run {state.run_id} recorded no mark (when "
+                    "the API's data was read), so --incremental cannot tell where to start; "
+                    "pass --restart to replace it with a full export, or choose another --out"
+                )
+            )
         return Extend(state, window_start(state.window_end, request.overlap), rebuilt)
     if sorted(state.resources) != sorted(request.type_names):
         return Refuse(

@@ -184,6 +184,16 @@ def test_a_finished_backup_is_refused_with_the_exports_message() -> None:
     assert again.error.recent  # finished exactly when the fleet began counts as this run's
 
 
+def test_a_finished_run_without_a_mark_is_refused_not_asserted() -> None:
+    """Bug caught: a finished checkpoint that recorded no `window_end` (an older release's, or
+    hand-edited) met `--incremental` with an AssertionError, a traceback; now a refusal (exit 2)."""
+    plan = plan_export(holding(run_state(window_end=None)), asked(incremental=True), ACME)
+    assert outcome(plan) == ("refuse", "UsageError", int(ExitCode.USAGE))
+    assert isinstance(plan, Refuse)
+    assert f"finished run {RUN} recorded no mark" in str(plan.error)
+    assert "pass --restart" in str(plan.error)
+
+
 def test_another_account_is_named_in_the_refusal() -> None:
     plan = plan_export(FINISHED, asked(incremental=True), GLOBEX)
     assert isinstance(plan, Refuse)

@@ -79,6 +79,7 @@ class ResourceType:
     collection: str  # URL segment, e.g. "sequenceSteps"
     attributes: tuple[Attribute, ...]
     relationships: tuple[Relationship, ...]
+    id_kind: Kind = Kind.INTEGER  # STRING where the OpenAPI file says the id is a UUID (auditLog)
 
     def attribute(self, name: str) -> Attribute | None:
         for attribute in self.attributes:
@@ -150,19 +151,43 @@ def _target(spec: dict[str, Any]) -> str:
     return ""
 
 
+def _instances_collection(hyper: dict[str, Any]) -> str | None:
+    """The URL segment of a hyper-schema definition's `instances` (list) link, if it has one."""
+    for link in hyper.get("links", []):
+        if link.get("rel") == "instances":
+            return str(link["href"]).rstrip("/").rsplit("/", 1)[-1]
+    return None
+
+
+@cache
+def readable_types() -> tuple[str, ...]:
+    """Every JSON:API type with a list operation: each `GET /<collection>` path of the OpenAPI file,
+    named by the hyper-schema definition whose `instances` link is that collection. The nine
+    step-world types (`RESOURCE_TYPES`) come first, in their order, then the rest by name."""
+    paths: dict[str, Any] = openapi_document()["paths"]
+    listed = {p.strip("/") for p, ops in paths.items() if p.count("/") == 1 and "get" in ops}
+    by_segment = {
+        segment: name
+        for name, hyper in hyper_schema_document()["definitions"].items()
+        if (segment := _instances_collection(hyper)) is not None
+    }
+    unnamed = sorted(listed - by_segment.keys())
+    if unnamed:
+        raise ValueError(f"no hyper-schema type lists the collections {unnamed}")
+    names = {by_segment[segment] for segment in listed}
+    return RESOURCE_TYPES + tuple(sorted(names - set(RESOURCE_TYPES)))
+
+
 @cache
 def resource_type(name: str) -> ResourceType:
     """The attributes and relationships of one JSON:API type, from the reference files."""
     schemas = openapi_document()["components"]["schemas"]
     hyper = hyper_schema_document()["definitions"].get(name, {})
     hyper_defs: dict[str, Any] = hyper.get("definitions", {})
-    collection = name + "s"
-    for link in hyper.get("links", []):
-        if link.get("rel") == "instances":
-            collection = str(link["href"]).rstrip("/").rsplit("/", 1)[-1]
+    collection = _instances_collection(hyper) or name + "s"
 
     attributes = []
-    for attr_name, spec in sorted(schemas[name]["properties"].items()):
+    for attr_name, spec in sorted(schemas[name].get("properties", {}).items()):
         description = str(spec.get("description", ""))
         meta = hyper_defs.get(attr_name, {})
         attributes.append(
@@ -178,7 +203,9 @@ def resource_type(name: str) -> ResourceType:
 
     excluded = _EXCLUDED_RELATIONSHIPS.get(name, frozenset())
     relationships = []
-    for rel_name, spec in sorted(schemas[name + "Relationships"]["properties"].items()):
+    # auditLog, duty and profile have an empty `<type>Relationships` object: no relationships.
+    rel_specs: dict[str, Any] = schemas.get(name + "Relationships", {}).get("properties", {})
+    for rel_name, spec in sorted(rel_specs.items()):
         if rel_name in excluded:
             continue
         props = spec.get("properties", {})
@@ -201,17 +228,19 @@ def resource_type(name: str) -> ResourceType:
                 read_only="badges/readonly" in str(spec.get("description", "")),
             )
         )
+    id_spec = schemas.get(name + "Response", {}).get("properties", {}).get("id", {})
     return ResourceType(
         name=name,
         collection=collection,
         attributes=tuple(attributes),
         relationships=tuple(relationships),
+        id_kind=Kind.STRING if id_spec.get("type") == "string" else Kind.INTEGER,
     )
 
 
 def by_collection(collection: str) -> ResourceType | None:
-    """The resource type served under `/api/v2/<collection>`, if it is one we know."""
-    for name in RESOURCE_TYPES:
+    """The resource type served under `/api/v2/<collection>`, if it is a readable one."""
+    for name in readable_types():
         rtype = resource_type(name)
         if rtype.collection == collection:
             return rtype

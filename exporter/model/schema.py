@@ -395,11 +395,31 @@ class Incremental(StrEnum):
     RELIST = "re-read every record"
 
 
+# Why each mode misses no change and writes nothing twice.
+INCREMENTAL_EXACTNESS: dict[Incremental, str] = {
+    Incremental.UPDATED_AT: (
+        "every record changed since the last run's window start comes back from"
+        " `filter[updatedAt]=start..inf`; the window overlaps the last one and versions"
+        " already held are skipped"
+    ),
+    Incremental.APPEND_ONLY: (
+        "records never change once created, so the new ones, `filter[<time>]=start..inf` on"
+        " their creation time, are all that changed; the window overlaps the last one and ids"
+        " already held are skipped"
+    ),
+    Incremental.RELIST: (
+        "the API cannot say what changed, so every record is read again (as a root: the whole"
+        " collection; as a related type: the records the backup holds or its roots name) and"
+        " only versions not yet held are written"
+    ),
+}
+
+
 @dataclass(frozen=True)
 class IncrementalStrategy:
     mode: Incremental
     attribute: str | None  # the date-time attribute the window filters on
-    reason: str
+    reason: str  # why this type gets this mode (`INCREMENTAL_EXACTNESS` says why it is exact)
 
 
 def _creation_time(rtype: ResourceType) -> str | None:
@@ -416,32 +436,24 @@ def _creation_time(rtype: ResourceType) -> str | None:
 
 @cache
 def incremental_strategy(name: str) -> IncrementalStrategy:
-    """How an incremental run reads `name`, and why that is exact, from the schema alone."""
+    """How an incremental run reads `name`, decided from the schema alone."""
     rtype = resource_type(name)
     if rtype.updated_at_filterable:
+        sortable = " and sortable" if rtype.updated_at_sortable else ""
         return IncrementalStrategy(
-            Incremental.UPDATED_AT,
-            "updatedAt",
-            "`updatedAt` is filterable: every record changed since the last run's window"
-            " start comes back (the window overlaps the last one; versions already held are"
-            " skipped)",
+            Incremental.UPDATED_AT, "updatedAt", f"`updatedAt` is filterable{sortable}"
         )
     created = _creation_time(rtype)
     if rtype.append_only and created is not None:
         return IncrementalStrategy(
             Incremental.APPEND_ONLY,
             created,
-            f"records never change (no `updatedAt`, no update link): the records created"
-            f" since the last run's window start, by `{created}`, are all that is new",
+            f"a log: no `updatedAt`, no update link; `{created}` is filterable",
         )
     if rtype.attribute("updatedAt") is not None:
         why = "`updatedAt` is not filterable"
     elif not rtype.append_only:
-        why = "records can be updated but carry no `updatedAt`"
+        why = "records can be updated (update link) but carry no `updatedAt`"
     else:
-        why = "no filterable creation time"
-    return IncrementalStrategy(
-        Incremental.RELIST,
-        None,
-        f"{why}: every record is read again and only versions not yet held are written",
-    )
+        why = "no `updatedAt` and no filterable creation time"
+    return IncrementalStrategy(Incremental.RELIST, None, why)

@@ -137,7 +137,9 @@ WIRE_SHAPES: dict[tuple[str, str], WireShape] = {
     ("batch", "summary"): WireShape(WireForm.OBJECT, (), _UNSPECIFIED),
     ("complianceRequest", "pii"): WireShape(WireForm.OBJECT, (), _UNSPECIFIED),
     ("event", "payload"): WireShape(
-        WireForm.OBJECT, (), _UNSPECIFIED + " (Singer tap-outreach events.json: `object`)"
+        WireForm.OBJECT,
+        (),
+        _UNSPECIFIED + " (Singer tap-outreach events.json reads an untyped object too)",
     ),
     ("sequenceStep", "schedule"): WireShape(
         WireForm.ABSENT,

@@ -7,6 +7,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from exporter.model.schema import Kind
+
 from .paging import KeyValue, compare_keys
 from .query import COUNT_LIMIT, Condition, Query
 from .store import Store
@@ -97,6 +99,11 @@ class Lister:
         predicates: list[Callable[[int], bool]] = [lambda row: alive[row] == 1]
         for condition in query.conditions:
             if condition is skip:
+                continue
+            attribute = table.rtype.attribute(condition.attribute)
+            if attribute is not None and attribute.kind is Kind.STRING_LIST:
+                # A list attribute (a prospect's `emails`) matches when one of its items does.
+                predicates.append(_list_predicate(condition, store.list_getter(table, attribute)))
                 continue
             predicates.append(
                 _condition_predicate(
@@ -247,6 +254,13 @@ def _condition_predicate(
 ) -> Callable[[int], bool]:
     accepts = condition.accepts
     return lambda row: accepts(getter(row))
+
+
+def _list_predicate(
+    condition: Condition, getter: Callable[[int], list[KeyValue]]
+) -> Callable[[int], bool]:
+    accepts = condition.accepts
+    return lambda row: any(accepts(item) for item in getter(row))
 
 
 def _relation_predicate(column: array[int], ids: frozenset[int]) -> Callable[[int], bool]:

@@ -12,6 +12,8 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
+from exporter.model.schema import readable_types, resource_type
+
 from .account import populate
 from .app import build_app
 from .auth import TokenAuthority
@@ -54,8 +56,8 @@ class Truth:
         self._store = store
 
     def types(self) -> list[str]:
-        """The simulated types: the step world's nine, or every readable one."""
-        return list(self._store.tables)
+        """The simulated types: the step world's nine, or every readable one (in that order)."""
+        return [name for name in readable_types() if name in self._store.tables]
 
     def records(self, type_name: str) -> Iterator[dict[str, Any]]:
         """Current resource objects of a type, exactly as served (full fieldset), ascending id."""
@@ -88,7 +90,8 @@ class Simulator:
         self.store = Store(
             tables, clock=cfg.clock, seed=cfg.seed, cache_bytes=cfg.record_cache_bytes
         )
-        served = [table.rtype.collection + ".read" for table in tables.values()]
+        # In the OpenAPI file's order: the step world's nine first, as the token always said.
+        served = [resource_type(n).read_scope for n in readable_types() if n in tables]
         granted = cfg.scope.split() if cfg.scope is not None else served
         denied = {s if s.endswith(".read") else s + ".read" for s in cfg.denied_scopes}
         # The read scopes the token has: a collection outside them answers 403.

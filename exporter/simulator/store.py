@@ -112,6 +112,11 @@ class Store:
         self._indexed: dict[str, list[str]] = {}  # type -> its to-ones with an index
         self._inserting: tuple[str, int] | None = None  # (type, row) of an insert under way
         self.reverse = derive_to_many(tables)
+        self._created_sorted = {
+            name: all(a <= b for a, b in zip(t.created, t.created[1:], strict=False))
+            for name, t in tables.items()
+            if t.append_only
+        }
         for name, table in tables.items():
             updated = table.updated
             self.by_updated[name] = array("q", sorted(range(len(table)), key=updated.__getitem__))
@@ -120,6 +125,12 @@ class Store:
         for child, fk in self.reverse.values():
             if (child, fk) not in self.fk_index:
                 self._build_fk_index(child, fk)
+        # Per type: the populated to-ones (type, name) that point at it.
+        self._referrers: dict[str, list[tuple[str, str]]] = {name: [] for name in tables}
+        for other, table in tables.items():
+            for rel in table.rtype.relationships:
+                if rel.name in table.fks and rel.target in tables:
+                    self._referrers[rel.target].append((other, rel.name))
         self.scarce = frozenset(SCARCE) | {n for n in tables if n in SIZES and SIZES[n].scarce}
         self._static_relationships = {name: self._static_parts(name) for name in tables}
         # Per type, in schema order: (name, shape, target type, fixed value or None).
@@ -249,6 +260,15 @@ class Store:
             )
         found = table.rtype.attribute(attribute)
         return normalize(found.kind if found else None, raw)
+
+    def creation_order(self, name: str) -> str | None:
+        """The attribute of a log's creation time (an event's createdAt, an auditLog's
+        timestamp) while it grows with the id, as it does in a log written in id order (a clock
+        set before the generated data would break it); None for other types."""
+        table = self.tables[name]
+        if not table.append_only or not self._created_sorted.get(name):
+            return None
+        return next((a for a, column in table.times.items() if column is table.created), None)
 
     def list_getter(self, table: Table, attribute: Attribute) -> Callable[[int], list[KeyValue]]:
         """The comparable items of a list attribute per row (for filters on it)."""
@@ -402,16 +422,15 @@ class Store:
                 parent_row = self.tables[parent].row_of(table.fks[fk][row])
                 if parent_row is not None:
                     self._forget(parent, parent_row)
-        for other, other_table in self.tables.items():
-            for rel in other_table.rtype.relationships:
-                if rel.target != name or rel.name not in other_table.fks:
-                    continue
-                if (other, rel.name) in self.fk_index:
-                    for r in self.rows_pointing_at(other, rel.name, record_id):
-                        self._forget(other, r)
-                else:
-                    self._cache_size -= sum(len(b) for b in self._cache[other].values())
-                    self._cache[other].clear()
+        for other, fk in self._referrers[name]:
+            # In the account world, a to-one without an index gets one (kept from then on)
+            # rather than costing the whole cache of its type.
+            if (other, fk) in self.fk_index or self.tables[other].linked:
+                for r in self.rows_pointing_at(other, fk, record_id):
+                    self._forget(other, r)
+            else:
+                self._cache_size -= sum(len(b) for b in self._cache[other].values())
+                self._cache[other].clear()
 
     # ----------------------------------------------------------------------------- truth
 
@@ -567,6 +586,8 @@ class Store:
                     0 if step_row is None else steps.fks["taskPriority"][step_row]
                 )
         self._link(table, row, table.linked)
+        if row and table.created[row] < table.created[row - 1]:
+            self._created_sorted[name] = False
         self._inserting = None
         self._index_insert(name, row)
         self.epoch[name] += 1

@@ -576,3 +576,35 @@ async def test_a_log_read_by_its_creation_time_window_sees_every_new_entry() -> 
             ]
             assert served == (want if spec == "createdAt" else want[::-1])
             assert set(new) <= set(served)
+
+
+async def test_links_related_answer_where_the_target_names_the_source(sim: Simulator) -> None:
+    """A links-only relationship's URL filters the target by the source's type
+    (`<target collection>?filter[<type>][id]=<id>`): it answers, with exactly the records whose
+    to-one names the source, wherever the target has such a to-one; elsewhere (a batch names no
+    prospect, a kaiaRecording's account is a link the simulator cannot follow) it is a 400 or a
+    404, as docs/simulator.md lists."""
+    answered = refused = 0
+    async with running(sim=sim) as run:
+        for type_name in sim.truth.types():
+            record = next(sim.truth.records(type_name))
+            for rel in schema.resource_type(type_name).relationships:
+                if rel.shape is not Shape.LINKS:
+                    continue
+                url = record["relationships"][rel.name]["links"]["related"]
+                reply = await run.get(url)
+                target = sim.store.tables.get(rel.target)
+                if target is not None and type_name in target.fks:
+                    assert reply.status == 200, (type_name, rel.name)
+                    want = [
+                        r["id"]
+                        for r in sim.truth.records(rel.target)
+                        if (r["relationships"][type_name]["data"] or {}).get("id") == record["id"]
+                    ]
+                    served = await run.walk(url)
+                    assert [r["id"] for r in served] == want, (type_name, rel.name)
+                    answered += 1
+                else:
+                    assert reply.status in (400, 404), (type_name, rel.name)
+                    refused += 1
+    assert answered >= 30 and refused <= 13

@@ -255,7 +255,8 @@ def account_types() -> tuple[str, ...]:
     }
     # The OpenAPI file has no cycle of to-ones among these types (a self-reference, a role's
     # parentRole, is filled from earlier records); the to-ones that close a cycle through the
-    # step world (a user's mailbox, a mailing's sequence state) are filled last (`populate`).
+    # step world (a user's mailbox, a mailing's sequence state) are filled after the types they
+    # point at (`_order`).
     return tuple(graphlib.TopologicalSorter(graph).static_order())
 
 
@@ -270,12 +271,11 @@ def populated(name: str, simulated: Sequence[str]) -> tuple[str, ...]:
 
 def plan(name: str, fks: Sequence[str]) -> list[tuple[str, Rule]]:
     """The order in which a record's to-ones `fks` are filled, and how."""
-    listed = dict(RULES.get(name, ()))
-    picks = [(fk, listed.get(fk, Pick())) for fk in fks if isinstance(listed.get(fk, Pick()), Pick)]
-    rest = [
-        (fk, rule) for fk, rule in RULES.get(name, ()) if fk in fks and not isinstance(rule, Pick)
-    ]
-    return picks + rest
+    listed = RULES.get(name, ())
+    rules = dict(listed)
+    picks = [(fk, rules.get(fk) or Pick()) for fk in fks]
+    picks = [(fk, rule) for fk, rule in picks if isinstance(rule, Pick)]
+    return picks + [(fk, rule) for fk, rule in listed if fk in fks and not isinstance(rule, Pick)]
 
 
 def sizes(cfg: SimulatorConfig, users: int) -> dict[str, int]:
@@ -295,8 +295,9 @@ def sizes(cfg: SimulatorConfig, users: int) -> dict[str, int]:
 # -- generation -------------------------------------------------------------------------------
 
 
-class _Links:
-    """Looks up what the rules need while generating (every record is alive)."""
+class _Index:
+    """The generated records by id and by a to-one's target, for the rules (while generating,
+    every record is alive)."""
 
     def __init__(self, tables: dict[str, Table]) -> None:
         self.tables = tables
@@ -323,11 +324,11 @@ class _Links:
         return groups
 
 
-def fill(table: Table, fk: str, rule: Rule, rng: random.Random, links: _Links) -> None:
+def fill(table: Table, fk: str, rule: Rule, rng: random.Random, index: _Index) -> None:
     """Fill the to-one `fk` of every record of `table` by `rule` (during generation)."""
     relationships = {r.name: r.target for r in table.rtype.relationships}
     target = relationships[fk]
-    ids = links.tables[target].ids
+    ids = index.tables[target].ids
     n = len(ids)
     random_ = rng.random
     values: list[int]
@@ -344,14 +345,14 @@ def fill(table: Table, fk: str, rule: Rule, rng: random.Random, links: _Links) -
                 for _ in range(len(table))
             ]
     elif isinstance(rule, Follow):
-        via_rows = links.rows(relationships[rule.via])
-        through = links.tables[relationships[rule.via]].fks[rule.fk]
+        via_rows = index.rows(relationships[rule.via])
+        through = index.tables[relationships[rule.via]].fks[rule.fk]
         values = [through[via_rows[v]] if v else 0 for v in table.fks[rule.via]]
         if rule.or_pick is not None and n:
             share = rule.or_pick
             values = [v or (ids[int(random_() * n)] if random_() >= share else 0) for v in values]
     elif isinstance(rule, Among):
-        groups = links.members(target, rule.fk)
+        groups = index.members(target, rule.fk)
         owns = table.ids if rule.own == "id" else table.fks[rule.own]
         share = rule.null_share
         values = []
@@ -470,7 +471,7 @@ def populate(tables: dict[str, Table], cfg: SimulatorConfig) -> None:
     """Add every type beyond the step world to `tables` and link the step world into it."""
     counts = sizes(cfg, len(tables["user"]))
     simulated = [*tables, *account_types()]
-    links = _Links(tables)
+    index = _Index(tables)
     for name, step_world in _order(tables, simulated):
         if step_world:
             table = tables[name]
@@ -482,4 +483,4 @@ def populate(tables: dict[str, Table], cfg: SimulatorConfig) -> None:
             table.fks[fk] = array("q", bytes(8 * len(table)))
         table.linked = fks
         for fk, rule in plan(name, fks):
-            fill(table, fk, rule, random.Random(f"{cfg.seed}:{name}.{fk}"), links)
+            fill(table, fk, rule, random.Random(f"{cfg.seed}:{name}.{fk}"), index)

@@ -1,18 +1,23 @@
 """JSON:API records to typed Arrow tables, one row per record, with schemas derived from the OpenAPI file.
 
-Pure: values in, values out, no I/O. The rules (README, "Data model"):
-- `id` int64; attributes typed by their OpenAPI kind: integer -> int64, number -> float64,
-  boolean -> bool, string -> string, date-time -> timestamp[us, UTC], date -> date32,
-  array of strings -> list<string>, object -> JSON text.
+Pure: values in, values out, no I/O. The rules (README, "Data model"; docs/data-model.md):
+- `id` int64 (string for a type whose ids are UUIDs: auditLog); attributes typed by their
+  OpenAPI kind: integer -> int64, number -> float64, boolean -> bool, string -> string,
+  date-time -> timestamp[us, UTC], date -> date32, array of strings -> list<string>, array
+  of integer arrays -> list<list<int64>>, object or array of objects -> JSON text. Where the
+  OpenAPI file is vague, `schema.WIRE_SHAPES` says what the API sends.
 - a to-one relationship with `data` -> `<relationship>Id` int64 (null when `data` is null);
-  a to-many one -> `<target>Ids` list<int64>; links-only relationships carry no data and no column.
-- anything the schema does not know (an unknown attribute or relationship), and any value that
-  does not fit its column's type, goes to the `_extra` JSON column under its name: kept, never
-  dropped, and counted so the manifest can say so.
+  a to-many one -> `<target>Ids` list<int64>; links-only relationships carry no data and no
+  column. A polymorphic relationship's column holds ids of its first listed type.
+- anything the schema does not know (an unknown attribute or relationship, custom fields
+  beyond those declared), and any value that does not fit its column's type, goes to the
+  `_extra` JSON column under its name: kept, never dropped, and counted so the manifest can
+  say so. A JSON-text column takes an object or an array; a scalar does not fit it.
 - a relationship identifier of another `type` than the relationship's target (or with no type,
   or a bad id) is not stored as an id: the column is null (a list leaves it out) and the
   relationship as sent goes to `_extra`.
-- a record of another `type`, or with an id that is not an integer, stops the export.
+- a record of another `type`, or with an id that is not an integer (a string, for UUID
+  types), stops the export.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ _ARROW_TYPES: dict[Kind, pa.DataType] = {
     Kind.DATETIME: pa.timestamp("us", tz="UTC"),
     Kind.DATE: pa.date32(),
     Kind.STRING_LIST: pa.list_(pa.string()),
+    Kind.INTEGER_LISTS: pa.list_(pa.list_(pa.int64())),
     Kind.OBJECT: pa.string(),
 }
+_UUID_MAX_LENGTH = 255
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ def table_layout(type_name: str) -> TableLayout:
         taken.add(column)
         (to_one if rel.shape is Shape.TO_ONE else to_many).append(RelationshipColumn(rel, column))
 
-    fields = [pa.field("id", pa.int64(), nullable=False)]
+    fields = [pa.field("id", _ARROW_TYPES[rtype.id_kind], nullable=False)]
     fields += [pa.field(a.name, _ARROW_TYPES[a.kind]) for a in rtype.attributes]
     fields += [pa.field(c.column, pa.int64()) for c in to_one]
     fields += [pa.field(c.column, pa.list_(pa.int64())) for c in to_many]
@@ -115,8 +122,9 @@ def arrow_schema(type_name: str) -> pa.Schema:
 @dataclass
 class NormalizedBatch:
     table: pa.Table
-    ids: list[int]
+    ids: list[int]  # the records' ids, in order (empty for a type with UUID ids)
     extra_values: int  # values kept in `_extra` (unknown or ill-typed)
+    uuids: list[str] = field(default_factory=list)  # the ids of a type with UUID ids (auditLog)
 
 
 def record_id(record: dict[str, Any], type_name: str) -> int:
@@ -134,6 +142,15 @@ def record_id(record: dict[str, Any], type_name: str) -> int:
     return value
 
 
+def record_uuid(record: dict[str, Any], type_name: str) -> str:
+    """The id of a record of a type whose ids are UUID strings; anything else is a `ResponseError`."""
+    raw = record.get("id")
+    if isinstance(raw, str) and 0 < len(raw) <= _UUID_MAX_LENGTH and raw.isprintable():
+        return raw
+    shown = repr(raw)[:40]
+    raise ResponseError(f"a {type_name} record has an id {shown} that is not a UUID string")
+
+
 def check_type(record: Any, type_name: str) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise ResponseError(f"expected a {type_name} record object, got {type(record).__name__}")
@@ -147,17 +164,26 @@ def check_type(record: Any, type_name: str) -> dict[str, Any]:
     return record
 
 
+def _is_int64(value: Any) -> bool:
+    return type(value) is int and _INT64_MIN <= value <= _INT64_MAX
+
+
 def _fits(kind: Kind, value: Any) -> bool:
     if kind is Kind.INTEGER:
-        return type(value) is int and _INT64_MIN <= value <= _INT64_MAX
+        return _is_int64(value)
     if kind is Kind.NUMBER:
         return type(value) in (int, float)
     if kind is Kind.BOOLEAN:
         return type(value) is bool
     if kind is Kind.STRING_LIST:
         return type(value) is list and all(type(v) is str for v in value)
+    if kind is Kind.INTEGER_LISTS:
+        return type(value) is list and all(
+            type(v) is list and all(_is_int64(n) for n in v) for v in value
+        )
     if kind is Kind.OBJECT:
-        return type(value) is dict
+        # JSON text keeps an object or an array whole, whichever WIRE_SHAPES expects.
+        return type(value) in (dict, list)
     return type(value) is str  # STRING, DATETIME, DATE
 
 
@@ -225,6 +251,7 @@ class Normalizer:
         self._known_attributes = frozenset(a.name for a in self.layout.attributes)
         rtype = resource_type(type_name)
         self._known_relationships = frozenset(r.name for r in rtype.relationships)
+        self._uuid_ids = rtype.id_kind is Kind.STRING
 
     @property
     def schema(self) -> pa.Schema:
@@ -233,12 +260,16 @@ class Normalizer:
     def to_batch(self, records: Sequence[Any]) -> NormalizedBatch:
         n = len(records)
         ids: list[int] = []
+        uuids: list[str] = []
         attributes: list[dict[str, Any]] = []
         relationships: list[dict[str, Any]] = []
         extras: list[dict[str, Any] | None] = [None] * n
         for i, raw in enumerate(records):
             record = check_type(raw, self.type_name)
-            ids.append(record_id(record, self.type_name))
+            if self._uuid_ids:
+                uuids.append(record_uuid(record, self.type_name))
+            else:
+                ids.append(record_id(record, self.type_name))
             attrs = record.get("attributes") or {}
             rels = record.get("relationships") or {}
             if not isinstance(attrs, dict):
@@ -254,7 +285,9 @@ class Normalizer:
             attributes.append(attrs)
             relationships.append(rels)
 
-        columns: list[pa.Array] = [pa.array(ids, pa.int64())]
+        columns: list[pa.Array] = [
+            pa.array(uuids, pa.string()) if self._uuid_ids else pa.array(ids, pa.int64())
+        ]
         for attribute in self.layout.attributes:
             values = [a.get(attribute.name) for a in attributes]
             columns.append(_typed_column(attribute, values, extras))
@@ -275,7 +308,7 @@ class Normalizer:
             )
         )
         table = pa.Table.from_arrays(columns, schema=self.layout.schema)
-        return NormalizedBatch(table=table, ids=ids, extra_values=extra_values)
+        return NormalizedBatch(table=table, ids=ids, extra_values=extra_values, uuids=uuids)
 
     @staticmethod
     def _to_one(

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
-from exporter.model.schema import Shape, by_collection
+from exporter.model.schema import Shape, openapi_document
 
 from .faults import (
     HTML_PAGE,
@@ -43,6 +43,17 @@ def error_body(status: int, error_id: str, title: str, detail: str) -> bytes:
     return orjson.dumps({"errors": [{"id": error_id, "title": title, "detail": detail}]})
 
 
+def _scope_refusal(collection: str) -> bytes:
+    """The 403 of a token without the collection's read scope (as the API words it, confidence M)."""
+    return error_body(
+        403,
+        "unauthorizedOauthScope",
+        "Unauthorized OAuth Scope",
+        f"Your OAuth token does not include the scope {collection}.read, required to read "
+        f"{collection}. Add it to your app's scopes and authorize again.",
+    )
+
+
 def _query_string(pairs: Iterable[tuple[str, str]]) -> str:
     return "&".join(f"{quote(k, safe='[]')}={quote(v, safe='[],:.-_~')}" for k, v in pairs)
 
@@ -52,6 +63,12 @@ class Api:
 
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
+        # The collections served: those of the simulated types (the step world's nine, or every
+        # readable one); their read scopes; the ones with a `GET /<collection>/{id}` route.
+        tables = sim.store.tables
+        self.collections = {table.rtype.collection: name for name, table in tables.items()}
+        paths = openapi_document()["paths"]
+        self.singles = {c for c in self.collections if f"/{c}/{{id}}" in paths}
 
     # --------------------------------------------------------------------------- delivery
 
@@ -199,7 +216,7 @@ class Api:
         sim = self.sim
         tail = request.match_info.get("tail", "").strip("/")
         collection, _, record = tail.partition("/")
-        rtype = by_collection(collection)
+        type_name = self.collections.get(collection)
         route = f"{request.method} {API_PREFIX}/{collection}" + ("/{id}" if record else "")
         sim.counters.count_request(route)
         if sim.request_log is not None and request.method == "GET":
@@ -228,7 +245,7 @@ class Api:
                 )
             if not collection and request.method == "GET":
                 return await self.deliver(request, 200, self._token_info(), headers)
-            if rtype is None or "/" in record:
+            if type_name is None or "/" in record or (record and collection not in self.singles):
                 detail = f"No route for {request.path}"
                 return await self.deliver(
                     request,
@@ -236,10 +253,12 @@ class Api:
                     error_body(404, "resourceNotFound", "Resource Not Found", detail),
                     headers,
                 )
+            if request.method == "GET" and collection + ".read" not in sim.granted_scopes:
+                return await self.deliver(request, 403, _scope_refusal(collection), headers)
             if request.method == "GET":
-                return await self._get(request, rtype.name, record, headers)
-            if rtype.name == WRITABLE_TYPE and request.method == ("PATCH" if record else "POST"):
-                return await self._write(request, rtype.name, record, headers)
+                return await self._get(request, type_name, record, headers)
+            if type_name == WRITABLE_TYPE and request.method == ("PATCH" if record else "POST"):
+                return await self._write(request, type_name, record, headers)
             detail = f"{request.method} {request.path} is not supported"
             if request.method == "DELETE":
                 detail += " (the Outreach API has no DELETE for this resource)"

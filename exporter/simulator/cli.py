@@ -14,6 +14,7 @@ import click
 
 from exporter.core.bounds import DAY, BoundedInt, FiniteFloat
 
+from .account import account_types
 from .config import Faults, SimulatorConfig
 from .faults import HostileFaults, TokenFault
 from .server import Simulator, serve
@@ -61,6 +62,27 @@ class TokenFaultsType(click.ParamType[tuple[TokenFault, ...]]):
         if unknown or len(parts) > 10_000:
             self.fail(f"{str(value)[:60]!r} is not a comma list of {', '.join(names)}", param, ctx)
         return tuple(names[p] for p in parts)
+
+
+class TypeSizeType(click.ParamType[tuple[str, int]]):
+    """`TYPE=N`: how many records of a type beyond the step world (`--size stage=5`)."""
+
+    name = "TYPE=N"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, int]:
+        if isinstance(value, tuple):
+            return (str(value[0]), int(value[1]))
+        name, equals, count = str(value).partition("=")
+        known = account_types()
+        if not equals or name not in known:
+            self.fail(
+                f"{str(value)[:60]!r} is not TYPE=N with TYPE one of {', '.join(sorted(known))}"
+            )
+        if not count.isdigit() or int(count) > 100_000_000:
+            self.fail(f"{str(value)[:60]!r}: N must be a whole number up to 100,000,000")
+        return (name, int(count))
 
 
 class RateLimitType(click.ParamType[tuple[int, float]]):
@@ -121,6 +143,28 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
 )
 @click.option("--calls-per-call-step", type=_RATIO, default=1.0, help="Calls per call step.")
 @click.option("--tasks-per-step", type=_RATIO, default=1.0, help="Tasks per step.")
+@click.option(
+    "--prospects",
+    type=BoundedInt(0, 10_000_000),
+    default=0,
+    help="Simulate the whole account (every readable collection) sized for this many "
+    "prospects; 0: the step world's nine types only.",
+)
+@click.option(
+    "--size",
+    "sizes",
+    type=TypeSizeType(),
+    multiple=True,
+    help="Records of one type beyond the step world, e.g. stage=5 (repeatable; brings the "
+    "whole account in, at 1,000 prospects unless --prospects says).",
+)
+@click.option(
+    "--deny-scope",
+    "denied_scopes",
+    multiple=True,
+    help="A read scope the token lacks, e.g. prospects.read (repeatable): that collection "
+    "answers 403 unauthorizedOauthScope.",
+)
 @click.option("--page-max", type=BoundedInt(1, 1_000_000), default=1000, help="Largest page[size].")
 @click.option(
     "--token", default="sim-token", help="Static bearer token that never expires ('' = none)."
@@ -273,6 +317,9 @@ def simulate(**options: Any) -> None:
         mailings_per_email_step=options["mailings_per_email_step"],
         calls_per_call_step=options["calls_per_call_step"],
         tasks_per_step=options["tasks_per_step"],
+        prospects=options["prospects"],
+        sizes=dict(options["sizes"]),
+        denied_scopes=frozenset(options["denied_scopes"]),
         page_max=options["page_max"],
         token_ttl=options["token_ttl"],
         mint_interval=options["mint_interval"],

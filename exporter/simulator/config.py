@@ -65,6 +65,13 @@ class SimulatorConfig:
     mailings_per_email_step: float = 2.0
     calls_per_call_step: float = 1.0
     tasks_per_step: float = 1.0
+    # The rest of the account: every other readable collection of the OpenAPI file (prospects,
+    # accounts, sequence states, events, ...), sized per `account.SIZES` for this many
+    # prospects. 0 (the default) leaves them out: the nine step-world types only, as before.
+    prospects: int = 0
+    # Exact record counts of types beyond the step world, overriding `account.SIZES`; naming
+    # one brings the rest of the account in (at 1,000 prospects unless `prospects` says).
+    sizes: dict[str, int] = field(default_factory=dict)
     # Paging.
     page_max: int = 1000
     page_default: int = 50
@@ -80,10 +87,11 @@ class SimulatorConfig:
     # The account the simulator stands for, as its API root states it (`GET /api/v2`); None:
     # derived from the seed, so two simulators with one seed serve one account.
     org_guid: str | None = None
-    scope: str = (
-        "sequenceSteps.read sequences.read users.read callPurposes.read taskPriorities.read "
-        "sequenceTemplates.read mailings.read calls.read tasks.read"
-    )
+    # The token's read scopes, `<collection>.read`: None grants every served collection's but
+    # `denied_scopes`. A collection whose scope is not granted answers 403 unauthorizedOauthScope;
+    # OAuth tokens minted here carry the granted ones as their `scope`.
+    scope: str | None = None
+    denied_scopes: frozenset[str] = frozenset()
     # Rate limit: a fixed window of `rate_window` seconds allowing `rate_limit` API requests.
     rate_limit: int = 10_000
     rate_window: float = 3600.0
@@ -92,3 +100,8 @@ class SimulatorConfig:
     record_cache_bytes: int = 512 * 1024 * 1024
     faults: Faults = field(default_factory=Faults)
     clock: Callable[[], float] = time.time
+
+    @property
+    def account_world(self) -> bool:
+        """Whether the types beyond the step world are simulated."""
+        return self.prospects > 0 or bool(self.sizes)

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import random
+import re
+import uuid
 from array import array
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from typing import Any
 
-from exporter.model.schema import Attribute, Kind, ResourceType, resource_type
+from exporter.model.schema import (
+    RESOURCE_TYPES,
+    Attribute,
+    Kind,
+    ResourceType,
+    WireForm,
+    resource_type,
+)
 
 from .config import SimulatorConfig
 
@@ -26,10 +36,12 @@ SEQUENCE_TYPES: tuple[str, ...] = ("interval", "date")
 # A step's `schedule` column holds an interval in seconds or a day number, as its sequence says.
 SCHEDULE_NONE, SCHEDULE_INTERVAL, SCHEDULE_DATE = 0, 1, 2
 
-# To-many `data` relationships derived from the other side's to-one: (child type, child's to-one).
-REVERSE: dict[tuple[str, str], tuple[str, str]] = {
-    ("sequenceStep", "sequenceTemplates"): ("sequenceTemplate", "sequenceStep"),
-    ("sequence", "sequenceSteps"): ("sequenceStep", "sequence"),
+# Time attributes served from a per-row column other than createdAt/updatedAt: (type, attribute)
+# -> the column. An append-only log's own time attribute (an auditLog's `timestamp` is when it
+# was written, its createdAt; an event's `eventAt`, shortly before its createdAt).
+TIME_COLUMNS: dict[tuple[str, str], str] = {
+    ("auditLog", "timestamp"): "created",
+    ("event", "eventAt"): "eventAt",
 }
 
 # Attribute variants per type: rows take variant `row % POOL_SIZE`, so rows 0 and 1 of every
@@ -60,6 +72,74 @@ VOCABULARY: dict[tuple[str, str], tuple[str, ...]] = {
     ("task", "action"): ("action_item", "call", "email", "in_person"),
     ("sequence", "shareType"): ("private", "read_only", "shared"),
     ("taskPriority", "name"): ("High", "Medium", "Low"),
+    # Types beyond the step world (the account world, `account.py`).
+    ("sequenceState", "state"): ("active", "paused", "finished", "failed", "pending", "disabled"),
+    ("sequenceState", "pauseReason"): ("ooto", "manual", "bounce", "unsubscribe", "reply"),
+    ("emailAddress", "emailType"): ("work", "personal", "other"),
+    ("emailAddress", "status"): ("pending", "bounced", "unsubscribed", "opted_out"),
+    ("phoneNumber", "phoneType"): ("mobile", "work", "home", "voip", "other"),
+    ("phoneNumber", "status"): ("pending", "bad", "opted_out"),
+    ("event", "name"): (
+        "prospect_created",
+        "prospect_updated",
+        "mailing_delivered",
+        "mailing_opened",
+        "mailing_clicked",
+        "mailing_replied",
+        "call_completed",
+        "task_completed",
+        "sequence_state_started",
+        "sequence_state_finished",
+    ),
+    ("auditLog", "eventName"): (
+        "login",
+        "logout",
+        "sequence_created",
+        "sequence_step_created",
+        "sequence_step_destroyed",
+        "ruleset_updated",
+        "export_created",
+        "csv_downloaded",
+        "permission_updated",
+    ),
+    ("auditLog", "action"): ("create", "update", "delete", "read", "download"),
+    ("auditLog", "result"): ("success", "failure"),
+    ("batch", "state"): ("pending", "processing", "finished", "failed", "canceled"),
+    ("batch", "action"): ("prospectsAddTags", "prospectsAddToSequence", "accountsAssignOwner"),
+    ("batchItem", "state"): ("pending", "success", "failure"),
+    ("complianceRequest", "state"): ("pending", "running", "done", "failed"),
+    ("complianceRequest", "requestType"): ("Delete",),
+    ("complianceRequest", "objectType"): ("Prospect",),
+    ("webhook", "resource"): ("*", "prospect", "account", "mailing", "sequenceState", "task"),
+    ("webhook", "action"): ("*", "created", "updated", "destroyed"),
+    ("duty", "dutyType"): ("duty",),
+    ("duty", "symbolicName"): (
+        "account_executive",
+        "account_manager",
+        "business_development_representative",
+        "customer_success_manager",
+        "engineering",
+        "marketing",
+        "operations",
+        "recruiter",
+        "sales_development_representative",
+        "sales_engineer",
+        "sales_leader",
+        "other",
+    ),
+    ("opportunityProspectRole", "role"): (
+        "Decision Maker",
+        "Economic Buyer",
+        "Champion",
+        "Influencer",
+        "Technical Buyer",
+    ),
+    ("snippet", "shareType"): ("private", "read_only", "shared"),
+    ("template", "shareType"): ("private", "read_only", "shared"),
+    ("kaiaRecording", "state"): ("processing", "ready", "failed"),
+    ("callDisposition", "outcome"): ("Answered", "Not Answered"),
+    ("taskDisposition", "taskType"): ("action_item", "call", "email", "in_person", "linkedin"),
+    ("taskPurpose", "taskType"): ("action_item", "call", "email", "in_person", "linkedin"),
 }
 
 # Pieces strings are built from: ASCII, accents, CJK, right-to-left, combining marks, emoji
@@ -98,6 +178,23 @@ def iso_datetime(seconds: int) -> str:
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{iso_date(days)}T{hours:02d}:{minutes:02d}:{secs:02d}.000Z"
+
+
+_UUID_ID_BITS = 62
+
+
+def log_uuid(record_id: int, created: int) -> str:
+    """A UUID (version 7: the creation time in milliseconds first) whose last 62 bits are the
+    record's integer id. An append-only log's createdAt grows with its id, so these UUIDs sort,
+    as strings, in id order: a cursor, a sort and an id range on them behave as on integers."""
+    value = (created * 1000) << 80 | 0x7 << 76 | 0b10 << 62 | record_id
+    digits = f"{value:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def uuid_record_id(text: str) -> int:
+    """The integer id inside a `log_uuid`; ValueError for a string that is not a UUID."""
+    return uuid.UUID(text).int & ((1 << _UUID_ID_BITS) - 1)
 
 
 @lru_cache(maxsize=8192)
@@ -141,10 +238,36 @@ class Table:
     columns: dict[str, array[int]] = field(default_factory=dict)
     pool: list[dict[str, Any]] = field(default_factory=list)
     next_id: int = 1  # the next id an insert may use (above every id ever allocated)
+    # To-ones filled by the account's coherence rules (`account.RULES`): all of a type beyond
+    # the step world's, and those a step-world type gains in the account world.
+    linked: list[str] = field(default_factory=list)
+    # Time attributes served from columns, attribute -> epoch seconds per row: createdAt and
+    # updatedAt where the type has them, and `TIME_COLUMNS`.
+    times: dict[str, array[int]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = {a.name for a in self.rtype.attributes}
+        columns = {"created": self.created, "updated": self.updated, **self.columns}
+        self.times = {
+            name: columns[column]
+            for (type_name, name), column in {
+                (self.rtype.name, "createdAt"): "created",
+                (self.rtype.name, "updatedAt"): "updated",
+                **TIME_COLUMNS,
+            }.items()
+            if type_name == self.rtype.name and name in names
+        }
 
     @property
     def name(self) -> str:
         return self.rtype.name
+
+    @property
+    def append_only(self) -> bool:
+        """A log (no updatedAt and no update operation: an event, an audit log entry): its
+        records never change once written (nothing would tell a reader they had); they are
+        appended, and deleted."""
+        return self.rtype.append_only
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -218,17 +341,133 @@ def _value(rng: random.Random, rtype: str, attribute: Attribute, at_max: bool) -
     return text(rng, length)
 
 
+def _account_value(rng: random.Random, rtype: str, attribute: Attribute, at_max: bool) -> Any:
+    """A value for a type beyond the step world: as `_value`, but shaped like a real account's
+    wide records (prospects and accounts have ~200 attributes): mostly short strings, most
+    attributes of a record null, custom fields nearly always null."""
+    vocabulary = VOCABULARY.get((rtype, attribute.name))
+    if vocabulary is not None:
+        return vocabulary[rng.randrange(len(vocabulary))]
+    if at_max:
+        if attribute.kind is Kind.STRING and attribute.max_length is not None:
+            # At their maxLength, but a MEDIUMTEXT's 16 MiB is no realistic record (65,535 is
+            # a TEXT column's maximum); a custom field, at its 255 (150 of them, 32,000 each).
+            cap = 255 if CUSTOM_FIELD.match(attribute.name) else 65_535
+            return text(rng, min(attribute.max_length, cap))
+        return _value(rng, rtype, attribute, at_max)
+    null_share = 0.95 if CUSTOM_FIELD.match(attribute.name) else 0.45
+    if rng.random() < null_share:
+        return None
+    if attribute.kind is Kind.STRING:
+        limit = attribute.max_length if attribute.max_length is not None else 2000
+        draw = rng.random()
+        length = rng.randint(1, min(limit, 30 if draw < 0.85 else 300 if draw < 0.99 else 2000))
+        return text(rng, length)
+    if attribute.kind is Kind.OBJECT:
+        return {"key": text(rng, rng.randint(1, 12)), "value": rng.randint(0, 1000)}
+    if attribute.kind is Kind.INTEGER_LISTS:
+        return []  # replaced by its shape (`shaped`)
+    return _value(rng, rtype, attribute, True)  # not null: the null share is drawn above
+
+
+CUSTOM_FIELD = re.compile(r"^custom\d+$")
+
+
+def _email(rng: random.Random) -> str:
+    return f"contact.{rng.randint(1, 10**7)}@example.com"
+
+
+def _duties(rng: random.Random) -> list[dict[str, Any]]:
+    """A user's duties: `duty` records as `{id, name, duty_type}` (the account's duties are
+    numbered from 1 in the order of their symbolic names, `account.py`)."""
+    names = VOCABULARY[("duty", "symbolicName")]
+    chosen = sorted(rng.sample(range(len(names)), rng.randint(0, 2)))
+    return [{"id": i + 1, "name": names[i], "duty_type": "duty"} for i in chosen]
+
+
+def _member(rng: random.Random, kind: Kind) -> Any:
+    if kind is Kind.INTEGER:
+        return rng.randint(0, 100_000)
+    return text(rng, rng.randint(1, 24))
+
+
+def _members(rng: random.Random, fields: tuple[tuple[str, Kind], ...]) -> dict[str, Any]:
+    return {name: _member(rng, kind) for name, kind in fields}
+
+
+# Values of the attributes whose shape `schema.WIRE_SHAPES` names without members, or that need
+# more than their members' kinds (a user's duties name real duties; a prospect's contact
+# histogram is 12 months; its `emails` are addresses).
+SHAPED: dict[tuple[str, str], Callable[[random.Random], Any]] = {
+    ("user", "duties"): _duties,
+    # The last 12 months of email contact, oldest first: [inbound, outbound] per month.
+    ("prospect", "contactHistogram"): lambda rng: [
+        [rng.randint(0, 3), rng.randint(0, 8)] for _ in range(12)
+    ],
+    ("prospect", "emails"): lambda rng: [_email(rng) for _ in range(rng.randint(0, 3))],
+    ("auditLog", "agent"): lambda rng: {
+        "id": rng.randint(1, 10**6),
+        "type": "user",
+        "email": _email(rng),
+        "ipAddress": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}",
+    },
+    ("batch", "payload"): lambda rng: {
+        "ids": [rng.randint(1, 10**6) for _ in range(rng.randint(1, 5))],
+        "tags": [text(rng, 8)],
+    },
+    ("batch", "summary"): lambda rng: {
+        "total": (total := rng.randint(1, 500)),
+        "succeeded": (done := rng.randint(0, total)),
+        "failed": total - done,
+    },
+    ("complianceRequest", "pii"): lambda rng: {"email": _email(rng)},
+    ("event", "payload"): lambda rng: {
+        "id": rng.randint(1, 10**6),
+        "source": ("outreach", "salesforce", "api")[rng.randrange(3)],
+    },
+}
+
+
+def shaped(type_name: str, attribute: Attribute) -> Callable[[random.Random], Any] | None:
+    """How to generate an attribute the OpenAPI file leaves vague, in the shape the live API
+    sends (`schema.WIRE_SHAPES`, as connectors built against it read it); None: by its kind."""
+    special = SHAPED.get((type_name, attribute.name))
+    wire = attribute.wire
+    if special is not None or wire is None or not wire.fields:
+        return special
+    fields = wire.fields
+    if wire.form is WireForm.OBJECT_LIST:
+        return lambda rng: [_members(rng, fields) for _ in range(rng.randint(0, 3))]
+    return lambda rng: _members(rng, fields)
+
+
 @cache
-def attribute_pool(rtype: ResourceType, seed: int, size: int = POOL_SIZE) -> list[dict[str, Any]]:
+def attribute_pool(
+    rtype: ResourceType, seed: int, size: int = POOL_SIZE, shaped_wire: bool = True
+) -> list[dict[str, Any]]:
     """`size` attribute dicts for `rtype`; the first MAX_LENGTH_VARIANTS fill strings to maxLength.
 
+    `shaped_wire`: vague attributes take the shape the live API sends (`shaped`). The step
+    world alone (no account world) keeps the shapes it always had (a user's `duties` an object
+    of `roles`), byte for byte; every other attribute is the same either way.
     Cached and shared between simulators: never modify a variant (copy it first).
     """
     rng = random.Random(f"{seed}:pool:{rtype.name}")
-    return [
-        {a.name: _value(rng, rtype.name, a, i < MAX_LENGTH_VARIANTS) for a in rtype.attributes}
+    value = _value if rtype.name in RESOURCE_TYPES else _account_value
+    pool = [
+        {a.name: value(rng, rtype.name, a, i < MAX_LENGTH_VARIANTS) for a in rtype.attributes}
         for i in range(size)
     ]
+    makers = [(a.name, m) for a in rtype.attributes if (m := shaped(rtype.name, a)) is not None]
+    if makers and shaped_wire:
+        # Their own RNG stream: shaping an attribute never changes another attribute's values.
+        shape_rng = random.Random(f"{seed}:shapes:{rtype.name}")
+        for i, variant in enumerate(pool):
+            for name, make in makers:
+                # A null drawn above stays null (the attribute's null share is unchanged).
+                if variant[name] is not None or i < MAX_LENGTH_VARIANTS:
+                    variant[name] = make(shape_rng)
+    return pool
 
 
 def _count(rng: random.Random, mean: float) -> int:
@@ -388,7 +627,7 @@ class Generator:
                 tasks.fks["taskPriority"][k_row] = steps.fks["taskPriority"][row]
         for table in self.tables.values():
             size = min(POOL_SIZE, max(MAX_LENGTH_VARIANTS + 1, len(table)))
-            table.pool = attribute_pool(table.rtype, cfg.seed, size)
+            table.pool = attribute_pool(table.rtype, cfg.seed, size, cfg.account_world)
         return self.tables
 
 

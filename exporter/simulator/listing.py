@@ -7,6 +7,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from exporter.model.schema import Kind
+
 from .paging import KeyValue, compare_keys
 from .query import COUNT_LIMIT, Condition, Query
 from .store import Store
@@ -67,7 +69,10 @@ class Lister:
             return self._from_candidates(query, rows, key_of, descending, predicates)
         attributes = tuple(k.attribute for k in query.sort)
         same_direction = len(set(descending)) == 1
-        if attributes == ("id",) or (attributes == ("updatedAt", "id") and same_direction):
+        walked = ("updatedAt", store.creation_order(query.rtype))
+        if attributes == ("id",) or (
+            len(attributes) == 2 and attributes[0] in walked and same_direction
+        ):
             # The walk's bounds enforce a range filter on the walked attribute: do not test it
             # again per row (a page of an id-range walk then checks only that rows are alive).
             primary = query.condition(attributes[0])
@@ -97,6 +102,11 @@ class Lister:
         predicates: list[Callable[[int], bool]] = [lambda row: alive[row] == 1]
         for condition in query.conditions:
             if condition is skip:
+                continue
+            attribute = table.rtype.attribute(condition.attribute)
+            if attribute is not None and attribute.kind is Kind.STRING_LIST:
+                # A list attribute (a prospect's `emails`) matches when one of its items does.
+                predicates.append(_list_predicate(condition, store.list_getter(table, attribute)))
                 continue
             predicates.append(
                 _condition_predicate(
@@ -187,29 +197,35 @@ class Lister:
     def _walk_index(
         self, query: Query, key_of: SortKeyOf, predicates: list[Callable[[int], bool]]
     ) -> Page:
-        """Plan 3: a walk along the id order or the updatedAt index, bounded by binary search."""
+        """Plan 3: a walk along the id order or the updatedAt index, bounded by binary search.
+        (A log's creation time grows with its id: sorted by it, the walk follows the id order.)"""
         store = self.store
         table = store.table(query.rtype)
         primary = query.sort[0].attribute
         descending = query.sort[0].descending
         order: Sequence[int] | range
+        times = table.updated
         if primary == "id":
             order = range(len(table))
             primary_of: Callable[[int], int] = table.ids.__getitem__
-        else:
+        elif primary == "updatedAt":
             order = store.by_updated[query.rtype]
             primary_of = table.updated.__getitem__
+        else:
+            order = range(len(table))
+            times = table.created
+            primary_of = times.__getitem__
         lo, hi = 0, len(order)
         condition = query.condition(primary)
         if condition is not None and condition.values is None:
             if condition.lower is not None:
                 low = condition.lower.value
-                assert isinstance(low, int | float), "id and updatedAt bounds are numbers"
+                assert isinstance(low, int | float), "id and time bounds are numbers"
                 search = bisect_left if condition.lower.inclusive else bisect_right
                 lo = search(order, low, key=primary_of)
             if condition.upper is not None:
                 high = condition.upper.value
-                assert isinstance(high, int | float), "id and updatedAt bounds are numbers"
+                assert isinstance(high, int | float), "id and time bounds are numbers"
                 search = bisect_right if condition.upper.inclusive else bisect_left
                 hi = search(order, high, lo, key=primary_of)
         bounds = (lo, hi)
@@ -218,7 +234,7 @@ class Lister:
             if primary == "id":
                 full_key: Callable[[int], tuple[KeyValue, ...]] = lambda r: (table.ids[r],)  # noqa: E731
             else:
-                full_key = lambda r: (table.updated[r], table.ids[r])  # noqa: E731
+                full_key = lambda r: (times[r], table.ids[r])  # noqa: E731
             if descending:
                 hi = max(lo, min(hi, bisect_left(order, cursor, lo, hi, key=full_key)))
             else:
@@ -247,6 +263,13 @@ def _condition_predicate(
 ) -> Callable[[int], bool]:
     accepts = condition.accepts
     return lambda row: accepts(getter(row))
+
+
+def _list_predicate(
+    condition: Condition, getter: Callable[[int], list[KeyValue]]
+) -> Callable[[int], bool]:
+    accepts = condition.accepts
+    return lambda row: any(accepts(item) for item in getter(row))
 
 
 def _relation_predicate(column: array[int], ids: frozenset[int]) -> Callable[[int], bool]:

@@ -9,8 +9,9 @@ from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
 
-from exporter.model.schema import RESOURCE_TYPES, Kind, ResourceType, Shape, resource_type
+from exporter.model.schema import Kind, ResourceType, Shape, readable_types, resource_type
 
+from .data import uuid_record_id
 from .paging import Cursor, CursorError, KeyValue, decode_cursor
 
 COUNT_LIMIT = 2_000_000  # meta.count is truncated here, as the real API does
@@ -131,9 +132,15 @@ def normalize(kind: Kind | None, raw: Any) -> KeyValue:
     return str(raw)
 
 
-def _parse_value(kind: Kind | None, text: str, attribute: str) -> KeyValue:
+# The kind of `id` in `_parse_value`: a UUID string standing for an integer id (auditLog).
+_UUID_ID = "uuid-id"
+
+
+def _parse_value(kind: Kind | str | None, text: str, attribute: str) -> KeyValue:
     """A filter value in the comparable form of the attribute's kind (None kind = the id)."""
     try:
+        if kind == _UUID_ID:
+            return uuid_record_id(text)
         if kind is None or kind is Kind.INTEGER:
             return int(text)
         if kind is Kind.NUMBER:
@@ -151,7 +158,9 @@ def _parse_value(kind: Kind | None, text: str, attribute: str) -> KeyValue:
     return text
 
 
-def _kind_of(rtype: ResourceType, attribute: str) -> Kind | None:
+def _kind_of(rtype: ResourceType, attribute: str) -> Kind | str | None:
+    if attribute == "id" and rtype.id_kind is Kind.STRING:
+        return _UUID_ID
     found = rtype.attribute(attribute)
     return None if found is None else found.kind
 
@@ -247,7 +256,7 @@ def parse_query(
                 raise QueryError(f"{key} is not a valid fields parameter")
             type_name = match.group(1)
             names = frozenset(v for v in value.split(",") if v)
-            if type_name in RESOURCE_TYPES:
+            if type_name in readable_types():
                 target = resource_type(type_name)
                 known_fields = {a.name for a in target.attributes} | {
                     r.name for r in target.relationships

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from exporter.model.schema import RESOURCE_TYPES, Shape, resource_type
+from exporter.model.schema import RESOURCE_TYPES, Kind, Shape, resource_type
 
 from .data import (
-    REVERSE,
     SCHEDULE_DATE,
     SCHEDULE_INTERVAL,
     SEQUENCE_TYPES,
     STEP_TYPES,
+    VOCABULARY,
     Table,
+    log_uuid,
 )
 
 if TYPE_CHECKING:
@@ -34,9 +36,11 @@ NULL = b"null"
 EMPTY = b"[]"
 
 
-def collection_of(target: str) -> str:
-    """The URL segment of a type (also of types the schema module does not describe)."""
-    if target in RESOURCE_TYPES:
+def collection_of(target: str, simulated: Collection[str]) -> str:
+    """The URL segment of a type in a links-only relationship's URL. A type not simulated gets
+    its name plus "s", as links to it always had (`batchs`) in the step world, whose bytes
+    stay as they were; in the account world every readable type is simulated."""
+    if target in RESOURCE_TYPES or target in simulated:
         return resource_type(target).collection
     return target if target.endswith("s") else target + "s"
 
@@ -128,7 +132,7 @@ class TypeRenderer:
         name = table.name
         computed = self._computed_attributes()
         names = [a.name for a in table.rtype.attributes]
-        producers: list[Producer] = [table.ids.__getitem__]
+        producers: list[Producer] = [self._id()]
         producers += [computed[n] for n in names if n in computed]
         slots = ["id", *(n for n in names if n in computed)]
         relationships: dict[str, Any] = {}
@@ -136,7 +140,7 @@ class TypeRenderer:
             if static is not None:
                 relationships[rel_name] = static
             elif shape is Shape.LINKS:
-                url = f"{base_url}/{collection_of(target)}?filter[{name}][id]={_ID}"
+                url = f"{base_url}/{collection_of(target, store.tables)}?filter[{name}][id]={_ID}"
                 relationships[rel_name] = {"links": {"related": url}}
                 producers.append(table.ids.__getitem__)
                 slots.append("id")
@@ -148,7 +152,8 @@ class TypeRenderer:
                     else self._to_many(rel_name, target)
                 )
                 slots.append(rel_name)
-        head = b'{"type":' + orjson.dumps(name) + b',"id":%d,"attributes":'
+        id_slot = b"%s" if table.rtype.id_kind is Kind.STRING else b"%d"
+        head = b'{"type":' + orjson.dumps(name) + b',"id":' + id_slot + b',"attributes":'
         middle = b',"relationships":' + _template(orjson.dumps(relationships)) + b"}"
         formats = []
         for variant in table.pool:
@@ -260,15 +265,21 @@ class TypeRenderer:
 
         return values
 
+    def _id(self) -> Producer:
+        """The record's id as served: an integer, or a quoted UUID (`Store.wire_id`)."""
+        table = self.table
+        if table.rtype.id_kind is not Kind.STRING:
+            return table.ids.__getitem__
+        ids, created = table.ids, table.created
+        return lambda row: orjson.dumps(log_uuid(ids[row], created[row]))
+
     def _computed_attributes(self) -> dict[str, Producer]:
         """Producers of the attributes `Store.computed` derives from columns (same values)."""
         table = self.table
         stamps = self.stamps
         ids = table.ids
-        created, updated = table.created, table.updated
         out: dict[str, Producer] = {
-            "createdAt": lambda row: stamps.datetime(created[row]),
-            "updatedAt": lambda row: stamps.datetime(updated[row]),
+            attribute: _stamp(stamps, column) for attribute, column in table.times.items()
         }
         name = table.name
         if name == "sequenceStep":
@@ -309,6 +320,11 @@ class TypeRenderer:
             out["username"] = lambda row: b'"user%d"' % ids[row]
         elif name == "callPurpose":
             out["order"] = lambda row: b"%d" % (row + 1)
+        elif name == "emailAddress":
+            out["email"] = lambda row: b'"contact.%d@example.com"' % ids[row]
+        elif name == "duty":
+            duty_names = [orjson.dumps(n) for n in VOCABULARY[("duty", "symbolicName")]]
+            out["symbolicName"] = lambda row: duty_names[(ids[row] - 1) % len(duty_names)]
         return out
 
     def _to_one(self, relationship: str, target: str) -> Producer:
@@ -326,11 +342,11 @@ class TypeRenderer:
         return produce
 
     def _to_many(self, relationship: str, target: str) -> Callable[[int], bytes]:
-        """A to-many `data` array derived from the children's to-one (see `store.REVERSE`)."""
+        """A to-many `data` array derived from the children's to-one (see `store.reverse`)."""
         identifier = b'{"type":' + orjson.dumps(target) + b',"id":%d}'
         ids = self.table.ids
         store = self.store
-        child, fk = REVERSE[(self.table.name, relationship)]
+        child, fk = store.reverse[(self.table.name, relationship)]
         # The index arrays are updated in place, never replaced, so holding them is safe.
         index, keys = store.fk_index[(child, fk)], store.fk_keys[(child, fk)]
         child_table = store.tables[child]
@@ -349,6 +365,10 @@ class TypeRenderer:
             return b"[" + b",".join(found) + b"]" if found else EMPTY
 
         return produce
+
+
+def _stamp(stamps: Stamps, column: array[int]) -> Producer:
+    return lambda row: stamps.datetime(column[row])
 
 
 def _template(encoded: bytes) -> bytes:

@@ -12,6 +12,9 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
+from exporter.model.schema import readable_types, resource_type
+
+from .account import populate
 from .app import build_app
 from .auth import TokenAuthority
 from .config import Faults, SimulatorConfig
@@ -19,7 +22,7 @@ from .data import generate
 from .faults import FaultDice, HostileFaults
 from .listing import Lister
 from .ratelimit import FixedWindow
-from .store import Store
+from .store import RecordId, Store
 from .writes import WritePolicy
 
 
@@ -52,20 +55,24 @@ class Truth:
     def __init__(self, store: Store) -> None:
         self._store = store
 
+    def types(self) -> list[str]:
+        """The simulated types: the step world's nine, or every readable one (in that order)."""
+        return [name for name in readable_types() if name in self._store.tables]
+
     def records(self, type_name: str) -> Iterator[dict[str, Any]]:
         """Current resource objects of a type, exactly as served (full fieldset), ascending id."""
         return self._store.records(type_name)
 
-    def get(self, type_name: str, record_id: int) -> dict[str, Any] | None:
-        return self._store.get(type_name, record_id)
+    def get(self, type_name: str, record_id: RecordId) -> dict[str, Any] | None:
+        return self._store.get(type_name, self._store.record_id(type_name, record_id))
 
-    def ids(self, type_name: str) -> list[int]:
-        """Ids of the records that exist now, ascending."""
-        return self._store.ids(type_name)
+    def ids(self, type_name: str) -> list[RecordId]:
+        """Ids of the records that exist now, ascending, as served (auditLog's are UUIDs)."""
+        return self._store.wire_ids(type_name, self._store.ids(type_name))
 
-    def deleted_ids(self, type_name: str) -> set[int]:
+    def deleted_ids(self, type_name: str) -> set[RecordId]:
         """Ids of the records deleted since the simulator was built (inserted ones included)."""
-        return self._store.deleted_ids(type_name)
+        return set(self._store.wire_ids(type_name, sorted(self._store.deleted_ids(type_name))))
 
     def count(self, type_name: str) -> int:
         return len(self._store.ids(type_name))
@@ -77,9 +84,19 @@ class Simulator:
     def __init__(self, cfg: SimulatorConfig | None = None) -> None:
         self.cfg = cfg = cfg if cfg is not None else SimulatorConfig()
         self.faults: Faults = cfg.faults
+        tables = generate(cfg)
+        if cfg.account_world:
+            populate(tables, cfg)
         self.store = Store(
-            generate(cfg), clock=cfg.clock, seed=cfg.seed, cache_bytes=cfg.record_cache_bytes
+            tables, clock=cfg.clock, seed=cfg.seed, cache_bytes=cfg.record_cache_bytes
         )
+        # In the OpenAPI file's order: the step world's nine first, as the token always said.
+        served = [resource_type(n).read_scope for n in readable_types() if n in tables]
+        granted = cfg.scope.split() if cfg.scope is not None else served
+        denied = {s if s.endswith(".read") else s + ".read" for s in cfg.denied_scopes}
+        # The read scopes the token has: a collection outside them answers 403.
+        self.granted_scopes = frozenset(granted) - denied
+        scope = " ".join(s for s in granted if s not in denied)
         self.truth = Truth(self.store)
         self.lister = Lister(self.store)
         self.auth = TokenAuthority(
@@ -91,7 +108,7 @@ class Simulator:
             client_secret=cfg.client_secret,
             redirect_uri=cfg.redirect_uri,
             refresh_token=cfg.refresh_token,
-            scope=cfg.scope,
+            scope=scope,
         )
         self.rate = FixedWindow(cfg.rate_limit, cfg.rate_window, cfg.clock)
         fault_seed = cfg.faults.seed if cfg.faults.seed is not None else cfg.seed

@@ -10,12 +10,12 @@ from typing import Any
 
 import orjson
 
-from exporter.model.schema import Kind, Shape
+from exporter.model.schema import Attribute, Kind, Shape
 
+from .account import SIZES, Follow, Nth, Pick, Rule, Same, plan
 from .data import (
     CALL_STEP_CODE,
     EMAIL_STEP_CODES,
-    REVERSE,
     SCHEDULE_DATE,
     SCHEDULE_INTERVAL,
     SCHEDULE_NONE,
@@ -25,7 +25,9 @@ from .data import (
     Table,
     iso_date,
     iso_datetime,
+    log_uuid,
     text,
+    uuid_record_id,
 )
 from .paging import KeyValue
 from .query import normalize
@@ -44,6 +46,36 @@ INDEXED: dict[str, tuple[str, ...]] = {
 # Attributes a live update never changes: they would break the data's invariants.
 FROZEN_ATTRIBUTES = frozenset({"stepType", "date", "interval", "createdAt", "updatedAt"})
 MUTATION_KINDS = (Kind.STRING, Kind.INTEGER, Kind.BOOLEAN)
+# Lookup types that keep at least three records through random mutations: deleting every
+# call purpose of an account is not realistic. (The account's fixed-size types join them.)
+SCARCE = ("callPurpose", "taskPriority", "user")
+# To-ones a to-many `data` array never derives from: a user's `favorites` are the favorites
+# that name it as their user, not the ones it created.
+AUTHORSHIP = frozenset({"creator", "updater"})
+RecordId = int | str  # as on the wire: an integer, or a UUID string (auditLog)
+
+
+def derive_to_many(tables: dict[str, Table]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(parent type, to-many) -> (child type, child's to-one): the to-many `data` arrays derived
+    from the other side's populated to-one (a sequence's `sequenceSteps` are the steps whose
+    `sequence` is it). A to-many with no such to-one, or with several and none named after the
+    parent, is always empty."""
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    for name, table in tables.items():
+        for rel in table.rtype.relationships:
+            child = tables.get(rel.target)
+            if rel.shape is not Shape.TO_MANY or child is None:
+                continue
+            candidates = [
+                r.name
+                for r in child.rtype.relationships
+                if r.target == name and r.name in child.fks and r.name not in AUTHORSHIP
+            ]
+            if len(candidates) > 1:
+                candidates = [c for c in candidates if c == name]
+            if len(candidates) == 1:
+                out[(name, rel.name)] = (rel.target, candidates[0])
+    return out
 
 
 class Store:
@@ -77,14 +109,29 @@ class Store:
         self.fk_index: dict[tuple[str, str], array[int]] = {}
         self.fk_keys: dict[tuple[str, str], array[int]] = {}
         self._latest = 0  # the newest updatedAt handed out by a mutation
+        self._indexed: dict[str, list[str]] = {}  # type -> its to-ones with an index
+        self._inserting: tuple[str, int] | None = None  # (type, row) of an insert under way
+        self.reverse = derive_to_many(tables)
+        self._created_sorted = {
+            name: all(a <= b for a, b in zip(t.created, t.created[1:], strict=False))
+            for name, t in tables.items()
+            if t.append_only
+        }
         for name, table in tables.items():
             updated = table.updated
             self.by_updated[name] = array("q", sorted(range(len(table)), key=updated.__getitem__))
             for fk in INDEXED.get(name, ()):
-                column = table.fks[fk]
-                index = array("q", sorted(range(len(table)), key=column.__getitem__))
-                self.fk_index[(name, fk)] = index
-                self.fk_keys[(name, fk)] = array("q", map(column.__getitem__, index))
+                self._build_fk_index(name, fk)
+        for child, fk in self.reverse.values():
+            if (child, fk) not in self.fk_index:
+                self._build_fk_index(child, fk)
+        # Per type: the populated to-ones (type, name) that point at it.
+        self._referrers: dict[str, list[tuple[str, str]]] = {name: [] for name in tables}
+        for other, table in tables.items():
+            for rel in table.rtype.relationships:
+                if rel.name in table.fks and rel.target in tables:
+                    self._referrers[rel.target].append((other, rel.name))
+        self.scarce = frozenset(SCARCE) | {n for n in tables if n in SIZES and SIZES[n].scarce}
         self._static_relationships = {name: self._static_parts(name) for name in tables}
         # Per type, in schema order: (name, shape, target type, fixed value or None).
         self.plans = {
@@ -102,7 +149,10 @@ class Store:
             name: tuple(
                 a
                 for a in table.rtype.attributes
-                if not a.read_only and a.kind in MUTATION_KINDS and a.name not in FROZEN_ATTRIBUTES
+                if not a.read_only
+                and a.kind in MUTATION_KINDS
+                and a.name not in FROZEN_ATTRIBUTES
+                and len(VOCABULARY.get((name, a.name), "ab")) > 1  # a one-word vocabulary stays
             )
             for name, table in tables.items()
         }
@@ -121,12 +171,24 @@ class Store:
             return None
         return row
 
+    def _build_fk_index(self, name: str, fk: str) -> array[int]:
+        column = self.tables[name].fks[fk]
+        rows = range(len(column))
+        if self._inserting is not None and self._inserting[0] == name:
+            rows = range(self._inserting[1])  # the row being inserted is indexed when complete
+        index = array("q", sorted(rows, key=column.__getitem__))
+        self.fk_index[(name, fk)] = index
+        self.fk_keys[(name, fk)] = array("q", map(column.__getitem__, index))
+        self._indexed.setdefault(name, []).append(fk)
+        return index
+
     def rows_pointing_at(self, name: str, fk: str, target_id: int) -> list[int]:
-        """Rows of `name` whose to-one `fk` is `target_id` (alive or not), ascending id."""
+        """Rows of `name` whose to-one `fk` is `target_id` (alive or not), ascending id.
+
+        The first lookup of a to-one builds its index (kept up to date from then on)."""
         index = self.fk_index.get((name, fk))
         if index is None:
-            column = self.tables[name].fks[fk]
-            return [row for row in range(len(column)) if column[row] == target_id]
+            index = self._build_fk_index(name, fk)
         keys = self.fk_keys[(name, fk)]
         lo = bisect_left(keys, target_id)
         hi = bisect_right(keys, target_id, lo)
@@ -142,8 +204,7 @@ class Store:
     def computed(self, table: Table, row: int) -> dict[str, Any]:
         """The attributes that come from per-row columns rather than the shared variant pool."""
         values: dict[str, Any] = {
-            "createdAt": iso_datetime(table.created[row]),
-            "updatedAt": iso_datetime(table.updated[row]),
+            attribute: iso_datetime(column[row]) for attribute, column in table.times.items()
         }
         name = table.name
         record_id = table.ids[row]
@@ -167,6 +228,11 @@ class Store:
             values["username"] = f"user{record_id}"
         elif name == "callPurpose":
             values["order"] = row + 1
+        elif name == "emailAddress":
+            values["email"] = f"contact.{record_id}@example.com"
+        elif name == "duty":
+            names = VOCABULARY[("duty", "symbolicName")]
+            values["symbolicName"] = names[(record_id - 1) % len(names)]
         return values
 
     def attributes(self, table: Table, row: int) -> dict[str, Any]:
@@ -181,10 +247,9 @@ class Store:
         """The comparable value of one attribute (for filters and sort keys)."""
         if attribute == "id":
             return table.ids[row]
-        if attribute == "updatedAt":
-            return table.updated[row]
-        if attribute == "createdAt":
-            return table.created[row]
+        times = table.times.get(attribute)
+        if times is not None:
+            return times[row]
         override = self.overrides[table.name].get(row)
         if override and attribute in override:
             raw = override[attribute]
@@ -196,14 +261,31 @@ class Store:
         found = table.rtype.attribute(attribute)
         return normalize(found.kind if found else None, raw)
 
+    def creation_order(self, name: str) -> str | None:
+        """The attribute of a log's creation time (an event's createdAt, an auditLog's
+        timestamp) while it grows with the id, as it does in a log written in id order (a clock
+        set before the generated data would break it); None for other types."""
+        table = self.tables[name]
+        if not table.append_only or not self._created_sorted.get(name):
+            return None
+        return next((a for a, column in table.times.items() if column is table.created), None)
+
+    def list_getter(self, table: Table, attribute: Attribute) -> Callable[[int], list[KeyValue]]:
+        """The comparable items of a list attribute per row (for filters on it)."""
+
+        def items(row: int) -> list[KeyValue]:
+            raw = self.attributes(table, row).get(attribute.name) or []
+            return [normalize(None, item) for item in raw]
+
+        return items
+
     def value_getter(self, name: str, attribute: str) -> Callable[[int], KeyValue]:
         table = self.tables[name]
         if attribute == "id":
             return table.ids.__getitem__
-        if attribute == "updatedAt":
-            return table.updated.__getitem__
-        if attribute == "createdAt":
-            return table.created.__getitem__
+        times = table.times.get(attribute)
+        if times is not None:
+            return times.__getitem__
         return lambda row: self.value(table, row, attribute)
 
     # ----------------------------------------------------------------------------- rendering
@@ -215,12 +297,12 @@ class Store:
         for rel in table.rtype.relationships:
             if rel.shape is Shape.TO_ONE and rel.name not in table.fks:
                 parts[rel.name] = {"data": None}
-            elif rel.shape is Shape.TO_MANY and (name, rel.name) not in REVERSE:
+            elif rel.shape is Shape.TO_MANY and (name, rel.name) not in self.reverse:
                 parts[rel.name] = {"data": []}
         return parts
 
     def to_many_ids(self, name: str, relationship: str, record_id: int) -> list[int]:
-        reverse = REVERSE.get((name, relationship))
+        reverse = self.reverse.get((name, relationship))
         if reverse is None:
             return []
         child, fk = reverse
@@ -260,15 +342,22 @@ class Store:
                     ]
                 }
             else:
-                url = f"{self.base_url}/{collection_of(target)}?filter[{name}][id]={record_id}"
+                url = f"{self.base_url}/{collection_of(target, self.tables)}?filter[{name}][id]={record_id}"
                 out[rel_name] = {"links": {"related": url}}
         return out
+
+    def wire_id(self, table: Table, row: int) -> RecordId:
+        """A record's id as served: its integer id, or for a type whose ids the OpenAPI file says
+        are UUIDs (auditLog), a UUID that sorts as the integer id does (`data.log_uuid`)."""
+        if table.rtype.id_kind is Kind.STRING:
+            return log_uuid(table.ids[row], table.created[row])
+        return table.ids[row]
 
     def resource(self, table: Table, row: int) -> dict[str, Any]:
         """The full JSON:API resource object of one row."""
         return {
             "type": table.name,
-            "id": table.ids[row],
+            "id": self.wire_id(table, row),
             "attributes": self.attributes(table, row),
             "relationships": self.relationships(table, row),
         }
@@ -307,7 +396,7 @@ class Store:
         return orjson.dumps(
             {
                 "type": name,
-                "id": table.ids[row],
+                "id": self.wire_id(table, row),
                 "attributes": {k: v for k, v in attributes.items() if k in fields},
                 "relationships": {k: v for k, v in relationships.items() if k in fields},
             }
@@ -328,21 +417,20 @@ class Store:
         table = self.tables[name]
         record_id = table.ids[row]
         self._forget(name, row)
-        for (parent, _), (child, fk) in REVERSE.items():
+        for (parent, _), (child, fk) in self.reverse.items():
             if child == name:  # the parent lists this record in a to-many `data` array
                 parent_row = self.tables[parent].row_of(table.fks[fk][row])
                 if parent_row is not None:
                     self._forget(parent, parent_row)
-        for other, other_table in self.tables.items():
-            for rel in other_table.rtype.relationships:
-                if rel.target != name or rel.name not in other_table.fks:
-                    continue
-                if (other, rel.name) in self.fk_index:
-                    for r in self.rows_pointing_at(other, rel.name, record_id):
-                        self._forget(other, r)
-                else:
-                    self._cache_size -= sum(len(b) for b in self._cache[other].values())
-                    self._cache[other].clear()
+        for other, fk in self._referrers[name]:
+            # In the account world, a to-one without an index gets one (kept from then on)
+            # rather than costing the whole cache of its type.
+            if (other, fk) in self.fk_index or self.tables[other].linked:
+                for r in self.rows_pointing_at(other, fk, record_id):
+                    self._forget(other, r)
+            else:
+                self._cache_size -= sum(len(b) for b in self._cache[other].values())
+                self._cache[other].clear()
 
     # ----------------------------------------------------------------------------- truth
 
@@ -366,6 +454,27 @@ class Store:
 
     def deleted_ids(self, name: str) -> set[int]:
         return set(self.deleted[name])
+
+    def wire_ids(self, name: str, record_ids: list[int]) -> list[RecordId]:
+        """Integer ids as served (a UUID for a type whose ids are UUIDs)."""
+        table = self.tables[name]
+        if table.rtype.id_kind is not Kind.STRING:
+            return list(record_ids)
+        out: list[RecordId] = []
+        for record_id in record_ids:
+            row = table.row_of(record_id)
+            assert row is not None, "an id the table allocated"
+            out.append(self.wire_id(table, row))
+        return out
+
+    def record_id(self, name: str, wire_id: RecordId) -> int:
+        """The integer id of a served id (-1 for a string that is not one of ours)."""
+        if isinstance(wire_id, int):
+            return wire_id
+        try:
+            return uuid_record_id(wire_id)
+        except ValueError:
+            return -1
 
     # ----------------------------------------------------------------------------- mutations
 
@@ -401,7 +510,7 @@ class Store:
         updated = table.updated
         order = self.by_updated[name]
         order.insert(bisect_right(order, (updated[row], row), key=lambda r: (updated[r], r)), row)
-        for fk in INDEXED.get(name, ()):
+        for fk in self._indexed.get(name, ()):
             self._fk_index_add(name, fk, row)
 
     def _fk_index_add(self, name: str, fk: str, row: int) -> None:
@@ -428,6 +537,9 @@ class Store:
         now = self._now()
         record_id = table.allocate_id(self.rng)
         row = table.append(record_id, now, now)
+        self._inserting = (name, row)
+        if "eventAt" in table.columns:
+            table.columns["eventAt"][row] = now
         fks = table.fks
         step_row: int | None = None
         steps = self.tables["sequenceStep"]
@@ -473,10 +585,43 @@ class Store:
                 fks["taskPriority"][row] = (
                     0 if step_row is None else steps.fks["taskPriority"][step_row]
                 )
+        self._link(table, row, table.linked)
+        if row and table.created[row] < table.created[row - 1]:
+            self._created_sorted[name] = False
+        self._inserting = None
         self._index_insert(name, row)
         self.epoch[name] += 1
         self._forget_neighbours(name, row)
         return record_id
+
+    def _link(self, table: Table, row: int, fks: list[str]) -> None:
+        """Fill the to-ones of a new record that the account's rules own (`account.RULES`)."""
+        for fk, rule in plan(table.name, fks):
+            table.fks[fk][row] = self._linked(table, row, fk, rule)
+
+    def _linked(self, table: Table, row: int, fk: str, rule: Rule) -> int:
+        """The target id `rule` gives the to-one `fk` of a new record, among live records."""
+        target = self.fk_target(table.name, fk)
+        if isinstance(rule, Same):
+            return table.fks[rule.other][row]
+        if isinstance(rule, Pick | Nth):
+            found = self._random_alive_id(target, rule.null_share if isinstance(rule, Pick) else 0)
+            return 0 if target == table.name and found == table.ids[row] else found
+        if isinstance(rule, Follow):
+            via = self.fk_target(table.name, rule.via)
+            via_row = self.alive_row(via, table.fks[rule.via][row])
+            value = 0 if via_row is None else self.tables[via].fks[rule.fk][via_row]
+            if value and self.alive_row(target, value) is None:
+                value = 0
+            if not value and rule.or_pick is not None:
+                value = self._random_alive_id(target, rule.or_pick)
+            return value
+        key = table.ids[row] if rule.own == "id" else table.fks[rule.own][row]
+        if not key or self.rng.random() < rule.null_share:
+            return 0
+        targets = self.tables[target]
+        members = [r for r in self.rows_pointing_at(target, rule.fk, key) if targets.alive[r]]
+        return targets.ids[members[self.rng.randrange(len(members))]] if members else 0
 
     def _fill_step(self, table: Table, row: int, now: int) -> None:
         rng = self.rng
@@ -510,7 +655,14 @@ class Store:
         row = self.alive_row(name, record_id)
         if row is None:
             raise KeyError(f"{name} {record_id} does not exist")
+        if table.append_only:
+            raise ValueError(f"{name} records never change (the type has no updatedAt)")
         candidates = self._mutable[name]
+        if not candidates:  # nothing writable to change: a relationship, else updatedAt alone
+            moved = self.move(name, record_id)
+            if moved is None:
+                self._changed(name, row)
+            return moved or "updatedAt"
         attribute = candidates[self.rng.randrange(len(candidates))]
         old = self.attributes(table, row).get(attribute.name)
         new: Any = old
@@ -575,7 +727,7 @@ class Store:
         if row is None:
             raise KeyError(f"{name} {record_id} does not exist")
         self._forget_neighbours(name, row)  # while the to-ones still name the old targets
-        indexed = INDEXED.get(name, ())
+        indexed = self._indexed.get(name, ())
         for fk, target_id in change.relationships.items():
             column = table.fks[fk]
             if column[row] == target_id:
@@ -616,7 +768,7 @@ class Store:
         if column[row] == target_id:
             return False
         self._forget_neighbours(name, row)  # while the to-one still names the old target
-        indexed = fk in INDEXED.get(name, ())
+        indexed = (name, fk) in self.fk_index
         if indexed:
             self._fk_index_remove(name, fk, row)
         column[row] = target_id
@@ -637,7 +789,9 @@ class Store:
     def delete(self, name: str, record_id: int) -> None:
         """Remove a record. As the API does when a step goes (its mailings, calls and tasks then
         read `sequenceStep: null` with a newer updatedAt), every live record whose to-one names
-        it is changed to null and its updatedAt bumped."""
+        it is changed to null and its updatedAt bumped. A record of a type that never changes
+        (no updatedAt: an event, a note) goes with the record it names instead: a change
+        nothing would announce cannot happen to it."""
         row = self.alive_row(name, record_id)
         if row is None:
             raise KeyError(f"{name} {record_id} does not exist")
@@ -650,7 +804,11 @@ class Store:
                 if self.fk_target(other, fk) != name:
                     continue
                 for referrer in self.rows_pointing_at(other, fk, record_id):
-                    if other_table.alive[referrer] and self._set_fk(other, referrer, fk, 0):
+                    if not other_table.alive[referrer]:
+                        continue
+                    if other_table.append_only:
+                        self.delete(other, other_table.ids[referrer])
+                    elif self._set_fk(other, referrer, fk, 0):
                         self._changed(other, referrer)
         self._forget_neighbours(name, row)
 
@@ -662,7 +820,7 @@ class Store:
         row = self.alive_row(name, record_id)
         if row is None:
             raise KeyError(f"{name} {record_id} does not exist")
-        if not table.fks:
+        if not table.fks or table.append_only:
             return None
         fk = self.rng.choice(sorted(table.fks))
         target = self.fk_target(name, fk)
@@ -681,7 +839,7 @@ class Store:
 
     def mutate(self, count: int) -> None:
         """Apply `count` random operations spread over every type: 40% inserts, 30% updates,
-        15% relationship moves, 15% deletes."""
+        15% relationship moves, 15% deletes (a type that never changes: 85% inserts)."""
         names = list(self.tables)
         weights = [len(self.tables[n]) + 50 for n in names]
         for _ in range(count):
@@ -693,7 +851,13 @@ class Store:
                 continue
             record_id = self.tables[name].ids[alive]
             # Small lookup tables keep at least three records: deleting them all is not realistic.
-            scarce = name in ("callPurpose", "taskPriority", "user") and len(self.ids(name)) <= 3
+            scarce = name in self.scarce and len(self.ids(name)) <= 3
+            if self.tables[name].append_only:  # never changed: appended or deleted
+                if draw < 0.85 or scarce:
+                    self.insert(name)
+                else:
+                    self.delete(name, record_id)
+                continue
             if draw < 0.7 or (draw < 0.85 and self.move(name, record_id) is None):
                 self.update(name, record_id)
             elif draw >= 0.85:

@@ -44,6 +44,7 @@ _WIRE_TYPES: dict[Kind, pa.DataType] = {
     Kind.DATETIME: pa.string(),
     Kind.DATE: pa.string(),
     Kind.STRING_LIST: pa.list_(pa.string()),
+    Kind.INTEGER_LISTS: pa.list_(pa.list_(pa.int64())),  # a prospect's contactHistogram
 }
 
 

@@ -140,3 +140,15 @@ def test_a_relationship_to_the_wrong_type_reads_as_the_slow_path_does(
     assert expected.column("_extra")[3].as_py() is not None
     page = read_page(body, "sequenceStep")
     assert page is None or page.batch.table.equals(expected)
+
+
+def test_every_readable_type_has_a_wire_layout_or_declines() -> None:
+    """Bug caught: a kind without a wire type (`Kind.INTEGER_LISTS`, a prospect's
+    contactHistogram) made `wire_layout("prospect")` raise KeyError instead of reading pages."""
+    from exporter.model.fastpage import wire_layout
+    from exporter.model.schema import Kind, readable_types, resource_type
+
+    for name in readable_types():
+        layout = wire_layout(name)
+        has_object = any(a.kind is Kind.OBJECT for a in resource_type(name).attributes)
+        assert (layout is None) == has_object, name

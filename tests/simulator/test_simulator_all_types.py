@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
-from simulator_helpers import running
 
 from exporter.model import schema
 from exporter.model.normalize import Normalizer
@@ -18,6 +17,7 @@ from exporter.model.schema import Kind, Shape, WireForm
 from exporter.simulator import Simulator, SimulatorConfig
 from exporter.simulator.account import SIZES, account_types
 from exporter.simulator.store import Store
+from tests.helpers.simulator_http import running
 
 CLOCK = 1_800_000_000.0
 # sha256 prefixes of every record of the nine step-world types (served bytes and the dict

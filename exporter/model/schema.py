@@ -259,24 +259,20 @@ def hyper_schema_document() -> dict[str, Any]:
     return _load("outreach-hyper-schema.json.gz")
 
 
+# An attribute's kind by its OpenAPI `type`, else by the `format` of a string, else a string.
+_KIND_OF_TYPE = {
+    "integer": Kind.INTEGER,
+    "number": Kind.NUMBER,
+    "boolean": Kind.BOOLEAN,
+    "array": Kind.STRING_LIST,
+    "object": Kind.OBJECT,
+}
+_KIND_OF_FORMAT = {"date-time": Kind.DATETIME, "date": Kind.DATE}
+
+
 def _kind(spec: dict[str, Any]) -> Kind:
-    kind = spec.get("type")
-    fmt = spec.get("format")
-    if kind == "integer":
-        return Kind.INTEGER
-    if kind == "number":
-        return Kind.NUMBER
-    if kind == "boolean":
-        return Kind.BOOLEAN
-    if kind == "array":
-        return Kind.STRING_LIST
-    if kind == "object":
-        return Kind.OBJECT
-    if fmt == "date-time":
-        return Kind.DATETIME
-    if fmt == "date":
-        return Kind.DATE
-    return Kind.STRING
+    by_type = _KIND_OF_TYPE.get(str(spec.get("type")))
+    return by_type or _KIND_OF_FORMAT.get(str(spec.get("format")), Kind.STRING)
 
 
 def _targets(spec: dict[str, Any]) -> tuple[str, ...]:

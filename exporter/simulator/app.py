@@ -72,6 +72,20 @@ class Api:
 
     # --------------------------------------------------------------------------- delivery
 
+    async def refuse(
+        self,
+        request: web.Request,
+        status: int,
+        error_id: str,
+        title: str,
+        detail: str,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        """Deliver a JSON:API error document of one error."""
+        return await self.deliver(
+            request, status, error_body(status, error_id, title, detail), headers
+        )
+
     async def deliver(
         self,
         request: web.Request,
@@ -231,27 +245,22 @@ class Api:
                 return await self.deliver(request, 429, orjson.dumps(verdict.document()), headers)
             problem = sim.auth.check(request.headers.get("Authorization"))
             if problem is not None:
-                body = error_body(401, "unauthorized", "Unauthorized", problem)
-                return await self.deliver(request, 401, body, headers)
+                return await self.refuse(
+                    request, 401, "unauthorized", "Unauthorized", problem, headers
+                )
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
             writing = request.method in WRITE_METHODS
             if (content_type or writing) and content_type != JSONAPI:
                 detail = f"Content-Type must be {JSONAPI}, not {content_type or 'none'}"
-                return await self.deliver(
-                    request,
-                    415,
-                    error_body(415, "unsupportedMediaType", "Unsupported Media Type", detail),
-                    headers,
+                return await self.refuse(
+                    request, 415, "unsupportedMediaType", "Unsupported Media Type", detail, headers
                 )
             if not collection and request.method == "GET":
                 return await self.deliver(request, 200, self._token_info(), headers)
             if type_name is None or "/" in record or (record and collection not in self.singles):
                 detail = f"No route for {request.path}"
-                return await self.deliver(
-                    request,
-                    404,
-                    error_body(404, "resourceNotFound", "Resource Not Found", detail),
-                    headers,
+                return await self.refuse(
+                    request, 404, "resourceNotFound", "Resource Not Found", detail, headers
                 )
             if request.method == "GET" and collection + ".read" not in sim.granted_scopes:
                 return await self.deliver(request, 403, _scope_refusal(collection), headers)
@@ -262,11 +271,8 @@ class Api:
             detail = f"{request.method} {request.path} is not supported"
             if request.method == "DELETE":
                 detail += " (the Outreach API has no DELETE for this resource)"
-            return await self.deliver(
-                request,
-                405,
-                error_body(405, "methodNotAllowed", "Method Not Allowed", detail),
-                headers,
+            return await self.refuse(
+                request, 405, "methodNotAllowed", "Method Not Allowed", detail, headers
             )
         finally:
             sim.counters.finish_request()
@@ -303,11 +309,8 @@ class Api:
             record_id = int(record) if record.isascii() and record.isdigit() else -1
             if store.alive_row(type_name, record_id) is None:
                 detail = f"No {type_name} with id {record}"
-                return await self.deliver(
-                    request,
-                    404,
-                    error_body(404, "resourceNotFound", "Resource Not Found", detail),
-                    headers,
+                return await self.refuse(
+                    request, 404, "resourceNotFound", "Resource Not Found", detail, headers
                 )
         if sim.hostile.take("echo_auth_write"):
             echoed = request.headers.get("Authorization", "")
@@ -343,11 +346,8 @@ class Api:
             await asyncio.sleep(policy.apply_delay_s)
             if record_id is not None and store.alive_row(type_name, record_id) is None:
                 detail = f"No {type_name} with id {record}"
-                return await self.deliver(
-                    request,
-                    404,
-                    error_body(404, "resourceNotFound", "Resource Not Found", detail),
-                    headers,
+                return await self.refuse(
+                    request, 404, "resourceNotFound", "Resource Not Found", detail, headers
                 )
         if record_id is None:
             record_id = store.create(type_name, change)

@@ -19,7 +19,9 @@ so that peak memory (ru_maxrss from wait4) is theirs alone:
   the floor is a naive client's cost, not a bound.
 With `--vs TREE`, every scenario's export also runs with the code of another checkout (its
 `exporter` package first on PYTHONPATH) against the same simulator process, alternating which
-goes first, `--repeat` times each; the table gives both medians and their ratio (no floor).
+goes first, `--repeat` times each; the table gives both medians and their ratio (no floor), and
+the CPU seconds each export process used (user + system), which a busy machine disturbs less
+than wall time.
 Under a scaled-down rate limit, the theoretical minimum time is what the fixed window allows for
 the export's requests: every `window` seconds, `limit` requests. Nothing here is asserted.
 """
@@ -56,6 +58,7 @@ class Measure:
     peak_mib: float
     rate_limited: int = 0
     run_seconds: float = 0.0  # the run itself, as its manifest records (no process start-up)
+    cpu_seconds: float = 0.0  # user + system time of the process (robust to a busy machine)
 
     @property
     def rate(self) -> float:
@@ -96,8 +99,9 @@ def simulator(scenario: Scenario, log: Path) -> Iterator[str]:
             process.kill()
 
 
-def run_measured(command: list[str], tree: Path | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB, stdout) of a child process; `tree`: run that checkout's code."""
+def run_measured(command: list[str], tree: Path | None = None) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS MiB, stdout, CPU seconds) of a child process; `tree`: run that
+    checkout's code."""
     env = None
     if tree is not None:
         env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
@@ -114,7 +118,7 @@ def run_measured(command: list[str], tree: Path | None = None) -> tuple[float, f
         raise SystemExit(
             f"{' '.join(command[:5])} failed ({process.returncode}): {err.strip()[-800:]}"
         )
-    return seconds, usage.ru_maxrss / 1024, out
+    return seconds, usage.ru_maxrss / 1024, out, usage.ru_utime + usage.ru_stime
 
 
 def measure_export(base: str, scenario: Scenario, tree: Path | None = None) -> Measure:
@@ -126,7 +130,7 @@ def measure_export(base: str, scenario: Scenario, tree: Path | None = None) -> M
             "--concurrency", str(scenario.concurrency), "--rate-limit", scenario.rate_limit,
             "--relationships", "all" if scenario.relationships else "none", "--quiet",
         ]  # fmt: skip
-        seconds, peak, _out = run_measured(command, tree)
+        seconds, peak, _out, cpu = run_measured(command, tree)
         manifest = orjson.loads((out_dir / "_manifest.json").read_bytes())
         records = sum(r["rows"] for r in manifest["resources"].values())
         stats = manifest.get("stats", {})
@@ -137,6 +141,7 @@ def measure_export(base: str, scenario: Scenario, tree: Path | None = None) -> M
             peak,
             int(stats.get("rate_limited", 0)),
             float(stats.get("seconds", seconds)),
+            cpu,
         )
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -144,7 +149,7 @@ def measure_export(base: str, scenario: Scenario, tree: Path | None = None) -> M
 
 def measure_floor(root: str, urls: Path, concurrency: int) -> Measure:
     command = [sys.executable, __file__, "_floor", root, str(urls), str(concurrency)]
-    seconds, peak, out = run_measured(command)
+    seconds, peak, out, _cpu = run_measured(command)
     result = orjson.loads(out.strip().splitlines()[-1])
     return Measure(result["records"], result["requests"], seconds, peak)
 
@@ -248,21 +253,29 @@ def run_paired(scenario: Scenario, other: Path, repeat: int) -> dict[str, Any]:
                     into.append(measure_export(root + "/api/v2", scenario, tree))
     finally:
         log.unlink(missing_ok=True)
-    return {"scenario": scenario, "new": median_measure(ours), "old": median_measure(theirs)}
+    return {
+        "scenario": scenario,
+        "new": median_measure(ours),
+        "old": median_measure(theirs),
+        "new_cpu": sorted(m.cpu_seconds for m in ours)[len(ours) // 2],
+        "old_cpu": sorted(m.cpu_seconds for m in theirs)[len(theirs) // 2],
+    }
 
 
 def render_paired(rows: list[dict[str, Any]], other: Path, repeat: int) -> str:
     lines = [
         f"Medians of {repeat} runs each; old = `{other}`, new = this checkout.",
         "",
-        "| scenario | steps | relationships | concurrency | old records/s | new records/s | new / old | old requests | new requests | old peak MiB | new peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | steps | relationships | concurrency | old records/s | new records/s | new / old | old CPU s | new CPU s | new / old CPU | old requests | new requests | old peak MiB | new peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         s, old, new = row["scenario"], row["old"], row["new"]
         lines.append(
             f"| {s.name} | {s.steps:,} | {'on' if s.relationships else 'off'} | {s.concurrency} | "
-            f"{old.rate:,.0f} | {new.rate:,.0f} | {new.rate / old.rate:.2f} | {old.requests:,} | "
+            f"{old.rate:,.0f} | {new.rate:,.0f} | {new.rate / old.rate:.2f} | "
+            f"{row['old_cpu']:.1f} | {row['new_cpu']:.1f} | {row['new_cpu'] / row['old_cpu']:.2f} | "
+            f"{old.requests:,} | "
             f"{new.requests:,} | {old.peak_mib:.0f} | {new.peak_mib:.0f} |"
         )
     return "\n".join(lines)
@@ -331,7 +344,8 @@ def main() -> None:
             print(
                 f"{scenario.name:28} steps={scenario.steps:>9,} rel={'on ' if scenario.relationships else 'off'} "
                 f"old {row['old'].rate:>9,.0f} rec/s  new {row['new'].rate:>9,.0f} rec/s  "
-                f"x{row['new'].rate / row['old'].rate:.2f}",
+                f"x{row['new'].rate / row['old'].rate:.2f}  CPU old {row['old_cpu']:.1f}s new "
+                f"{row['new_cpu']:.1f}s",
                 flush=True,
             )
         report = (

@@ -3,7 +3,7 @@
 Why our own and not mutmut or cosmic-ray: both need a configuration per module and (mutmut 3)
 copy and instrument the whole tree, and neither runs a chosen test selection per module without
 more glue than this file. Here each mutant is one AST change to one module in a private copy of
-`exporter/` (the worktree is never touched, so a killed campaign leaves nothing behind); the
+`exporter/` and `tests/` (the worktree is never touched, so a killed campaign leaves nothing behind); the
 module's tests (`COVERING`, `-m "not slow"` where that suffices) run in one process, stopping
 at the first failure; a mutant is killed when they fail or run over the time limit.
 
@@ -176,7 +176,7 @@ def mutated_source(source: str, mutant: Mutant) -> str:
 
 def run_tests(copy_root: Path, tests: list[str], timeout: float) -> tuple[bool, float]:
     """(passed, seconds) of the covering tests against the copy of `exporter/`."""
-    env = {**os.environ, "PYTHONPATH": f"{copy_root}{os.pathsep}{ROOT}"}
+    env = {**os.environ, "PYTHONPATH": str(copy_root)}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     command = [
         sys.executable, "-m", "pytest", "-q", "-x", "-n", "0", "-p", "no:cacheprovider",
@@ -185,7 +185,7 @@ def run_tests(copy_root: Path, tests: list[str], timeout: float) -> tuple[bool, 
     started = time.monotonic()
     try:
         done = subprocess.run(
-            command, cwd=ROOT, env=env, capture_output=True, timeout=timeout, check=False
+            command, cwd=copy_root, env=env, capture_output=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
         return False, time.monotonic() - started
@@ -198,7 +198,9 @@ def campaign(module: str, lines: tuple[int, int] | None, limit: int | None) -> t
     chosen = [m for m in mutants(source) if lines is None or lines[0] <= m.line <= lines[1]][:limit]
     with tempfile.TemporaryDirectory(prefix="mutation-") as scratch:
         copy_root = Path(scratch)
-        shutil.copytree(ROOT / "exporter", copy_root / "exporter")
+        for tree in ("exporter", "tests"):
+            shutil.copytree(ROOT / tree, copy_root / tree)
+        shutil.copy(ROOT / "pyproject.toml", copy_root / "pyproject.toml")
         target = copy_root / module
         passed, baseline = run_tests(copy_root, tests, timeout=900)
         if not passed:

@@ -40,6 +40,7 @@ COVERING: dict[str, list[str]] = {
     "exporter/api/pagination.py": [
         "tests/api/test_pagination.py",
         "tests/api/test_paginate.py",
+        "tests/api/test_pagination_mutants.py",
     ],
     "exporter/backup/checkpoint.py": [
         "tests/backup/test_checkpoint.py",

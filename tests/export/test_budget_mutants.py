@@ -32,7 +32,7 @@ async def test_an_incremental_run_keeps_its_budget_and_refetches_nothing_held(
     assert set(held) == set(running.sim.truth.ids("sequence")) and set(held.values()) == {1}
     log.clear()
     for value in running.sim.truth.ids("sequenceStep")[:5]:
-        running.sim.store.update("sequenceStep", value)
+        running.sim.store.update("sequenceStep", int(value))
     _job, delta = await run_export(
         running.base_url, tmp_path, relationships="sequence", incremental=True
     )

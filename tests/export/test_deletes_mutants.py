@@ -32,7 +32,7 @@ async def test_two_nights_of_deletes_ask_each_live_id_once_and_tombstone_each_on
     and writes 5 tombstones; night 3 asks only the 295 still live and writes 3."""
     running = await start_simulator(steps=300, seed=61)
     await run_export(running.base_url, tmp_path)
-    exported = set(running.sim.truth.ids("sequenceStep"))
+    exported = {int(i) for i in running.sim.truth.ids("sequenceStep")}
     assert len(exported) == 300
     log = watch(running)
     first_gone = sorted(exported)[10:15]

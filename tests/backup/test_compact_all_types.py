@@ -12,6 +12,8 @@ from exporter.backup.compact import compact, crawled_roots, inverse_columns, rea
 from exporter.model.schema import readable_types, resource_type
 from exporter.simulator import Simulator, SimulatorConfig
 from tests.helpers.backups import BackupWriter, snapshot
+from tests.helpers.runs import run_export, run_exporter
+from tests.helpers.sim import StartSimulator
 from tests.helpers.truth import assert_rows_equal, expected_row, rel_columns
 
 AUDIT_LOG = "auditLog"  # ids are UUID strings
@@ -107,3 +109,23 @@ def test_crawled_roots_reads_the_selection() -> None:
     )
     assert crawled_roots({"parameters": {"resources": ["account"]}}) == ("account",)
     assert resource_type("prospect").collection == "prospects"
+
+
+@pytest.mark.slow
+async def test_cli_compact_verify_status_after_a_real_resources_all_export(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """End to end: `export --resources all` over HTTP, then the real `compact`, `verify` and
+    `status` commands: the published state equals the truth for every type."""
+    running = await start_simulator(steps=60, prospects=150, seed=13)
+    out = tmp_path / "all"
+    await run_export(running.base_url, out, resources="all")
+    compacted = run_exporter("compact", str(out))
+    assert compacted.returncode == 0, compacted.stderr
+    assert_current_is_truth(out, running.sim)
+    verified = run_exporter("verify", str(out))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    shown = run_exporter("status", str(out))
+    assert shown.returncode == 0, shown.stderr
+    for type_name in readable_types():
+        assert f"\n  {type_name} " in shown.stdout

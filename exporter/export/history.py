@@ -24,6 +24,7 @@ from exporter.backup.sink import DataFile
 from exporter.backup.storage import Storage
 from exporter.export.relationships import IdSet, Link
 from exporter.model.normalize import TOMBSTONE_TYPE
+from exporter.model.schema import Kind, resource_type
 
 
 def _micros(column: pa.ChunkedArray) -> list[int | None]:
@@ -39,6 +40,9 @@ class BackupIndex:
     tombstoned: dict[str, IdSet] = field(default_factory=dict)
     versions: dict[str, dict[int, int]] = field(default_factory=dict)  # id -> updatedAt (us)
     referenced: dict[str, IdSet] = field(default_factory=dict)  # related type -> ids steps name
+    # Types with string ids (an auditLog's UUIDs): the ids held, nothing more (a log's records
+    # never change, so they have no versions; nothing references them).
+    text_ids: dict[str, set[str]] = field(default_factory=dict)
 
     def live_ids(self, type_name: str) -> list[int]:
         gone = self.tombstoned.get(type_name, IdSet())
@@ -82,6 +86,10 @@ def _read_into(
             table.column("type").to_pylist(), table.column("id").to_pylist(), strict=True
         ):
             index.tombstoned.setdefault(type_name, IdSet()).add(value)
+        return
+    if resource_type(data_file.type_name).id_kind is Kind.STRING:
+        held = index.text_ids.setdefault(data_file.type_name, set())
+        held.update(str(value) for value in reader.table(relative, ["id"]).column("id").to_pylist())
         return
     schema = reader.footer(relative).schema
     columns = ["id"]

@@ -964,22 +964,28 @@ class Export:
         if state.kind != "incremental" or index is None:
             return [], None
         versions = index.versions.get(type_name, {})
-        held = index.ids.get(type_name, IdSet())
+        integer = _integer_ids(type_name)
+        held: IdSet | set[str] = (
+            index.ids.get(type_name, IdSet()) if integer else index.text_ids.get(type_name, set())
+        )
         start = f"{state.window_start}..inf"
         if type_name == self.root_type and self.default_selection:
             return [("filter[updatedAt]", start)], SkipKnownVersions(versions)
-        if not len(held) and _integer_ids(type_name):
-            return [], SkipKnownVersions(versions)
+        if not len(held):
+            return [], SkipKnownVersions(versions) if integer else None
         strategy = incremental_strategy(type_name)
         if strategy.mode is Incremental.UPDATED_AT:
             return [("filter[updatedAt]", start)], SkipKnownVersions(versions)
         if strategy.mode is Incremental.APPEND_ONLY:
             assert strategy.attribute is not None
-            params = [(f"filter[{strategy.attribute}]", start)]
-            return params, SkipHeldIds(held) if _integer_ids(type_name) else None
+            return [(f"filter[{strategy.attribute}]", start)], SkipHeldIds(held)
         if "updatedAt" in {a.name for a in resource_type(type_name).attributes}:
             return [], SkipKnownVersions(versions)
-        return [], SkipHeldIds(held)
+        if resource_type(type_name).append_only:
+            return [], SkipHeldIds(held)  # a log's records never change: the new ones only
+        # Records that can change but carry no `updatedAt` (notes): every one is written again,
+        # and compaction keeps the newest run's version. Skipping held ids would miss an edit.
+        return [], None
 
     async def _crawl_root(
         self,
@@ -1015,9 +1021,10 @@ SCOPE_REFUSED = "unauthorizedOauthScope"  # the API's error id for a scope the t
 
 
 class SkipHeldIds:
-    """Row selector: drop records whose id the backup holds (a log's records never change)."""
+    """Row selector: drop records whose id the backup holds (a log's records never change):
+    integer ids in an `IdSet`, string ids (an auditLog's UUIDs) in a set."""
 
-    def __init__(self, held: IdSet) -> None:
+    def __init__(self, held: IdSet | set[str]) -> None:
         self.held = held
 
     def __call__(self, table: pa.Table) -> list[bool]:

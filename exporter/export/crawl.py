@@ -140,6 +140,25 @@ class EmittedIds:
         return True
 
 
+@dataclass(frozen=True)
+class PageFlow:
+    """Where a run's pages come from and go, shared by every fetcher of the run (crawls, the
+    relationship walk, the delete scan): the one client (its request budget and in-flight
+    bound), the API's base URL, the single writer's inbox and the page credits that bound the
+    pages between them, and the sizes every fetcher keeps to."""
+
+    client: ApiClient
+    base_url: str
+    inbox: asyncio.Queue[Message | None]
+    credits: asyncio.Semaphore
+    page_size: int
+    workers: int  # requests one fetcher keeps going at once (at least 1)
+    max_url_length: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workers", max(1, self.workers))
+
+
 @dataclass
 class PartitionWalk:
     """The live state of one partition while it is walked (owned by the crawl, not the writer)."""
@@ -184,14 +203,9 @@ class CollectionCrawl:
 
     def __init__(
         self,
-        client: ApiClient,
+        flow: PageFlow,
         *,
-        base_url: str,
         type_name: str,
-        page_size: int,
-        workers: int,
-        inbox: asyncio.Queue[Message | None],
-        credits: asyncio.Semaphore,
         extra_params: Iterable[tuple[str, str]] = (),
         partitions_per_worker: int = 2,
         initial_partitions: int | None = None,
@@ -199,14 +213,14 @@ class CollectionCrawl:
         select: RowSelector | None = None,
         first_page: bool = False,
     ) -> None:
-        self.client = client
-        self.base_url = base_url
+        self.client = flow.client
+        self.base_url = flow.base_url
         self.type_name = type_name
         self.collection = resource_type(type_name).collection
-        self.page_size = page_size
-        self.workers = max(1, workers)
-        self.inbox = inbox
-        self.credits = credits
+        self.page_size = flow.page_size
+        self.workers = flow.workers
+        self.inbox = flow.inbox
+        self.credits = flow.credits
         self.extra_params = list(extra_params)
         self.initial_partitions = initial_partitions or self.workers * partitions_per_worker
         self.stats = CrawlStats()

@@ -15,10 +15,9 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from exporter.api.client import ApiClient
 from exporter.api.documents import page_records
 from exporter.api.pagination import collection_url, id_batches, paginate
-from exporter.export.crawl import Message, PageBatch
+from exporter.export.crawl import PageBatch, PageFlow
 from exporter.model.normalize import TOMBSTONE_SCHEMA, TOMBSTONE_TYPE, check_type, record_id
 from exporter.model.schema import resource_type
 
@@ -35,24 +34,18 @@ class DeleteScan:
 
     def __init__(
         self,
-        client: ApiClient,
+        flow: PageFlow,
         *,
-        base_url: str,
-        inbox: asyncio.Queue[Message | None],
-        credits: asyncio.Semaphore,
         run_id: str,
-        page_size: int,
-        workers: int,
-        max_url_length: int,
     ) -> None:
-        self.client = client
-        self.base_url = base_url
-        self.inbox = inbox
-        self.credits = credits
+        self.client = flow.client
+        self.base_url = flow.base_url
+        self.inbox = flow.inbox
+        self.credits = flow.credits
         self.run_id = run_id
-        self.page_size = page_size
-        self.workers = max(1, workers)
-        self.max_url_length = max_url_length
+        self.page_size = flow.page_size
+        self.workers = flow.workers
+        self.max_url_length = flow.max_url_length
         self.stats: dict[str, DeleteStats] = {}
         self._stopping = False
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from exporter.api.client import ApiClient
 from exporter.api.pagination import collection_url, ids_that_fit, paginate
 from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.damage import read_failure
@@ -41,7 +40,7 @@ from exporter.backup.storage import Storage
 from exporter.core.config import DEFAULT_ROOT_TYPE
 from exporter.core.errors import ApiError, UsageError, shown_url
 from exporter.core.events import event
-from exporter.export.crawl import Message, PageBatch, RowSelector
+from exporter.export.crawl import PageBatch, PageFlow, RowSelector
 from exporter.model.fastpage import PageReader
 from exporter.model.normalize import Normalizer, table_layout
 from exporter.model.schema import Shape, resource_type
@@ -224,20 +223,14 @@ class RelationshipWalk:
 
     def __init__(
         self,
-        client: ApiClient,
+        flow: PageFlow,
         *,
-        base_url: str,
         links: list[Link],
-        inbox: asyncio.Queue[Message | None],
-        credits: asyncio.Semaphore,
-        page_size: int,
-        workers: int,
-        max_url_length: int = DEFAULT_MAX_URL_LENGTH,
         select: dict[str, RowSelector] | None = None,
         unsure_filter: bool = False,
         root: str = DEFAULT_ROOT_TYPE,
     ) -> None:
-        self.client = client
+        self.client = flow.client
         self.root = root  # the type whose records name the related ones (`links` are its)
         self.owner_column = owner_column(root)
         # The API may refuse or ignore `filter[sequenceStep][id]` on the link-only targets of
@@ -246,13 +239,13 @@ class RelationshipWalk:
         self.unsure_filter = unsure_filter
         self.not_asked: dict[str, NotAsked] = {}
         self.select = select or {}
-        self.base_url = base_url
+        self.base_url = flow.base_url
         self.links = links
-        self.inbox = inbox
-        self.credits = credits
-        self.page_size = page_size
-        self.workers = max(1, workers)
-        self.max_url_length = max_url_length
+        self.inbox = flow.inbox
+        self.credits = flow.credits
+        self.page_size = flow.page_size
+        self.workers = flow.workers
+        self.max_url_length = flow.max_url_length
         self.stats: dict[str, WalkStats] = {}
         self.targets: dict[str, TargetState] = {}
         for link in links:

@@ -64,7 +64,7 @@ from exporter.core.errors import (
 from exporter.core.events import event
 from exporter.core.progress import Reporter, ResourceProgress, Snapshot
 from exporter.core.times import iso, micros, utc_now
-from exporter.export.crawl import CollectionCrawl, CrawlStats, Flush, Message, RowSelector
+from exporter.export.crawl import CollectionCrawl, CrawlStats, Flush, Message, PageFlow, RowSelector
 from exporter.export.deletes import DeleteScan
 from exporter.export.history import (
     BackupIndex,
@@ -684,6 +684,15 @@ class Export:
                 inbox.put_nowait(saved)
                 await saved.done.wait()
         since = [("filter[updatedAt]", f"{state.window_start}..inf")] if incremental else []
+        flow = PageFlow(
+            client,
+            s.base_url,
+            inbox,
+            credits,
+            page_size=s.page_size,
+            workers=s.concurrency,
+            max_url_length=s.max_url_length,
+        )
 
         def walk_for(
             links: list[Link],
@@ -692,14 +701,8 @@ class Export:
             unsure_filter: bool = False,
         ) -> RelationshipWalk:
             walk = RelationshipWalk(
-                client,
-                base_url=s.base_url,
+                flow,
                 links=links,
-                inbox=inbox,
-                credits=credits,
-                page_size=s.page_size,
-                workers=s.concurrency,
-                max_url_length=s.max_url_length,
                 select=select,
                 unsure_filter=unsure_filter,
                 root=self.root_type,
@@ -717,13 +720,8 @@ class Export:
             first_page: bool = False,
         ) -> CollectionCrawl:
             crawl = CollectionCrawl(
-                client,
-                base_url=s.base_url,
+                flow,
                 type_name=type_name,
-                page_size=s.page_size,
-                workers=s.concurrency,
-                inbox=inbox,
-                credits=credits,
                 initial_partitions=s.initial_partitions,
                 extra_params=params,
                 announcer=walk,
@@ -860,16 +858,7 @@ class Export:
         if s.detect_deletes:
             self._phase(state, "deletes")
             fresh = await asyncio.to_thread(self._load_index, state)
-            scan = DeleteScan(
-                client,
-                base_url=s.base_url,
-                inbox=inbox,
-                credits=credits,
-                run_id=state.run_id,
-                page_size=s.page_size,
-                workers=s.concurrency,
-                max_url_length=s.max_url_length,
-            )
+            scan = DeleteScan(flow, run_id=state.run_id)
             self._started(scan)
             for type_name in self.type_names:
                 if type_name in self.refused or not _integer_ids(type_name):

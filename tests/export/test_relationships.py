@@ -17,8 +17,8 @@ from exporter.api.auth import StaticToken
 from exporter.api.client import ApiClient, ClientSettings
 from exporter.core.errors import UsageError
 from exporter.core.secrets import Secret
-from exporter.export.crawl import Message, PageBatch
-from exporter.export.relationships import RelationshipWalk, parse_selection
+from exporter.export.crawl import Message, PageBatch, PageFlow
+from exporter.export.relationships import DEFAULT_MAX_URL_LENGTH, RelationshipWalk, parse_selection
 from exporter.model.normalize import arrow_schema
 from exporter.model.schema import resource_type
 from tests.helpers.runs import export_deleting_a_sequence_midway, run_export
@@ -174,13 +174,16 @@ async def test_missing_references_are_listed_not_fatal(start_simulator: StartSim
     settings = ClientSettings(base_url=running.base_url, rate_limit=1000, rate_period=1.0)
     async with ApiClient(settings, StaticToken(Secret(TOKEN))) as client:
         walk = RelationshipWalk(
-            client,
-            base_url=running.base_url,
+            PageFlow(
+                client,
+                running.base_url,
+                inbox,
+                asyncio.Semaphore(100),
+                1000,
+                2,
+                DEFAULT_MAX_URL_LENGTH,
+            ),
             links=parse_selection("sequence"),
-            inbox=inbox,
-            credits=asyncio.Semaphore(100),
-            page_size=1000,
-            workers=2,
         )
         needs = walk.announce(step_table)
         assert needs == {"sequence": 5}  # five ids queued: positions 0..4
@@ -272,13 +275,16 @@ async def test_records_a_batch_did_not_ask_for_are_not_written(
         settings = ClientSettings(base_url=proxy.base_url, rate_limit=1000, rate_period=1.0)
         async with ApiClient(settings, StaticToken(Secret(TOKEN))) as client:
             walk = RelationshipWalk(
-                client,
-                base_url=proxy.base_url,
+                PageFlow(
+                    client,
+                    proxy.base_url,
+                    inbox,
+                    asyncio.Semaphore(100),
+                    1000,
+                    1,
+                    DEFAULT_MAX_URL_LENGTH,
+                ),
                 links=parse_selection("sequence,mailings"),
-                inbox=inbox,
-                credits=asyncio.Semaphore(100),
-                page_size=1000,
-                workers=1,
             )
             walk.announce(step_table)
             walk.close()

@@ -51,8 +51,25 @@ from exporter.export.plan import (
     window_start,
 )
 from exporter.model.normalize import TOMBSTONE_TYPE
+from exporter.model.schema import Kind, incremental_strategy, readable_types, resource_type
 
 HIGH_WATER_COLUMN = "updatedAt"
+
+
+def high_water_column(type_name: str) -> str | None:
+    """The time a type's high-water mark is taken from: `updatedAt`; for a type without one
+    (a log, a note) the time its incremental window filters on, else its `createdAt`; None for
+    a type with neither (tombstones, a type this version does not know)."""
+    if type_name not in readable_types():
+        return None
+    rtype = resource_type(type_name)
+    if rtype.attribute(HIGH_WATER_COLUMN) is not None:
+        return HIGH_WATER_COLUMN
+    attribute = incremental_strategy(type_name).attribute
+    created = rtype.attribute("createdAt")
+    if attribute is None and created is not None and created.kind is Kind.DATETIME:
+        attribute = created.name
+    return attribute
 
 
 @dataclass
@@ -74,6 +91,7 @@ class ResourceStatus:
     positions_through: int | None = None  # relationship walk watermark (related types)
     ranges_waiting: int | None = None  # committed batches above the watermark
     tombstones: int = 0  # ids of this type the run found gone (--detect-deletes)
+    high_water_column: str | None = HIGH_WATER_COLUMN  # what `updated_at_max` is the newest of
 
 
 @dataclass
@@ -116,6 +134,7 @@ class TypeTotal:
     bytes: int
     updated_at_max: str | None  # the newest `updatedAt` any committed file of the type holds
     tombstones: int = 0  # ids of this type found gone, over all runs
+    high_water_column: str | None = HIGH_WATER_COLUMN  # a log's: its creation time
 
 
 @dataclass
@@ -428,10 +447,12 @@ class _Survey:
                 extra_values=int(summary.get("extra_values") or 0),
                 missing_references=_missing_count(detail.missing),
                 tombstones=stones.get(type_name, 0),
+                high_water_column=high_water_column(type_name),
             )
-            if type_name != TOMBSTONE_TYPE:
+            if result.high_water_column is not None:
                 paths = [f.path for f in mine]
-                result.updated_at_max = iso_exact_or_none(self._newest(paths, run.problems))
+                newest = self._newest(paths, result.high_water_column, run.problems)
+                result.updated_at_max = iso_exact_or_none(newest)
             if state is not None and type_name in state.resources:
                 _partitions(result, state.resources[type_name])
             _watermark(result, detail.watermark)
@@ -448,7 +469,10 @@ class _Survey:
         newest: dict[str, datetime] = {}
         for run in self.runs:
             for r in run.resources:
-                total = found.setdefault(r.type_name, TypeTotal(r.type_name, 0, 0, 0, None))
+                total = found.setdefault(
+                    r.type_name,
+                    TypeTotal(r.type_name, 0, 0, 0, None, 0, high_water_column(r.type_name)),
+                )
                 total.rows += r.rows
                 total.files += r.files
                 total.bytes += r.bytes
@@ -464,11 +488,12 @@ class _Survey:
                 found[type_name].updated_at_max = iso_exact(value)
         return [found[t] for t in ordered_types(set(found))]
 
-    def _newest(self, paths: list[str], problems: list[str]) -> datetime | None:
+    def _newest(self, paths: list[str], column: str, problems: list[str]) -> datetime | None:
         newest: datetime | None = None
         for relative in paths:
             if relative not in self._high_water:
-                self._high_water[relative] = _high_water_of(self.root, relative, problems)
+                found = _high_water_of(self.root, relative, column, problems)
+                self._high_water[relative] = found
             value = self._high_water[relative]
             if value is not None and (newest is None or value > newest):
                 newest = value
@@ -532,16 +557,18 @@ def _outside(relative: str) -> str:
     return f"{relative}: recorded path points outside the output directory; run `exporter verify`"
 
 
-def _high_water_of(root: Storage, relative: str, problems: list[str]) -> datetime | None:
+def _high_water_of(
+    root: Storage, relative: str, column: str, problems: list[str]
+) -> datetime | None:
     location = root.inside(relative)
     if location is None:
         problems.append(_outside(relative))
         return None
     try:
-        return part_reader(root).newest(location, HIGH_WATER_COLUMN)
+        return part_reader(root).newest(location, column)
     except (OSError, pa.ArrowException) as exc:
         problems.append(
-            f"{relative}: cannot read its updatedAt ({type(exc).__name__}); run `exporter verify`"
+            f"{relative}: cannot read its {column} ({type(exc).__name__}); run `exporter verify`"
         )
         return None
 
@@ -671,7 +698,10 @@ def _render_totals(report: StatusReport) -> list[str]:
     for t in data:
         cells = [t.type_name, f"{t.rows:,}", f"{t.files:,}"]
         cells += [f"{t.tombstones:,}"] if with_stones else []
-        table.append(tuple([*cells, t.updated_at_max or "-"]))
+        newest = t.updated_at_max or "-"
+        if t.updated_at_max and t.high_water_column not in (None, HIGH_WATER_COLUMN):
+            newest += f" ({t.high_water_column})"  # a type without updatedAt: a log's time
+        table.append(tuple([*cells, newest]))
     lines += _table(table, {1, 2, 3} if with_stones else {1, 2})
     rows = sum(t.rows for t in data)
     files = sum(t.files for t in data)

@@ -52,8 +52,8 @@ from exporter.backup.sink import PART_NAME
 from exporter.backup.storage import Storage
 from exporter.core.errors import ExitCode, OutputError, UsageError
 from exporter.export.repair import quarantine_name
-from exporter.model.normalize import arrow_schema
-from exporter.model.schema import RESOURCE_TYPES, resource_type
+from exporter.model.normalize import TOMBSTONE_TYPE, arrow_schema
+from exporter.model.schema import readable_types, resource_type
 
 _LABELS = {"bytes": "size in bytes", "rows": "row count", "files": "file count"}
 
@@ -254,6 +254,7 @@ def verify(where: Storage | Path | str) -> VerifyReport:
         for f in state.committed_files()
     ]
     directories = {t: r.directory for t, r in state.resources.items()}
+    _unknown_types(expected, report)
     listed = _check_files(root, expected, report)
     _not_recorded(root, directories, listed, report, "not named by the checkpoint (a file added?)")
     return report
@@ -299,6 +300,7 @@ def _verify_manifest(root: Storage) -> VerifyReport:
             )
             continue
         expected.append(parsed)
+    _unknown_types(expected, report)
     listed = _check_files(root, expected, report)
 
     directories = {
@@ -325,6 +327,21 @@ def _verify_manifest(root: Storage) -> VerifyReport:
                 Difference(f"resources.{type_name}", "files", resource.get("files"), present)
             )
     return report
+
+
+def _unknown_types(expected: list[ExpectedFile], report: VerifyReport) -> None:
+    """A type the record lists that this version does not know: its files are checked like
+    any other, but compact and restore would leave it out, so it is a difference."""
+    known = {*readable_types(), TOMBSTONE_TYPE}
+    for type_name in sorted({e.type_name for e in expected} - known):
+        report.differences.append(
+            Difference(
+                f"resources.{type_name}",
+                "type",
+                note=f"type {type_name!r} is not one this exporter knows (written by a newer "
+                "version?); compact leaves it out",
+            )
+        )
 
 
 def _not_recorded(
@@ -382,7 +399,7 @@ def _expected_from_manifest(entry: Any) -> ExpectedFile | None:
 
 
 def _current_schema(type_name: str) -> list[manifest.SchemaField] | None:
-    if type_name not in RESOURCE_TYPES:
+    if type_name not in readable_types():
         return None
     return manifest.schema_fields(arrow_schema(type_name))
 
@@ -519,7 +536,7 @@ def _reason(exc: OSError) -> str:
 
 def _parquet_files(root: Storage, directories: dict[str, str]) -> list[tuple[str, str]]:
     """Every file under the run's type directories and every known type's directory."""
-    by_directory = {resource_type(t).collection: t for t in RESOURCE_TYPES}
+    by_directory = {resource_type(t).collection: t for t in readable_types()}
     by_directory.update({d: t for t, d in directories.items()})
     found: list[tuple[str, str]] = []
     for directory, type_name in sorted(by_directory.items()):

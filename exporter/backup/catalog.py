@@ -18,7 +18,7 @@ from exporter.backup.checkpoint import RunState
 from exporter.backup.storage import Storage
 from exporter.core.errors import UsageError
 from exporter.model.normalize import TOMBSTONE_TYPE
-from exporter.model.schema import RESOURCE_TYPES
+from exporter.model.schema import readable_types
 
 _Document = TypeVar("_Document")
 
@@ -99,7 +99,7 @@ class RunRecord:
 
 def ordered_types(types: set[str]) -> list[str]:
     """The crawled collection first, then related types as the schema lists them, tombstones last."""
-    known = {name: i for i, name in enumerate(RESOURCE_TYPES)}
+    known = {name: i for i, name in enumerate(readable_types())}
     return sorted(types, key=lambda t: (t == TOMBSTONE_TYPE, known.get(t, len(known)), t))
 
 

@@ -25,7 +25,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,11 +44,29 @@ from exporter.backup.storage import INPROGRESS_SUFFIX, DamagedFile, Storage
 from exporter.core.config import DEFAULT_ROOT_TYPE
 from exporter.core.errors import ExporterError, OutputError, UsageError
 from exporter.model.normalize import TOMBSTONE_TYPE, arrow_schema, table_layout
-from exporter.model.schema import RESOURCE_TYPES, resource_type
+from exporter.model.schema import readable_types, resource_type
 
-# The types crawled whole: every one of their records is in a backup. A manifest does not say
-# which (the export's `root_type`), so compaction assumes the export's default.
+# The types crawled whole: every one of their records is in a backup. A manifest that does not
+# say which (`crawled_roots`) was written by an export of the default.
 DEFAULT_ROOTS = (DEFAULT_ROOT_TYPE,)
+
+
+def crawled_roots(document: Mapping[str, Any]) -> tuple[str, ...]:
+    """The types the backup's export crawled whole, as its manifest's parameters record the
+    selection (`resources`: "all", or collections or type names, a list or comma-separated);
+    `DEFAULT_ROOTS` when they do not. Names this version does not know are left out."""
+    parameters = document.get("parameters")
+    selected = parameters.get("resources") if isinstance(parameters, dict) else None
+    if isinstance(selected, str):
+        selected = [part.strip() for part in selected.split(",")]
+    if not isinstance(selected, list) or not selected:
+        return DEFAULT_ROOTS
+    if "all" in selected:
+        return readable_types()
+    by_name = {resource_type(t).collection: t for t in readable_types()}
+    by_name.update({t: t for t in readable_types()})
+    found = [by_name[str(name)] for name in selected if str(name) in by_name]
+    return tuple(dict.fromkeys(found)) or DEFAULT_ROOTS
 
 
 def current_table(
@@ -62,7 +80,7 @@ def current_table(
     order = {run_id: i for i, run_id in enumerate(runs)}
     schema = arrow_schema(type_name)
     tables = []
-    tombstoned: list[int] = []
+    tombstoned: list[Any] = []
     for entry in files:
         if entry["type"] == TOMBSTONE_TYPE:
             stones = read_committed(storage, entry).select(["type", "id"])
@@ -80,7 +98,7 @@ def current_table(
         return schema.empty_table()
     table = pa.concat_tables(tables)
     keys = [("id", "ascending")]
-    if "updatedAt" in table.column_names:
+    if "updatedAt" in table.column_names:  # a type without one (a log, a note): the newest run's
         keys.append(("updatedAt", "descending"))
     keys.append(("_run", "descending"))
     table = table.sort_by(keys)  # null updatedAt sorts last
@@ -96,8 +114,17 @@ def current_table(
         else pa.array([], pa.bool_())
     )
     if tombstoned:
-        keep = pc.and_(keep, pc.invert(pc.is_in(ids, value_set=pa.array(tombstoned, pa.int64()))))
+        gone = _same_kind(tombstoned, ids.type)
+        keep = pc.and_(keep, pc.invert(pc.is_in(ids, value_set=gone)))
     return table.filter(keep).drop_columns(["_run"])
+
+
+def _same_kind(ids: list[Any], id_type: pa.DataType) -> pa.Array:
+    """Tombstoned ids as an array of the type's id type: integers, or the UUID strings of a
+    type whose ids are strings (an id that cannot be one of the type's names no record)."""
+    if pa.types.is_string(id_type):
+        return pa.array([str(i) for i in ids], pa.string())
+    return pa.array([i for i in ids if isinstance(i, int)], id_type)
 
 
 REPAIR_ADVICE = (
@@ -125,25 +152,46 @@ def read_committed(storage: Storage, entry: dict[str, Any]) -> pa.Table:
         raise read_failure(storage, relative, exc, expected, REPAIR_ADVICE) from None
 
 
+# To-ones that never say whose member a record is: a user's `favorites` are the favorites that
+# name it as their user, not the ones it created (the simulator's `store.AUTHORSHIP`).
+AUTHORSHIP = frozenset({"creator", "updater"})
+
+
+def owning_column(owner: str, member: str) -> str | None:
+    """`member`'s to-one column that says which `owner` record it belongs to: the one to-one of
+    `member` into `owner` (creator and updater never count), or of several, the one named after
+    `owner`. None when the schema pairs no such column."""
+    back = [
+        c
+        for c in table_layout(member).to_one
+        if c.relationship.target == owner and c.relationship.name not in AUTHORSHIP
+    ]
+    if len(back) > 1:
+        back = [c for c in back if c.relationship.name == owner]
+    return back[0].column if len(back) == 1 else None
+
+
 def inverse_columns(
     type_name: str, roots: Collection[str] = DEFAULT_ROOTS
 ) -> list[tuple[str, str, str]]:
     """(list column on `type_name`, its target type, the target's to-one column pointing back)
-    for each to-many relationship of `type_name` that the backup can derive exactly: a
-    sequence's `sequenceStepIds` (the steps whose `sequenceId` is it) and a step's
-    `sequenceTemplateIds` (the templates whose `sequenceStepId` is it).
+    for each to-many relationship of `type_name` that the backup can derive exactly from the
+    other side (`owning_column`): a sequence's `sequenceStepIds` (the steps whose `sequenceId`
+    is it), a step's `sequenceTemplateIds`, and with every type a root, a prospect's
+    `emailAddressIds`, a user's `mailboxIds`, a role's `childRoleIds` (its own type), ...
 
-    Exact because every record of the target that points back is in the backup: every step
-    is (a root), and every template naming a backed-up step is (the walk fetches the
-    templates steps name, and incremental runs ask again by step)."""
+    Exact when every record of the target that points back is in the backup: the target is a
+    root (crawled whole), or `type_name` is one and the walk fetched the target records its
+    records name (incremental runs ask again by owner; `with_inverse_lists`'s `unsure` keeps
+    what the walk could not prove)."""
     found = []
     for column in table_layout(type_name).to_many:
         target = column.relationship.target
-        if not (type_name in roots or target in roots) or target == type_name:
-            continue
-        back = [c.column for c in table_layout(target).to_one if c.relationship.target == type_name]
-        if len(back) == 1:
-            found.append((column.column, target, back[0]))
+        if not (type_name in roots or target in roots) or target not in readable_types():
+            continue  # (a type without a collection is in no backup)
+        back = owning_column(type_name, target)
+        if back is not None:
+            found.append((column.column, target, back))
     return found
 
 
@@ -194,17 +242,17 @@ POINTER_NAME = "_current.json"
 POINTER_FORMAT = "outreach-exporter/current"
 CURRENT_PREFIX = "_current/"
 _GENERATION = re.compile(r"gen-\d{8}T\d{6}Z-[0-9a-f]{6}")
-_COLLECTIONS = {resource_type(t).collection for t in RESOURCE_TYPES}
+_COLLECTIONS = {resource_type(t).collection for t in readable_types()}
 
 
 def compact(
     where: Storage | Path | str,
     into: Storage | Path | str | None = None,
     *,
-    roots: Collection[str] = DEFAULT_ROOTS,
+    roots: Collection[str] | None = None,
 ) -> dict[str, int]:
     """Publish the current state, one file per type, as one generation (default `DIR/_current/`);
-    `roots` are the types the backup's export crawled whole."""
+    `roots` are the types the backup's export crawled whole (default: `crawled_roots`)."""
     storage = where if isinstance(where, Storage) else Storage.open(where, flag="DIR")
     manifest.load_checked(storage)  # a clear error for a directory without a finished backup
     try:
@@ -221,9 +269,11 @@ def new_generation() -> str:
 
 
 def _compact(
-    storage: Storage, into: Storage | Path | str | None, roots: Collection[str]
+    storage: Storage, into: Storage | Path | str | None, roots: Collection[str] | None
 ) -> dict[str, int]:
     document = manifest.load_checked(storage)  # read under the lock: the newest finished run
+    if roots is None:
+        roots = crawled_roots(document)
     if into is None:
         target, prefix = storage, CURRENT_PREFIX
     else:
@@ -268,27 +318,35 @@ def _write_generation(
     present = {entry["type"] for entry in document["files"]}
     rows: dict[str, int] = {}
     published: dict[str, dict[str, Any]] = {}
-    # The owning sides the derived lists are read from (`inverse_columns`): the roots (the
-    # steps), kept whole as they are written, and for their own lists, just the columns needed.
-    owners: dict[str, pa.Table] = {}
     unsure = frozenset(
         t
         for t, r in document.get("resources", {}).items()
         if isinstance(r, dict)
         and ResourceDetail.recorded(r.get("detail")).not_asked_by_step is not None
     )
-    for root in roots:
-        for _column, member, back in inverse_columns(root, roots):
+    # The owning sides the derived lists are read from (`inverse_columns`): per member type,
+    # just its id and the to-one columns pointing back, kept from where it is written, or read
+    # ahead for an owner that comes first.
+    backs: dict[str, set[str]] = {}
+    for type_name in present - {TOMBSTONE_TYPE}:
+        for _column, member, back in inverse_columns(type_name, roots):
             if member in present:
-                owners[member] = current_table(storage, document, member).select(["id", back])
-    for type_name in RESOURCE_TYPES:
+                backs.setdefault(member, set()).add(back)
+    owners: dict[str, pa.Table] = {}
+
+    def owning_sides(table: pa.Table, member: str) -> None:
+        owners[member] = table.select(["id", *sorted(backs[member])])
+
+    for type_name in readable_types():
         if type_name not in present:
             continue
-        table = with_inverse_lists(
-            current_table(storage, document, type_name), type_name, owners, unsure, roots
-        )
-        if type_name in roots:
-            owners[type_name] = table
+        for _column, member, _back in inverse_columns(type_name, roots):
+            if member in backs and member not in owners and member != type_name:
+                owning_sides(current_table(storage, document, member), member)
+        table = current_table(storage, document, type_name)
+        if type_name in backs:  # before its own lists change: they are not what is read
+            owning_sides(table, type_name)
+        table = with_inverse_lists(table, type_name, owners, unsure, roots)
         payload = encode_table(table)
         relative = f"{generation}/{resource_type(type_name).collection}.parquet"
         target.write_atomically(prefix + relative, payload)  # durable before the pointer

@@ -14,7 +14,7 @@ from exporter.backup.checkpoint import RunState
 from exporter.backup.sink import part_run_id
 from exporter.backup.storage import OpenFile, Storage, inside_root
 from exporter.model.normalize import TOMBSTONE_TYPE
-from exporter.model.schema import RESOURCE_TYPES, resource_type
+from exporter.model.schema import readable_types, resource_type
 
 
 def new_run_id() -> str:
@@ -24,9 +24,12 @@ def new_run_id() -> str:
 TOMBSTONE_DIRECTORY = "tombstones"
 
 
-# Every directory an export writes into (an earlier selection's types included), tombstones last.
+# Every directory an export may write into: each readable type's collection (whatever this run
+# or an earlier one selected; the nine step-world types first), tombstones last. Below them only
+# files of our exact naming (`sink.PART_NAME`) are ours: a user's `prospects/notes.csv` beside a
+# steps-only backup is never listed, moved or deleted.
 BACKUP_DIRECTORIES = [
-    *(resource_type(t).collection for t in RESOURCE_TYPES),
+    *(resource_type(t).collection for t in readable_types()),
     TOMBSTONE_DIRECTORY,
 ]
 

@@ -58,6 +58,9 @@ def part_run_id(relative: str) -> str | None:
     return None
 
 
+RecordId = int | str  # a record's id: an integer, or a UUID string (auditLog)
+
+
 class FileEntry(TypedDict):
     """A `DataFile` as the checkpoint and the manifest record it (`DataFile.to_json`)."""
 
@@ -66,8 +69,8 @@ class FileEntry(TypedDict):
     rows: int
     bytes: int
     sha256: str
-    min_id: int | None
-    max_id: int | None
+    min_id: RecordId | None
+    max_id: RecordId | None
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,8 @@ class DataFile:
     rows: int
     bytes: int
     sha256: str
-    min_id: int | None
-    max_id: int | None
+    min_id: RecordId | None
+    max_id: RecordId | None
 
     def to_json(self) -> FileEntry:
         return {
@@ -170,8 +173,8 @@ class PartWriter:
         self._buffered_rows = 0
         self._buffered_bytes = 0
         self._file_rows = 0
-        self._min_id: int | None = None
-        self._max_id: int | None = None
+        self._min_id: RecordId | None = None
+        self._max_id: RecordId | None = None
 
     @property
     def next_sequence(self) -> int:
@@ -199,6 +202,7 @@ class PartWriter:
             table = table.cast(self.schema)
         bounds = pc.min_max(table.column("id"))
         low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        # One type per writer, so its ids are all integers or all strings.
         self._min_id = low if self._min_id is None else min(self._min_id, low)
         self._max_id = high if self._max_id is None else max(self._max_id, high)
         self._buffer.append(table)

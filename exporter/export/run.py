@@ -275,9 +275,9 @@ class Export:
                 path=data_file.path,
                 moved_to=moved,
             )
-            if data_file.type_name == TOMBSTONE_TYPE or data_file.min_id is None:
+            if data_file.type_name == TOMBSTONE_TYPE or not isinstance(data_file.min_id, int):
                 continue  # tombstones: the --detect-deletes phase checks their ids again
-            assert data_file.max_id is not None
+            assert isinstance(data_file.max_id, int)
             state.resources[data_file.type_name].detail.add_repair(
                 {
                     "path": data_file.path,

@@ -25,6 +25,7 @@ from exporter.commands.values import (
     LocationType,
     RateLimitType,
     RelationshipsType,
+    ResourcesType,
     toml_defaults,
 )
 from exporter.core.bounds import DAY, BoundedInt, FiniteFloat
@@ -202,6 +203,16 @@ OPTIONS: dict[str, OptionSpec] = {
         help="Related records to export beside the steps: all, none, or a comma list of "
         "sequence, creator, updater, callPurpose, taskPriority, sequenceTemplates, mailings, "
         "calls, tasks (or type names such as users).  [env: OUTREACH_RELATIONSHIPS]",
+    ),
+    "resources": OptionSpec(
+        ("--resources",),
+        type=ResourcesType(),
+        default="sequenceSteps",
+        show_default=True,
+        envvar="OUTREACH_RESOURCES",
+        help="Collections to export whole, each a root: a comma list of collection names "
+        "(sequenceSteps, prospects, accounts, ...) or all (every readable collection).  "
+        "[env: OUTREACH_RESOURCES]",
     ),
     "max_url_length": OptionSpec(
         ("--max-url-length",),
@@ -445,6 +456,7 @@ ACCOUNT_OPTIONS = (
     "concurrency",
     "rate_limit",
     "relationships",
+    "resources",
     "max_url_length",
     "overlap",
     "commit_interval",

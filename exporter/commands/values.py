@@ -64,6 +64,21 @@ class RelationshipsType(click.ParamType[str]):
         return str(value)
 
 
+class ResourcesType(click.ParamType[str]):
+    """`all` or a comma list of collection names (checked here, kept as text)."""
+
+    name = "LIST"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from exporter.export.selection import parse_resources
+
+        try:
+            parse_resources(str(value))
+        except UsageError as exc:
+            self.fail(str(exc).removeprefix("--resources: "), param, ctx)
+        return str(value)
+
+
 class LocationType(click.ParamType[str]):
     """A directory or a URI to write a backup to (`storage.check_location`)."""
 

@@ -26,6 +26,8 @@ MAX_PAGE_SIZE = 1000
 # the root's records by the relationship walk. A backup does not record its root (`parameters()`
 # leaves it out), so compaction assumes this one.
 DEFAULT_ROOT_TYPE = "sequenceStep"
+# `--resources`: the collections an export crawls whole, each as a root (`export.selection`).
+DEFAULT_RESOURCES = "sequenceSteps"
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ class ExportSettings:
     detect_deletes: bool = False
     relationships: str = "all"  # of the root type
     root_type: str = DEFAULT_ROOT_TYPE
+    resources: str = DEFAULT_RESOURCES  # collections crawled whole: a comma list, or `all`
     max_url_length: int = 8000
     read_timeout: float = 120.0  # seconds an answer may go silent before the request is retried
     request_deadline: float = 300.0  # seconds from sending a request to its answer's last byte
@@ -188,7 +191,9 @@ class ExportSettings:
     retry: RetryPolicy | None = field(default_factory=retry_policy_from_environment)
 
     def parameters(self) -> dict[str, Any]:
-        """What the manifest and checkpoint record: no secret, no credential."""
+        """What the manifest and checkpoint record: no secret, no credential (`resources` only
+        when it is not the default, so a default run records what it always has)."""
+        selection = {} if self.resources == DEFAULT_RESOURCES else {"resources": self.resources}
         return {
             "page_size": self.page_size,
             "concurrency": self.concurrency,
@@ -201,4 +206,5 @@ class ExportSettings:
             "incremental": self.incremental,
             "overlap": self.overlap,
             "detect_deletes": self.detect_deletes,
+            **selection,
         }

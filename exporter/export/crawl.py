@@ -10,6 +10,15 @@ A single `links.next` chain is sequential by nature. So the key space is cut ins
    URL, so it stops by itself at the first record past the new `high` and drops such records.
 4. Each page's records are kept only inside [low, high] (the API has been seen ignoring an upper
    bound) and only once (ids already emitted by the partition are dropped: dedupe by id).
+With `first_page` (every root of a `--resources` selection other than the default), step 1 is
+instead the first page of the id-sorted walk at the page size asked for (`count=true`): a
+collection that fits one page costs that one request and nothing else. When it has a next page,
+the rest is walked as one open-ended chain past the page's last id, or, when the count says the
+rest is large (`PAGES_PER_PARTITION` pages a partition at least, so a partition's last short page
+costs under 5 % more), the largest id is probed and the rest cut into partitions. Splits then
+need as many pages left. A type whose ids are strings (auditLog's UUIDs) cannot be cut into id
+ranges: it is one chain, followed by its `links.next`, deduped by id.
+
 Everything a crawl learns goes to the single writer as messages on one unbounded inbox, in program
 order: `Plan`, `Split`, `PageBatch`. Backpressure is separate: a page credit is taken before a
 request and given back by the writer after the page is written, so at most `credits` pages are
@@ -30,11 +39,16 @@ import pyarrow as pa
 
 from exporter.api.client import ApiClient
 from exporter.api.documents import page_records
-from exporter.api.pagination import collection_url, paginate
+from exporter.api.pagination import collection_url, next_link, paginate
 from exporter.backup.checkpoint import PartitionState
 from exporter.model.fastpage import PageReader
-from exporter.model.normalize import Normalizer, record_id
-from exporter.model.schema import resource_type
+from exporter.model.normalize import NormalizedBatch, Normalizer, record_id
+from exporter.model.schema import Kind, resource_type
+
+HIGHEST_ID = 2**63 - 1  # the upper bound of an open-ended partition (never split)
+# `first_page` crawls: a partition (and what a split leaves each half) holds at least this many
+# pages, so the partitions' short last pages cost at most 1/PAGES_PER_PARTITION more requests.
+PAGES_PER_PARTITION = 40
 
 
 @dataclass
@@ -183,6 +197,7 @@ class CollectionCrawl:
         initial_partitions: int | None = None,
         announcer: Announcer | None = None,
         select: RowSelector | None = None,
+        first_page: bool = False,
     ) -> None:
         self.client = client
         self.base_url = base_url
@@ -198,6 +213,9 @@ class CollectionCrawl:
         self.announcer = announcer
         self.select = select
         self.normalizer = Normalizer(type_name)
+        self.first_page = first_page
+        self.string_ids = resource_type(type_name).id_kind is Kind.STRING
+        self._first_ids: list[int] = []
         self._pending: deque[PartitionWalk] = deque()
         self._walks: list[PartitionWalk] = []
         self._next_key = 0
@@ -213,7 +231,12 @@ class CollectionCrawl:
 
     async def run(self, committed: list[PartitionState] | None) -> None:
         """Walk every partition not yet finished; plan them first when `committed` is None."""
-        if committed is None:
+        if self.string_ids:
+            await self._string_chain(committed)
+            return
+        if committed is None and self.first_page:
+            committed = await self._start_with_first_page()
+        elif committed is None:
             committed = await self._plan()
             self.inbox.put_nowait(Plan(self.type_name, [_copy(p) for p in committed]))
         self._next_key = max((p.key for p in committed), default=-1) + 1
@@ -241,6 +264,107 @@ class CollectionCrawl:
         assert last is not None
         return plan_partitions(first, last, self.initial_partitions)
 
+    def _first_url(self) -> str:
+        return collection_url(
+            self.base_url,
+            self.collection,
+            [
+                ("sort", "id"),
+                ("page[size]", str(self.page_size)),
+                *self.extra_params,
+                ("count", "true"),
+            ],
+        )
+
+    async def _first_document(self, url: str) -> tuple[NormalizedBatch, str | None]:
+        """The first page (holding a page credit the writer gives back) and its checked next link."""
+        await self.credits.acquire()
+        try:
+            document = await self.client.get_document(url)
+            meta = document.get("meta")
+            total = meta.get("count") if isinstance(meta, dict) else None
+            if type(total) is int and total >= 0:
+                self.stats.total = total
+            batch = self.normalizer.to_batch(page_records(document, url))
+            following = next_link(document, url, self.base_url)
+        except BaseException:
+            self.credits.release()
+            raise
+        return batch, following
+
+    async def _start_with_first_page(self) -> list[PartitionState]:
+        """Plan from the first page of the id-sorted walk (see the module's docstring)."""
+        batch, following = await self._first_document(self._first_url())
+        if not batch.ids:
+            self.credits.release()
+            self.stats.pages += 1
+            self.inbox.put_nowait(Plan(self.type_name, []))
+            return []
+        first, last = batch.ids[0], max(batch.ids)
+        remaining = (self.stats.total or 0) - len(batch.ids)
+        count = min(self.initial_partitions, remaining // (PAGES_PER_PARTITION * self.page_size))
+        top: int | None = None
+        if following is not None and count >= 2:
+            top = await self._edge_id("-id")
+        head = PartitionState(key=0, low=first, high=HIGHEST_ID, done_through=first - 1)
+        rest: list[PartitionState] = []
+        if top is not None and top > last:
+            head.high = last
+            rest = plan_partitions(last + 1, top, count, first_key=1)
+        self.inbox.put_nowait(Plan(self.type_name, [_copy(p) for p in [head, *rest]]))
+        walk = PartitionWalk(
+            key=0, low=first, high=head.high, start=first, emitted_through=first - 1
+        )
+        final, _ = self._page(walk, batch, None if top is not None else following)
+        self._first_ids = list(walk.seen.values())
+        if self.announcer is not None:
+            await self.announcer.backpressure()
+        head.done_through = walk.emitted_through
+        head.finished = final
+        return [head, *rest]
+
+    async def _string_chain(self, committed: list[PartitionState] | None) -> None:
+        """A type with string ids: one `links.next` chain sorted by id, deduped by id. Its one
+        partition records no progress until the chain's end, so a resumed run walks it again
+        from the start (its rows committed before a kill are then written again: dedupe by id
+        when reading an unfinished run's files)."""
+        if committed is not None and all(p.finished for p in committed):
+            return
+        head = PartitionState(key=0, low=0, high=HIGHEST_ID, done_through=-1)
+        self.inbox.put_nowait(Plan(self.type_name, [_copy(head)]))
+        seen: set[str] = set()
+        url: str | None = self._first_url()
+        while url is not None and not self._stopping:
+            batch, following = await self._first_document(url)
+            self.stats.pages += 1
+            keep = []
+            for index, value in enumerate(batch.uuids):
+                if value in seen:
+                    self.stats.duplicates += 1
+                else:
+                    seen.add(value)
+                    keep.append(index)
+            table = batch.table
+            if len(keep) != len(batch.uuids):
+                table = table.take(pa.array(keep, pa.int64()))
+            if self.select is not None and table.num_rows:
+                wanted = self.select(table)
+                self.stats.not_selected += wanted.count(False)
+                table = table.filter(pa.array(wanted, pa.bool_()))
+            self.stats.records += table.num_rows
+            final = following is None
+            self.inbox.put_nowait(
+                PageBatch(
+                    type_name=self.type_name,
+                    table=table,
+                    partition_key=0,
+                    through=HIGHEST_ID if final else -1,
+                    final=final,
+                    extra_values=batch.extra_values,
+                )
+            )
+            url = following
+
     async def _edge_id(self, sort: str, *, count: bool = False) -> int | None:
         """The smallest (`id`) or largest (`-id`) id; with `count`, also ask for the total
         (for the progress estimate: the API only counts when asked, `count=true`)."""
@@ -267,7 +391,8 @@ class CollectionCrawl:
 
     def emitted_ids(self) -> list[int]:
         """Every id this crawl has seen inside its partitions (kept or not)."""
-        return [value for walk in self._walks for value in walk.seen.values()]
+        walked = [value for walk in self._walks for value in walk.seen.values()]
+        return self._first_ids + walked
 
     def _take(self) -> PartitionWalk | None:
         if self._stopping:
@@ -279,14 +404,14 @@ class CollectionCrawl:
         return self._split_busiest()
 
     def _split_busiest(self) -> PartitionWalk | None:
-        minimum = 2 * self.page_size
+        minimum = (PAGES_PER_PARTITION if self.first_page else 2) * self.page_size
         covered = sum(w.covered for w in self._walks)
         # Records per id seen so far (ids are sparse); before any page, assume dense.
         density = sum(w.emitted for w in self._walks) / covered if covered else 1.0
         best: PartitionWalk | None = None
         best_remaining = float(minimum)
         for walk in self._walks:
-            if not walk.active or walk.high - walk.emitted_through < 2:
+            if not walk.active or walk.high == HIGHEST_ID or walk.high - walk.emitted_through < 2:
                 continue
             remaining = walk.remaining_estimate(density)
             if remaining >= best_remaining:
@@ -354,55 +479,62 @@ class CollectionCrawl:
         )
         async for page in pages:
             batch = page.content.batch
-            following = page.next_url
-            self.stats.pages += 1
-            past_end = any(i > walk.high for i in batch.ids)
-            wanted = self.select(batch.table) if self.select is not None else None
-            keep = []
-            seen_ids = []
-            repeated = 0
-            for index, value in enumerate(batch.ids):
-                if value < walk.start or value > walk.high:
-                    self.stats.out_of_range += 1
-                elif not walk.seen.add(value):
-                    self.stats.duplicates += 1
-                    repeated += 1
-                else:
-                    seen_ids.append(value)
-                    if wanted is None or wanted[index]:
-                        keep.append(index)
-                    else:
-                        self.stats.not_selected += 1
-            table = batch.table
-            if len(keep) != len(batch.ids):
-                table = table.take(pa.array(keep, pa.int64()))
-            final = following is None or past_end
-            if final:
-                through = walk.high
-            elif seen_ids:
-                through = max(walk.emitted_through, max(seen_ids))
-            else:
-                through = walk.emitted_through
-            walk.emitted_through = through
-            walk.emitted += len(seen_ids)
-            self.stats.records += len(keep)
-            needs = self.announcer.announce(table) if self.announcer is not None else None
-            self.inbox.put_nowait(
-                PageBatch(
-                    type_name=self.type_name,
-                    table=table,
-                    partition_key=walk.key,
-                    through=through,
-                    final=final,
-                    extra_values=batch.extra_values,
-                    needs=needs,
-                )
-            )
+            final, repeated = self._page(walk, batch, page.next_url)
             if self.announcer is not None:
                 await self.announcer.backpressure()
             if final:
                 break
             page.new_records = len(batch.ids) - repeated
+
+    def _page(
+        self, walk: PartitionWalk, batch: NormalizedBatch, following: str | None
+    ) -> tuple[bool, int]:
+        """Keep a page's records inside the partition, once each, as the selector says; send
+        them to the writer. Whether the partition is done, and how many ids were repeats."""
+        self.stats.pages += 1
+        past_end = any(i > walk.high for i in batch.ids)
+        wanted = self.select(batch.table) if self.select is not None else None
+        keep = []
+        seen_ids = []
+        repeated = 0
+        for index, value in enumerate(batch.ids):
+            if value < walk.start or value > walk.high:
+                self.stats.out_of_range += 1
+            elif not walk.seen.add(value):
+                self.stats.duplicates += 1
+                repeated += 1
+            else:
+                seen_ids.append(value)
+                if wanted is None or wanted[index]:
+                    keep.append(index)
+                else:
+                    self.stats.not_selected += 1
+        table = batch.table
+        if len(keep) != len(batch.ids):
+            table = table.take(pa.array(keep, pa.int64()))
+        final = following is None or past_end
+        if final:
+            through = walk.high
+        elif seen_ids:
+            through = max(walk.emitted_through, max(seen_ids))
+        else:
+            through = walk.emitted_through
+        walk.emitted_through = through
+        walk.emitted += len(seen_ids)
+        self.stats.records += len(keep)
+        needs = self.announcer.announce(table) if self.announcer is not None else None
+        self.inbox.put_nowait(
+            PageBatch(
+                type_name=self.type_name,
+                table=table,
+                partition_key=walk.key,
+                through=through,
+                final=final,
+                extra_values=batch.extra_values,
+                needs=needs,
+            )
+        )
+        return final, repeated
 
 
 def _copy(state: PartitionState) -> PartitionState:

@@ -31,7 +31,7 @@ from exporter.backup import checkpoint, manifest
 from exporter.backup.catalog import Found
 from exporter.backup.checkpoint import RunState
 from exporter.backup.layout import safe_named
-from exporter.core.config import ExportSettings
+from exporter.core.config import DEFAULT_RESOURCES, ExportSettings
 from exporter.core.errors import UsageError
 from exporter.core.times import iso, micros
 from exporter.export.repair import from_manifest
@@ -66,6 +66,7 @@ class ExportRequest:
     # A finished run that finished at or after this (`utc_now()` text) counts as done even with
     # --incremental: an earlier attempt of the same fleet run finished it.
     finished_since: str | None = None
+    resources: str = DEFAULT_RESOURCES  # `--resources`: a resumed run must have the same
 
 
 @dataclass(frozen=True)
@@ -197,12 +198,14 @@ def plan_export(found: Found, request: ExportRequest, account: Account | None = 
                 )
             )
         return Extend(state, window_start(state.window_end, request.overlap), rebuilt)
-    if sorted(state.resources) != sorted(request.type_names):
+    recorded = state.parameters.get("resources", DEFAULT_RESOURCES)
+    if sorted(state.resources) != sorted(request.type_names) or recorded != request.resources:
         return Refuse(
             UsageError(
                 f"{request.where} holds an unfinished export of "
-                f"{', '.join(sorted(state.resources))}; resume it with the same --relationships "
-                "and --detect-deletes, or pass --restart to discard it"
+                f"{', '.join(sorted(state.resources))} (--resources {recorded}); resume it "
+                "with the same --resources, --relationships and --detect-deletes, or pass "
+                "--restart to discard it"
             )
         )
     return Resume(state)

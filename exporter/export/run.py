@@ -53,8 +53,14 @@ from exporter.backup.layout import (
 from exporter.backup.lock import OutputLock
 from exporter.backup.manifest import ManifestDocument
 from exporter.backup.storage import Storage
-from exporter.core.config import ExportSettings
-from exporter.core.errors import Interrupted, OutputError, UsageError, redact_url
+from exporter.core.config import DEFAULT_RESOURCES, ExportSettings
+from exporter.core.errors import (
+    ApiError,
+    Interrupted,
+    OutputError,
+    UsageError,
+    redact_url,
+)
 from exporter.core.events import event
 from exporter.core.progress import Reporter, ResourceProgress, Snapshot
 from exporter.core.times import iso, micros, utc_now
@@ -95,9 +101,16 @@ from exporter.export.repair import (
     refetch_range,
     set_aside,
 )
+from exporter.export.selection import parse_resources
 from exporter.export.writer import CommitPolicy, Writer
 from exporter.model.normalize import TOMBSTONE_TYPE
-from exporter.model.schema import RESOURCE_TYPES, resource_type
+from exporter.model.schema import (
+    RESOURCE_TYPES,
+    Incremental,
+    Kind,
+    incremental_strategy,
+    resource_type,
+)
 
 
 @dataclass
@@ -110,6 +123,7 @@ class ExportResult:
     crawl: dict[str, CrawlStats] = field(default_factory=dict)
     client: dict[str, Any] = field(default_factory=dict)
     walk: dict[str, WalkStats] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # type -> the scope the token lacks
 
     @property
     def rows(self) -> dict[str, int]:
@@ -149,10 +163,20 @@ class Export:
         self.phase = "starting"
         self.crawl_stats = {}
         self.walk_stats = {}
-        self.root_type = settings.root_type  # crawled whole; the other types are reached from it
-        self.links = parse_selection(settings.relationships, self.root_type)
+        # The collections crawled whole (`--resources`); the step root among them keeps its
+        # relationship walk, whose targets that are roots themselves it does not fetch: each
+        # record is fetched once per run.
+        self.roots = parse_resources(settings.resources)
+        self.default_selection = settings.resources == DEFAULT_RESOURCES
+        walks = settings.root_type in self.roots
+        # The root whose detail holds the run's mark: the step root, else the first selected.
+        self.root_type = settings.root_type if walks else self.roots[0]
+        links = parse_selection(settings.relationships, self.root_type) if walks else []
+        self.links = [link for link in links if link.target not in self.roots]
         targets = list(dict.fromkeys(link.target for link in self.links))
-        self.type_names = [self.root_type, *targets]
+        self.type_names = [*self.roots, *(t for t in targets if t not in self.roots)]
+        # Roots the token may not read (403 unauthorizedOauthScope): type -> the scope to add.
+        self.refused: dict[str, str] = {}
         # Every type's directory, so files of an earlier selection are cleaned up too.
         self.directories = list(BACKUP_DIRECTORIES)
         self._stoppables: list[CollectionCrawl | RelationshipWalk | DeleteScan] = []
@@ -191,6 +215,7 @@ class Export:
             source=s.source,
             overlap=s.overlap,
             finished_since=self.finished_since,
+            resources=s.resources,
         )
 
     def _prepare(self, found: Found, account: Account) -> tuple[RunState, bool]:
@@ -584,6 +609,8 @@ class Export:
         }
         if not_asked:
             self.stats[NOT_ASKED_BY_STEP] = not_asked
+        if self.refused:
+            self.stats["refused"] = dict(sorted(self.refused.items()))
         # The manifest first, then the checkpoint that says the run is complete: a kill between
         # the two leaves a run that resumes, finds nothing left to do, and writes both again.
         self.lock.check()
@@ -605,6 +632,7 @@ class Export:
             crawl=self.crawl_stats,
             client={"retries": client.stats.retries, "rate_limited": client.stats.rate_limited},
             walk=self.walk_stats,
+            refused=dict(self.refused),
         )
 
     def _load_index(self, state: RunState) -> BackupIndex:
@@ -640,7 +668,6 @@ class Export:
     ) -> None:
         s = self.settings
         incremental = state.kind == "incremental"
-        root = state.resources[self.root_type]
         if state.window_end is None:
             start = state.window_start
             await self._mark_window(state, client)
@@ -682,7 +709,12 @@ class Export:
             return walk
 
         def crawl_for(
-            type_name: str, select: RowSelector | None, walk: RelationshipWalk | None = None
+            type_name: str,
+            select: RowSelector | None,
+            walk: RelationshipWalk | None = None,
+            *,
+            params: list[tuple[str, str]] = since,
+            first_page: bool = False,
         ) -> CollectionCrawl:
             crawl = CollectionCrawl(
                 client,
@@ -693,9 +725,10 @@ class Export:
                 inbox=inbox,
                 credits=credits,
                 initial_partitions=s.initial_partitions,
-                extra_params=since,
+                extra_params=params,
                 announcer=walk,
                 select=select,
+                first_page=first_page,
             )
             self._started(crawl)
             self.crawl_stats[type_name] = crawl.stats
@@ -721,20 +754,31 @@ class Export:
                     walk.seed(target, index.ids.get(target, IdSet()), 0)
             if resumed:
                 await asyncio.to_thread(resume_walk, self.storage, state, walk)
-        versions = index.versions.get(self.root_type, {}) if index is not None else {}
-        crawl = crawl_for(
-            self.root_type, SkipKnownVersions(versions) if incremental else None, walk
-        )
+        step_crawl: CollectionCrawl | None = None
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._crawl_then_close(crawl, walk, root))
+            for type_name in self.roots:
+                params, chosen = self._root_window(type_name, state, index)
+                is_step = walk is not None and type_name == self.root_type
+                crawl = crawl_for(
+                    type_name,
+                    chosen,
+                    walk if is_step else None,
+                    params=params,
+                    first_page=not self.default_selection,
+                )
+                if type_name == self.root_type:
+                    step_crawl = crawl
+                group.create_task(
+                    self._crawl_root(
+                        crawl,
+                        walk if is_step else None,
+                        state.resources[type_name],
+                        refusable=not self.default_selection,
+                    )
+                )
             if walk is not None:
                 group.create_task(walk.run())
-        if walk is not None:
-            for type_name, missing in walk.missing().items():
-                state.resources[type_name].detail.missing = missing
-            for type_name, dropped in walk.unrequested().items():
-                state.resources[type_name].detail.unrequested = dropped
-        emitted_steps = crawl.emitted_ids()
+        emitted_steps = step_crawl.emitted_ids() if step_crawl is not None else []
         if self._stop_requested:
             return
         await flush()
@@ -823,6 +867,8 @@ class Export:
             )
             self._started(scan)
             for type_name in self.type_names:
+                if type_name in self.refused or not _integer_ids(type_name):
+                    continue  # not read this run; string ids (auditLog): a log, never deleted
                 await scan.scan(type_name, fresh.live_ids(type_name))
             self.stats["deletes"] = {
                 t: {"checked": d.checked, "tombstones": d.tombstones, "requests": d.requests}
@@ -901,13 +947,80 @@ class Export:
         state.resources[self.root_type].detail.mark = dict(basis)
         state.window_end = window.end
 
-    @staticmethod
-    async def _crawl_then_close(
-        crawl: CollectionCrawl, walk: RelationshipWalk | None, root: ResourceState
+    def _root_window(
+        self, type_name: str, state: RunState, index: BackupIndex | None
+    ) -> tuple[list[tuple[str, str]], RowSelector | None]:
+        """The filter and row selector of one root's crawl. A full run: all of it. An
+        incremental one, by the type's `incremental_strategy`: UPDATED_AT, the window on
+        `updatedAt`, versions held skipped; APPEND_ONLY, the window on its creation time, ids
+        held skipped; RELIST, the whole collection, versions (ids, for a type without
+        `updatedAt`) held skipped. A root the backup holds no record of (refused for a scope
+        last time, or new to the selection) is read whole."""
+        if state.kind != "incremental" or index is None:
+            return [], None
+        versions = index.versions.get(type_name, {})
+        held = index.ids.get(type_name, IdSet())
+        start = f"{state.window_start}..inf"
+        if type_name == self.root_type and self.default_selection:
+            return [("filter[updatedAt]", start)], SkipKnownVersions(versions)
+        if not len(held) and _integer_ids(type_name):
+            return [], SkipKnownVersions(versions)
+        strategy = incremental_strategy(type_name)
+        if strategy.mode is Incremental.UPDATED_AT:
+            return [("filter[updatedAt]", start)], SkipKnownVersions(versions)
+        if strategy.mode is Incremental.APPEND_ONLY:
+            assert strategy.attribute is not None
+            params = [(f"filter[{strategy.attribute}]", start)]
+            return params, SkipHeldIds(held) if _integer_ids(type_name) else None
+        if "updatedAt" in {a.name for a in resource_type(type_name).attributes}:
+            return [], SkipKnownVersions(versions)
+        return [], SkipHeldIds(held)
+
+    async def _crawl_root(
+        self,
+        crawl: CollectionCrawl,
+        walk: RelationshipWalk | None,
+        root: ResourceState,
+        *,
+        refusable: bool,
     ) -> None:
-        await crawl.run(root.partitions if root.planned else None)
+        """Crawl one root; then close the walk (no more steps: flush its partial batches).
+        With `refusable`, a 403 `unauthorizedOauthScope` records the type as refused and
+        costs no other root."""
+        try:
+            await crawl.run(root.partitions if root.planned else None)
+        except ApiError as exc:
+            if not (refusable and exc.status == 403 and exc.error_id == SCOPE_REFUSED):
+                raise
+            scope = resource_type(crawl.type_name).read_scope
+            self.refused[crawl.type_name] = scope
+            event(
+                "scope.refused",
+                f"{crawl.type_name}: the token lacks the scope {scope}; its collection is "
+                "skipped, the others go on",
+                logging.WARNING,
+                type_name=crawl.type_name,
+                scope=scope,
+            )
         if walk is not None:
-            walk.close()  # no more steps: flush the partial batches
+            walk.close()
+
+
+SCOPE_REFUSED = "unauthorizedOauthScope"  # the API's error id for a scope the token lacks
+
+
+class SkipHeldIds:
+    """Row selector: drop records whose id the backup holds (a log's records never change)."""
+
+    def __init__(self, held: IdSet) -> None:
+        self.held = held
+
+    def __call__(self, table: pa.Table) -> list[bool]:
+        return [value not in self.held for value in table.column("id").to_pylist()]
+
+
+def _integer_ids(type_name: str) -> bool:
+    return resource_type(type_name).id_kind is not Kind.STRING
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -19,13 +19,7 @@ from tests.helpers.runs import kill_now, mtime_ns, run_cli
 from tests.helpers.sim import TOKEN, Running, StartSimulator, spawn
 from tests.helpers.truth import assert_account_equals_truth, compacted_current
 
-pytestmark = [
-    pytest.mark.slow,  # several real exports of a ~3,500-record account each
-    pytest.mark.xfail(
-        strict=True,
-        reason="issue 14 item 1 not built yet: `exporter export` has no --resources (r/roots)",
-    ),
-]
+pytestmark = pytest.mark.slow  # several real exports of a ~3,500-record account each
 
 PROSPECTS = 150  # the account's size: ~2,000 records beyond the step world, every type present
 STEPS = 300  # the step world's share
@@ -159,6 +153,11 @@ def tombstoned(out: Path) -> set[tuple[str, str]]:
     return stones
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="r/roots 99aa459: after a night, types read incrementally by re-listing keep stale"
+    " versions (accountNote, prospectNote) and a deleted log record (auditLog) is not tombstoned",
+)
 async def test_nights_of_changes_in_every_type_then_compact_equal_the_ground_truth(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -218,6 +217,11 @@ def _mentions(document: Any, key_part: str) -> list[Any]:
     return found
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="r/roots 99aa459: a refused scope is skipped but the run ends with exit 0,"
+    " not the documented exit 8",
+)
 async def test_a_token_without_some_scopes_exports_the_rest_and_names_what_was_refused(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:

@@ -86,6 +86,13 @@ def simulator(scenario: Scenario, log: Path) -> Iterator[str]:
         "--rate-limit", scenario.rate_limit, "--latency", str(scenario.latency),
         "--cache-mib", "0", "--request-log", str(log),
     ]  # fmt: skip
+    with simulator_process(command) as url:
+        yield url.removesuffix("/api/v2")  # the root; the API is below /api/v2
+
+
+@contextlib.contextmanager
+def simulator_process(command: list[str]) -> Iterator[str]:
+    """Start `exporter simulate` (`command`), yield the API URL its ready line names, stop it."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -93,7 +100,7 @@ def simulator(scenario: Scenario, log: Path) -> Iterator[str]:
         url = next((w for w in line.split() if w.startswith("http://")), None)
         if url is None:
             raise SystemExit(f"simulator did not start: {line!r}")
-        yield url.rstrip("/").removesuffix("/api/v2")  # the root; the API is below /api/v2
+        yield url.rstrip("/")
     finally:
         process.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -368,20 +375,8 @@ def account_simulator(scenario: AccountScenario) -> Iterator[str]:
         *account_simulator_flags(scenario), "--token", TOKEN, "--rate-limit", UNLIMITED,
         "--cache-mib", "0",
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        url = next((w for w in line.split() if w.startswith("http://")), None)
-        if url is None:
-            raise SystemExit(f"simulator did not start: {line!r}")
-        yield url.rstrip("/")
-    finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-        if process.poll() is None:
-            process.kill()
+    with simulator_process(command) as url:
+        yield url
 
 
 def run_account(scenario: AccountScenario) -> dict[str, Any]:
@@ -439,6 +434,14 @@ def render_account(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def publish(table: str, markdown: Path | None) -> None:
+    """Print the report (a table and the machine it ran on), and write it to `markdown` if given."""
+    report = table + f"\n\nMachine: {machine()}.\n"
+    print("\n" + report)
+    if markdown:
+        markdown.write_text(report)
+
+
 def main_account(args: argparse.Namespace) -> bool:
     """Run the `account` group if `--only` asks for it; True when it did (and nothing else runs)."""
     if not args.only or "account" not in args.only.split(","):
@@ -454,10 +457,7 @@ def main_account(args: argparse.Namespace) -> bool:
             f"{e.peak_mib:.0f} MiB",
             flush=True,
         )
-    report = render_account(rows) + f"\n\nMachine: {machine()}.\n"
-    print("\n" + report)
-    if args.markdown:
-        args.markdown.write_text(report)
+    publish(render_account(rows), args.markdown)
     return True
 
 
@@ -521,10 +521,7 @@ def main() -> None:
             f"{e.peak_mib:.0f} MiB)  {floor}",
             flush=True,
         )
-    report = render(rows) + f"\n\nMachine: {machine()}.\n"
-    print("\n" + report)
-    if args.markdown:
-        args.markdown.write_text(report)
+    publish(render(rows), args.markdown)
 
 
 if __name__ == "__main__":

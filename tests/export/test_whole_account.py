@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from exporter.simulator import Faults
-from tests.helpers.runs import kill_now, mtime_ns, run_cli
-from tests.helpers.sim import TOKEN, Running, StartSimulator, spawn
+from tests.helpers.runs import export_command, kill_now, mtime_ns, run_cli
+from tests.helpers.sim import Running, StartSimulator, spawn
 from tests.helpers.truth import assert_account_equals_truth, compacted_current
 
 pytestmark = pytest.mark.slow  # several real exports of a ~3,500-record account each
@@ -28,33 +28,9 @@ REFUSED_EXIT = 8  # the documented exit of a run some of whose collections the t
 
 
 def account_command(running: Running, out: Path, *extra: str) -> list[str]:
-    """A real `exporter export --resources all` of the simulated account: small pages and
-    files and frequent commits, so a run commits many times and a kill has somewhere to land."""
-    return [
-        sys.executable,
-        "-m",
-        "exporter",
-        "export",
-        "--resources",
-        "all",
-        "--out",
-        str(out),
-        "--base-url",
-        running.base_url,
-        "--token",
-        TOKEN,
-        "--page-size",
-        "50",
-        "--concurrency",
-        "4",
-        "--commit-interval",
-        "0.05",
-        "--file-rows",
-        "250",
-        "--rate-limit",
-        "100000/1",
-        *extra,
-    ]
+    """A real `exporter export --resources all` of the simulated account, with the test
+    command's small pages and files and frequent commits (a kill has somewhere to land)."""
+    return export_command(running, out, "--resources", "all", *extra)
 
 
 async def start_account(start_simulator: StartSimulator, **config: Any) -> Running:

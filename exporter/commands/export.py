@@ -21,7 +21,7 @@ from exporter.commands.exits import errors_as_json, fail
 from exporter.commands.options import CREDENTIALS, options
 from exporter.commands.running import run_stoppable
 from exporter.core.config import ExportSettings, RateLimit
-from exporter.core.errors import ExporterError, UsageError
+from exporter.core.errors import ExitCode, ExporterError, UsageError
 from exporter.core.events import configure_logging, event
 from exporter.core.secrets import Secret
 from exporter.model.schema import RESOURCE_TYPES
@@ -175,10 +175,12 @@ def export(
     rows = dict(sorted(result.rows.items(), key=lambda item: order.get(item[0], len(order))))
     total = sum(rows.values())
     rate = total / result.seconds if result.seconds else 0.0
+    refused = ", ".join(f"{t} ({scope})" for t, scope in sorted(result.refused.items()))
     if log_format == "json":
         click.echo(
             orjson.dumps(
                 {
+                    **({"refused": result.refused} if result.refused else {}),
                     "run_id": result.state.run_id,
                     "kind": result.state.kind,
                     "rows": rows,
@@ -189,6 +191,8 @@ def export(
                 }
             ).decode()
         )
+        if result.refused:
+            raise SystemExit(int(ExitCode.SCOPES_REFUSED))
         return
     verb = "resumed and finished" if result.resumed else "exported"
     click.echo(
@@ -197,3 +201,11 @@ def export(
         + f") in {result.seconds:.1f}s, {rate:,.0f} records/s, {result.requests:,} requests"
     )
     click.echo(f"run {result.state.run_id}: {job.storage.shown('_manifest.json')}")
+    if result.refused:
+        # One line, and its own exit code: never a silent 0 with collections missing.
+        click.echo(
+            f"refused: {refused}: the token lacks these scopes; add them and run again "
+            "with --incremental to export those collections",
+            err=True,
+        )
+        raise SystemExit(int(ExitCode.SCOPES_REFUSED))

@@ -39,6 +39,9 @@ class ExitCode(IntEnum):
     UNREACHABLE = 5  # base URL unreachable
     VERIFY_MISMATCH = 6  # `verify` found a difference
     BUSY = 7  # another run is writing the same backup
+    # `export --resources`: the run finished, but the token lacks the scope of some collections
+    # (403 unauthorizedOauthScope); the others are exported, the manifest's `refused` lists them
+    SCOPES_REFUSED = 8
     INTERRUPTED = 130  # SIGINT/SIGTERM: stopped cleanly after committing; run again to resume
 
 

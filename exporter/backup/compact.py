@@ -2,7 +2,8 @@
 
 A directory holds a full run and incremental runs after it (`<type>/run=<id>/`), and tombstones
 (`tombstones/run=<id>/`). Compacting reads every file the manifest lists and keeps, per type and
-id, the row with the newest `updatedAt` (the later run when equal), then drops tombstoned ids.
+id (integers, or UUID strings), the row with the newest `updatedAt` (the later run when equal, or
+without one), then drops tombstoned ids and derives the to-many lists (`inverse_columns`).
 It holds one type in memory at a time; for backups larger than memory, the README gives the
 same query in DuckDB SQL.
 

@@ -166,3 +166,29 @@ async def test_cli_restart_with_a_wrong_token_exits_3_and_deletes_nothing(
     _out, err = await both.communicate()
     assert both.returncode == ExitCode.USAGE and b"--repair" in err
     assert_intact(before)
+
+
+async def test_restart_beside_a_users_folder_named_like_a_type_not_exported(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """`prospects/` is one of our directories (a `--resources all` backup writes there), but a
+    steps-only backup holds nothing in it: only files of our exact naming are ours there too."""
+    running = await start_simulator(steps=40, seed=9)
+    await run_export(running.base_url, tmp_path)
+    mine = {
+        tmp_path / "prospects" / "leads.csv": b"id,email\n1,a@b\n",
+        tmp_path / "prospects" / "part-mine.parquet": b"not ours",
+        tmp_path / "prospects" / "run=2024" / "notes.txt": b"keep",
+    }
+    for path, content in mine.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    orphan = tmp_path / "prospects" / ORPHAN  # our naming, in our folder: a killed run's
+    orphan.write_bytes(b"left by a killed run")
+    _job, result = await run_export(running.base_url, tmp_path, restart=True)
+    assert result.rows == {"sequenceStep": 40}
+    assert not orphan.exists()
+    assert_intact(mine)
+    _job, again = await run_export(running.base_url, tmp_path, incremental=True)
+    assert again.state.kind == "incremental"
+    assert_intact(mine)

@@ -46,7 +46,8 @@ def expected_row(record: dict[str, Any], rel_columns: dict[str, str]) -> dict[st
     rtype = resource_type(record["type"])
     attributes = record.get("attributes") or {}
     relationships = record.get("relationships") or {}
-    row: dict[str, Any] = {"id": int(record["id"])}
+    uuid = rtype.id_kind is Kind.STRING  # auditLog: ids are UUID strings
+    row: dict[str, Any] = {"id": record["id"] if uuid else int(record["id"])}
     for attribute in rtype.attributes:
         row[attribute.name] = _value(attribute.kind, attributes.get(attribute.name))
     for rel in rtype.relationships:

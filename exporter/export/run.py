@@ -778,6 +778,11 @@ class Export:
                 )
             if walk is not None:
                 group.create_task(walk.run())
+        if walk is not None:
+            for type_name, missing in walk.missing().items():
+                state.resources[type_name].detail.missing = missing
+            for type_name, dropped in walk.unrequested().items():
+                state.resources[type_name].detail.unrequested = dropped
         emitted_steps = step_crawl.emitted_ids() if step_crawl is not None else []
         if self._stop_requested:
             return

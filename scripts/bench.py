@@ -6,6 +6,8 @@ Usage:
     python scripts/bench.py --markdown BENCHMARKS.md
     python scripts/bench.py --quick --only 'no latency,300 ms' --vs ../old-checkout --repeat 3
                                                   # this code beside another checkout's, paired
+    python scripts/bench.py --only account        # `--resources all`: the whole account
+    python scripts/bench.py --quick --only account  # the same at 10,000 prospects only
 
 Every scenario starts its own simulator process (`exporter simulate`, loopback only, record
 cache off so every page is rendered anew for every client) and runs, each in its own process
@@ -22,6 +24,10 @@ With `--vs TREE`, every scenario's export also runs with the code of another che
 goes first, `--repeat` times each; the table gives both medians and their ratio (no floor), and
 the CPU seconds each export process used (user + system), which a busy machine disturbs less
 than wall time.
+The `account` group exports the whole simulated account (`--resources all`, every readable
+collection as a root; no floor) and sets its requests beside the bound of issue 14:
+sum over types of ceil(records / page size), from the simulator's own counts (its ground truth,
+computed in a child process) rather than from what the export says it wrote.
 Under a scaled-down rate limit, the theoretical minimum time is what the fixed window allows for
 the export's requests: every `window` seconds, `limit` requests. Nothing here is asserted.
 """
@@ -83,6 +89,13 @@ def simulator(scenario: Scenario, log: Path) -> Iterator[str]:
         "--rate-limit", scenario.rate_limit, "--latency", str(scenario.latency),
         "--cache-mib", "0", "--request-log", str(log),
     ]  # fmt: skip
+    with simulator_process(command) as url:
+        yield url.removesuffix("/api/v2")  # the root; the API is below /api/v2
+
+
+@contextlib.contextmanager
+def simulator_process(command: list[str]) -> Iterator[str]:
+    """Start `exporter simulate` (`command`), yield the API URL its ready line names, stop it."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -90,7 +103,7 @@ def simulator(scenario: Scenario, log: Path) -> Iterator[str]:
         url = next((w for w in line.split() if w.startswith("http://")), None)
         if url is None:
             raise SystemExit(f"simulator did not start: {line!r}")
-        yield url.rstrip("/").removesuffix("/api/v2")  # the root; the API is below /api/v2
+        yield url.rstrip("/")
     finally:
         process.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -317,11 +330,158 @@ def wanted(scenario: Scenario, only: str | None) -> bool:
     return not only or any(part and part in scenario.name for part in only.split(","))
 
 
+ACCOUNT_PAGE = 1000  # the export's default (and the API's largest) page size
+
+
+@dataclass
+class AccountScenario:
+    """`--resources all` against a simulated account of `prospects` prospects."""
+
+    name: str
+    prospects: int
+    steps: int
+    mailings_per_email_step: float
+    concurrency: int = 8
+
+
+def account_scenarios(quick: bool) -> list[AccountScenario]:
+    sizes = [10_000] if quick else [10_000, 100_000]
+    return [AccountScenario("account", p, 10_000, 20.0) for p in sizes]
+
+
+def account_simulator_flags(scenario: AccountScenario) -> list[str]:
+    return [
+        "--prospects", str(scenario.prospects), "--steps", str(scenario.steps),
+        "--mailings-per-email-step", str(scenario.mailings_per_email_step), "--seed", "1",
+    ]  # fmt: skip
+
+
+def account_counts(scenario: AccountScenario) -> dict[str, int]:
+    """Records per type of the simulated account, from the simulator's ground truth (built in a
+    child process: the same flags, the same seed, so the same data)."""
+    command = [sys.executable, __file__, "_counts", *account_simulator_flags(scenario)]
+    _seconds, _peak, out, _cpu = run_measured(command)
+    counts: dict[str, int] = orjson.loads(out.strip().splitlines()[-1])
+    return counts
+
+
+def print_counts(flags: list[str]) -> None:
+    """`_counts --prospects N --steps S --mailings-per-email-step M --seed K`: records per type."""
+    from exporter.simulator import Simulator, SimulatorConfig
+
+    values = dict(zip(flags[::2], flags[1::2], strict=True))
+    sim = Simulator(
+        SimulatorConfig(
+            prospects=int(values["--prospects"]),
+            steps=int(values["--steps"]),
+            mailings_per_email_step=float(values["--mailings-per-email-step"]),
+            seed=int(values["--seed"]),
+        )
+    )
+    print(orjson.dumps({t: sim.truth.count(t) for t in sim.truth.types()}).decode())
+
+
+@contextlib.contextmanager
+def account_simulator(scenario: AccountScenario) -> Iterator[str]:
+    command = [
+        sys.executable, "-m", "exporter", "simulate", "--host", "127.0.0.1", "--port", "0",
+        *account_simulator_flags(scenario), "--token", TOKEN, "--rate-limit", UNLIMITED,
+        "--cache-mib", "0",
+    ]  # fmt: skip
+    with simulator_process(command) as url:
+        yield url
+
+
+def run_account(scenario: AccountScenario) -> dict[str, Any]:
+    counts = account_counts(scenario)
+    # An empty collection still costs the one request that finds it empty.
+    bound = sum(max(1, math.ceil(n / ACCOUNT_PAGE)) for n in counts.values())
+    out_dir = Path(tempfile.mkdtemp(prefix="bench-account-"))
+    try:
+        with account_simulator(scenario) as base:
+            command = [
+                sys.executable, "-m", "exporter", "export", "--resources", "all",
+                "--out", str(out_dir), "--base-url", base, "--token", TOKEN,
+                "--concurrency", str(scenario.concurrency), "--page-size", str(ACCOUNT_PAGE),
+                "--rate-limit", UNLIMITED, "--quiet",
+            ]  # fmt: skip
+            seconds, peak, _out, _cpu = run_measured(command)
+        manifest = orjson.loads((out_dir / "_manifest.json").read_bytes())
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    rows = {t: int(r["rows"]) for t, r in manifest["resources"].items()}
+    stats = manifest.get("stats", {})
+    export = Measure(
+        sum(rows.values()),
+        int(stats.get("requests", 0)),
+        seconds,
+        peak,
+        run_seconds=float(stats.get("seconds", seconds)),
+    )
+    short = {t: (rows.get(t, 0), n) for t, n in counts.items() if rows.get(t, 0) != n}
+    return {
+        "scenario": scenario,
+        "export": export,
+        "types": len(counts),
+        "truth_records": sum(counts.values()),
+        "bound": bound,
+        "short": short,
+    }
+
+
+def render_account(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| prospects | steps | mailings per email step | types | records (truth) | records written | export s | records/s | requests | bound | requests / bound | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        s, e = row["scenario"], row["export"]
+        lines.append(
+            f"| {s.prospects:,} | {s.steps:,} | {s.mailings_per_email_step:g} | {row['types']} | "
+            f"{row['truth_records']:,} | {e.records:,} | {e.seconds:.1f} | {e.rate:,.0f} | "
+            f"{e.requests:,} | {row['bound']:,} | {e.requests / row['bound']:.3f} | {e.peak_mib:.0f} |"
+        )
+    for row in rows:
+        if row["short"]:
+            lines.append(f"\nRows written differ from the truth's count: {row['short']}")
+    return "\n".join(lines)
+
+
+def publish(table: str, markdown: Path | None) -> None:
+    """Print the report (a table and the machine it ran on), and write it to `markdown` if given."""
+    report = table + f"\n\nMachine: {machine()}.\n"
+    print("\n" + report)
+    if markdown:
+        markdown.write_text(report)
+
+
+def main_account(args: argparse.Namespace) -> bool:
+    """Run the `account` group if `--only` asks for it; True when it did (and nothing else runs)."""
+    if not args.only or "account" not in args.only.split(","):
+        return False
+    rows = []
+    for scenario in account_scenarios(args.quick):
+        row = run_account(scenario)
+        rows.append(row)
+        e = row["export"]
+        print(
+            f"account prospects={scenario.prospects:>7,} {e.records:,} records in {e.seconds:.1f}s "
+            f"= {e.rate:,.0f} rec/s, {e.requests:,} requests (bound {row['bound']:,}), "
+            f"{e.peak_mib:.0f} MiB",
+            flush=True,
+        )
+    publish(render_account(rows), args.markdown)
+    return True
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_floor":
         root, urls_file, concurrency = sys.argv[2], sys.argv[3], int(sys.argv[4])
         urls = Path(urls_file).read_text().splitlines()
         print(orjson.dumps(asyncio.run(replay(root, urls, concurrency))).decode())
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "_counts":
+        print_counts(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="10,000 and 100,000 steps only")
@@ -332,6 +492,8 @@ def main() -> None:
     parser.add_argument("--vs", type=Path, help="also run each export with this checkout's code")
     parser.add_argument("--repeat", type=int, default=1, help="with --vs: runs of each, median")
     args = parser.parse_args()
+    if main_account(args):
+        return
     if args.vs is not None:
         if not (args.vs / "exporter" / "__init__.py").is_file():
             raise SystemExit(f"--vs {args.vs}: no exporter package there")
@@ -373,10 +535,7 @@ def main() -> None:
             f"{e.peak_mib:.0f} MiB)  {floor}",
             flush=True,
         )
-    report = render(rows) + f"\n\nMachine: {machine()}.\n"
-    print("\n" + report)
-    if args.markdown:
-        args.markdown.write_text(report)
+    publish(render(rows), args.markdown)
 
 
 if __name__ == "__main__":

@@ -408,7 +408,9 @@ INCREMENTAL_EXACTNESS: dict[Incremental, str] = {
     Incremental.RELIST: (
         "the API cannot say what changed, so every record is read again (as a root: the whole"
         " collection; as a related type: the records the backup holds or its roots name) and"
-        " only versions not yet held are written"
+        " only versions not yet held are written; a type with no `updatedAt` to tell versions"
+        " apart is written whole again (a log's records, which never change: only ids not yet"
+        " held), and compaction keeps the newest run's version"
     ),
 }
 

@@ -49,10 +49,11 @@ def secret(value: str | None) -> Secret | None:
     return Secret(value) if value else None
 
 
-def command_token_source(settings: ExportSettings) -> TokenSource:
+def command_token_source(settings: ExportSettings, *, has_demo: bool = False) -> TokenSource:
     """`export`'s and `restore`'s token source: the credential flags checked together (every
     OAuth flag beside --refresh-token, a token file outside --out, some credential at all),
-    each refusal naming the flags, then `auth.token_source`."""
+    each refusal naming the flags (and `--demo` for a command that has it), then
+    `auth.token_source`."""
     if settings.refresh_token is not None:
         missing = [
             flag
@@ -75,7 +76,7 @@ def command_token_source(settings: ExportSettings) -> TokenSource:
     elif settings.token is None:
         raise UsageError(
             "no credentials: pass --token (or set OUTREACH_TOKEN), or the OAuth flags "
-            "--client-id, --client-secret, --refresh-token and --redirect-uri; "
-            "or try --demo to export from the built-in simulator"
+            "--client-id, --client-secret, --refresh-token and --redirect-uri"
+            + ("; or try --demo to export from the built-in simulator" if has_demo else "")
         )
     return token_source(settings)

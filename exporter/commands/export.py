@@ -161,7 +161,7 @@ def export(
             parse_selection(settings.relationships)
             job = Export(
                 settings,
-                command_token_source(settings),
+                command_token_source(settings, has_demo=True),
                 progress_display(log_format, quiet, progress_interval),
                 repair=repair,
             )

@@ -35,7 +35,7 @@ from typing import Any
 
 import click
 
-from exporter.api.auth import TokenSource, token_source
+from exporter.api.auth import StaticToken, TokenSource, token_source
 from exporter.api.client import STOP_GRACE
 from exporter.backup import manifest
 from exporter.core.config import ExportSettings
@@ -123,7 +123,14 @@ def resolve(account: Account) -> tuple[ExportSettings, TokenSource]:
     if not c.oauth:
         token = _read_secret(where, "token", c.token_env, c.token_file)
         settings = ExportSettings(out=out, base_url=account.base_url, token=token, **options)
-        return settings, token_source(settings)
+        key = f"token_env ({c.token_env})" if c.token_env else f"token_file ({c.token_file})"
+        named = f"{where}'s {key} in the fleet file"
+        remedy = (
+            f"Put a valid one where {named} points, or give the account OAuth keys "
+            "(client_id, client_secret_env, refresh_token_env, redirect_uri, token_file) so the "
+            "exporter can refresh it"
+        )
+        return settings, token_source(settings, lambda t: StaticToken(t, named, remedy))
     assert c.client_id and c.redirect_uri and c.token_file
     client_secret = _read_secret(where, "client_secret", c.client_secret_env, c.client_secret_file)
     refresh_token = _read_secret(where, "refresh_token", c.refresh_token_env, c.refresh_token_file)

@@ -669,7 +669,7 @@ def test_repair_is_a_fleet_key_validated_like_the_others(tmp_path: Path) -> None
         '[[account]]\nname = "a"\n[[account]]\nname = "b"\nrepair = true\nincremental = true\n'
     )
     assert (plain.repair, mended.repair) == (False, True)
-    with pytest.raises(UsageError, match=r"account 'a'.*repair must be true or false"):
+    with pytest.raises(UsageError, match=r"""account 'a'.*repair = "yes": must be true or false"""):
         parse(f'[[account]]\nname = "a"\nout = "{tmp_path}"\ntoken_env = "T"\nrepair = "yes"\n')
 
 

@@ -393,21 +393,30 @@ def token_source(
     settings: ExportSettings, static: Callable[[Secret], TokenSource] = StaticToken
 ) -> TokenSource:
     """The token source `settings` hold: the OAuth refresh-token grant (rotated refresh tokens
-    kept in `token_file`, by default `default_token_file()`) when they hold a refresh token,
+    kept in `token_file`, by default `default_token_file()`) when they hold OAuth credentials
+    (`ExportSettings.oauth`: a refresh token, or a client id without a static token),
     else the static token. Callers check first that the credentials are complete and say so
     in their own words (`export`'s flags, the fleet file's keys); `static` makes the static
     token's source (the fleet's names its keys in its hints)."""
-    if settings.refresh_token is not None:
+    if settings.oauth:
         if not (settings.client_id and settings.client_secret and settings.redirect_uri):
             raise UsageError("OAuth needs a client id, a client secret and a redirect URI")
+        store = RefreshTokenStore(settings.token_file or default_token_file())
+        # Once the store holds a rotated refresh token, none need be given; one given as well
+        # is only tried after the stored one is refused (`OAuthTokens`): a stale first token
+        # passed again never replaces the newer one.
+        given = settings.refresh_token or store.load()
+        if given is None:
+            raise UsageError(
+                f"OAuth needs a refresh token: the token file {store.path} holds none yet"
+            )
         credentials = OAuthCredentials(
             client_id=settings.client_id,
             client_secret=settings.client_secret,
-            refresh_token=settings.refresh_token,
+            refresh_token=given,
             redirect_uri=settings.redirect_uri,
             token_url=token_url_for(settings.base_url),
         )
-        store = RefreshTokenStore(settings.token_file or default_token_file())
         return OAuthTokens(credentials, store, lambda: aiohttp.ClientSession())
     if settings.token is None:
         raise UsageError("no credentials: a static token or an OAuth refresh token is needed")

@@ -58,6 +58,32 @@ def _refuse_beside_demo(ctx: click.Context) -> None:
         )
 
 
+def demo_source(steps: int, seed: int) -> str:
+    """What a demo run records as its source: the port changes every time, the data does not."""
+    return f"demo simulator ({steps} steps, seed {seed})"
+
+
+def _demo_again(settings: ExportSettings, source: str) -> bool:
+    """Before any server starts: is --out a finished export of this same demo? Then running the
+    quick start again adds what changed since (an incremental run), rather than refusing. A
+    backup of anything else in --out is refused here, before the simulator starts."""
+    from exporter.backup import catalog
+    from exporter.backup.storage import Storage
+
+    if settings.restart or settings.incremental:
+        return False
+    storage = Storage.open(str(settings.out), flag="--out")
+    state = catalog.read(storage).state
+    if state is None:
+        return False
+    if state.source != source:
+        raise UsageError(
+            f"{storage.display} holds a backup of {state.source}, not of the {source}: "
+            "choose another --out for the demo (or pass --restart to replace it)"
+        )
+    return state.status == "complete"
+
+
 @click.command()
 @options(
     "config",
@@ -143,6 +169,17 @@ def export(
     configure_logging(log_format, verbose, quiet)
     with contextlib.ExitStack() as stack:
         if demo:
+            source = demo_source(demo_steps, demo_seed)
+            try:
+                again = _demo_again(settings, source)
+            except ExporterError as exc:
+                fail(exc)
+            if again:
+                event(
+                    "demo",
+                    f"demo: {out} already holds this demo's export; adding what changed since "
+                    "(--incremental)",
+                )
             demo_url = stack.enter_context(_demo_server(demo_steps, demo_seed))
             event(
                 "demo", f"demo: simulator with {demo_steps} steps at {demo_url}", base_url=demo_url
@@ -153,8 +190,8 @@ def export(
                     "base_url": demo_url,
                     "token": Secret(DEMO_TOKEN),
                     "refresh_token": None,
-                    # The port changes every time; the data does not: name it by its seed.
-                    "source": f"demo simulator ({demo_steps} steps, seed {demo_seed})",
+                    "source": source,
+                    "incremental": settings.incremental or again,
                 }
             )
         try:

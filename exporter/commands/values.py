@@ -58,6 +58,9 @@ class RelationshipsType(click.ParamType[str]):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         from exporter.export.relationships import parse_selection
 
+        if not any(part.strip() for part in str(value).split(",")):
+            # An empty list is refused, not read as `all` (or as nothing): say which.
+            self.fail("empty; say all, none, or a comma list of relationships", param, ctx)
         try:
             parse_selection(str(value))
         except UsageError as exc:

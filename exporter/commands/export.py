@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Unpack
 
 import click
@@ -18,6 +20,7 @@ from exporter.commands.credentials import (
 )
 from exporter.commands.display import progress_display
 from exporter.commands.exits import errors_as_json, fail
+from exporter.commands.metrics import RunOutcome, check_metrics_path, write_metrics
 from exporter.commands.options import CREDENTIALS, options
 from exporter.commands.running import run_stoppable
 from exporter.core.config import ExportSettings, RateLimit
@@ -109,6 +112,7 @@ def _demo_again(settings: ExportSettings, source: str) -> bool:
     "demo_steps",
     "demo_seed",
     "progress_interval",
+    "metrics_file",
     "quiet",
     "verbose",
     "log_format",
@@ -138,6 +142,7 @@ def export(
     verbose: bool,
     log_format: str,
     progress_interval: float,
+    metrics_file: Path | None,
     **credentials: Unpack[CredentialOptions],
 ) -> None:
     """Export sequence steps to typed Parquet files in --out, resuming an unfinished run there."""
@@ -167,6 +172,12 @@ def export(
     )
     errors_as_json(log_format == "json")
     configure_logging(log_format, verbose, quiet)
+    if metrics_file is not None:
+        try:
+            check_metrics_path(metrics_file)
+        except ExporterError as exc:
+            fail(exc)
+    began = time.monotonic()
     with contextlib.ExitStack() as stack:
         if demo:
             source = demo_source(demo_steps, demo_seed)
@@ -204,10 +215,28 @@ def export(
             )
             result = run_stoppable(job.run, job.request_stop, grace=STOP_GRACE)
         except ExporterError as exc:
+            if metrics_file is not None:
+                outcome = RunOutcome(str(out), int(exc.exit_code), time.monotonic() - began)
+                with contextlib.suppress(ExporterError):  # the run's own error is the one to say
+                    write_metrics(metrics_file, outcome)
             fail(exc)
     order = {name: i for i, name in enumerate(RESOURCE_TYPES)}
     rows = dict(sorted(result.rows.items(), key=lambda item: order.get(item[0], len(order))))
     total = sum(rows.values())
+    if metrics_file is not None:
+        requests = {t: p.pages for t, p in job.snapshot().resources.items() if t in order}
+        outcome = RunOutcome(
+            str(out),
+            0,
+            result.seconds,
+            records=rows,
+            requests=dict(sorted(requests.items(), key=lambda item: order[item[0]])),
+            all_requests=result.requests,
+        )
+        try:
+            write_metrics(metrics_file, outcome)
+        except ExporterError as exc:
+            fail(exc)
     rate = total / result.seconds if result.seconds else 0.0
     if log_format == "json":
         click.echo(

@@ -343,6 +343,15 @@ OPTIONS: dict[str, OptionSpec] = {
         envvar="OUTREACH_PROGRESS_INTERVAL",
         help="Seconds between progress lines when stderr is not a terminal.",
     ),
+    "metrics_file": OptionSpec(
+        ("--metrics-file",),
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="OUTREACH_METRICS_FILE",
+        metavar="PATH",
+        help="Write the run's outcome here in the Prometheus text format, atomically (for the "
+        "node exporter's textfile collector: name it *.prom): exit code, end time, last "
+        "success time, duration, records and requests per type.",
+    ),
     "quiet": OptionSpec(
         ("--quiet", "-q"),
         envvar="OUTREACH_QUIET",

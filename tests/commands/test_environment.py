@@ -13,11 +13,11 @@ from exporter.commands.main import main
 from exporter.commands.options import NOT_FROM_ENV
 from exporter.commands.values import CredentialType
 from exporter.core.config import RateLimit
+from exporter.simulator.faults import TokenFault
 from tests.helpers.checks import assert_refused
 from tests.helpers.commands import invoke
 
-# The simulator is a test server with its own flags (exporter/simulator/cli.py).
-COMMANDS = sorted(name for name in main.commands if name != "simulate")
+COMMANDS = sorted(main.commands)
 
 # Values of the options whose type alone does not say what a good value is; the rest are
 # derived from the type (`sample`).
@@ -28,6 +28,13 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "relationships": ("none", "none"),
     "ids": ("3,4", (3, 4)),
     "shown": ("3", "3"),
+}
+# The simulator's own flags (exporter/simulator/cli.py) whose types are its own.
+SIMULATOR_SAMPLES: dict[str, tuple[str, object]] = {
+    "rate_limit": ("5/7", (5, 7.0)),
+    "sizes": ("prospect=5 account=2", (("prospect", 5), ("account", 2))),
+    "denied_scopes": ("users.read calls.read", ("users.read", "calls.read")),
+    "token_faults": ("500,slow", (TokenFault("500"), TokenFault("slow"))),
 }
 
 
@@ -48,10 +55,12 @@ def envvars(param: click.Option) -> list[str]:
     return [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
 
 
-def sample(param: click.Option, tmp_path: Path) -> tuple[str, object]:
+def sample(command: str, param: click.Option, tmp_path: Path) -> tuple[str, object]:
     """A good value for `param` other than its default, as text, and as the command gets it."""
     assert param.name
     type_ = param.type
+    if command == "simulate" and param.name in SIMULATOR_SAMPLES:
+        return SIMULATOR_SAMPLES[param.name]
     if param.name in SAMPLES:
         return SAMPLES[param.name]
     if param.is_flag:
@@ -77,6 +86,8 @@ def required_args(command: str, param: click.Option, tmp_path: Path) -> list[str
         return [] if param.name == "out" else ["--out", str(tmp_path / "o")]
     if command == "fleet":
         return [] if param.name == "config_path" else ["--config", str(tmp_path / "fleet.toml")]
+    if command == "simulate":
+        return []
     return [str(tmp_path / "backup")]
 
 
@@ -96,8 +107,8 @@ def test_every_option_has_a_variable_or_says_why_not(item: tuple[str, click.Opti
         assert NOT_FROM_ENV in (param.help or ""), f"{command} --{param.name}: no variable"
         assert param.is_flag, "only a flag may be kept from the environment"
         return
-    assert names[0] == "OUTREACH_" + names[0].removeprefix("OUTREACH_")
     assert names[0].startswith("OUTREACH_"), names
+    assert names[0].startswith("OUTREACH_SIMULATE_") == (command == "simulate"), names
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -133,7 +144,7 @@ def test_every_variable_takes_effect(
             (tmp_path / "c.toml").write_text("page_size = 7\n")
             text, expected = str(tmp_path / "c.toml"), None
         else:
-            text, expected = sample(param, tmp_path)
+            text, expected = sample(command, param, tmp_path)
         clean_env.setenv(name, text)
         args = required_args(command, param, tmp_path)
         with main.commands[command].make_context(command, args) as ctx:

@@ -10,9 +10,8 @@ from exporter.simulator.cli import simulate
 # has its variable, shown in --help. Its own prefix keeps them apart from the exporter's
 # (OUTREACH_SIMULATE_TOKEN is the token the simulator accepts, OUTREACH_TOKEN the one sent).
 for _param in simulate.params:
-    if isinstance(_param, click.Option) and _param.name and _param.envvar is None:
-        if _param.name != "help":
-            _param.envvar = "OUTREACH_SIMULATE_" + _param.name.upper()
-            _param.show_envvar = True
+    if isinstance(_param, click.Option) and _param.name not in (None, "help") and not _param.envvar:
+        _param.envvar = f"OUTREACH_SIMULATE_{_param.name}".upper()
+        _param.show_envvar = True
 
 __all__ = ["simulate"]

@@ -26,9 +26,18 @@ class Screen:
     raw: bytes  # every byte written, escapes included
 
 
-def run_on_terminal(*args: str, columns: int, rows: int = 60, timeout: float = 120.0) -> Screen:
+def run_on_terminal(
+    *args: str,
+    columns: int,
+    rows: int = 60,
+    timeout: float = 120.0,
+    resize_to: int | None = None,
+    resize_after: bytes = b"",
+) -> Screen:
     """`python -m exporter ARGS` with stdin, stdout and stderr on a pty of `columns` x `rows`;
-    every byte it writes fed to a pyte screen of the same size."""
+    every byte it writes fed to a pyte screen of the same size. With `resize_to`, once the
+    output holds `resize_after`, between two frames, the terminal (the pty, which signals SIGWINCH, and the
+    screen) becomes `resize_to` columns wide, as when a user drags the window's edge."""
     env = clean_env(TERM="xterm-256color")
     for name in ("COLUMNS", "LINES", "NO_COLOR", "FORCE_COLOR"):
         env.pop(name, None)
@@ -41,8 +50,14 @@ def run_on_terminal(*args: str, columns: int, rows: int = 60, timeout: float = 1
     raw = bytearray()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.5)
+        ready, _, _ = select.select([master], [], [], 0.1)
         if not ready:
+            if resize_to is not None and resize_after in raw:
+                # Between two frames (nothing written for 0.1 s; they come every 0.5 s), so
+                # no frame is half on the screen when its width changes.
+                fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, resize_to, 0, 0))
+                screen.resize(rows, resize_to)
+                resize_to = None
             continue
         try:
             data = os.read(master, 65536)

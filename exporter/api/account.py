@@ -110,9 +110,8 @@ async def identify(client: ApiClient, base_url: str) -> Account:
     except ApiError as exc:
         if exc.status == 404:
             raise UsageError(
-                f"{origin} answers 404 (not found): no API there; check the base URL "
-                "(--base-url, or base_url in a config or fleet file; Outreach's is "
-                "https://api.outreach.io/api/v2)"
+                f"{origin} answers 404 (not found): no API there; check --base-url "
+                "(Outreach's is https://api.outreach.io/api/v2)"
             ) from None
         if exc.exit_code is not ExitCode.FAILED:
             raise

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import signal
 import socket
@@ -180,8 +181,37 @@ def _process() -> str:
 
 
 def _one_line(text: str, known: Iterable[str]) -> str:
-    """One line, without any secret this account's token source knows."""
-    return " ".join(scrub(text, known).split())[:500]
+    """One line, without any secret this account's token source knows, the export's flags
+    named as the account's keys (`as_fleet_keys`)."""
+    return as_fleet_keys(" ".join(scrub(text, known).split()))[:500]
+
+
+# An export's messages name its flags (`pass --incremental`, `with --repair`); in a fleet what
+# the user can change is the account's key in the fleet file, so a hint names that instead.
+_SECRET_KEYS = {
+    "token": "token_env (or token_file)",
+    "refresh-token": "refresh_token_env (or refresh_token_file)",
+    "client-secret": "client_secret_env (or client_secret_file)",
+}
+_FLAG_KEYS = {"repair", "incremental", "detect-deletes"}  # true or false in a fleet file
+_NO_KEY = {"restart": "`exporter export --restart` on the account's out (a fleet has no restart)"}
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z-]*)")
+
+
+def as_fleet_keys(message: str) -> str:
+    """`message` with each export flag named as the fleet file's key for it."""
+
+    def key(match: re.Match[str]) -> str:
+        flag = match[1]
+        if flag in _SECRET_KEYS:
+            return _SECRET_KEYS[flag]
+        if flag in _NO_KEY:
+            return _NO_KEY[flag]
+        name = flag.replace("-", "_")
+        asked = message[: match.start()].rstrip().endswith(("pass", "with", "add"))
+        return f"{name} = true" if flag in _FLAG_KEYS and asked else name
+
+    return _FLAG.sub(key, message)
 
 
 def _already_done(account: Account, done: FinishedExport) -> AccountResult:

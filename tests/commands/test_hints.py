@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from exporter.backup.damage import REPAIR_ADVICE
 from exporter.core.errors import ExitCode
+from exporter.fleet.fleet import as_fleet_keys
 from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
 from tests.helpers.checks import assert_refused
 from tests.helpers.commands import invoke
@@ -65,7 +67,7 @@ def test_a_wrong_base_url_path_says_check_base_url(
     assert result.returncode == ExitCode.USAGE, result.stderr
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: ") and "404" in line
-    assert "check the base URL (--base-url" in line
+    assert "check --base-url (Outreach's is https://api.outreach.io/api/v2)" in line
     assert "resume" not in line and "run the same command" not in line.lower()
     # Nothing to resume was left behind: the next run with the right URL is a plain full run.
     result = run_exporter(
@@ -86,4 +88,41 @@ def test_restore_with_a_wrong_base_url_path_says_check_base_url(
     code, _, stderr = invoke(
         ["restore", str(out), "--base-url", api_root + "/api/v9", "--token", TOKEN]
     )
-    assert_refused(code, stderr, "404", "check the base URL (--base-url")
+    assert_refused(
+        code, stderr, "404", "check --base-url (Outreach's is https://api.outreach.io/api/v2)"
+    )
+
+
+@pytest.mark.slow
+def test_a_fleet_hint_names_the_fleet_files_key_not_a_flag(tmp_path: Path, api_root: str) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        f'[[account]]\nname = "acme"\nbase_url = "{api_root}/v9"\n'
+        f'out = "{tmp_path / "acme"}"\ntoken_env = "ACME_TOKEN"\n'
+    )
+    result = run_exporter("fleet", "--config", str(fleet), env={"ACME_TOKEN": TOKEN})
+    assert result.returncode == ExitCode.FAILED, result.stderr
+    outcome = result.stderr + result.stdout
+    assert "404" in outcome and "check base_url (Outreach's is" in outcome
+    assert "--base-url" not in outcome
+
+
+@pytest.mark.parametrize(
+    ("message", "fleet_says"),
+    [
+        (REPAIR_ADVICE, "Run the same command with repair = true"),
+        (
+            "pass --incremental to add what changed since (with --repair to mend damaged files)",
+            "pass incremental = true to add what changed since (with repair = true to mend",
+        ),
+        (
+            "resume it with the same --relationships and --detect-deletes, or pass --restart",
+            "resume it with the same relationships and detect_deletes, or pass `exporter export "
+            "--restart` on the account's out (a fleet has no restart)",
+        ),
+        ("remove the file and pass --refresh-token", "refresh_token_env (or refresh_token_file)"),
+        ("cannot reach http://h--x/api; check --base-url", "http://h--x/api; check base_url"),
+    ],
+)
+def test_an_exports_flags_are_named_as_fleet_keys(message: str, fleet_says: str) -> None:
+    assert fleet_says in as_fleet_keys(message)

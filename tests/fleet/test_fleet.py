@@ -691,7 +691,7 @@ async def test_a_fleet_account_with_repair_mends_a_damaged_backup(
     assert len(files) >= 2
     files[1].write_bytes(files[1].read_bytes()[:50])  # truncated
     refused = await export_account(account, utc_now())
-    assert not refused.ok and "--repair" in refused.outcome, refused.outcome
+    assert not refused.ok and "with repair = true" in refused.outcome, refused.outcome
     [mending] = parse(text + "repair = true\n")
     mended = await export_account(mending, utc_now())
     assert mended.ok, mended.outcome

@@ -40,13 +40,19 @@ def test_export_without_credentials_still_offers_demo(tmp_path: Path) -> None:
     assert_refused(code, stderr, "no credentials", "--demo")
 
 
-@pytest.mark.slow
-def test_a_fleet_token_refused_names_the_fleet_files_key(tmp_path: Path, api_root: str) -> None:
+def fleet_of_one(tmp_path: Path, base_url: str) -> Path:
+    """A fleet file with one account, acme, whose token is in ACME_TOKEN."""
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(
-        f'[[account]]\nname = "acme"\nbase_url = "{api_root}/api/v2"\n'
+        f'[[account]]\nname = "acme"\nbase_url = "{base_url}"\n'
         f'out = "{tmp_path / "acme"}"\ntoken_env = "ACME_TOKEN"\n'
     )
+    return fleet
+
+
+@pytest.mark.slow
+def test_a_fleet_token_refused_names_the_fleet_files_key(tmp_path: Path, api_root: str) -> None:
+    fleet = fleet_of_one(tmp_path, api_root + "/api/v2")
     result = run_exporter("fleet", "--config", str(fleet), env={"ACME_TOKEN": "wrong"})
     assert result.returncode == ExitCode.FAILED, result.stderr
     outcome = result.stderr + result.stdout
@@ -95,11 +101,7 @@ def test_restore_with_a_wrong_base_url_path_says_check_base_url(
 
 @pytest.mark.slow
 def test_a_fleet_hint_names_the_fleet_files_key_not_a_flag(tmp_path: Path, api_root: str) -> None:
-    fleet = tmp_path / "fleet.toml"
-    fleet.write_text(
-        f'[[account]]\nname = "acme"\nbase_url = "{api_root}/v9"\n'
-        f'out = "{tmp_path / "acme"}"\ntoken_env = "ACME_TOKEN"\n'
-    )
+    fleet = fleet_of_one(tmp_path, api_root + "/v9")
     result = run_exporter("fleet", "--config", str(fleet), env={"ACME_TOKEN": TOKEN})
     assert result.returncode == ExitCode.FAILED, result.stderr
     outcome = result.stderr + result.stdout

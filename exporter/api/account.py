@@ -6,8 +6,9 @@ target, and two accounts behind one URL must not. So an `Account` is:
    `.`/`..`/empty path segments resolved, no trailing slash, no userinfo, query or fragment);
 2. `org`: the account's own identifier as the API states it, when it states one. The API's root
    (`GET <base>`) answers a token-info document, `{"meta": {"org": {"guid": ...}, "user": ...}}`
-   (confidence L: seen in one secondary source, so an API that answers 404 or anything else there
-   simply leaves `org` unknown).
+   (confidence L: seen in one secondary source, so an API that answers anything else there
+   simply leaves `org` unknown), except 404: nothing is there, so the base URL's path is wrong
+   (`/api/v3`, `/v2`), and every later request would 404 too; that is the user's to fix (exit 2).
 Two accounts are the same when both orgs are known and equal; when either is unknown, when their
 canonical origins are equal. A different org behind the same URL is a different account.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from exporter.core.errors import ApiError, AuthError, ExitCode
+from exporter.core.errors import ApiError, AuthError, ExitCode, UsageError
 
 if TYPE_CHECKING:
     from exporter.api.client import ApiClient
@@ -107,6 +108,11 @@ async def identify(client: ApiClient, base_url: str) -> Account:
             return Account(origin)  # a token without a scope for the root: not a refusal
         raise
     except ApiError as exc:
+        if exc.status == 404:
+            raise UsageError(
+                f"{origin} answers 404 (not found): no API there; check --base-url "
+                "(Outreach's is https://api.outreach.io/api/v2)"
+            ) from None
         if exc.exit_code is not ExitCode.FAILED:
             raise
         return Account(origin)

@@ -75,26 +75,32 @@ class TokenSource(Protocol):
 
 
 class StaticToken:
-    """A bearer token given on the command line or in OUTREACH_TOKEN; it cannot be refreshed."""
+    """A bearer token given on the command line or in OUTREACH_TOKEN (or a fleet file's
+    token_env/token_file: `named`, `remedy` say so); it cannot be refreshed."""
 
-    def __init__(self, token: Secret) -> None:
+    def __init__(
+        self,
+        token: Secret,
+        named: str = "--token or OUTREACH_TOKEN",
+        remedy: str = "Pass a valid one with --token or OUTREACH_TOKEN, or use OAuth "
+        "(--client-id, --client-secret, --refresh-token) so the exporter can refresh it",
+    ) -> None:
         remember_secret(token.reveal())
         problem = header_safe(token.reveal())
         if problem is not None:
             raise UsageError(
-                f"the access token (--token or OUTREACH_TOKEN) cannot be sent: {problem}; "
+                f"the access token ({named}) cannot be sent: {problem}; "
                 "pass the token alone, without quotes, spaces or line breaks"
             )
         self._token = token
+        self._remedy = remedy
 
     async def token(self) -> str:
         return self._token.reveal()
 
     async def refresh(self, rejected: str) -> str:
         raise AuthError(
-            "the API refused the access token (401); it is wrong or expired. Pass a valid one "
-            "with --token or OUTREACH_TOKEN, or use OAuth (--client-id, --client-secret, "
-            "--refresh-token) so the exporter can refresh it"
+            f"the API refused the access token (401); it is wrong or expired. {self._remedy}"
         )
 
     def secrets(self) -> list[str]:
@@ -383,23 +389,35 @@ class OAuthTokens:
         return status, document, retry_after
 
 
-def token_source(settings: ExportSettings) -> TokenSource:
+def token_source(
+    settings: ExportSettings, static: Callable[[Secret], TokenSource] = StaticToken
+) -> TokenSource:
     """The token source `settings` hold: the OAuth refresh-token grant (rotated refresh tokens
-    kept in `token_file`, by default `default_token_file()`) when they hold a refresh token,
+    kept in `token_file`, by default `default_token_file()`) when they hold OAuth credentials
+    (`ExportSettings.oauth`: a refresh token, or a client id without a static token),
     else the static token. Callers check first that the credentials are complete and say so
-    in their own words (`export`'s flags, the fleet file's keys)."""
-    if settings.refresh_token is not None:
+    in their own words (`export`'s flags, the fleet file's keys); `static` makes the static
+    token's source (the fleet's names its keys in its hints)."""
+    if settings.oauth:
         if not (settings.client_id and settings.client_secret and settings.redirect_uri):
             raise UsageError("OAuth needs a client id, a client secret and a redirect URI")
+        store = RefreshTokenStore(settings.token_file or default_token_file())
+        # Once the store holds a rotated refresh token, none need be given; one given as well
+        # is only tried after the stored one is refused (`OAuthTokens`): a stale first token
+        # passed again never replaces the newer one.
+        given = settings.refresh_token or store.load()
+        if given is None:
+            raise UsageError(
+                f"OAuth needs a refresh token: the token file {store.path} holds none yet"
+            )
         credentials = OAuthCredentials(
             client_id=settings.client_id,
             client_secret=settings.client_secret,
-            refresh_token=settings.refresh_token,
+            refresh_token=given,
             redirect_uri=settings.redirect_uri,
             token_url=token_url_for(settings.base_url),
         )
-        store = RefreshTokenStore(settings.token_file or default_token_file())
         return OAuthTokens(credentials, store, lambda: aiohttp.ClientSession())
     if settings.token is None:
         raise UsageError("no credentials: a static token or an OAuth refresh token is needed")
-    return StaticToken(settings.token)
+    return static(settings.token)

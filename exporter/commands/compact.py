@@ -14,7 +14,7 @@ from exporter.model.schema import resource_type
 
 
 @click.command("compact")
-@click.argument("directory")
+@click.argument("directory", metavar="DIR")
 @options("into")
 def compact_command(directory: str, into: str | None) -> None:
     """Write the newest version of every live record of a backup (full run, deltas, tombstones)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TypedDict
 
-from exporter.api.auth import TokenSource, token_source
+from exporter.api.auth import RefreshTokenStore, TokenSource, token_source
 from exporter.core.config import ExportSettings, default_token_file
 from exporter.core.errors import UsageError
 from exporter.core.secrets import Secret
@@ -49,23 +49,31 @@ def secret(value: str | None) -> Secret | None:
     return Secret(value) if value else None
 
 
-def command_token_source(settings: ExportSettings) -> TokenSource:
+def command_token_source(settings: ExportSettings, *, has_demo: bool = False) -> TokenSource:
     """`export`'s and `restore`'s token source: the credential flags checked together (every
-    OAuth flag beside --refresh-token, a token file outside --out, some credential at all),
-    each refusal naming the flags, then `auth.token_source`."""
-    if settings.refresh_token is not None:
+    OAuth flag, --refresh-token only until --token-file holds a rotated one; a token file
+    outside --out; some credential at all), each refusal naming the flags (and `--demo` for a
+    command that has it), then `auth.token_source`."""
+    if settings.oauth:
+        token_file = settings.token_file or default_token_file()
+        saved = settings.refresh_token is None and RefreshTokenStore(token_file).load()
         missing = [
             flag
             for flag, value in (
                 ("--client-id", settings.client_id),
                 ("--client-secret", settings.client_secret),
                 ("--redirect-uri", settings.redirect_uri),
+                ("--refresh-token", settings.refresh_token or saved),
             )
             if not value
         ]
         if missing:
-            raise UsageError(f"OAuth needs {', '.join(missing)} as well as --refresh-token")
-        token_file = settings.token_file or default_token_file()
+            first = (
+                f" (a first run: --token-file {token_file} holds no saved refresh token yet)"
+                if "--refresh-token" in missing
+                else ""
+            )
+            raise UsageError(f"OAuth needs {', '.join(missing)}{first}")
         out = Path(str(settings.out)).expanduser().absolute()
         if "://" not in str(settings.out) and out in token_file.expanduser().absolute().parents:
             raise UsageError(
@@ -75,7 +83,7 @@ def command_token_source(settings: ExportSettings) -> TokenSource:
     elif settings.token is None:
         raise UsageError(
             "no credentials: pass --token (or set OUTREACH_TOKEN), or the OAuth flags "
-            "--client-id, --client-secret, --refresh-token and --redirect-uri; "
-            "or try --demo to export from the built-in simulator"
+            "--client-id, --client-secret, --refresh-token and --redirect-uri"
+            + ("; or try --demo to export from the built-in simulator" if has_demo else "")
         )
     return token_source(settings)

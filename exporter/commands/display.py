@@ -3,7 +3,9 @@
 Three audiences, one source of truth (`Snapshot`, read from the run's counters twice a second):
 - a person at a terminal: a live block, one line per resource (records, pages, records/s, and an
   estimate when the API gave a total), plus the request budget (requests left in the API's
-  window, time spent waiting on the limit);
+  window, time spent waiting on the limit). rich's `Live` draws it (cursor movement, wrapping
+  at the terminal's width, resizes): the run's log lines are printed above the block while it
+  is live, and the block is left on screen with the final counts when the run ends;
 - a scheduler's log (not a terminal): one summary line every `interval` seconds;
 - a machine (`--log-format json`): one JSON object per line, for progress and for every event.
 `--quiet` keeps only errors. Nothing here ever sees a token: snapshots hold counts and names.
@@ -12,14 +14,18 @@ Three audiences, one source of truth (`Snapshot`, read from the run's counters t
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
 import click
 import orjson
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
-from exporter.core.events import event
+from exporter.core.events import LOGGER, event
 from exporter.core.progress import ResourceProgress, Snapshot
 
 
@@ -83,39 +89,82 @@ class ProgressDisplay:
         self.stream = stream or sys.stderr
         self.interval = interval
         self.refresh = refresh
-        self._drawn = 0
+        self._live: Live | None = None
+        self._log_streams: list[tuple[logging.StreamHandler[Any], Any]] = []
 
     async def run(self) -> None:
         """Until cancelled."""
         if self.mode == "quiet":
             return
         period = self.refresh if self.mode == "tty" else self.interval
+        if self.mode == "tty":
+            self._start_live()
         try:
             while True:
                 await asyncio.sleep(period)
                 self.show(self.snapshot())
         finally:
-            self.clear()
+            self._stop_live()
 
     def show(self, snapshot: Snapshot) -> None:
         if self.mode == "tty":
-            lines = render_lines(snapshot, self.collections)
-            up = f"\x1b[{self._drawn}F" if self._drawn else ""
-            self.stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
-            self.stream.flush()
-            self._drawn = len(lines)
+            if self._live is not None:
+                self._live.update(self._block(snapshot), refresh=True)
         elif self.mode == "lines":
             event("progress", summary_line(snapshot), **snapshot.to_json())
         elif self.mode == "json":
             event("progress", "progress", **snapshot.to_json())
 
-    def clear(self) -> None:
-        if self.mode == "tty" and self._drawn:
-            self.stream.write(
-                f"\x1b[{self._drawn}F" + "\x1b[2K\n" * self._drawn + f"\x1b[{self._drawn}F"
-            )
-            self.stream.flush()
-            self._drawn = 0
+    def _block(self, snapshot: Snapshot) -> Text:
+        return Text("\n".join(render_lines(snapshot, self.collections)))
+
+    def _start_live(self) -> None:
+        console = Console(file=self.stream, highlight=False, markup=False, emoji=False)
+        # Log lines (the run's events, a stop notice) go through rich while the block is live,
+        # so they are printed above it instead of through it.
+        self._live = Live(
+            Text(""),
+            console=console,
+            auto_refresh=False,
+            redirect_stdout=False,
+            redirect_stderr=self.stream is sys.stderr,
+        )
+        self._live.start()
+        for handler in LOGGER.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is self.stream:
+                self._log_streams.append((handler, handler.stream))
+                handler.setStream(_LiveStream(console))
+
+    def _stop_live(self) -> None:
+        """The block's last frame holds the final counts; it stays on screen, below the log."""
+        if self._live is None:
+            return
+        try:
+            self._live.update(self._block(self.snapshot()), refresh=True)
+        finally:
+            self._live.stop()
+            self._live = None
+            for handler, stream in self._log_streams:
+                handler.setStream(stream)
+            self._log_streams.clear()
+
+
+class _LiveStream:
+    """A text stream whose lines rich prints above the live block."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self.console.print(Text(line), soft_wrap=True)
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing is buffered but a line not yet ended."""
 
 
 def progress_display(

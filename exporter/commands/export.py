@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Unpack
 
 import click
@@ -18,6 +20,7 @@ from exporter.commands.credentials import (
 )
 from exporter.commands.display import progress_display
 from exporter.commands.exits import errors_as_json, fail
+from exporter.commands.metrics import RunOutcome, check_metrics_path, write_metrics
 from exporter.commands.options import CREDENTIALS, options
 from exporter.commands.running import run_stoppable
 from exporter.core.config import ExportSettings, RateLimit
@@ -58,6 +61,32 @@ def _refuse_beside_demo(ctx: click.Context) -> None:
         )
 
 
+def demo_source(steps: int, seed: int) -> str:
+    """What a demo run records as its source: the port changes every time, the data does not."""
+    return f"demo simulator ({steps} steps, seed {seed})"
+
+
+def _demo_again(settings: ExportSettings, source: str) -> bool:
+    """Before any server starts: is --out a finished export of this same demo? Then running the
+    quick start again adds what changed since (an incremental run), rather than refusing. A
+    backup of anything else in --out is refused here, before the simulator starts."""
+    from exporter.backup import catalog
+    from exporter.backup.storage import Storage
+
+    if settings.restart or settings.incremental:
+        return False
+    storage = Storage.open(str(settings.out), flag="--out")
+    state = catalog.read(storage).state
+    if state is None:
+        return False
+    if state.source != source:
+        raise UsageError(
+            f"{storage.display} holds a backup of {state.source}, not of the {source}: "
+            "choose another --out for the demo (or pass --restart to replace it)"
+        )
+    return state.status == "complete"
+
+
 @click.command()
 @options(
     "config",
@@ -84,6 +113,7 @@ def _refuse_beside_demo(ctx: click.Context) -> None:
     "demo_steps",
     "demo_seed",
     "progress_interval",
+    "metrics_file",
     "quiet",
     "verbose",
     "log_format",
@@ -114,6 +144,7 @@ def export(
     verbose: bool,
     log_format: str,
     progress_interval: float,
+    metrics_file: Path | None,
     **credentials: Unpack[CredentialOptions],
 ) -> None:
     """Export sequence steps to typed Parquet files in --out, resuming an unfinished run there."""
@@ -144,8 +175,25 @@ def export(
     )
     errors_as_json(log_format == "json")
     configure_logging(log_format, verbose, quiet)
+    if metrics_file is not None:
+        try:
+            check_metrics_path(metrics_file)
+        except ExporterError as exc:
+            fail(exc)
+    began = time.monotonic()
     with contextlib.ExitStack() as stack:
         if demo:
+            source = demo_source(demo_steps, demo_seed)
+            try:
+                again = _demo_again(settings, source)
+            except ExporterError as exc:
+                fail(exc)
+            if again:
+                event(
+                    "demo",
+                    f"demo: {out} already holds this demo's export; adding what changed since "
+                    "(--incremental)",
+                )
             demo_url = stack.enter_context(_demo_server(demo_steps, demo_seed))
             event(
                 "demo", f"demo: simulator with {demo_steps} steps at {demo_url}", base_url=demo_url
@@ -156,24 +204,42 @@ def export(
                     "base_url": demo_url,
                     "token": Secret(DEMO_TOKEN),
                     "refresh_token": None,
-                    # The port changes every time; the data does not: name it by its seed.
-                    "source": f"demo simulator ({demo_steps} steps, seed {demo_seed})",
+                    "source": source,
+                    "incremental": settings.incremental or again,
                 }
             )
         try:
             parse_selection(settings.relationships)
             job = Export(
                 settings,
-                command_token_source(settings),
+                command_token_source(settings, has_demo=True),
                 progress_display(log_format, quiet, progress_interval),
                 repair=repair,
             )
             result = run_stoppable(job.run, job.request_stop, grace=STOP_GRACE)
         except ExporterError as exc:
+            if metrics_file is not None:
+                outcome = RunOutcome(str(out), int(exc.exit_code), time.monotonic() - began)
+                with contextlib.suppress(ExporterError):  # the run's own error is the one to say
+                    write_metrics(metrics_file, outcome)
             fail(exc)
     order = {name: i for i, name in enumerate(RESOURCE_TYPES)}
     rows = dict(sorted(result.rows.items(), key=lambda item: order.get(item[0], len(order))))
     total = sum(rows.values())
+    if metrics_file is not None:
+        requests = {t: p.pages for t, p in job.snapshot().resources.items() if t in order}
+        outcome = RunOutcome(
+            str(out),
+            0,
+            result.seconds,
+            records=rows,
+            requests=dict(sorted(requests.items(), key=lambda item: order[item[0]])),
+            all_requests=result.requests,
+        )
+        try:
+            write_metrics(metrics_file, outcome)
+        except ExporterError as exc:
+            fail(exc)
     rate = total / result.seconds if result.seconds else 0.0
     refused = ", ".join(f"{t} ({scope})" for t, scope in sorted(result.refused.items()))
     if log_format == "json":

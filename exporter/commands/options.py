@@ -44,6 +44,9 @@ class _NoDefault:
 
 NO_DEFAULT = _NoDefault()
 
+# The help of the few flags that are never read from a variable says why, in these words.
+NOT_FROM_ENV = "Never read from the environment: "
+
 
 @dataclass(frozen=True)
 class OptionSpec:
@@ -55,7 +58,9 @@ class OptionSpec:
     type: click.ParamType[Any] | None = None
     default: object = NO_DEFAULT
     show_default: bool = False
-    envvar: str | None = None
+    # Every option has its OUTREACH_* variable (a tuple: others read too, the first wins), or
+    # says in its help why it is never read from the environment (`NOT_FROM_ENV`).
+    envvar: str | tuple[str, ...] | None = None
     metavar: str | None = None
     is_flag: bool = False
     required: bool = False
@@ -71,12 +76,22 @@ class OptionSpec:
             return click.BOOL
         return self.type or click.STRING
 
+    @property
+    def envvars(self) -> tuple[str, ...]:
+        """The variables this option is read from, in the order click tries them."""
+        if self.envvar is None:
+            return ()
+        return (self.envvar,) if isinstance(self.envvar, str) else self.envvar
+
     def decorator(self) -> Callable[[F], F]:
-        attrs: dict[str, Any] = {"help": self.help}
+        help = self.help
+        if self.envvars and not all(name in help for name in self.envvars):
+            help += f"  [env: {' or '.join(self.envvars)}]"
+        attrs: dict[str, Any] = {"help": help}
         for name, value in (
             ("type", self.type),
             ("show_default", self.show_default),
-            ("envvar", self.envvar),
+            ("envvar", list(self.envvars) if len(self.envvars) > 1 else self.envvar),
             ("metavar", self.metavar),
             ("is_flag", self.is_flag),
             ("required", self.required),
@@ -98,7 +113,7 @@ def load_config(ctx: click.Context, _param: click.Parameter, value: str | None) 
         return None
     table = load_toml_table(Path(value))
     params = [p for p in ctx.command.params if p.name != "config"]
-    defaults = toml_defaults(table, params, f"config file {value}")
+    defaults = toml_defaults(table, params, value)
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
@@ -107,6 +122,7 @@ OPTIONS: dict[str, OptionSpec] = {
     # -- where from, where to
     "config": OptionSpec(
         ("--config",),
+        envvar="OUTREACH_CONFIG",
         type=click.Path(dir_okay=False),
         callback=load_config,
         is_eager=True,
@@ -248,10 +264,13 @@ OPTIONS: dict[str, OptionSpec] = {
     "restart": OptionSpec(
         ("--restart",),
         is_flag=True,
-        help="Discard the backup in --out first: only files this tool wrote (README, Resuming).",
+        help="Discard the backup in --out first: only files this tool wrote (README, Resuming). "
+        + NOT_FROM_ENV
+        + "a variable left set would discard every later backup too.",
     ),
     "repair": OptionSpec(
         ("--repair",),
+        envvar="OUTREACH_REPAIR",
         is_flag=True,
         help="Set damaged committed files aside and fetch their records again; rebuild a lost "
         "checkpoint of a finished backup from its manifest (with --incremental).",
@@ -306,11 +325,13 @@ OPTIONS: dict[str, OptionSpec] = {
     # -- the built-in demo
     "demo": OptionSpec(
         ("--demo",),
+        envvar="OUTREACH_DEMO",
         is_flag=True,
         help="Start the built-in simulator on a free loopback port and export from it.",
     ),
     "demo_steps": OptionSpec(
         ("--demo-steps",),
+        envvar="OUTREACH_DEMO_STEPS",
         type=BoundedInt(1, 5_000_000),
         default=10_000,
         show_default=True,
@@ -318,6 +339,7 @@ OPTIONS: dict[str, OptionSpec] = {
     ),
     "demo_seed": OptionSpec(
         ("--demo-seed",),
+        envvar="OUTREACH_DEMO_SEED",
         type=BoundedInt(0, 2**32 - 1),
         default=1,
         show_default=True,
@@ -332,9 +354,24 @@ OPTIONS: dict[str, OptionSpec] = {
         envvar="OUTREACH_PROGRESS_INTERVAL",
         help="Seconds between progress lines when stderr is not a terminal.",
     ),
-    "quiet": OptionSpec(("--quiet", "-q"), is_flag=True, help="Print only errors and the result."),
+    "metrics_file": OptionSpec(
+        ("--metrics-file",),
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="OUTREACH_METRICS_FILE",
+        metavar="PATH",
+        help="Write the run's outcome here in the Prometheus text format, atomically (for the "
+        "node exporter's textfile collector: name it *.prom): exit code, end time, last "
+        "success time, duration, records and requests per type.",
+    ),
+    "quiet": OptionSpec(
+        ("--quiet", "-q"),
+        envvar="OUTREACH_QUIET",
+        is_flag=True,
+        help="Print only errors and the result.",
+    ),
     "verbose": OptionSpec(
         ("--verbose", "-v"),
+        envvar="OUTREACH_VERBOSE",
         is_flag=True,
         help="Also log every request (method, URL, status, time).",
     ),
@@ -348,18 +385,25 @@ OPTIONS: dict[str, OptionSpec] = {
     ),
     # -- restore
     "run_id": OptionSpec(
-        ("--run", "run_id"), help="Restore the state as of this run id.  [default: newest]"
+        ("--run", "run_id"),
+        envvar="OUTREACH_RESTORE_RUN",
+        help="Restore the state as of this run id.  [default: newest]",
     ),
     "ids": OptionSpec(
-        ("--ids",), type=IdList(MAX_ID), help="Only these backed-up step ids (comma list)."
+        ("--ids",),
+        envvar="OUTREACH_RESTORE_IDS",
+        type=IdList(MAX_ID),
+        help="Only these backed-up step ids (comma list).",
     ),
     "sequence": OptionSpec(
         ("--sequence",),
+        envvar="OUTREACH_RESTORE_SEQUENCE",
         type=BoundedInt(1, MAX_ID),
         help="Only the backed-up steps of this sequence.",
     ),
     "mode": OptionSpec(
         ("--mode",),
+        envvar="OUTREACH_RESTORE_MODE",
         type=click.Choice([m.value for m in Mode]),
         default=Mode.BOTH.value,
         show_default=True,
@@ -368,16 +412,20 @@ OPTIONS: dict[str, OptionSpec] = {
     "apply": OptionSpec(
         ("--apply",),
         is_flag=True,
-        help="Write. Without it restore only reads and prints its plan.",
+        help="Write. Without it restore only reads and prints its plan. "
+        + NOT_FROM_ENV
+        + "writing to an account is asked for on the command line each time.",
     ),
     "journal": OptionSpec(
         ("--journal",),
+        envvar="OUTREACH_RESTORE_JOURNAL",
         type=click.Path(dir_okay=False, path_type=Path),
         help="Write journal.  [default: DIR/_restore/<target account>-journal.jsonl; for a "
         "backup on an object store, $XDG_STATE_HOME/outreach-exporter/restore/]",
     ),
     "lookup_delay": OptionSpec(
         ("--lookup-delay",),
+        envvar="OUTREACH_LOOKUP_DELAY",
         type=FiniteFloat(0, 3600),
         default=2.0,
         show_default=True,
@@ -388,22 +436,27 @@ OPTIONS: dict[str, OptionSpec] = {
         ("--resend-lost",),
         is_flag=True,
         help="Send again the creates whose answer was lost and that a last lookup does not find. "
-        "Only once you have checked the target yourself: a lost create may still land later.",
+        "Only once you have checked the target yourself: a lost create may still land later. "
+        + NOT_FROM_ENV
+        + "a variable left set would skip that check on every later restore.",
     ),
     "into_another_account": OptionSpec(
         ("--into-another-account",),
+        envvar="OUTREACH_INTO_ANOTHER_ACCOUNT",
         is_flag=True,
         help="Restore a backup of another account: only create its steps (never patch by id).",
     ),
     # -- fleet
     "config_path": OptionSpec(
         ("--config", "config_path"),
+        envvar="OUTREACH_FLEET_CONFIG",
         type=click.Path(dir_okay=False, path_type=Path),
         required=True,
         help="Fleet file (TOML): [defaults] and one [[account]] table per account.",
     ),
     "executor": OptionSpec(
         ("--executor",),
+        envvar="OUTREACH_FLEET_EXECUTOR",
         type=click.Choice(["local", "dask"]),
         default="local",
         show_default=True,
@@ -411,11 +464,12 @@ OPTIONS: dict[str, OptionSpec] = {
     ),
     "scheduler": OptionSpec(
         ("--scheduler",),
-        envvar="DASK_SCHEDULER_ADDRESS",
-        help="Dask scheduler address, e.g. tcp://10.0.0.5:8786.  [env: DASK_SCHEDULER_ADDRESS]",
+        envvar=("OUTREACH_SCHEDULER", "DASK_SCHEDULER_ADDRESS"),
+        help="Dask scheduler address, e.g. tcp://10.0.0.5:8786.",
     ),
     "parallel": OptionSpec(
         ("--parallel",),
+        envvar="OUTREACH_FLEET_PARALLEL",
         type=click.IntRange(1, 256),
         default=4,
         show_default=True,
@@ -423,6 +477,7 @@ OPTIONS: dict[str, OptionSpec] = {
     ),
     "retries": OptionSpec(
         ("--retries",),
+        envvar="OUTREACH_FLEET_RETRIES",
         type=click.IntRange(0, 10),
         default=2,
         show_default=True,
@@ -431,10 +486,14 @@ OPTIONS: dict[str, OptionSpec] = {
     ),
     # -- verify, status, compact
     "as_json": OptionSpec(
-        ("--json", "as_json"), is_flag=True, help="Print a machine-readable JSON report."
+        ("--json", "as_json"),
+        envvar="OUTREACH_JSON",
+        is_flag=True,
+        help="Print a machine-readable JSON report.",
     ),
     "shown": OptionSpec(
         ("--runs", "shown"),
+        envvar="OUTREACH_STATUS_RUNS",
         default="10",
         show_default=True,
         metavar="N|all",
@@ -442,6 +501,7 @@ OPTIONS: dict[str, OptionSpec] = {
     ),
     "into": OptionSpec(
         ("--into",),
+        envvar="OUTREACH_COMPACT_INTO",
         help="Where to publish the current state (_current.json naming gen-*/<collection>.parquet)."
         "  [default: DIR/_current]",
     ),
@@ -469,14 +529,14 @@ ACCOUNT_OPTIONS = (
 )
 
 # `restore` has always taken these two differently from `export`: fewer requests in flight by
-# default, no OUTREACH_CONCURRENCY, a plain whole number (click's IntRange, which reads `1_0`),
+# default, its own variable (OUTREACH_RESTORE_CONCURRENCY: an export's is no restore's), a plain whole number (click's IntRange, which reads `1_0`),
 # and a shorter help line.
 RESTORE_VARIANTS = {
     "concurrency": replace(
         OPTIONS["concurrency"],
         type=click.IntRange(1, 64),
         default=4,
-        envvar=None,
+        envvar="OUTREACH_RESTORE_CONCURRENCY",
         help="Requests in flight at once.",
     ),
     "rate_limit": replace(OPTIONS["rate_limit"], help="Request budget as N/SECONDS."),

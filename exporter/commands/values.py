@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,9 @@ class RelationshipsType(click.ParamType[str]):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         from exporter.export.relationships import parse_selection
 
+        if not any(part.strip() for part in str(value).split(",")):
+            # An empty list is refused, not read as `all` (or as nothing): say which.
+            self.fail("empty; say all, none, or a comma list of relationships", param, ctx)
         try:
             parse_selection(str(value))
         except UsageError as exc:
@@ -133,7 +137,8 @@ def toml_value(
     type_: click.ParamType[Any], value: Any, where: str, *, is_flag: bool = False
 ) -> Any:
     """A value read from a TOML file, checked for its exact TOML type and then converted by the
-    flag's own click type; `where` names the file and key in the one-line error."""
+    flag's own click type; `where` names the file and key in the one-line error, followed by
+    the value as written (`c.toml: page_size = "abc": ...`), unless it is a credential's."""
     expected: tuple[type, ...]
     if is_flag or isinstance(type_, click.types.BoolParamType):
         expected, wanted = (bool,), "true or false"
@@ -143,13 +148,39 @@ def toml_value(
         expected, wanted = (int, float), "a number"
     else:
         expected, wanted = (str,), "a string"
+    shown = f"{where} = {_toml_text(value, isinstance(type_, CredentialType))}"
     if not isinstance(value, expected) or (bool not in expected and isinstance(value, bool)):
-        # The value is not shown: the key may be a secret's (a token in a config file).
-        raise UsageError(f"{where} must be {wanted}, not a TOML {_toml_type(value)}")
+        raise UsageError(f"{shown}: must be {wanted}, not a TOML {_toml_type(value)}")
     try:
         return type_.convert(value, None, None)
     except click.BadParameter as exc:
-        raise UsageError(f"{where}: {_one_line(exc.message)}") from None
+        raise UsageError(f"{shown}: {_one_line(exc.message)}") from None
+
+
+def _toml_text(value: Any, secret: bool) -> str:
+    """A TOML value as it would be written, short and on one line; a credential's never."""
+    if secret:
+        return "(a credential, not shown)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return _shown_text(value, quote=True)
+    if isinstance(value, int | float):
+        return _shown_text(str(value))
+    if isinstance(value, list):
+        return "[...]"
+    if isinstance(value, dict):
+        return "{...}"
+    return _shown_text(str(value))
+
+
+def _shown_text(text: str, *, quote: bool = False) -> str:
+    """A value the user wrote, shown in an error: at most 40 characters, on one line (quoted as
+    TOML writes a string with `quote`, or when it holds a control character)."""
+    short = text[:40] + ("..." if len(text) > 40 else "")
+    if quote or not short.isprintable():
+        return json.dumps(short, ensure_ascii=False)
+    return short
 
 
 def _toml_type(value: Any) -> str:
@@ -211,8 +242,11 @@ def _param_source(param: click.Parameter, ctx: click.Context | None, args: Seque
         return flag
     envvars = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
     for name in envvars:
-        if os.environ.get(name):  # click reads an empty variable as unset
-            return f"{name} (for {flag})"
+        value = os.environ.get(name)
+        if value:  # click reads an empty variable as unset
+            secret = isinstance(param.type, CredentialType)
+            shown = "(a credential, not shown)" if secret else _shown_text(value)
+            return f"{name}={shown} ({flag})"
     if ctx is not None and param.name in (ctx.default_map or {}):
         return f"{flag} (from the config file)"
     return flag

@@ -190,6 +190,12 @@ class ExportSettings:
     # None: the API client's own retries; OUTREACH_RETRY_BACKOFF sets them (see RetryPolicy)
     retry: RetryPolicy | None = field(default_factory=retry_policy_from_environment)
 
+    @property
+    def oauth(self) -> bool:
+        """OAuth credentials: a refresh token given, or a client id without a static token
+        (a later run, whose refresh token is the rotated one saved in `token_file`)."""
+        return self.refresh_token is not None or (self.client_id is not None and self.token is None)
+
     def parameters(self) -> dict[str, Any]:
         """What the manifest and checkpoint record: no secret, no credential (`resources` only
         when it is not the default, so a default run records what it always has)."""
@@ -198,7 +204,7 @@ class ExportSettings:
             "page_size": self.page_size,
             "concurrency": self.concurrency,
             "rate_limit": str(self.rate_limit),
-            "auth": "oauth" if self.refresh_token is not None else "token",
+            "auth": "oauth" if self.oauth else "token",
             "commit_interval": self.commit_interval,
             "file_rows": self.file_rows,
             "file_bytes": self.file_bytes,

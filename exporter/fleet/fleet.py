@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import signal
 import socket
@@ -35,7 +36,7 @@ from typing import Any
 
 import click
 
-from exporter.api.auth import TokenSource, token_source
+from exporter.api.auth import StaticToken, TokenSource, token_source
 from exporter.api.client import STOP_GRACE
 from exporter.backup import manifest
 from exporter.core.config import ExportSettings
@@ -123,7 +124,14 @@ def resolve(account: Account) -> tuple[ExportSettings, TokenSource]:
     if not c.oauth:
         token = _read_secret(where, "token", c.token_env, c.token_file)
         settings = ExportSettings(out=out, base_url=account.base_url, token=token, **options)
-        return settings, token_source(settings)
+        key = f"token_env ({c.token_env})" if c.token_env else f"token_file ({c.token_file})"
+        named = f"{where}'s {key} in the fleet file"
+        remedy = (
+            f"Put a valid one where {named} points, or give the account OAuth keys "
+            "(client_id, client_secret_env, refresh_token_env, redirect_uri, token_file) so the "
+            "exporter can refresh it"
+        )
+        return settings, token_source(settings, lambda t: StaticToken(t, named, remedy))
     assert c.client_id and c.redirect_uri and c.token_file
     client_secret = _read_secret(where, "client_secret", c.client_secret_env, c.client_secret_file)
     refresh_token = _read_secret(where, "refresh_token", c.refresh_token_env, c.refresh_token_file)
@@ -173,8 +181,37 @@ def _process() -> str:
 
 
 def _one_line(text: str, known: Iterable[str]) -> str:
-    """One line, without any secret this account's token source knows."""
-    return " ".join(scrub(text, known).split())[:500]
+    """One line, without any secret this account's token source knows, the export's flags
+    named as the account's keys (`as_fleet_keys`)."""
+    return as_fleet_keys(" ".join(scrub(text, known).split()))[:500]
+
+
+# An export's messages name its flags (`pass --incremental`, `with --repair`); in a fleet what
+# the user can change is the account's key in the fleet file, so a hint names that instead.
+_SECRET_KEYS = {
+    "token": "token_env (or token_file)",
+    "refresh-token": "refresh_token_env (or refresh_token_file)",
+    "client-secret": "client_secret_env (or client_secret_file)",
+}
+_FLAG_KEYS = {"repair", "incremental", "detect-deletes"}  # true or false in a fleet file
+_NO_KEY = {"restart": "`exporter export --restart` on the account's out (a fleet has no restart)"}
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z-]*)")
+
+
+def as_fleet_keys(message: str) -> str:
+    """`message` with each export flag named as the fleet file's key for it."""
+
+    def key(match: re.Match[str]) -> str:
+        flag = match[1]
+        if flag in _SECRET_KEYS:
+            return _SECRET_KEYS[flag]
+        if flag in _NO_KEY:
+            return _NO_KEY[flag]
+        name = flag.replace("-", "_")
+        asked = message[: match.start()].rstrip().endswith(("pass", "with", "add"))
+        return f"{name} = true" if flag in _FLAG_KEYS and asked else name
+
+    return _FLAG.sub(key, message)
 
 
 def _already_done(account: Account, done: FinishedExport) -> AccountResult:

@@ -377,7 +377,11 @@ def test_every_numeric_option_refuses_nan_inf_and_huge_numbers(command: str, fla
         (["export"], {}, "error: Missing option '--out'. (see "),
         (["verify"], {}, "error: Missing argument 'DIR'. (see "),
         (["export", "--out", "o", "--page-size", "0"], {}, "error: --page-size: 0 is not in"),
-        (["export", "--out", "o"], {"OUTREACH_PAGE_SIZE": "0"}, "error: OUTREACH_PAGE_SIZE (for"),
+        (
+            ["export", "--out", "o"],
+            {"OUTREACH_PAGE_SIZE": "0"},
+            "error: OUTREACH_PAGE_SIZE=0 (--page-size): 0 is",
+        ),
         (["export", "--out", "o", "--log-format", "xml"], {}, "error: --log-format: 'xml'"),
         (["bogus"], {}, "error: No such command 'bogus'."),
     ],

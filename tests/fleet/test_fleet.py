@@ -669,7 +669,7 @@ def test_repair_is_a_fleet_key_validated_like_the_others(tmp_path: Path) -> None
         '[[account]]\nname = "a"\n[[account]]\nname = "b"\nrepair = true\nincremental = true\n'
     )
     assert (plain.repair, mended.repair) == (False, True)
-    with pytest.raises(UsageError, match=r"account 'a'.*repair must be true or false"):
+    with pytest.raises(UsageError, match=r"""account 'a'.*repair = "yes": must be true or false"""):
         parse(f'[[account]]\nname = "a"\nout = "{tmp_path}"\ntoken_env = "T"\nrepair = "yes"\n')
 
 
@@ -691,7 +691,7 @@ async def test_a_fleet_account_with_repair_mends_a_damaged_backup(
     assert len(files) >= 2
     files[1].write_bytes(files[1].read_bytes()[:50])  # truncated
     refused = await export_account(account, utc_now())
-    assert not refused.ok and "--repair" in refused.outcome, refused.outcome
+    assert not refused.ok and "with repair = true" in refused.outcome, refused.outcome
     [mending] = parse(text + "repair = true\n")
     mended = await export_account(mending, utc_now())
     assert mended.ok, mended.outcome

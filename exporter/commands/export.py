@@ -23,20 +23,24 @@ from exporter.commands.exits import errors_as_json, fail
 from exporter.commands.metrics import RunOutcome, check_metrics_path, write_metrics
 from exporter.commands.options import CREDENTIALS, options
 from exporter.commands.running import run_stoppable
-from exporter.core.config import ExportSettings, RateLimit
+from exporter.core.config import DEFAULT_RESOURCES, ExportSettings, RateLimit
 from exporter.core.errors import ExitCode, ExporterError, UsageError
 from exporter.core.events import configure_logging, event
 from exporter.core.secrets import Secret
 from exporter.model.schema import RESOURCE_TYPES
 
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the simulator's static token, not a secret
+# With --resources other than the default, the demo simulates the whole account around its
+# steps: this many prospects, and the other collections in proportion (docs/simulator.md).
+DEMO_PROSPECTS = 1000
 
 
 @contextlib.contextmanager
-def _demo_server(steps: int, seed: int) -> Iterator[str]:
+def _demo_server(steps: int, seed: int, prospects: int) -> Iterator[str]:
     from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
 
-    simulator = Simulator(SimulatorConfig(steps=steps, seed=seed, static_token=DEMO_TOKEN))
+    config = SimulatorConfig(steps=steps, seed=seed, static_token=DEMO_TOKEN, prospects=prospects)
+    simulator = Simulator(config)
     with serve_in_thread(simulator) as root_url:
         yield root_url + "/api/v2"
 
@@ -61,8 +65,10 @@ def _refuse_beside_demo(ctx: click.Context) -> None:
         )
 
 
-def demo_source(steps: int, seed: int) -> str:
+def demo_source(steps: int, seed: int, prospects: int = 0) -> str:
     """What a demo run records as its source: the port changes every time, the data does not."""
+    if prospects:
+        return f"demo simulator ({steps} steps, {prospects} prospects, seed {seed})"
     return f"demo simulator ({steps} steps, seed {seed})"
 
 
@@ -183,7 +189,8 @@ def export(
     began = time.monotonic()
     with contextlib.ExitStack() as stack:
         if demo:
-            source = demo_source(demo_steps, demo_seed)
+            prospects = 0 if settings.resources == DEFAULT_RESOURCES else DEMO_PROSPECTS
+            source = demo_source(demo_steps, demo_seed, prospects)
             try:
                 again = _demo_again(settings, source)
             except ExporterError as exc:
@@ -194,9 +201,12 @@ def export(
                     f"demo: {out} already holds this demo's export; adding what changed since "
                     "(--incremental)",
                 )
-            demo_url = stack.enter_context(_demo_server(demo_steps, demo_seed))
+            demo_url = stack.enter_context(_demo_server(demo_steps, demo_seed, prospects))
+            around = f" and an account of {prospects:,} prospects" if prospects else ""
             event(
-                "demo", f"demo: simulator with {demo_steps} steps at {demo_url}", base_url=demo_url
+                "demo",
+                f"demo: simulator with {demo_steps} steps{around} at {demo_url}",
+                base_url=demo_url,
             )
             settings = ExportSettings(
                 **{

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
+import orjson
 import pytest
 
+from exporter.model.schema import readable_types
 from tests.helpers.checks import assert_refused
 from tests.helpers.commands import invoke
 from tests.helpers.runs import run_exporter
+from tests.helpers.sim import clean_env
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -60,3 +65,21 @@ def test_every_usage_line_says_dir(command: str) -> None:
     assert code == 0
     assert help_text.splitlines()[0].endswith(" DIR"), help_text.splitlines()[0]
     assert "DIRECTORY" not in help_text
+
+
+@pytest.mark.slow
+def test_the_demo_with_resources_all_exports_the_whole_simulated_account(tmp_path: Path) -> None:
+    """README: `--demo --resources all` exports every readable collection of a simulated
+    account (it stopped at the first collection beyond the step world with a 404 before)."""
+    out = tmp_path / "demo-account"
+    done = subprocess.run(
+        [sys.executable, "-m", "exporter", "export", "--demo", "--resources", "all", "--quiet",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=240, env=clean_env(), check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    manifest = orjson.loads((out / "_manifest.json").read_bytes())
+    rows = {name: summary["rows"] for name, summary in manifest["resources"].items()}
+    assert set(rows) == set(readable_types())
+    assert all(count > 0 for count in rows.values()), rows
+    assert rows["prospect"] == 1000  # the demo's account: DEMO_PROSPECTS

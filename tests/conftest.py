@@ -14,6 +14,19 @@ from tests.helpers.s3 import admin_filesystem, start_moto
 from tests.helpers.sim import TOKEN, Running, StartSimulator
 
 
+@pytest.fixture(autouse=True)
+def forget_secrets_of_other_tests() -> Iterator[None]:
+    """The secrets a test registers (`errors.remember_secret`, process-wide by design: one
+    process, one user's secrets) are forgotten after it. Without this, a test that passed a
+    token such as "00" made every later error message in that test process read "5***"."""
+    from exporter.core import errors
+
+    held = set(errors._KNOWN_SECRETS)
+    yield
+    errors._KNOWN_SECRETS.clear()
+    errors._KNOWN_SECRETS.update(held)
+
+
 @pytest.fixture
 async def start_simulator() -> AsyncIterator[StartSimulator]:
     """Start simulators on free loopback ports; all are stopped at the end of the test."""

@@ -26,6 +26,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "base_url": ("http://127.0.0.1:9/api/v2", "http://127.0.0.1:9/api/v2"),
     "rate_limit": ("5/7", RateLimit(5, 7.0)),
     "relationships": ("none", "none"),
+    "resources": ("stages,roles", "stages,roles"),
     "ids": ("3,4", (3, 4)),
     "shown": ("3", "3"),
 }

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
-from exporter.model.schema import Shape, openapi_document
+from exporter.model.schema import Shape, openapi_document, readable_types, resource_type
 
 from .faults import (
     HTML_PAGE,
@@ -69,6 +69,19 @@ class Api:
         self.collections = {table.rtype.collection: name for name, table in tables.items()}
         paths = openapi_document()["paths"]
         self.singles = {c for c in self.collections if f"/{c}/{{id}}" in paths}
+        # The readable collections this simulator holds no records of (the step world's: the
+        # rest of the account): a list of them is empty, as an account without any would be.
+        self.empty = {resource_type(n).collection for n in readable_types()} - set(self.collections)
+
+    def _empty_page(self, request: web.Request) -> bytes:
+        """The one page of a collection without records (`meta.count` when asked for)."""
+        first = f"{self.sim.store.base_url}/{request.path.rsplit('/', 1)[-1]}"
+        if request.query_string:
+            first += "?" + request.query_string
+        document: dict[str, Any] = {"data": [], "links": {"first": first}}
+        if request.query.get("count") == "true":
+            document["meta"] = {"count": 0, "count_truncated": False}
+        return orjson.dumps(document)
 
     # --------------------------------------------------------------------------- delivery
 
@@ -257,6 +270,11 @@ class Api:
                 )
             if not collection and request.method == "GET":
                 return await self.deliver(request, 200, self._token_info(), headers)
+            if collection in self.empty and not record and request.method == "GET":
+                denied = {s.removesuffix(".read") for s in sim.cfg.denied_scopes}
+                if collection in denied:
+                    return await self.deliver(request, 403, _scope_refusal(collection), headers)
+                return await self.deliver(request, 200, self._empty_page(request), headers)
             if type_name is None or "/" in record or (record and collection not in self.singles):
                 detail = f"No route for {request.path}"
                 return await self.refuse(

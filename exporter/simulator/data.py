@@ -447,9 +447,10 @@ def attribute_pool(
 ) -> list[dict[str, Any]]:
     """`size` attribute dicts for `rtype`; the first MAX_LENGTH_VARIANTS fill strings to maxLength.
 
-    `shaped_wire`: vague attributes take the shape the live API sends (`shaped`). The step
-    world alone (no account world) keeps the shapes it always had (a user's `duties` an object
-    of `roles`), byte for byte; every other attribute is the same either way.
+    `shaped_wire`: vague attributes take the shape the live API sends (`shaped`: a user's
+    `duties` a list of `{id, name, duty_type}`, as the Singer tap and Airbyte read it), in the
+    step world too; without it, the shape the simulator sent before (an object of `roles`).
+    Every other attribute is the same either way (the shapes draw from their own stream).
     Cached and shared between simulators: never modify a variant (copy it first).
     """
     rng = random.Random(f"{seed}:pool:{rtype.name}")
@@ -629,7 +630,7 @@ class Generator:
                 tasks.fks["taskPriority"][k_row] = steps.fks["taskPriority"][row]
         for table in self.tables.values():
             size = min(POOL_SIZE, max(MAX_LENGTH_VARIANTS + 1, len(table)))
-            table.pool = attribute_pool(table.rtype, cfg.seed, size, cfg.account_world)
+            table.pool = attribute_pool(table.rtype, cfg.seed, size)
         return self.tables
 
 

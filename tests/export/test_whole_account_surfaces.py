@@ -76,3 +76,25 @@ async def test_the_whole_account_on_s3_compacts_and_verifies_to_the_ground_truth
     held = {t: {r["id"]: r for r in table.to_pylist()} for t, table in tables.items()}
     problems = account_differences(running.sim, held, lists_ascending=True)
     assert not problems, "\n".join(problems[:20])
+
+
+async def test_resources_all_against_the_step_world_exports_the_rest_empty(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """`exporter simulate` without --prospects: `--resources all` exports the nine types and
+    finds the 38 others empty (one request each), instead of stopping on a 404."""
+    running = await start_simulator(steps=300, seed=85, rate_limit=10**9)
+    job, result = await run_export(running.base_url, tmp_path / "out", resources="all")
+    assert set(result.rows) == set(readable_types())
+    steps_world = set(running.sim.truth.types())
+    for type_name, rows in result.rows.items():
+        expected = len(running.sim.truth.ids(type_name)) if type_name in steps_world else 0
+        assert rows == expected, type_name
+    assert (
+        job.stats["requests"]
+        <= sum(
+            max(1, -(-len(running.sim.truth.ids(t)) // 1000)) if t in steps_world else 1
+            for t in readable_types()
+        )
+        + 1
+    )  # the account check

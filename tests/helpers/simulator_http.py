@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import orjson
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
 from exporter.model import schema
+from exporter.model.schema import Kind, WireForm
 from exporter.simulator import Simulator, SimulatorConfig, serve
 
 TOKEN = "sim-token"
@@ -88,9 +90,35 @@ async def running(
             yield Running(sim, root, session)
 
 
+def wire_schema(attribute: schema.Attribute) -> dict[str, Any]:
+    """The OpenAPI schema of an attribute as `schema.WIRE_SHAPES` says the API sends it."""
+    wire = attribute.wire
+    assert wire is not None
+    kinds = {Kind.INTEGER: {"type": "integer"}, Kind.STRING: {"type": "string"}}
+    member = {
+        "type": "object",
+        "properties": {name: kinds[kind] for name, kind in wire.fields},
+        "required": [name for name, _ in wire.fields],
+        "additionalProperties": not wire.fields,
+    }
+    if wire.form is WireForm.OBJECT_LIST:
+        return {"type": "array", "nullable": True, "items": member}
+    if wire.form is WireForm.INTEGER_LISTS:
+        pair = {"type": "array", "items": {"type": "integer"}}
+        return {"type": "array", "nullable": True, "items": pair}
+    return {**member, "nullable": True}
+
+
 def _validator(name: str) -> OAS30Validator:
-    schemas = schema.openapi_document()["components"]["schemas"]
-    return OAS30Validator(schemas[name], format_checker=oas30_format_checker)
+    """The OpenAPI schema `name`; an attributes schema with the shapes the live API sends where
+    the file is vague (`schema.WIRE_SHAPES`: a user's `duties` is a list of objects)."""
+    spec = schema.openapi_document()["components"]["schemas"][name]
+    if name in schema.readable_types():
+        spec = copy.deepcopy(spec)
+        for attribute in schema.resource_type(name).attributes:
+            if attribute.wire is not None:
+                spec["properties"][attribute.name] = wire_schema(attribute)
+    return OAS30Validator(spec, format_checker=oas30_format_checker)
 
 
 _VALIDATORS: dict[str, OAS30Validator] = {}

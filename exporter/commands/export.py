@@ -39,7 +39,13 @@ DEMO_PROSPECTS = 1000
 def _demo_server(steps: int, seed: int, prospects: int) -> Iterator[str]:
     from exporter.simulator import Simulator, SimulatorConfig, serve_in_thread
 
-    config = SimulatorConfig(steps=steps, seed=seed, static_token=DEMO_TOKEN, prospects=prospects)
+    config = SimulatorConfig(
+        steps=steps,
+        seed=seed,
+        static_token=DEMO_TOKEN,
+        prospects=prospects,
+        readable_text=True,  # the tour's queries read plainly; the tests keep the hostile text
+    )
     simulator = Simulator(config)
     with serve_in_thread(simulator) as root_url:
         yield root_url + "/api/v2"

@@ -463,7 +463,7 @@ def _generate(name: str, tables: dict[str, Table], cfg: SimulatorConfig, count: 
     wide = len(rtype.attributes)
     # Variants enough for variety (a wide type gets fewer: its records vary in many places).
     size = min(POOL_SIZE, max(3, len(table)), max(64, 8_000 // max(1, wide)))
-    table.pool = attribute_pool(rtype, cfg.seed, size)
+    table.pool = attribute_pool(rtype, cfg.seed, size, readable=cfg.readable_text)
     return table
 
 

@@ -98,6 +98,9 @@ class SimulatorConfig:
     retry_after: bool = False
     # Bytes of serialized records kept in memory (first in, first out beyond this).
     record_cache_bytes: int = 512 * 1024 * 1024
+    # Text attributes in plain words (the demo: readable in a terminal and a SQL shell) instead
+    # of the hostile mix every test gets (scripts, emoji, tabs, line breaks, control characters).
+    readable_text: bool = False
     faults: Faults = field(default_factory=Faults)
     clock: Callable[[], float] = time.time
 

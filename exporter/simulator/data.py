@@ -8,6 +8,7 @@ import uuid
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache, lru_cache
@@ -203,16 +204,66 @@ def iso_date(days: int) -> str:
     return datetime.fromtimestamp(days * 86_400, UTC).strftime("%Y-%m-%d")
 
 
+# Plain words for `SimulatorConfig.readable_text` (the demo).
+READABLE_PIECES: tuple[str, ...] = tuple(
+    f"{word} "
+    for word in [
+        "Follow",
+        "up",
+        "with",
+        "the",
+        "prospect",
+        "about",
+        "pricing",
+        "next",
+        "week",
+        "Intro",
+        "call",
+        "recap",
+        "Quarterly",
+        "review",
+        "Onboarding",
+        "check",
+        "in",
+        "Renewal",
+        "reminder",
+        "Product",
+        "demo",
+        "Thank",
+        "you",
+        "note",
+        "Case",
+        "study",
+        "Meeting",
+        "notes",
+        "Budget",
+        "approved",
+        "Send",
+        "proposal",
+        "Welcome",
+        "sequence",
+        "Trial",
+        "ending",
+        "soon",
+    ]
+)
+# Set while a readable pool is generated (`attribute_pool(..., readable=True)`): `text` then
+# slices plain words. A context variable, so simulators built in other threads are unaffected.
+_READABLE: ContextVar[bool] = ContextVar("readable_text", default=False)
+
+
 @cache
-def _text_source() -> str:
+def _text_source(readable: bool = False) -> str:
     """A long string of pieces in random order; `text` slices windows out of it (cheaply)."""
     rng = random.Random("text-source")
-    return "".join(TEXT_PIECES[rng.randrange(len(TEXT_PIECES))] for _ in range(20_000))
+    pieces = READABLE_PIECES if readable else TEXT_PIECES
+    return "".join(pieces[rng.randrange(len(pieces))] for _ in range(20_000))
 
 
 def text(rng: random.Random, length: int) -> str:
-    """A string of exactly `length` code points mixing every script and awkward character."""
-    source = _text_source()
+    """A string of exactly `length` code points mixing every script and awkward character
+    (plain words while a readable pool is generated)."""
+    source = _text_source(_READABLE.get())
     while len(source) < length:
         source += source
     start = rng.randrange(len(source) - length + 1)
@@ -443,7 +494,11 @@ def shaped(type_name: str, attribute: Attribute) -> Callable[[random.Random], An
 
 @cache
 def attribute_pool(
-    rtype: ResourceType, seed: int, size: int = POOL_SIZE, shaped_wire: bool = True
+    rtype: ResourceType,
+    seed: int,
+    size: int = POOL_SIZE,
+    shaped_wire: bool = True,
+    readable: bool = False,
 ) -> list[dict[str, Any]]:
     """`size` attribute dicts for `rtype`; the first MAX_LENGTH_VARIANTS fill strings to maxLength.
 
@@ -451,8 +506,17 @@ def attribute_pool(
     `duties` a list of `{id, name, duty_type}`, as the Singer tap and Airbyte read it), in the
     step world too; without it, the shape the simulator sent before (an object of `roles`).
     Every other attribute is the same either way (the shapes draw from their own stream).
+    `readable`: text in plain words (`SimulatorConfig.readable_text`), drawn the same way.
     Cached and shared between simulators: never modify a variant (copy it first).
     """
+    token = _READABLE.set(readable)
+    try:
+        return _pool(rtype, seed, size, shaped_wire)
+    finally:
+        _READABLE.reset(token)
+
+
+def _pool(rtype: ResourceType, seed: int, size: int, shaped_wire: bool) -> list[dict[str, Any]]:
     rng = random.Random(f"{seed}:pool:{rtype.name}")
     value = _value if rtype.name in RESOURCE_TYPES else _account_value
     pool = [
@@ -630,7 +694,7 @@ class Generator:
                 tasks.fks["taskPriority"][k_row] = steps.fks["taskPriority"][row]
         for table in self.tables.values():
             size = min(POOL_SIZE, max(MAX_LENGTH_VARIANTS + 1, len(table)))
-            table.pool = attribute_pool(table.rtype, cfg.seed, size)
+            table.pool = attribute_pool(table.rtype, cfg.seed, size, readable=cfg.readable_text)
         return self.tables
 
 

@@ -597,3 +597,20 @@ async def test_links_related_answer_where_the_target_names_the_source(sim: Simul
                     assert reply.status in (400, 404), (type_name, rel.name)
                     refused += 1
     assert answered >= 30 and refused <= 13
+
+
+def test_readable_text_is_plain_and_the_default_stays_hostile() -> None:
+    """The demo's data (`readable_text`) reads plainly in a terminal; every other simulator,
+    the tests' included, keeps the hostile text (scripts, emoji, tabs, line breaks)."""
+
+    def strings(sim: Simulator) -> list[str]:
+        found: list[str] = []
+        for type_name in ("sequence", "sequenceStep", "user", "mailing", "prospect"):
+            for record in sim.truth.records(type_name):
+                found += [v for v in record["attributes"].values() if isinstance(v, str)]
+        return found
+
+    plain = strings(Simulator(SimulatorConfig(steps=200, seed=3, prospects=50, readable_text=True)))
+    hostile = strings(Simulator(SimulatorConfig(steps=200, seed=3, prospects=50)))
+    assert plain and all(s.isascii() and s.isprintable() for s in plain)
+    assert any(not s.isascii() for s in hostile) and any("\t" in s or "\n" in s for s in hostile)

@@ -159,7 +159,8 @@ def export(
     metrics_file: Path | None,
     **credentials: Unpack[CredentialOptions],
 ) -> None:
-    """Export sequence steps to typed Parquet files in --out, resuming an unfinished run there."""
+    """Export sequence steps (or, with --resources, any or all of the account's collections) to
+    typed Parquet files in --out, resuming an unfinished run there."""
     from exporter.export.relationships import parse_selection
     from exporter.export.run import Export
 

@@ -140,10 +140,17 @@ def kill_now(process: asyncio.subprocess.Process) -> bool:
     return False
 
 
-async def run_to_completion(command: list[str], kills: list[float]) -> tuple[int, list[int]]:
-    """Run `command`, SIGKILL it after each delay in `kills` (restarting it), then let it finish."""
+async def run_to_completion(
+    command: list[str],
+    kills: list[float],
+    on_start: Callable[[], object] | None = None,
+) -> tuple[int, list[int]]:
+    """Run `command`, SIGKILL it after each delay in `kills` (restarting it), then let it finish;
+    `on_start` is called before each start (to look at what the last one left)."""
     codes: list[int] = []
     for delay in [*kills, None]:
+        if on_start is not None:
+            on_start()
         process = await spawn(*command)
         if delay is not None:
             try:

@@ -197,6 +197,42 @@ async def timed_run(command: list[str], out: Path) -> tuple[float, float]:
     return (first_commit if first_commit is not None else 0.0), duration
 
 
+async def run_killed_after_commits(
+    command: list[str], out: Path, commits: list[int], deadline: float = 120.0
+) -> tuple[int, list[int]]:
+    """Run `command`; for each n in `commits`, SIGKILL the run once its checkpoint has been
+    committed n times since it started (each commit renames a new `_checkpoint.json` into
+    place: a new mtime), restarting it; then let it finish. Synchronised on commits, not on
+    time, so the kills land however loaded the machine is. Returns (last code, every code);
+    a run that finishes before its n-th commit is not killed (its code says so)."""
+    checkpoint = out / "_checkpoint.json"
+    codes: list[int] = []
+    loop = asyncio.get_running_loop()
+    for wanted in [*commits, None]:
+        process = await spawn(*command)
+        if wanted is not None:
+            seen, last = 0, mtime_ns(checkpoint)
+            give_up = loop.time() + deadline
+            while process.returncode is None and seen < wanted:
+                assert loop.time() < give_up, f"no {wanted} commits within {deadline} s"
+                now = mtime_ns(checkpoint)
+                if now is not None and now != last:
+                    seen, last = seen + 1, now
+                await asyncio.sleep(0.002)
+            if process.returncode is None:
+                kill_now(process)
+        _out, err = await process.communicate()
+        assert b"Traceback" not in err, err.decode()
+        codes.append(process.returncode if process.returncode is not None else -1)
+        if codes[-1] == ExitCode.USAGE and b"already holds a finished export" in err:
+            assert len(codes) > 1, err.decode()
+            return 0, codes  # the run before was killed after its last commit: it had finished
+        if wanted is None or process.returncode == 0:
+            assert process.returncode == 0, err.decode()
+            break
+    return codes[-1], codes
+
+
 async def kill_export_when(
     command: list[str], out: Path, ready: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:

@@ -46,22 +46,23 @@ async def test_sigkill_at_random_instants_then_resume_is_exact(
         out = tmp_path / f"trial-{trial}"
         # One to three kills in a row before the run is allowed to finish.
         kills = [rng.uniform(0.05, duration) for _ in range(rng.randint(1, 3))]
-        unfinished: list[bool] = []  # before each start: did an unfinished run's checkpoint wait?
+        left: list[str | None] = []  # before each start: the checkpoint's status, or None
 
-        def look(out: Path = out, unfinished: list[bool] = unfinished) -> None:
+        def look(out: Path = out, left: list[str | None] = left) -> None:
             checkpoint = out / "_checkpoint.json"
-            left = checkpoint.exists() and orjson.loads(checkpoint.read_bytes())["status"]
-            unfinished.append(bool(left) and left != "complete")
+            exists = checkpoint.exists()
+            left.append(orjson.loads(checkpoint.read_bytes())["status"] if exists else None)
 
-        code, codes = await run_to_completion(export_command(running, out), kills, look)
+        _code, codes = await run_to_completion(export_command(running, out), kills, look)
         kills_done += sum(1 for c in codes[:-1] if c == -signal.SIGKILL)
         assert_exact(running, out)
         manifest = orjson.loads((out / "_manifest.json").read_bytes())
-        # The run that wrote the manifest resumed exactly when an unfinished run's checkpoint
-        # waited for it (not when a kill came before the first commit, or after the finish:
-        # then the last start was refused as finished and the run before it wrote the manifest).
-        writer = -2 if code == ExitCode.USAGE else -1
-        assert manifest["stats"]["resumed"] is unfinished[writer], (codes, unfinished)
+        # The manifest's run is the last start that found no finished checkpoint (a start after
+        # that one finished is refused, or killed while refusing); it resumed exactly when it
+        # found an unfinished run's checkpoint, not when it found none (a kill before the first
+        # commit).
+        writer = max(i for i, status in enumerate(left) if status != "complete")
+        assert manifest["stats"]["resumed"] is (left[writer] is not None), (codes, left)
 
 
 @pytest.mark.slow

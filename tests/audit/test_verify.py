@@ -23,6 +23,7 @@ from tests.helpers.checks import load_manifest
 from tests.helpers.commands import verify_json, verify_text
 from tests.helpers.runs import export_command, run_export, run_exporter
 from tests.helpers.sim import StartSimulator, mutate, spawn
+from tests.helpers.waiting import wait_until
 
 
 def write_manifest(out: Path, document: dict[str, Any]) -> None:
@@ -257,13 +258,17 @@ async def test_a_killed_incremental_run_verifies_against_its_checkpoint(
     process = await spawn(*command)
     checkpoint = out / "_checkpoint.json"
     first_run = load_manifest(out)["run_id"]
-    for _ in range(2000):
+
+    def new_run_committed_a_file() -> bool:
         state = orjson.loads(checkpoint.read_bytes())
-        if state["run_id"] != first_run and any(r["files"] for r in state["resources"].values()):
-            break
-        await asyncio.sleep(0.01)
+        return state["run_id"] != first_run and any(r["files"] for r in state["resources"].values())
+
+    await wait_until(
+        new_run_committed_a_file, what="the incremental run's first file", process=process
+    )
     process.send_signal(signal.SIGKILL)
     await process.communicate()
+    assert process.returncode == -signal.SIGKILL  # killed midway, not finished
     state = orjson.loads(checkpoint.read_bytes())
     assert state["status"] == "running" and state["kind"] == "incremental", state["status"]
     new_files = [f["path"] for r in state["resources"].values() for f in r["files"]]

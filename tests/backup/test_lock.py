@@ -12,13 +12,14 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from exporter.audit.status import status
 from exporter.backup.compact import read_current
-from exporter.backup.lock import LEASE_NAME, BusyError, OutputLock
+from exporter.backup.lock import LEASE_NAME, BusyError, OutputLock, read_lease
 from exporter.backup.storage import DocumentChanged, Storage
 from exporter.core.errors import ExitCode
 from exporter.simulator import Faults
@@ -26,6 +27,7 @@ from tests.helpers.checks import assert_exact
 from tests.helpers.runs import export_command, run_to_completion
 from tests.helpers.s3 import assert_exact_on_s3
 from tests.helpers.sim import StartSimulator, spawn
+from tests.helpers.waiting import wait_until, wait_until_blocking
 
 pytestmark = pytest.mark.slow  # exports and compactions racing, S3 leases: seconds each
 
@@ -39,15 +41,6 @@ async def run_cli(command: list[str]) -> tuple[int, str]:
     return process.returncode, err.decode() + out.decode()
 
 
-async def wait_for_commit(out: Path, process: asyncio.subprocess.Process) -> None:
-    for _ in range(1000):
-        if (out / "_checkpoint.json").exists():
-            return
-        assert process.returncode is None, "the first export ended before its first commit"
-        await asyncio.sleep(0.01)
-    raise AssertionError("the first export never committed")
-
-
 async def test_second_export_into_a_busy_directory_stops_and_harms_nothing(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
@@ -55,7 +48,8 @@ async def test_second_export_into_a_busy_directory_stops_and_harms_nothing(
     running = await start_simulator(steps=3000, seed=41, faults=Faults(latency_s=0.2))
     command = export_command(running, tmp_path)
     first = await spawn(*command)
-    await wait_for_commit(tmp_path, first)
+    checkpoint = tmp_path / "_checkpoint.json"
+    await wait_until(checkpoint.exists, what="the first export's first commit", process=first)
 
     code, err = await run_cli(command)
     assert code == ExitCode.BUSY, err
@@ -104,7 +98,8 @@ async def test_a_killed_export_leaves_no_lock_behind(
     running = await start_simulator(steps=2000, seed=43, faults=Faults(latency_s=0.01))
     command = export_command(running, tmp_path)
     first = await spawn(*command)
-    await wait_for_commit(tmp_path, first)
+    checkpoint = tmp_path / "_checkpoint.json"
+    await wait_until(checkpoint.exists, what="the first export's first commit", process=first)
     first.send_signal(signal.SIGKILL)
     await first.communicate()
     code, _ = await run_to_completion(command, [])  # at once: the kernel dropped the lock
@@ -167,23 +162,39 @@ async def test_export_to_s3_respects_a_live_lease_and_takes_over_dead_ones(
 
 
 def test_lease_is_renewed_and_a_lost_lease_stops_commits(s3_server: str) -> None:
+    """Waits on what it asserts, not on a duration: the renewal (every ttl/3) seen in the
+    store, then the renewer finding the lease taken over. A lifetime of 3 s (renewed every 1 s):
+    for `check` to call it lapsed instead, the renewer would have to stall three renewals."""
     storage = Storage.open(f"s3://backups/lease-{uuid.uuid4().hex[:8]}")
-    lock = OutputLock(storage, "export", ttl=0.9)
+    lock = OutputLock(storage, "export", ttl=3.0)
     lock.acquire()
+    # Another process's view (its own versions; whole documents only, as a read can race a
+    # renewal): reading through `storage` would move the version the renewer writes against.
+    observer = Storage.open(storage.display)
     try:
-        first = orjson.loads(storage.read_bytes(LEASE_NAME) or b"{}")
-        time.sleep(0.8)
-        renewed = orjson.loads(storage.read_bytes(LEASE_NAME) or b"{}")
-        assert renewed["token"] == first["token"] and renewed["renewed_at"] > first["renewed_at"]
+        first = read_lease(observer)
+        assert first is not None
+
+        def renewed() -> dict[str, Any] | None:
+            current = read_lease(observer)
+            return current if current and current["renewed_at"] > first["renewed_at"] else None
+
+        again = wait_until_blocking(renewed, what="the lease's renewal", timeout=60)
+        assert again["token"] == first["token"]
         lock.check()  # still ours
 
-        other = OutputLock(storage, "export", ttl=0.9)
+        other = OutputLock(storage, "export", ttl=3.0)
         with pytest.raises(BusyError, match="being written by another run"):
             other.acquire()
 
         lease(storage)  # someone took it over (we were paused past the lifetime)
-        time.sleep(0.8)
-        with pytest.raises(BusyError, match="took the backup over"):
+        wait_until_blocking(
+            lambda: lock.lost, what="the renewer to find the lease taken", timeout=60
+        )
+        assert "pid 4242 on elsewhere.example" in (lock.lost or "")
+        taken = read_lease(observer)
+        assert taken is not None and taken["token"] == "someone-else"  # not written over
+        with pytest.raises(BusyError, match=r"lease lapsed and .*pid 4242.* took the backup over"):
             lock.check()
     finally:
         lock.release()

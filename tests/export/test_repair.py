@@ -26,6 +26,7 @@ from tests.helpers.checks import (
 )
 from tests.helpers.runs import command_settings, export_command, run_to_completion
 from tests.helpers.sim import TOKEN, Running, StartSimulator, clean_env, mutate, spawn
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.slow  # exports stopped, damaged and repaired: seconds each
 
@@ -50,21 +51,21 @@ async def stopped_run(running: Running, out: Path) -> dict[str, Any]:
     task = asyncio.create_task(job.run())
     checkpoint = out / "_checkpoint.json"
     latency = running.sim.faults.latency_s
-    deadline = asyncio.get_running_loop().time() + 60
-    while asyncio.get_running_loop().time() < deadline:
+
+    def enough_committed() -> bool:
         assert not task.done(), "the export finished before it could be stopped"
-        if checkpoint.exists():
-            state = orjson.loads(checkpoint.read_bytes())
-            resources = state["resources"]
-            if resources["sequenceStep"]["files"]:
-                # From the first committed file on, every answer is slower: the rest of the
-                # run cannot finish between two looks.
-                running.sim.faults.latency_s = 0.05
-            if len(resources["sequenceStep"]["files"]) >= 3 and resources["user"]["files"]:
-                break
-        await asyncio.sleep(0.01)
+        if not checkpoint.exists():
+            return False
+        resources = orjson.loads(checkpoint.read_bytes())["resources"]
+        if resources["sequenceStep"]["files"]:
+            # From the first committed file on, every answer is slower: the rest of the
+            # run cannot finish between two looks.
+            running.sim.faults.latency_s = 0.05
+        return len(resources["sequenceStep"]["files"]) >= 3 and bool(resources["user"]["files"])
+
+    await wait_until(enough_committed, what="3 step files and a user file committed", timeout=60)
     job.request_stop()
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match=r"stopped before the export finished; [\d,]+ "):
         await task
     running.sim.faults.latency_s = latency  # the runs after the stop at the usual pace
     state = orjson.loads(checkpoint.read_bytes())
@@ -225,13 +226,12 @@ async def test_a_repair_killed_midway_is_finished_by_the_next_run(
     running.sim.faults.latency_s = 0.05  # slow enough to be killed mid-repair
     process = await spawn(*export_command(running, tmp_path, "--repair"))
     checkpoint = tmp_path / "_checkpoint.json"
-    deadline = asyncio.get_running_loop().time() + 60
-    while asyncio.get_running_loop().time() < deadline:
+
+    def repairing() -> bool:
         current = orjson.loads(checkpoint.read_bytes())
-        if any("repair" in r["detail"] for r in current["resources"].values()):
-            break
-        assert process.returncode is None, "the repair ended before it could be killed"
-        await asyncio.sleep(0.005)
+        return any("repair" in r["detail"] for r in current["resources"].values())
+
+    await wait_until(repairing, what="the repair under way", timeout=60, process=process)
     process.send_signal(signal.SIGKILL)
     await process.communicate()
     killed = orjson.loads(checkpoint.read_bytes())

@@ -39,8 +39,10 @@ async def test_a_damaged_object_is_named_then_repaired_on_s3(
                 break
         assert not task.done(), "the export finished before it could be stopped"
         await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("no 3 step files committed within 60 s")
     job.request_stop()
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match=r"stopped before the export finished; [\d,]+ "):
         await task
     state = orjson.loads(storage.read_bytes("_checkpoint.json") or b"{}")
     victim = state["resources"]["sequenceStep"]["files"][1]["path"]

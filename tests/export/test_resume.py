@@ -18,6 +18,7 @@ from exporter.simulator import Faults
 from tests.helpers.checks import assert_exact
 from tests.helpers.runs import export_command, kill_now, run_to_completion
 from tests.helpers.sim import StartSimulator, spawn
+from tests.helpers.waiting import wait_until
 
 KILL_POINTS = int(os.environ.get("RESUME_KILL_POINTS", "20"))
 
@@ -74,10 +75,7 @@ async def test_sigterm_commits_and_says_how_to_resume(
     process = await spawn(*command)
     # Wait for the first commit, then ask it to stop.
     checkpoint = tmp_path / "_checkpoint.json"
-    for _ in range(400):
-        if checkpoint.exists():
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(checkpoint.exists, what="the first commit", timeout=60, process=process)
     process.send_signal(signal.SIGTERM)
     _out, err = await process.communicate()
     text = err.decode()
@@ -104,15 +102,16 @@ async def test_restart_discards_a_killed_run_and_starts_over(
     command = export_command(running, tmp_path)
     process = await spawn(*command)
     checkpoint = tmp_path / "_checkpoint.json"
-    for _ in range(1000):
-        if (
-            checkpoint.exists()
-            and orjson.loads(checkpoint.read_bytes())["resources"]["sequenceStep"]["files"]
-        ):
-            break
-        await asyncio.sleep(0.01)
-    kill_now(process)
+
+    def a_step_file_committed() -> bool:
+        if not checkpoint.exists():
+            return False
+        return bool(orjson.loads(checkpoint.read_bytes())["resources"]["sequenceStep"]["files"])
+
+    await wait_until(a_step_file_committed, what="a step file committed", process=process)
+    assert kill_now(process)
     await process.communicate()
+    assert process.returncode == -signal.SIGKILL
     killed = orjson.loads(checkpoint.read_bytes())
     assert killed["status"] == "running"
     old_files = {f["path"] for r in killed["resources"].values() for f in r["files"]}

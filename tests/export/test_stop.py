@@ -7,7 +7,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -18,15 +17,9 @@ from exporter.simulator import Faults
 from tests.helpers.checks import assert_exact
 from tests.helpers.runs import export_command, run_to_completion
 from tests.helpers.sim import TOKEN, Running, StartSimulator, clean_env, spawn
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.slow  # signals to export subprocesses stuck on trickles: seconds each
-
-
-async def poll(condition: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def committed_rows(out: Path) -> int:
@@ -40,11 +33,11 @@ def committed_rows(out: Path) -> int:
 async def stuck_export(running: Running, out: Path) -> asyncio.subprocess.Process:
     """An export whose every answer, once some pages are committed, trickles in 5 bytes a second."""
     process = await spawn(*export_command(running, out, "--concurrency", "2"))
-    await poll(lambda: committed_rows(out) > 0, 60, "a first commit")
+    await wait_until(lambda: committed_rows(out) > 0, what="a first commit", timeout=60)
     faults = running.sim.hostile
     faults.trickle_bytes_per_s = 5
     faults.trickle = 1_000_000
-    await poll(lambda: faults.served["trickle"] >= 2, 30, "requests stuck on a trickle")
+    await wait_until(lambda: faults.served["trickle"] >= 2, what="requests stuck on a trickle")
     return process
 
 
@@ -128,14 +121,15 @@ async def test_a_fleet_stuck_on_trickles_stops_within_the_grace_period(
         env=clean_env(FLEET_TOKEN=TOKEN),
     )
     outs = [tmp_path / "out" / f"a{i}" for i in range(2)]
-    await poll(lambda: all(committed_rows(out) > 0 for out in outs), 60, "first commits")
+    await wait_until(
+        lambda: all(committed_rows(out) > 0 for out in outs), what="first commits", timeout=60
+    )
     for running in sims:
         running.sim.hostile.trickle_bytes_per_s = 5
         running.sim.hostile.trickle = 1_000_000
-    await poll(
+    await wait_until(
         lambda: all(r.sim.hostile.served["trickle"] >= 1 for r in sims),
-        30,
-        "requests stuck on a trickle in both accounts",
+        what="requests stuck on a trickle in both accounts",
     )
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import sys
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,15 +139,6 @@ def restore_command(running: Running, out: Path, *extra: str) -> list[str]:
 
 
 KILL_POINTS = int(os.environ.get("RESTORE_KILL_POINTS", "8"))
-
-
-async def poll(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
-    """Wait until `condition()` holds, checking every 20 ms; fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what or condition}"
-        await asyncio.sleep(0.02)
 
 
 async def settle(running: Running, out: Path, command: list[str]) -> None:

@@ -31,7 +31,6 @@ from tests.helpers.restore import (
     damage,
     exported,
     key,
-    poll,
     post,
     restore,
     restore_command,
@@ -42,6 +41,7 @@ from tests.helpers.restore import (
 )
 from tests.helpers.runs import run_export
 from tests.helpers.sim import TOKEN, StartSimulator
+from tests.helpers.waiting import wait_until
 
 
 async def test_writable_fields_come_from_the_schema() -> None:
@@ -381,7 +381,9 @@ async def test_sigkill_at_random_moments_creates_no_step_twice(
             # now (the first, measured run may have been slower on a loaded machine).
             duration = min(duration, asyncio.get_running_loop().time() - started)
             break
-        await poll(lambda: running.sim.counters.in_flight == 0, what="writes in flight to land")
+        await wait_until(
+            lambda: running.sim.counters.in_flight == 0, what="writes in flight to land"
+        )
         await settle(running, tmp_path, command)
         assert_restored(running, backup, journal)
     assert kills >= KILL_POINTS

@@ -24,7 +24,6 @@ from tests.helpers.restore import (
     assert_restored,
     damage,
     exported,
-    poll,
     restore,
     restore_command,
     run_cli,
@@ -32,6 +31,7 @@ from tests.helpers.restore import (
 )
 from tests.helpers.runs import run_export
 from tests.helpers.sim import TOKEN, Running, StartSimulator, clean_env
+from tests.helpers.waiting import wait_until
 
 # -- 1. the journal is read as a regular file, streamed ---------------------------------------
 
@@ -176,7 +176,7 @@ async def test_sigterm_during_a_slow_write_ends_130_within_the_grace_and_the_rer
         *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=clean_env()
     )
     try:
-        await poll(
+        await wait_until(
             lambda: (
                 "POST /api/v2/sequenceSteps" in running.sim.counters.by_route
                 and running.sim.counters.in_flight >= 1
@@ -198,7 +198,9 @@ async def test_sigterm_during_a_slow_write_ends_130_within_the_grace_and_the_rer
     journal = default_journal(tmp_path, running.base_url)
     assert len(replay(journal).unresolved) == 1  # the create cancelled in flight
     running.sim.write_policy.apply_delay_s = 0.0
-    await poll(lambda: running.sim.counters.in_flight == 0, timeout=60, what="the write to land")
+    await wait_until(
+        lambda: running.sim.counters.in_flight == 0, timeout=60, what="the write to land"
+    )
     code, stdout, stderr = await run_cli(command)
     assert code == 0, stderr + stdout
     assert "found on the target" in stdout

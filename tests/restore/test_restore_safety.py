@@ -28,7 +28,6 @@ from tests.helpers.restore import (
     account,
     assert_restored,
     damage,
-    poll,
     post,
     restore,
     restore_command,
@@ -39,6 +38,7 @@ from tests.helpers.restore import (
 )
 from tests.helpers.runs import run_export
 from tests.helpers.sim import Running, StartSimulator
+from tests.helpers.waiting import wait_until
 
 SEQUENCELESS = 8
 
@@ -122,7 +122,7 @@ async def test_a_slow_create_killed_and_rerun_at_once_is_never_sent_twice(
     process = await asyncio.create_subprocess_exec(
         *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
-    await poll(lambda: writes(running)["POST"] >= SEQUENCELESS + 2, what="POSTs to arrive")
+    await wait_until(lambda: writes(running)["POST"] >= SEQUENCELESS + 2, what="POSTs to arrive")
     process.send_signal(signal.SIGKILL)
     assert await process.wait() == -signal.SIGKILL
     sent = writes(running)["POST"] - SEQUENCELESS
@@ -131,7 +131,7 @@ async def test_a_slow_create_killed_and_rerun_at_once_is_never_sent_twice(
     if code != 0:
         assert code == ExitCode.FAILED, err + out
         assert "unresolved" in err and "--resend-lost" in err and len(err.splitlines()) == 1
-    await poll(lambda: running.sim.counters.in_flight == 0, what="the slow writes to land")
+    await wait_until(lambda: running.sim.counters.in_flight == 0, what="the slow writes to land")
     await settle(running, tmp_path, command)
     assert writes(running)["POST"] - SEQUENCELESS == len(gone)  # each sent once, kill or not
     assert sent >= 2
@@ -394,7 +394,9 @@ async def test_sigkill_at_random_moments_with_slow_writes_and_steps_without_sequ
             assert code == 0 or "unresolved" in err, err + out
             duration = min(duration, asyncio.get_running_loop().time() - started)
             break
-        await poll(lambda: running.sim.counters.in_flight == 0, what="the slow writes to land")
+        await wait_until(
+            lambda: running.sim.counters.in_flight == 0, what="the slow writes to land"
+        )
         await settle(running, tmp_path, command)
         created_once(running, backup)
         assert_restored(running, backup, journal)

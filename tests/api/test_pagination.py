@@ -57,13 +57,13 @@ def test_loop_is_refused() -> None:
 
 
 def test_malformed_links() -> None:
-    with pytest.raises(ResponseError):
+    with pytest.raises(ResponseError, match=r"the page's `links\.next` is not a string"):
         next_link({"links": {"next": 5}}, CURRENT, BASE)
-    with pytest.raises(ResponseError):
+    with pytest.raises(ResponseError, match=r"the page's `links` is not an object"):
         next_link({"links": []}, CURRENT, BASE)
-    with pytest.raises(ResponseError):
+    with pytest.raises(ResponseError, match=r"the response has no `data` array"):
         page_records({"data": {"id": 1}}, CURRENT)
-    with pytest.raises(ResponseError):
+    with pytest.raises(ResponseError, match=r"the response is not a JSON:API document"):
         page_records(["x"], CURRENT)
 
 

@@ -216,7 +216,7 @@ def test_guarded_documents_are_written_only_as_last_read(s3_server: str) -> None
     first.write_atomically("_checkpoint.json", b'{"by": 1, "n": 2}')  # its own version: fine
     assert second.read_document("_checkpoint.json") == b'{"by": 1, "n": 2}'
     second.write_atomically("_checkpoint.json", b'{"by": 2}')
-    with pytest.raises(DocumentChanged):
+    with pytest.raises(DocumentChanged, match=r"_checkpoint\.json was changed by another run"):
         first.write_atomically("_checkpoint.json", b'{"by": 1, "n": 3}')
     assert second.read_document("_checkpoint.json") == b'{"by": 2}'
 

@@ -71,9 +71,9 @@ def test_errors_are_the_formats_own_and_read_table_tells_them_apart(tmp_path: Pa
     (tmp_path / "things").mkdir()
     (tmp_path / "things" / "bad.parquet").write_bytes(b"not parquet at all")
     reader = part_reader(storage)
-    with pytest.raises(pa.ArrowException):
+    with pytest.raises(pa.ArrowException, match="Parquet magic bytes not found"):
         reader.footer("things/bad.parquet")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=r"things/gone\.parquet"):
         reader.table("things/gone.parquet")
     with pytest.raises(DamagedFile, match=r"things/bad\.parquet is damaged"):
         read_table(storage, "things/bad.parquet")

@@ -46,7 +46,7 @@ def test_reading_accepts_z_and_offsets() -> None:
     assert epoch("1970-01-01T00:00:01Z") == 1.0
     assert epoch("1970-01-01T02:00:01+02:00") == 1.0
     assert micros("1970-01-01T00:00:01.5Z") == 1_500_000
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Invalid isoformat string: 'yesterday'"):
         epoch("yesterday")
 
 

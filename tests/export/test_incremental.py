@@ -128,7 +128,7 @@ async def test_detect_deletes_writes_tombstones(
 
 
 def test_compact_needs_a_finished_export(tmp_path: Path) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="no finished export"):
         compact(tmp_path)
 
 

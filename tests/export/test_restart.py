@@ -59,7 +59,9 @@ async def test_restart_with_a_wrong_token_deletes_nothing(
     await run_export(running.base_url, tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     mine = users_own_files(tmp_path)
-    with pytest.raises(AuthError):
+    with pytest.raises(
+        AuthError, match=r"refused the access token \(401\); it is wrong or expired"
+    ):
         await run_export(running.base_url, tmp_path, token="wrong-token", restart=True)
     assert_intact(mine)
     assert_intact({p: c for p, c in before.items() if not p.name.startswith("_lock")})

@@ -239,7 +239,8 @@ async def test_a_create_whose_connection_was_refused_is_absent_and_sent_by_the_n
             return await original(self, method, url, document, **kw)
 
         monkeypatch.setattr(ApiClient, "send_document", api_gone_before_the_first_post)
-        with pytest.raises(ExporterError):  # the reads after it cannot reach the API either
+        # The reads after it cannot reach the API either.
+        with pytest.raises(ExporterError, match=r"cannot connect"):
             await restore(running, tmp_path, apply=True, concurrency=1)
         assert refused and writes(running) == Counter()  # no POST reached the API
         journal = default_journal(tmp_path, running.base_url)
@@ -273,10 +274,11 @@ async def test_the_client_tells_a_write_never_sent_from_one_whose_answer_was_los
     settings = ClientSettings(base_url=f"http://127.0.0.1:{port}/api/v2", backoff_base=0.01)
     async with ApiClient(settings, StaticToken(Secret(TOKEN))) as client:
         url = f"http://127.0.0.1:{port}/api/v2/sequenceSteps"
-        with pytest.raises(NotSentError) as caught:
+        with pytest.raises(NotSentError, match=r"^not sent: cannot connect \(") as caught:
             await client.send_document("POST", url, body, max_attempts=1)
         assert "not sent" in caught.value.message and "\n" not in str(caught.value)
-        with pytest.raises(ExporterError) as retried:  # retried, so not "never sent"
+        # Retried, so not "never sent": never reached at all, so most likely a wrong URL.
+        with pytest.raises(ExporterError, match=r"^cannot reach .*check --base-url") as retried:
             await client.send_document("POST", url, body, max_attempts=2)
         assert not isinstance(retried.value, NotSentError)
 
@@ -293,7 +295,10 @@ async def test_the_client_tells_a_write_never_sent_from_one_whose_answer_was_los
                     "relationships": {"sequence": {"data": {"type": "sequence", "id": sequence}}},
                 }
             }
-            with pytest.raises(ApiError) as lost:
+            with pytest.raises(
+                ApiError,
+                match=r"gave up after 1 attempts?, the last: transport failure \(ServerDisconnected",
+            ) as lost:
                 await client.send_document(
                     "POST", root + "/api/v2/sequenceSteps", body, max_attempts=1
                 )

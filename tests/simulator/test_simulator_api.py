@@ -51,7 +51,7 @@ def test_the_schema_check_rejects_a_wrong_record(sim: Simulator) -> None:
     record = sim.truth.get("sequenceStep", sim.truth.ids("sequenceStep")[0])
     assert record is not None
     record["relationships"]["sequence"] = {"data": {"type": "user", "id": 1}}
-    with pytest.raises(jsonschema.ValidationError):
+    with pytest.raises(jsonschema.ValidationError, match="'user'"):
         validate_resource(record)
 
 

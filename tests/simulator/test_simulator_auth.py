@@ -173,7 +173,7 @@ def test_detail_formats_big_limits_with_thousands_separators() -> None:
 
 @pytest.mark.parametrize(("limit", "window"), [(0, 1.0), (1, 0.0)])
 def test_fixed_window_refuses_nonsense(limit: int, window: float) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"needs limit >= 1 and window > 0"):
         FixedWindow(limit, window, lambda: 0.0)
 
 

@@ -73,7 +73,7 @@ async def test_html_error_pages() -> None:
 async def test_connection_reset_mid_body() -> None:
     async with running(SimulatorConfig(steps=200, faults=Faults(reset_rate=1.0))) as run:
         for _ in range(3):
-            with pytest.raises(aiohttp.ClientPayloadError):
+            with pytest.raises(aiohttp.ClientPayloadError, match="payload is not completed"):
                 await run.get(STEPS, {"page[size]": "200"})
         run.sim.faults.reset_rate = 0.0
         assert (await run.get(STEPS)).status == 200  # the server lives on

@@ -319,7 +319,7 @@ def test_parse_write_is_a_pure_function_of_the_document() -> None:
     )
     assert change.attributes == {"order": 3}
     assert change.relationships == {"callPurpose": 4}
-    with pytest.raises(WriteError) as caught:
+    with pytest.raises(WriteError, match="callPurpose 4 does not exist") as caught:
         parse_write(body, rtype, record_id=12, exists=lambda t, i: False)
     assert caught.value.status == 422
 
@@ -384,14 +384,14 @@ async def test_a_lost_write_is_applied_but_never_answered() -> None:
     async with running(_config(faults=Faults(lost_write_rate=1.0))) as run:
         sim = run.sim
         before = _step_ids(sim)
-        with pytest.raises(aiohttp.ServerDisconnectedError):
+        with pytest.raises(aiohttp.ServerDisconnectedError, match="Server disconnected"):
             await run.send("POST", STEPS, _new_step(sim, taskNote="journal me"))
         created = [i for i in _step_ids(sim) if i not in before]
         assert len(created) == 1 and created[0] > max(before)
         record = sim.truth.get("sequenceStep", created[0])
         assert record is not None and record["attributes"]["taskNote"] == "journal me"
         patch = {"data": {"type": "sequenceStep", "id": before[0], "attributes": {"order": 99}}}
-        with pytest.raises(aiohttp.ServerDisconnectedError):
+        with pytest.raises(aiohttp.ServerDisconnectedError, match="Server disconnected"):
             await run.send("PATCH", f"{STEPS}/{before[0]}", patch)
         patched = sim.truth.get("sequenceStep", before[0])
         assert patched is not None and patched["attributes"]["order"] == 99
@@ -423,7 +423,7 @@ async def test_lost_writes_follow_the_fault_seed_and_other_body_faults_apply() -
     assert set(outcomes[0][0]) == {0, 201}
     async with running(_config(faults=Faults(reset_rate=1.0))) as run:
         before = len(_step_ids(run.sim))
-        with pytest.raises(aiohttp.ClientPayloadError):
+        with pytest.raises(aiohttp.ClientPayloadError, match="payload is not completed"):
             await run.send("POST", STEPS, _new_step(run.sim))
         assert len(_step_ids(run.sim)) == before + 1  # applied; the answer was cut mid-body
 

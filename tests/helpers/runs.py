@@ -17,6 +17,7 @@ import pytest
 
 from exporter.api.auth import StaticToken, TokenSource
 from exporter.api.client import ClientSettings
+from exporter.backup.storage import Storage
 from exporter.core.config import RETRY_BACKOFF_VARIABLE, ExportSettings, RateLimit, RetryPolicy
 from exporter.core.errors import ExitCode
 from exporter.core.secrets import Secret
@@ -233,28 +234,46 @@ async def run_killed_after_commits(
     return codes[-1], codes
 
 
+def checkpoint_reader(out: Path | str) -> Callable[[], bytes | None]:
+    """What reads a backup's checkpoint as another process would: a local file, or an object
+    store's document (whole or not at all); None while there is none."""
+    if isinstance(out, Path):
+        path = out / "_checkpoint.json"
+
+        def local() -> bytes | None:
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                return None
+
+        return local
+    storage = Storage.open(out)
+    return lambda: storage.read_document("_checkpoint.json")
+
+
 async def kill_export_when(
-    command: list[str], out: Path, ready: Callable[[dict[str, Any]], bool]
+    command: list[str], out: Path | str, ready: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
-    """Run `command` (a real export) and SIGKILL it once its checkpoint satisfies `ready`;
-    return that checkpoint."""
+    """Run `command` (a real export into `out`, a directory or an object store's URI) and
+    SIGKILL it once its checkpoint satisfies `ready`; return that checkpoint (a commit may
+    still land between that look and the kill: read it again for what the kill left)."""
     process = await asyncio.create_subprocess_exec(
         *command,
         env=clean_env(),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    checkpoint_path = out / "_checkpoint.json"
+    read = checkpoint_reader(out)
     state: dict[str, Any] = {}
     try:
         for _ in range(1200):
             await asyncio.sleep(0.02)
             assert process.returncode is None, "the export finished before it could be killed"
             try:
-                state = orjson.loads(checkpoint_path.read_bytes())
-            except (FileNotFoundError, orjson.JSONDecodeError):
+                state = orjson.loads(await asyncio.to_thread(read) or b"null") or {}
+            except orjson.JSONDecodeError:
                 continue
-            if ready(state):
+            if state and ready(state):
                 break
         else:
             raise AssertionError("the checkpoint was not ready within 24 s")

@@ -102,6 +102,7 @@ async def test_a_killed_export_leaves_no_lock_behind(
     await wait_until(checkpoint.exists, what="the first export's first commit", process=first)
     first.send_signal(signal.SIGKILL)
     await first.communicate()
+    assert first.returncode == -signal.SIGKILL  # killed holding the lock, not finished
     code, _ = await run_to_completion(command, [])  # at once: the kernel dropped the lock
     assert code == 0
     assert_exact(running, tmp_path)

@@ -71,6 +71,10 @@ def _describe(holder: dict[str, Any] | None, what: str) -> str:
     )
 
 
+def _taken_by(holder: dict[str, Any] | None) -> str:
+    return f"our lease lapsed and {_describe(holder, 'another run')} took the backup over"
+
+
 def _alive_here(holder: dict[str, Any]) -> bool:
     """Whether the holder is a live process on this host (True when it cannot be told)."""
     if holder.get("host") != socket.gethostname():
@@ -157,7 +161,8 @@ class OutputLock:
         self._token = secrets.token_hex(8)
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
-        self.lost: str | None = None  # set when a lease was taken over while we held it
+        # Why the lease is not ours any more, once we know (a clause: "our lease ..."); sticky.
+        self.lost: str | None = None
         self._renewed = 0.0  # time.monotonic() of our last successful lease write
 
     def __enter__(self) -> OutputLock:
@@ -209,15 +214,21 @@ class OutputLock:
         if self._renewer is not None and self.lost is None:
             silent = time.monotonic() - self._renewed
             if silent >= self.ttl:
-                self.lost = f"(no renewal for {silent:.0f} s, so another run may have it)"
+                self.lost = (
+                    f"our lease was not renewed for {silent:.0f} s, past its {self.ttl:g} s "
+                    "lifetime (the store refused or did not answer), so another run may have "
+                    "taken the backup over"
+                )
             else:
                 current = read_lease(self.storage)
-                if current is None or current.get("token") != self._token:
-                    self.lost = _describe(current, "another run") if current else "(it is gone)"
+                if current is None:
+                    self.lost = "our lease is gone (removed by another run, or by hand)"
+                elif current.get("token") != self._token:
+                    self.lost = _taken_by(current)
         if self.lost is not None:
             raise BusyError(
-                f"{self.storage.display}: our lease lapsed and {self.lost} took the backup over; "
-                "stopped without committing. Let that run finish"
+                f"{self.storage.display}: {self.lost}; stopped without committing. Run the "
+                "same command again once no other run writes this backup"
             )
 
     # -- local: a kernel lock ---------------------------------------------------------------
@@ -294,12 +305,11 @@ class OutputLock:
                 if not self.storage.conditional_writes:
                     current = read_lease(self.storage)
                     if current is not None and current.get("token") != self._token:
-                        self.lost = _describe(current, "another run")
+                        self.lost = _taken_by(current)
                         return
                 self._write_lease()
             except DocumentChanged:
-                current = read_lease_quietly(self.storage)
-                self.lost = _describe(current, "another run")
+                self.lost = _taken_by(read_lease_quietly(self.storage))
                 return
             except ExporterError:
                 continue  # a passing store error: the next turn retries; `check` sees the age

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from exporter.backup.compact import compact, load_pointer, read_current
-from exporter.backup.lock import LEASE_NAME, OutputLock
+from exporter.backup.lock import LEASE_NAME, BusyError, OutputLock
 from exporter.backup.reader import read_table
 from exporter.backup.storage import Storage
 from exporter.core.errors import ExitCode, OutputError
@@ -20,6 +21,7 @@ from tests.helpers.runs import export_command, run_cli, run_export
 from tests.helpers.s3 import assert_exact_on_s3
 from tests.helpers.s3_fault_proxy import Fault, FaultProxy, fault_proxy
 from tests.helpers.sim import StartSimulator
+from tests.helpers.waiting import wait_until_blocking
 
 pytestmark = pytest.mark.slow  # every test starts or uses a moto S3 server
 
@@ -149,6 +151,44 @@ def test_a_lease_release_that_fails_is_retried(proxy: FaultProxy) -> None:
     lock.release()
     proxy.clear()
     assert not Storage.open(storage.display).exists(LEASE_NAME)
+
+
+def test_a_lease_the_store_will_not_renew_stops_commits(proxy: FaultProxy) -> None:
+    """Every renewal refused (503): while the lease is within its lifetime the run goes on;
+    once a whole lifetime has passed without a renewal, `check` stops the commit and says why
+    (before: "our lease lapsed and (no renewal for 2 s, ...) took the backup over"). Waits for
+    the refusals and for the lapse, not for a duration."""
+    storage = Storage.open(new_uri("unrenewed"))
+    lock = OutputLock(storage, "export", ttl=1.5)
+    lock.acquire()
+    try:
+        proxy.add(Fault("status", "PUT", r"_lock\.json", times=None, status=503))
+        lock.check()  # refused renewals within the lifetime are passing errors: still ours
+
+        def refused() -> bool:
+            return any(o == "status" and "_lock" in p for m, p, o in proxy.requests)
+
+        wait_until_blocking(refused, what="a renewal refused by the store")
+
+        def stopped() -> str | None:
+            try:
+                lock.check()
+            except BusyError as exc:
+                return str(exc)
+            return None
+
+        message = wait_until_blocking(stopped, what="the unrenewed lease to lapse")
+        assert re.search(
+            r"our lease was not renewed for \d+ s, past its 1\.5 s lifetime .*so another run "
+            r"may have taken the backup over; stopped without committing\. Run the same command",
+            message,
+        ), message
+        assert "\n" not in message
+        with pytest.raises(BusyError, match="not renewed"):
+            lock.check()  # and stays lapsed, whatever a late renewal does
+    finally:
+        proxy.clear()
+        lock.release()
 
 
 def test_a_failed_write_probe_leaves_no_object(proxy: FaultProxy) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from typing import Any
 
@@ -93,11 +94,12 @@ def test_a_fleet_file_and_a_config_file_refuse_a_value_alike(key: str, value: st
         if key != "out"
         else '[[account]]\nname = "a"\ntoken_env = "T"\n'
     ) + f"{key} = {value}\n"
-    with pytest.raises(UsageError) as from_fleet:
+    with pytest.raises(UsageError, match=f"^fleet\\.toml: account 'a': {key} = ") as from_fleet:
         parse_fleet(tomllib.loads(fleet), "fleet.toml")
     params = main.commands["export"].params
-    with pytest.raises(UsageError) as from_config:
+    with pytest.raises(UsageError, match=f"^config file c\\.toml: {key} = ") as from_config:
         toml_defaults(tomllib.loads(f"{key} = {value}\n"), params, "config file c.toml")
     fleet_says = str(from_fleet.value).removeprefix(f"fleet.toml: account 'a': {key}")
     config_says = str(from_config.value).removeprefix(f"config file c.toml: {key}")
     assert fleet_says == config_says
+    assert re.fullmatch(r" = \S+: .{10,}", config_says), config_says  # the value, then why

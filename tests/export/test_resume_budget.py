@@ -60,8 +60,9 @@ def held_ids(out: Path, state: dict[str, Any], type_name: str) -> set[int]:
 async def test_a_resumed_run_asks_only_for_what_the_checkpoint_does_not_hold(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
-    """Killed (SIGKILL) once a third of the steps is committed in partitions still unfinished,
-    then resumed with the request log cleared. The resume's budget, derived from the data:
+    """Killed (SIGKILL) once a third of the steps is committed in partitions still unfinished
+    and the walk has committed sequences, then resumed with the request log cleared. The
+    resume's budget, derived from the data:
 
     - the minimum: one `identify` request, then every step not yet committed, R = the truth's
       ids in each unfinished partition's (done_through, high], at PAGE a page: ceil(R / PAGE);
@@ -75,19 +76,24 @@ async def test_a_resumed_run_asks_only_for_what_the_checkpoint_does_not_hold(
     done_through. Bug caught: a resume restarting a partition from its low bound instead of
     past its done_through (`PartitionState.resume_from` returning `low`) asks again for every
     committed step of the unfinished partitions, over 1,000 here (20 pages, more than U + 2 S);
-    checked by hand. Counts of requests, not times."""
+    the walk's resume not seeded with the committed sequences (`walk.seed(target, [], ...)` in
+    `export/relationships.py`) asks for them again. Both checked by hand. Counts of requests,
+    not times."""
     running = await start_simulator(steps=STEPS, seed=73, faults=Faults(latency_s=0.004))
     out = tmp_path / "backup"
     step_ids = sorted(int(i) for i in running.sim.truth.ids("sequenceStep"))
     command = export_command(
         running, out, "--page-size", str(PAGE), "--concurrency", "2", "--relationships", "sequence"
     )
-    await kill_export_when(
-        command, out, lambda state: committed_in_unfinished(state, step_ids) >= STEPS // 3
-    )
+
+    def ready(state: dict[str, Any]) -> bool:
+        """A third of the steps committed in unfinished partitions, and sequences committed."""
+        sequences = state["resources"].get("sequence", {}).get("files")
+        return committed_in_unfinished(state, step_ids) >= STEPS // 3 and bool(sequences)
+
+    await kill_export_when(command, out, ready)
     killed = orjson.loads((out / "_checkpoint.json").read_bytes())  # as the kill left it
-    assert killed["status"] == "running"
-    assert committed_in_unfinished(killed, step_ids) >= STEPS // 3
+    assert killed["status"] == "running" and ready(killed)
 
     log = watch(running)
     code, _codes = await run_to_completion(command, [])
@@ -129,6 +135,7 @@ async def test_a_resumed_run_asks_only_for_what_the_checkpoint_does_not_hold(
 
     # The walk asks for each sequence no committed file holds, once, and for no other.
     held = held_ids(out, killed, "sequence")
+    assert held  # the walk's resume is exercised: some sequences are committed
     steps = list(running.sim.truth.records("sequenceStep"))
     wanted = referenced(steps)["sequence"]
     asked = log.asked_ids("sequences")

@@ -234,6 +234,7 @@ async def test_a_repair_killed_midway_is_finished_by_the_next_run(
     await wait_until(repairing, what="the repair under way", timeout=60, process=process)
     process.send_signal(signal.SIGKILL)
     await process.communicate()
+    assert process.returncode == -signal.SIGKILL  # the kill landed
     killed = orjson.loads(checkpoint.read_bytes())
     assert any("repair" in r["detail"] for r in killed["resources"].values())  # mid-repair
     running.sim.faults.latency_s = 0.0

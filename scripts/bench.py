@@ -50,8 +50,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -498,6 +499,7 @@ DLT_STEPS = 100_000
 DLT_LATENCIES = (0.0, 0.5)
 DLT_PAGE_SIZE = 1000  # the API's largest, and the export's default
 DLT_PIPELINE = Path(__file__).with_name("bench_dlt_pipeline.py")
+RELATIONSHIPS_NONE = ["--relationships", "none"]
 
 
 @dataclass
@@ -521,12 +523,13 @@ the `data` selector, and `page[size]={DLT_PAGE_SIZE}` (the API's largest and the
 default; at the API's default of 50, dlt would walk 2,000 pages one after another: 1,000 s at
 500 ms per page, so that row runs without latency only). dlt's telemetry is off
 (`RUNTIME__DLTHUB_TELEMETRY=false`: no internet here). Its Parquet is read back: every step,
-each once, or the figure is void. The export runs with its own defaults (every relationship, 8
-in flight; only the output, URL and token given), and again with `--relationships none`, the
-same {DLT_STEPS:,} records as dlt. Same simulator process for all three, one after another.
-Requests are the GETs the simulator served during each run; `ours / dlt` is records/s over
-dlt's records/s at the same latency (whole process wall time, start-up included); CPU s and
-peak MiB are each process's own, its waited-for children included."""
+each once, or the figure is void. The export runs with its own defaults (only the output, the
+URL and the token given: every relationship, so more records than dlt's), and again with
+`--relationships none`, the same {DLT_STEPS:,} records as dlt. At each latency every run goes
+against the same simulator process, one after another. Requests are the GETs the simulator
+served during each run; `ours / dlt` is records/s over dlt's (`page[size]={DLT_PAGE_SIZE}`) at the
+same latency (whole process wall time, start-up included); CPU s and peak MiB are each
+process's own, its waited-for children included."""
 
 
 def dlt_python(venv: Path) -> tuple[Path, str]:
@@ -573,7 +576,9 @@ def log_lines(log: Path) -> int:
 
 
 def run_dlt(python: Path, api_url: str, page_size: int, work: Path) -> Measure:
-    """dlt's pipeline in its own process; void (SystemExit) unless it wrote every step once."""
+    """dlt's pipeline in its own process (its files and state in `work`/dlt, emptied first); void
+    (SystemExit) unless it wrote every step once."""
+    work = work / "dlt"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     command = [str(python), str(DLT_PIPELINE), api_url, TOKEN, str(page_size), str(work)]
@@ -595,19 +600,15 @@ def dlt_runs(python: Path, latency: float, work: Path) -> list[DltRun]:
     try:
         with simulator(scenario, log) as root:
             api_url = root + "/api/v2"
-            page_sizes = [DLT_PAGE_SIZE] + ([0] if latency == 0 else [])
-            clients = [
-                ("ours", "defaults", lambda: run_export(api_url, [])),
-                ("ours", "--relationships none", lambda: run_export(api_url, RELATIONSHIPS_NONE)),
-                *(
-                    (
-                        "dlt",
-                        f"page[size]={size}" if size else "page[size] unset (API default 50)",
-                        lambda size=size: run_dlt(python, api_url, size, work / "dlt"),
-                    )
-                    for size in page_sizes
-                ),
+            # The API's default page size only without latency (at 500 ms: 2,000 pages in a row).
+            dlt_page_sizes = [DLT_PAGE_SIZE] + ([0] if latency == 0 else [])
+            clients: list[tuple[str, str, Callable[[], Measure]]] = [
+                ("ours", "defaults", partial(run_export, api_url, [])),
+                ("ours", "--relationships none", partial(run_export, api_url, RELATIONSHIPS_NONE)),
             ]
+            for size in dlt_page_sizes:
+                settings = f"page[size]={size}" if size else "page[size] unset (API default 50)"
+                clients.append(("dlt", settings, partial(run_dlt, python, api_url, size, work)))
             for client, settings, measure in clients:
                 before = log_lines(log)
                 result = measure()
@@ -621,9 +622,6 @@ def dlt_runs(python: Path, latency: float, work: Path) -> list[DltRun]:
     finally:
         log.unlink(missing_ok=True)
     return runs
-
-
-RELATIONSHIPS_NONE = ["--relationships", "none"]
 
 
 def render_dlt(by_latency: dict[float, list[DltRun]], version: str) -> str:

@@ -51,10 +51,8 @@ def main() -> None:
         destination=dlt.destinations.filesystem(bucket_url=(work / "files").as_uri()),
         dataset_name=DATASET,
     )
-    pipeline.run(
-        rest_api_source(source_config(api_url, token, page_size)),  # type: ignore[arg-type]
-        loader_file_format="parquet",
-    )
+    config: Any = source_config(api_url, token, page_size)  # a RESTAPIConfig, as a plain dict
+    pipeline.run(rest_api_source(config), loader_file_format="parquet")
     print(json.dumps({"parquet_dir": str(work / "files" / DATASET / TABLE)}))
 
 

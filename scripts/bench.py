@@ -8,6 +8,8 @@ Usage:
                                                   # this code beside another checkout's, paired
     python scripts/bench.py --only account        # `--resources all`: the whole account
     python scripts/bench.py --quick --only account  # the same at 10,000 prospects only
+    python scripts/bench.py --only dlt            # beside dlt's REST API source (installs dlt
+                                                  # into a throwaway virtualenv: minutes)
 
 Every scenario starts its own simulator process (`exporter simulate`, loopback only, record
 cache off so every page is rendered anew for every client) and runs, each in its own process
@@ -32,10 +34,11 @@ sum over types of ceil(records / page size), from the simulator's own counts (it
 computed in a child process) rather than from what the export says it wrote.
 Under a scaled-down rate limit, the theoretical minimum time is what the fixed window allows for
 the export's requests: every `window` seconds, `limit` requests. Nothing here is asserted.
-The `dlt` group (`--only dlt`, never part of `--quick`) sets the export beside dlt's REST API
-source at 100,000 steps, 0 and 500 ms per page: dlt is installed into a throwaway virtualenv in
-the group's work directory (`--dlt-venv DIR` reuses one), and its Parquet is read back: a run
-that did not write every step voids the figure.
+The `dlt` group (only with `--only dlt`, like `account` not part of the matrix, `--quick` or
+not) sets the export beside dlt's REST API source at 100,000 steps, 0 and 500 ms per page
+(scripts/bench_dlt_pipeline.py): dlt is installed into a throwaway virtualenv in the group's
+work directory (`--dlt-venv DIR` keeps one to reuse), and its Parquet is read back: a run that
+did not write every step, each once, voids the figure.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ def simulator(scenario: Scenario, log: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def simulator_process(command: list[str]) -> Iterator[str]:
     """Start `exporter simulate` (`command`), yield the API URL its ready line names, stop it."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=tree_env(None))
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -119,9 +122,13 @@ def simulator_process(command: list[str]) -> Iterator[str]:
             process.kill()
 
 
-def tree_env(tree: Path | None) -> dict[str, str] | None:
-    """The environment that runs `tree`'s code (None: this process's own, so this checkout's)."""
-    return None if tree is None else {**os.environ, "PYTHONPATH": str(tree.resolve())}
+def tree_env(tree: Path | None) -> dict[str, str]:
+    """The environment in which `python -m exporter` runs `tree`'s code (None: the checkout this
+    script is in). PYTHONSAFEPATH: `-m` and `-c` would otherwise put the working directory first
+    on sys.path, ahead of PYTHONPATH, and a bench started from one checkout's root would run that
+    checkout's package for both sides of `--vs`."""
+    checkout = tree if tree is not None else Path(__file__).resolve().parents[1]
+    return {**os.environ, "PYTHONPATH": str(checkout.resolve()), "PYTHONSAFEPATH": "1"}
 
 
 def run_measured(
@@ -445,7 +452,7 @@ def run_account(scenario: AccountScenario) -> dict[str, Any]:
                 "--concurrency", str(scenario.concurrency), "--page-size", str(ACCOUNT_PAGE),
                 "--rate-limit", UNLIMITED, "--quiet",
             ]  # fmt: skip
-            seconds, peak, _out, _cpu = run_measured(command)
+            seconds, peak, _out, _cpu = run_measured(command, tree_env(None))
         manifest = orjson.loads((out_dir / "_manifest.json").read_bytes())
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)

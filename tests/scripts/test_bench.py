@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from scripts.bench import Measure, export_measure, page_paths_cell, parquet_rows
+from scripts.bench import (
+    Measure,
+    export_measure,
+    page_paths_cell,
+    parquet_rows,
+    run_measured,
+    tree_env,
+)
 from scripts.bench_dlt_pipeline import source_config
 from scripts.bench_floor import ArrowPages, is_probe, record_count, replay
 from tests.helpers.sim import TOKEN, StartSimulator
+
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 async def walk_urls(root: str, first: str) -> list[str]:
@@ -120,3 +131,28 @@ async def test_dlt_follows_the_next_link_where_the_api_puts_it(
     for key in config["client"]["paginator"]["next_url_path"].split("."):
         value = value[key]
     assert isinstance(value, str) and value.startswith(running.base_url + "/sequenceSteps?")
+
+
+def package_named_exporter(directory: Path) -> Path:
+    """A directory holding an `exporter` package that only says where it is."""
+    package = directory / "exporter"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text("print(__file__)\n")
+    return directory
+
+
+def test_an_export_runs_the_code_of_its_tree_wherever_the_bench_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m` puts the working directory ahead of PYTHONPATH: a bench started from one
+    checkout's root ran that checkout's exporter for both sides of --vs."""
+    other = package_named_exporter(tmp_path / "other")
+    monkeypatch.chdir(package_named_exporter(tmp_path / "cwd"))
+
+    _s, _m, out, _c = run_measured([sys.executable, "-m", "exporter"], tree_env(other))
+    assert Path(out.strip()) == other / "exporter" / "__main__.py"
+
+    where = [sys.executable, "-c", "import exporter; print(exporter.__file__)"]
+    _s, _m, out, _c = run_measured(where, tree_env(None))
+    assert Path(out.strip()) == CHECKOUT / "exporter" / "__init__.py"  # not the stand-in

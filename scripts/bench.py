@@ -578,6 +578,7 @@ def parquet_rows(directory: Path) -> tuple[int, int]:
 
 
 def log_lines(log: Path) -> int:
+    """GETs the simulator has logged so far (it writes a line, flushed, per request served)."""
     with log.open("rb") as lines:
         return sum(1 for _ in lines)
 

@@ -1,4 +1,4 @@
-"""Benchmark: export throughput, requests and peak memory against the simulator, beside a fetch-only floor.
+"""Benchmark: export throughput, requests and peak memory against the simulator, beside a floor and dlt.
 
 Usage:
     python scripts/bench.py                       # the full report (BENCHMARKS.md's matrix)
@@ -8,17 +8,21 @@ Usage:
                                                   # this code beside another checkout's, paired
     python scripts/bench.py --only account        # `--resources all`: the whole account
     python scripts/bench.py --quick --only account  # the same at 10,000 prospects only
+    python scripts/bench.py --only dlt            # beside dlt's REST API source (installs dlt
+                                                  # into a throwaway virtualenv: minutes)
 
 Every scenario starts its own simulator process (`exporter simulate`, loopback only, record
 cache off so every page is rendered anew for every client) and runs, each in its own process
-so that peak memory (ru_maxrss from wait4) is theirs alone:
+so that peak memory (ru_maxrss from wait4) and CPU seconds are theirs alone:
 - the export: `exporter export` writing Parquet; the simulator logs every GET it serves;
-- the floor: those same GETs replayed with aiohttp at the same concurrency, each body parsed
-  with orjson into Python objects, nothing normalized, nothing written: fetching and decoding
-  alone. Where latency dominates it bounds what a client can reach (the replay knows every URL
-  up front: no page waits for the one before it). Where the CPU dominates the export beats it,
-  because it reads pages with Arrow's C++ JSON reader instead of building Python objects: there
-  the floor is a naive client's cost, not a bound.
+- the floor (scripts/bench_floor.py): those same GETs replayed with aiohttp at the same number
+  in flight, each body read into Arrow by pyarrow's C++ JSON reader in a thread while the next
+  request is out, nothing normalized, nothing written: the least any client must do with these
+  pages. The export/floor ratio is the share of that bound the export reaches (issue 16 aims at
+  0.8 where latency dominates, 0.5 where the CPU does).
+Each export row also says how many pages took the fast path (Arrow's reader) and how many the
+slow one (parsed into Python objects), from the manifest's `stats.page_paths` ("-" where the
+export's version does not record it).
 With `--vs TREE`, every scenario's export also runs with the code of another checkout (its
 `exporter` package first on PYTHONPATH) against the same simulator process, alternating which
 goes first, `--repeat` times each; the table gives both medians and their ratio (no floor), and
@@ -30,12 +34,16 @@ sum over types of ceil(records / page size), from the simulator's own counts (it
 computed in a child process) rather than from what the export says it wrote.
 Under a scaled-down rate limit, the theoretical minimum time is what the fixed window allows for
 the export's requests: every `window` seconds, `limit` requests. Nothing here is asserted.
+The `dlt` group (only with `--only dlt`, like `account` not part of the matrix, `--quick` or
+not) sets the export beside dlt's REST API source at 100,000 steps, 0 and 500 ms per page
+(scripts/bench_dlt_pipeline.py): dlt is installed into a throwaway virtualenv in the group's
+work directory (`--dlt-venv DIR` keeps one to reuse), and its Parquet is read back: a run that
+did not write every step, each once, voids the figure.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import math
 import os
@@ -45,8 +53,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +74,7 @@ class Measure:
     rate_limited: int = 0
     run_seconds: float = 0.0  # the run itself, as its manifest records (no process start-up)
     cpu_seconds: float = 0.0  # user + system time of the process (robust to a busy machine)
+    page_paths: dict[str, int] | None = None  # {"fast": n, "slow": m}: None where not recorded
 
     @property
     def rate(self) -> float:
@@ -96,7 +106,7 @@ def simulator(scenario: Scenario, log: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def simulator_process(command: list[str]) -> Iterator[str]:
     """Start `exporter simulate` (`command`), yield the API URL its ready line names, stop it."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=tree_env(None))
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -112,12 +122,21 @@ def simulator_process(command: list[str]) -> Iterator[str]:
             process.kill()
 
 
-def run_measured(command: list[str], tree: Path | None = None) -> tuple[float, float, str, float]:
-    """(wall seconds, peak RSS MiB, stdout, CPU seconds) of a child process; `tree`: run that
-    checkout's code."""
-    env = None
-    if tree is not None:
-        env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
+def tree_env(tree: Path | None) -> dict[str, str]:
+    """The environment in which `python -m exporter` runs `tree`'s code (None: the checkout this
+    script is in). PYTHONSAFEPATH: `-m` and `-c` would otherwise put the working directory first
+    on sys.path, ahead of PYTHONPATH, and a bench started from one checkout's root would run that
+    checkout's package for both sides of `--vs`."""
+    checkout = tree if tree is not None else Path(__file__).resolve().parents[1]
+    return {**os.environ, "PYTHONPATH": str(checkout.resolve()), "PYTHONSAFEPATH": "1"}
+
+
+def run_measured(
+    command: list[str], env: dict[str, str] | None = None
+) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS MiB, stdout, CPU seconds) of a child process run in `env`.
+
+    wait4's figures cover the child and the children it waited for."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
         process = subprocess.Popen(command, stdout=out_file, stderr=err_file, env=env)
@@ -135,64 +154,66 @@ def run_measured(command: list[str], tree: Path | None = None) -> tuple[float, f
 
 
 def measure_export(base: str, scenario: Scenario, tree: Path | None = None) -> Measure:
+    flags = [
+        "--concurrency", str(scenario.concurrency), "--rate-limit", scenario.rate_limit,
+        "--relationships", "all" if scenario.relationships else "none",
+    ]  # fmt: skip
+    return run_export(base, flags, tree)
+
+
+def run_export(base: str, flags: list[str], tree: Path | None = None) -> Measure:
+    """`exporter export` against `base` with `flags` (beyond the output, URL and token)."""
     out_dir = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:
         command = [
             sys.executable, "-m", "exporter", "export",
-            "--out", str(out_dir), "--base-url", base, "--token", TOKEN,
-            "--concurrency", str(scenario.concurrency), "--rate-limit", scenario.rate_limit,
-            "--relationships", "all" if scenario.relationships else "none", "--quiet",
+            "--out", str(out_dir), "--base-url", base, "--token", TOKEN, *flags, "--quiet",
         ]  # fmt: skip
-        seconds, peak, _out, cpu = run_measured(command, tree)
-        manifest = orjson.loads((out_dir / "_manifest.json").read_bytes())
-        records = sum(r["rows"] for r in manifest["resources"].values())
-        stats = manifest.get("stats", {})
-        return Measure(
-            records,
-            int(stats.get("requests", 0)),
-            seconds,
-            peak,
-            int(stats.get("rate_limited", 0)),
-            float(stats.get("seconds", seconds)),
-            cpu,
-        )
+        seconds, peak, _out, cpu = run_measured(command, tree_env(tree))
+        return export_measure(out_dir, seconds, peak, cpu)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def export_measure(out_dir: Path, seconds: float, peak: float, cpu: float) -> Measure:
+    """The figures of a finished export in `out_dir`: what its manifest says, and the process's."""
+    manifest = orjson.loads((out_dir / "_manifest.json").read_bytes())
+    records = sum(r["rows"] for r in manifest["resources"].values())
+    stats = manifest.get("stats", {})
+    return Measure(
+        records,
+        int(stats.get("requests", 0)),
+        seconds,
+        peak,
+        int(stats.get("rate_limited", 0)),
+        float(stats.get("seconds", seconds)),
+        cpu,
+        page_paths(stats),
+    )
+
+
+def page_paths(stats: dict[str, Any]) -> dict[str, int] | None:
+    """`stats.page_paths` of a manifest ({"fast": n, "slow": m}); None where the export that wrote
+    it does not count them (an older tree in --vs)."""
+    paths = stats.get("page_paths")
+    if not isinstance(paths, dict):
+        return None
+    return {"fast": int(paths.get("fast", 0)), "slow": int(paths.get("slow", 0))}
+
+
+def page_paths_cell(measure: Measure) -> str:
+    """'fast / slow' pages of an export, '-' where not recorded."""
+    paths = measure.page_paths
+    return "-" if paths is None else f"{paths['fast']:,} / {paths['slow']:,}"
+
+
 def measure_floor(root: str, urls: Path, concurrency: int) -> Measure:
-    command = [sys.executable, __file__, "_floor", root, str(urls), str(concurrency)]
-    seconds, peak, out, _cpu = run_measured(command)
+    """scripts/bench_floor.py replaying `urls` (below `root`) in its own process."""
+    floor_script = Path(__file__).with_name("bench_floor.py")
+    command = [sys.executable, str(floor_script), root, str(urls), str(concurrency), TOKEN]
+    seconds, peak, out, cpu = run_measured(command)
     result = orjson.loads(out.strip().splitlines()[-1])
-    return Measure(result["records"], result["requests"], seconds, peak)
-
-
-async def replay(root: str, urls: list[str], concurrency: int) -> dict[str, int]:
-    import aiohttp
-
-    headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/vnd.api+json"}
-    counts = {"records": 0, "requests": 0}
-    queue = list(reversed(urls))
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
-
-        async def worker() -> None:
-            while queue:
-                url = root + queue.pop()
-                async with session.get(url) as response:
-                    body = await response.read()
-                counts["requests"] += 1
-                document = orjson.loads(body)
-                data = document.get("data")
-                if (
-                    isinstance(data, list)
-                    and "page%5Bsize%5D=1&" not in url
-                    and "page[size]=1&" not in url
-                ):
-                    counts["records"] += len(data)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return counts
+    return Measure(result["records"], result["requests"], seconds, peak, cpu_seconds=cpu)
 
 
 def machine() -> str:
@@ -279,8 +300,8 @@ def render_paired(rows: list[dict[str, Any]], other: Path, repeat: int) -> str:
     lines = [
         f"Medians of {repeat} runs each; old = `{other}`, new = this checkout.",
         "",
-        "| scenario | steps | relationships | concurrency | old records/s | new records/s | new / old | old CPU s | new CPU s | new / old CPU | old requests | new requests | old peak MiB | new peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | steps | relationships | concurrency | old records/s | new records/s | new / old | old CPU s | new CPU s | new / old CPU | old requests | new requests | old fast / slow pages | new fast / slow pages | old peak MiB | new peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         s, old, new = row["scenario"], row["old"], row["new"]
@@ -288,26 +309,52 @@ def render_paired(rows: list[dict[str, Any]], other: Path, repeat: int) -> str:
             f"| {s.name} | {s.steps:,} | {'on' if s.relationships else 'off'} | {s.concurrency} | "
             f"{old.rate:,.0f} | {new.rate:,.0f} | {new.rate / old.rate:.2f} | "
             f"{row['old_cpu']:.1f} | {row['new_cpu']:.1f} | {row['new_cpu'] / row['old_cpu']:.2f} | "
-            f"{old.requests:,} | "
-            f"{new.requests:,} | {old.peak_mib:.0f} | {new.peak_mib:.0f} |"
+            f"{old.requests:,} | {new.requests:,} | {page_paths_cell(old)} | {page_paths_cell(new)} | "
+            f"{old.peak_mib:.0f} | {new.peak_mib:.0f} |"
         )
     return "\n".join(lines)
 
 
+FLOOR_METHOD = """\
+The **floor** (scripts/bench_floor.py) replays exactly the GETs the export made (the simulator's
+request log), at the same number in flight, with aiohttp; each body is read into an Arrow table
+by pyarrow's C++ JSON reader (`pyarrow.json.read_json`, one page one block, the schema of a
+collection's first page given for the next) in a thread pool while the next request is out;
+nothing is normalized or written. It is the least any client must do with these pages, and it
+knows every URL up front (no page waits for the one before it, no probe), so it bounds the
+export from below in time: export / floor is the share of that bound the export reaches. Issue
+16 aims at 0.8 where latency dominates (`aim`, rows with latency) and 0.5 where the CPU does
+(no latency: the simulator renders pages on one of the cores the export and the floor parse
+on). Records/s are over each process's whole wall time, start-up included; CPU s is user +
+system time; peak MiB is each process's own ru_maxrss. `fast / slow pages`: pages the export
+read with Arrow's reader / parsed into Python objects (its manifest's `stats.page_paths`; `-`
+where the export does not record it)."""
+
+
+def floor_aim(scenario: Scenario) -> float:
+    """Issue 16's aim for export / floor: 0.8 where latency dominates, 0.5 where the CPU does."""
+    return 0.8 if scenario.latency > 0 else 0.5
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| scenario | steps | relationships | concurrency | export records/s | floor records/s | export / floor | records | requests | export s | export peak MiB | floor peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        FLOOR_METHOD,
+        "",
+        "| scenario | steps | relationships | concurrency | export records/s | floor records/s | export / floor | aim | records | requests | fast / slow pages | export s | export CPU s | floor CPU s | export peak MiB | floor peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         s, e, f = row["scenario"], row["export"], row["floor"]
         floor_rate = f"{f.rate:,.0f}" if f else "-"
         ratio = f"{e.rate / f.rate:.2f}" if f and f.rate else "-"
+        aim = f"≥ {floor_aim(s):.1f}" if f else "-"
+        floor_cpu = f"{f.cpu_seconds:.1f}" if f else "-"
         floor_peak = f"{f.peak_mib:.0f}" if f else "-"
         lines.append(
             f"| {s.name} | {s.steps:,} | {'on' if s.relationships else 'off'} | {s.concurrency} | "
-            f"{e.rate:,.0f} | {floor_rate} | {ratio} | {e.records:,} | "
-            f"{e.requests:,} | {e.seconds:.1f} | {e.peak_mib:.0f} | {floor_peak} |"
+            f"{e.rate:,.0f} | {floor_rate} | {ratio} | {aim} | {e.records:,} | "
+            f"{e.requests:,} | {page_paths_cell(e)} | {e.seconds:.1f} | {e.cpu_seconds:.1f} | "
+            f"{floor_cpu} | {e.peak_mib:.0f} | {floor_peak} |"
         )
     limited = [r for r in rows if "minimum" in r]
     if limited:
@@ -405,7 +452,7 @@ def run_account(scenario: AccountScenario) -> dict[str, Any]:
                 "--concurrency", str(scenario.concurrency), "--page-size", str(ACCOUNT_PAGE),
                 "--rate-limit", UNLIMITED, "--quiet",
             ]  # fmt: skip
-            seconds, peak, _out, _cpu = run_measured(command)
+            seconds, peak, _out, _cpu = run_measured(command, tree_env(None))
         manifest = orjson.loads((out_dir / "_manifest.json").read_bytes())
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -455,6 +502,170 @@ def publish(table: str, markdown: Path | None) -> None:
         markdown.write_text(report)
 
 
+DLT_STEPS = 100_000
+DLT_LATENCIES = (0.0, 0.5)
+DLT_PAGE_SIZE = 1000  # the API's largest, and the export's default
+DLT_PIPELINE = Path(__file__).with_name("bench_dlt_pipeline.py")
+RELATIONSHIPS_NONE = ["--relationships", "none"]
+
+
+@dataclass
+class DltRun:
+    """One client's export of the steps at one latency."""
+
+    client: str
+    settings: str
+    measure: Measure
+    requests: int  # from the simulator's request log: GETs served while this client ran
+
+
+DLT_METHOD = f"""\
+**Beside dlt.** dlt's REST API source (`dlt.sources.rest_api.rest_api_source`, installed with
+`pip install "dlt[parquet]"` into a throwaway virtualenv by the benchmark, never a dependency of
+this project) exports the simulator's `sequenceSteps` at {DLT_STEPS:,} steps to its filesystem
+destination with the Parquet loader format (scripts/bench_dlt_pipeline.py). dlt's defaults
+throughout (extract, normalize with its default nesting, load, file rotation), with what any
+user must configure: the base URL, the bearer token, the `json_link` paginator on `links.next`,
+the `data` selector, and `page[size]={DLT_PAGE_SIZE}` (the API's largest and the export's
+default; at the API's default of 50, dlt would walk 2,000 pages one after another: 1,000 s at
+500 ms per page, so that row runs without latency only). dlt's telemetry is off
+(`RUNTIME__DLTHUB_TELEMETRY=false`: no internet here). Its Parquet is read back: every step,
+each once, or the figure is void. The export runs with its own defaults (only the output, the
+URL and the token given: every relationship, so more records than dlt's), and again with
+`--relationships none`, the same {DLT_STEPS:,} records as dlt. At each latency every run goes
+against the same simulator process, one after another. Requests are the GETs the simulator
+served during each run; `ours / dlt` is records/s over dlt's (`page[size]={DLT_PAGE_SIZE}`) at the
+same latency (whole process wall time, start-up included); CPU s and peak MiB are each
+process's own, its waited-for children included."""
+
+
+def dlt_python(venv: Path) -> tuple[Path, str]:
+    """The python of a virtualenv holding `dlt[parquet]` (made and installed when missing), and
+    dlt's version."""
+    python = venv / "bin" / "python"
+    if not python.is_file():
+        print(f"dlt: creating a virtualenv in {venv} and installing dlt[parquet]", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "dlt[parquet]"],
+            check=True,
+            env=dlt_env(),
+        )
+    version = subprocess.run(
+        [str(python), "-c", "import dlt; print(dlt.__version__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=dlt_env(),
+    ).stdout.strip()
+    return python, version
+
+
+def dlt_env() -> dict[str, str]:
+    """dlt's process environment: no PYTHONPATH into this checkout, no telemetry."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["RUNTIME__DLTHUB_TELEMETRY"] = "false"
+    return env
+
+
+def parquet_rows(directory: Path) -> tuple[int, int]:
+    """(rows, distinct ids) over every Parquet file below `directory`."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(directory, format="parquet").to_table(columns=["id"])
+    return table.num_rows, len(pc.unique(table.column("id")))
+
+
+def log_lines(log: Path) -> int:
+    """GETs the simulator has logged so far (it writes a line, flushed, per request served)."""
+    with log.open("rb") as lines:
+        return sum(1 for _ in lines)
+
+
+def run_dlt(python: Path, api_url: str, page_size: int, work: Path) -> Measure:
+    """dlt's pipeline in its own process (its files and state in `work`/dlt, emptied first); void
+    (SystemExit) unless it wrote every step once."""
+    work = work / "dlt"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    command = [str(python), str(DLT_PIPELINE), api_url, TOKEN, str(page_size), str(work)]
+    seconds, peak, out, cpu = run_measured(command, dlt_env())
+    parquet_dir = Path(orjson.loads(out.strip().splitlines()[-1])["parquet_dir"])
+    rows, distinct = parquet_rows(parquet_dir)
+    if rows != DLT_STEPS or distinct != DLT_STEPS:
+        raise SystemExit(
+            f"dlt wrote {rows:,} rows ({distinct:,} distinct ids), not {DLT_STEPS:,}: figure void"
+        )
+    return Measure(rows, 0, seconds, peak, cpu_seconds=cpu)
+
+
+def dlt_runs(python: Path, latency: float, work: Path) -> list[DltRun]:
+    """The export (defaults; steps only) and dlt against one simulator at `latency` per page."""
+    scenario = Scenario("dlt", DLT_STEPS, True, latency, 8)
+    log = Path(tempfile.mkstemp(prefix="bench-requests-", suffix=".log")[1])
+    runs: list[DltRun] = []
+    try:
+        with simulator(scenario, log) as root:
+            api_url = root + "/api/v2"
+            # The API's default page size only without latency (at 500 ms: 2,000 pages in a row).
+            dlt_page_sizes = [DLT_PAGE_SIZE] + ([0] if latency == 0 else [])
+            clients: list[tuple[str, str, Callable[[], Measure]]] = [
+                ("ours", "defaults", partial(run_export, api_url, [])),
+                ("ours", "--relationships none", partial(run_export, api_url, RELATIONSHIPS_NONE)),
+            ]
+            for size in dlt_page_sizes:
+                settings = f"page[size]={size}" if size else "page[size] unset (API default 50)"
+                clients.append(("dlt", settings, partial(run_dlt, python, api_url, size, work)))
+            for client, settings, measure in clients:
+                before = log_lines(log)
+                result = measure()
+                runs.append(DltRun(client, settings, result, log_lines(log) - before))
+                print(
+                    f"dlt group latency={latency * 1000:.0f}ms {client:4} {settings:34} "
+                    f"{result.records:,} records in {result.seconds:.1f}s = {result.rate:,.0f} rec/s, "
+                    f"CPU {result.cpu_seconds:.1f}s, {result.peak_mib:.0f} MiB",
+                    flush=True,
+                )
+    finally:
+        log.unlink(missing_ok=True)
+    return runs
+
+
+def render_dlt(by_latency: dict[float, list[DltRun]], version: str) -> str:
+    lines = [
+        DLT_METHOD + f" dlt {version}.",
+        "",
+        "| ms per page | client | settings | records | records/s | wall s | CPU s | peak MiB | requests | ours / dlt |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for latency, runs in by_latency.items():
+        reference = next(r.measure for r in runs if r.client == "dlt")
+        for run in runs:
+            m = run.measure
+            ratio = f"{m.rate / reference.rate:.2f}" if run.client == "ours" else "-"
+            lines.append(
+                f"| {latency * 1000:.0f} | {run.client} | {run.settings} | {m.records:,} | "
+                f"{m.rate:,.0f} | {m.seconds:.1f} | {m.cpu_seconds:.1f} | {m.peak_mib:.0f} | "
+                f"{run.requests:,} | {ratio} |"
+            )
+    return "\n".join(lines)
+
+
+def main_dlt(args: argparse.Namespace) -> bool:
+    """Run the `dlt` group if `--only` asks for it; True when it did (and nothing else runs)."""
+    if not args.only or "dlt" not in args.only.split(","):
+        return False
+    work = Path(tempfile.mkdtemp(prefix="bench-dlt-"))
+    try:
+        python, version = dlt_python(args.dlt_venv or work / "venv")
+        by_latency = {latency: dlt_runs(python, latency, work) for latency in DLT_LATENCIES}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    publish(render_dlt(by_latency, version), args.markdown)
+    return True
+
+
 def main_account(args: argparse.Namespace) -> bool:
     """Run the `account` group if `--only` asks for it; True when it did (and nothing else runs)."""
     if not args.only or "account" not in args.only.split(","):
@@ -475,11 +686,6 @@ def main_account(args: argparse.Namespace) -> bool:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "_floor":
-        root, urls_file, concurrency = sys.argv[2], sys.argv[3], int(sys.argv[4])
-        urls = Path(urls_file).read_text().splitlines()
-        print(orjson.dumps(asyncio.run(replay(root, urls, concurrency))).decode())
-        return
     if len(sys.argv) > 1 and sys.argv[1] == "_counts":
         print_counts(sys.argv[2:])
         return
@@ -491,8 +697,14 @@ def main() -> None:
     )
     parser.add_argument("--vs", type=Path, help="also run each export with this checkout's code")
     parser.add_argument("--repeat", type=int, default=1, help="with --vs: runs of each, median")
+    parser.add_argument(
+        "--dlt-venv",
+        type=Path,
+        help="with --only dlt: a virtualenv to use (made, with dlt[parquet], when missing) "
+        "instead of a throwaway one in the work directory",
+    )
     args = parser.parse_args()
-    if main_account(args):
+    if main_account(args) or main_dlt(args):
         return
     if args.vs is not None:
         if not (args.vs / "exporter" / "__init__.py").is_file():
@@ -525,14 +737,15 @@ def main() -> None:
         rows.append(row)
         e, f = row["export"], row["floor"]
         floor = (
-            f"floor {f.rate:>9,.0f} rec/s ({f.peak_mib:.0f} MiB)  x{e.rate / f.rate:.2f}"
+            f"floor {f.rate:>9,.0f} rec/s (CPU {f.cpu_seconds:.1f}s, {f.peak_mib:.0f} MiB)  "
+            f"x{e.rate / f.rate:.2f}"
             if f and f.rate
             else "no floor"
         )
         print(
             f"{scenario.name:28} steps={scenario.steps:>9,} rel={'on ' if scenario.relationships else 'off'} "
             f"c={scenario.concurrency:<2} export {e.rate:>9,.0f} rec/s ({e.requests:,} req, {e.seconds:.1f}s, "
-            f"{e.peak_mib:.0f} MiB)  {floor}",
+            f"CPU {e.cpu_seconds:.1f}s, {e.peak_mib:.0f} MiB, fast/slow pages {page_paths_cell(e)})  {floor}",
             flush=True,
         )
     publish(render(rows), args.markdown)

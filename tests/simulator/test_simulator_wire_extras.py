@@ -9,21 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from exporter.commands.main import main
-from exporter.model.schema import Shape, resource_type
+from exporter.model.schema import RESOURCE_TYPES, Shape, resource_type
 from exporter.simulator import Simulator, SimulatorConfig
 from tests.helpers.simulator_http import running, validate_resource
-
-STEP_WORLD = (
-    "sequenceStep",
-    "sequence",
-    "user",
-    "callPurpose",
-    "taskPriority",
-    "sequenceTemplate",
-    "mailing",
-    "call",
-    "task",
-)
 
 
 def _without_extras(record: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +32,7 @@ async def test_every_member_is_served_valid_around_the_same_data() -> None:
         running(SimulatorConfig(steps=120, seed=11, wire_extras=True)) as extras,
         running(sim=plain_sim) as plain,
     ):
-        for type_name in STEP_WORLD:
+        for type_name in RESOURCE_TYPES:  # the step world
             collection = resource_type(type_name).collection
             params = {"page[size]": "1000", "count": "true"}
             page = (await extras.get(f"/{collection}", params)).json

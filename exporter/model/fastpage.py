@@ -44,6 +44,7 @@ from exporter.model.normalize import (
 from exporter.model.schema import Kind, Shape, resource_type
 
 _IDENTIFIER = pa.struct([("type", pa.string()), ("id", pa.int64())])
+_LINKS = pa.struct([("related", pa.string())])
 _RECORD_MEMBERS = ("type", "id", "attributes", "relationships")
 
 _WIRE_TYPES: dict[Kind, pa.DataType] = {
@@ -72,8 +73,10 @@ class WireLayout:
 def wire_layout(type_name: str) -> WireLayout | None:
     """None for a type with an `object` attribute (its JSON text is the slow path's to make).
 
-    Only what is read is declared: a relationship's `data` (its `links` and `meta` are left to
-    the reader, which adds whatever it meets, and ignored), no links-only relationship."""
+    Declared: what is read (a relationship's `data`), and a links-only relationship's
+    `links.related` as the OpenAPI file has it (a string), which is not read but costs less
+    declared than inferred (5% of a page of mailings). Anything else (`links` beside `data`,
+    `meta`) is left to the reader, which adds whatever it meets, and ignored."""
     layout = table_layout(type_name)
     if any(a.kind is Kind.OBJECT for a in layout.attributes):
         return None
@@ -84,6 +87,8 @@ def wire_layout(type_name: str) -> WireLayout | None:
             relationship_fields.append((rel.name, pa.struct([("data", _IDENTIFIER)])))
         elif rel.shape is Shape.TO_MANY:
             relationship_fields.append((rel.name, pa.struct([("data", pa.list_(_IDENTIFIER))])))
+        else:  # not read, but declared as the OpenAPI file has it: inferring costs more
+            relationship_fields.append((rel.name, pa.struct([("links", _LINKS)])))
     record = pa.struct(
         [
             ("type", pa.string()),

@@ -3,6 +3,9 @@
 `_manifest.json` holds the run id, time window, source (no credentials), tool version, parameters,
 and per file its path, rows, bytes, sha256 and Arrow schema; `manifest_sha256` is the SHA-256 of
 the canonical JSON (sorted keys, no whitespace) of everything else, so any edit is detectable.
+`stats` says how the run went (seconds, requests, retries, whether it resumed, ...), among them
+`page_paths`: `{"fast": n, "slow": m}`, the pages of the run read into records by the fast page
+reader (`model.fastpage`) and by the slow path, so a page shape that falls to the slow one shows.
 """
 
 from __future__ import annotations

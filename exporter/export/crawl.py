@@ -41,7 +41,7 @@ from exporter.api.client import ApiClient
 from exporter.api.documents import page_records
 from exporter.api.pagination import collection_url, next_link, paginate
 from exporter.backup.checkpoint import PartitionState
-from exporter.model.fastpage import PageReader
+from exporter.model.fastpage import PagePaths, PageReader
 from exporter.model.normalize import NormalizedBatch, Normalizer, record_id
 from exporter.model.schema import Kind, resource_type
 
@@ -154,6 +154,8 @@ class PageFlow:
     page_size: int
     workers: int  # requests one fetcher keeps going at once (at least 1)
     max_url_length: int
+    # Pages read into records, per path (fast or slow): the manifest's `stats.page_paths`.
+    page_paths: PagePaths = field(default_factory=PagePaths)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workers", max(1, self.workers))
@@ -221,6 +223,7 @@ class CollectionCrawl:
         self.workers = flow.workers
         self.inbox = flow.inbox
         self.credits = flow.credits
+        self.page_paths = flow.page_paths
         self.extra_params = list(extra_params)
         self.initial_partitions = initial_partitions or self.workers * partitions_per_worker
         self.stats = CrawlStats()
@@ -294,13 +297,14 @@ class CollectionCrawl:
         """The first page (holding a page credit the writer gives back) and its checked next link."""
         await self.credits.acquire()
         try:
-            document = await self.client.get_document(url)
-            meta = document.get("meta")
-            total = meta.get("count") if isinstance(meta, dict) else None
+            page = await self.client.get_parsed(
+                url, PageReader(self.normalizer, url, self.page_paths)
+            )
+            total = page.meta.get("count") if page.meta is not None else None
             if type(total) is int and total >= 0:
                 self.stats.total = total
-            batch = self.normalizer.to_batch(page_records(document, url))
-            following = next_link(document, url, self.base_url)
+            batch = page.batch
+            following = next_link({"links": page.links}, url, self.base_url)
         except BaseException:
             self.credits.release()
             raise
@@ -487,7 +491,7 @@ class CollectionCrawl:
             self.client,
             first,
             base_url=self.base_url,
-            reader=lambda url: PageReader(self.normalizer, url),
+            reader=lambda url: PageReader(self.normalizer, url, self.page_paths),
             credits=self.credits,
             stopped=lambda: self._stopping,
         )

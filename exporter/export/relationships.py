@@ -243,6 +243,7 @@ class RelationshipWalk:
         self.links = links
         self.inbox = flow.inbox
         self.credits = flow.credits
+        self.page_paths = flow.page_paths
         self.page_size = flow.page_size
         self.workers = flow.workers
         self.max_url_length = flow.max_url_length
@@ -489,7 +490,7 @@ class RelationshipWalk:
             self.client,
             first,
             base_url=self.base_url,
-            reader=lambda url: PageReader(normalizer, url),
+            reader=lambda url: PageReader(normalizer, url, self.page_paths),
             credits=self.credits,
         )
         async for page in pages:

@@ -30,7 +30,7 @@ from exporter.backup.sink import DataFile
 from exporter.backup.storage import Storage, storage_error
 from exporter.core.errors import UsageError
 from exporter.export.crawl import Message, PageBatch
-from exporter.model.fastpage import PageReader
+from exporter.model.fastpage import PagePaths, PageReader
 from exporter.model.normalize import Normalizer
 from exporter.model.schema import resource_type
 
@@ -82,6 +82,7 @@ async def refetch_range(
     inbox: asyncio.Queue[Message | None],
     credits: asyncio.Semaphore,
     needs: dict[str, int] | None,
+    page_paths: PagePaths | None = None,
 ) -> int:
     """Walk `low..high` of a collection and send the kept rows to the writer; returns their count."""
     normalizer = Normalizer(type_name)
@@ -96,7 +97,7 @@ async def refetch_range(
         client,
         first,
         base_url=base_url,
-        reader=lambda url: PageReader(normalizer, url),
+        reader=lambda url: PageReader(normalizer, url, page_paths),
         credits=credits,
     )
     async for page in pages:

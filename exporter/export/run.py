@@ -103,6 +103,7 @@ from exporter.export.repair import (
 )
 from exporter.export.selection import parse_resources
 from exporter.export.writer import CommitPolicy, Writer
+from exporter.model.fastpage import PagePaths
 from exporter.model.normalize import TOMBSTONE_TYPE
 from exporter.model.schema import (
     RESOURCE_TYPES,
@@ -183,6 +184,8 @@ class Export:
         self._stop_requested = False
         self.client: ApiClient | None = None
         self.stats: dict[str, Any] = {}
+        # Pages of this process's run read into records, by the path that read them.
+        self.page_paths = PagePaths()
         self.lock = OutputLock(self.storage, "export")
 
     def request_stop(self) -> None:
@@ -365,6 +368,7 @@ class Export:
                         inbox=inbox,
                         credits=credits,
                         needs=entry.get("needs"),
+                        page_paths=self.page_paths,
                     )
             await flush()
         for type_name in pending:
@@ -600,6 +604,7 @@ class Export:
                 "rate_wait_seconds": round(client.stats.rate_wait_seconds, 3),
                 "bytes_received": client.stats.bytes_received,
                 "resumed": resumed,
+                "page_paths": self.page_paths.to_json(),
             }
         )
         not_asked = {
@@ -616,12 +621,18 @@ class Export:
         self.lock.check()
         document = manifest.write(self.storage, state, self.stats)
         checkpoint.save(self.storage, state)
+        paths = self.stats["page_paths"]
         event(
             "run.finish",
-            f"run {state.run_id} finished in {seconds:,.1f}s",
+            f"run {state.run_id} finished in {seconds:,.1f}s, pages "
+            f"{paths['fast']:,} fast/{paths['slow']:,} slow",
             run_id=state.run_id,
             rows={k: v.rows for k, v in state.resources.items()},
-            **{k: v for k, v in self.stats.items() if k in ("seconds", "requests", "retries")},
+            **{
+                k: v
+                for k, v in self.stats.items()
+                if k in ("seconds", "requests", "retries", "page_paths")
+            },
         )
         return ExportResult(
             state=state,
@@ -692,6 +703,7 @@ class Export:
             page_size=s.page_size,
             workers=s.concurrency,
             max_url_length=s.max_url_length,
+            page_paths=self.page_paths,
         )
 
         def walk_for(

@@ -79,8 +79,14 @@ class Api:
         if request.query_string:
             first += "?" + request.query_string
         document: dict[str, Any] = {"data": [], "links": {"first": first}}
+        meta: dict[str, Any] = {}
         if request.query.get("count") == "true":
-            document["meta"] = {"count": 0, "count_truncated": False}
+            meta = {"count": 0, "count_truncated": False}
+        if self.sim.store.wire_extras:
+            document = {"data": [], "included": [], "links": {"first": first}}
+            meta["api"] = {"version": "2"}
+        if meta:
+            document["meta"] = meta
         return orjson.dumps(document)
 
     # --------------------------------------------------------------------------- delivery
@@ -456,13 +462,21 @@ class Api:
             if fields is None
             else store.sparse_bytes(type_name, row, fields)
         )
-        if primary and query.authorization_meta:
-            record_id = store.table(type_name).ids[row]
+        extras = store.wire_extras
+        if (primary and query.authorization_meta) or extras:
+            table = store.table(type_name)
+            record_id = table.ids[row]
+            # `wire_extras`: every record says where it lives, and carries a `meta` (the only
+            # record meta the reference page documents: what the user may do with it).
+            own = b""
+            if extras:
+                url = f"{store.base_url}/{table.rtype.collection}/{store.wire_id(table, row)}"
+                own = b'"links":{"self":' + orjson.dumps(url) + b"},"
             meta = b'"meta":{"canWrite":%s,"canDelete":%s}}' % (
                 b"true" if record_id % 5 else b"false",
                 b"true" if record_id % 3 == 0 else b"false",
             )
-            encoded = encoded[:-1] + b"," + meta
+            encoded = encoded[:-1] + b"," + own + meta
         return encoded
 
     def _included(self, query: Query, rows: list[int]) -> list[bytes]:
@@ -502,7 +516,7 @@ class Api:
                 f"No {query.rtype} with id {record}", status=404, error_id="resourceNotFound"
             )
         parts = [b'{"data":', self._record(query.rtype, row, query, primary=True)]
-        if query.include:
+        if query.include or self.sim.store.wire_extras:
             parts += [b',"included":[', b",".join(self._included(query, [row])), b"]"]
         parts.append(b"}")
         return b"".join(parts), 1
@@ -518,7 +532,7 @@ class Api:
             b",".join(self._record(query.rtype, row, query, True) for row in page.rows),
             b"]",
         ]
-        if query.include:
+        if query.include or sim.store.wire_extras:  # an empty `included` when none is asked
             parts += [b',"included":[', b",".join(self._included(query, page.rows)), b"]"]
         collection = sim.store.table(query.rtype).rtype.collection
         base = f"{sim.store.base_url}/{collection}"
@@ -529,8 +543,12 @@ class Api:
             token = encode_cursor(Cursor(sort=query.sort_spec, key=page.last_key))
             links["next"] = f"{base}?{_query_string([*pairs, ('page[after]', token)])}"
         parts += [b',"links":', orjson.dumps(links)]
+        meta: dict[str, Any] = {}
         if page.count is not None:
             meta = {"count": page.count, "count_truncated": page.count_truncated}
+        if sim.store.wire_extras:
+            meta["api"] = {"version": "2"}  # what the API root's meta says too
+        if meta:
             parts += [b',"meta":', orjson.dumps(meta)]
         parts.append(b"}")
         return b"".join(parts), len(page.rows)

@@ -276,6 +276,12 @@ class RateLimitType(click.ParamType[tuple[int, float]]):
     "--echo-auth-write", "writes answer 422 whose detail quotes the Authorization header."
 )
 @click.option(
+    "--wire-extras/--no-wire-extras",
+    default=False,
+    help="Serve every member JSON:API allows beside the data: records' links.self and meta, "
+    "to-many relationships' links beside data, pages' meta, an empty included.",
+)
+@click.option(
     "--request-log",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
@@ -332,6 +338,7 @@ def simulate(**options: Any) -> None:
         rate_window=window,
         retry_after=options["retry_after"],
         record_cache_bytes=options["cache_mib"] * 1024 * 1024,
+        wire_extras=options["wire_extras"],
         faults=faults,
     )
     sim = Simulator(cfg)

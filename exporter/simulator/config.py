@@ -101,6 +101,11 @@ class SimulatorConfig:
     # Text attributes in plain words (the demo: readable in a terminal and a SQL shell) instead
     # of the hostile mix every test gets (scripts, emoji, tabs, line breaks, control characters).
     readable_text: bool = False
+    # Every member JSON:API allows that the default world leaves out, none of which changes a
+    # record's data: records carry `links.self` and `meta`, to-many relationships `links`
+    # beside their `data`, pages `meta`, and a response that could include records an empty
+    # `included`. Off by default (the default world's bytes are unchanged).
+    wire_extras: bool = False
     faults: Faults = field(default_factory=Faults)
     clock: Callable[[], float] = time.time
 

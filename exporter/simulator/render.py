@@ -136,12 +136,13 @@ class TypeRenderer:
         producers += [computed[n] for n in names if n in computed]
         slots = ["id", *(n for n in names if n in computed)]
         relationships: dict[str, Any] = {}
+        extra_ids: list[int] = []  # slots of the ids only `wire_extras` adds (a to-many's links)
         for rel_name, shape, target, static in store.plans[name]:
+            linked = store.wire_extras and shape is Shape.TO_MANY
             if static is not None:
                 relationships[rel_name] = static
             elif shape is Shape.LINKS:
-                url = f"{base_url}/{collection_of(target, store.tables)}?filter[{name}][id]={_ID}"
-                relationships[rel_name] = {"links": {"related": url}}
+                relationships[rel_name] = {"links": store.related(name, target, _ID)}
                 producers.append(table.ids.__getitem__)
                 slots.append("id")
             else:
@@ -152,6 +153,14 @@ class TypeRenderer:
                     else self._to_many(rel_name, target)
                 )
                 slots.append(rel_name)
+            if linked:
+                relationships[rel_name] = {
+                    **relationships[rel_name],
+                    "links": store.related(name, target, _ID),
+                }
+                extra_ids.append(len(slots))
+                producers.append(table.ids.__getitem__)
+                slots.append("id")
         id_slot = b"%s" if table.rtype.id_kind is Kind.STRING else b"%d"
         head = b'{"type":' + orjson.dumps(name) + b',"id":' + id_slot + b',"attributes":'
         middle = b',"relationships":' + _template(orjson.dumps(relationships)) + b"}"
@@ -164,8 +173,9 @@ class TypeRenderer:
         self._formats = formats
         self._producers = tuple(producers)
         self._values = self._generic_values
-        if self.specialized and name == "sequenceStep" and tuple(slots) == STEP_SLOTS:
-            self._values = self._step_values()
+        base_slots = tuple(s for i, s in enumerate(slots) if i not in extra_ids)
+        if self.specialized and name == "sequenceStep" and base_slots == STEP_SLOTS:
+            self._values = _with_ids(self._step_values(), extra_ids)
         self._base_url = base_url
 
     def _step_values(self) -> Callable[[int], tuple[bytes | int, ...]]:
@@ -365,6 +375,22 @@ class TypeRenderer:
             return b"[" + b",".join(found) + b"]" if found else EMPTY
 
         return produce
+
+
+def _with_ids(
+    values: Callable[[int], tuple[bytes | int, ...]], positions: list[int]
+) -> Callable[[int], tuple[bytes | int, ...]]:
+    """`values` with the record's id (its first slot) inserted at `positions` (ascending)."""
+    if not positions:
+        return values
+
+    def with_ids(row: int) -> tuple[bytes | int, ...]:
+        out = list(values(row))
+        for position in positions:
+            out.insert(position, out[0])
+        return tuple(out)
+
+    return with_ids
 
 
 def _stamp(stamps: Stamps, column: array[int]) -> Producer:

@@ -88,7 +88,11 @@ class Simulator:
         if cfg.account_world:
             populate(tables, cfg)
         self.store = Store(
-            tables, clock=cfg.clock, seed=cfg.seed, cache_bytes=cfg.record_cache_bytes
+            tables,
+            clock=cfg.clock,
+            seed=cfg.seed,
+            cache_bytes=cfg.record_cache_bytes,
+            wire_extras=cfg.wire_extras,
         )
         # In the OpenAPI file's order: the step world's nine first, as the token always said.
         served = [resource_type(n).read_scope for n in readable_types() if n in tables]

@@ -92,8 +92,11 @@ class Store:
         seed: int,
         cache_bytes: int,
         base_url: str = "http://127.0.0.1/api/v2",
+        wire_extras: bool = False,
     ) -> None:
         self.tables = tables
+        # To-many relationships carry `links` beside `data` (`SimulatorConfig.wire_extras`).
+        self.wire_extras = wire_extras
         self.clock = clock
         self.base_url = base_url
         self.cache_limit = cache_bytes
@@ -329,6 +332,8 @@ class Store:
         for rel_name, shape, target, static in self.plans[name]:
             if static is not None:
                 out[rel_name] = static
+                if self.wire_extras and shape is Shape.TO_MANY:
+                    out[rel_name] = {**static, "links": self.related(name, target, record_id)}
             elif shape is Shape.TO_ONE:
                 target_id = self.to_one_id(table, row, rel_name, target)
                 out[rel_name] = {
@@ -341,10 +346,17 @@ class Store:
                         for i in self.to_many_ids(name, rel_name, record_id)
                     ]
                 }
+                if self.wire_extras:
+                    out[rel_name]["links"] = self.related(name, target, record_id)
             else:
-                url = f"{self.base_url}/{collection_of(target, self.tables)}?filter[{name}][id]={record_id}"
-                out[rel_name] = {"links": {"related": url}}
+                out[rel_name] = {"links": self.related(name, target, record_id)}
         return out
+
+    def related(self, name: str, target: str, record_id: int | str) -> dict[str, str]:
+        """A relationship's `links` object: the URL listing the `target` records of a `name`
+        record (`record_id` may be the renderer's id sentinel)."""
+        collection = collection_of(target, self.tables)
+        return {"related": f"{self.base_url}/{collection}?filter[{name}][id]={record_id}"}
 
     def wire_id(self, table: Table, row: int) -> RecordId:
         """A record's id as served: its integer id, or for a type whose ids the OpenAPI file says

@@ -450,7 +450,7 @@ class RelationshipWalk:
         room = self._url_room(state.target, state.link_only)
         head = state.head
         if state.link_only:
-            stop = head + self._steps_that_fill(state, room)
+            stop = head + steps_that_fill(state, room, self.page_size)
             complete = stop < len(state.ids)  # the URL is full, or the pages are
         else:
             stop = head + ids_that_fit(state.ids, head, room=room, most=self.page_size)
@@ -458,34 +458,6 @@ class RelationshipWalk:
         if not complete and not final:
             return None  # a partial batch: wait for the crawl to bring more ids
         return state.take(max(1, stop - head))
-
-    def _steps_that_fill(self, state: TargetState, room: int) -> int:
-        """How many queued steps the next link-only batch takes: as many as the URL carries
-        (`room` bytes), cut before a step whose records would be expected to spill onto one
-        more page (mean plus `SPILL_SIGMAS` standard deviations of what is learnt) unless the
-        URL can carry enough steps to fill that page too."""
-        window = min(state.pending, room // 2 + 1)  # every id costs two bytes or more
-        ids = np.frombuffer(state.ids, np.int64, window, state.head * 8).copy()
-        groups = np.frombuffer(state.groups, np.int8, window, state.head).copy()
-        fitting = int(np.searchsorted(np.cumsum(_list_bytes(ids)), room, side="right"))
-        means = np.full(128, GroupStats().estimate()[0])
-        variances = np.full(128, GroupStats().estimate()[1])
-        for code, stats in state.learnt.items():
-            means[code], variances[code] = stats.estimate()
-        mean = means[groups[:fitting]]
-        # Running sums, added in order: the same floats as adding step by step.
-        expected = np.cumsum(mean) + SPILL_SIGMAS * np.sqrt(np.cumsum(variances[groups[:fitting]]))
-        wanted = 0.9 * self.page_size  # a page worth opening
-        index, pages = 0, 1
-        while True:
-            spills = np.flatnonzero(expected[index:] > pages * self.page_size)
-            if not len(spills):
-                return fitting
-            index += int(spills[0])
-            if np.cumsum(mean[index:])[-1] < wanted:
-                return index  # the next page would stay mostly empty: cut here
-            pages += 1
-            index += 1
 
     def _crowded(self) -> bool:
         """More than a few batches' worth wait in one type: the crawl should wait."""
@@ -707,6 +679,35 @@ class RelationshipWalk:
             for t, s in self.targets.items()
             if s.missing_count
         }
+
+
+def steps_that_fill(state: TargetState, room: int, page_size: int) -> int:
+    """How many of `state`'s queued steps its next link-only batch takes: as many as the URL
+    carries (`room` bytes), cut before a step whose records would be expected to spill onto one
+    more page (mean plus `SPILL_SIGMAS` standard deviations of what is learnt) unless the URL
+    can carry enough steps to fill that page too."""
+    window = min(state.pending, room // 2 + 1)  # every id costs two bytes or more
+    ids = np.frombuffer(state.ids, np.int64, window, state.head * 8).copy()
+    groups = np.frombuffer(state.groups, np.int8, window, state.head).copy()
+    fitting = int(np.searchsorted(np.cumsum(_list_bytes(ids)), room, side="right"))
+    means = np.full(128, GroupStats().estimate()[0])
+    variances = np.full(128, GroupStats().estimate()[1])
+    for code, stats in state.learnt.items():
+        means[code], variances[code] = stats.estimate()
+    mean = means[groups[:fitting]]
+    # Running sums, added in order: the same floats as adding step by step.
+    expected = np.cumsum(mean) + SPILL_SIGMAS * np.sqrt(np.cumsum(variances[groups[:fitting]]))
+    wanted = 0.9 * page_size  # a page worth opening
+    index, pages = 0, 1
+    while True:
+        spills = np.flatnonzero(expected[index:] > pages * page_size)
+        if not len(spills):
+            return fitting
+        index += int(spills[0])
+        if np.cumsum(mean[index:])[-1] < wanted:
+            return index  # the next page would stay mostly empty: cut here
+        pages += 1
+        index += 1
 
 
 def _id_array(values: Iterable[int] | pa.Array | pa.ChunkedArray) -> Ids:

@@ -167,9 +167,10 @@ class IdSet:
         return max(4096, len(self._sorted) // 8)
 
     def _merge(self) -> None:
-        recent = np.fromiter(self._recent, np.int64, len(self._recent))
-        merged = np.concatenate([np.frombuffer(self._sorted, np.int64), self._bulk, recent])
-        merged.sort(kind="stable")  # runs already sorted: a merge, not a full sort
+        small = np.concatenate([self._bulk, np.fromiter(self._recent, np.int64, len(self._recent))])
+        small.sort()
+        merged = np.frombuffer(self._sorted, np.int64)
+        merged = np.insert(merged, np.searchsorted(merged, small), small)  # one pass: O(n)
         self._sorted = array("q", merged.tobytes())
         self._recent.clear()
         self._bulk = _NO_IDS

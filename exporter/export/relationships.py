@@ -23,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import math
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -49,6 +50,10 @@ GROUP_COLUMN = "stepType"  # what link-only records per step are learnt by (a st
 DEFAULT_MAX_URL_LENGTH = 8000  # bytes; what common proxies and servers accept in a request line
 SPILL_SIGMAS = 2.0  # a batch's expected records plus this many standard deviations fit its pages
 PENDING_BATCHES = 8  # the crawl waits while more than this many batches' worth are queued
+
+Ids = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
+_NO_IDS: Ids = np.empty(0, np.int64)
 
 
 @dataclass(frozen=True)
@@ -106,34 +111,95 @@ def parse_selection(text: str, root: str = DEFAULT_ROOT_TYPE) -> list[Link]:
 
 
 class IdSet:
-    """A set of int64 ids at about 8 bytes each: a sorted array plus a small set merged into it."""
+    """A set of int64 ids at about 8 bytes each: a sorted array holding most of them, plus two
+    small tiers merged into it once they hold an eighth as many: ids added one at a time (`add`,
+    a Python set) and ids added a page at a time (`add_new`, a sorted numpy array, so a page of
+    ids costs a few binary searches in C rather than a Python call per id)."""
 
     def __init__(self, values: Iterable[int] = ()) -> None:
         self._sorted = array("q", sorted(set(values)))
         self._recent: set[int] = set()
+        self._bulk: Ids = _NO_IDS
 
     def __contains__(self, value: int) -> bool:
         if value in self._recent:
             return True
         index = bisect.bisect_left(self._sorted, value)
-        return index < len(self._sorted) and self._sorted[index] == value
+        if index < len(self._sorted) and self._sorted[index] == value:
+            return True
+        return bool(len(self._bulk) and _members(self._bulk, np.array([value], np.int64))[0])
 
     def add(self, value: int) -> bool:
         """Add `value`; False when it was already there."""
         if value in self:
             return False
         self._recent.add(value)
-        if len(self._recent) >= max(4096, len(self._sorted) // 8):
-            self._sorted = array("q", sorted([*self._sorted, *self._recent]))
-            self._recent.clear()
+        if len(self._recent) + len(self._bulk) >= self._merge_at():
+            self._merge()
         return True
 
+    def add_new(self, values: Ids) -> Mask:
+        """Add a page of `values`; True where a value was new: not in the set before, and the
+        first of its repeats within `values`."""
+        if self._recent:
+            self._merge()  # one tier of small additions to look in, not two
+        unique, first = np.unique(values, return_index=True)
+        known = self.holds(unique)
+        fresh = unique[~known]
+        if len(fresh):
+            self._bulk = np.insert(self._bulk, np.searchsorted(self._bulk, fresh), fresh)
+            if len(self._bulk) >= self._merge_at():
+                self._merge()
+        new: Mask = np.zeros(len(values), np.bool_)
+        new[first[~known]] = True
+        return new
+
+    def holds(self, values: Ids) -> Mask:
+        """Where each of `values` is in the set."""
+        held = _members(np.frombuffer(self._sorted, np.int64), values)
+        if len(self._bulk):
+            held |= _members(self._bulk, values)
+        if self._recent:
+            held |= np.isin(values, np.fromiter(self._recent, np.int64, len(self._recent)))
+        return held
+
+    def _merge_at(self) -> int:
+        return max(4096, len(self._sorted) // 8)
+
+    def _merge(self) -> None:
+        small = np.concatenate([self._bulk, np.fromiter(self._recent, np.int64, len(self._recent))])
+        small.sort()
+        merged = np.frombuffer(self._sorted, np.int64)
+        merged = np.insert(merged, np.searchsorted(merged, small), small)  # one pass: O(n)
+        self._sorted = array("q", merged.tobytes())
+        self._recent.clear()
+        self._bulk = _NO_IDS
+
     def __len__(self) -> int:
-        return len(self._sorted) + len(self._recent)
+        return len(self._sorted) + len(self._recent) + len(self._bulk)
 
     def __iter__(self) -> Iterator[int]:
         """Every id, ascending."""
-        return iter(sorted([*self._sorted, *self._recent]))
+        return iter(sorted([*self._sorted, *self._recent, *self._bulk.tolist()]))
+
+
+_POWERS_OF_TEN = np.array([10**k for k in range(1, 19)], np.int64)
+
+
+def _list_bytes(ids: Ids) -> npt.NDArray[np.int64]:
+    """What each id costs in a comma-separated list: its decimal digits (and sign), one comma."""
+    digits = np.searchsorted(_POWERS_OF_TEN, np.abs(ids), side="right") + 1
+    return digits + (ids < 0) + 1
+
+
+def _members(sorted_ids: Ids, values: Ids) -> Mask:
+    """Where each of `values` is in `sorted_ids` (ascending, no repeats)."""
+    if not len(sorted_ids):
+        return np.zeros(len(values), np.bool_)
+    index = np.searchsorted(sorted_ids, values)
+    index[index == len(sorted_ids)] = 0
+    found: Mask = sorted_ids[index] == values
+    return found
 
 
 @dataclass
@@ -150,17 +216,25 @@ class Batch:
 
 @dataclass
 class GroupStats:
-    """Records per step of one group, learnt from answers (Welford's running mean/variance)."""
+    """Records per step of one group, learnt from answers (a running mean and variance, merged a
+    batch at a time as Chan, Golub and LeVeque combine two samples' moments)."""
 
     steps: int = 0
     mean: float = 0.0
-    m2: float = 0.0
+    m2: float = 0.0  # the sum of squared differences from the mean
 
-    def add(self, records: int) -> None:
-        self.steps += 1
-        delta = records - self.mean
-        self.mean += delta / self.steps
-        self.m2 += delta * (records - self.mean)
+    def add_all(self, records: npt.NDArray[np.int64]) -> None:
+        """Learn the record counts of more steps."""
+        if not len(records):
+            return
+        count = len(records)
+        mean = float(records.mean())
+        m2 = float(np.square(records - mean).sum())
+        total = self.steps + count
+        delta = mean - self.mean
+        self.mean += delta * count / total
+        self.m2 += m2 + delta * delta * self.steps * count / total
+        self.steps = total
 
     def estimate(self) -> tuple[float, float]:
         """(mean, variance); before enough answers, a cautious one record per step."""
@@ -190,11 +264,17 @@ class TargetState:
     def pending(self) -> int:
         return len(self.ids) - self.head
 
-    def push(self, value: int, group: int = 0) -> None:
-        self.ids.append(value)
+    def push(self, values: Ids, groups: npt.NDArray[np.int8] | None = None) -> None:
+        """Queue `values` (and, link-only, each one's group code), in order."""
+        self.ids.frombytes(values.astype(np.int64, copy=False).tobytes())
         if self.link_only:
-            self.groups.append(group)
-        self.next_position += 1
+            codes = groups if groups is not None else np.zeros(len(values), np.int8)
+            self.groups.frombytes(codes.astype(np.int8, copy=False).tobytes())
+        self.next_position += len(values)
+
+    def request(self, values: Ids) -> None:
+        """Queue those of data ids `values` not queued before (each once, in order)."""
+        self.push(values[self.requested.add_new(values)])
 
     def take(self, count: int) -> Batch:
         start = self.next_position - self.pending
@@ -272,11 +352,10 @@ class RelationshipWalk:
         """Ids already in the backup are neither fetched nor written again (resume, and
         incremental runs); adds to what earlier calls seeded."""
         state = self.targets[target]
-        written = self.written[target]
-        for value in committed_ids:
-            written.add(value)
-            if not state.link_only:
-                state.requested.add(value)
+        values = _id_array(committed_ids)
+        self.written[target].add_new(values)
+        if not state.link_only:
+            state.requested.add_new(values)
         state.next_position = max(state.next_position, next_position)
 
     # -- fed by the crawl ---------------------------------------------------------------
@@ -288,27 +367,23 @@ class RelationshipWalk:
         needs: dict[str, int] = {}
         if table.num_rows == 0:
             return needs
-        step_ids: list[int] | None = None
-        groups: list[int] | None = None
+        step_ids: Ids | None = None
+        groups: npt.NDArray[np.int8] | None = None
         for link in self.links:
             if only is not None and link.target not in only:
                 continue
             state = self.targets[link.target]
             if link.link_only:
                 if step_ids is None:
-                    step_ids = table.column("id").to_pylist()
+                    step_ids = _id_array(table.column("id"))
                     groups = self._groups(table)
-                assert groups is not None
-                for value, group in zip(step_ids, groups, strict=True):
-                    state.push(value, group)
+                state.push(step_ids, groups)
             else:
                 assert link.column is not None
                 values = table.column(link.column)
                 if link.many:
                     values = pc.list_flatten(values)
-                for value in values.drop_null().to_pylist():
-                    if state.requested.add(value):
-                        state.push(value)
+                state.request(_id_array(values.drop_null()))
             needs[link.target] = state.next_position
         self._wakeup.set()
         if self._crowded() and not self._stopping:
@@ -318,25 +393,26 @@ class RelationshipWalk:
     def request(self, target: str, ids: Iterable[int]) -> None:
         """Queue ids of a data-link type directly (an incremental run refreshing a type the API
         cannot filter by `updatedAt`)."""
-        state = self.targets[target]
-        for value in ids:
-            if state.requested.add(value):
-                state.push(value)
+        self.targets[target].request(_id_array(ids))
         self._wakeup.set()
 
     def request_steps(self, target: str, step_ids: Iterable[int]) -> None:
         """Queue step ids for a link-only target (fetched by `filter[sequenceStep][id]`)."""
         state = self.targets[target]
         assert state.link_only
-        for value in step_ids:
-            state.push(value)
+        state.push(_id_array(step_ids))
         self._wakeup.set()
 
-    def _groups(self, table: pa.Table) -> list[int]:
+    def _groups(self, table: pa.Table) -> npt.NDArray[np.int8]:
+        """Each row's group code (by its `stepType`; codes are given in order of first sight)."""
         if GROUP_COLUMN not in table.column_names:
-            return [0] * table.num_rows
+            return np.zeros(table.num_rows, np.int8)
+        column = table.column(GROUP_COLUMN)
+        distinct = pc.unique(column)
         codes = self._group_codes
-        return [codes.setdefault(v, len(codes)) for v in table.column(GROUP_COLUMN).to_pylist()]
+        known = [codes.setdefault(v, len(codes)) for v in distinct.to_pylist()]
+        where = pc.index_in(column, value_set=distinct)  # a null row finds the null value
+        return np.array(known, np.int8)[_id_array(where)]
 
     async def backpressure(self) -> None:
         """Wait while too many ids wait to be fetched (the crawl calls this after announcing).
@@ -374,60 +450,16 @@ class RelationshipWalk:
         if state.pending == 0:
             return None
         room = self._url_room(state.target, state.link_only)
-        ids, head = state.ids, state.head
-        stop = head
-        used = 0
+        head = state.head
         if state.link_only:
-            groups = state.groups
-            estimates = {code: s.estimate() for code, s in state.learnt.items()}
-            default = GroupStats().estimate()
-            mean = variance = 0.0
-            pages = 1
-            url_full = False
-            while stop < len(ids):
-                cost = len(str(ids[stop])) + 1
-                if used + cost > room:
-                    url_full = True
-                    break
-                m, v = estimates.get(groups[stop], default)
-                if mean + m + SPILL_SIGMAS * math.sqrt(variance + v) > pages * self.page_size:
-                    # Would spill onto one more page. Worth it only if the URL can carry enough
-                    # steps to fill that page too; otherwise cut here.
-                    if not self._can_fill(state, stop, used, room, estimates, default):
-                        break
-                    pages += 1
-                mean += m
-                variance += v
-                used += cost
-                stop += 1
-            complete = url_full or stop < len(ids)
+            stop = head + steps_that_fill(state, room, self.page_size)
+            complete = stop < len(state.ids)  # the URL is full, or the pages are
         else:
-            stop = head + ids_that_fit(ids, head, room=room, most=self.page_size)
-            complete = stop < len(ids) or stop - head == self.page_size
+            stop = head + ids_that_fit(state.ids, head, room=room, most=self.page_size)
+            complete = stop < len(state.ids) or stop - head == self.page_size
         if not complete and not final:
             return None  # a partial batch: wait for the crawl to bring more ids
         return state.take(max(1, stop - head))
-
-    def _can_fill(
-        self,
-        state: TargetState,
-        start: int,
-        used: int,
-        room: int,
-        estimates: dict[int, tuple[float, float]],
-        default: tuple[float, float],
-    ) -> bool:
-        """Whether the URL can still carry enough queued steps to fill one more page."""
-        wanted = 0.9 * self.page_size
-        mean = 0.0
-        for index in range(start, len(state.ids)):
-            used += len(str(state.ids[index])) + 1
-            if used > room:
-                return False
-            mean += estimates.get(state.groups[index], default)[0]
-            if mean >= wanted:
-                return True
-        return False
 
     def _crowded(self) -> bool:
         """More than a few batches' worth wait in one type: the crawl should wait."""
@@ -476,6 +508,8 @@ class RelationshipWalk:
             self._wakeup.set()  # learnt something: another worker may cut a batch now
 
     async def _fetch(self, batch: Batch) -> None:
+        """Fetch one batch, all its pages, and send what it asked for to the writer, each record
+        once in the run. Per page, the work is done on whole columns, not record by record."""
         stats = self.stats[batch.target]
         state = self.targets[batch.target]
         normalizer = self._normalizers[batch.target]
@@ -484,8 +518,8 @@ class RelationshipWalk:
         stats.batches += 1
         first = self._url(batch.target, link_only, ",".join(map(str, batch.ids)))
         found: set[int] = set()
-        per_step: dict[int, int] = {}
-        asked = set(batch.ids)  # ids, or step ids for a link-only type
+        owners_found: list[Ids] = []  # link-only: the step of each record found, page by page
+        asked = np.unique(np.frombuffer(batch.ids, np.int64))  # ids, or step ids (link-only)
         pages = paginate(
             self.client,
             first,
@@ -500,35 +534,29 @@ class RelationshipWalk:
             stats.requests += 1
             if link_only and self.unsure_filter and batch.target in self.not_asked:
                 following = None  # given up while this page was on its way: write what was asked
-            owners: list[int | None] | None = None
-            if link_only:
-                owners = (
-                    normalized.table.column(self.owner_column).to_pylist()
-                    if self.owner_column in normalized.table.column_names
-                    else [None] * len(normalized.ids)
-                )
-            selector = self.select.get(batch.target)
-            wanted = selector(normalized.table) if selector is not None else None
-            keep = []
-            known = len(found)
-            strangers: list[int] = []
-            for index, value in enumerate(normalized.ids):
-                owner = owners[index] if owners is not None else value
-                if owner is None or owner not in asked:
-                    strangers.append(value)  # not what the batch asked for: never written
-                    continue
-                if link_only:
-                    per_step[owner] = per_step.get(owner, 0) + 1
-                found.add(value)
-                if wanted is not None and not wanted[index]:
-                    continue  # this very version is already in the backup
-                if written.add(value):
-                    keep.append(index)
-                else:
-                    stats.duplicates += 1
             table = normalized.table
-            if len(keep) != len(normalized.ids):
-                table = table.take(pa.array(keep, pa.int64()))
+            ids = np.array(normalized.ids, np.int64)
+            if not link_only:
+                mine = _members(asked, ids)
+            elif self.owner_column in table.column_names:
+                owners = table.column(self.owner_column)
+                mine = np.asarray(pc.is_in(owners, value_set=pa.array(asked)), np.bool_)
+                owners_found.append(_id_array(owners.filter(pa.array(mine))))
+            else:
+                mine = np.zeros(len(ids), np.bool_)
+            strangers = ids[~mine].tolist()  # not what the batch asked for: never written
+            known = len(found)
+            found.update(ids[mine].tolist())
+            selector = self.select.get(batch.target)
+            candidates = mine
+            if selector is not None:  # False: this very version is already in the backup
+                candidates = mine & np.array(selector(table), np.bool_)
+            new = np.zeros(len(ids), np.bool_)
+            new[candidates] = written.add_new(ids[candidates])
+            stats.duplicates += int(candidates.sum() - new.sum())
+            kept = int(new.sum())
+            if kept != len(ids):
+                table = table.filter(pa.array(new))
             if strangers and link_only and self.unsure_filter:
                 # Records of steps not asked for: the API ignored the filter and would page
                 # through every record of the type, once per batch. Keep what was asked for in
@@ -548,7 +576,7 @@ class RelationshipWalk:
                 for value, stamp in zip(table.column("id").to_pylist(), stamps, strict=True):
                     if stamp is not None:
                         versions[value] = stamp
-            stats.records += len(keep)
+            stats.records += kept
             self.inbox.put_nowait(
                 PageBatch(
                     type_name=batch.target,
@@ -564,14 +592,31 @@ class RelationshipWalk:
                 break
             page.new_records = len(found) - known
         if link_only:
-            for step_id, group in zip(batch.ids, batch.groups, strict=True):
-                state.learnt.setdefault(group, GroupStats()).add(per_step.get(step_id, 0))
+            self._learn(state, batch, owners_found)
         else:
-            for value in batch.ids:
-                if value not in found and value not in written:
-                    state.missing_count += 1
-                    if len(state.missing) < 1000:
-                        state.missing.append(value)
+            asked_ids = np.frombuffer(batch.ids, np.int64)
+            found_ids = np.unique(np.fromiter(found, np.int64, len(found)))
+            absent = asked_ids[~_members(found_ids, asked_ids)]
+            absent = absent[~written.holds(absent)]
+            state.missing_count += len(absent)
+            state.missing.extend(absent[: max(0, 1000 - len(state.missing))].tolist())
+
+    @staticmethod
+    def _learn(state: TargetState, batch: Batch, owners_found: list[Ids]) -> None:
+        """Learn records per step, by group, from a link-only batch's answers (a step no record
+        named counts as none)."""
+        owners = np.concatenate(owners_found) if owners_found else _NO_IDS
+        steps, counts = np.unique(owners, return_counts=True)
+        asked = np.frombuffer(batch.ids, np.int64)
+        per_step = np.zeros(len(asked), np.int64)
+        if len(steps):
+            where = np.searchsorted(steps, asked)
+            where[where == len(steps)] = 0
+            hit = steps[where] == asked
+            per_step[hit] = counts[where[hit]]
+        groups = np.frombuffer(batch.groups, np.int8)
+        for code in np.unique(groups).tolist():
+            state.learnt.setdefault(code, GroupStats()).add_all(per_step[groups == code])
 
     def _refused(self, batch: Batch, exc: ApiError) -> bool:
         """Whether `exc` is the API refusing this walk's unsure by-step filter (400 or 422
@@ -636,6 +681,46 @@ class RelationshipWalk:
             for t, s in self.targets.items()
             if s.missing_count
         }
+
+
+def steps_that_fill(state: TargetState, room: int, page_size: int) -> int:
+    """How many of `state`'s queued steps its next link-only batch takes: as many as the URL
+    carries (`room` bytes), cut before a step whose records would be expected to spill onto one
+    more page (mean plus `SPILL_SIGMAS` standard deviations of what is learnt) unless the URL
+    can carry enough steps to fill that page too."""
+    window = min(state.pending, room // 2 + 1)  # every id costs two bytes or more
+    ids = np.frombuffer(state.ids, np.int64, window, state.head * 8).copy()
+    groups = np.frombuffer(state.groups, np.int8, window, state.head).copy()
+    fitting = int(np.searchsorted(np.cumsum(_list_bytes(ids)), room, side="right"))
+    means = np.full(128, GroupStats().estimate()[0])
+    variances = np.full(128, GroupStats().estimate()[1])
+    for code, stats in state.learnt.items():
+        means[code], variances[code] = stats.estimate()
+    mean = means[groups[:fitting]]
+    # Running sums, added in order: the same floats as adding step by step.
+    expected = np.cumsum(mean) + SPILL_SIGMAS * np.sqrt(np.cumsum(variances[groups[:fitting]]))
+    wanted = 0.9 * page_size  # a page worth opening
+    index, pages = 0, 1
+    while True:
+        spills = np.flatnonzero(expected[index:] > pages * page_size)
+        if not len(spills):
+            return fitting
+        index += int(spills[0])
+        if np.cumsum(mean[index:])[-1] < wanted:
+            return index  # the next page would stay mostly empty: cut here
+        pages += 1
+        index += 1
+
+
+def _id_array(values: Iterable[int] | pa.Array | pa.ChunkedArray) -> Ids:
+    """Integers (a column without nulls, an `IdSet`, any iterable) as an int64 array."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values.cast(pa.int64()).to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]
+    if isinstance(values, np.ndarray):
+        return values.astype(np.int64, copy=False)
+    return np.fromiter(values, np.int64)
 
 
 def step_back_link(target: str, root: str = DEFAULT_ROOT_TYPE) -> Link | None:

@@ -21,7 +21,13 @@ from typing import Any
 import click
 
 from exporter.backup.storage import check_location
-from exporter.core.config import RateLimit, check_base_url, parse_rate_limit
+from exporter.core.config import (
+    Concurrency,
+    RateLimit,
+    check_base_url,
+    parse_concurrency,
+    parse_rate_limit,
+)
 from exporter.core.errors import UsageError
 from exporter.core.secrets import CREDENTIAL_RULE, header_safe
 
@@ -36,6 +42,22 @@ class RateLimitType(click.ParamType[RateLimit]):
             return value
         try:
             return parse_rate_limit(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class ConcurrencyType(click.ParamType[Concurrency]):
+    """`auto`, `auto:N` or `N` (`config.parse_concurrency`); in TOML a whole number or a string."""
+
+    name = "auto|N"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Concurrency:
+        if isinstance(value, Concurrency):
+            return value
+        try:
+            return parse_concurrency(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -144,6 +166,8 @@ def toml_value(
         expected, wanted = (bool,), "true or false"
     elif isinstance(type_, click.types.IntParamType):
         expected, wanted = (int,), "a whole number"
+    elif isinstance(type_, ConcurrencyType):
+        expected, wanted = (int, str), 'a whole number or "auto"'
     elif isinstance(type_, click.types.FloatParamType):
         expected, wanted = (int, float), "a number"
     else:

@@ -13,7 +13,7 @@
 # 4. Growth, only when all of these hold: requests were waiting for a slot (the bound, not the
 #    caller, is what limits); neither request budget held this request back (a bound the
 #    budget cannot feed only queues, so never trade a 429 for speed); inflation at most
-#    GROWTH_TOLERANCE; and room in the budgets (`room`: starts the configured budget and the
+#    GROWTH_TOLERANCE (this answer's and the smoothed); and room in the budgets (`room`: starts the configured budget and the
 #    API's `X-RateLimit-Remaining` still allow) for the bound to be used. Then, in slow start,
 #    +1 per answer (the bound doubles each round trip); after the first cut, +1 per round trip.
 #    Growth never takes the bound past the requests in flight plus that room.
@@ -72,7 +72,7 @@ class InFlightBound:
 
     @property
     def bound(self) -> int:
-        return max(self.floor, min(self.ceiling, int(self._size)))
+        return max(self.floor, min(self.ceiling, int(self._size + 1e-9)))  # 9 x 1/9 is 1
 
     @property
     def adaptive(self) -> bool:
@@ -85,16 +85,17 @@ class InFlightBound:
         if rtt <= lowest or answer.now - seen_at > MIN_RTT_WINDOW:
             lowest, seen_at = rtt, answer.now
             self._lowest[answer.shape] = (lowest, seen_at)
-        self.inflation += INFLATION_WEIGHT * (rtt / lowest - self.inflation)
+        inflation = rtt / lowest
+        self.inflation += INFLATION_WEIGHT * (inflation - self.inflation)
         if self.inflation > LATENCY_TOLERANCE:
             self._cut(answer.sent, answer.now, LATENCY_CUT)
         elif (
             answer.saturated
             and not answer.held_back
-            and self.inflation <= GROWTH_TOLERANCE
+            and max(inflation, self.inflation) <= GROWTH_TOLERANCE
             and (answer.room is None or answer.room > 0)
         ):
-            step = 1.0 if self.slow_start else 1.0 / max(self._size, 1.0)
+            step = 1.0 if self.slow_start else 1.0 / self.bound
             grown = self._size + step
             if answer.room is not None:
                 grown = min(grown, float(max(self.bound, answer.in_flight + answer.room)))

@@ -1,14 +1,17 @@
 """The in-flight bound: a semaphore whose size can change (`ResizableSemaphore`) and the policy that sizes it from the answers (`InFlightBound`, AIMD with a latency check)."""
 
 # How the adaptive bound moves (`InFlightBound`), one answer at a time:
-# 1. Every answer is a round-trip time (RTT) of a request *shape* (path and page size: a one-record
-#    probe and a 1000-record page take different times). The lowest RTT of each shape in the last
+# 1. Every answer is a round-trip time (RTT) of a request *shape* (path, page size and the answer's
+#    size within a factor of 1.4: a one-record probe, a batch of 5 ids and a 1000-record page take
+#    different times). The lowest RTT of each shape in the last
 #    MIN_RTT_WINDOW seconds is its baseline; an answer's inflation is its RTT over that baseline,
 #    smoothed (EWMA, weight INFLATION_WEIGHT). An inflation near 1 says requests are bound by
 #    the wire's latency; a high one says they queue somewhere (the API, the network, this host).
 # 2. Overload (a 429, a 5xx, a timeout, a connection broken or refused): the bound is halved.
-# 3. Rising latency (smoothed inflation above LATENCY_TOLERANCE): the bound is cut by a fifth.
-#    Both cuts end the slow start, and a cut happens at most once per round trip: a signal
+# 3. Rising latency (smoothed inflation above LATENCY_TOLERANCE): the bound is cut by a fifth,
+#    never below where it started (`latency_floor`): the queue may be this host's own CPU rather
+#    than the API, and the starting bound is what a pinned default always did; only the API's
+#    own pushback (rule 2) takes it lower. Both cuts end the slow start, and a cut happens at most once per round trip: a signal
 #    from a request sent before the last cut describes the old bound and is ignored.
 # 4. Growth, only when all of these hold: requests were waiting for a slot (the bound, not the
 #    caller, is what limits); neither request budget held this request back (a bound the
@@ -58,6 +61,7 @@ class InFlightBound:
             raise ValueError("an in-flight bound needs 1 <= floor <= start <= ceiling")
         self.floor = floor
         self.ceiling = ceiling
+        self.latency_floor = start  # rule 3 cuts no lower
         self._size = float(start)
         self.peak = start
         self.slow_start = True
@@ -88,7 +92,8 @@ class InFlightBound:
         inflation = rtt / lowest
         self.inflation += INFLATION_WEIGHT * (inflation - self.inflation)
         if self.inflation > LATENCY_TOLERANCE:
-            self._cut(answer.sent, answer.now, LATENCY_CUT)
+            if self.bound > self.latency_floor:
+                self._cut(answer.sent, answer.now, LATENCY_CUT, self.latency_floor)
         elif (
             answer.saturated
             and not answer.held_back
@@ -105,13 +110,13 @@ class InFlightBound:
 
     def overloaded(self, sent: float, now: float) -> int:
         """A 429, a 5xx, a timeout or a broken connection: the bound after it (rule 2)."""
-        self._cut(sent, now, OVERLOAD_CUT)
+        self._cut(sent, now, OVERLOAD_CUT, self.floor)
         return self.bound
 
-    def _cut(self, sent: float, now: float, factor: float) -> None:
+    def _cut(self, sent: float, now: float, factor: float, lowest: int) -> None:
         if sent < self._cut_at or not self.adaptive:
             return  # sent before the last cut: it speaks of the old bound
-        self._size = max(float(self.floor), min(self._size, float(self.bound)) * factor)
+        self._size = max(float(lowest), min(self._size, float(self.bound)) * factor)
         self.slow_start = False
         self._cut_at = now
         self.cuts += 1

@@ -54,7 +54,7 @@ from exporter.backup.layout import (
 from exporter.backup.lock import OutputLock
 from exporter.backup.manifest import ManifestDocument
 from exporter.backup.storage import Storage
-from exporter.core.config import DEFAULT_RESOURCES, ExportSettings
+from exporter.core.config import DEFAULT_RESOURCES, Concurrency, ExportSettings
 from exporter.core.errors import (
     ApiError,
     Interrupted,
@@ -134,6 +134,17 @@ class ExportResult:
 def updated_at_filterable(type_name: str) -> bool:
     attribute = resource_type(type_name).attribute("updatedAt")
     return attribute is not None and attribute.filterable
+
+
+def fetch_workers(concurrency: Concurrency) -> int:
+    """Requests one fetcher (a crawl, the walk, the delete scan) keeps going at once: a pinned
+    bound's, or twice where an adaptive one starts (16), never past its ceiling. Not the
+    ceiling: an idle crawl worker splits a partition before it waits for a slot, and each split
+    costs a short page (64 workers took 109 requests where 8 took 64 for the demo's 38,473
+    records). Several fetchers at once (roots, the walk) share the rest of the bound."""
+    if concurrency.pinned is not None:
+        return concurrency.pinned
+    return min(concurrency.ceiling, 2 * concurrency.start)
 
 
 def page_credits(bound: int) -> int:
@@ -708,9 +719,7 @@ class Export:
             inbox,
             credits,
             page_size=s.page_size,
-            # As many as the bound can ever let through: those beyond it wait for a credit or a
-            # slot, and cost no memory while they wait.
-            workers=s.in_flight.most,
+            workers=fetch_workers(s.in_flight),
             max_url_length=s.max_url_length,
         )
 

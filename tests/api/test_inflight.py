@@ -153,6 +153,21 @@ def test_rising_latency_cuts_the_bound() -> None:
     assert all(b > a * 0.5 for a, b in itertools.pairwise(seen))  # gently
 
 
+def test_rising_latency_never_cuts_below_the_start_but_overload_does() -> None:
+    """Queueing may be this host's own CPU: latency takes the bound back to where it started
+    (8), no lower; the API's pushback (a 429, a 5xx, a timeout) goes down to the floor."""
+    bound, clock = InFlightBound(start=8), Clock()
+    for _ in range(8):
+        bound.answered(clock.answer(0.3))
+    for _ in range(40):  # 20 s: within the lowest round trip's window
+        bound.answered(clock.answer(3.0, gap=0.5))
+    assert bound.bound == 8 and bound.cuts >= 2
+    for _ in range(5):
+        clock.now += 5.0
+        bound.overloaded(clock.now - 0.1, clock.now)
+    assert bound.bound == 1
+
+
 def test_moderate_latency_holds_the_bound() -> None:
     """Between 1.5x and 2x the lowest round trip: neither grown nor cut."""
     bound, clock = InFlightBound(start=8), Clock()

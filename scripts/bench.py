@@ -77,8 +77,12 @@ class Scenario:
     steps: int
     relationships: bool
     latency: float
-    concurrency: int
+    concurrency: int | None  # None: the exporter's default (no --concurrency flag)
     rate_limit: str = UNLIMITED
+
+    @property
+    def shown_concurrency(self) -> str:
+        return "default" if self.concurrency is None else str(self.concurrency)
 
 
 @contextlib.contextmanager
@@ -140,9 +144,11 @@ def measure_export(base: str, scenario: Scenario, tree: Path | None = None) -> M
         command = [
             sys.executable, "-m", "exporter", "export",
             "--out", str(out_dir), "--base-url", base, "--token", TOKEN,
-            "--concurrency", str(scenario.concurrency), "--rate-limit", scenario.rate_limit,
+            "--rate-limit", scenario.rate_limit,
             "--relationships", "all" if scenario.relationships else "none", "--quiet",
         ]  # fmt: skip
+        if scenario.concurrency is not None:
+            command += ["--concurrency", str(scenario.concurrency)]
         seconds, peak, _out, cpu = run_measured(command, tree)
         manifest = orjson.loads((out_dir / "_manifest.json").read_bytes())
         records = sum(r["rows"] for r in manifest["resources"].values())
@@ -221,6 +227,12 @@ def scenarios(quick: bool) -> list[Scenario]:
     for concurrency in (1, 4, 16):
         out.append(Scenario("speed-up with concurrency", 300_000, False, 0.3, concurrency))
     out.append(Scenario("rate limit 20/1s", 100_000, True, 0.0, 8, rate_limit="20/1"))
+    # The exporter's own defaults (the in-flight bound adaptive since issue 16): no --concurrency.
+    for latency in (0.3, 0.5):
+        out.append(
+            Scenario(f"default, {latency * 1000:.0f} ms per page", 100_000, True, latency, None)
+        )
+    out.append(Scenario("default, rate limit 20/1s", 100_000, True, 0.0, None, rate_limit="20/1"))
     return out
 
 
@@ -234,7 +246,7 @@ def run(scenario: Scenario) -> dict[str, Any]:
                 urls = [line for line in log.read_text().splitlines() if line]
                 replay_file = log.with_suffix(".replay")
                 replay_file.write_text("\n".join(urls))
-                floor = measure_floor(root, replay_file, scenario.concurrency)
+                floor = measure_floor(root, replay_file, scenario.concurrency or 16)
                 replay_file.unlink()
     finally:
         log.unlink(missing_ok=True)
@@ -279,17 +291,18 @@ def render_paired(rows: list[dict[str, Any]], other: Path, repeat: int) -> str:
     lines = [
         f"Medians of {repeat} runs each; old = `{other}`, new = this checkout.",
         "",
-        "| scenario | steps | relationships | concurrency | old records/s | new records/s | new / old | old CPU s | new CPU s | new / old CPU | old requests | new requests | old peak MiB | new peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | steps | relationships | concurrency | old records/s | new records/s | new / old | old CPU s | new CPU s | new / old CPU | old requests | new requests | old 429s | new 429s | old peak MiB | new peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         s, old, new = row["scenario"], row["old"], row["new"]
         lines.append(
-            f"| {s.name} | {s.steps:,} | {'on' if s.relationships else 'off'} | {s.concurrency} | "
+            f"| {s.name} | {s.steps:,} | {'on' if s.relationships else 'off'} | {s.shown_concurrency} | "
             f"{old.rate:,.0f} | {new.rate:,.0f} | {new.rate / old.rate:.2f} | "
             f"{row['old_cpu']:.1f} | {row['new_cpu']:.1f} | {row['new_cpu'] / row['old_cpu']:.2f} | "
             f"{old.requests:,} | "
-            f"{new.requests:,} | {old.peak_mib:.0f} | {new.peak_mib:.0f} |"
+            f"{new.requests:,} | {old.rate_limited} | {new.rate_limited} | "
+            f"{old.peak_mib:.0f} | {new.peak_mib:.0f} |"
         )
     return "\n".join(lines)
 
@@ -305,7 +318,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         ratio = f"{e.rate / f.rate:.2f}" if f and f.rate else "-"
         floor_peak = f"{f.peak_mib:.0f}" if f else "-"
         lines.append(
-            f"| {s.name} | {s.steps:,} | {'on' if s.relationships else 'off'} | {s.concurrency} | "
+            f"| {s.name} | {s.steps:,} | {'on' if s.relationships else 'off'} | {s.shown_concurrency} | "
             f"{e.rate:,.0f} | {floor_rate} | {ratio} | {e.records:,} | "
             f"{e.requests:,} | {e.seconds:.1f} | {e.peak_mib:.0f} | {floor_peak} |"
         )
@@ -531,7 +544,7 @@ def main() -> None:
         )
         print(
             f"{scenario.name:28} steps={scenario.steps:>9,} rel={'on ' if scenario.relationships else 'off'} "
-            f"c={scenario.concurrency:<2} export {e.rate:>9,.0f} rec/s ({e.requests:,} req, {e.seconds:.1f}s, "
+            f"c={scenario.shown_concurrency:<7} export {e.rate:>9,.0f} rec/s ({e.requests:,} req, {e.seconds:.1f}s, "
             f"{e.peak_mib:.0f} MiB)  {floor}",
             flush=True,
         )

@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -31,35 +31,43 @@ from exporter.core.config import (
 from exporter.core.errors import UsageError
 from exporter.core.secrets import CREDENTIAL_RULE, header_safe
 
+T = TypeVar("T")
 
-class RateLimitType(click.ParamType[RateLimit]):
-    name = "N/SECONDS"
 
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> RateLimit:
-        if isinstance(value, RateLimit):
+class ParsedType(click.ParamType[T]):
+    """A value read from text by `parse` (its ValueError is the refusal); one already read
+    (a `kind`, e.g. a default given as the value itself) passes as it is."""
+
+    kind: type[T]
+
+    def parse(self, text: str) -> T:
+        raise NotImplementedError
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> T:
+        if isinstance(value, self.kind):
             return value
         try:
-            return parse_rate_limit(str(value))
+            return self.parse(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-class ConcurrencyType(click.ParamType[Concurrency]):
+class RateLimitType(ParsedType[RateLimit]):
+    name = "N/SECONDS"
+    kind = RateLimit
+
+    def parse(self, text: str) -> RateLimit:
+        return parse_rate_limit(text)
+
+
+class ConcurrencyType(ParsedType[Concurrency]):
     """`auto`, `auto:N` or `N` (`config.parse_concurrency`); in TOML a whole number or a string."""
 
     name = "auto|N"
+    kind = Concurrency
 
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> Concurrency:
-        if isinstance(value, Concurrency):
-            return value
-        try:
-            return parse_concurrency(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    def parse(self, text: str) -> Concurrency:
+        return parse_concurrency(text)
 
 
 class BaseUrlType(click.ParamType[str]):

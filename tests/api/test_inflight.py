@@ -47,6 +47,19 @@ class Clock:
             room=room,
         )
 
+    def overloads(self, bound: InFlightBound, count: int) -> int:
+        """`count` overloads a second apart (each from a request sent after the last cut)."""
+        for _ in range(count):
+            self.now += 1.0
+            bound.overloaded(self.now - 0.1, self.now)
+        return bound.bound
+
+    def answers(self, bound: InFlightBound, count: int, rtt: float = 0.3, gap: float = 0.01) -> int:
+        """`count` answers of `rtt` seconds, each while others wait for a slot."""
+        for _ in range(count):
+            bound.answered(self.answer(rtt, gap=gap))
+        return bound.bound
+
 
 def test_slow_start_grows_by_one_per_answer_while_requests_wait_for_a_slot() -> None:
     bound, clock = InFlightBound(start=8, ceiling=64), Clock()
@@ -118,32 +131,22 @@ def test_overload_halves_the_bound_once_per_round_trip() -> None:
 
 
 def test_overload_never_takes_the_bound_below_the_floor() -> None:
-    bound, clock = InFlightBound(start=8), Clock()
-    for _ in range(20):
-        clock.now += 1.0
-        bound.overloaded(clock.now - 0.1, clock.now)
-    assert bound.bound == 1
+    assert Clock().overloads(InFlightBound(start=8), 20) == 1
 
 
 def test_after_a_cut_it_grows_by_one_per_round_trip() -> None:
     bound, clock = InFlightBound(start=16), Clock()
     bound.overloaded(clock.now - 0.3, clock.now)
     assert bound.bound == 8
-    for _ in range(8):  # one round trip's answers at a bound of 8
-        bound.answered(clock.answer())
-    assert bound.bound == 9
-    for _ in range(9):
-        bound.answered(clock.answer())
-    assert bound.bound == 10
+    assert clock.answers(bound, 8) == 9  # one round trip's answers at a bound of 8
+    assert clock.answers(bound, 9) == 10
 
 
 def test_rising_latency_cuts_the_bound() -> None:
     """Pages that took 0.3 s start taking 1 s (they queue somewhere): the bound is cut by a
     fifth once the smoothed round trip passes twice the lowest, at most once per round trip."""
     bound, clock = InFlightBound(start=8), Clock()
-    for _ in range(8):
-        bound.answered(clock.answer(0.3))
-    assert bound.bound == 16
+    assert clock.answers(bound, 8) == 16
     seen = []
     for _ in range(40):
         seen.append(bound.answered(clock.answer(1.0, gap=0.1)))
@@ -157,15 +160,10 @@ def test_rising_latency_never_cuts_below_the_start_but_overload_does() -> None:
     """Queueing may be this host's own CPU: latency takes the bound back to where it started
     (8), no lower; the API's pushback (a 429, a 5xx, a timeout) goes down to the floor."""
     bound, clock = InFlightBound(start=8), Clock()
-    for _ in range(8):
-        bound.answered(clock.answer(0.3))
-    for _ in range(40):  # 20 s: within the lowest round trip's window
-        bound.answered(clock.answer(3.0, gap=0.5))
-    assert bound.bound == 8 and bound.cuts >= 2
-    for _ in range(5):
-        clock.now += 5.0
-        bound.overloaded(clock.now - 0.1, clock.now)
-    assert bound.bound == 1
+    assert clock.answers(bound, 8) == 16
+    assert clock.answers(bound, 40, rtt=3.0, gap=0.5) == 8  # 20 s: in the lowest RTT's window
+    assert bound.cuts >= 2
+    assert clock.overloads(bound, 5) == 1
 
 
 def test_moderate_latency_holds_the_bound() -> None:

@@ -197,6 +197,7 @@ OPTIONS: dict[str, OptionSpec] = {
     "concurrency": OptionSpec(
         ("--concurrency",),
         type=ConcurrencyType(),
+        metavar="auto|auto:N|N",
         default="auto",
         show_default=True,
         envvar="OUTREACH_CONCURRENCY",

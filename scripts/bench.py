@@ -228,7 +228,7 @@ def scenarios(quick: bool) -> list[Scenario]:
         out.append(Scenario("speed-up with concurrency", 300_000, False, 0.3, concurrency))
     out.append(Scenario("rate limit 20/1s", 100_000, True, 0.0, 8, rate_limit="20/1"))
     # The exporter's own defaults (the in-flight bound adaptive since issue 16): no --concurrency.
-    for latency in (0.3, 0.5):
+    for latency in (0.0, 0.3, 0.5):
         out.append(
             Scenario(f"default, {latency * 1000:.0f} ms per page", 100_000, True, latency, None)
         )

@@ -75,6 +75,7 @@ class Measure:
     run_seconds: float = 0.0  # the run itself, as its manifest records (no process start-up)
     cpu_seconds: float = 0.0  # user + system time of the process (robust to a busy machine)
     page_paths: dict[str, int] | None = None  # {"fast": n, "slow": m}: None where not recorded
+    peak_in_flight: int | None = None  # stats.in_flight_bound.peak (an adaptive bound's highest)
 
     @property
     def rate(self) -> float:
@@ -87,8 +88,12 @@ class Scenario:
     steps: int
     relationships: bool
     latency: float
-    concurrency: int
+    concurrency: int | None  # None: the exporter's default (no --concurrency flag)
     rate_limit: str = UNLIMITED
+
+    @property
+    def shown_concurrency(self) -> str:
+        return "default" if self.concurrency is None else str(self.concurrency)
 
 
 @contextlib.contextmanager
@@ -155,9 +160,11 @@ def run_measured(
 
 def measure_export(base: str, scenario: Scenario, tree: Path | None = None) -> Measure:
     flags = [
-        "--concurrency", str(scenario.concurrency), "--rate-limit", scenario.rate_limit,
+        "--rate-limit", scenario.rate_limit,
         "--relationships", "all" if scenario.relationships else "none",
     ]  # fmt: skip
+    if scenario.concurrency is not None:
+        flags += ["--concurrency", str(scenario.concurrency)]
     return run_export(base, flags, tree)
 
 
@@ -189,7 +196,16 @@ def export_measure(out_dir: Path, seconds: float, peak: float, cpu: float) -> Me
         float(stats.get("seconds", seconds)),
         cpu,
         page_paths(stats),
+        peak_in_flight(stats),
     )
+
+
+def peak_in_flight(stats: dict[str, Any]) -> int | None:
+    """The highest in-flight bound the export reached (`stats.in_flight_bound.peak`); None where
+    the export that wrote it does not record it."""
+    bound = stats.get("in_flight_bound")
+    peak = bound.get("peak") if isinstance(bound, dict) else None
+    return peak if type(peak) is int and peak > 0 else None
 
 
 def page_paths(stats: dict[str, Any]) -> dict[str, int] | None:
@@ -242,6 +258,13 @@ def scenarios(quick: bool) -> list[Scenario]:
     for concurrency in (1, 4, 16):
         out.append(Scenario("speed-up with concurrency", 300_000, False, 0.3, concurrency))
     out.append(Scenario("rate limit 20/1s", 100_000, True, 0.0, 8, rate_limit="20/1"))
+    # The exporter's own defaults (the in-flight bound adaptive since issue 16): no --concurrency.
+    # Named without a comma, so that `--only 'defaults 0 ms'` picks one of them.
+    for latency in (0.0, 0.3, 0.5):
+        out.append(
+            Scenario(f"defaults {latency * 1000:.0f} ms per page", 100_000, True, latency, None)
+        )
+    out.append(Scenario("defaults rate limit 20/1s", 100_000, True, 0.0, None, rate_limit="20/1"))
     return out
 
 
@@ -255,7 +278,9 @@ def run(scenario: Scenario) -> dict[str, Any]:
                 urls = [line for line in log.read_text().splitlines() if line]
                 replay_file = log.with_suffix(".replay")
                 replay_file.write_text("\n".join(urls))
-                floor = measure_floor(root, replay_file, scenario.concurrency)
+                # The floor replays at the bound the export ran at: pinned, or the adaptive bound's peak.
+                bound = scenario.concurrency or export.peak_in_flight or 16
+                floor = measure_floor(root, replay_file, bound)
                 replay_file.unlink()
     finally:
         log.unlink(missing_ok=True)
@@ -300,16 +325,17 @@ def render_paired(rows: list[dict[str, Any]], other: Path, repeat: int) -> str:
     lines = [
         f"Medians of {repeat} runs each; old = `{other}`, new = this checkout.",
         "",
-        "| scenario | steps | relationships | concurrency | old records/s | new records/s | new / old | old CPU s | new CPU s | new / old CPU | old requests | new requests | old fast / slow pages | new fast / slow pages | old peak MiB | new peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | steps | relationships | concurrency | old records/s | new records/s | new / old | old CPU s | new CPU s | new / old CPU | old requests | new requests | old fast / slow pages | new fast / slow pages | old 429s | new 429s | old peak MiB | new peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         s, old, new = row["scenario"], row["old"], row["new"]
         lines.append(
-            f"| {s.name} | {s.steps:,} | {'on' if s.relationships else 'off'} | {s.concurrency} | "
+            f"| {s.name} | {s.steps:,} | {'on' if s.relationships else 'off'} | {s.shown_concurrency} | "
             f"{old.rate:,.0f} | {new.rate:,.0f} | {new.rate / old.rate:.2f} | "
             f"{row['old_cpu']:.1f} | {row['new_cpu']:.1f} | {row['new_cpu'] / row['old_cpu']:.2f} | "
             f"{old.requests:,} | {new.requests:,} | {page_paths_cell(old)} | {page_paths_cell(new)} | "
+            f"{old.rate_limited} | {new.rate_limited} | "
             f"{old.peak_mib:.0f} | {new.peak_mib:.0f} |"
         )
     return "\n".join(lines)
@@ -351,7 +377,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         floor_cpu = f"{f.cpu_seconds:.1f}" if f else "-"
         floor_peak = f"{f.peak_mib:.0f}" if f else "-"
         lines.append(
-            f"| {s.name} | {s.steps:,} | {'on' if s.relationships else 'off'} | {s.concurrency} | "
+            f"| {s.name} | {s.steps:,} | {'on' if s.relationships else 'off'} | {s.shown_concurrency} | "
             f"{e.rate:,.0f} | {floor_rate} | {ratio} | {aim} | {e.records:,} | "
             f"{e.requests:,} | {page_paths_cell(e)} | {e.seconds:.1f} | {e.cpu_seconds:.1f} | "
             f"{floor_cpu} | {e.peak_mib:.0f} | {floor_peak} |"
@@ -744,7 +770,7 @@ def main() -> None:
         )
         print(
             f"{scenario.name:28} steps={scenario.steps:>9,} rel={'on ' if scenario.relationships else 'off'} "
-            f"c={scenario.concurrency:<2} export {e.rate:>9,.0f} rec/s ({e.requests:,} req, {e.seconds:.1f}s, "
+            f"c={scenario.shown_concurrency:<7} export {e.rate:>9,.0f} rec/s ({e.requests:,} req, {e.seconds:.1f}s, "
             f"CPU {e.cpu_seconds:.1f}s, {e.peak_mib:.0f} MiB, fast/slow pages {page_paths_cell(e)})  {floor}",
             flush=True,
         )

@@ -1,7 +1,10 @@
 """HTTP transport: one aiohttp session, the request budgets, the in-flight bound, retries and auth.
 
 Every request the exporter makes goes through `ApiClient._request`, in these steps:
-1. take a slot of the in-flight bound (`concurrency`: requests at once);
+1. take a slot of the in-flight bound (requests at once): pinned at `concurrency`, or, with
+   `adaptive_ceiling`, moved between 1 and that ceiling by `inflight.InFlightBound` from every
+   answer (grown while requests are latency-bound and the budgets have room, cut on 429s, 5xx,
+   timeouts, broken connections and rising latency); `watch_bound` tells others of each change;
 2. wait for a turn under two budgets (`ratelimit.RateLimits.turn`): the configured one (an aiolimiter
    `AsyncLimiter` pacing the steady state, and `RequestBudget` capping request starts at N in
    any window of the configured period) and the API's own (`ApiWindow`, what
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 import zlib
@@ -54,6 +58,7 @@ import orjson
 from exporter import __version__
 from exporter.api.auth import TokenSource
 from exporter.api.documents import json_or_none, parse_document
+from exporter.api.inflight import Answer, InFlightBound, ResizableSemaphore
 from exporter.api.ratelimit import RateLimits, retry_after_delay
 from exporter.api.urls import origin, query_value, with_query_value
 from exporter.core.errors import (
@@ -73,6 +78,8 @@ from exporter.core.events import LOGGER, event
 JSONAPI = "application/vnd.api+json"
 T = TypeVar("T")
 
+# A request whose turn under the budgets took longer than this was held back by them.
+HELD_BACK = 0.001
 RESUME_HINT = "the checkpoint is intact: run the same command again to resume"
 # Seconds the requests in flight get to finish after a stop request (SIGINT/SIGTERM) before
 # the CLI cancels them (exporter/cli.py `_run`, exporter/fleet.py `run_local`).
@@ -89,7 +96,9 @@ class NotSentError(ApiError):
 @dataclass(frozen=True)
 class ClientSettings:
     base_url: str
-    concurrency: int = 8
+    concurrency: int = 8  # the in-flight bound: pinned, or where an adaptive one starts
+    # Adaptive in-flight bound up to this many (None: pinned at `concurrency`).
+    adaptive_ceiling: int | None = None
     rate_limit: int = 10_000
     rate_period: float = 3600.0
     connect_timeout: float = 15.0
@@ -125,6 +134,9 @@ class ClientStats:
     smaller_pages: int = 0
     token_refreshes: int = 0
     server_time: float | None = None  # the API's clock (Date header) at its first answer
+    bound: int = 0  # the in-flight bound now
+    peak_bound: int = 0  # the highest it reached
+    bound_cuts: int = 0  # times an adaptive bound was cut (overload or rising latency)
 
 
 class ApiClient:
@@ -145,13 +157,23 @@ class ApiClient:
         self._clock = clock  # wall clock: X-RateLimit-Reset is in epoch seconds
         self._session: aiohttp.ClientSession | None = None
         self._limits: RateLimits | None = None
-        self._in_flight: asyncio.Semaphore | None = None
+        s = settings
+        if s.adaptive_ceiling is None:
+            self.in_flight = InFlightBound.pinned(s.concurrency)
+        else:
+            self.in_flight = InFlightBound(start=s.concurrency, ceiling=s.adaptive_ceiling)
+        self.stats.bound = self.stats.peak_bound = self.in_flight.bound
+        self._slots: ResizableSemaphore | None = None
+        self._watchers: list[Callable[[int], None]] = []
+
+    def watch_bound(self, watcher: Callable[[int], None]) -> None:
+        """Call `watcher` with the in-flight bound each time it changes."""
+        self._watchers.append(watcher)
 
     async def __aenter__(self) -> ApiClient:
         s = self.settings
-        connector = aiohttp.TCPConnector(
-            limit=s.concurrency, limit_per_host=s.concurrency, keepalive_timeout=60
-        )
+        most = self.in_flight.ceiling  # connections for the most requests ever in flight
+        connector = aiohttp.TCPConnector(limit=most, limit_per_host=most, keepalive_timeout=60)
         timeout = aiohttp.ClientTimeout(
             total=None, connect=s.connect_timeout, sock_read=s.read_timeout
         )
@@ -175,7 +197,7 @@ class ApiClient:
             clock=self._clock,
             stats=self.stats,
         )
-        self._in_flight = asyncio.Semaphore(s.concurrency)
+        self._slots = ResizableSemaphore(self.in_flight.bound)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -232,8 +254,8 @@ class ApiClient:
         accept_statuses: tuple[int, ...] = (),
         parse: Callable[[bytes, str], Any] | None = None,
     ) -> tuple[int, Any]:
-        assert self._limits is not None and self._in_flight is not None
-        limits = self._limits
+        assert self._limits is not None and self._slots is not None
+        limits, slots = self._limits, self._slots
         attempts = max_attempts or self.settings.max_attempts
         attempt = 0  # failed attempts so far
         rate_waits = 0
@@ -244,8 +266,10 @@ class ApiClient:
         data = orjson.dumps(payload) if payload is not None else None
         while True:
             failure: RetriableError | None = None
-            async with self._in_flight:
-                await limits.turn()
+            overload = False  # a timeout or a broken connection: the API may be overloaded
+            answer: Answer | None = None  # what a complete answer says about the bound
+            async with slots:
+                waited = await limits.turn()
                 answered = False
                 sent = time.monotonic()
                 status, body = 0, b""
@@ -267,10 +291,22 @@ class ApiClient:
                         answered = True
                         limits.answered(headers)  # before the body: a cut body still counted
                         body = await _read_body(response, self.settings.max_response_bytes)
+                    # Read while this request still holds its slot: were others waiting for one?
+                    answer = Answer(
+                        sent=sent,
+                        now=time.monotonic(),
+                        shape=request_shape(method, url, len(body)),
+                        saturated=slots.waiting > 0,
+                        held_back=waited > HELD_BACK,
+                        in_flight=slots.held,
+                        room=limits.room(),
+                    )
                 except aiohttp.ClientConnectorError as exc:
                     connection_failures += 1
+                    overload = True
                     failure = RetriableError(f"cannot connect ({_reason(exc)})")
                     if max_attempts == 1:  # one write, never sent: say so (see NotSentError)
+                        self._overloaded(sent, "a connection refused")
                         raise NotSentError(
                             f"not sent: cannot connect ({_reason(exc)})",
                             url=url,
@@ -279,6 +315,7 @@ class ApiClient:
                 except RetriableError as exc:  # too big, or not decodable
                     failure = exc
                 except TimeoutError as exc:
+                    overload = True
                     late = time.monotonic() - sent >= deadline * 0.99
                     failure = RetriableError(
                         f"no complete answer within the {deadline:g} s request deadline"
@@ -287,6 +324,7 @@ class ApiClient:
                         f"({_reason(exc)})"
                     )
                 except aiohttp.ClientError as exc:
+                    overload = True
                     what = "the connection broke mid-answer" if answered else "transport failure"
                     failure = RetriableError(f"{what} ({_reason(exc)})")
                 except ValueError as exc:  # a URL or header aiohttp refuses to send
@@ -296,9 +334,22 @@ class ApiClient:
                 finally:
                     if not answered:
                         limits.unanswered()
+            if failure is not None and overload:
+                self._overloaded(sent, "a timeout or a broken connection")
+            elif failure is None and (status == 429 or status >= 500):
+                self._overloaded(sent, f"a {status}")
+            elif answer is not None:
+                self._answered(answer)
             if LOGGER.isEnabledFor(logging.DEBUG):  # --verbose
                 _log_request(
-                    method, url, time.monotonic() - sent, attempt + 1, failure, status, body
+                    method,
+                    url,
+                    time.monotonic() - sent,
+                    attempt + 1,
+                    failure,
+                    status,
+                    body,
+                    self.stats.bound,
                 )
 
             if failure is not None:
@@ -399,6 +450,40 @@ class ApiClient:
                         hint=self.settings.give_up_hint,
                     ) from None
                 await self._backoff(attempt, exc.retry_after)
+
+    # -- the in-flight bound -----------------------------------------------------------------
+
+    def _answered(self, answer: Answer) -> None:
+        before = self.in_flight.bound
+        self.in_flight.answered(answer)
+        self._moved(
+            before, f"rising latency: {self.in_flight.inflation:.1f}x the lowest round trip"
+        )
+
+    def _overloaded(self, sent: float, what: str) -> None:
+        before = self.in_flight.bound
+        self.in_flight.overloaded(sent, time.monotonic())
+        self._moved(before, what)
+
+    def _moved(self, before: int, why_cut: str) -> None:
+        """Apply the bound's new value (to the slots, the stats and the watchers)."""
+        bound = self.in_flight.bound
+        self.stats.peak_bound = self.in_flight.peak
+        self.stats.bound_cuts = self.in_flight.cuts
+        if bound == before or self._slots is None:
+            return
+        self.stats.bound = bound
+        self._slots.limit = bound
+        for watcher in self._watchers:
+            watcher(bound)
+        if bound < before:
+            event(
+                "in_flight",
+                f"in-flight bound {before} -> {bound} after {why_cut}",
+                logging.DEBUG,
+                bound=bound,
+                was=before,
+            )
 
     def _redirect(self, method: str, url: str, status: int, headers: Any, hops: int) -> str:
         """Where a redirect leads, if it may be followed (see the module docstring); else the
@@ -508,6 +593,14 @@ def _reason(exc: BaseException) -> str:
     return text
 
 
+def request_shape(method: str, url: str, size: int) -> str:
+    """Requests expected to take alike: one method, path and page size, and an answer of `size`
+    bytes within a factor of 1.4 (`InFlightBound` compares an answer's time with the fastest of
+    its shape: a batch of 5 ids is no measure for one of 1000)."""
+    path = urlsplit(url).path
+    return f"{method} {path} {_page_size(url)} {round(2 * math.log2(size + 1))}"
+
+
 def _page_size(url: str) -> int | None:
     value = query_value(url, "page[size]")
     if value is None or not value.isdigit():
@@ -551,14 +644,17 @@ def _log_request(
     failure: RetriableError | None,
     status: int,
     body: bytes,
+    bound: int,
 ) -> None:
-    """One DEBUG line per request sent (`--verbose`): method, URL without secrets, outcome, time."""
+    """One DEBUG line per request sent (`--verbose`): method, URL without secrets, outcome, time,
+    and the in-flight bound after its answer."""
     shown = shown_url(url)
     outcome = str(failure) if failure is not None else f"{status}, {len(body):,} bytes"
     event(
         "request",
         f"{method} {shown} -> {outcome} in {seconds * 1000:,.0f} ms"
-        + (f" (attempt {attempt})" if attempt > 1 else ""),
+        + (f" (attempt {attempt})" if attempt > 1 else "")
+        + f" [in flight <= {bound}]",
         logging.DEBUG,
         method=method,
         url=shown,
@@ -567,4 +663,5 @@ def _log_request(
         ms=round(seconds * 1000, 1),
         attempt=attempt,
         error=str(failure) if failure is not None else None,
+        in_flight_bound=bound,
     )

@@ -48,6 +48,11 @@ class RequestBudget:
     def take(self, now: float) -> None:
         self._starts.append(now)
 
+    def room(self, now: float) -> int:
+        """Starts allowed now, before the log is full."""
+        self.delay(now)  # forgets the starts older than a period
+        return self.limit - len(self._starts)
+
     async def acquire(self) -> None:
         """Wait for a turn and take it (for callers that pace requests of their own)."""
         while True:
@@ -105,6 +110,12 @@ class ApiWindow:
 
     def take(self) -> None:
         self.in_flight += 1
+
+    def room(self) -> int | None:
+        """Starts the window is known to allow beyond those in flight (None: nothing known)."""
+        if self.remaining is None or self.rolled:
+            return None
+        return max(0, self.remaining - self.in_flight - self.reserve)
 
     def answered(self, remaining: float | None, reset: float | None, limit: float | None) -> None:
         """An answer arrived (its headers, at least)."""
@@ -182,10 +193,12 @@ class RateLimits:
         )
         self._lock = asyncio.Lock()
 
-    async def turn(self) -> None:
-        """Wait for a turn under both budgets, then count the request against them."""
+    async def turn(self) -> float:
+        """Wait for a turn under both budgets, then count the request against them; the
+        seconds it waited."""
         budget, window, stats = self._budget, self.window, self._stats
         loop = asyncio.get_running_loop()
+        asked = loop.time()
         async with self._lock:  # first come, first served
             started = loop.time()
             await self._bucket.acquire()
@@ -211,6 +224,15 @@ class RateLimits:
                     stats.budget_wait_seconds += waited
             budget.take(loop.time())
             window.take()
+            return loop.time() - asked
+
+    def room(self) -> int | None:
+        """Request starts both budgets allow right now beyond those in flight (None: no
+        limit known). What the in-flight bound may grow into (`inflight.InFlightBound`)."""
+        loop = asyncio.get_running_loop()
+        configured = self._budget.room(loop.time())
+        window = self.window.room()
+        return configured if window is None else min(configured, window)
 
     def answered(self, headers: Any) -> None:
         """An answer's headers arrived (read before its body: a body cut short still counted)."""

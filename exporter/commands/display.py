@@ -2,8 +2,9 @@
 
 Three audiences, one source of truth (`Snapshot`, read from the run's counters twice a second):
 - a person at a terminal: a live block, one line per resource (records, pages, records/s, and an
-  estimate when the API gave a total), plus the request budget (requests left in the API's
-  window, time spent waiting on the limit). rich's `Live` draws it (cursor movement, wrapping
+  estimate when the API gave a total), plus the requests: how many, the in-flight bound (it
+  moves when adaptive), the request budget (requests left in the API's window, time spent
+  waiting on the limit). rich's `Live` draws it (cursor movement, wrapping
   at the terminal's width, resizes): the run's log lines are printed above the block while it
   is live, and the block is left on screen with the final counts when the run ends;
 - a scheduler's log (not a terminal): one summary line every `interval` seconds;
@@ -54,19 +55,25 @@ def render_lines(snapshot: Snapshot, collections: dict[str, str]) -> list[str]:
         if snapshot.rate_remaining is None
         else f", {snapshot.rate_remaining:,} left in the API's window"
     )
+    bound = _bound(snapshot)
     lines.append(
-        f"{snapshot.phase}: {snapshot.requests:,} requests ({snapshot.retries:,} retried){remaining}, "
-        f"{snapshot.waited:,.1f}s waiting on the rate limit, {snapshot.elapsed:,.1f}s"
+        f"{snapshot.phase}: {snapshot.requests:,} requests ({snapshot.retries:,} retried){bound}"
+        f"{remaining}, {snapshot.waited:,.1f}s waiting on the rate limit, {snapshot.elapsed:,.1f}s"
     )
     return lines
+
+
+def _bound(snapshot: Snapshot) -> str:
+    bound = snapshot.in_flight_bound
+    return "" if bound is None else f", at most {bound} in flight"
 
 
 def summary_line(snapshot: Snapshot) -> str:
     parts = ", ".join(f"{k} {v.records:,}" for k, v in snapshot.resources.items() if v.records)
     return (
         f"progress: {snapshot.records():,} records ({parts or 'none yet'}), "
-        f"{_rate(snapshot.records(), snapshot.elapsed)}, {snapshot.requests:,} requests, "
-        f"{snapshot.waited:,.1f}s waiting on the rate limit"
+        f"{_rate(snapshot.records(), snapshot.elapsed)}, {snapshot.requests:,} requests"
+        f"{_bound(snapshot)}, {snapshot.waited:,.1f}s waiting on the rate limit"
     )
 
 

@@ -23,7 +23,7 @@ from exporter.commands.exits import errors_as_json, fail
 from exporter.commands.metrics import RunOutcome, check_metrics_path, write_metrics
 from exporter.commands.options import CREDENTIALS, options
 from exporter.commands.running import run_stoppable
-from exporter.core.config import DEFAULT_RESOURCES, ExportSettings, RateLimit
+from exporter.core.config import DEFAULT_RESOURCES, Concurrency, ExportSettings, RateLimit
 from exporter.core.errors import ExitCode, ExporterError, UsageError
 from exporter.core.events import configure_logging, event
 from exporter.core.secrets import Secret
@@ -134,7 +134,7 @@ def export(
     out: str,
     base_url: str,
     page_size: int,
-    concurrency: int,
+    concurrency: Concurrency,
     rate_limit: RateLimit,
     relationships: str,
     resources: str,

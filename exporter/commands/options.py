@@ -20,6 +20,7 @@ import click
 
 from exporter.commands.values import (
     BaseUrlType,
+    ConcurrencyType,
     CredentialType,
     IdList,
     LocationType,
@@ -195,11 +196,15 @@ OPTIONS: dict[str, OptionSpec] = {
     ),
     "concurrency": OptionSpec(
         ("--concurrency",),
-        type=BoundedInt(1, 64),
-        default=8,
+        type=ConcurrencyType(),
+        metavar="auto|auto:N|N",
+        default="auto",
         show_default=True,
         envvar="OUTREACH_CONCURRENCY",
-        help="Requests in flight at once.  [env: OUTREACH_CONCURRENCY]",
+        help="Requests in flight at once: auto (adaptive: from 8, between 1 and 64; grows while "
+        "pages wait on latency and the request budget has room, shrinks on 429s, 5xx, timeouts "
+        "and rising latency), auto:N (adaptive up to N), or N to pin it (1 to 64).  "
+        "[env: OUTREACH_CONCURRENCY]",
     ),
     "rate_limit": OptionSpec(
         ("--rate-limit",),
@@ -536,6 +541,7 @@ RESTORE_VARIANTS = {
         OPTIONS["concurrency"],
         type=click.IntRange(1, 64),
         default=4,
+        metavar=None,
         envvar="OUTREACH_RESTORE_CONCURRENCY",
         help="Requests in flight at once.",
     ),

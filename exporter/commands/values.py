@@ -16,28 +16,58 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from exporter.backup.storage import check_location
-from exporter.core.config import RateLimit, check_base_url, parse_rate_limit
+from exporter.core.config import (
+    Concurrency,
+    RateLimit,
+    check_base_url,
+    parse_concurrency,
+    parse_rate_limit,
+)
 from exporter.core.errors import UsageError
 from exporter.core.secrets import CREDENTIAL_RULE, header_safe
 
+T = TypeVar("T")
 
-class RateLimitType(click.ParamType[RateLimit]):
-    name = "N/SECONDS"
 
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> RateLimit:
-        if isinstance(value, RateLimit):
+class ParsedType(click.ParamType[T]):
+    """A value read from text by `parse` (its ValueError is the refusal); one already read
+    (a `kind`, e.g. a default given as the value itself) passes as it is."""
+
+    kind: type[T]
+
+    def parse(self, text: str) -> T:
+        raise NotImplementedError
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> T:
+        if isinstance(value, self.kind):
             return value
         try:
-            return parse_rate_limit(str(value))
+            return self.parse(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class RateLimitType(ParsedType[RateLimit]):
+    name = "N/SECONDS"
+    kind = RateLimit
+
+    def parse(self, text: str) -> RateLimit:
+        return parse_rate_limit(text)
+
+
+class ConcurrencyType(ParsedType[Concurrency]):
+    """`auto`, `auto:N` or `N` (`config.parse_concurrency`); in TOML a whole number or a string."""
+
+    name = "auto|N"
+    kind = Concurrency
+
+    def parse(self, text: str) -> Concurrency:
+        return parse_concurrency(text)
 
 
 class BaseUrlType(click.ParamType[str]):
@@ -144,6 +174,8 @@ def toml_value(
         expected, wanted = (bool,), "true or false"
     elif isinstance(type_, click.types.IntParamType):
         expected, wanted = (int,), "a whole number"
+    elif isinstance(type_, ConcurrencyType):
+        expected, wanted = (int, str), 'a whole number or "auto"'
     elif isinstance(type_, click.types.FloatParamType):
         expected, wanted = (int, float), "a number"
     else:

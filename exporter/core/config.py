@@ -44,6 +44,67 @@ MAX_RATE_SECONDS = 31 * 86_400.0
 _RATE_LIMIT = re.compile(r"(\d{1,10})/(\d{1,10}(?:\.\d{1,9})?)")
 
 
+# `--concurrency`: requests in flight at once. Adaptive by default (`api.inflight`): it starts at
+# ADAPTIVE_START and moves between 1 and the ceiling (MAX_CONCURRENCY unless `auto:N` says).
+MAX_CONCURRENCY = 64
+ADAPTIVE_START = 8
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """Requests in flight at once: pinned at `pinned`, or adaptive (`pinned` None) from
+    `min(ADAPTIVE_START, ceiling)` between 1 and `ceiling`."""
+
+    pinned: int | None = None
+    ceiling: int = MAX_CONCURRENCY
+
+    def __post_init__(self) -> None:
+        if self.pinned is not None and not 1 <= self.pinned <= MAX_CONCURRENCY:
+            raise ValueError(f"a pinned concurrency is 1 to {MAX_CONCURRENCY}")
+        if not 1 <= self.ceiling <= MAX_CONCURRENCY:
+            raise ValueError(f"an adaptive ceiling is 1 to {MAX_CONCURRENCY}")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.pinned is None
+
+    @property
+    def start(self) -> int:
+        """The bound of the first requests."""
+        return self.pinned if self.pinned is not None else min(ADAPTIVE_START, self.ceiling)
+
+    @property
+    def most(self) -> int:
+        """The bound it can ever reach (what fetch workers and connections are sized for)."""
+        return self.pinned if self.pinned is not None else self.ceiling
+
+    def __str__(self) -> str:
+        if self.pinned is not None:
+            return str(self.pinned)
+        return AUTO if self.ceiling == MAX_CONCURRENCY else f"{AUTO}:{self.ceiling}"
+
+
+_CONCURRENCY = re.compile(r"(?:(auto)(?::(\d{1,3}))?|(\d{1,3}))")
+
+
+def parse_concurrency(text: str) -> Concurrency:
+    """`auto` (adaptive, up to 64), `auto:N` (adaptive, up to N) or `N` (pinned), 1 <= N <= 64."""
+    match = _CONCURRENCY.fullmatch(text.strip().lower())
+    parsed: Concurrency | None = None
+    if match and match[3] is not None and 1 <= int(match[3]) <= MAX_CONCURRENCY:
+        parsed = Concurrency(pinned=int(match[3]))
+    elif match and match[1] is not None:
+        ceiling = MAX_CONCURRENCY if match[2] is None else int(match[2])
+        parsed = Concurrency(ceiling=ceiling) if 1 <= ceiling <= MAX_CONCURRENCY else None
+    if parsed is None:
+        raise ValueError(
+            f"{text[:40]!r} is not auto, auto:N or N with 1 <= N <= {MAX_CONCURRENCY} "
+            "(requests in flight: adaptive, adaptive up to N, or pinned at N)"
+        )
+    return parsed
+
+
 def parse_rate_limit(text: str) -> RateLimit:
     """`N/SECONDS`, e.g. `10000/3600`: decimal digits only, finite and bounded."""
     match = _RATE_LIMIT.fullmatch(text.strip())
@@ -169,7 +230,8 @@ class ExportSettings:
     redirect_uri: str | None = None
     token_file: Path | None = None
     page_size: int = MAX_PAGE_SIZE
-    concurrency: int = 8
+    # Requests in flight: adaptive by default; a whole number pins it (`in_flight` reads both).
+    concurrency: Concurrency | int = field(default_factory=Concurrency)
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(10_000, 3600.0))
     restart: bool = False
     commit_interval: float = 30.0
@@ -191,6 +253,12 @@ class ExportSettings:
     retry: RetryPolicy | None = field(default_factory=retry_policy_from_environment)
 
     @property
+    def in_flight(self) -> Concurrency:
+        """`concurrency` as a `Concurrency` (a whole number pins it)."""
+        c = self.concurrency
+        return c if isinstance(c, Concurrency) else Concurrency(pinned=c)
+
+    @property
     def oauth(self) -> bool:
         """OAuth credentials: a refresh token given, or a client id without a static token
         (a later run, whose refresh token is the rotated one saved in `token_file`)."""
@@ -202,7 +270,8 @@ class ExportSettings:
         selection = {} if self.resources == DEFAULT_RESOURCES else {"resources": self.resources}
         return {
             "page_size": self.page_size,
-            "concurrency": self.concurrency,
+            # A pinned bound as the number it always was; adaptive as `auto` (or `auto:N`).
+            "concurrency": self.in_flight.pinned or str(self.in_flight),
             "rate_limit": str(self.rate_limit),
             "auth": "oauth" if self.oauth else "token",
             "commit_interval": self.commit_interval,

@@ -22,6 +22,7 @@ class Snapshot:
     retries: int = 0
     rate_remaining: int | None = None
     waited: float = 0.0  # seconds spent waiting on the rate limit
+    in_flight_bound: int | None = None  # requests allowed in flight now (adaptive: it moves)
 
     def records(self) -> int:
         return sum(r.records for r in self.resources.values())
@@ -39,6 +40,7 @@ class Snapshot:
             "retries": self.retries,
             "rate_remaining": self.rate_remaining,
             "rate_wait_seconds": round(self.waited, 3),
+            "in_flight_bound": self.in_flight_bound,
         }
 
 

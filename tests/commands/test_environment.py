@@ -11,8 +11,8 @@ from click.core import ParameterSource
 
 from exporter.commands.main import main
 from exporter.commands.options import NOT_FROM_ENV
-from exporter.commands.values import CredentialType
-from exporter.core.config import RateLimit
+from exporter.commands.values import ConcurrencyType, CredentialType
+from exporter.core.config import Concurrency, RateLimit
 from exporter.simulator.faults import TokenFault
 from tests.helpers.checks import assert_refused
 from tests.helpers.commands import invoke
@@ -69,6 +69,8 @@ def sample(command: str, param: click.Option, tmp_path: Path) -> tuple[str, obje
     if isinstance(type_, click.Choice):
         choice = next(c for c in reversed(type_.choices) if c != param.default)
         return str(choice), choice
+    if isinstance(type_, ConcurrencyType):
+        return "auto:5", Concurrency(ceiling=5)
     if isinstance(type_, click.IntRange):
         number = (type_.min or 0) + 1
         return str(number), number
@@ -194,7 +196,7 @@ def test_a_bad_config_value_from_the_variable_names_the_file(tmp_path: Path) -> 
     code, _, stderr = invoke(
         ["export", "--out", str(tmp_path / "o")], {"OUTREACH_CONFIG": str(config)}
     )
-    assert_refused(code, stderr, f"error: {config}: concurrency = 500: ", "range")
+    assert_refused(code, stderr, f"error: {config}: concurrency = 500: ", "1 <= N <= 64")
 
 
 def test_a_bad_flag_is_named_as_before(tmp_path: Path) -> None:

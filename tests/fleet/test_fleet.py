@@ -19,6 +19,7 @@ import pytest
 
 from exporter.backup import checkpoint
 from exporter.commands.fleet_file import parse_fleet
+from exporter.core.config import Concurrency
 from exporter.core.errors import ExitCode, UsageError
 from exporter.core.times import utc_now
 from exporter.fleet.fleet import Account, export_account, resolve
@@ -96,10 +97,13 @@ def test_fleet_file_defaults_overrides_and_references() -> None:
         "/backups/acme",
         "http://127.0.0.1:9/api/v2",
     )
-    assert acme.options["concurrency"] == 2 and acme.options["incremental"] is True
+    assert acme.options["concurrency"] == Concurrency(pinned=2)
+    assert acme.options["incremental"] is True
     assert str(acme.options["rate_limit"]) == "5000/3600"
     assert acme.credentials.token_env == "ACME_TOKEN" and not acme.credentials.oauth
-    assert globex.out == "/elsewhere/globex" and globex.options["concurrency"] == 4
+    assert globex.out == "/elsewhere/globex" and globex.options["concurrency"] == Concurrency(
+        pinned=4
+    )
     assert globex.credentials.oauth and globex.credentials.token_file == "/state/globex.json"
     assert "incremental" not in globex.options
 

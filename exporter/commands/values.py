@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from exporter.backup.storage import check_location
+from exporter.backup.location import check_location
 from exporter.core.config import RateLimit, check_base_url, parse_rate_limit
 from exporter.core.errors import UsageError
 from exporter.core.secrets import CREDENTIAL_RULE, header_safe
@@ -84,7 +84,7 @@ class ResourcesType(click.ParamType[str]):
 
 
 class LocationType(click.ParamType[str]):
-    """A directory or a URI to write a backup to (`storage.check_location`)."""
+    """A directory or a URI to write a backup to (`location.check_location`)."""
 
     name = "DIR|URI"
 

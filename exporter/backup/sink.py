@@ -129,8 +129,17 @@ class PartSink(Protocol):
         """Bytes of the file being written (an estimate)."""
         ...
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of rows held in memory, not yet written to the file."""
+        ...
+
     def append(self, table: pa.Table) -> None:
         """Add rows to the file being written."""
+        ...
+
+    def flush(self) -> None:
+        """Write the rows held in memory to the file being written (it stays open)."""
         ...
 
     def roll(self) -> DataFile | None:
@@ -191,6 +200,11 @@ class PartWriter:
         written = self._open.handle.size if self._open is not None else 0
         return written + self._buffered_bytes
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of the rows appended since the last row group (Arrow buffers they hold)."""
+        return self._buffered_bytes
+
     def _relative(self) -> str:
         return f"{self.directory}/part-{self.run_id}-{self._sequence:05d}.parquet"
 
@@ -213,9 +227,10 @@ class PartWriter:
             self._buffered_rows >= self.row_group_rows
             or self._buffered_bytes >= self.row_group_bytes
         ):
-            self._flush()
+            self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the buffered rows as one row group (the file stays open for more)."""
         if not self._buffer:
             return
         if self._open is None:
@@ -242,7 +257,7 @@ class PartWriter:
         """Complete the current file and put it in place; None when it holds no rows."""
         if self._file_rows == 0:
             return None
-        self._flush()
+        self.flush()
         assert self._writer is not None and self._open is not None
         try:
             self._writer.close()

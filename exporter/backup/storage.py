@@ -42,6 +42,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from exporter.backup.location import check_location
 from exporter.core.errors import BusyError, ExitCode, ExporterError, OutputError, UsageError
 
 INPROGRESS_SUFFIX = ".inprogress"
@@ -190,28 +191,6 @@ def _scrubbed(message: str, secrets_: list[str]) -> str:
     for secret in sorted(secrets_, key=len, reverse=True):
         message = message.replace(secret, "***")
     return " ".join(message.split())  # one line
-
-
-def check_location(text: str) -> None:
-    """A directory or a URI to write a backup to: never empty (that would be the current
-    directory), no control characters, a URI that parses, a `~user` that exists, and not
-    pyarrow's `mock://` filesystem (memory: the backup would vanish with the process).
-    ValueError says what is wrong."""
-    if not text.strip():
-        raise ValueError("an empty location; give a directory or a URI (s3://bucket/prefix)")
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise ValueError("a location with control characters (a newline?) is refused")
-    try:
-        scheme = urlsplit(text).scheme.lower()
-    except ValueError as exc:
-        raise ValueError(f"not a path or a URI that parses ({exc})") from None
-    if scheme == "mock":
-        raise ValueError("mock:// keeps files in memory only; give a directory or a URI")
-    if text.startswith("~"):
-        try:
-            Path(text).expanduser()
-        except RuntimeError:
-            raise ValueError(f"{text[:60]!r}: no such user's home directory") from None
 
 
 def _refuse_prefix(flag: str, shown: str, why: str) -> UsageError:

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import click
 
-from exporter.backup import manifest
-from exporter.backup.compact import CURRENT_PREFIX, POINTER_NAME, compact
-from exporter.backup.storage import Storage
 from exporter.commands.exits import fail
 from exporter.commands.options import options
 from exporter.core.errors import ExporterError, UsageError
-from exporter.model.schema import resource_type
 
 
 @click.command("compact")
@@ -18,6 +14,11 @@ from exporter.model.schema import resource_type
 @options("into")
 def compact_command(directory: str, into: str | None) -> None:
     """Write the newest version of every live record of a backup (full run, deltas, tombstones)."""
+    from exporter.backup import manifest
+    from exporter.backup.compact import CURRENT_PREFIX, POINTER_NAME, compact
+    from exporter.backup.storage import Storage
+    from exporter.model.schema import resource_type
+
     try:
         storage = Storage.open(directory, flag="DIR")
         target = None if into is None else Storage.open(into, flag="--into")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
-from exporter.api.auth import RefreshTokenStore, TokenSource, token_source
 from exporter.core.config import ExportSettings, default_token_file
 from exporter.core.errors import UsageError
 from exporter.core.secrets import Secret
+
+if TYPE_CHECKING:
+    from exporter.api.auth import TokenSource
 
 
 class CredentialOptions(TypedDict):
@@ -54,6 +56,8 @@ def command_token_source(settings: ExportSettings, *, has_demo: bool = False) ->
     OAuth flag, --refresh-token only until --token-file holds a rotated one; a token file
     outside --out; some credential at all), each refusal naming the flags (and `--demo` for a
     command that has it), then `auth.token_source`."""
+    from exporter.api.auth import RefreshTokenStore, token_source  # aiohttp: only to run
+
     if settings.oauth:
         token_file = settings.token_file or default_token_file()
         saved = settings.refresh_token is None and RefreshTokenStore(token_file).load()

@@ -18,16 +18,18 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 import orjson
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
 
 from exporter.core.events import LOGGER, event
 from exporter.core.progress import ResourceProgress, Snapshot
+
+if TYPE_CHECKING:  # rich is imported when a live block is drawn, not by every command
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
 
 
 def _rate(records: int, elapsed: float) -> str:
@@ -123,9 +125,15 @@ class ProgressDisplay:
             event("progress", "progress", **snapshot.to_json())
 
     def _block(self, snapshot: Snapshot) -> Text:
+        from rich.text import Text
+
         return Text("\n".join(render_lines(snapshot, self.collections)))
 
     def _start_live(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+        from rich.text import Text
+
         console = Console(file=self.stream, highlight=False, markup=False, emoji=False)
         # Log lines (the run's events, a stop notice) go through rich while the block is live,
         # so they are printed above it instead of through it.
@@ -164,6 +172,8 @@ class _LiveStream:
         self._pending = ""
 
     def write(self, text: str) -> int:
+        from rich.text import Text
+
         self._pending += text
         *lines, self._pending = self._pending.split("\n")
         for line in lines:

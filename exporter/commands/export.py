@@ -12,17 +12,14 @@ import click
 import orjson
 from click.core import ParameterSource
 
-from exporter.api.client import STOP_GRACE
 from exporter.commands.credentials import (
     CredentialOptions,
     command_token_source,
     credential_settings,
 )
-from exporter.commands.display import progress_display
 from exporter.commands.exits import errors_as_json, fail
 from exporter.commands.metrics import RunOutcome, check_metrics_path, write_metrics
 from exporter.commands.options import CREDENTIALS, options
-from exporter.commands.running import run_stoppable
 from exporter.core.config import DEFAULT_RESOURCES, Concurrency, ExportSettings, RateLimit
 from exporter.core.errors import ExitCode, ExporterError, UsageError
 from exporter.core.events import configure_logging, event
@@ -161,6 +158,11 @@ def export(
 ) -> None:
     """Export sequence steps (or, with --resources, any or all of the account's collections) to
     typed Parquet files in --out, resuming an unfinished run there."""
+    # The run's modules (aiohttp, pyarrow, rich) are imported here, not with the command:
+    # `--help` and a refused flag never wait for them.
+    from exporter.api.client import STOP_GRACE
+    from exporter.commands.display import progress_display
+    from exporter.commands.running import run_stoppable
     from exporter.export.relationships import parse_selection
     from exporter.export.run import Export
 

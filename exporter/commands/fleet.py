@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from exporter.commands.exits import fail
-from exporter.commands.fleet_file import load_fleet
 from exporter.commands.options import options
 from exporter.core.errors import ExitCode, ExporterError, UsageError
-from exporter.fleet.fleet import AccountResult, run_dask, run_local
+
+if TYPE_CHECKING:
+    from exporter.fleet.fleet import AccountResult
 
 
 def summary_table(results: list[AccountResult]) -> str:
@@ -57,6 +59,9 @@ def fleet_command(
     config_path: Path, executor: str, scheduler: str | None, parallel: int, retries: int
 ) -> None:
     """Export many accounts concurrently, each with its own credentials, output and rate budget."""
+    from exporter.commands.fleet_file import load_fleet
+    from exporter.fleet.fleet import run_dask, run_local
+
     try:
         accounts = load_fleet(config_path)
         if executor == "dask":

@@ -31,7 +31,7 @@ from exporter.commands.values import (
 )
 from exporter.core.bounds import DAY, BoundedInt, FiniteFloat
 from exporter.core.config import DEFAULT_BASE_URL, MAX_PAGE_SIZE, load_toml_table
-from exporter.restore.restore import MAX_ID, Mode
+from exporter.restore.modes import MAX_ID, Mode
 
 F = Callable[..., Any]
 

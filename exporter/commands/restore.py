@@ -7,9 +7,6 @@ from typing import Unpack
 
 import click
 
-from exporter.api.client import STOP_GRACE
-from exporter.backup import manifest
-from exporter.backup.storage import Storage
 from exporter.commands.credentials import (
     CredentialOptions,
     command_token_source,
@@ -17,16 +14,9 @@ from exporter.commands.credentials import (
 )
 from exporter.commands.exits import fail
 from exporter.commands.options import CREDENTIALS, RESTORE_VARIANTS, options
-from exporter.commands.running import run_stoppable
 from exporter.core.config import ExportSettings, RateLimit
 from exporter.core.errors import ExporterError, UsageError
-from exporter.restore.restore import (
-    Mode,
-    Restore,
-    RestoreReport,
-    RestoreSettings,
-    render,
-)
+from exporter.restore.modes import Mode
 
 
 @click.command("restore")
@@ -64,6 +54,12 @@ def restore_command(
     **credentials: Unpack[CredentialOptions],
 ) -> None:
     """Put sequence steps back from a backup: plan (default), or --apply the creates and patches."""
+    from exporter.api.client import STOP_GRACE
+    from exporter.backup import manifest
+    from exporter.backup.storage import Storage
+    from exporter.commands.running import run_stoppable
+    from exporter.restore.restore import Restore, RestoreReport, RestoreSettings, render
+
     try:
         if ids is not None and sequence is not None:
             raise UsageError("--ids and --sequence select steps in two ways; pass one of them")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from exporter.audit.status import render, status
 from exporter.commands.display import show_report
 from exporter.commands.exits import fail
 from exporter.commands.options import options
@@ -20,6 +19,8 @@ def status_command(directory: str, as_json: bool, shown: str) -> None:
 
     DIR is a path or a URI, as `export --out` takes (s3://bucket/prefix, file://...).
     """
+    from exporter.audit.status import render, status
+
     if shown != "all" and not (shown.isdigit() and int(shown) >= 1):
         fail(UsageError(f"--runs {shown!r}: a number of runs (1 or more) or 'all'"))
     try:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from exporter.backup.storage import check_location
+from exporter.backup.location import check_location
 from exporter.core.config import (
     Concurrency,
     RateLimit,
@@ -114,7 +114,7 @@ class ResourcesType(click.ParamType[str]):
 
 
 class LocationType(click.ParamType[str]):
-    """A directory or a URI to write a backup to (`storage.check_location`)."""
+    """A directory or a URI to write a backup to (`location.check_location`)."""
 
     name = "DIR|URI"
 

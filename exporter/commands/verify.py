@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from exporter.audit.verify import render, verify
 from exporter.commands.display import show_report
 from exporter.commands.exits import fail
 from exporter.commands.options import options
@@ -22,6 +21,8 @@ def verify_command(directory: str, as_json: bool) -> None:
     cannot be read, 1 for an unfinished run whose committed files match, 2 when DIR holds no
     export.
     """
+    from exporter.audit.verify import render, verify
+
     try:
         report = verify(directory)
     except ExporterError as exc:

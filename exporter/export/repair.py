@@ -17,22 +17,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from exporter.api.client import ApiClient
-from exporter.api.pagination import collection_url, paginate
 from exporter.backup.checkpoint import HistoryEntry, PartitionState, ResourceState, RunState
 from exporter.backup.manifest import canonical_digest
 from exporter.backup.sink import DataFile
 from exporter.backup.storage import Storage, storage_error
 from exporter.core.errors import UsageError
-from exporter.export.crawl import Message, PageBatch
-from exporter.model.fastpage import PagePaths, PageReader
-from exporter.model.normalize import Normalizer
 from exporter.model.schema import resource_type
+
+if TYPE_CHECKING:  # the refetch's transport; `plan` (and so `status`) reads a manifest without it
+    from exporter.api.client import ApiClient
+    from exporter.export.crawl import Message
+    from exporter.model.fastpage import PagePaths
 
 REPAIR_KEY = "repair"  # ResourceState.detail: the pending repairs of the type
 
@@ -85,6 +85,11 @@ async def refetch_range(
     page_paths: PagePaths | None = None,
 ) -> int:
     """Walk `low..high` of a collection and send the kept rows to the writer; returns their count."""
+    from exporter.api.pagination import collection_url, paginate
+    from exporter.export.crawl import PageBatch
+    from exporter.model.fastpage import PageReader
+    from exporter.model.normalize import Normalizer
+
     normalizer = Normalizer(type_name)
     first = collection_url(
         base_url,

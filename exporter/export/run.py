@@ -823,7 +823,9 @@ class Export:
                 state.resources[type_name].detail.missing = missing
             for type_name, dropped in walk.unrequested().items():
                 state.resources[type_name].detail.unrequested = dropped
-        emitted_steps = step_crawl.emitted_ids() if step_crawl is not None else []
+        # Only phase 2 reads them: a full run never holds its million ids as Python ints.
+        if incremental and index is not None and step_crawl is not None:
+            emitted_steps = step_crawl.emitted_ids()
         if self._stop_requested:
             return
         await flush()

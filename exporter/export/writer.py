@@ -9,15 +9,23 @@ A kill between 1 and 3 leaves a complete file that no checkpoint names: an orpha
 the run resumes, whose rows are fetched again. A kill anywhere else loses only uncommitted pages.
 Commits happen when a file reaches its size or row budget, every `commit_interval` seconds, and
 at the end of the run.
+
+Memory: each type's `PartWriter` holds its rows until they make a row group, so a run that
+writes many types at once (`--resources all`: 47) could hold 47 row groups. `buffer_bytes`
+bounds them together: past it, the largest buffer is written out as a (smaller) row group of
+its open file. Nothing is committed by that; the file just grows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import pyarrow as pa
 
 from exporter.backup import checkpoint
 from exporter.backup.checkpoint import PartitionState, ResourceState, RunState
@@ -35,6 +43,25 @@ class CommitPolicy:
     file_bytes: int = 256 << 20
     commit_interval: float = 30.0
     row_group_rows: int = 50_000
+    buffer_bytes: int = 64 << 20  # rows held in memory across every type's part writer
+
+
+@functools.cache
+def use_returning_memory_pool() -> None:
+    """Make Arrow give freed memory back to the system at once, for this process.
+
+    pyarrow's default pool on Linux is mimalloc, which keeps what is freed in per-thread heaps
+    for reuse: pages are read and row groups encoded in worker threads, so an export held
+    its high-water mark in each (100,000 steps peaked about 50 MiB higher than on jemalloc
+    without decay, measured with ru_maxrss). jemalloc with a decay of 0 returns freed pages
+    immediately; a build without jemalloc uses the system allocator. Buffers already
+    allocated stay with the pool that made them, so switching mid-process is safe."""
+    try:
+        pool = pa.jemalloc_memory_pool()
+        pa.jemalloc_set_decay_ms(0)
+    except NotImplementedError:
+        pool = pa.system_memory_pool()
+    pa.set_memory_pool(pool)
 
 
 @dataclass
@@ -73,6 +100,13 @@ class Writer:
         self._extra: dict[str, int] = {}
         self._last_commit = clock()
         self.commits = 0
+        use_returning_memory_pool()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of rows every type's part writer holds in memory (at most `buffer_bytes` once
+        a batch is applied)."""
+        return sum(writer.buffered_bytes for writer in self._writers.values())
 
     def resource(self, type_name: str) -> ResourceState:
         return self.state.resources[type_name]
@@ -135,6 +169,7 @@ class Writer:
             writer = self._part_writer(batch.type_name)
             if batch.table.num_rows:
                 await asyncio.to_thread(writer.append, batch.table)
+                await self._keep_buffers_bounded()
         finally:
             if batch.credit:
                 self.credits.release()
@@ -150,6 +185,12 @@ class Writer:
         self._extra[batch.type_name] = self._extra.get(batch.type_name, 0) + batch.extra_values
         if writer.file_rows >= self.policy.file_rows or writer.file_bytes >= self.policy.file_bytes:
             await self.commit(batch.type_name)
+
+    async def _keep_buffers_bounded(self) -> None:
+        """Write out the largest buffers until all writers together hold `buffer_bytes` or less."""
+        while self.buffered_bytes > self.policy.buffer_bytes:
+            largest = max(self._writers.values(), key=lambda w: w.buffered_bytes)
+            await asyncio.to_thread(largest.flush)
 
     async def commit(self, type_name: str) -> None:
         """Steps 1 to 3 of the commit protocol for one type."""

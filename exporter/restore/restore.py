@@ -102,19 +102,13 @@ from exporter.model.normalize import (
 )
 from exporter.model.schema import Shape, resource_type
 from exporter.restore.journal import Intent, Journal, JournalState, check_account, replay
+from exporter.restore.modes import Mode
 
 # Restore puts back sequence steps only, whatever root the export crawled (`root_type`): every
 # plan, write and lookup below is of this one type.
 STEP = "sequenceStep"
 RESTORE_DIRECTORY = "_restore"
 PAGE_SIZE = 1000
-MAX_ID = 2**63 - 1  # ids are int64 on the API (and in the backup's Parquet columns)
-
-
-class Mode(StrEnum):
-    RECREATE = "recreate"  # only create missing steps
-    ROLLBACK = "rollback"  # only patch differing ones
-    BOTH = "both"
 
 
 class Action(StrEnum):

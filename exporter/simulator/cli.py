@@ -8,7 +8,7 @@ import math
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,7 +17,9 @@ from exporter.core.bounds import DAY, BoundedInt, FiniteFloat
 from .account import account_types
 from .config import Faults, SimulatorConfig
 from .faults import HostileFaults, TokenFault
-from .server import Simulator, serve
+
+if TYPE_CHECKING:
+    from .server import Simulator
 
 # Every number is finite and bounded (`nan`, `inf`, `1e20` refused): a simulator told to
 # generate 1e20 steps or to wait inf seconds would only hang or crash later, far from the flag.
@@ -293,6 +295,8 @@ def simulate(**options: Any) -> None:
     Prints one line (the API base URL and the static token) when ready, then serves until
     SIGINT or SIGTERM.
     """
+    from .server import Simulator  # aiohttp: only to serve
+
     limit, window = options["rate_limit"]
     faults = Faults(
         latency_s=options["latency"],
@@ -366,6 +370,8 @@ def configure_hostile(faults: HostileFaults, options: dict[str, Any]) -> None:
 
 
 async def _serve_until_signalled(sim: Simulator, host: str, port: int) -> None:
+    from .server import serve
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

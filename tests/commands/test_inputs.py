@@ -521,7 +521,7 @@ def test_an_interrupt_outside_a_run_is_exit_130_in_one_line(
 ) -> None:
     """Ctrl-C while a command without its own signal handling works (verify reading a big
     backup): the documented 130 and one `stopped:` line, not click's 'Aborted!' and exit 1."""
-    from exporter.commands import verify  # the command's module, where it looks verify up
+    from exporter.audit import verify  # the command imports `verify` from here when it runs
 
     def interrupted(_directory: str) -> None:
         raise KeyboardInterrupt

@@ -8,9 +8,10 @@ A single `links.next` chain is sequential by nature. So the key space is cut ins
    of), its largest id is probed (a one-record page sorted by `-id`) at the same time, so the
    first data request goes out with the probe; otherwise it is probed only once the first
    page has a next link and the count says the rest will be cut.
-2. Partition 0 ends at the first page's last id; the rest, (last id of page 1, largest id], is
-   cut into id ranges (`Partition`s). Each is walked as its own chain,
-   `filter[id]=low..high&sort=id`, by one of `workers` tasks.
+2. Once the first page and the largest id are both known, partition 0 ends at the first
+   page's last id and the rest, (last id of page 1, largest id], is cut into id ranges
+   (`Partition`s). Each is walked as its own chain, `filter[id]=low..high&sort=id`, by one of
+   `workers` tasks.
 3. A worker that runs out of partitions takes half of the remaining range of the busiest one:
    that partition's `high` is lowered to the midpoint of what it has not yet emitted, and the
    upper half becomes a new partition. Its running chain still carries the old bound in its

@@ -530,32 +530,38 @@ class CollectionCrawl:
             credits=self.credits,
             stopped=lambda: self._stopping,
         )
+        highest: int | None = None  # the highest id the chain has served
         async for page in pages:
             batch = page.content.batch
-            final, repeated = self._page(walk, batch, page.next_url)
+            final, fresh = self._page(walk, batch, page.next_url)
             if self.announcer is not None:
                 await self.announcer.backpressure()
             if final:
                 break
-            page.new_records = len(batch.ids) - repeated
+            # What the chain guard counts as progress: records new to the partition, or ids
+            # past all the chain served before (records below the partition on the way to it).
+            # Records below it served again and again (another partition's, such as the
+            # opening page's) are a stall.
+            top = max(batch.ids, default=None)
+            advanced = top is not None and (highest is None or top > highest)
+            highest = top if advanced else highest
+            page.new_records = fresh or int(advanced)
 
     def _page(
         self, walk: PartitionWalk, batch: NormalizedBatch, following: str | None
     ) -> tuple[bool, int]:
         """Keep a page's records inside the partition, once each, as the selector says; send
-        them to the writer. Whether the partition is done, and how many ids were repeats."""
+        them to the writer. Whether the partition is done, and how many ids were new to it."""
         self.stats.pages += 1
         past_end = any(i > walk.high for i in batch.ids)
         wanted = self.select(batch.table) if self.select is not None else None
         keep = []
         seen_ids = []
-        repeated = 0
         for index, value in enumerate(batch.ids):
             if value < walk.start or value > walk.high:
                 self.stats.out_of_range += 1
             elif not walk.seen.add(value):
                 self.stats.duplicates += 1
-                repeated += 1
             else:
                 seen_ids.append(value)
                 if wanted is None or wanted[index]:
@@ -587,7 +593,7 @@ class CollectionCrawl:
                 needs=needs,
             )
         )
-        return final, repeated
+        return final, len(seen_ids)
 
 
 def _copy(state: PartitionState) -> PartitionState:

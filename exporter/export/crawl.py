@@ -1,28 +1,38 @@
 """Walking a collection concurrently: id-range partitions, one `links.next` chain each, split when the tail would run alone.
 
 A single `links.next` chain is sequential by nature. So the key space is cut instead:
-1. Probe the collection's smallest and largest id (two one-record pages sorted by id).
-2. Cut [min, max] into id ranges (`Partition`s). Each is walked as its own chain,
-   `filter[id]=low..high&sort=id`, by one of `workers` tasks.
+1. Start: the first page of the id-sorted walk, at the page size asked for, with `count=true`.
+   It gives the smallest id, the total and the first records, which are written as partition
+   0's first page. When a collection is expected to be large (`expect_large`: the default
+   root of a full run, or a collection read whole again that the backup holds many records
+   of), its largest id is probed (a one-record page sorted by `-id`) at the same time, so the
+   first data request goes out with the probe; otherwise it is probed only once the first
+   page has a next link and the count says the rest will be cut.
+2. Once the first page and the largest id are both known, partition 0 ends at the first
+   page's last id and the rest, (last id of page 1, largest id], is cut into id ranges
+   (`Partition`s). Each is walked as its own chain, `filter[id]=low..high&sort=id`, by one of
+   `workers` tasks.
 3. A worker that runs out of partitions takes half of the remaining range of the busiest one:
    that partition's `high` is lowered to the midpoint of what it has not yet emitted, and the
    upper half becomes a new partition. Its running chain still carries the old bound in its
    URL, so it stops by itself at the first record past the new `high` and drops such records.
 4. Each page's records are kept only inside [low, high] (the API has been seen ignoring an upper
    bound) and only once (ids already emitted by the partition are dropped: dedupe by id).
-With `first_page` (every root of a `--resources` selection other than the default), step 1 is
-instead the first page of the id-sorted walk at the page size asked for (`count=true`): a
-collection that fits one page costs that one request and nothing else. When it has a next page,
-the rest is walked as one open-ended chain past the page's last id, or, when the count says the
-rest is large (`PAGES_PER_PARTITION` pages a partition at least, so a partition's last short page
-costs under 5 % more), the largest id is probed and the rest cut into partitions. Splits then
-need as many pages left. A type whose ids are strings (auditLog's UUIDs) cannot be cut into id
-ranges: it is one chain, followed by its `links.next`, deduped by id.
+A collection that fits one page costs that page, and the probe when it was expected large.
+How many partitions the rest is cut into: the default crawl (the steps, and the changes of
+related types in an incremental run) cuts it into `initial_partitions` and splits while two
+pages are left. A `first_page` crawl (every root of a `--resources` selection other than the
+default) keeps the request bound of issue 14: the rest is walked as one open-ended chain past
+the first page's last id unless the count says it is large (`PAGES_PER_PARTITION` pages a
+partition at least, so a partition's last short page costs under 5 % more), and splits need as
+many pages left. A type whose ids are strings (auditLog's UUIDs) cannot be cut into id ranges:
+it is one chain, followed by its `links.next`, deduped by id.
 
 Everything a crawl learns goes to the single writer as messages on one unbounded inbox, in program
-order: `Plan`, `Split`, `PageBatch`. Backpressure is separate: a page credit is taken before a
-request and given back by the writer after the page is written, so at most `credits` pages are
-fetched but not yet written, whatever the size of the export.
+order: `Plan` (before the first page's batch: a kill after its commit resumes partition 0 from
+its low end, exactly), `Split`, `PageBatch`. Backpressure is separate: a page credit is taken
+before a request and given back by the writer after the page is written, so at most `credits`
+pages are fetched but not yet written, whatever the size of the export.
 """
 
 from __future__ import annotations
@@ -186,6 +196,13 @@ class PartitionWalk:
         return (self.high - self.emitted_through) * density
 
 
+def cut_when_read_whole(records: int, page_size: int) -> bool:
+    """Whether a `first_page` crawl of a collection of `records` (read whole, no window) cuts
+    what lies past its first page into partitions: a crawl expected that large probes its
+    largest id beside its first page (`expect_large`)."""
+    return records - page_size >= 2 * PAGES_PER_PARTITION * page_size
+
+
 def plan_partitions(low: int, high: int, count: int, first_key: int = 0) -> list[PartitionState]:
     """Cut [low, high] into at most `count` contiguous ranges of equal id span."""
     span = high - low + 1
@@ -214,6 +231,7 @@ class CollectionCrawl:
         announcer: Announcer | None = None,
         select: RowSelector | None = None,
         first_page: bool = False,
+        expect_large: bool = False,
     ) -> None:
         self.client = flow.client
         self.base_url = flow.base_url
@@ -231,6 +249,7 @@ class CollectionCrawl:
         self.select = select
         self.normalizer = Normalizer(type_name)
         self.first_page = first_page
+        self.expect_large = expect_large
         self.string_ids = resource_type(type_name).id_kind is Kind.STRING
         self._first_ids: list[int] = []
         self._pending: deque[PartitionWalk] = deque()
@@ -251,11 +270,8 @@ class CollectionCrawl:
         if self.string_ids:
             await self._string_chain(committed)
             return
-        if committed is None and self.first_page:
-            committed = await self._start_with_first_page()
-        elif committed is None:
-            committed = await self._plan()
-            self.inbox.put_nowait(Plan(self.type_name, [_copy(p) for p in committed]))
+        if committed is None:
+            committed = await self._start()
         self._next_key = max((p.key for p in committed), default=-1) + 1
         for state in committed:
             if state.finished:
@@ -272,14 +288,6 @@ class CollectionCrawl:
         async with asyncio.TaskGroup() as group:
             for _ in range(self.workers):
                 group.create_task(self._worker())
-
-    async def _plan(self) -> list[PartitionState]:
-        first = await self._edge_id("id", count=True)
-        if first is None:
-            return []
-        last = await self._edge_id("-id")
-        assert last is not None
-        return plan_partitions(first, last, self.initial_partitions)
 
     def _first_url(self) -> str:
         return collection_url(
@@ -310,30 +318,67 @@ class CollectionCrawl:
             raise
         return batch, following
 
-    async def _start_with_first_page(self) -> list[PartitionState]:
-        """Plan from the first page of the id-sorted walk (see the module's docstring)."""
-        batch, following = await self._first_document(self._first_url())
+    def _partitions_past(self, records: int) -> int:
+        """Into how many partitions the `records` past the first page are cut (fewer than
+        `_fewest_partitions`: none, the rest is one chain)."""
+        if not self.first_page:
+            return self.initial_partitions
+        return min(self.initial_partitions, records // (PAGES_PER_PARTITION * self.page_size))
+
+    @property
+    def _fewest_partitions(self) -> int:
+        return 2 if self.first_page else 1
+
+    async def _opening(self) -> tuple[NormalizedBatch, str | None, int | None]:
+        """The first page (holding a page credit), its next link, and the largest id when the
+        rest will be cut: probed beside the first page when the collection is expected large,
+        else after it, only when the first page has a next link and the count says so."""
+        beside = asyncio.create_task(self._largest_id()) if self.expect_large else None
+        try:
+            batch, following = await self._first_document(self._first_url())
+        except BaseException:
+            if beside is not None:
+                beside.cancel()
+                # Its outcome is moot: the first page's error is the crawl's.
+                await asyncio.gather(beside, return_exceptions=True)
+            raise
+        try:
+            if beside is not None:
+                return batch, following, await beside
+            past = (self.stats.total or 0) - len(batch.ids)
+            if following is not None and self._partitions_past(past) >= self._fewest_partitions:
+                return batch, following, await self._largest_id()
+        except BaseException:
+            self.credits.release()
+            raise
+        return batch, following, None
+
+    async def _start(self) -> list[PartitionState]:
+        """Plan from the first page of the id-sorted walk (see the module's docstring): send
+        the plan, then the first page's records as partition 0's first page."""
+        batch, following, top = await self._opening()
         if not batch.ids:
             self.credits.release()
             self.stats.pages += 1
             self.inbox.put_nowait(Plan(self.type_name, []))
             return []
         first, last = batch.ids[0], max(batch.ids)
-        remaining = (self.stats.total or 0) - len(batch.ids)
-        count = min(self.initial_partitions, remaining // (PAGES_PER_PARTITION * self.page_size))
-        top: int | None = None
-        if following is not None and count >= 2:
-            top = await self._edge_id("-id")
+        if top is not None and top <= last:
+            following = None  # nothing lies past the first page
+        count = self._partitions_past((self.stats.total or 0) - len(batch.ids))
+        cut = following is not None and top is not None and count >= self._fewest_partitions
         head = PartitionState(key=0, low=first, high=HIGHEST_ID, done_through=first - 1)
         rest: list[PartitionState] = []
-        if top is not None and top > last:
+        if cut:
+            assert top is not None
             head.high = last
             rest = plan_partitions(last + 1, top, count, first_key=1)
+        # Program order: the plan reaches the writer before partition 0's first page.
         self.inbox.put_nowait(Plan(self.type_name, [_copy(p) for p in [head, *rest]]))
         walk = PartitionWalk(
             key=0, low=first, high=head.high, start=first, emitted_through=first - 1
         )
-        final, _ = self._page(walk, batch, None if top is not None else following)
+        final, _ = self._page(walk, batch, None if cut else following)
         self._first_ids = list(walk.seen.values())
         if self.announcer is not None:
             await self.announcer.backpressure()
@@ -383,26 +428,20 @@ class CollectionCrawl:
             )
             url = following
 
-    async def _edge_id(self, sort: str, *, count: bool = False) -> int | None:
-        """The smallest (`id`) or largest (`-id`) id; with `count`, also ask for the total
-        (for the progress estimate: the API only counts when asked, `count=true`)."""
+    async def _largest_id(self) -> int | None:
+        """The largest id (a one-record page sorted by `-id`, no attributes); None when the
+        collection is empty."""
         url = collection_url(
             self.base_url,
             self.collection,
             [
-                ("sort", sort),
+                ("sort", "-id"),
                 ("page[size]", "1"),
                 (f"fields[{self.type_name}]", ""),
                 *self.extra_params,
-                *([("count", "true")] if count else []),
             ],
         )
-        document = await self.client.get_document(url)
-        meta = document.get("meta")
-        total = meta.get("count") if isinstance(meta, dict) else None
-        if count and type(total) is int and total >= 0:
-            self.stats.total = total
-        records = page_records(document, url)
+        records = page_records(await self.client.get_document(url), url)
         if not records:
             return None
         return record_id(records[0], self.type_name)
@@ -495,32 +534,38 @@ class CollectionCrawl:
             credits=self.credits,
             stopped=lambda: self._stopping,
         )
+        highest: int | None = None  # the highest id the chain has served
         async for page in pages:
             batch = page.content.batch
-            final, repeated = self._page(walk, batch, page.next_url)
+            final, fresh = self._page(walk, batch, page.next_url)
             if self.announcer is not None:
                 await self.announcer.backpressure()
             if final:
                 break
-            page.new_records = len(batch.ids) - repeated
+            # What the chain guard counts as progress: records new to the partition, or ids
+            # past all the chain served before (records below the partition on the way to it).
+            # Records below it served again and again (another partition's, such as the
+            # opening page's) are a stall.
+            top = max(batch.ids, default=None)
+            advanced = top is not None and (highest is None or top > highest)
+            highest = top if advanced else highest
+            page.new_records = fresh or int(advanced)
 
     def _page(
         self, walk: PartitionWalk, batch: NormalizedBatch, following: str | None
     ) -> tuple[bool, int]:
         """Keep a page's records inside the partition, once each, as the selector says; send
-        them to the writer. Whether the partition is done, and how many ids were repeats."""
+        them to the writer. Whether the partition is done, and how many ids were new to it."""
         self.stats.pages += 1
         past_end = any(i > walk.high for i in batch.ids)
         wanted = self.select(batch.table) if self.select is not None else None
         keep = []
         seen_ids = []
-        repeated = 0
         for index, value in enumerate(batch.ids):
             if value < walk.start or value > walk.high:
                 self.stats.out_of_range += 1
             elif not walk.seen.add(value):
                 self.stats.duplicates += 1
-                repeated += 1
             else:
                 seen_ids.append(value)
                 if wanted is None or wanted[index]:
@@ -552,7 +597,7 @@ class CollectionCrawl:
                 needs=needs,
             )
         )
-        return final, repeated
+        return final, len(seen_ids)
 
 
 def _copy(state: PartitionState) -> PartitionState:

@@ -65,7 +65,15 @@ from exporter.core.errors import (
 from exporter.core.events import event
 from exporter.core.progress import Reporter, ResourceProgress, Snapshot
 from exporter.core.times import iso, micros, utc_now
-from exporter.export.crawl import CollectionCrawl, CrawlStats, Flush, Message, PageFlow, RowSelector
+from exporter.export.crawl import (
+    CollectionCrawl,
+    CrawlStats,
+    Flush,
+    Message,
+    PageFlow,
+    RowSelector,
+    cut_when_read_whole,
+)
 from exporter.export.deletes import DeleteScan
 from exporter.export.history import (
     BackupIndex,
@@ -759,6 +767,7 @@ class Export:
             *,
             params: list[tuple[str, str]] = since,
             first_page: bool = False,
+            expect_large: bool = False,
         ) -> CollectionCrawl:
             crawl = CollectionCrawl(
                 flow,
@@ -769,6 +778,7 @@ class Export:
                 announcer=walk,
                 select=select,
                 first_page=first_page,
+                expect_large=expect_large,
             )
             self._started(crawl)
             self.crawl_stats[type_name] = crawl.stats
@@ -799,12 +809,17 @@ class Export:
             for type_name in self.roots:
                 params, chosen = self._root_window(type_name, state, index)
                 is_step = walk is not None and type_name == self.root_type
+                # Read whole (no window): the default root, or a root the backup holds many
+                # records of, probes its largest id beside its first page.
+                holds = len(index.ids.get(type_name, IdSet())) if index is not None else 0
                 crawl = crawl_for(
                     type_name,
                     chosen,
                     walk if is_step else None,
                     params=params,
                     first_page=not self.default_selection,
+                    expect_large=not params
+                    and (self.default_selection or cut_when_read_whole(holds, s.page_size)),
                 )
                 if type_name == self.root_type:
                     step_crawl = crawl

@@ -105,7 +105,7 @@ async def test_a_401_refreshes_once_and_the_export_goes_on(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
     running = await start_simulator(
-        steps=600,
+        steps=1500,
         seed=24,
         token_ttl=0.6,
         mint_interval=0.1,
@@ -113,8 +113,11 @@ async def test_a_401_refreshes_once_and_the_export_goes_on(
         faults=Faults(latency_s=0.05),
     )
     record_mints(running, expires_in=2)  # the client believes its token lives 2 s, not 0.6
+    # 150 pages, 8 at a time, 0.05 s each: the export outlives the token however fast the
+    # machine (600 steps in pages of 25 could finish within 0.6 s once the start lost its two
+    # sequential probes).
     job, _result = await run_export(
-        running.base_url, tmp_path, oauth(running, tmp_path / "t.json"), page_size=25
+        running.base_url, tmp_path, oauth(running, tmp_path / "t.json"), page_size=10
     )
     assert_rows_equal(read_rows(tmp_path / "sequenceSteps"), expected_steps(running.sim))
     assert job.client is not None

@@ -84,7 +84,8 @@ async def test_a_finished_backup_with_damage_and_leftovers(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
     running = await start_simulator(steps=300, seed=173)
-    await run_export(running.base_url, tmp_path, file_rows=100)
+    # Pages of 50, so files roll at 100 rows (one page of 1000 would hold every step).
+    await run_export(running.base_url, tmp_path, file_rows=100, page_size=50)
     parts = sorted((tmp_path / "sequenceSteps").glob("part-*.parquet"))
     run_id = parts[0].name.split("-", 1)[1].rsplit("-", 1)[0]
     leftover = tmp_path / "sequenceSteps" / f"part-{run_id}-99999.parquet"

@@ -203,7 +203,8 @@ async def test_compact_names_a_damaged_part_in_one_line(
     (`DamagedFileError`), the published set and its generations untouched. A flipped bit that
     Parquet still decodes must not be compacted as if it were data (its sha256 differs)."""
     running = await start_simulator(steps=300, seed=2603)
-    await run_export(running.base_url, tmp_path, file_rows=100)
+    # Pages of 50, so files roll at 100 rows (one page of 1000 would hold every step).
+    await run_export(running.base_url, tmp_path, file_rows=100, page_size=50)
     compact(tmp_path)
     before = load_pointer(Storage.open(tmp_path))
     assert before is not None

@@ -91,7 +91,8 @@ async def test_verify_says_cannot_be_read_not_mismatch(
 ) -> None:
     running = await start_simulator(steps=300, seed=1713)
     uri = new_uri("verify")
-    await run_export(running.base_url, uri, file_rows=100)
+    # Pages of 50, so files roll at 100 rows (one page of 1000 would hold every step).
+    await run_export(running.base_url, uri, file_rows=100, page_size=50)
     storage = Storage.open(uri)
     part = sorted(p for p in storage.list_files("sequenceSteps") if p.endswith(".parquet"))[1]
     proxy.add(Fault("status", "GET", rf"{part.split('/')[-1]}", times=None, status=500))

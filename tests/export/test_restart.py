@@ -71,7 +71,8 @@ async def test_restart_deletes_only_what_the_backup_names_and_our_orphans(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
     running = await start_simulator(steps=300, seed=5)
-    await run_export(running.base_url, tmp_path, file_rows=100)
+    # Pages of 50, so files roll at 100 rows (one page of 1000 would hold every step).
+    await run_export(running.base_url, tmp_path, file_rows=100, page_size=50)
     old = orjson.loads((tmp_path / "_manifest.json").read_bytes())
     old_files = [tmp_path / f["path"] for f in old["files"]]
     assert len(old_files) >= 2 and all(p.exists() for p in old_files)

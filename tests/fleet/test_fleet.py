@@ -687,7 +687,8 @@ async def test_a_fleet_account_with_repair_mends_a_damaged_backup(
     text = (
         f'[[account]]\nname = "acme"\nout = "{tmp_path}"\nbase_url = "{running.base_url}"\n'
         'token_env = "FLEET_TEST_TOKEN"\nrate_limit = "100000/1"\nrelationships = "none"\n'
-        "file_rows = 100\nincremental = true\n"
+        # Pages of 50, so files roll at 100 rows (one page of 1000 would hold every step).
+        "file_rows = 100\npage_size = 50\nincremental = true\n"
     )
     [account] = parse(text)
     assert (await export_account(account, utc_now())).ok

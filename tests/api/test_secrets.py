@@ -59,7 +59,9 @@ async def test_no_secret_in_files_or_output(
     # --verbose: every request is logged too (method, URL, status), and none may show a secret.
     common = [
         *("--base-url", running.base_url, "--page-size", "50", "--rate-limit", "100000/1"),
-        "--verbose",
+        # Two in flight: the OAuth run's ~60 requests of 0.12 s then outlast several 1 s access
+        # tokens (the adaptive bound would finish it within one).
+        *("--concurrency", "2", "--verbose"),
     ]
     outputs: list[str] = []
 

@@ -90,6 +90,10 @@ class Scenario:
     latency: float
     concurrency: int | None  # None: the exporter's default (no --concurrency flag)
     rate_limit: str = UNLIMITED
+    # The simulator sends every member JSON:API allows beside the data (`--wire-extras`: links
+    # and meta on records and pages, to-many relationships with both data and links), the
+    # shapes that once sent whole pages down the slow path (issue 16, item 6).
+    wire_extras: bool = False
 
     @property
     def shown_concurrency(self) -> str:
@@ -104,6 +108,8 @@ def simulator(scenario: Scenario, log: Path) -> Iterator[str]:
         "--rate-limit", scenario.rate_limit, "--latency", str(scenario.latency),
         "--cache-mib", "0", "--request-log", str(log),
     ]  # fmt: skip
+    if scenario.wire_extras:
+        command.append("--wire-extras")
     with simulator_process(command) as url:
         yield url.removesuffix("/api/v2")  # the root; the API is below /api/v2
 
@@ -255,6 +261,10 @@ def scenarios(quick: bool) -> list[Scenario]:
     for steps in sizes:
         for relationships in (False, True):
             out.append(Scenario("300 ms per page", steps, relationships, 0.3, 16))
+    for relationships in (False, True):
+        out.append(
+            Scenario("wire extras no latency", 100_000, relationships, 0.0, 8, wire_extras=True)
+        )
     for concurrency in (1, 4, 16):
         out.append(Scenario("speed-up with concurrency", 300_000, False, 0.3, concurrency))
     out.append(Scenario("rate limit 20/1s", 100_000, True, 0.0, 8, rate_limit="20/1"))

@@ -243,7 +243,7 @@ class PartWriter:
                     compression="zstd",
                     compression_level=self.compression_level,
                     write_statistics=True,
-                    use_dictionary=True,
+                    use_dictionary=dictionary_columns(self.schema),
                 )
             table = pa.concat_tables(self._buffer)
             self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
@@ -294,10 +294,26 @@ class PartWriter:
         self._min_id = self._max_id = None
 
 
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth dictionary-encoding: the top-level text ones, where values repeat
+    (states, names; Parquet packs booleans as bits anyway). Ids, counts and timestamps are
+    near-unique: a dictionary costs there and saves nothing, since zstd already folds what
+    repeats (on the simulator's data, a dictionary on every column wrote files 8-13 % larger and
+    32-40 % slower than none; text only sits between the two, and keeps the encoding readers
+    exploit in real low-cardinality text)."""
+    return [
+        field.name
+        for field in schema
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+    ]
+
+
 def encode_table(table: pa.Table) -> bytes:
     """One whole Parquet file in memory, zstd (what `compact` publishes, hashed before it is
     written); `reader.decode_table` reads it back."""
     buffer = pa.BufferOutputStream()
-    pq.write_table(table, buffer, compression="zstd")
+    pq.write_table(
+        table, buffer, compression="zstd", use_dictionary=dictionary_columns(table.schema)
+    )
     payload: bytes = buffer.getvalue().to_pybytes()
     return payload

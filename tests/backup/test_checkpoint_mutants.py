@@ -110,3 +110,16 @@ def test_a_partition_state_read_back_keeps_finished(tmp_path: Path) -> None:
     checkpoint.save(Storage.open(tmp_path), state)
     loaded = checkpoint.load(tmp_path)
     assert loaded is not None and loaded.to_json() == state.to_json()
+
+
+def test_a_checkpoint_without_extra_values_reads_as_none_kept(tmp_path: Path) -> None:
+    """Bug: `data.get("extra_values", 1)`: a checkpoint written before the count existed would
+    claim a kept value per type that no file holds."""
+    resource = checkpoint.ResourceState(type_name="sequenceStep", directory="sequenceSteps")
+    state = RunState(run_id="r", started_at="t", source="s", parameters={})
+    state.resources["sequenceStep"] = resource
+    data = state.to_json()
+    del data["resources"]["sequenceStep"]["extra_values"]
+    (tmp_path / checkpoint.CHECKPOINT_NAME).write_bytes(orjson.dumps(data))
+    loaded = checkpoint.load(tmp_path)
+    assert loaded is not None and loaded.resources["sequenceStep"].extra_values == 0

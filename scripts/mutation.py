@@ -342,15 +342,16 @@ def run_tests(
     return ("passed" if done.returncode in (0, 5) else "failed"), time.monotonic() - started
 
 
-def _record_path(module: str) -> Path:
-    return Path(tempfile.gettempdir()) / "mutation" / (module.replace("/", "_") + ".json")
+def _record_path(module: str, lines: tuple[int, int] | None) -> Path:
+    name = module.replace("/", "_") + (f"-{lines[0]}-{lines[1]}" if lines else "")
+    return Path(tempfile.gettempdir()) / "mutation" / (name + ".json")
 
 
 def _select(module: str, source: str, lines: tuple[int, int] | None, recheck: bool) -> list[Mutant]:
     chosen = [m for m in mutants(source) if lines is None or lines[0] <= m.line <= lines[1]]
     if not recheck:
         return chosen
-    record = json.loads(_record_path(module).read_text())
+    record = json.loads(_record_path(module, lines).read_text())
     wanted = [(v["text"], v["kind"]) for v in record if v["outcome"] == "survived"]
     source_lines = source.splitlines()
     return [m for m in chosen if (source_lines[m.line - 1].strip(), m.kind) in wanted]
@@ -395,9 +396,10 @@ def campaign(
             if verdict == "survived":
                 print(f"SURVIVED {module}:{mutant.line} {mutant.kind}: {text}", flush=True)
         target.write_text(source)
-    if not recheck and lines is None and limit is None:
-        _record_path(module).parent.mkdir(exist_ok=True)
-        _record_path(module).write_text(json.dumps([asdict(v) for v in verdicts], indent=1))
+    if not recheck and limit is None:
+        record = _record_path(module, lines)
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(json.dumps([asdict(v) for v in verdicts], indent=1))
     killed = sum(v.outcome != "survived" for v in verdicts)
     print(
         f"SCORE {module}: {killed}/{len(verdicts)} killed"

@@ -185,7 +185,8 @@ def test_part_writer_rolls_row_groups_ids_and_sequences(tmp_path: Path) -> None:
 
 def test_part_writer_flushes_on_bytes_and_discards_without_a_trace(tmp_path: Path) -> None:
     """Bugs: the byte limit ignored (`or` as `and` with the row limit), `discard` leaving the
-    hidden file or its counters (`self._file_rows = 0` lost: the next roll commits rows that
+    hidden file, its buffered rows (`self._buffer.clear()` deleted: they land in the next file)
+    or its counters (`self._file_rows = 0` lost: the next roll commits rows that
     were dropped), a committed file touched by `discard`."""
     writer = PartWriter(Storage.open(tmp_path), "things", "thing", SCHEMA, RUN, row_group_bytes=1)
     writer.append(rows([1, 2]))
@@ -200,6 +201,14 @@ def test_part_writer_flushes_on_bytes_and_discards_without_a_trace(tmp_path: Pat
     writer.append(rows([7]))
     after = writer.roll()
     assert after is not None and (after.rows, after.min_id, after.max_id) == (1, 7, 7)
+
+    buffered = PartWriter(Storage.open(tmp_path), "others", "thing", SCHEMA, RUN)
+    buffered.append(rows([5, 6]))  # below both limits: still in memory
+    buffered.discard()
+    buffered.append(rows([8]))
+    last = buffered.roll()
+    assert last is not None and last.rows == 1
+    assert pq.read_table(tmp_path / last.path)["id"].to_pylist() == [8]  # not 5 and 6 too
 
 
 def test_a_data_file_entry_reads_back_as_written() -> None:

@@ -131,6 +131,10 @@ SLOW_OK: dict[str, list[str]] = {
     ],
     "exporter/api/auth.py": ["tests/api/test_oauth_mutants.py", "tests/api/test_auth_mutants.py"],
     "exporter/export/deletes.py": ["tests/export/test_deletes_mutants.py"],
+    "exporter/restore/restore.py": [
+        "tests/restore/test_restore_mutants.py",
+        "tests/restore/test_restore.py",
+    ],
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -212,7 +213,12 @@ def test_part_writer_flushes_on_bytes_and_discards_without_a_trace(tmp_path: Pat
 
 
 def test_a_data_file_entry_reads_back_as_written() -> None:
-    """Bug: a field of `DataFile.to_json`/`from_json` dropped or swapped: the checkpoint
-    would name a file with another size, digest or id range than the one committed."""
+    """Bugs: a field of `DataFile.to_json`/`from_json` dropped or swapped: the checkpoint
+    would name a file with another size, digest or id range than the one committed; `frozen`
+    dropped: a committed file's record could be edited after it was reported, and could no
+    longer be a set member."""
     data_file = DataFile(f"things/part-{RUN}-00001.parquet", "thing", 3, 99, "ab" * 32, 1, 9)
     assert DataFile.from_json(orjson.loads(orjson.dumps(data_file.to_json()))) == data_file
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        data_file.rows = 4  # type: ignore[misc]
+    assert len({data_file, DataFile.from_json(data_file.to_json())}) == 1  # hashable, by value

@@ -160,13 +160,16 @@ def test_part_run_id_names_only_our_files(relative: str, expected: str | None) -
 def test_part_writer_rolls_row_groups_ids_and_sequences(tmp_path: Path) -> None:
     """Bugs: a row group flushed only past the limit (`>=` as `>`), the file's min or max id
     not reset after a roll (`self._min_id = ...` deleted) or taken from the wrong end, the
-    sequence not advanced (a second file overwriting the first), an empty table counted,
+    sequence not advanced (a second file overwriting the first), an empty table counted, the buffer's
+    count not starting at 0 (a row group flushed one row early),
     the rows not cast to the schema, `roll` of nothing writing a file."""
     writer = PartWriter(Storage.open(tmp_path), "things", "thing", SCHEMA, RUN, row_group_rows=10)
     assert writer.roll() is None and writer.next_sequence == 1
     writer.append(rows([]))
     assert writer.file_rows == 0 and writer.file_bytes == 0
-    writer.append(rows([15, 3, 9, 12, 4, 5, 6, 7, 8, 10]))  # exactly one row group: flushed
+    writer.append(rows([15, 3, 9, 12, 4, 5, 6, 7, 8]))  # nine rows: below the limit, in memory
+    assert not (tmp_path / "things").exists()
+    writer.append(rows([10]))  # the tenth: exactly one row group, flushed
     assert writer.file_bytes > 0 and not list(tmp_path.rglob("part-*"))
     narrow = pa.table({"id": pa.array([30, 1], pa.int32()), "name": ["a", "b"]})
     writer.append(narrow)  # cast to the writer's int64 schema

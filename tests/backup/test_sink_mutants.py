@@ -162,7 +162,8 @@ def test_part_writer_rolls_row_groups_ids_and_sequences(tmp_path: Path) -> None:
     not reset after a roll (`self._min_id = ...` deleted) or taken from the wrong end, the
     sequence not advanced (a second file overwriting the first), an empty table counted, the buffer's
     count not starting at 0 (a row group flushed one row early),
-    the rows not cast to the schema, `roll` of nothing writing a file."""
+    the rows not cast to the schema, `roll` of nothing writing a file, the size estimate
+    not adding what is buffered to what is written (the file would roll late)."""
     writer = PartWriter(Storage.open(tmp_path), "things", "thing", SCHEMA, RUN, row_group_rows=10)
     assert writer.roll() is None and writer.next_sequence == 1
     writer.append(rows([]))
@@ -172,8 +173,9 @@ def test_part_writer_rolls_row_groups_ids_and_sequences(tmp_path: Path) -> None:
     writer.append(rows([10]))  # the tenth: exactly one row group, flushed
     assert writer.file_bytes > 0 and not list(tmp_path.rglob("part-*"))
     narrow = pa.table({"id": pa.array([30, 1], pa.int32()), "name": ["a", "b"]})
-    writer.append(narrow)  # cast to the writer's int64 schema
-    assert writer.file_rows == 12
+    flushed = writer.file_bytes
+    writer.append(narrow)  # cast to the writer's int64 schema; buffered
+    assert writer.file_rows == 12 and writer.file_bytes > flushed  # written plus buffered
     first = writer.roll()
     assert first is not None and first.path == f"things/part-{RUN}-00001.parquet"
     assert (first.rows, first.min_id, first.max_id) == (12, 1, 30)

@@ -161,7 +161,8 @@ def test_part_writer_rolls_row_groups_ids_and_sequences(tmp_path: Path) -> None:
     """Bugs: a row group flushed only past the limit (`>=` as `>`), the file's min or max id
     not reset after a roll (`self._min_id = ...` deleted) or taken from the wrong end, the
     sequence not advanced (a second file overwriting the first), an empty table counted, the buffer's
-    count not starting at 0 (a row group flushed one row early),
+    counts not starting at 0 or not reset after a flush (a row group flushed one row early, a
+    size left over),
     the rows not cast to the schema, `roll` of nothing writing a file, the size estimate
     not adding what is buffered to what is written (the file would roll late)."""
     writer = PartWriter(Storage.open(tmp_path), "things", "thing", SCHEMA, RUN, row_group_rows=10)
@@ -176,12 +177,16 @@ def test_part_writer_rolls_row_groups_ids_and_sequences(tmp_path: Path) -> None:
     flushed = writer.file_bytes
     writer.append(narrow)  # cast to the writer's int64 schema; buffered
     assert writer.file_rows == 12 and writer.file_bytes > flushed  # written plus buffered
+    writer.append(rows(list(range(20, 27))))  # 2 + 7 = 9 buffered: below the limit
+    writer.append(rows([27]))  # the tenth since the flush: the second row group
+    writer.append(rows([28, 29]))
     first = writer.roll()
     assert first is not None and first.path == f"things/part-{RUN}-00001.parquet"
-    assert (first.rows, first.min_id, first.max_id) == (12, 1, 30)
+    assert (first.rows, first.min_id, first.max_id) == (22, 1, 30)
     metadata = pq.ParquetFile(tmp_path / first.path).metadata
-    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [10, 2]
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [10, 10, 2]
     assert pq.read_table(tmp_path / first.path).schema.field("id").type == pa.int64()
+    assert writer.file_bytes == 0  # nothing written or buffered for the next file
     writer.append(rows([100, 101]))
     second = writer.roll()
     assert second is not None and second.path == f"things/part-{RUN}-00002.parquet"

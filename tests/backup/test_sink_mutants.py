@@ -195,13 +195,17 @@ def test_part_writer_rolls_row_groups_ids_and_sequences(tmp_path: Path) -> None:
 
 
 def test_part_writer_flushes_on_bytes_and_discards_without_a_trace(tmp_path: Path) -> None:
-    """Bugs: the byte limit ignored (`or` as `and` with the row limit), `discard` leaving the
+    """Bugs: the byte limit ignored (`or` as `and` with the row limit) or reached only past it (`>=`
+    as `>`), `discard` leaving the
     hidden file, its buffered rows (`self._buffer.clear()` deleted: they land in the next file)
     or its counters (`self._file_rows = 0` lost: the next roll commits rows that
     were dropped), a committed file touched by `discard`."""
-    writer = PartWriter(Storage.open(tmp_path), "things", "thing", SCHEMA, RUN, row_group_bytes=1)
-    writer.append(rows([1, 2]))
-    assert writer.file_bytes > 0  # flushed at once: one byte is the limit
+    limit = rows([1, 2]).nbytes
+    writer = PartWriter(
+        Storage.open(tmp_path), "things", "thing", SCHEMA, RUN, row_group_bytes=limit
+    )
+    writer.append(rows([1, 2]))  # exactly the byte limit: flushed at once
+    assert list((tmp_path / "things").iterdir())  # the hidden file holds a row group
     kept = writer.roll()
     assert kept is not None
     writer.append(rows([3, 4]))

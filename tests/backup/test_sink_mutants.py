@@ -163,8 +163,8 @@ def test_part_writer_rolls_row_groups_ids_and_sequences(tmp_path: Path) -> None:
     sequence not advanced (a second file overwriting the first), an empty table counted, the buffer's
     counts not starting at 0 or not reset after a flush (a row group flushed one row early, a
     size left over),
-    the rows not cast to the schema, `roll` of nothing writing a file, the size estimate
-    not adding what is buffered to what is written (the file would roll late)."""
+    the rows not cast to the schema, `roll` of nothing writing a file, no statistics in
+    the footer (`write_statistics=False`), the size estimate not adding what is buffered to what is written (the file would roll late)."""
     writer = PartWriter(Storage.open(tmp_path), "things", "thing", SCHEMA, RUN, row_group_rows=10)
     assert writer.roll() is None and writer.next_sequence == 1
     writer.append(rows([]))
@@ -185,6 +185,10 @@ def test_part_writer_rolls_row_groups_ids_and_sequences(tmp_path: Path) -> None:
     assert (first.rows, first.min_id, first.max_id) == (22, 1, 30)
     metadata = pq.ParquetFile(tmp_path / first.path).metadata
     assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [10, 10, 2]
+    # Each row group states its id range: status's high-water marks and a query engine's
+    # pruning read it from the footer instead of the data.
+    stats = metadata.row_group(0).column(0).statistics
+    assert stats is not None and stats.has_min_max and (stats.min, stats.max) == (3, 15)
     assert pq.read_table(tmp_path / first.path).schema.field("id").type == pa.int64()
     assert writer.file_bytes == 0  # nothing written or buffered for the next file
     writer.append(rows([100, 101]))

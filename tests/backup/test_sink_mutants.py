@@ -240,3 +240,16 @@ def test_a_data_file_entry_reads_back_as_written() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         data_file.rows = 4  # type: ignore[misc]
     assert len({data_file, DataFile.from_json(data_file.to_json())}) == 1  # hashable, by value
+
+
+def test_row_groups_hold_up_to_50000_rows_by_default(tmp_path: Path) -> None:
+    """Bug: `row_group_rows: int = 50_001` (or any other default): README promises row groups of
+    up to 50,000 rows; written as the writer task does, a page of 1,000 rows at a time."""
+    writer = PartWriter(Storage.open(tmp_path), "things", "thing", SCHEMA, RUN)
+    for first in range(0, 51_000, 1_000):
+        writer.append(rows(list(range(first + 1, first + 1_001))))
+    committed = writer.roll()
+    assert committed is not None and committed.rows == 51_000
+    metadata = pq.ParquetFile(tmp_path / committed.path).metadata
+    groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    assert groups == [50_000, 1_000]

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from pathlib import Path
 from urllib.parse import unquote
 
 import pyarrow.parquet as pq
 import pytest
 
+from exporter.api.auth import StaticToken
 from exporter.core.config import MAX_PAGE_SIZE
+from exporter.core.errors import Interrupted
+from exporter.core.secrets import Secret
+from exporter.export.run import Export
 from tests.helpers.requests import watch
-from tests.helpers.runs import run_export
-from tests.helpers.sim import StartSimulator
+from tests.helpers.runs import export_settings, run_export
+from tests.helpers.sim import TOKEN, StartSimulator
 
 
 def tombstones(out: Path) -> list[tuple[str, int, str]]:
@@ -102,3 +108,42 @@ async def test_the_delete_scan_keeps_every_url_within_the_limit(
     deletes = job.stats["deletes"]["sequenceStep"]
     assert deletes["requests"] == len(scans) > math.ceil(300 / MAX_PAGE_SIZE)
     assert [(t, i) for t, i, _ in tombstones(tmp_path)] == [("sequenceStep", i) for i in gone]
+
+
+@pytest.mark.slow
+async def test_a_stop_during_the_delete_scan_stops_asking(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug caught: `DeleteScan.stop` not setting its flag (`self._stopping = False`): a stop
+    requested during the scan (SIGINT, SIGTERM) waits for every batch of ids to be asked. The
+    stop comes once the first scan request is seen; the scan then asks the batches already
+    in flight (two at once; a third of them is a wide margin on a busy machine), not all 30."""
+    running = await start_simulator(steps=3000, seed=71)
+    await run_export(running.base_url, tmp_path)
+    log = watch(running)
+    running.sim.faults.latency_s = 0.05
+    job = Export(
+        export_settings(
+            running.base_url,
+            tmp_path,
+            incremental=True,
+            detect_deletes=True,
+            page_size=100,
+            concurrency=2,
+        ),
+        StaticToken(Secret(TOKEN)),
+    )
+
+    async def stop_at_the_first_scan() -> None:
+        deadline = time.monotonic() + 60
+        while not log.asked_ids("sequenceSteps", sparse=True):
+            assert time.monotonic() < deadline, "no delete scan request within 60 s"
+            await asyncio.sleep(0.01)
+        job.request_stop()
+
+    stopper = asyncio.create_task(stop_at_the_first_scan())
+    with pytest.raises(Interrupted, match="stopped before the export finished"):
+        await job.run()
+    await stopper
+    asked = log.asked_ids("sequenceSteps", sparse=True)
+    assert 0 < len(asked) <= 1_000  # the batches in flight (2 at once), not all 30

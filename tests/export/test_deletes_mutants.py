@@ -6,14 +6,16 @@ import asyncio
 import math
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
+import orjson
 import pyarrow.parquet as pq
 import pytest
 
 from exporter.api.auth import StaticToken
 from exporter.core.config import MAX_PAGE_SIZE
-from exporter.core.errors import Interrupted
+from exporter.core.errors import Interrupted, ResponseError
 from exporter.core.secrets import Secret
 from exporter.export.run import Export
 from tests.helpers.requests import watch
@@ -147,3 +149,33 @@ async def test_a_stop_during_the_delete_scan_stops_asking(
     await stopper
     asked = log.asked_ids("sequenceSteps", sparse=True)
     assert 0 < len(asked) <= 1_000  # the batches in flight (2 at once), not all 30
+
+
+@pytest.mark.slow
+async def test_a_scan_answer_that_pages_on_without_new_ids_is_stopped(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug caught: the scan's `page.new_records = len(present) + known` (instead of minus): a
+    page that brings no id already seen counts as progress, so an API that pages one batch on
+    forever (always a next link, the same records) is followed without end. Here the proxy
+    offers 60 such pages; the chain must stop after 20 pages without a new id."""
+    from tests.helpers.tampering_proxy import Crafted, proxy_for
+
+    running = await start_simulator(steps=50, seed=73)
+    scan_pages: list[str] = []
+
+    def tamper(url: str, doc: dict[str, Any]) -> Crafted | None:
+        if "filter" not in url or "fields" not in url:  # not the delete scan's request
+            return None
+        scan_pages.append(url)
+        if len(scan_pages) < 60:
+            base = url.split("&turn=")[0]  # a parameter the simulator ignores
+            doc["links"] = {"next": f"{base}&turn={len(scan_pages)}"}
+        return Crafted(200, orjson.dumps(doc))
+
+    async with proxy_for(running.root_url) as proxy:
+        await run_export(proxy.base_url, tmp_path)
+        proxy.tamper = tamper
+        with pytest.raises(ResponseError, match="20 pages in a row brought no new record"):
+            await run_export(proxy.base_url, tmp_path, incremental=True, detect_deletes=True)
+    assert 20 <= len(scan_pages) <= 22

@@ -18,6 +18,7 @@ from exporter.core.config import MAX_PAGE_SIZE
 from exporter.core.errors import Interrupted, ResponseError
 from exporter.core.secrets import Secret
 from exporter.export.run import Export
+from exporter.model.normalize import TOMBSTONE_TYPE
 from tests.helpers.requests import watch
 from tests.helpers.runs import export_settings, run_export
 from tests.helpers.sim import TOKEN, StartSimulator
@@ -89,7 +90,8 @@ async def test_the_delete_scan_keeps_every_url_within_the_limit(
 ) -> None:
     """Bug caught: the room for ids computed as `max_url_length + len(prefix)` instead of
     minus: batches as large as a page, so URLs past the limit the API (or a proxy) accepts.
-    Each id is still asked exactly once, and gone ones are tombstoned."""
+    Each id is still asked exactly once, and gone ones are tombstoned; and a tombstone batch
+    counted as keeping an extra value (`extra_values=1`) shows in the manifest."""
     running = await start_simulator(steps=300, seed=67)
     await run_export(running.base_url, tmp_path)
     exported = {int(i) for i in running.sim.truth.ids("sequenceStep")}
@@ -110,6 +112,9 @@ async def test_the_delete_scan_keeps_every_url_within_the_limit(
     deletes = job.stats["deletes"]["sequenceStep"]
     assert deletes["requests"] == len(scans) > math.ceil(300 / MAX_PAGE_SIZE)
     assert [(t, i) for t, i, _ in tombstones(tmp_path)] == [("sequenceStep", i) for i in gone]
+    # A tombstone row keeps no value aside (it has no `_extra` column to keep one in).
+    manifest = orjson.loads((tmp_path / "_manifest.json").read_bytes())
+    assert manifest["resources"][TOMBSTONE_TYPE]["extra_values"] == 0
 
 
 @pytest.mark.slow

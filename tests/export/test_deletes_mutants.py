@@ -14,9 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from exporter.api.auth import StaticToken
+from exporter.api.client import ApiClient, ClientSettings
 from exporter.core.config import MAX_PAGE_SIZE
 from exporter.core.errors import Interrupted, ResponseError
 from exporter.core.secrets import Secret
+from exporter.export.crawl import Message, PageBatch, PageFlow
+from exporter.export.deletes import DeleteScan
 from exporter.export.run import Export
 from exporter.model.normalize import TOMBSTONE_TYPE
 from tests.helpers.requests import watch
@@ -184,3 +187,29 @@ async def test_a_scan_answer_that_pages_on_without_new_ids_is_stopped(
         with pytest.raises(ResponseError, match="20 pages in a row brought no new record"):
             await run_export(proxy.base_url, tmp_path, incremental=True, detect_deletes=True)
     assert 20 <= len(scan_pages) <= 22
+
+
+async def test_each_tombstone_batch_holds_a_page_credit(start_simulator: StartSimulator) -> None:
+    """Bug caught: `await self.credits.acquire()` deleted: the writer gives back a credit per
+    tombstone batch that was never taken, so the bound on batches waiting for the writer (the
+    backpressure that keeps memory flat) grows with every batch. Two batches of 100 ids, each
+    with a gone id; two credits: both are held by the batches in the writer's inbox."""
+    running = await start_simulator(steps=200, seed=79)
+    ids = sorted(int(i) for i in running.sim.truth.ids("sequenceStep"))
+    gone = [ids[0], ids[150]]  # one in each batch of 100
+    for value in gone:
+        running.sim.store.delete("sequenceStep", value)
+    inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+    credits = asyncio.Semaphore(2)
+    settings = ClientSettings(base_url=running.base_url, rate_limit=1000, rate_period=1.0)
+    async with ApiClient(settings, StaticToken(Secret(TOKEN))) as client:
+        flow = PageFlow(client, running.base_url, inbox, credits, 100, 1, 8000)
+        scan = DeleteScan(flow, run_id="20240101T000000Z-abcdef")
+        await scan.scan("sequenceStep", ids)
+    batches = [inbox.get_nowait() for _ in range(inbox.qsize())]
+    assert [b.table["id"].to_pylist() for b in batches if isinstance(b, PageBatch)] == [
+        [gone[0]],
+        [gone[1]],
+    ]
+    assert credits.locked()  # both credits taken, one per batch, until the writer is done
+    assert (scan.stats["sequenceStep"].checked, scan.stats["sequenceStep"].tombstones) == (200, 2)

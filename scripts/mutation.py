@@ -315,6 +315,7 @@ class Verdict:
     text: str  # the original line, stripped: how a survivor is found again after edits
     outcome: str  # killed | survived | timeout
     seconds: float
+    index: int = -1  # the mutant's number in the module (as `--list` counts them)
 
 
 def run_tests(
@@ -356,9 +357,15 @@ def _select(module: str, source: str, lines: tuple[int, int] | None, recheck: bo
     if not recheck:
         return chosen
     record = json.loads(_record_path(module, lines).read_text())
-    wanted = [(v["text"], v["kind"]) for v in record if v["outcome"] == "survived"]
+    survivors = [v for v in record if v["outcome"] == "survived"]
     source_lines = source.splitlines()
-    return [m for m in chosen if (source_lines[m.line - 1].strip(), m.kind) in wanted]
+
+    def found_again(m: Mutant, v: dict[str, object]) -> bool:
+        same = (source_lines[m.line - 1].strip(), m.kind) == (v["text"], v["kind"])
+        # The same mutant when the module is unchanged; after an edit, the same line text.
+        return same and v.get("index", m.index) in (m.index, -1)
+
+    return [m for m in chosen if any(found_again(m, v) for v in survivors)]
 
 
 def campaign(
@@ -399,7 +406,9 @@ def campaign(
             outcome, seconds = run_tests(copy_root, near or tests, baseline * 3 + 30, slow_files)
             text = source_lines[mutant.line - 1].strip() if mutant.line else ""
             verdict = {"passed": "survived", "failed": "killed"}.get(outcome, outcome)
-            verdicts.append(Verdict(mutant.line, mutant.kind, text, verdict, round(seconds, 1)))
+            verdicts.append(
+                Verdict(mutant.line, mutant.kind, text, verdict, round(seconds, 1), mutant.index)
+            )
             if verdict == "survived":
                 print(f"SURVIVED {module}:{mutant.line} {mutant.kind}: {text}", flush=True)
         target.write_text(source)

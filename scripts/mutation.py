@@ -131,6 +131,11 @@ SLOW_OK: dict[str, list[str]] = {
     ],
     "exporter/api/auth.py": ["tests/api/test_oauth_mutants.py", "tests/api/test_auth_mutants.py"],
     "exporter/export/deletes.py": ["tests/export/test_deletes_mutants.py"],
+    # The digest, size and row checks of a tampered file are test_verify.py's slow tests.
+    "exporter/audit/verify.py": [
+        "tests/audit/test_verify.py",
+        "tests/audit/test_verify_mutants.py",
+    ],
     "exporter/restore/restore.py": [
         "tests/restore/test_restore_mutants.py",
         "tests/restore/test_restore.py",

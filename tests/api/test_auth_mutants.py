@@ -9,29 +9,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from exporter.api.auth import OAuthCredentials, OAuthTokens, RefreshTokenStore
+from exporter.api.auth import RefreshTokenStore
 from exporter.core.errors import AuthError
 from exporter.core.secrets import Secret
 from exporter.simulator.auth import TokenResponse
 from exporter.simulator.faults import TokenFault
+from tests.api.test_oauth_mutants import tokens
 from tests.helpers.sim import Running, StartSimulator
-
-
-def tokens(running: Running, store: RefreshTokenStore | None = None, **options: Any) -> OAuthTokens:
-    """The OAuth source a run builds for `running` (its token file `store`), fast backoffs."""
-    cfg = running.sim.cfg
-    credentials = OAuthCredentials(
-        client_id=cfg.client_id,
-        client_secret=Secret(cfg.client_secret),
-        refresh_token=Secret(cfg.refresh_token),
-        redirect_uri=cfg.redirect_uri,
-        token_url=running.root_url + "/oauth/token",
-    )
-    settings: dict[str, Any] = {"backoff_base": 0.01, "min_mint_interval": 0.01, **options}
-    return OAuthTokens(credentials, store, aiohttp.ClientSession, **settings)
 
 
 class Clock:

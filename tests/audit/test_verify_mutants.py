@@ -65,3 +65,18 @@ async def test_an_unfinished_run_is_checked_for_unknown_types_and_added_files(
     raw["resources"]["sequenceStep"]["files"][0]["type"] = "widget"
     (tmp_path / checkpoint.CHECKPOINT_NAME).write_bytes(orjson.dumps(raw))
     assert ("resources.widget", "type") in differences(tmp_path)
+
+
+async def test_a_finished_run_without_its_manifest_differs(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug: the difference for a missing manifest not added (its `append` deleted): a run
+    whose checkpoint says it finished, but whose manifest is gone, would verify as an
+    unfinished run that only needs `export` again (which refuses a finished checkpoint)."""
+    await small_backup(start_simulator, tmp_path)
+    (tmp_path / manifest.MANIFEST_NAME).unlink()
+    report = verify(tmp_path)
+    assert report.exit_code is ExitCode.VERIFY_MISMATCH
+    assert [(d.subject, d.what) for d in report.differences] == [
+        (manifest.MANIFEST_NAME, "missing")
+    ]

@@ -80,3 +80,15 @@ async def test_a_finished_run_without_its_manifest_differs(
     assert [(d.subject, d.what) for d in report.differences] == [
         (manifest.MANIFEST_NAME, "missing")
     ]
+
+
+async def test_a_manifest_of_another_format_is_one_difference(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bugs: the format check weakened (`or` as `and`: a JSON list crashes, another tool's
+    object is read as ours) or its difference not added."""
+    await small_backup(start_simulator, tmp_path)
+    path = tmp_path / manifest.MANIFEST_NAME
+    for document in ({"format": "another-tool", "files": []}, [1, 2]):
+        path.write_bytes(orjson.dumps(document))
+        assert differences(tmp_path) == {(manifest.MANIFEST_NAME, "format")}

@@ -92,3 +92,19 @@ async def test_a_manifest_of_another_format_is_one_difference(
     for document in ({"format": "another-tool", "files": []}, [1, 2]):
         path.write_bytes(orjson.dumps(document))
         assert differences(tmp_path) == {(manifest.MANIFEST_NAME, "format")}
+
+
+async def test_a_manifest_of_another_version_or_status_differs(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bugs: the version or the status difference not added (their `append` deleted, the
+    comparison flipped): a manifest this version does not read, or one that is not complete,
+    would verify OK once its digest is recomputed."""
+    await small_backup(start_simulator, tmp_path)
+    path = tmp_path / manifest.MANIFEST_NAME
+    original = orjson.loads(path.read_bytes())
+    for field, value in (("version", manifest.VERSION + 1), ("status", "running")):
+        document = {**original, field: value}
+        document["manifest_sha256"] = manifest.canonical_digest(document)
+        path.write_bytes(orjson.dumps(document))
+        assert differences(tmp_path) == {(manifest.MANIFEST_NAME, field)}

@@ -87,6 +87,7 @@ def test_a_journal_of_another_account_is_refused(tmp_path: Path) -> None:
     in a new journal (`account is None` flipped): its ids would be used on another org."""
     path = tmp_path / "j.jsonl"
     reopened(path)
+    assert path.stat().st_mode & 0o777 == 0o600  # the user's alone (`0o600` changed)
     first = orjson.loads(path.read_bytes().splitlines()[0])
     assert first["state"] == "target" and first["account"] == ACCOUNT.to_json()
     reopened(path)  # the same account again: no second target line

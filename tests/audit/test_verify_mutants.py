@@ -87,12 +87,15 @@ async def test_a_manifest_of_another_format_is_one_difference(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
     """Bugs: the format check weakened (`or` as `and`: a JSON list crashes, another tool's
-    object is read as ours) or its difference not added."""
+    object is read as ours) or its difference not added; a manifest that is not JSON at all
+    not reported (its `append` deleted: verify would say nothing of it)."""
     await small_backup(start_simulator, tmp_path)
     path = tmp_path / manifest.MANIFEST_NAME
     for document in ({"format": "another-tool", "files": []}, [1, 2]):
         path.write_bytes(orjson.dumps(document))
         assert differences(tmp_path) == {(manifest.MANIFEST_NAME, "format")}
+    path.write_bytes(b'{"format": "outreach-exporter", "files": [')  # cut short
+    assert differences(tmp_path) == {(manifest.MANIFEST_NAME, "unreadable")}
 
 
 async def test_a_manifest_of_another_version_or_status_differs(

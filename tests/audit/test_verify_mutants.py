@@ -101,9 +101,10 @@ async def test_a_manifest_of_another_format_is_one_difference(
 async def test_a_manifest_of_another_version_or_status_differs(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
-    """Bugs: the version or the status difference not added (their `append` deleted, the
-    comparison flipped): a manifest this version does not read, or one that is not complete,
-    would verify OK once its digest is recomputed."""
+    """Bugs: the version, the status or a file entry's difference not added (their `append`
+    deleted, the comparison flipped): a manifest this version does not read, one that is not
+    complete, or one with an entry that names no file, would verify OK once its digest is
+    recomputed."""
     await small_backup(start_simulator, tmp_path)
     path = tmp_path / manifest.MANIFEST_NAME
     original = orjson.loads(path.read_bytes())
@@ -112,6 +113,10 @@ async def test_a_manifest_of_another_version_or_status_differs(
         document["manifest_sha256"] = manifest.canonical_digest(document)
         path.write_bytes(orjson.dumps(document))
         assert differences(tmp_path) == {(manifest.MANIFEST_NAME, field)}
+    document = {**original, "files": ["not an entry", *original["files"][1:]]}
+    document["manifest_sha256"] = manifest.canonical_digest(document)
+    path.write_bytes(orjson.dumps(document))
+    assert (f"{manifest.MANIFEST_NAME} files[0]", "entry") in differences(tmp_path)
 
 
 async def test_an_unfinished_runs_files_are_checked_against_the_schema_we_write(

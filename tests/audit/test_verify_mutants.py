@@ -146,3 +146,17 @@ async def test_an_unfinished_runs_files_are_checked_against_the_schema_we_write(
     quarantined.write_bytes(b"x")
     set_aside = [f.path for f in verify(tmp_path).files if f.status == "set_aside"]
     assert set_aside == [first.path + ".damaged-" + state.run_id]
+
+
+async def test_a_directory_where_a_file_was_differs(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug: the difference for a directory in a listed file's place not added (its `append`
+    deleted): the file is gone, yet only the resource's totals would tell."""
+    await small_backup(start_simulator, tmp_path)
+    entry = orjson.loads((tmp_path / manifest.MANIFEST_NAME).read_bytes())["files"][0]
+    (tmp_path / entry["path"]).unlink()
+    (tmp_path / entry["path"]).mkdir()
+    report = verify(tmp_path)
+    assert (entry["path"], "unreadable") in {(d.subject, d.what) for d in report.differences}
+    assert [f.status for f in report.files if f.path == entry["path"]] == ["differs"]

@@ -167,3 +167,31 @@ async def test_an_oversized_answer_is_a_passing_fault(start_simulator: StartSimu
     running.sim.auth.exchange = huge_once  # type: ignore[method-assign]
     assert (await tokens(running).token()).startswith("sim-access-1-")
     assert len(answers) == 2
+
+
+async def test_mints_are_paced_to_the_interval_the_api_allows(
+    start_simulator: StartSimulator,
+) -> None:
+    """Bugs: the wait before a second mint skipped (`wait > 0` flipped, or the sleep
+    deleted): the endpoint, which allows one token per interval, answers 429 and the mint
+    costs a request more. Counted: two mints, two POSTs."""
+    running = await start_simulator(steps=5, mint_interval=0.3)
+    source = tokens(running, min_mint_interval=0.3)
+    first = await source.token()
+    assert await source.refresh(first) != first
+    assert source.mints == 2 and running.sim.auth.minted == 2
+    assert running.sim.counters.by_route["POST /oauth/token"] == 2
+
+
+async def test_an_empty_rotated_refresh_token_is_not_kept(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug: `isinstance(rotated, str) or rotated`: a grant whose `refresh_token` is empty
+    would replace the refresh token with nothing and save it to the token file."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    running.sim.auth.exchange = grants(running, refresh_token="")  # type: ignore[method-assign]
+    store = RefreshTokenStore(tmp_path / "token.json")
+    source = tokens(running, store)
+    await source.token()
+    assert not store.path.exists()
+    assert running.sim.cfg.refresh_token in source.secrets()

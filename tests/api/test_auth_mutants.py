@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from exporter.api.auth import RefreshTokenStore
-from exporter.core.errors import AuthError
+from exporter.core.errors import AuthError, clean_text
 from exporter.core.secrets import Secret
 from exporter.simulator.auth import TokenResponse
 from exporter.simulator.faults import TokenFault
@@ -195,3 +195,15 @@ async def test_an_empty_rotated_refresh_token_is_not_kept(
     await source.token()
     assert not store.path.exists()
     assert running.sim.cfg.refresh_token in source.secrets()
+
+
+async def test_minted_tokens_are_secrets_at_once(start_simulator: StartSimulator) -> None:
+    """Bugs: a granted access token or rotated refresh token not registered (`remember_secret`
+    or `self._seen.append` deleted): an error quoting it would print it, and the leak checks
+    that read `secrets()` would not look for it."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    source = tokens(running)
+    access = await source.token()
+    rotated = running.sim.auth.refresh_token  # the one it handed out with the access token
+    assert {access, rotated} <= set(source.secrets())
+    assert clean_text(f"refused {access} and {rotated}") == "refused *** and ***"

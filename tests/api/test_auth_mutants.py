@@ -5,6 +5,7 @@ a test needs an answer the real exchange never gives; time is an injected clock.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,16 @@ async def test_minted_tokens_are_secrets_at_once(start_simulator: StartSimulator
     rotated = running.sim.auth.refresh_token  # the one it handed out with the access token
     assert {access, rotated} <= set(source.secrets())
     assert clean_text(f"refused {access} and {rotated}") == "refused *** and ***"
+
+
+async def test_a_mint_long_after_the_last_does_not_wait(start_simulator: StartSimulator) -> None:
+    """Bug: the wait computed as `interval + (now - minted_at)` instead of minus: the longer
+    since the last mint, the longer the next one would wait (here 100 s on the injected
+    clock: the refresh would not return within the 10 s given)."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    clock = Clock()
+    source = tokens(running, clock=clock, min_mint_interval=60.0)
+    first = await source.token()
+    clock.now += 100.0
+    assert await asyncio.wait_for(source.refresh(first), 10) != first
+    assert source.mints == 2

@@ -221,3 +221,28 @@ async def test_a_mint_long_after_the_last_does_not_wait(start_simulator: StartSi
     clock.now += 100.0
     assert await asyncio.wait_for(source.refresh(first), 10) != first
     assert source.mints == 2
+
+
+async def test_the_given_token_gets_every_attempt_after_the_stored_one_is_refused(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug: the attempt count not started again for the next candidate (`attempt = 0` as 1):
+    after the stale stored token is refused, one 503 for the given token would already be
+    its last attempt (two allowed here)."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    store = RefreshTokenStore(tmp_path / "token.json")
+    store.save(Secret("stale-refresh-token"))
+    real = running.sim.auth.exchange
+    calls: list[str] = []
+
+    def busy_once_for_the_given(form: Mapping[str, str]) -> TokenResponse:
+        calls.append(form["refresh_token"])
+        if len(calls) == 2:  # the given token's first attempt
+            return TokenResponse(503, {"errors": [{"id": "unavailable"}]})
+        return real(form)
+
+    running.sim.auth.exchange = busy_once_for_the_given  # type: ignore[method-assign]
+    source = tokens(running, store, max_attempts=2)
+    assert (await source.token()).startswith("sim-access-1-")
+    given = running.sim.cfg.refresh_token
+    assert calls == ["stale-refresh-token", given, given]

@@ -25,7 +25,8 @@ async def test_lost_answers_settled_plan_only_then_applied(
       deleted) or the journal written to (`self.journal is not None` flipped);
     - a lost patch not closed as superseded (`intent.op != "create"` flipped: it would be
       looked up as a create), or closed in plan-only mode;
-    - a step this journal already claimed taken again for another backup step."""
+    - a new step of the same sequence that differs from the create (made first, so its id is
+      the lowest) taken for it (`not in claimed and all(...)` as `or`)."""
     running, backup = await exported(start_simulator, tmp_path)
     lost, patched = sorted(backup)[5], sorted(backup)[10]
     running.sim.store.delete("sequenceStep", lost)
@@ -44,12 +45,13 @@ async def test_lost_answers_settled_plan_only_then_applied(
         target_id=patched,
     )  # fmt: skip
     journal.close()
+    other = await post(running, create_body({**values, "order": values["order"] + 50}))
     first = await post(running, create_body(values))  # it landed: its answer was lost
     second = await post(running, create_body(values))  # and a duplicate, made elsewhere
     lines_before = path.read_bytes()
 
     plan = await restore(running, tmp_path)  # plan only
-    assert plan.created.get(lost) == min(first, second)
+    assert plan.created.get(lost) == min(first, second) and other < min(first, second)
     assert any(f"took {min(first, second)}, check {max(first, second)}" in w for w in plan.warnings)
     assert any(f"patch of step {patched}" in note for note in plan.recovered)
     assert path.read_bytes() == lines_before  # plan only writes nothing

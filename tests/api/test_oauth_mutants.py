@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from exporter.api import auth
-from exporter.api.auth import OAuthCredentials, OAuthTokens
+from exporter.api.auth import OAuthCredentials, OAuthTokens, RefreshTokenStore
 from exporter.core import errors
 from exporter.core.errors import ApiError, AuthError
 from exporter.core.secrets import Secret
@@ -19,7 +19,8 @@ from exporter.simulator.faults import TokenFault
 from tests.helpers.sim import Running, StartSimulator
 
 
-def tokens(running: Running, **options: Any) -> OAuthTokens:
+def tokens(running: Running, store: RefreshTokenStore | None = None, **options: Any) -> OAuthTokens:
+    """The OAuth source a run builds for `running` (with its token file `store`), fast backoffs."""
     cfg = running.sim.cfg
     credentials = OAuthCredentials(
         client_id=cfg.client_id,
@@ -29,7 +30,7 @@ def tokens(running: Running, **options: Any) -> OAuthTokens:
         token_url=running.root_url + "/oauth/token",
     )
     settings: dict[str, Any] = {"backoff_base": 0.01, "min_mint_interval": 0.01, **options}
-    return OAuthTokens(credentials, None, aiohttp.ClientSession, **settings)
+    return OAuthTokens(credentials, store, aiohttp.ClientSession, **settings)
 
 
 @pytest.fixture

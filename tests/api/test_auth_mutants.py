@@ -1,0 +1,248 @@
+"""Mutants of api/auth.py's token minting (lifetimes, refresh schedule, rotation, refusals) that the suite let live, each killed by a test naming its one-line bug.
+
+The token endpoint is the simulator's, its answers crafted through `sim.auth.exchange` where
+a test needs an answer the real exchange never gives; time is an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.api.auth import RefreshTokenStore
+from exporter.core.errors import AuthError, clean_text
+from exporter.core.secrets import Secret
+from exporter.simulator.auth import TokenResponse
+from exporter.simulator.faults import TokenFault
+from tests.api.test_oauth_mutants import tokens
+from tests.helpers.sim import Running, StartSimulator
+
+
+class Clock:
+    """The time `OAuthTokens` reads, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def grants(running: Running, **fields: Any) -> Callable[[Mapping[str, str]], TokenResponse]:
+    """The real exchange, with `fields` replaced in every grant it answers."""
+    real = running.sim.auth.exchange
+
+    def exchange(form: Mapping[str, str]) -> TokenResponse:
+        answer = real(form)
+        if answer.status == 200:
+            answer.body.update(fields)
+            for name in [k for k, v in fields.items() if v is None]:
+                del answer.body[name]
+        return answer
+
+    return exchange
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "refresh_after"),
+    [
+        (100, 90.0),  # a tenth of a short lifetime early
+        (7200, 6900.0),  # five minutes early for a real two-hour token
+        (None, 6900.0),  # absent: two hours
+        ("100", 6900.0),  # not a number: two hours
+        (1e300, 7 * 86400.0 - 300),  # a float beyond any lifetime: a week
+        (0, 0.09),  # at least 0.1 s
+        (10**9, 7 * 86400.0 - 300),  # at most a week
+    ],
+)
+async def test_the_token_is_refreshed_ahead_of_its_expiry(
+    start_simulator: StartSimulator, expires_in: Any, refresh_after: float
+) -> None:
+    """Bugs: the refresh moment computed with `+ min(...)` or `lifetime * 10`, the lifetime's
+    clamps (0.1 s, a week) or defaults (7200 s when absent or not a number)
+    changed, `clock() >= refresh_at` as `>` (a token used at its refresh moment)."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    running.sim.auth.exchange = grants(running, expires_in=expires_in)  # type: ignore[method-assign]
+    clock = Clock()
+    source = tokens(running, clock=clock, min_mint_interval=0.0)
+    first = await source.token()
+    clock.now += refresh_after - 1e-6
+    assert await source.token() == first and source.mints == 1
+    clock.now = 1000.0 + refresh_after
+    assert await source.token() != first and source.mints == 2
+
+
+@pytest.mark.parametrize(
+    ("access", "problem"),
+    [("tok en", "a space at position 4"), (12345, "it is not a string"), ("", "it is empty")],
+)
+async def test_an_unusable_access_token_is_refused(
+    start_simulator: StartSimulator, access: Any, problem: str
+) -> None:
+    """Bugs: the granted access token not checked (`problem is not None` flipped) or a
+    non-string taken: it would be sent in an Authorization header as is."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    running.sim.auth.exchange = grants(running, access_token=access)  # type: ignore[method-assign]
+    with pytest.raises(AuthError, match=f"unusable access token \\({problem}\\)"):
+        await tokens(running).token()
+
+
+async def test_a_rotated_refresh_token_is_saved_and_used_next(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bugs: the rotated refresh token not kept (`creds.refresh_token = ...` or the store's
+    `save` deleted): the next refresh, or the next run, would send a retired token."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    store = RefreshTokenStore(tmp_path / "token.json")
+    clock = Clock()
+    source = tokens(running, store, clock=clock, min_mint_interval=0.0)
+    await source.token()
+    saved = store.load()
+    assert saved is not None and saved.reveal() != running.sim.cfg.refresh_token
+    clock.now += 10 * 86400
+    await source.token()  # refreshed with the rotated one: the original is retired
+    assert source.mints == 2 and running.sim.auth.minted == 2
+    newest = store.load()
+    assert newest is not None and newest != saved
+
+
+async def test_a_refused_stored_token_falls_back_to_the_given_one(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bugs: `_next_candidate` not moving on (`len(...) < 2` flipped, the pop deleted): a stale
+    token in the store would end the run though the one given works; and with no other
+    candidate, an `invalid_grant` must end it with the advice to authorize again."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    store = RefreshTokenStore(tmp_path / "token.json")
+    store.save(Secret("stale-refresh-token"))
+    cfg = running.sim.cfg
+    source = tokens(running, store)  # tries the stored token first, then the given one
+    assert (await source.token()).startswith("sim-access-1-")
+    assert running.sim.counters.by_route["POST /oauth/token"] == 2
+    assert cfg.refresh_token not in (store.load() or Secret("")).reveal()
+
+    alone = tokens(running)  # the given token was rotated away by the first source
+    with pytest.raises(AuthError, match="refused the refresh token; it may have been rotated"):
+        await alone.token()
+    assert running.sim.counters.by_route["POST /oauth/token"] == 3
+
+
+async def test_a_wrong_client_and_a_redirect_are_refused_at_once(
+    start_simulator: StartSimulator,
+) -> None:
+    """Bugs: `invalid_client` given the refresh-token advice (`==` flipped), a 3xx from the
+    token endpoint followed or retried (`300 <= status < 400` changed): the form carries the
+    client secret and the refresh token."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+
+    def wrong_client(form: Mapping[str, str]) -> TokenResponse:
+        return TokenResponse(401, {"error": "invalid_client"})
+
+    running.sim.auth.exchange = wrong_client  # type: ignore[method-assign]
+    with pytest.raises(AuthError, match="client id or secret is wrong"):
+        await tokens(running).token()
+    running.sim.hostile.token = [TokenFault.REDIRECT]
+    running.sim.hostile.redirect_to = running.root_url
+    with pytest.raises(AuthError, match=r"answered a redirect \(307\); it is never followed"):
+        await tokens(running).token()
+    assert running.sim.counters.by_route["POST /oauth/token"] == 2
+
+
+async def test_an_oversized_answer_is_a_passing_fault(start_simulator: StartSimulator) -> None:
+    """Bug: the size bound not applied (`len(body) > MAX_TOKEN_ANSWER` flipped): a token
+    endpoint answering without end would be read into memory; over the bound the answer is
+    dropped and the request retried."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    real = running.sim.auth.exchange
+    answers: list[int] = []
+
+    def huge_once(form: Mapping[str, str]) -> TokenResponse:
+        answers.append(1)
+        if len(answers) == 1:
+            return TokenResponse(200, {"access_token": "x", "padding": "p" * (2 << 20)})
+        return real(form)
+
+    running.sim.auth.exchange = huge_once  # type: ignore[method-assign]
+    assert (await tokens(running).token()).startswith("sim-access-1-")
+    assert len(answers) == 2
+
+
+async def test_mints_are_paced_to_the_interval_the_api_allows(
+    start_simulator: StartSimulator,
+) -> None:
+    """Bugs: the wait before a second mint skipped (`wait > 0` flipped, or the sleep
+    deleted): the endpoint, which allows one token per interval, answers 429 and the mint
+    costs a request more. Counted: two mints, two POSTs."""
+    running = await start_simulator(steps=5, mint_interval=0.3)
+    source = tokens(running, min_mint_interval=0.3)
+    first = await source.token()
+    assert await source.refresh(first) != first
+    assert source.mints == 2 and running.sim.auth.minted == 2
+    assert running.sim.counters.by_route["POST /oauth/token"] == 2
+
+
+async def test_an_empty_rotated_refresh_token_is_not_kept(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug: `isinstance(rotated, str) or rotated`: a grant whose `refresh_token` is empty
+    would replace the refresh token with nothing and save it to the token file."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    running.sim.auth.exchange = grants(running, refresh_token="")  # type: ignore[method-assign]
+    store = RefreshTokenStore(tmp_path / "token.json")
+    source = tokens(running, store)
+    await source.token()
+    assert not store.path.exists()
+    assert running.sim.cfg.refresh_token in source.secrets()
+
+
+async def test_minted_tokens_are_secrets_at_once(start_simulator: StartSimulator) -> None:
+    """Bugs: a granted access token or rotated refresh token not registered (`remember_secret`
+    or `self._seen.append` deleted): an error quoting it would print it, and the leak checks
+    that read `secrets()` would not look for it."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    source = tokens(running)
+    access = await source.token()
+    rotated = running.sim.auth.refresh_token  # the one it handed out with the access token
+    assert {access, rotated} <= set(source.secrets())
+    assert clean_text(f"refused {access} and {rotated}") == "refused *** and ***"
+
+
+async def test_a_mint_long_after_the_last_does_not_wait(start_simulator: StartSimulator) -> None:
+    """Bug: the wait computed as `interval + (now - minted_at)` instead of minus: the longer
+    since the last mint, the longer the next one would wait (here 100 s on the injected
+    clock: the refresh would not return within the 10 s given)."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    clock = Clock()
+    source = tokens(running, clock=clock, min_mint_interval=60.0)
+    first = await source.token()
+    clock.now += 100.0
+    assert await asyncio.wait_for(source.refresh(first), 10) != first
+    assert source.mints == 2
+
+
+async def test_the_given_token_gets_every_attempt_after_the_stored_one_is_refused(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug: the attempt count not started again for the next candidate (`attempt = 0` as 1):
+    after the stale stored token is refused, one 503 for the given token would already be
+    its last attempt (two allowed here)."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    store = RefreshTokenStore(tmp_path / "token.json")
+    store.save(Secret("stale-refresh-token"))
+    real = running.sim.auth.exchange
+    calls: list[str] = []
+
+    def busy_once_for_the_given(form: Mapping[str, str]) -> TokenResponse:
+        calls.append(form["refresh_token"])
+        if len(calls) == 2:  # the given token's first attempt
+            return TokenResponse(503, {"errors": [{"id": "unavailable"}]})
+        return real(form)
+
+    running.sim.auth.exchange = busy_once_for_the_given  # type: ignore[method-assign]
+    source = tokens(running, store, max_attempts=2)
+    assert (await source.token()).startswith("sim-access-1-")
+    given = running.sim.cfg.refresh_token
+    assert calls == ["stale-refresh-token", given, given]

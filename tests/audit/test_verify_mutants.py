@@ -1,0 +1,162 @@
+"""Mutants of audit/verify.py that the suite let live, each killed by a test naming its one-line bug."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+
+from exporter.audit.verify import verify
+from exporter.backup import checkpoint, manifest
+from exporter.backup.storage import Storage
+from exporter.core.errors import ExitCode
+from tests.helpers.runs import run_export
+from tests.helpers.sim import StartSimulator
+
+
+async def small_backup(start_simulator: StartSimulator, out: Path) -> None:
+    running = await start_simulator(steps=120, seed=83)
+    await run_export(running.base_url, out, file_rows=50)
+
+
+def differences(out: Path) -> set[tuple[str, str]]:
+    return {(d.subject, d.what) for d in verify(out).differences}
+
+
+async def test_a_manifest_naming_an_unknown_type_differs(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug: `_unknown_types` not called for a manifest: a file of a type this version does not
+    know (compact and restore leave it out) would verify OK. The manifest is edited and its
+    digest recomputed, so only the type check can tell."""
+    await small_backup(start_simulator, tmp_path)
+    assert verify(tmp_path).exit_code is ExitCode.OK
+    path = tmp_path / manifest.MANIFEST_NAME
+    document = orjson.loads(path.read_bytes())
+    document["files"][0]["type"] = "widget"
+    document["manifest_sha256"] = manifest.canonical_digest(document)
+    path.write_bytes(orjson.dumps(document))
+    assert ("resources.widget", "type") in differences(tmp_path)
+
+
+async def test_an_unfinished_run_is_checked_for_unknown_types_and_added_files(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bugs: for a run known only by its checkpoint, `_unknown_types` or `_not_recorded` not
+    called: a file of an unknown type, or a `*.parquet` file someone added beside the
+    committed ones (a query over the folder reads it), would verify as committed."""
+    await small_backup(start_simulator, tmp_path)
+    (tmp_path / manifest.MANIFEST_NAME).unlink()
+    state = checkpoint.load(tmp_path)
+    assert state is not None
+    state.status = "running"  # an unfinished run: its checkpoint names its files
+    checkpoint.save(Storage.open(tmp_path), state)
+    report = verify(tmp_path)
+    assert (report.checked_against, report.exit_code) == ("checkpoint", ExitCode.FAILED)
+    assert report.differences == []
+
+    [first, *_] = state.resources["sequenceStep"].files
+    shutil.copyfile(tmp_path / first.path, tmp_path / "sequenceSteps" / "added.parquet")
+    assert differences(tmp_path) == {("sequenceSteps/added.parquet", "unlisted")}
+    (tmp_path / "sequenceSteps" / "added.parquet").unlink()
+
+    raw = orjson.loads((tmp_path / checkpoint.CHECKPOINT_NAME).read_bytes())
+    raw["resources"]["sequenceStep"]["files"][0]["type"] = "widget"
+    (tmp_path / checkpoint.CHECKPOINT_NAME).write_bytes(orjson.dumps(raw))
+    assert ("resources.widget", "type") in differences(tmp_path)
+
+
+async def test_a_finished_run_without_its_manifest_differs(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug: the difference for a missing manifest not added (its `append` deleted): a run
+    whose checkpoint says it finished, but whose manifest is gone, would verify as an
+    unfinished run that only needs `export` again (which refuses a finished checkpoint)."""
+    await small_backup(start_simulator, tmp_path)
+    (tmp_path / manifest.MANIFEST_NAME).unlink()
+    report = verify(tmp_path)
+    assert report.exit_code is ExitCode.VERIFY_MISMATCH
+    assert [(d.subject, d.what) for d in report.differences] == [
+        (manifest.MANIFEST_NAME, "missing")
+    ]
+
+
+async def test_a_manifest_of_another_format_is_one_difference(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bugs: the format check weakened (`or` as `and`: a JSON list crashes, another tool's
+    object is read as ours) or its difference not added; a manifest that is not JSON at all
+    not reported (its `append` deleted: verify would say nothing of it)."""
+    await small_backup(start_simulator, tmp_path)
+    path = tmp_path / manifest.MANIFEST_NAME
+    for document in ({"format": "another-tool", "files": []}, [1, 2]):
+        path.write_bytes(orjson.dumps(document))
+        assert differences(tmp_path) == {(manifest.MANIFEST_NAME, "format")}
+    path.write_bytes(b'{"format": "outreach-exporter", "files": [')  # cut short
+    assert differences(tmp_path) == {(manifest.MANIFEST_NAME, "unreadable")}
+
+
+async def test_a_manifest_of_another_version_or_status_differs(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bugs: the version, the status or a file entry's difference not added (their `append`
+    deleted, the comparison flipped): a manifest this version does not read, one that is not
+    complete, or one with an entry that names no file, would verify OK once its digest is
+    recomputed."""
+    await small_backup(start_simulator, tmp_path)
+    path = tmp_path / manifest.MANIFEST_NAME
+    original = orjson.loads(path.read_bytes())
+    for field, value in (("version", manifest.VERSION + 1), ("status", "running")):
+        document = {**original, field: value}
+        document["manifest_sha256"] = manifest.canonical_digest(document)
+        path.write_bytes(orjson.dumps(document))
+        assert differences(tmp_path) == {(manifest.MANIFEST_NAME, field)}
+    document = {**original, "files": ["not an entry", *original["files"][1:]]}
+    document["manifest_sha256"] = manifest.canonical_digest(document)
+    path.write_bytes(orjson.dumps(document))
+    assert (f"{manifest.MANIFEST_NAME} files[0]", "entry") in differences(tmp_path)
+
+
+async def test_an_unfinished_runs_files_are_checked_against_the_schema_we_write(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bugs: `_current_schema` answering None for a known type (`not in` flipped): a file of an
+    unfinished run rewritten without a column would differ only by its digest, never by the
+    schema the exporter writes; and a name that merely looks set aside (`.damaged-` without a
+    run id) reported as set aside by --repair (`bool(marker) and ...` as `or`)."""
+    await small_backup(start_simulator, tmp_path)
+    (tmp_path / manifest.MANIFEST_NAME).unlink()
+    state = checkpoint.load(tmp_path)
+    assert state is not None
+    state.status = "running"
+    checkpoint.save(Storage.open(tmp_path), state)
+    [first, *_] = state.resources["sequenceStep"].files
+    table = pq.read_table(tmp_path / first.path)
+    pq.write_table(table.drop_columns([table.column_names[-1]]), tmp_path / first.path)
+    found = differences(tmp_path)
+    assert (first.path, "schema") in found and (first.path, "sha256") in found
+
+    look_alike = tmp_path / "sequenceSteps" / "notes.parquet.damaged-not-a-run"
+    look_alike.write_bytes(b"x")
+    set_aside = [f.path for f in verify(tmp_path).files if f.status == "set_aside"]
+    assert set_aside == []
+    quarantined = tmp_path / (first.path + ".damaged-" + state.run_id)
+    quarantined.write_bytes(b"x")
+    set_aside = [f.path for f in verify(tmp_path).files if f.status == "set_aside"]
+    assert set_aside == [first.path + ".damaged-" + state.run_id]
+
+
+async def test_a_directory_where_a_file_was_differs(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug: the difference for a directory in a listed file's place not added (its `append`
+    deleted): the file is gone, yet only the resource's totals would tell."""
+    await small_backup(start_simulator, tmp_path)
+    entry = orjson.loads((tmp_path / manifest.MANIFEST_NAME).read_bytes())["files"][0]
+    (tmp_path / entry["path"]).unlink()
+    (tmp_path / entry["path"]).mkdir()
+    report = verify(tmp_path)
+    assert (entry["path"], "unreadable") in {(d.subject, d.what) for d in report.differences}
+    assert [f.status for f in report.files if f.path == entry["path"]] == ["differs"]

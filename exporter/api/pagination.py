@@ -96,6 +96,13 @@ def collection_url(base_url: str, collection: str, params: Iterable[tuple[str, s
     return f"{base_url.rstrip('/')}/{collection}" + (f"?{query}" if query else "")
 
 
+def wire_length(url: str) -> int:
+    """The length of `url` as the client sends it: aiohttp (yarl) percent-encodes the brackets
+    `collection_url` leaves readable, 2 more characters each (`[` -> `%5B`); digits, commas and
+    the rest go as they are. `max_url_length` bounds this form, the one a server or proxy sees."""
+    return len(url) + 2 * (url.count("[") + url.count("]"))
+
+
 def next_link(document: dict[str, Any], current_url: str, base_url: str) -> str | None:
     """The next page's absolute URL, or None on the last page; ResponseError if it is not safe."""
     links = document.get("links")

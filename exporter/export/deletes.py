@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from exporter.api.documents import page_records
-from exporter.api.pagination import collection_url, id_batches, paginate
+from exporter.api.pagination import collection_url, id_batches, paginate, wire_length
 from exporter.export.crawl import PageBatch, PageFlow
 from exporter.model.normalize import TOMBSTONE_SCHEMA, TOMBSTONE_TYPE, check_type, record_id
 from exporter.model.schema import resource_type
@@ -65,7 +65,7 @@ class DeleteScan:
 
     def batches(self, type_name: str, ids: Sequence[int]) -> list[list[int]]:
         """Ids cut to the page size and the URL length."""
-        room = self.max_url_length - len(self._url(type_name, ""))
+        room = self.max_url_length - wire_length(self._url(type_name, ""))
         return list(id_batches(ids, room=room, most=self.page_size))
 
     async def scan(self, type_name: str, ids: Sequence[int]) -> None:

@@ -32,7 +32,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from exporter.api.pagination import collection_url, ids_that_fit, paginate
+from exporter.api.pagination import collection_url, ids_that_fit, paginate, wire_length
 from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.damage import read_failure
 from exporter.backup.detail import BatchWatermark, IdSample, NotAsked
@@ -435,7 +435,7 @@ class RelationshipWalk:
 
     def _url_room(self, target: str, link_only: bool) -> int:
         """Bytes left for ids in a request URL once the rest of it is written."""
-        return self.max_url_length - len(self._url(target, link_only, ""))
+        return self.max_url_length - wire_length(self._url(target, link_only, ""))
 
     def _url(self, target: str, link_only: bool, ids: str) -> str:
         key = f"filter[{self.root}][id]" if link_only else "filter[id]"

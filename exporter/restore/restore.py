@@ -74,7 +74,7 @@ from exporter.api.account import Account, canonical_base_url, identify
 from exporter.api.auth import TokenSource
 from exporter.api.client import ApiClient, ClientSettings, NotSentError
 from exporter.api.documents import page_records
-from exporter.api.pagination import collection_url, id_batches, paginate
+from exporter.api.pagination import collection_url, id_batches, paginate, wire_length
 from exporter.backup import manifest
 from exporter.backup.compact import current_table
 from exporter.backup.storage import Storage
@@ -803,7 +803,7 @@ class Restore:
 
         # Each URL within max_url_length: `id_batches` counts a comma after every id, and the
         # last one has none.
-        room = self.settings.max_url_length - len(url_for([])) + 1
+        room = self.settings.max_url_length - wire_length(url_for([])) + 1
         for batch in id_batches(ids, room=room, most=PAGE_SIZE):
             yield url_for(batch)
 

@@ -286,11 +286,19 @@ def load(where: Storage | Path | str) -> RunState | None:
         reason = (
             f"{storage.shown(CHECKPOINT_NAME)} is not a readable checkpoint ({type(exc).__name__})"
         )
-        if _beside_a_manifest(storage):  # --restart would delete a finished backup
+        beside = _beside_a_manifest(storage)
+        if beside is True:  # --restart would delete a finished backup
             raise UnreadableCheckpoint(
                 f"{reason}, beside a finished backup's _manifest.json: do not use --restart, "
                 "which deletes the backup; put back the checkpoint from a copy of the backup "
                 "(the manifest's files stay intact)",
+                reason,
+            ) from None
+        if beside is None:  # the store could not say: never advise what may delete a backup
+            raise UnreadableCheckpoint(
+                f"{reason}, and the store could not say whether a finished backup's "
+                "_manifest.json is beside it: look before using --restart, which deletes the "
+                "backup; with a manifest, put back the checkpoint from a copy of the backup",
                 reason,
             ) from None
         raise UnreadableCheckpoint(
@@ -300,8 +308,9 @@ def load(where: Storage | Path | str) -> RunState | None:
         ) from None
 
 
-def _beside_a_manifest(storage: Storage) -> bool:
+def _beside_a_manifest(storage: Storage) -> bool | None:
+    """Is a finished backup's manifest beside the checkpoint? None when the store cannot say."""
     try:
         return storage.exists("_manifest.json")  # manifest.MANIFEST_NAME (it imports us)
     except ExporterError:
-        return False
+        return None

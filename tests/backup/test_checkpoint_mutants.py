@@ -102,6 +102,32 @@ def test_damaged_checkpoint_without_a_manifest_advises_restart(tmp_path: Path) -
         checkpoint.load(storage)
 
 
+class StoreThatCannotTell(Storage):
+    """A store whose existence checks fail (an S3 outage halfway through a load)."""
+
+    def exists(self, relative: str) -> bool:
+        if relative == "_manifest.json":
+            raise ExporterError(f"cannot read {relative}: connection reset (injected)")
+        return super().exists(relative)
+
+
+def test_damaged_checkpoint_never_advises_restart_when_the_store_cannot_say(
+    tmp_path: Path,
+) -> None:
+    """Bug: `_beside_a_manifest` answering False when the store cannot say whether a manifest
+    is there (its `except` branch): the advice would be --restart, which deletes a finished
+    backup the store merely failed to list."""
+    Storage.open(tmp_path)  # lays the store out
+    (tmp_path / checkpoint.CHECKPOINT_NAME).write_bytes(b"{ damaged")
+    (tmp_path / "_manifest.json").write_bytes(b"{}")
+    storage = StoreThatCannotTell.open(tmp_path)
+    with pytest.raises(
+        checkpoint.UnreadableCheckpoint, match="look before using --restart"
+    ) as raised:
+        checkpoint.load(storage)
+    assert "use --restart to discard" not in str(raised.value)
+
+
 def test_a_partition_state_read_back_keeps_finished(tmp_path: Path) -> None:
     """Bug: a partition created without `finished` starting finished (`finished: bool = True`):
     a fresh partition must be open until its last page is committed."""

@@ -83,6 +83,7 @@ def test_whole_file_bytes_are_those_pyarrow_writes_and_read_back() -> None:
     table = _rows(1, 40)
     payload = encode_table(table)
     buffer = pa.BufferOutputStream()
-    pq.write_table(table, buffer, compression="zstd")
-    assert payload == buffer.getvalue().to_pybytes()  # compact's published bytes, unchanged
+    # compact's published bytes: pyarrow's, zstd, a dictionary on the text column only
+    pq.write_table(table, buffer, compression="zstd", use_dictionary=["name"])
+    assert payload == buffer.getvalue().to_pybytes()
     assert decode_table(payload).equals(table)

@@ -110,7 +110,17 @@ def test_a_second_restore_on_the_same_journal_is_busy(tmp_path: Path) -> None:
     reopened(path)  # free again once closed
 
 
-@pytest.mark.parametrize("tail", [b'{"write": "ab", "op": "cre', b"x" * (3 * (1 << 16) + 7)])
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b'{"write": "ab", "op": "cre',
+        b"x" * (3 * (1 << 16) + 7),
+        # The last whole line's newline is then the first byte of the block read backwards:
+        # `newline > 0` would miss it and cut the line before it too (journal.py:272).
+        b"x" * ((1 << 16) - 1),
+    ],
+    ids=["short", "three blocks", "newline first in its block"],
+)
 def test_a_torn_last_line_is_cut_when_opened(tmp_path: Path, tail: bytes) -> None:
     """Bugs: the torn tail kept or cut at the wrong place (`rfind` offset, `start + newline +
     1` as `- 1`, the block loop's `position > 0` or `newline >= 0` flipped), for a tail
@@ -268,3 +278,20 @@ def test_the_edges_of_a_well_formed_journal_are_accepted(tmp_path: Path) -> None
     )
     state = replay(path)
     assert state.created == {1: 2} and state.unresolved == [] and state.lines == 9
+
+
+def test_an_intent_is_on_disk_before_the_journal_is_closed(tmp_path: Path) -> None:
+    """Bug: `self._file.flush()` left out of `_append` (journal.py:233): the line stays in the
+    process's buffer, so a crash (SIGKILL) after the request is sent loses the intent that
+    should have announced it, and the next run creates the step a second time. Another reader
+    must see the line while the journal is still open."""
+    path = tmp_path / "j.jsonl"
+    live = Journal(path)
+    live.open(ACCOUNT)
+    try:
+        intent = live.new_intent("create", 2, BODY, key=KEY, seen=frozenset(), above=None)
+        lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+        assert intent.write in {line.get("write") for line in lines}
+        assert [i.write for i in replay(path).unresolved] == [intent.write]
+    finally:
+        live.close()

@@ -295,3 +295,13 @@ def test_an_intent_is_on_disk_before_the_journal_is_closed(tmp_path: Path) -> No
         assert [i.write for i in replay(path).unresolved] == [intent.write]
     finally:
         live.close()
+
+
+def test_an_empty_journal_file_opens(tmp_path: Path) -> None:
+    """Bug: `end == 1` for `end == 0` in `_cut_torn_tail` (journal.py:265): an empty journal
+    (created, then the process died before its first line) is read at offset -1, and the
+    restore cannot start again."""
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(b"")
+    state = reopened(path)
+    assert state.account == ACCOUNT and len(path.read_bytes().splitlines()) == 1

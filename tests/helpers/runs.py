@@ -134,7 +134,13 @@ def export_command(running: Running, out: Path | str, *extra: str) -> list[str]:
 
 def kill_now(process: asyncio.subprocess.Process) -> bool:
     """SIGKILL `process`; False when it had already exited (and been reaped) just before: the
-    kill did not land, so the caller must not count it (its exit code says how it ended)."""
+    kill did not land, so the caller must not count it (its exit code says how it ended).
+
+    asyncio may not have closed the transport yet when the exit is already reaped; then
+    `send_signal` raises nothing (Popen ignores a signal to a reaped child), so the return code is
+    looked at first."""
+    if process.returncode is not None:
+        return False
     with contextlib.suppress(ProcessLookupError):
         process.send_signal(signal.SIGKILL)
         return True

@@ -76,10 +76,18 @@ class Measure:
     cpu_seconds: float = 0.0  # user + system time of the process (robust to a busy machine)
     page_paths: dict[str, int] | None = None  # {"fast": n, "slow": m}: None where not recorded
     peak_in_flight: int | None = None  # stats.in_flight_bound.peak (an adaptive bound's highest)
+    wire_bytes: int | None = None  # stats.bytes_received: response bodies as read off the wire
 
     @property
     def rate(self) -> float:
         return self.records / self.seconds if self.seconds else 0.0
+
+    @property
+    def wire_rate(self) -> float | None:
+        """MB (10**6 bytes) of response bodies per second; None where not recorded."""
+        if self.wire_bytes is None or not self.seconds:
+            return None
+        return self.wire_bytes / 1e6 / self.seconds
 
 
 @dataclass
@@ -203,6 +211,7 @@ def export_measure(out_dir: Path, seconds: float, peak: float, cpu: float) -> Me
         cpu,
         page_paths(stats),
         peak_in_flight(stats),
+        int(stats["bytes_received"]) if "bytes_received" in stats else None,
     )
 
 
@@ -405,7 +414,39 @@ def render(rows: list[dict[str, Any]]) -> str:
                 f"| {s.rate_limit} | {e.requests:,} | {row['minimum']:.1f} | {e.run_seconds:.1f} | "
                 f"{row['minimum'] / e.run_seconds:.0%} | {e.requests / e.run_seconds:.1f} | {row['allowed_rate']:.1f} | {e.rate_limited} |"
             )
-    return "\n".join(lines)
+    return "\n".join(lines + relationships_cost(rows))
+
+
+def relationships_cost(rows: list[dict[str, Any]]) -> list[str]:
+    """What walking every relationship costs, per scenario and size: records/s and wire MB/s
+    with the walk against without it (issue 16, item 3), and the export's CPU per MB read.
+
+    The related records are larger than a step (a mailing's body, a task's note), and reading
+    JSON costs per byte, so records/s alone cannot tell a slow walk from heavier records."""
+    pairs: dict[tuple[str, int], dict[bool, Measure]] = {}
+    for row in rows:
+        s = row["scenario"]
+        pairs.setdefault((s.name, s.steps), {})[s.relationships] = row["export"]
+    lines = [
+        "",
+        "| scenario | steps | records/s off → on | on / off | bytes per record off → on | wire MB/s off → on | on / off | export CPU s per wire MB off → on |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    shown = False
+    for (name, steps), by in pairs.items():
+        off, on = by.get(False), by.get(True)
+        if off is None or on is None or off.wire_rate is None or on.wire_rate is None:
+            continue
+        assert off.wire_bytes is not None and on.wire_bytes is not None
+        shown = True
+        lines.append(
+            f"| {name} | {steps:,} | {off.rate:,.0f} → {on.rate:,.0f} | {on.rate / off.rate:.2f} | "
+            f"{off.wire_bytes / off.records:,.0f} → {on.wire_bytes / on.records:,.0f} | "
+            f"{off.wire_rate:.0f} → {on.wire_rate:.0f} | {on.wire_rate / off.wire_rate:.2f} | "
+            f"{off.cpu_seconds / (off.wire_bytes / 1e6) * 1000:.1f} → "
+            f"{on.cpu_seconds / (on.wire_bytes / 1e6) * 1000:.1f} ms |"
+        )
+    return lines if shown else []
 
 
 def wanted(scenario: Scenario, only: str | None) -> bool:
@@ -781,7 +822,8 @@ def main() -> None:
         print(
             f"{scenario.name:28} steps={scenario.steps:>9,} rel={'on ' if scenario.relationships else 'off'} "
             f"c={scenario.shown_concurrency:<7} export {e.rate:>9,.0f} rec/s ({e.requests:,} req, {e.seconds:.1f}s, "
-            f"CPU {e.cpu_seconds:.1f}s, {e.peak_mib:.0f} MiB, fast/slow pages {page_paths_cell(e)})  {floor}",
+            f"CPU {e.cpu_seconds:.1f}s, {e.peak_mib:.0f} MiB, {e.wire_rate or 0:.0f} wire MB/s, "
+            f"fast/slow pages {page_paths_cell(e)})  {floor}",
             flush=True,
         )
     publish(render(rows), args.markdown)

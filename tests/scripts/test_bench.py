@@ -13,9 +13,11 @@ import pytest
 
 from scripts.bench import (
     Measure,
+    Scenario,
     export_measure,
     page_paths_cell,
     parquet_rows,
+    relationships_cost,
     run_measured,
     tree_env,
 )
@@ -102,6 +104,28 @@ def test_export_rows_say_fast_and_slow_pages_or_a_dash(tmp_path: Path) -> None:
     assert older.page_paths is None
     assert page_paths_cell(older) == "-"
     assert page_paths_cell(Measure(0, 0, 1.0, 1.0)) == "-"
+
+
+def test_relationships_cost_sets_records_and_wire_bytes_with_the_walk_beside_without(
+    tmp_path: Path,
+) -> None:
+    write_manifest(tmp_path, {"requests": 7, "bytes_received": 3_000_000})
+    assert export_measure(tmp_path, 2.0, 100.0, 1.5).wire_bytes == 3_000_000
+    write_manifest(tmp_path, {"requests": 7})  # a tree from before the count: no row
+    assert export_measure(tmp_path, 2.0, 100.0, 1.5).wire_bytes is None
+
+    off = Measure(100_000, 100, 2.0, 180.0, cpu_seconds=2.0, wire_bytes=150_000_000)
+    on = Measure(400_000, 500, 10.0, 300.0, cpu_seconds=12.0, wire_bytes=900_000_000)
+    rows = [
+        {"scenario": Scenario("no latency", 100_000, relationships, 0.0, 8), "export": measure}
+        for relationships, measure in ((False, off), (True, on))
+    ]
+    lines = relationships_cost(rows)
+    assert lines[-1] == (
+        "| no latency | 100,000 | 50,000 → 40,000 | 0.80 | 1,500 → 2,250 | 75 → 90 | 1.20 | "
+        "13.3 → 13.3 ms |"
+    )
+    assert relationships_cost(rows[:1]) == []  # no pair, no table
 
 
 def test_dlt_parquet_read_back_counts_rows_and_distinct_ids(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ these tests write real journal files, reopen them and replay them, line by line.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,26 @@ KEY = {"sequence": 3, "order": 1, "stepType": "auto_email"}
 
 def patch_body(target: int) -> dict[str, Any]:
     return {"data": {"type": "sequenceStep", "id": target, "attributes": {"order": 2}}}
+
+
+def recorded_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
+    """Every `os.fsync` from now on, as ("file" | "dir", inode, size at the fsync); each
+    still syncs. Durability itself needs a power cut to see; that it is asked for does not."""
+    calls: list[tuple[str, int, int]] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        calls.append(("dir" if stat.S_ISDIR(info.st_mode) else "file", info.st_ino, info.st_size))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+def open_descriptors() -> set[str]:
+    """This process's open file descriptors (Linux: /proc/self/fd)."""
+    return set(os.listdir("/proc/self/fd"))
 
 
 def reopened(path: Path, account: Account = ACCOUNT) -> journal.JournalState:
@@ -118,13 +140,21 @@ def test_a_second_restore_on_the_same_journal_is_busy(tmp_path: Path) -> None:
         # The last whole line's newline is then the first byte of the block read backwards:
         # `newline > 0` would miss it and cut the line before it too (journal.py:272).
         b"x" * ((1 << 16) - 1),
+        # One byte: the byte before it is the last whole line's newline, which `end - 2` for
+        # `end - 1` (journal.py:265) would take for the last byte, keeping the torn tail; the
+        # next line appended would then be glued to it and the journal refused.
+        b"x",
     ],
-    ids=["short", "three blocks", "newline first in its block"],
+    ids=["short", "three blocks", "newline first in its block", "one byte"],
 )
-def test_a_torn_last_line_is_cut_when_opened(tmp_path: Path, tail: bytes) -> None:
+def test_a_torn_last_line_is_cut_when_opened(
+    tmp_path: Path, tail: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Bugs: the torn tail kept or cut at the wrong place (`rfind` offset, `start + newline +
     1` as `- 1`, the block loop's `position > 0` or `newline >= 0` flipped), for a tail
-    shorter and one longer than the block read backwards."""
+    shorter and one longer than the block read backwards; the cut not fsynced (`os.fsync(fd)`
+    left out of `_cut_torn_tail`, journal.py:277: after a power cut the torn bytes could come
+    back under the lines appended next)."""
     path = tmp_path / "j.jsonl"
     live = Journal(path)
     live.open(ACCOUNT)
@@ -134,24 +164,44 @@ def test_a_torn_last_line_is_cut_when_opened(tmp_path: Path, tail: bytes) -> Non
     with path.open("ab") as handle:
         handle.write(tail)
     assert [i.write for i in replay(path).unresolved] == [intent.write]  # replay ignores it
+    fsyncs = recorded_fsyncs(monkeypatch)
     state = reopened(path)
     assert path.read_bytes() == whole
     assert [i.write for i in state.unresolved] == [intent.write]
+    assert ("file", path.stat().st_ino, len(whole)) in fsyncs  # the cut is on disk
 
 
 def test_a_journal_that_is_only_a_torn_line_starts_again(tmp_path: Path) -> None:
-    """Bug: a torn first line kept (`keep` not 0 when there is no newline at all): the
-    journal could never be opened again."""
+    """Bug: a torn first line kept (`keep` not 0 when there is no newline at all; `keep = 1`,
+    journal.py:267, keeps its first byte, `{`): the target line is glued to what is left and
+    the journal can never be opened again. (The line count alone did not tell: the glued line
+    is one line.)"""
     path = tmp_path / "j.jsonl"
     path.write_bytes(b'{"state": "tar')
     state = reopened(path)
     assert state.account == ACCOUNT and len(path.read_bytes().splitlines()) == 1
+    assert orjson.loads(path.read_bytes())["state"] == "target"
+    assert reopened(path).account == ACCOUNT  # and it opens again
+
+
+def test_a_cut_keeps_a_whole_line_that_starts_the_file(tmp_path: Path) -> None:
+    """Bug: `while position > 1` for `> 0` (journal.py:269): a newline at byte 0, found only
+    once the blocks read backwards reach it, is never read, and the cut empties the file.
+    Cutting a torn tail keeps every whole line, even one (here empty) that this tool would
+    not write: the journal is refused, not silently started again."""
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(b"\n" + b"x" * (1 << 16))  # byte 0 alone in the last block read
+    with pytest.raises(UsageError, match="line 1: it is empty"):
+        reopened(path)
+    assert path.read_bytes() == b"\n"
 
 
 def test_a_journal_path_that_is_not_a_file_is_refused(tmp_path: Path) -> None:
     """Bugs: `S_ISREG` not checked (a directory or FIFO opened as a journal), the error not
-    an OutputError/UsageError naming the path."""
+    an OutputError/UsageError naming the path; the descriptor of what was refused left open
+    (`os.close(fd)` left out of `open_regular`, journal.py:301)."""
     (tmp_path / "dir").mkdir()
+    before = open_descriptors()
     with pytest.raises(OutputError, match=r"cannot open the restore journal .*dir"):
         Journal(tmp_path / "dir").open(ACCOUNT)
     with pytest.raises(UsageError, match="cannot read the restore journal"):
@@ -160,6 +210,7 @@ def test_a_journal_path_that_is_not_a_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not a regular file"):
         replay(tmp_path / "fifo")
     assert replay(tmp_path / "absent") == journal.JournalState()
+    assert open_descriptors() == before
     with pytest.raises(RuntimeError, match="before open"):
         Journal(tmp_path / "x").superseded(
             journal.Intent(write="ab", op="patch", old_id=1, body=BODY, at=1.0)
@@ -305,3 +356,70 @@ def test_an_empty_journal_file_opens(tmp_path: Path) -> None:
     path.write_bytes(b"")
     state = reopened(path)
     assert state.account == ACCOUNT and len(path.read_bytes().splitlines()) == 1
+
+
+def test_every_line_is_fsynced_before_its_write_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 2 of the journal: an intent is on disk before its request is sent. Bugs:
+    `os.fsync(self._file.fileno())` left out of `_append` (journal.py:234); a new journal's
+    name not made durable (`_fsync_directory` left out, 137; its `os.fsync` left out, 255; `new
+    = self.path.exists()` for `not ...`, 129, which syncs the folder of an existing journal
+    instead); the folder's descriptor never closed (`os.close(directory)` left out, 257); a
+    journal in a folder not made yet refused (`parents=False`, 128: the journals of a backup
+    on S3 live under ~/.local/state/outreach-exporter/restore/); the live line count off
+    (`lines += 2`, 240: it is replay's count, kept as lines are added)."""
+    folder = tmp_path / "state" / "outreach-exporter" / "restore"
+    path = folder / "j.jsonl"
+    before = open_descriptors()
+    fsyncs = recorded_fsyncs(monkeypatch)
+    live = Journal(path)
+    state = live.open(ACCOUNT)
+    inode = path.stat().st_ino
+
+    def synced_whole() -> bool:
+        return [c for c in fsyncs if c[:2] == ("file", inode)][-1][2] == path.stat().st_size
+
+    assert ("dir", folder.stat().st_ino, folder.stat().st_size) in fsyncs
+    assert synced_whole()  # the target line
+    intent = live.new_intent("create", 2, BODY, key=KEY, seen=frozenset(), above=None)
+    assert synced_whole()  # the intent, before new_intent returns and the POST is sent
+    live.done(intent, 9, "answer")
+    assert synced_whole()
+    assert state.lines == replay(path).lines == 3
+    live.close()
+    assert open_descriptors() == before
+
+
+def test_a_journal_that_fails_to_open_leaves_no_descriptor_or_lock_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bugs: `handle.close()` left out where the folder cannot be synced (journal.py:139) or
+    the journal cannot be read (156): the descriptor leaks and, once locked, keeps the journal
+    locked, so trying again in the same process is refused as "in use by another restore"."""
+    path = tmp_path / "j.jsonl"
+    real_fsync = os.fsync
+
+    def fsync_failing_on_folders(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    before = open_descriptors()
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", fsync_failing_on_folders)
+        with pytest.raises(OutputError, match=r"cannot open the restore journal .*Input/output"):
+            Journal(path).open(ACCOUNT)
+        assert open_descriptors() == before
+
+    path.write_bytes(orjson.dumps(TARGET) + b"\n" + b'{"torn')
+
+    def failing_truncate(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "ftruncate", failing_truncate)
+        with pytest.raises(OutputError, match=r"cannot read the restore journal .*Input/output"):
+            Journal(path).open(ACCOUNT)
+        assert open_descriptors() == before
+    assert reopened(path).account == ACCOUNT  # not locked by the failed open

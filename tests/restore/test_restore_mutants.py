@@ -200,7 +200,7 @@ async def test_lost_answers_settled_plan_only_then_applied(
     assert target(running)[min(first, second)] == values
 
 
-@pytest.mark.slow  # an export, then a write held three seconds
+@pytest.mark.slow  # an export, then a write held six seconds
 async def test_a_create_lost_in_the_run_that_lands_later_is_found_by_the_second_lookup(
     start_simulator: StartSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -212,7 +212,9 @@ async def test_a_create_lost_in_the_run_that_lands_later_is_found_by_the_second_
     running, backup = await exported(start_simulator, tmp_path, steps=60)
     deleted = min(i for i, v in backup.items() if v["sequence"] is not None)
     running.sim.store.delete("sequenceStep", deleted)
-    running.sim.write_policy.apply_delay_s = 3.0  # held, then applied though the client left
+    # Held, then applied though the client left; the first lookup comes right after the 0.5 s
+    # deadline, and the 5.5 s between leave room for a loaded machine.
+    running.sim.write_policy.apply_delay_s = 6.0
     short = functools.partial(ClientSettings, request_deadline=0.5)
     monkeypatch.setattr(restore_module, "ClientSettings", short)
     look_again = Restore._look_again

@@ -124,19 +124,21 @@ async def test_a_refused_stored_token_falls_back_to_the_given_one(
 ) -> None:
     """Bugs: `_next_candidate` not moving on (`len(...) < 2` flipped, the pop deleted): a stale
     token in the store would end the run though the one given works; and with no other
-    candidate, an `invalid_grant` must end it with the advice to authorize again."""
+    candidate, an `invalid_grant` must end it with the advice to authorize again. Bugs that
+    make the refusals loop for ever (the pop deleted, `return False` as True, `and` as `or`
+    at `error_id == "invalid_grant"`) fail on the 30 s guard instead of hanging the test."""
     running = await start_simulator(steps=5, mint_interval=0.0)
     store = RefreshTokenStore(tmp_path / "token.json")
     store.save(Secret("stale-refresh-token"))
     cfg = running.sim.cfg
     source = tokens(running, store)  # tries the stored token first, then the given one
-    assert (await source.token()).startswith("sim-access-1-")
+    assert (await asyncio.wait_for(source.token(), 30)).startswith("sim-access-1-")
     assert running.sim.counters.by_route["POST /oauth/token"] == 2
     assert cfg.refresh_token not in (store.load() or Secret("")).reveal()
 
     alone = tokens(running)  # the given token was rotated away by the first source
     with pytest.raises(AuthError, match="refused the refresh token; it may have been rotated"):
-        await alone.token()
+        await asyncio.wait_for(alone.token(), 30)
     assert running.sim.counters.by_route["POST /oauth/token"] == 3
 
 

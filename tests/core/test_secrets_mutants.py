@@ -8,6 +8,8 @@ from exporter.core import errors
 from exporter.core.errors import (
     ApiError,
     RetriableError,
+    StatusClass,
+    classify_status,
     clean_text,
     one_line,
     redact_url,
@@ -112,3 +114,11 @@ def test_redact_url_keeps_blank_parameters() -> None:
         ("filter[name]", ""),
         ("id", "7"),
     ]
+
+
+def test_the_status_classes_are_distinct() -> None:
+    """Bug: `RETRY = 1` as 2: an IntEnum member with the value of another is an alias of it,
+    so a 503 would be classified RATE_LIMITED and waited out as a rate limit (the campaign saw
+    the covering tests run into their time limit instead of failing)."""
+    assert len(list(StatusClass)) == len(StatusClass.__members__)
+    assert classify_status(503) is StatusClass.RETRY is not StatusClass.RATE_LIMITED

@@ -6,14 +6,24 @@ a test needs an answer the real exchange never gives; time is an injected clock.
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from exporter.api.auth import RefreshTokenStore
-from exporter.core.errors import AuthError, clean_text
+from exporter.api.auth import (
+    OAuthTokens,
+    RefreshTokenStore,
+    StaticToken,
+    header_safe,
+    token_source,
+)
+from exporter.core.config import ExportSettings
+from exporter.core.errors import AuthError, OutputError, UsageError, clean_text
 from exporter.core.secrets import Secret
 from exporter.simulator.auth import TokenResponse
 from exporter.simulator.faults import TokenFault
@@ -114,19 +124,21 @@ async def test_a_refused_stored_token_falls_back_to_the_given_one(
 ) -> None:
     """Bugs: `_next_candidate` not moving on (`len(...) < 2` flipped, the pop deleted): a stale
     token in the store would end the run though the one given works; and with no other
-    candidate, an `invalid_grant` must end it with the advice to authorize again."""
+    candidate, an `invalid_grant` must end it with the advice to authorize again. Bugs that
+    make the refusals loop for ever (the pop deleted, `return False` as True, `and` as `or`
+    at `error_id == "invalid_grant"`) fail on the 30 s guard instead of hanging the test."""
     running = await start_simulator(steps=5, mint_interval=0.0)
     store = RefreshTokenStore(tmp_path / "token.json")
     store.save(Secret("stale-refresh-token"))
     cfg = running.sim.cfg
     source = tokens(running, store)  # tries the stored token first, then the given one
-    assert (await source.token()).startswith("sim-access-1-")
+    assert (await asyncio.wait_for(source.token(), 30)).startswith("sim-access-1-")
     assert running.sim.counters.by_route["POST /oauth/token"] == 2
     assert cfg.refresh_token not in (store.load() or Secret("")).reveal()
 
     alone = tokens(running)  # the given token was rotated away by the first source
     with pytest.raises(AuthError, match="refused the refresh token; it may have been rotated"):
-        await alone.token()
+        await asyncio.wait_for(alone.token(), 30)
     assert running.sim.counters.by_route["POST /oauth/token"] == 3
 
 
@@ -149,25 +161,6 @@ async def test_a_wrong_client_and_a_redirect_are_refused_at_once(
     with pytest.raises(AuthError, match=r"answered a redirect \(307\); it is never followed"):
         await tokens(running).token()
     assert running.sim.counters.by_route["POST /oauth/token"] == 2
-
-
-async def test_an_oversized_answer_is_a_passing_fault(start_simulator: StartSimulator) -> None:
-    """Bug: the size bound not applied (`len(body) > MAX_TOKEN_ANSWER` flipped): a token
-    endpoint answering without end would be read into memory; over the bound the answer is
-    dropped and the request retried."""
-    running = await start_simulator(steps=5, mint_interval=0.0)
-    real = running.sim.auth.exchange
-    answers: list[int] = []
-
-    def huge_once(form: Mapping[str, str]) -> TokenResponse:
-        answers.append(1)
-        if len(answers) == 1:
-            return TokenResponse(200, {"access_token": "x", "padding": "p" * (2 << 20)})
-        return real(form)
-
-    running.sim.auth.exchange = huge_once  # type: ignore[method-assign]
-    assert (await tokens(running).token()).startswith("sim-access-1-")
-    assert len(answers) == 2
 
 
 async def test_mints_are_paced_to_the_interval_the_api_allows(
@@ -246,3 +239,142 @@ async def test_the_given_token_gets_every_attempt_after_the_stored_one_is_refuse
     assert (await source.token()).startswith("sim-access-1-")
     given = running.sim.cfg.refresh_token
     assert calls == ["stale-refresh-token", given, given]
+
+
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        ("!tok~", None),  # the two ends of the visible ASCII range are allowed
+        ("a\nb", "a line break at position 2"),
+        ("a b", "a space at position 2"),
+        ("a\x00b", "a control character at position 2"),
+        ("a\x7fb", "a control character at position 2"),
+        ("caf\u00e9", "a non-ASCII character at position 4"),
+    ],
+)
+def test_header_safe_names_what_is_wrong_and_where(token: str, problem: str | None) -> None:
+    """Bugs: `"!" <= ch` as `<` (a token or refresh token holding `!` refused as damaged) and
+    `not ch.isprintable()` as `ch.isprintable()` (a NUL or DEL named a non-ASCII character)."""
+    assert header_safe(token) == problem
+
+
+def test_a_static_token_is_a_secret_at_once() -> None:
+    """Bug: `StaticToken` not registering its token (`remember_secret` deleted): an API error
+    echoing the token would print it."""
+    assert clean_text("echoed static-token-17") == "echoed static-token-17"
+    StaticToken(Secret("static-token-17"))
+    assert clean_text("echoed static-token-17") == "echoed ***"
+
+
+@pytest.mark.parametrize("stored", [123, ["a"], "", None])
+def test_a_token_file_without_a_usable_refresh_token_holds_none(
+    tmp_path: Path, stored: Any
+) -> None:
+    """Bug: `not isinstance(value, str) and not value`: a number or a list as the stored
+    refresh token would be taken (and crash `header_safe`) instead of counted as none."""
+    path = tmp_path / "token.json"
+    path.write_bytes(orjson.dumps({"refresh_token": stored}))
+    assert RefreshTokenStore(path).load() is None
+
+
+def test_a_loaded_refresh_token_is_a_secret_at_once(tmp_path: Path) -> None:
+    """Bug: `remember_secret(value)` deleted from `load`: the stored refresh token, echoed by
+    the token endpoint in a refusal, would be printed."""
+    store = RefreshTokenStore(tmp_path / "token.json")
+    store.save(Secret("stored-refresh-5"))
+    assert clean_text("echoed stored-refresh-5") == "echoed stored-refresh-5"
+    assert store.load() == Secret("stored-refresh-5")
+    assert clean_text("echoed stored-refresh-5") == "echoed ***"
+
+
+def test_the_token_file_is_saved_0600_in_a_new_folder_0700(tmp_path: Path) -> None:
+    """Bugs: the folders not made (`mkdir` deleted, `parents=False`), its own made 0701;
+    the file left with the mode of a leftover temporary file (`fchmod` deleted, or 0o601).
+    A crash can leave `token.json.tmp` behind, 0644 here: `O_CREAT` keeps an existing file's
+    mode, so only the `fchmod` makes the token file private."""
+    path = tmp_path / "config" / "exporter" / "token.json"
+    store = RefreshTokenStore(path)
+    store.save(Secret("first-refresh"))
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    leftover = path.with_name("token.json.tmp")
+    leftover.write_text("crashed")
+    leftover.chmod(0o644)
+    store.save(Secret("second-refresh"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert store.load() == Secret("second-refresh") and not leftover.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+def test_saving_the_token_file_keeps_no_descriptor_open(tmp_path: Path) -> None:
+    """Bug: `os.close(fd)` deleted from `save`: every rotation (one an access token's
+    lifetime, for days of a long run) would leak a descriptor."""
+    store = RefreshTokenStore(tmp_path / "token.json")
+    store.save(Secret("refresh-0"))
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(5):
+        store.save(Secret(f"refresh-{n + 1}"))
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_failed_save_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """Bug: `tmp.unlink()` deleted from `save`'s failure path: a refresh token would stay on
+    disk in `token.json.tmp` after the save that was to hold it failed. Here the token file's
+    name is taken by a folder, so the final rename fails."""
+    path = tmp_path / "token.json"
+    (path / "inside").mkdir(parents=True)
+    with pytest.raises(OutputError, match="cannot save the rotated refresh token"):
+        RefreshTokenStore(path).save(Secret("refresh-9"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["token.json"]
+
+
+async def test_the_stored_refresh_token_is_among_the_secrets(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bug: `self._seen.append(newest.reveal())` deleted: the stored refresh token would be
+    missing from `secrets()`, which the leak checks read."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    store = RefreshTokenStore(tmp_path / "token.json")
+    store.save(Secret("stored-refresh-7"))
+    assert "stored-refresh-7" in tokens(running, store).secrets()
+
+
+async def test_requests_refused_the_same_token_share_one_refresh(
+    start_simulator: StartSimulator,
+) -> None:
+    """Bug: `self._access is not None` flipped in `refresh`: a second request reporting the
+    token already replaced would mint again (a mint a minute is all the API allows)."""
+    running = await start_simulator(steps=5, mint_interval=0.0)
+    source = tokens(running)
+    first = await source.token()
+    second = await source.refresh(first)
+    assert second != first
+    assert await source.refresh(first) == second
+    assert source.mints == 2 and running.sim.auth.minted == 2
+
+
+def oauth_settings(tmp_path: Path, **fields: Any) -> ExportSettings:
+    given: dict[str, Any] = {
+        "client_id": "cid",
+        "client_secret": Secret("csecret"),
+        "redirect_uri": "https://app.example/cb",
+        "token_file": tmp_path / "token.json",
+    }
+    return ExportSettings(out=tmp_path / "out", **{**given, **fields})
+
+
+def test_token_source_picks_the_credentials_given(tmp_path: Path) -> None:
+    """Bugs in `token_source`: the OAuth completeness check inverted (`not` dropped), the
+    given refresh token needed *and* a stored one (`or` as `and`), `given is None` flipped,
+    `settings.token is None` flipped (a static token refused as no credentials)."""
+    assert isinstance(token_source(ExportSettings(out=tmp_path, token=Secret("s1"))), StaticToken)
+    with pytest.raises(UsageError, match="no credentials"):
+        token_source(ExportSettings(out=tmp_path))
+    with pytest.raises(UsageError, match="needs a client id, a client secret"):
+        token_source(oauth_settings(tmp_path, refresh_token=Secret("r1"), client_secret=None))
+    with pytest.raises(UsageError, match="holds none yet"):
+        token_source(oauth_settings(tmp_path))
+    given = token_source(oauth_settings(tmp_path, refresh_token=Secret("given-refresh")))
+    assert isinstance(given, OAuthTokens) and "given-refresh" in given.secrets()
+    RefreshTokenStore(tmp_path / "token.json").save(Secret("stored-refresh"))
+    stored = token_source(oauth_settings(tmp_path))
+    assert isinstance(stored, OAuthTokens) and "stored-refresh" in stored.secrets()

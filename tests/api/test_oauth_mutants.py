@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from exporter.api import auth
@@ -115,3 +117,110 @@ async def test_a_5xx_echoing_secrets_is_scrubbed_by_the_source_itself(
     assert cfg.client_secret not in str(caught.value)
     assert cfg.refresh_token not in str(caught.value)
     assert fresh_secrets == set()
+
+
+class RecordedSleeps:
+    """`asyncio` as `auth` sees it, whose `sleep` records the seconds asked and returns at once:
+    the waits are asserted as the values the code computes, never timed."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+
+@pytest.fixture
+def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The seconds `auth` asks to sleep, in order (nothing is slept)."""
+    recorded = RecordedSleeps()
+    monkeypatch.setattr(auth, "asyncio", recorded)
+    return recorded.seconds
+
+
+async def test_the_backoff_doubles_and_a_429_waits_at_least_the_mint_interval(
+    start_simulator: StartSimulator, slept: list[float]
+) -> None:
+    """Bugs: the backoff `backoff_base * 2 ** (attempt - 1)` with another base or exponent
+    (`3 **`, `attempt + 1`, `attempt - 2`); a 429 not waiting at least the mint interval
+    (`status == 429` flipped or 430: the endpoint that paces mints would refuse again); the
+    default of four attempts changed. The 429 says `Retry-After: 0`, so the interval (60 s)
+    is the wait; the 503s send none, so the backoff is."""
+    running = await start_simulator(steps=20, mint_interval=0.0)
+    running.sim.hostile.token = [TokenFault.UNAVAILABLE, TokenFault.RATE_LIMITED]
+    running.sim.hostile.token += [TokenFault.UNAVAILABLE] * 3
+    running.sim.hostile.token_retry_after = 0.0
+    source = tokens(running, backoff_base=1.0, min_mint_interval=60.0)
+    with pytest.raises(ApiError, match=r"kept failing \(4 attempts"):
+        await source.token()
+    assert slept == [1.0, 60.0, 4.0]
+    assert running.sim.counters.by_route["POST /oauth/token"] == 4
+
+
+async def test_a_300_answer_is_refused_as_a_redirect(start_simulator: StartSimulator) -> None:
+    """Bugs: `300 <= status < 400` as `300 < status` or `301 <= status`: a 300 (Multiple
+    Choices, which may carry a Location) would be refused as a wrong refresh token, sending
+    the user to authorize the app again instead of checking the token URL."""
+    running = await start_simulator(steps=20, mint_interval=0.0)
+
+    def multiple_choices(form: Mapping[str, str]) -> TokenResponse:
+        return TokenResponse(300, {"error": "multiple_choices"})
+
+    running.sim.auth.exchange = multiple_choices  # type: ignore[method-assign]
+    with pytest.raises(AuthError, match=r"answered a redirect \(300\); it is never followed"):
+        await tokens(running).token()
+    assert running.sim.counters.by_route["POST /oauth/token"] == 1
+
+
+def padded(grant: dict[str, Any], size: int) -> dict[str, Any]:
+    """`grant` with a `padding` field that makes its JSON exactly `size` bytes."""
+    bare = len(orjson.dumps({**grant, "padding": ""}))
+    body = {**grant, "padding": "p" * (size - bare)}
+    assert len(orjson.dumps(body)) == size
+    return body
+
+
+@pytest.mark.parametrize(
+    ("size", "posts"), [(auth.MAX_TOKEN_ANSWER, 1), (auth.MAX_TOKEN_ANSWER + 1, 2)]
+)
+async def test_an_answer_of_exactly_the_bound_is_read_and_one_byte_more_is_not(
+    start_simulator: StartSimulator, size: int, posts: int
+) -> None:
+    """An answer over the bound is not read on (a token endpoint answering without end
+    would be read into memory): it is dropped as a passing fault and the request retried.
+    Bugs: `len(body) > MAX_TOKEN_ANSWER` as `>=` (a grant of exactly the bound dropped and
+    the mint retried); the bound's check left out."""
+    running = await start_simulator(steps=20, mint_interval=0.0)
+    real = running.sim.auth.exchange
+    answered: list[int] = []
+
+    def big_first(form: Mapping[str, str]) -> TokenResponse:
+        answered.append(1)
+        if len(answered) == 1:
+            return TokenResponse(200, padded({"access_token": "the-big-grant"}, size))
+        return real(form)
+
+    running.sim.auth.exchange = big_first  # type: ignore[method-assign]
+    token = await tokens(running).token()
+    if posts == 1:
+        assert token == "the-big-grant"
+    else:  # dropped, and the next answer is the real exchange's grant
+        assert token.startswith("sim-access-1-")
+    assert running.sim.counters.by_route["POST /oauth/token"] == posts
+
+
+async def test_a_short_lived_token_is_paced_by_half_its_lifetime(
+    start_simulator: StartSimulator, slept: list[float]
+) -> None:
+    """Bug: the mint interval for tokens living under two intervals computed as a third of
+    their lifetime (`lifetime / 3`), not half: mints would come sooner than the API allows."""
+    running = await start_simulator(steps=5, mint_interval=0.0, token_ttl=10.0)
+    now = [1000.0]
+    source = tokens(running, clock=lambda: now[0], min_mint_interval=60.0)
+    first = await source.token()
+    now[0] += 1.0
+    assert await source.refresh(first) != first
+    assert slept == [4.0]  # half of 10 s, less the second gone since the first mint

@@ -5,7 +5,17 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlsplit
 
 from exporter.core import errors
-from exporter.core.errors import ApiError, RetriableError, clean_text, redact_url, scrub
+from exporter.core.errors import (
+    ApiError,
+    RetriableError,
+    StatusClass,
+    classify_status,
+    clean_text,
+    one_line,
+    redact_url,
+    scrub,
+    shown_url,
+)
 from exporter.core.secrets import Secret, header_safe
 
 
@@ -60,3 +70,55 @@ def test_redact_url_hides_only_the_secret_parameters_and_keeps_the_port() -> Non
     assert parse_qsl(shown.query) == [("Access_Token", "***"), ("page[size]", "5")]
     assert redact_url("https://api.example/x?id=7") == "https://api.example/x?id=7"
     assert redact_url("https://api.example/x") == "https://api.example/x"
+
+
+def test_one_line_keeps_a_text_of_exactly_the_limit_whole() -> None:
+    """Bug: `len(text) > limit` as `>=`: a quote of exactly the limit would gain a
+    "...(0 more characters)" tail; one character more is cut with its count."""
+    assert one_line("x" * 40, 40) == "x" * 40
+    assert one_line("x" * 41, 40) == "x" * 40 + "...(1 more characters)"
+
+
+def test_shown_url_shortens_only_long_query_values() -> None:
+    """Bugs: `if not sep` as `if sep` (a URL with a query shown whole, one without given a
+    stray "?"), a shortened pair not kept (`pairs.append` deleted), `len(value) >
+    longest_value` as `>=` (a value of exactly the bound cut)."""
+    ids = ",".join(str(n) for n in range(1000, 1100))  # a batch's filter: 499 characters
+    exact = "y" * 25
+    shown = shown_url(f"https://api.example/prospects?filter[id]={ids}&q={exact}&page[size]=5", 25)
+    shortened = f"{ids[:25]}...({len(ids) - 25} more characters)"
+    assert shown == f"https://api.example/prospects?filter[id]={shortened}&q={exact}&page[size]=5"
+    assert shown_url("https://api.example/prospects") == "https://api.example/prospects"
+
+
+def test_an_api_error_shows_its_hint_cleaned() -> None:
+    """Bug: the hint left out of the message (`parts.append(clean_text(hint, ...))` deleted):
+    the advice after the last retry ("run the same command again later") would be lost."""
+    errors.remember_secret("sekrit-hint-3")
+    error = ApiError("gave up", status=503, hint="run again; sekrit-hint-3\nforged")
+    assert str(error) == "gave up; status 503; run again; *** forged"
+
+
+def test_one_line_turns_only_control_and_format_characters_into_spaces() -> None:
+    """Bug: `unicodedata.category(ch) != "Cf"` as `==`: once a text holds a line break, every
+    ordinary character would become a space and the message would read blank."""
+    assert one_line("bad\r\nERROR forged\u202eline\x1b[31m") == "bad ERROR forged line [31m"
+
+
+def test_redact_url_keeps_blank_parameters() -> None:
+    """Bug: `parse_qsl(..., keep_blank_values=False)`: a URL with a secret parameter would be
+    shown without its blank ones (`filter[name]=`), not the URL that was sent."""
+    shown = redact_url("https://api.example/x?token=abc&filter[name]=&id=7")
+    assert parse_qsl(urlsplit(shown).query, keep_blank_values=True) == [
+        ("token", "***"),
+        ("filter[name]", ""),
+        ("id", "7"),
+    ]
+
+
+def test_the_status_classes_are_distinct() -> None:
+    """Bug: `RETRY = 1` as 2: an IntEnum member with the value of another is an alias of it,
+    so a 503 would be classified RATE_LIMITED and waited out as a rate limit (the campaign saw
+    the covering tests run into their time limit instead of failing)."""
+    assert len(list(StatusClass)) == len(StatusClass.__members__)
+    assert classify_status(503) is StatusClass.RETRY is not StatusClass.RATE_LIMITED

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import uuid
 from pathlib import Path
 
 import orjson
 import pyarrow.parquet as pq
+import pytest
 
 from exporter.audit.verify import verify
 from exporter.backup import checkpoint, manifest
 from exporter.backup.storage import Storage
 from exporter.core.errors import ExitCode
 from tests.helpers.runs import run_export
+from tests.helpers.s3_fault_proxy import Fault, fault_proxy
 from tests.helpers.sim import StartSimulator
 
 
@@ -160,3 +164,38 @@ async def test_a_directory_where_a_file_was_differs(
     report = verify(tmp_path)
     assert (entry["path"], "unreadable") in {(d.subject, d.what) for d in report.differences}
     assert [f.status for f in report.files if f.path == entry["path"]] == ["differs"]
+
+
+@pytest.mark.slow  # a moto S3 server behind the fault proxy
+async def test_a_store_failing_a_files_metadata_or_footer_leaves_it_unverified(
+    s3_server: str, start_simulator: StartSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bugs: `_cannot_read` left out where the store fails the file's metadata (HEAD, in
+    `get_file_info`) or its Parquet footer (the ranged GET after the digest's read): the file
+    would count as checked, and verify would say OK (or a row mismatch) for a file it never
+    read, instead of "cannot be read" and exit 4. Each fault is a 500 on every retry."""
+    with fault_proxy(s3_server) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        running = await start_simulator(steps=120, seed=83)
+        uri = f"s3://backups/verify-faults/{uuid.uuid4().hex[:6]}"
+        await run_export(running.base_url, uri, file_rows=50)
+        document = orjson.loads(Storage.open(uri).read_document(manifest.MANIFEST_NAME) or b"")
+        part = document["files"][0]["path"]
+        name = re.escape(part.rsplit("/", 1)[-1])
+        for fault in (
+            Fault("status", "HEAD", name, times=None),  # the metadata
+            Fault("status", "GET", name, times=None, skip=1),  # the footer, after the digest
+        ):
+            proxy.clear()
+            proxy.add(fault)
+            report = verify(uri)
+            assert fault.fired, proxy.requests
+            assert report.exit_code is ExitCode.OUTPUT, report.summary()
+            assert report.differences == []
+            assert [f.status for f in report.files if f.path == part] == ["unreadable"]
+            [line] = report.unreadable
+            assert line.startswith(f"{part}: cannot be read (") and line.endswith("not verified")
+        gets = [
+            o for method, path, o in proxy.requests if method == "GET" and re.search(name, path)
+        ]
+        assert gets[0] == "pass" and "status" in gets  # the digest was read, the footer not

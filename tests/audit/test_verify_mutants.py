@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -237,10 +238,11 @@ async def test_the_summary_counts_the_rows_and_bytes_of_the_files_checked(
 async def test_a_schema_difference_names_the_columns_that_differ(
     start_simulator: StartSimulator, tmp_path: Path
 ) -> None:
-    """Bugs: the comparison of a column's type flipped (`!=` as `==`: every column kept would be
-    named as of another type), "column order differs" added when columns are named (`not`
-    dropped) or never added (its `append` deleted: a file with its columns reordered would
-    differ with an empty explanation)."""
+    """Bugs: the comparison of a column's type or nullability flipped (`!=` as `==`: every
+    column kept would be named as of another type, or nullability), a changed type or
+    nullability left out of the explanation (its `append` deleted), "column order differs"
+    added when columns are named (`not` dropped) or never added (its `append` deleted: a file
+    with its columns reordered would differ with an empty explanation)."""
     await small_backup(start_simulator, tmp_path)
     entry = orjson.loads((tmp_path / manifest.MANIFEST_NAME).read_bytes())["files"][0]
     target = tmp_path / entry["path"]
@@ -255,6 +257,19 @@ async def test_a_schema_difference_names_the_columns_that_differ(
     assert schema_note() == f"differs: column {last} missing"
     pq.write_table(table.select(table.column_names[::-1]), target)
     assert schema_note() == "differs: column order differs"
+    recorded = {f["name"]: f for f in entry["schema"]}
+    schema = table.schema
+    column = next(f.name for f in schema if f.type == pa.string())
+    retyped = schema.set(schema.get_field_index(column), pa.field(column, pa.large_string()))
+    pq.write_table(table.cast(retyped), target)
+    found = str(pa.large_string())
+    assert schema_note() == (
+        f"differs: column {column} type {recorded[column]['type']} expected, {found} found"
+    )
+    required = next(f for f in schema if not f.nullable)
+    loosened = schema.set(schema.get_field_index(required.name), required.with_nullable(True))
+    pq.write_table(table.cast(loosened), target)
+    assert schema_note() == f"differs: column {required.name} nullable False expected, True found"
 
 
 async def test_a_file_added_beside_the_tombstones_is_unlisted(

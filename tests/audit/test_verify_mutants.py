@@ -176,7 +176,10 @@ async def test_a_store_failing_a_files_metadata_or_footer_leaves_it_unverified(
     """Bugs: `_cannot_read` left out where the store fails the file's metadata (HEAD, in
     `get_file_info`) or its Parquet footer (the ranged GET after the digest's read): the file
     would count as checked, and verify would say OK (or a row mismatch) for a file it never
-    read, instead of "cannot be read" and exit 4. Each fault is a 500 on every retry."""
+    read, instead of "cannot be read" and exit 4. Each fault is a 500 on every retry. And the
+    reason taken from the digest's OutputError cut wrong (`split(": ", 1)[-1]` or its
+    `split("; ")[0]` with another constant): the line would give the location, the advice or
+    half the store's text."""
     with fault_proxy(s3_server) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
         running = await start_simulator(steps=120, seed=83)
@@ -202,6 +205,18 @@ async def test_a_store_failing_a_files_metadata_or_footer_leaves_it_unverified(
             o for method, path, o in proxy.requests if method == "GET" and re.search(name, path)
         ]
         assert gets[0] == "pass" and "status" in gets  # the digest was read, the footer not
+
+        # The digest's own HEAD fails (after get_file_info's): the line gives the store's reason,
+        # as the store gave it, without storage_error's location and advice around it.
+        proxy.clear()
+        proxy.add(Fault("status", "HEAD", name, times=None, skip=1))
+        [line] = verify(uri).unreadable
+        storage = Storage.open(uri)
+        with pytest.raises(OSError) as failed:
+            storage.fs.open_input_stream(storage.path(part))
+        reason = " ".join(str(failed.value).split())
+        assert ": " in reason  # the case a split on the first ": " must get right
+        assert line == f"{part}: cannot be read ({reason}); not verified"
 
 
 async def test_the_summary_counts_the_rows_and_bytes_of_the_files_checked(

@@ -304,3 +304,64 @@ async def test_a_file_added_beside_the_tombstones_is_unlisted(
     added = stones.parent / "added.parquet"
     shutil.copyfile(stones, added)
     assert differences(tmp_path) == {(added.relative_to(tmp_path).as_posix(), "unlisted")}
+
+
+async def test_the_text_report_says_what_it_checked_against_and_what_is_not_the_backups(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """Bugs in `render`: the header naming the checkpoint for a finished run (`==` flipped), the
+    uncommitted or set-aside lines listing every other file (`==` flipped), the summary line
+    left out (its `append` deleted)."""
+    await small_backup(start_simulator, tmp_path)
+    document = orjson.loads((tmp_path / manifest.MANIFEST_NAME).read_bytes())
+    first = document["files"][0]["path"]
+    left_over = f"{first.rsplit('/', 1)[0]}/part-{document['run_id']}-00077.parquet"
+    shutil.copyfile(tmp_path / first, tmp_path / left_over)
+    set_aside = f"{first}.damaged-{document['run_id']}"
+    shutil.copyfile(tmp_path / first, tmp_path / set_aside)
+    report = verify(tmp_path)
+    assert render(report) == [
+        f"verifying {report.root} against {manifest.MANIFEST_NAME}",
+        f"{left_over}: uncommitted (not part of the backup; the next export removes it)",
+        f"{set_aside}: set aside by --repair, not part of the backup",
+        report.summary(),
+    ]
+    assert report.summary().startswith("OK: ")
+
+    (tmp_path / manifest.MANIFEST_NAME).unlink()
+    state = checkpoint.load(tmp_path)
+    assert state is not None
+    state.status = "running"
+    checkpoint.save(Storage.open(tmp_path), state)
+    header = render(verify(tmp_path))[0]
+    assert header.endswith(
+        f" against {checkpoint.CHECKPOINT_NAME} (unfinished run: not in the manifest yet)"
+    )
+
+
+async def test_a_recorded_directory_outside_the_root_or_not_a_directory_is_not_searched(
+    start_simulator: StartSimulator, tmp_path: Path
+) -> None:
+    """A type's directory that climbs out of the backup (a manifest edited to name
+    `../elsewhere`) is never read; one that names a file (here the manifest itself) is not
+    listed. Bug: `folder is None or <not a directory>` as `and`: the file is listed as a
+    directory, and verify stops with an error instead of checking the backup (the files the
+    manifest lists are checked by their own paths either way)."""
+    out = tmp_path / "backup"
+    await small_backup(start_simulator, out)
+    (tmp_path / "elsewhere").mkdir()
+    path = out / manifest.MANIFEST_NAME
+    document = orjson.loads(path.read_bytes())
+    shutil.copyfile(out / document["files"][0]["path"], tmp_path / "elsewhere" / "x.parquet")
+    document["resources"]["sequenceStep"]["directory"] = "../elsewhere"
+    document["manifest_sha256"] = manifest.canonical_digest(document)
+    path.write_bytes(orjson.dumps(document))
+    report = verify(out)
+    assert report.exit_code is ExitCode.OK, render(report)
+    assert all(not f.path.startswith("..") for f in report.files)
+
+    document["resources"]["sequenceStep"]["directory"] = manifest.MANIFEST_NAME
+    document["manifest_sha256"] = manifest.canonical_digest(document)
+    path.write_bytes(orjson.dumps(document))
+    report = verify(out)
+    assert report.exit_code is ExitCode.OK, render(report)

@@ -108,6 +108,14 @@ def storage_error(action: str, where: str, exc: OSError) -> OutputError:
         hint = "free some space"
     elif exc.errno == 27:  # EFBIG: a file size limit (ulimit -f, or the filesystem's)
         hint = "raise the file size limit or lower --file-rows"
+    elif exc.errno == 20 or (exc.errno == 17 and "non-directory" in str(exc)):
+        # ENOTDIR, or Arrow's EEXIST for a folder it cannot create: a file stands where the
+        # backup keeps a folder (a type's, by its name). Running again would fail the same way.
+        return OutputError(
+            f"cannot {action} {where}: a file stands where the backup keeps a folder; "
+            "move that file out of the way (this tool did not write it), then run the same "
+            "command again"
+        )
     else:
         hint = "check the path, its permissions or credentials"
     return OutputError(

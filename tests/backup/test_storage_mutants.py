@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
+import pyarrow.fs as pafs
 import pytest
 
+from exporter.backup import storage as storage_module
 from exporter.backup.storage import INPROGRESS_SUFFIX, HashingFile, Storage
-from exporter.core.errors import OutputError
+from exporter.core.errors import OutputError, UsageError
 
 
 def test_finish_data_renames_the_hidden_file_and_reports_its_own_bytes(tmp_path: Path) -> None:
@@ -100,3 +104,164 @@ def test_listing_existence_deletion_and_digest(tmp_path: Path) -> None:
     storage.delete_dir("a")
     storage.delete_dir("a")  # absent is fine
     assert not storage.exists("a")
+
+
+class _FailingDeletes:
+    """The store in front of `real`, failing its first `failures` deletes with a passing error."""
+
+    def __init__(self, real: pafs.FileSystem, failures: int) -> None:
+        self.real = real
+        self.failures = failures
+        self.deletes: list[str] = []
+
+    def delete_file(self, target: str) -> None:
+        self.deletes.append(target)
+        if len(self.deletes) <= self.failures:
+            raise OSError(5, "store briefly unavailable")
+        self.real.delete_file(target)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def _record_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """What the module asks to sleep, recorded and returned at once (a value, not a time)."""
+    asked: list[float] = []
+    monkeypatch.setattr(storage_module.time, "sleep", asked.append)
+    return asked
+
+
+@pytest.mark.parametrize("failures", [4, 5])
+def test_a_delete_is_tried_five_times_with_doubling_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failures: int
+) -> None:
+    """Bugs: one attempt more or fewer (`attempts: int = 5` as 6, `attempt == attempts - 1`
+    flipped or `+ 1`), the waits not doubling from 0.1 s (`0.1 * 2**attempt`'s constants or
+    sign), a failure on the last attempt swallowed instead of raised."""
+    storage = Storage.open(tmp_path)
+    storage.write_atomically("a/one.json", b"{}")
+    flaky = _FailingDeletes(storage.fs, failures)
+    monkeypatch.setattr(storage, "fs", flaky)
+    asked = _record_sleeps(monkeypatch)
+    if failures == 5:
+        with pytest.raises(OutputError, match=r"cannot remove .*one\.json: store briefly"):
+            storage.delete("a/one.json")
+        assert storage.exists("a/one.json")
+    else:
+        storage.delete("a/one.json")
+        assert not storage.exists("a/one.json")
+    assert len(flaky.deletes) == 5
+    assert asked == pytest.approx([0.1, 0.2, 0.4, 0.8])
+
+
+def _object_store_view(tmp_path: Path) -> Storage:
+    """A store that is not a local directory (pyarrow's SubTreeFileSystem over a temporary
+    directory): like an object store, it has no atomic rename and its root is checked before
+    the first access. Its prefix `root/p1` is here a file, as an object named like a prefix."""
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "p1").write_bytes(b"an object")
+    filesystem = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    return Storage(filesystem, "root/p1", "mem://root/p1")
+
+
+def test_writes_refuse_a_prefix_named_like_an_object(tmp_path: Path) -> None:
+    """Bugs: `self._check_root()` left out of `open_data` or of `write_atomically`: the first
+    write of a run would meet the ambiguous prefix as a storage failure (exit 4, "cannot
+    write") instead of the one refusal every command gives (a usage error naming it)."""
+    for write in (
+        lambda storage: storage.open_data("things/part-1.parquet"),
+        lambda storage: storage.write_atomically("_checkpoint.json", b"{}"),
+    ):
+        with pytest.raises(UsageError, match="an object of that very name exists"):
+            write(_object_store_view(tmp_path))
+        shutil.rmtree(tmp_path / "root")
+
+
+def test_on_an_object_store_data_is_written_under_its_final_name(tmp_path: Path) -> None:
+    """Bug: a hidden name used without a rename to follow (`temporary` when not local): on an
+    object store the file would stay `.part-1.parquet.inprogress` and its name be missing."""
+    storage = _object_store_view(tmp_path)
+    (tmp_path / "root" / "p1").unlink()
+    opened = storage.open_data("things/part-1.parquet")
+    assert opened.temporary is None
+    opened.handle.write(b"PAR1")
+    assert storage.finish_data(opened) == (4, hashlib.sha256(b"PAR1").hexdigest())
+    assert storage.list_files("things") == ["things/part-1.parquet"]
+    storage.write_atomically("_checkpoint.json", b'{"n": 1}')
+    assert sorted(os.listdir(tmp_path / "root" / "p1")) == ["_checkpoint.json", "things"]
+    assert storage.read_document("_checkpoint.json") == b'{"n": 1}'
+
+
+def test_a_document_cut_short_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bugs: a document that does not parse handed on at once on an object store (`range(0 if
+    self.local else 4)` inverted or 4 changed), without the pause between reads (0.25 s), or
+    not read again (`raw = self.read_bytes(...)` kept from the first read). The writer's
+    replacement lands during the second pause; a document that never parses is handed on as
+    it is after four reads more."""
+    storage = _object_store_view(tmp_path)
+    (tmp_path / "root" / "p1").unlink()
+    (tmp_path / "root" / "p1").mkdir()  # a directory: its files are the objects below it
+    storage.write_atomically("_manifest.json", b'{"cut')
+    asked: list[float] = []
+
+    def writer_finishes_meanwhile(seconds: float) -> None:
+        asked.append(seconds)
+        if len(asked) == 2:
+            storage.write_atomically("_manifest.json", b'{"whole": true}')
+
+    monkeypatch.setattr(storage_module.time, "sleep", writer_finishes_meanwhile)
+    assert storage.read_document("_manifest.json") == b'{"whole": true}'
+    assert asked == [0.25, 0.25]
+    storage.write_atomically("_checkpoint.json", b"not json")
+    assert storage.read_document("_checkpoint.json") == b"not json"
+    assert asked == [0.25] * 6
+    local = Storage.open(tmp_path / "local")
+    local.write_atomically("_manifest.json", b'{"cut')
+    assert local.read_document("_manifest.json") == b'{"cut'  # a rename is never seen half
+    assert len(asked) == 6
+
+
+def test_abandon_data_closes_the_handle(tmp_path: Path) -> None:
+    """Bug: `data.handle.close()` left out of `abandon_data`: each abandoned part would keep
+    its descriptor open (on an object store, its upload) for the rest of the run."""
+    storage = Storage.open(tmp_path)
+    opened = storage.open_data("things/part-4.parquet")
+    opened.handle.write(b"partial")
+    storage.abandon_data(opened)
+    assert opened.handle.closed and opened.handle.sink.closed
+
+
+def _record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The inode of every file or directory the module makes durable, in order."""
+    synced: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(storage_module.os, "fsync", fsync)
+    return synced
+
+
+def test_a_rename_into_place_is_made_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bugs: the directory not fsynced after the rename (`self._fsync_dir(...)` left out of
+    `finish_data` or `write_atomically`), or the file's bytes not fsynced before it: after a
+    power cut the checkpoint could name a part file whose name or bytes were never on disk."""
+    storage = Storage.open(tmp_path)
+    synced = _record_fsyncs(monkeypatch)
+    opened = storage.open_data("things/part-5.parquet")
+    opened.handle.write(b"PAR1")
+    storage.finish_data(opened)
+    storage.write_atomically("_checkpoint.json", b"{}")
+    inode = {name: os.stat(tmp_path / name).st_ino for name in ("things/part-5.parquet", "things")}
+    assert synced == [
+        inode["things/part-5.parquet"],
+        inode["things"],
+        os.stat(tmp_path / "_checkpoint.json").st_ino,
+        os.stat(tmp_path).st_ino,
+    ]

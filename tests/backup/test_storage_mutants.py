@@ -265,3 +265,32 @@ def test_a_rename_into_place_is_made_durable(
         os.stat(tmp_path / "_checkpoint.json").st_ino,
         os.stat(tmp_path).st_ino,
     ]
+
+
+def test_every_descriptor_opened_is_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bugs: `os.close(fd)` left out after the fsync of a finished data file, of an atomic
+    write or of a directory: a long run would leak one descriptor per file until it hits the
+    process's limit."""
+    storage = Storage.open(tmp_path)
+    opened_fds: list[int] = []
+    closed_fds: list[int] = []
+    real_open, real_close = os.open, os.close
+
+    def record_open(path: str, flags: int, mode: int = 0o777) -> int:
+        fd = real_open(path, flags, mode)
+        opened_fds.append(fd)
+        return fd
+
+    def record_close(fd: int) -> None:
+        closed_fds.append(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(storage_module.os, "open", record_open)
+    monkeypatch.setattr(storage_module.os, "close", record_close)
+    data = storage.open_data("things/part-6.parquet")
+    data.handle.write(b"PAR1")
+    storage.finish_data(data)
+    storage.write_atomically("_checkpoint.json", b"{}")
+    monkeypatch.undo()
+    assert len(opened_fds) == 4  # the data file, its directory, the checkpoint, the root
+    assert closed_fds == opened_fds

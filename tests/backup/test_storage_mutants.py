@@ -294,3 +294,18 @@ def test_every_descriptor_opened_is_closed(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.undo()
     assert len(opened_fds) == 4  # the data file, its directory, the checkpoint, the root
     assert closed_fds == opened_fds
+
+
+def test_files_are_made_with_their_parents_and_plain_permissions(tmp_path: Path) -> None:
+    """Bugs: a data file's missing parent directories not made (`create_dir(...,
+    recursive=True)` as False), an atomic write's file created with another mode than 0o644
+    (less the umask): an executable bit, or a checkpoint other users cannot read."""
+    storage = Storage.open(tmp_path)
+    opened = storage.open_data("new/nested/part-7.parquet")
+    opened.handle.write(b"PAR1")
+    storage.finish_data(opened)
+    assert (tmp_path / "new/nested/part-7.parquet").read_bytes() == b"PAR1"
+    umask = os.umask(0)
+    os.umask(umask)
+    storage.write_atomically("_checkpoint.json", b"{}")
+    assert (tmp_path / "_checkpoint.json").stat().st_mode & 0o777 == 0o644 & ~umask

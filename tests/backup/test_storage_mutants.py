@@ -13,7 +13,7 @@ import pytest
 
 from exporter.backup import storage as storage_module
 from exporter.backup.storage import INPROGRESS_SUFFIX, HashingFile, Storage
-from exporter.core.errors import OutputError, UsageError
+from exporter.core.errors import ExitCode, OutputError, UsageError
 
 
 def test_finish_data_renames_the_hidden_file_and_reports_its_own_bytes(tmp_path: Path) -> None:
@@ -158,7 +158,7 @@ def _object_store_view(tmp_path: Path) -> Storage:
     """A store that is not a local directory (pyarrow's SubTreeFileSystem over a temporary
     directory): like an object store, it has no atomic rename and its root is checked before
     the first access. Its prefix `root/p1` is here a file, as an object named like a prefix."""
-    (tmp_path / "root").mkdir()
+    (tmp_path / "root").mkdir(parents=True)
     (tmp_path / "root" / "p1").write_bytes(b"an object")
     filesystem = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
     return Storage(filesystem, "root/p1", "mem://root/p1")
@@ -309,3 +309,216 @@ def test_files_are_made_with_their_parents_and_plain_permissions(tmp_path: Path)
     os.umask(umask)
     storage.write_atomically("_checkpoint.json", b"{}")
     assert (tmp_path / "_checkpoint.json").stat().st_mode & 0o777 == 0o644 & ~umask
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (OSError(28, "No space left on device"), "No space left on device; free some space"),
+        (OSError(27, "File too large"), "File too large; raise the file size limit or lower"),
+        (OSError(29, "Illegal seek"), "Illegal seek; check the path, its permissions"),
+        (OSError("the store  said\nno"), "the store said no; check the path"),
+        (OSError(), "OSError; check the path"),
+    ],
+)
+def test_a_storage_error_says_why_and_what_to_do(error: OSError, expected: str) -> None:
+    """Bugs: the hint for a full disk (errno 28) or a file size limit (27) given for another
+    errno or not at all (`==` flipped, a number off by one); the reason not the system's
+    words, the store's message on one line, or the type's name (`or` as `and`)."""
+    message = str(storage_module.storage_error("write", "out/x.json", error))
+    assert message.startswith(f"cannot write out/x.json: {expected}")
+    assert message.endswith(", then run the same command again")
+
+
+def test_an_s3_uri_is_read_into_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bugs: AWS_ENDPOINT_URL_S3 not preferred to AWS_ENDPOINT_URL, the endpoint's scheme kept
+    in its host (`netloc or endpoint` as `and`), AWS_DEFAULT_REGION ignored without
+    AWS_REGION, the URI's userinfo not taken as the keys (or not unquoted, or only when both
+    are there: `parts.username or parts.password` as `and`), a boolean query
+    value misread (`in ("true", "1")` flipped). No request is sent: S3FileSystem connects
+    lazily."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9001")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://127.0.0.1:9002")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-north-1")
+    storage = Storage.open("s3://KEY:se%2Fcret@bucket/pre/fix?force_virtual_addressing=1")
+    assert storage.display == "s3://bucket/pre/fix" and storage.base == "bucket/pre/fix"
+    assert storage.s3 == {
+        "bucket": "bucket",
+        "prefix": "pre/fix",
+        "endpoint_override": "127.0.0.1:9001",
+        "scheme": "http",
+        "region": "eu-north-1",
+        "access_key": "KEY",
+        "secret_key": "se/cret",
+        "force_virtual_addressing": True,
+    }
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.setenv("AWS_REGION", "us-west-2")
+    plain = Storage.open("s3://bucket?force_virtual_addressing=false", flag="DIR")
+    assert plain.s3 == {
+        "bucket": "bucket",
+        "prefix": "",
+        "endpoint_override": "127.0.0.1:9002",
+        "scheme": "https",
+        "region": "us-west-2",
+        "force_virtual_addressing": False,
+    }
+    assert (plain.base, plain.flag, plain.path("_lock.json")) == (
+        "bucket",
+        "DIR",
+        "bucket/_lock.json",
+    )
+    secret_only = Storage.open("s3://:SECRET@bucket")  # an empty key is sent, not the default
+    assert secret_only.s3 is not None
+    assert (secret_only.s3["access_key"], secret_only.s3["secret_key"]) == ("", "SECRET")
+
+
+@pytest.mark.parametrize(
+    ("uri", "refusal"),
+    [
+        ("s3://bucket:9000/p", "names a bucket, not a server: set AWS_ENDPOINT_URL"),
+        ("s3:///p", "an S3 URI names a bucket, e.g. s3://bucket/prefix"),
+        ("s3://b/p?colour=blue", "unknown query parameter 'colour'; known: access_key, "),
+        ("s3://b/p?colour=", "unknown query parameter 'colour'"),
+        ("s3://b/p?force_virtual_addressing=yes", "force_virtual_addressing takes true or false"),
+        ("s3://b/p?access_key=A", "give both the access key and the secret key"),
+        ("s3://b/p?secret_key=S", "give both the access key and the secret key"),
+        ("file://elsewhere/dir", "a file:// URI names a local path: file:///dir"),
+        ("file:///dir?mode=x", "a file:// URI names a local path: file:///dir"),
+        ("", "--out: an empty location"),
+        ("foo://x", "is not a path or a URI pyarrow can open: Unrecognized filesystem type"),
+    ],
+)
+def test_a_location_that_names_nothing_clearly_is_refused(uri: str, refusal: str) -> None:
+    """Bugs: a port, a missing bucket, an unknown query parameter (also with a blank value:
+    `keep_blank_values=True` as False), a boolean that is not one, one key without the other
+    (`!=` flipped), a file:// URI with a host or a query, an empty location (`check_location`
+    left out: it would be the current directory), or a scheme pyarrow does not know, each
+    taken instead of refused (or refused with the wrong reason)."""
+    with pytest.raises(UsageError) as refused:
+        Storage.open(uri)
+    assert refusal in str(refused.value)
+    assert "se%2Fcret" not in str(refused.value)
+
+
+def test_local_locations_and_file_uris_are_one_path(tmp_path: Path) -> None:
+    """Bugs: a file:// URI taken for an object store (`scheme == "file"` flipped), its path
+    not unquoted or the root lost (`or "/"` as `and`, `base.rstrip("/") or "/"` as `and`), a
+    one-letter scheme (a Windows drive) taken for a URI (`len(scheme) == 1` off by one), a
+    `file:` URI without '//' taken for a relative path (`"://" in text or ...` as `and`)."""
+    assert Storage.open("/").path("x") == "/x"
+    uri = Storage.open(f"file://{tmp_path.as_posix()}/with%20space/")
+    assert (uri.local, uri.base) == (True, f"{tmp_path.as_posix()}/with space")
+    assert uri.display == f"file://{tmp_path.as_posix()}/with space"
+    assert Storage.open("file:///").base == "/"
+    drive = Storage.open("C://backups")  # a Windows drive, here a directory named "C:"
+    assert drive.local and drive.base == f"{Path.cwd().as_posix()}/C:/backups"
+    short = Storage.open(f"file:{tmp_path.as_posix()}")  # one slash: still a file URI
+    assert (short.local, short.base) == (True, tmp_path.as_posix())
+
+
+class _CountingInfo:
+    """The store in front of `real`, counting metadata requests and failing the first
+    `failures` of them with a passing error."""
+
+    def __init__(self, real: pafs.FileSystem, failures: int = 0) -> None:
+        self.real = real
+        self.failures = failures
+        self.asked: list[object] = []
+
+    def get_file_info(self, what: Any) -> Any:
+        self.asked.append(what)
+        if len(self.asked) <= self.failures:
+            raise OSError(5, "store briefly unavailable")
+        return self.real.get_file_info(what)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_the_root_is_checked_once_and_again_after_a_failure(tmp_path: Path) -> None:
+    """Bugs: the root checked before every access (`_root_checked = True` as False: one more
+    request each time), a whole bucket checked (`"/" not in self.base` flipped), a check the
+    store failed or refused not made again next time (`_root_checked = False` as True: the
+    second command of a process would write into the ambiguous prefix)."""
+    storage = _object_store_view(tmp_path)
+    counting = _CountingInfo(storage.fs, failures=1)
+    storage.fs = counting
+    with pytest.raises(OutputError, match="cannot read mem://root/p1: store briefly"):
+        storage.exists("x")
+    for _ in range(2):
+        with pytest.raises(UsageError, match="an object of that very name exists"):
+            storage.exists("x")
+    assert counting.asked == ["root/p1"] * 3
+    (tmp_path / "root" / "p1").unlink()
+    (tmp_path / "root" / "p1").mkdir()
+    storage.write_atomically("_checkpoint.json", b"{}")
+    assert storage.read_document("_checkpoint.json") == b"{}"
+    assert counting.asked == ["root/p1"] * 4 + ["root/p1/_checkpoint.json"]
+    bucket = Storage(pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem()), "root", "b")
+    whole = _CountingInfo(bucket.fs)
+    bucket.fs = whole
+    assert bucket.list_files("p1") == ["p1/_checkpoint.json"]
+    assert [a for a in whole.asked if isinstance(a, str)] == []
+
+
+def test_check_writable_leaves_nothing_and_refuses_what_others_refuse(tmp_path: Path) -> None:
+    """Bugs: the probe not removed (`_delete_with_retries(probe)` left out), the location's
+    directories not made (`create_dir` left out, or not recursive), the root not checked
+    first (`_check_root()` left out: an ambiguous prefix reported as a write failure)."""
+    storage = Storage.open(tmp_path / "new" / "out")
+    storage.check_writable()
+    assert list((tmp_path / "new" / "out").iterdir()) == []
+    with pytest.raises(UsageError, match="an object of that very name exists"):
+        _object_store_view(tmp_path / "view").check_writable()
+
+
+class _FullStore:
+    """The store in front of `real`, whose new files take no byte (a full disk)."""
+
+    def __init__(self, real: pafs.FileSystem) -> None:
+        self.real = real
+
+    def open_output_stream(self, path: str) -> Any:
+        real = self.real
+
+        class Stream:
+            def __enter__(self) -> Stream:
+                real.open_output_stream(path).close()  # created, empty
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+            def write(self, data: bytes) -> int:
+                raise OSError(28, "No space left on device")
+
+        return Stream()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_check_writable_writes_bytes_not_only_a_name(tmp_path: Path) -> None:
+    """Bug: the probe's `handle.write(b"ok")` left out: a store that creates names but takes
+    no byte (a full disk) would pass the check, and the run fail at its first data file."""
+    storage = Storage.open(tmp_path)
+    storage.fs = _FullStore(storage.fs)
+    with pytest.raises(OutputError, match="No space left on device; free some space"):
+        storage.check_writable()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_file_says_why_in_one_short_line() -> None:
+    """Bugs: the reader's reason replaced by its type's name (`or` as `and`), not cut at 200
+    characters (`[:200]` as 201), the message left out (`super().__init__` deleted)."""
+    long = storage_module.DamagedFile("out/t/part-1.parquet", ValueError("bad\n footer " * 40))
+    reason = " ".join(("bad\n footer " * 40).split())[:200]
+    assert str(long).startswith(
+        f"out/t/part-1.parquet is damaged (not a readable Parquet file: {reason}); "
+    )
+    assert long.exit_code == ExitCode.FAILED
+    assert "(not a readable Parquet file: EOFError); run `exporter verify`" in str(
+        storage_module.DamagedFile("x", EOFError())
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -522,3 +523,45 @@ def test_a_damaged_file_says_why_in_one_short_line() -> None:
     assert "(not a readable Parquet file: EOFError); run `exporter verify`" in str(
         storage_module.DamagedFile("x", EOFError())
     )
+
+
+@pytest.mark.parametrize(
+    "access",
+    [
+        lambda storage: storage.read_bytes("a.json"),
+        lambda storage: storage.exists("a.json"),
+        lambda storage: storage.list_files("t"),
+        lambda storage: storage.delete("a.json"),
+        lambda storage: storage.delete_dir("t"),
+        lambda storage: storage.root_type(),
+        lambda storage: storage.file_type("a.json"),
+        lambda storage: storage.sha256("a.json"),
+    ],
+    ids=[
+        "read_bytes",
+        "exists",
+        "list_files",
+        "delete",
+        "delete_dir",
+        "root_type",
+        "file_type",
+        "sha256",
+    ],
+)
+def test_every_access_refuses_a_prefix_named_like_an_object(
+    tmp_path: Path, access: Callable[[Storage], object]
+) -> None:
+    """Bugs: `self._check_root()` left out of any one of these: that command would read the
+    object's neighbours (or answer "absent", or File) where every other command refuses."""
+    with pytest.raises(UsageError, match="an object of that very name exists"):
+        access(_object_store_view(tmp_path))
+
+
+def test_without_botocore_guarded_documents_are_written_as_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bug: `not self.local and self._conditional is not None` as `or` in
+    `conditional_writes`: an S3 store without botocore would claim conditional writes that it
+    cannot make. No request is sent."""
+    monkeypatch.setattr(storage_module.ConditionalDocuments, "connect", lambda options: None)
+    assert Storage.open("s3://bucket/prefix").conditional_writes is False

@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
+import pyarrow.fs as pafs
 import pytest
 
 from exporter.backup.storage import ConditionalDocuments, DocumentChanged, Storage
-from exporter.core.errors import OutputError
+from exporter.core.errors import OutputError, UsageError
 from tests.helpers.s3_fault_proxy import Fault, FaultProxy, fault_proxy
 
 
@@ -119,3 +120,37 @@ def test_the_client_reaches_the_configured_region_and_endpoint(
     monkeypatch.delenv("AWS_REGION")
     documents = ConditionalDocuments.connect(options)
     assert documents is not None and documents.client.meta.region_name == "us-east-1"
+
+
+@pytest.mark.slow
+def test_a_prefix_named_like_an_object_is_refused_before_any_read_or_delete(
+    s3_server: str,
+) -> None:
+    """Bugs: `self._check_root()` left out of `read_document`'s conditional read or of
+    `delete_dir`: a command would read the checkpoint below an ambiguous prefix, or delete
+    the objects below it, where every other command refuses."""
+    name = f"conditional/object-{uuid.uuid4().hex[:6]}"
+    bucket = Storage.open("s3://backups")
+    for key in (name, f"{name}/_checkpoint.json", f"{name}/t/part-1.parquet"):
+        with bucket.fs.open_output_stream(bucket.path(key)) as handle:
+            handle.write(b"{}")
+    for access in (
+        lambda storage: storage.read_document("_checkpoint.json"),
+        lambda storage: storage.delete_dir("t"),
+    ):
+        with pytest.raises(UsageError, match="an object of that very name exists"):
+            access(Storage.open(f"s3://backups/{name}"))
+    assert bucket.list_files(name) == [f"{name}/_checkpoint.json", f"{name}/t/part-1.parquet"]
+
+
+@pytest.mark.slow
+def test_a_missing_bucket_is_told_from_an_empty_prefix(s3_server: str) -> None:
+    """Bugs: the bucket's existence not asked (`and` as `or`, `==` flipped in `root_type`),
+    or asked of another name (`split("/", 1)[0]` as `[1]`): a typo in the bucket's name would
+    look like an empty backup, or an empty prefix like a missing bucket."""
+    absent = f"no-such-bucket-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(UsageError, match=rf"bucket '{absent}' does not exist; check the URI"):
+        Storage.open(f"s3://{absent}/prefix/below").root_type()
+    empty = Storage.open(f"s3://backups/conditional/empty-{uuid.uuid4().hex[:6]}/below")
+    assert empty.root_type() == pafs.FileType.NotFound
+    assert Storage.open("s3://backups").root_type() == pafs.FileType.Directory

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow.fs as pafs
 import pytest
@@ -154,3 +156,26 @@ def test_a_missing_bucket_is_told_from_an_empty_prefix(s3_server: str) -> None:
     empty = Storage.open(f"s3://backups/conditional/empty-{uuid.uuid4().hex[:6]}/below")
     assert empty.root_type() == pafs.FileType.NotFound
     assert Storage.open("s3://backups").root_type() == pafs.FileType.Directory
+
+
+@pytest.mark.parametrize("missing", ["IfMatch", "IfNoneMatch"])
+def test_a_botocore_without_both_conditions_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    """botocore gained If-None-Match on PutObject (S3, August 2024) months before If-Match
+    (November 2024); one with only the first must not be used for conditional writes. Bug:
+    `"IfMatch" not in members or "IfNoneMatch" not in members` as `and`: the first replacement
+    of a document would fail on the unknown parameter. No request is sent."""
+    botocore_model = importlib.import_module("botocore.model")
+    members = botocore_model.StructureShape.__dict__["members"]
+
+    def without_one(shape: Any) -> Any:
+        found = members.__get__(shape, type(shape))
+        if shape.name == "PutObjectRequest":
+            found = {k: v for k, v in found.items() if k != missing}
+        return found
+
+    options = {"bucket": "b", "prefix": "", "endpoint_override": "127.0.0.1:9", "scheme": "http"}
+    assert ConditionalDocuments.connect(options) is not None
+    monkeypatch.setattr(botocore_model.StructureShape, "members", property(without_one))
+    assert ConditionalDocuments.connect(options) is None

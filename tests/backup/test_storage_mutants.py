@@ -565,3 +565,50 @@ def test_without_botocore_guarded_documents_are_written_as_data(
     cannot make. No request is sent."""
     monkeypatch.setattr(storage_module.ConditionalDocuments, "connect", lambda options: None)
     assert Storage.open("s3://bucket/prefix").conditional_writes is False
+
+
+@pytest.mark.parametrize(
+    ("recorded", "inside"),
+    [
+        ("a/./b", "a/b"),
+        ("t/part-1.parquet", "t/part-1.parquet"),
+        (None, None),
+        (7, None),
+        ("a\x00b", None),
+        ("a\\b", None),
+        ("/etc/passwd", None),
+        ("../x", None),
+        ("a/../../b", None),
+        ("", None),
+        (".", None),
+        ("a//b", None),
+    ],
+)
+def test_a_recorded_path_is_followed_only_below_the_root(
+    recorded: object, inside: str | None
+) -> None:
+    """Bugs: in `inside_root`, a NUL, a backslash, an absolute path, a '..', an empty path or
+    a '//' let through (an `in` flipped, `or` as `and`, a `not` dropped), or a plain path
+    refused: a manifest naming `../x` would make restore or verify read outside the backup."""
+    assert storage_module.inside_root(recorded) == inside
+
+
+def test_secrets_in_a_refused_location_are_scrubbed_longest_first() -> None:
+    """Bugs: the secrets of a location pyarrow refuses (whose message repeats the URI) not
+    scrubbed longest first (`reverse=True` as False: the user name `ab` replaced inside the
+    password `abcdef` would leave `cdef` shown), a secret query value kept or a plain one
+    scrubbed (`k.lower() in SECRET_QUERY_KEYS` flipped)."""
+    with pytest.raises(UsageError) as refused:
+        Storage.open("foo://ab:abcdef@host/x?Token=t0k3n&region=eu-west-1")
+    message = str(refused.value)
+    assert "cdef" not in message and "t0k3n" not in message
+    assert "foo://***:***@host/x?Token=***&region=eu-west-1" in message
+
+
+def test_a_location_is_shown_as_given_less_its_trailing_slash(tmp_path: Path) -> None:
+    """Bugs: `stripped or text` as `and` (a trailing '/' kept, or the root shown as ''), a
+    one-letter scheme (a Windows drive) taken for a URI by `redact_uri` (`len(parts.scheme)
+    == 1` off by one: `C:/dir#x` shown lower-cased and cut)."""
+    assert Storage.open(f"{tmp_path}/out/").display == f"{tmp_path}/out"
+    assert Storage.open("/").display == "/"
+    assert storage_module.redact_uri("C:/dir#x") == "C:/dir#x"

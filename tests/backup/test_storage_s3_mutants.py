@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -21,6 +22,15 @@ def proxy(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProx
     with fault_proxy(s3_server) as running:
         monkeypatch.setenv("AWS_ENDPOINT_URL", running.endpoint)
         yield running
+
+
+@pytest.fixture
+def botocore_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits botocore asks for between retries, recorded and returned at once."""
+    asked: list[float] = []
+    endpoint = importlib.import_module("botocore.endpoint")
+    monkeypatch.setattr(endpoint, "time", SimpleNamespace(sleep=asked.append))
+    return asked
 
 
 def new_uri(name: str) -> str:
@@ -54,7 +64,7 @@ def test_a_conflict_told_by_its_status_alone_is_a_change(proxy: FaultProxy, stat
 @pytest.mark.slow
 @pytest.mark.parametrize("known", ["absent", "a version"])
 def test_a_store_failing_a_conditional_write_is_a_store_failure(
-    proxy: FaultProxy, known: str
+    proxy: FaultProxy, botocore_waits: list[float], known: str
 ) -> None:
     """A PUT the store keeps failing (500, InternalError) is sent five times (botocore's
     `max_attempts` counts the retries after the first), then reported as the store's failure
@@ -73,13 +83,16 @@ def test_a_store_failing_a_conditional_write_is_a_store_failure(
         storage.write_atomically("_manifest.json", b'{"n": 2}')
     assert not isinstance(e.value, DocumentChanged)
     assert puts_of(proxy, "_manifest.json") == ["status"] * 5
+    assert len(botocore_waits) == 4
     proxy.clear()
     expected = b'{"n": 1}' if known != "absent" else None
     assert Storage.open(uri).read_document("_manifest.json") == expected
 
 
 @pytest.mark.slow
-def test_a_store_failing_a_read_is_a_store_failure(proxy: FaultProxy) -> None:
+def test_a_store_failing_a_read_is_a_store_failure(
+    proxy: FaultProxy, botocore_waits: list[float]
+) -> None:
     """Bug: `code in ("NoSuchKey", "404")` flipped in `get`: a read the store failed would
     say "no checkpoint" (a fresh start over a backup) instead of failing."""
     storage = Storage.open(new_uri("read"))

@@ -612,3 +612,14 @@ def test_a_location_is_shown_as_given_less_its_trailing_slash(tmp_path: Path) ->
     assert Storage.open(f"{tmp_path}/out/").display == f"{tmp_path}/out"
     assert Storage.open("/").display == "/"
     assert storage_module.redact_uri("C:/dir#x") == "C:/dir#x"
+
+
+def test_a_local_backup_deletes_its_guarded_documents_as_files(tmp_path: Path) -> None:
+    """Bug: `not self.local and self._conditional is not None and relative in
+    GUARDED_DOCUMENTS` as `or` in `delete`: a local `--restart` removing the checkpoint
+    would ask the (absent) conditional writer to forget it, and fail."""
+    storage = Storage.open(tmp_path)
+    for name in ("_checkpoint.json", "_manifest.json", "_lock.json"):
+        storage.write_atomically(name, b"{}")
+        storage.delete(name)
+    assert list(tmp_path.iterdir()) == []

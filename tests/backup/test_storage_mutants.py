@@ -608,10 +608,13 @@ def test_secrets_in_a_refused_location_are_scrubbed_longest_first() -> None:
 def test_a_location_is_shown_as_given_less_its_trailing_slash(tmp_path: Path) -> None:
     """Bugs: `stripped or text` as `and` (a trailing '/' kept, or the root shown as ''), a
     one-letter scheme (a Windows drive) taken for a URI by `redact_uri` (`len(parts.scheme)
-    == 1` off by one: `C:/dir#x` shown lower-cased and cut)."""
+    == 1` off by one: `C:/dir#x` shown lower-cased and cut), a fragment kept or a URI with
+    nothing to hide rebuilt (a `not` dropped in `redact_uri`'s early return)."""
     assert Storage.open(f"{tmp_path}/out/").display == f"{tmp_path}/out"
     assert Storage.open("/").display == "/"
     assert storage_module.redact_uri("C:/dir#x") == "C:/dir#x"
+    assert storage_module.redact_uri("s3://b/p#frag") == "s3://b/p"
+    assert storage_module.redact_uri("s3://") == "s3://"  # not rebuilt: urlunsplit gives 's3:'
 
 
 def test_a_local_backup_deletes_its_guarded_documents_as_files(tmp_path: Path) -> None:

@@ -107,22 +107,28 @@ def test_listing_existence_deletion_and_digest(tmp_path: Path) -> None:
     assert not storage.exists("a")
 
 
-class _FailingDeletes:
-    """The store in front of `real`, failing its first `failures` deletes with a passing error."""
+class _FlakyStore:
+    """The store in front of `real`: every call of its `method` recorded (by its first
+    argument), the first `failures` of them failing with a passing error."""
 
-    def __init__(self, real: pafs.FileSystem, failures: int) -> None:
+    def __init__(self, real: pafs.FileSystem, method: str, failures: int = 0) -> None:
         self.real = real
+        self.method = method
         self.failures = failures
-        self.deletes: list[str] = []
-
-    def delete_file(self, target: str) -> None:
-        self.deletes.append(target)
-        if len(self.deletes) <= self.failures:
-            raise OSError(5, "store briefly unavailable")
-        self.real.delete_file(target)
+        self.calls: list[object] = []
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
+        attribute = getattr(self.real, name)
+        if name != self.method:
+            return attribute
+
+        def flaky(*args: Any) -> Any:
+            self.calls.append(args[0])
+            if len(self.calls) <= self.failures:
+                raise OSError(5, "store briefly unavailable")
+            return attribute(*args)
+
+        return flaky
 
 
 def _record_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
@@ -141,7 +147,7 @@ def test_a_delete_is_tried_five_times_with_doubling_waits(
     sign), a failure on the last attempt swallowed instead of raised."""
     storage = Storage.open(tmp_path)
     storage.write_atomically("a/one.json", b"{}")
-    flaky = _FailingDeletes(storage.fs, failures)
+    flaky = _FlakyStore(storage.fs, "delete_file", failures)
     monkeypatch.setattr(storage, "fs", flaky)
     asked = _record_sleeps(monkeypatch)
     if failures == 5:
@@ -151,7 +157,7 @@ def test_a_delete_is_tried_five_times_with_doubling_waits(
     else:
         storage.delete("a/one.json")
         assert not storage.exists("a/one.json")
-    assert len(flaky.deletes) == 5
+    assert len(flaky.calls) == 5
     assert asked == pytest.approx([0.1, 0.2, 0.4, 0.8])
 
 
@@ -419,49 +425,30 @@ def test_local_locations_and_file_uris_are_one_path(tmp_path: Path) -> None:
     assert (short.local, short.base) == (True, tmp_path.as_posix())
 
 
-class _CountingInfo:
-    """The store in front of `real`, counting metadata requests and failing the first
-    `failures` of them with a passing error."""
-
-    def __init__(self, real: pafs.FileSystem, failures: int = 0) -> None:
-        self.real = real
-        self.failures = failures
-        self.asked: list[object] = []
-
-    def get_file_info(self, what: Any) -> Any:
-        self.asked.append(what)
-        if len(self.asked) <= self.failures:
-            raise OSError(5, "store briefly unavailable")
-        return self.real.get_file_info(what)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-
 def test_the_root_is_checked_once_and_again_after_a_failure(tmp_path: Path) -> None:
     """Bugs: the root checked before every access (`_root_checked = True` as False: one more
     request each time), a whole bucket checked (`"/" not in self.base` flipped), a check the
     store failed or refused not made again next time (`_root_checked = False` as True: the
     second command of a process would write into the ambiguous prefix)."""
     storage = _object_store_view(tmp_path)
-    counting = _CountingInfo(storage.fs, failures=1)
+    counting = _FlakyStore(storage.fs, "get_file_info", failures=1)
     storage.fs = counting
     with pytest.raises(OutputError, match="cannot read mem://root/p1: store briefly"):
         storage.exists("x")
     for _ in range(2):
         with pytest.raises(UsageError, match="an object of that very name exists"):
             storage.exists("x")
-    assert counting.asked == ["root/p1"] * 3
+    assert counting.calls == ["root/p1"] * 3
     (tmp_path / "root" / "p1").unlink()
     (tmp_path / "root" / "p1").mkdir()
     storage.write_atomically("_checkpoint.json", b"{}")
     assert storage.read_document("_checkpoint.json") == b"{}"
-    assert counting.asked == ["root/p1"] * 4 + ["root/p1/_checkpoint.json"]
+    assert counting.calls == ["root/p1"] * 4 + ["root/p1/_checkpoint.json"]
     bucket = Storage(pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem()), "root", "b")
-    whole = _CountingInfo(bucket.fs)
+    whole = _FlakyStore(bucket.fs, "get_file_info")
     bucket.fs = whole
     assert bucket.list_files("p1") == ["p1/_checkpoint.json"]
-    assert [a for a in whole.asked if isinstance(a, str)] == []
+    assert [a for a in whole.calls if isinstance(a, str)] == []
 
 
 def test_check_writable_leaves_nothing_and_refuses_what_others_refuse(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Mutants of backup/storage.py's commit protocol (hidden names, rename, atomic documents) that the suite let live, each killed by a test naming its one-line bug."""
+"""Mutants of backup/storage.py (the commit protocol, locations and their refusals, the root check, errors) that the suite let live, each killed by a test naming its one-line bug; the S3 conditional writes are in test_storage_s3_mutants.py."""
 
 from __future__ import annotations
 

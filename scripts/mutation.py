@@ -73,6 +73,7 @@ COVERING: dict[str, list[str]] = {
         "tests/backup/test_reader.py",
         "tests/backup/test_lock.py",
         "tests/backup/test_s3_faults.py",
+        "tests/backup/test_storage_s3_mutants.py",
     ],
     "exporter/core/secrets.py": [
         "tests/core/test_secrets_mutants.py",
@@ -129,6 +130,7 @@ SLOW_OK: dict[str, list[str]] = {
         "tests/backup/test_sink_mutants.py",
         "tests/backup/test_lock.py",
         "tests/backup/test_s3_faults.py",
+        "tests/backup/test_storage_s3_mutants.py",
     ],
     "exporter/api/auth.py": ["tests/api/test_oauth_mutants.py", "tests/api/test_auth_mutants.py"],
     "exporter/export/deletes.py": ["tests/export/test_deletes_mutants.py"],

@@ -554,10 +554,21 @@ async def _read_body(response: aiohttp.ClientResponse, cap: int) -> bytes:
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     elif encoding not in ("identity", "", "deflate"):
         raise RetriableError(f"an answer in an unsupported Content-Encoding ({encoding[:40]})")
+    # An identity body is kept as the chunks aiohttp hands over, joined once at the end (no
+    # growing buffer copied again and again, then once more into bytes): a page of a few MB
+    # was copied about three times on the event loop, now once. An inflated one grows `body`.
+    chunks: list[bytes] = []
+    received = 0
     body = bytearray()
     try:
-        async for chunk in response.content.iter_chunked(1 << 16):
-            if inflater is None and encoding == "deflate":
+        async for chunk in response.content.iter_any():
+            if inflater is None and encoding != "deflate":
+                received += len(chunk)
+                if received > cap:
+                    raise RetriableError(too_big)
+                chunks.append(chunk)
+                continue
+            if inflater is None:
                 # zlib-wrapped as RFC 9110 says, or raw deflate as some servers send it.
                 wrapped = (
                     len(chunk) >= 2
@@ -565,22 +576,21 @@ async def _read_body(response: aiohttp.ClientResponse, cap: int) -> bytes:
                     and ((chunk[0] << 8) | chunk[1]) % 31 == 0
                 )
                 inflater = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
-            if inflater is None:
-                body += chunk
-            else:
-                pending = chunk
-                while pending:
-                    # Never more than one byte past the cap, whatever the compression ratio.
-                    body += inflater.decompress(pending, cap - len(body) + 1)
-                    pending = inflater.unconsumed_tail
-                    if len(body) > cap:
-                        break
+            pending = chunk
+            while pending:
+                # Never more than one byte past the cap, whatever the compression ratio.
+                body += inflater.decompress(pending, cap - len(body) + 1)
+                pending = inflater.unconsumed_tail
+                if len(body) > cap:
+                    break
             if len(body) > cap:
                 raise RetriableError(too_big)
         if inflater is not None:
             body += inflater.flush()
     except zlib.error:
         raise RetriableError(f"an answer whose {encoding} encoding is damaged") from None
+    if inflater is None:
+        return b"".join(chunks)
     if len(body) > cap:
         raise RetriableError(too_big)
     return bytes(body)

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from exporter.api.auth import OAuthCredentials, OAuthTokens, StaticToken
 from exporter.api.client import ApiClient, ClientSettings
@@ -153,6 +154,57 @@ async def test_a_declared_length_over_the_cap_is_refused_before_reading(
     async with client_for(running, max_response_bytes=1000, max_attempts=1) as client:
         with pytest.raises(ApiError, match="larger than the 1,000-byte cap"):
             await client.get_document(running.base_url + "/sequenceSteps?page[size]=50")
+
+
+@asynccontextmanager
+async def chunked_server(body: bytes) -> AsyncIterator[str]:
+    """A loopback server answering every GET with `body` in three chunks, no Content-Length
+    (chunked transfer), as a JSON:API document; yields its API base URL."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/vnd.api+json"})
+        await response.prepare(request)
+        third = len(body) // 3
+        for piece in (body[:third], body[third : 2 * third], body[2 * third :]):
+            await response.write(piece)
+            await asyncio.sleep(0.02)  # each piece on its own, as a slow link sends them
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/api/v2"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_chunked_body_is_read_up_to_the_cap_and_refused_one_byte_past_it() -> None:
+    """Without a Content-Length nothing is refused up front: the bytes are counted as they
+    come. Bugs: the count left out or compared with `>=` (a body of exactly the cap refused),
+    the chunks joined out of order or one dropped."""
+    cap = 200_000
+    start, end = b'{"data": [], "meta": {"note": "', b'"}}'
+    third = (cap - len(start) - len(end)) // 3
+    note = b"a" * third + b"b" * third + b"c" * (cap - len(start) - len(end) - 2 * third)
+    exact = start + note + end
+    assert len(exact) == cap
+    for body, refused in ((exact, False), (exact + b" ", True)):
+        async with chunked_server(body) as base_url:
+            config = ClientSettings(
+                base_url=base_url, max_response_bytes=cap, max_attempts=1, **FAST
+            )
+            async with ApiClient(config, StaticToken(Secret(TOKEN))) as client:
+                if refused:
+                    with pytest.raises(ApiError, match="larger than the 200,000-byte cap"):
+                        await client.get_document(base_url + "/sequenceSteps")
+                else:
+                    got = await client.get_document(base_url + "/sequenceSteps")
+                    assert got == {"data": [], "meta": {"note": note.decode()}}
 
 
 # -- the token endpoint ------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from exporter.core.errors import (
     remember_secret,
     scrub,
 )
+from exporter.core.files import fsync_directory
 from exporter.core.secrets import Secret
 
 # The longest token endpoint answer read (a grant is a few hundred bytes).
@@ -164,6 +165,9 @@ class RefreshTokenStore:
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
+            # The old refresh token no longer works once the new one is minted: the new name
+            # must survive a power cut, or the next run starts from a dead token.
+            fsync_directory(self.path.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()

@@ -44,6 +44,7 @@ import pyarrow.fs as pafs
 
 from exporter.backup.location import check_location
 from exporter.core.errors import BusyError, ExitCode, ExporterError, OutputError, UsageError
+from exporter.core.files import fsync_directory
 
 INPROGRESS_SUFFIX = ".inprogress"
 
@@ -424,7 +425,7 @@ class Storage:
                 finally:
                     os.close(fd)
                 os.replace(temporary, self.path(data.relative))
-                self._fsync_dir(posixpath.dirname(self.path(data.relative)))
+                fsync_directory(posixpath.dirname(self.path(data.relative)))
         except OSError as exc:
             raise storage_error("complete", self.shown(data.relative), exc) from None
         return data.handle.size, data.handle.digest.hexdigest()
@@ -464,7 +465,7 @@ class Storage:
             finally:
                 os.close(fd)
             os.replace(temporary, target)
-            self._fsync_dir(directory)
+            fsync_directory(directory)
         except OSError as exc:
             if self.local:
                 with contextlib.suppress(OSError):
@@ -486,14 +487,6 @@ class Storage:
         if self.s3 is None:
             return None
         return ConditionalDocuments.connect(self.s3)
-
-    @staticmethod
-    def _fsync_dir(directory: str) -> None:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # -- reading and listing ----------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Small files the user points at (config files, fleet files, secrets): regular files only, bounded, never a hang."""
+"""Local files: small ones the user points at (config, fleet, secrets; bounded, never a hang), and a folder's fsync."""
 
 # A path given for a config or a secret can name anything: a FIFO (a read blocks until a writer
 # comes, in the event loop's thread, where no signal handler can run), /dev/zero (a read never
@@ -74,3 +74,14 @@ def _not_regular(shown: str, mode: int) -> str:
         else "something else"
     )
     return f"{shown} is {kind}, not a regular file; give the path of a file"
+
+
+def fsync_directory(path: Path | str) -> None:
+    """Make the names in folder `path` durable: after a file is renamed or created in it, its
+    content's fsync does not cover the folder entry, and a power cut could bring the old name
+    (or none) back."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

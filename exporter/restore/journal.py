@@ -58,6 +58,7 @@ import orjson
 
 from exporter.api.account import Account
 from exporter.core.errors import BusyError, OutputError, UsageError
+from exporter.core.files import fsync_directory
 
 TARGET = "target"
 INTENT = "intent"
@@ -134,7 +135,7 @@ class Journal:
             ) from None
         try:
             if new:  # the file's name must survive a crash as surely as its lines
-                _fsync_directory(self.path.parent)
+                fsync_directory(self.path.parent)
         except OSError as exc:
             handle.close()
             raise OutputError(
@@ -247,14 +248,6 @@ def check_account(path: Path, state: JournalState, account: Account) -> None:
             f"the restore journal {path} was written against {state.account.label}, not "
             f"{account.label}; its ids mean nothing there: pass another --journal"
         )
-
-
-def _fsync_directory(path: Path) -> None:
-    directory = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _cut_torn_tail(handle: BinaryIO) -> None:

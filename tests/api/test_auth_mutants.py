@@ -304,6 +304,33 @@ def test_the_token_file_is_saved_0600_in_a_new_folder_0700(tmp_path: Path) -> No
     assert store.load() == Secret("second-refresh") and not leftover.exists()
 
 
+def test_a_saved_token_file_and_its_name_are_made_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The minted refresh token is the only one that works: after a power cut the file must
+    hold it under its name. Bugs: `os.fsync(fd)` left out of `save` (the bytes), or the folder's
+    `fsync_directory` after the rename (the name: a power cut could bring back the old file,
+    whose token is dead). fsyncs recorded (each still syncs) by what they synced."""
+    path = tmp_path / "token.json"
+    store = RefreshTokenStore(path)
+    store.save(Secret("first-refresh"))
+    synced: list[tuple[str, int, int]] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        synced.append(("dir" if stat.S_ISDIR(info.st_mode) else "file", info.st_ino, info.st_size))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store.save(Secret("second-refresh"))
+    saved = path.stat()
+    assert synced == [
+        ("file", saved.st_ino, saved.st_size),  # the bytes, before the rename
+        ("dir", tmp_path.stat().st_ino, tmp_path.stat().st_size),  # then the name
+    ]
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
 def test_saving_the_token_file_keeps_no_descriptor_open(tmp_path: Path) -> None:
     """Bug: `os.close(fd)` deleted from `save`: every rotation (one an access token's

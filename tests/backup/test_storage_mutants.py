@@ -256,7 +256,7 @@ def _record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_a_rename_into_place_is_made_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Bugs: the directory not fsynced after the rename (`self._fsync_dir(...)` left out of
+    """Bugs: the directory not fsynced after the rename (`fsync_directory(...)` left out of
     `finish_data` or `write_atomically`), or the file's bytes not fsynced before it: after a
     power cut the checkpoint could name a part file whose name or bytes were never on disk."""
     storage = Storage.open(tmp_path)

@@ -363,8 +363,8 @@ def test_every_line_is_fsynced_before_its_write_goes_on(
 ) -> None:
     """Rule 2 of the journal: an intent is on disk before its request is sent. Bugs:
     `os.fsync(self._file.fileno())` left out of `_append` (journal.py:234); a new journal's
-    name not made durable (`_fsync_directory` left out, 137; its `os.fsync` left out, 255; `new
-    = self.path.exists()` for `not ...`, 129, which syncs the folder of an existing journal
+    name not made durable (`fsync_directory` left out, 137; its `os.fsync` left out, now in
+    core/files.py; `new = self.path.exists()` for `not ...`, 129, which syncs the folder of an existing journal
     instead); the folder's descriptor never closed (`os.close(directory)` left out, 257); a
     journal in a folder not made yet refused (`parents=False`, 128: the journals of a backup
     on S3 live under ~/.local/state/outreach-exporter/restore/); the live line count off

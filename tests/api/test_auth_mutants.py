@@ -28,6 +28,7 @@ from exporter.core.secrets import Secret
 from exporter.simulator.auth import TokenResponse
 from exporter.simulator.faults import TokenFault
 from tests.api.test_oauth_mutants import tokens
+from tests.helpers.durability import recorded_fsyncs
 from tests.helpers.sim import Running, StartSimulator
 
 
@@ -314,15 +315,7 @@ def test_a_saved_token_file_and_its_name_are_made_durable(
     path = tmp_path / "token.json"
     store = RefreshTokenStore(path)
     store.save(Secret("first-refresh"))
-    synced: list[tuple[str, int, int]] = []
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        info = os.fstat(fd)
-        synced.append(("dir" if stat.S_ISDIR(info.st_mode) else "file", info.st_ino, info.st_size))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = recorded_fsyncs(monkeypatch)
     store.save(Secret("second-refresh"))
     saved = path.stat()
     assert synced == [

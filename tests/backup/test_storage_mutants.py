@@ -15,6 +15,7 @@ import pytest
 from exporter.backup import storage as storage_module
 from exporter.backup.storage import INPROGRESS_SUFFIX, HashingFile, Storage
 from exporter.core.errors import ExitCode, OutputError, UsageError
+from tests.helpers.durability import recorded_fsyncs
 
 
 def test_finish_data_renames_the_hidden_file_and_reports_its_own_bytes(tmp_path: Path) -> None:
@@ -240,19 +241,6 @@ def test_abandon_data_closes_the_handle(tmp_path: Path) -> None:
     assert opened.handle.closed and opened.handle.sink.closed
 
 
-def _record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The inode of every file or directory the module makes durable, in order."""
-    synced: list[int] = []
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.fstat(fd).st_ino)
-        real(fd)
-
-    monkeypatch.setattr(storage_module.os, "fsync", fsync)
-    return synced
-
-
 def test_a_rename_into_place_is_made_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -260,13 +248,13 @@ def test_a_rename_into_place_is_made_durable(
     `finish_data` or `write_atomically`), or the file's bytes not fsynced before it: after a
     power cut the checkpoint could name a part file whose name or bytes were never on disk."""
     storage = Storage.open(tmp_path)
-    synced = _record_fsyncs(monkeypatch)
+    synced = recorded_fsyncs(monkeypatch)
     opened = storage.open_data("things/part-5.parquet")
     opened.handle.write(b"PAR1")
     storage.finish_data(opened)
     storage.write_atomically("_checkpoint.json", b"{}")
     inode = {name: os.stat(tmp_path / name).st_ino for name in ("things/part-5.parquet", "things")}
-    assert synced == [
+    assert [inode for _kind, inode, _size in synced] == [
         inode["things/part-5.parquet"],
         inode["things"],
         os.stat(tmp_path / "_checkpoint.json").st_ino,

@@ -18,6 +18,7 @@ from exporter.api.account import Account
 from exporter.core.errors import BusyError, OutputError, UsageError
 from exporter.restore import journal
 from exporter.restore.journal import Journal, read_mapping, replay
+from tests.helpers.durability import recorded_fsyncs
 
 ACCOUNT = Account("http://127.0.0.1:9/api/v2", "org-1")
 BODY = {"data": {"type": "sequenceStep", "attributes": {"order": 1}}}
@@ -26,21 +27,6 @@ KEY = {"sequence": 3, "order": 1, "stepType": "auto_email"}
 
 def patch_body(target: int) -> dict[str, Any]:
     return {"data": {"type": "sequenceStep", "id": target, "attributes": {"order": 2}}}
-
-
-def recorded_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
-    """Every `os.fsync` from now on, as ("file" | "dir", inode, size at the fsync); each
-    still syncs. Durability itself needs a power cut to see; that it is asked for does not."""
-    calls: list[tuple[str, int, int]] = []
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        info = os.fstat(fd)
-        calls.append(("dir" if stat.S_ISDIR(info.st_mode) else "file", info.st_ino, info.st_size))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    return calls
 
 
 def open_descriptors() -> set[str]:

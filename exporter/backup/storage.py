@@ -273,8 +273,11 @@ class Storage:
         if scheme == "file":
             if parts.netloc not in ("", "localhost") or parts.query:
                 raise _refuse_prefix(flag, shown, "a file:// URI names a local path: file:///dir")
-            path = os.path.normpath(unquote(parts.path) or "/")
-            return cls(pafs.LocalFileSystem(), path, f"file://{path}")
+            # `file:dir` (no slashes, which RFC 8089 does not allow but people type) is read as
+            # the path `dir`, made absolute like any local path, so it names one folder and is
+            # shown as one (`file://dir` would read as a host named dir).
+            path = os.path.normpath(Path(unquote(parts.path) or "/").absolute())
+            return cls(pafs.LocalFileSystem(), Path(path).as_posix(), f"file://{path}")
         secrets_ = _secrets_of(text)
         try:
             filesystem, base = pafs.FileSystem.from_uri(text)

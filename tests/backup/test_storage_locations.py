@@ -52,9 +52,12 @@ def test_local_paths_are_normalised_alike(tmp_path: Path, monkeypatch: pytest.Mo
             "dd//",
             str(tmp_path / "dd"),
             f"file://{tmp_path}/x/../dd",
+            "file:dd",  # no slashes: a relative path, made absolute like the others
+            "file:x/../dd",
         )
     }
     assert bases == {(tmp_path / "dd").as_posix()}
+    assert Storage.open("file:dd").display == f"file://{(tmp_path / 'dd').as_posix()}"
     assert Storage.open("dd/").display == "dd"  # so 'dd/' + '/_manifest.json' is not 'dd//...'
     assert Storage.open("hash#frag").base == (tmp_path / "hash#frag").as_posix()  # a file name
     with pytest.raises(UsageError, match="--out: an empty location"):

@@ -10,6 +10,8 @@ Usage:
     python scripts/bench.py --quick --only account  # the same at 10,000 prospects only
     python scripts/bench.py --only dlt            # beside dlt's REST API source (installs dlt
                                                   # into a throwaway virtualenv: minutes)
+    python scripts/bench.py --only memory --vs ../old-checkout
+                                                  # peak memory's growth with the run, 5 runs
 
 Every scenario starts its own simulator process (`exporter simulate`, loopback only, record
 cache off so every page is rendered anew for every client) and runs, each in its own process
@@ -39,6 +41,12 @@ not) sets the export beside dlt's REST API source at 100,000 steps, 0 and 500 ms
 (scripts/bench_dlt_pipeline.py): dlt is installed into a throwaway virtualenv in the group's
 work directory (`--dlt-venv DIR` keeps one to reuse), and its Parquet is read back: a run that
 did not write every step, each once, voids the figure.
+The `memory` group (only with `--only memory`) measures how peak memory grows with the length
+of a run (issue 16, item 4): the export of 100,000 and of 1,000,000 steps (`--quick`: 10,000
+and 100,000), no relationships, 8 in flight, no latency, `--repeat` runs of each (at least 5;
+with `--vs`, the other checkout's run alternates with this one's against the same simulator),
+peak RSS from wait4. A peak is the largest swing of a noisy process, so one run says little:
+the table gives every run and the medians, and growth is the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -762,6 +771,80 @@ def main_account(args: argparse.Namespace) -> bool:
     return True
 
 
+MEMORY_SIZES = (100_000, 1_000_000)
+MEMORY_SIZES_QUICK = (10_000, 100_000)
+MEMORY_GROWTH_AIM = 1.2
+MEMORY_RUNS = 5
+
+
+def memory_runs(
+    sizes: tuple[int, ...], trees: dict[str, Path | None], runs: int
+) -> dict[str, dict[int, list[Measure]]]:
+    """Each tree's exports of each size, `runs` times, the trees alternating on one simulator
+    per size (so both meet the same machine load)."""
+    found: dict[str, dict[int, list[Measure]]] = {name: {} for name in trees}
+    for steps in sizes:
+        scenario = Scenario("memory", steps, False, 0.0, 8)
+        log = Path(tempfile.mkstemp(prefix="bench-memory-")[1])
+        try:
+            with simulator(scenario, log) as root:
+                for run_number in range(runs):
+                    order = list(trees.items())
+                    if run_number % 2:
+                        order.reverse()
+                    for name, tree in order:
+                        measure = measure_export(root + "/api/v2", scenario, tree)
+                        found[name].setdefault(steps, []).append(measure)
+                        print(
+                            f"memory {name} steps={steps:>9,} run {run_number + 1}: "
+                            f"{measure.peak_mib:.0f} MiB, CPU {measure.cpu_seconds:.1f}s",
+                            flush=True,
+                        )
+        finally:
+            log.unlink(missing_ok=True)
+    return found
+
+
+def render_memory(found: dict[str, dict[int, list[Measure]]], sizes: tuple[int, ...]) -> str:
+    lines = [
+        "| code | steps | runs | peak MiB, each | median peak MiB | median CPU s |",
+        "|---|---|---|---|---|---|",
+    ]
+    medians: dict[str, list[float]] = {}
+    for name, by_size in found.items():
+        for steps in sizes:
+            measures = by_size[steps]
+            peaks = [m.peak_mib for m in measures]
+            peak = statistics.median(peaks)
+            medians.setdefault(name, []).append(peak)
+            lines.append(
+                f"| {name} | {steps:,} | {len(measures)} | "
+                f"{', '.join(f'{p:.0f}' for p in peaks)} | {peak:.0f} | "
+                f"{statistics.median(m.cpu_seconds for m in measures):.1f} |"
+            )
+    lines.append("")
+    small, large = sizes
+    for name, (low, high) in medians.items():
+        lines.append(
+            f"- {name}: {low:.0f} MiB at {small:,} steps, {high:.0f} at {large:,}: "
+            f"growth x{high / low:.2f} (aim under x{MEMORY_GROWTH_AIM})"
+        )
+    return "\n".join(lines)
+
+
+def main_memory(args: argparse.Namespace) -> bool:
+    """Run the `memory` group if `--only` asks for it; True when it did (and nothing else runs)."""
+    if not args.only or "memory" not in args.only.split(","):
+        return False
+    sizes = MEMORY_SIZES_QUICK if args.quick else MEMORY_SIZES
+    trees: dict[str, Path | None] = {"this checkout": None}
+    if args.vs is not None:
+        trees = {f"`{args.vs}`": args.vs, **trees}
+    found = memory_runs(sizes, trees, max(MEMORY_RUNS, args.repeat))
+    publish(render_memory(found, sizes), args.markdown)
+    return True
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_counts":
         print_counts(sys.argv[2:])
@@ -773,7 +856,12 @@ def main() -> None:
         "--only", help="only scenarios whose name contains one of these (comma-separated)"
     )
     parser.add_argument("--vs", type=Path, help="also run each export with this checkout's code")
-    parser.add_argument("--repeat", type=int, default=1, help="with --vs: runs of each, median")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="with --vs: runs of each, median; with --only memory: runs of each (at least 5)",
+    )
     parser.add_argument(
         "--dlt-venv",
         type=Path,
@@ -781,11 +869,11 @@ def main() -> None:
         "instead of a throwaway one in the work directory",
     )
     args = parser.parse_args()
-    if main_account(args) or main_dlt(args):
+    if args.vs is not None and not (args.vs / "exporter" / "__init__.py").is_file():
+        raise SystemExit(f"--vs {args.vs}: no exporter package there")
+    if main_account(args) or main_dlt(args) or main_memory(args):
         return
     if args.vs is not None:
-        if not (args.vs / "exporter" / "__init__.py").is_file():
-            raise SystemExit(f"--vs {args.vs}: no exporter package there")
         paired = []
         for scenario in scenarios(args.quick):
             if not wanted(scenario, args.only):

@@ -18,6 +18,7 @@ from exporter.commands.simulate import simulate
 from exporter.commands.status import status_command
 from exporter.commands.values import usage_error_line
 from exporter.commands.verify import verify_command
+from exporter.core.arrowpool import choose_arrow_pool
 from exporter.core.errors import ExitCode, ExporterError
 
 
@@ -31,6 +32,7 @@ class ExporterGroup(click.Group):
     def main(  # type: ignore[override]
         self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
     ) -> Any:
+        choose_arrow_pool()  # before any command imports pyarrow
         errors_as_json(False)
         argv = list(sys.argv[1:] if args is None else args)
         try:

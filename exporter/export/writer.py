@@ -19,18 +19,16 @@ its open file. Nothing is committed by that; the file just grows.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pyarrow as pa
-
 from exporter.backup import checkpoint
 from exporter.backup.checkpoint import PartitionState, ResourceState, RunState
 from exporter.backup.sink import PartSink, PartWriter
 from exporter.backup.storage import Storage
+from exporter.core.arrowpool import use_returning_memory_pool
 from exporter.core.events import event
 from exporter.export.crawl import Flush, Message, PageBatch, Plan, Split
 from exporter.export.relationships import mark_batches_committed
@@ -44,24 +42,6 @@ class CommitPolicy:
     commit_interval: float = 30.0
     row_group_rows: int = 50_000
     buffer_bytes: int = 64 << 20  # rows held in memory across every type's part writer
-
-
-@functools.cache
-def use_returning_memory_pool() -> None:
-    """Make Arrow give freed memory back to the system at once, for this process.
-
-    pyarrow's default pool on Linux is mimalloc, which keeps what is freed in per-thread heaps
-    for reuse: pages are read and row groups encoded in worker threads, so an export held
-    its high-water mark in each (100,000 steps peaked about 50 MiB higher than on jemalloc
-    without decay, measured with ru_maxrss). jemalloc with a decay of 0 returns freed pages
-    immediately; a build without jemalloc uses the system allocator. Buffers already
-    allocated stay with the pool that made them, so switching mid-process is safe."""
-    try:
-        pool = pa.jemalloc_memory_pool()
-        pa.jemalloc_set_decay_ms(0)
-    except NotImplementedError:
-        pool = pa.system_memory_pool()
-    pa.set_memory_pool(pool)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from scripts.bench import (
     page_paths_cell,
     parquet_rows,
     relationships_cost,
+    render_memory,
     run_measured,
     tree_env,
 )
@@ -126,6 +127,24 @@ def test_relationships_cost_sets_records_and_wire_bytes_with_the_walk_beside_wit
         "13.3 → 13.3 ms |"
     )
     assert relationships_cost(rows[:1]) == []  # no pair, no table
+
+
+def test_memory_growth_is_the_ratio_of_median_peaks(tmp_path: Path) -> None:
+    """Bug caught: growth from one run's peak (a peak is the largest swing of a noisy process)
+    or from the mean, which one stray run moves."""
+
+    def runs(*peaks: float) -> list[Measure]:
+        return [Measure(1, 1, 1.0, peak, cpu_seconds=peak / 100) for peak in peaks]
+
+    found = {
+        "old": {10: runs(180, 190, 182), 100: runs(219, 300, 220)},
+        "new": {10: runs(165, 164, 175), 100: runs(186, 190, 185)},
+    }
+    lines = render_memory(found, (10, 100)).splitlines()
+    assert "| old | 100 | 3 | 219, 300, 220 | 220 | 2.2 |" in lines
+    assert "| new | 10 | 3 | 165, 164, 175 | 165 | 1.6 |" in lines
+    assert "- old: 182 MiB at 10 steps, 220 at 100: growth x1.21 (aim under x1.2)" in lines
+    assert "- new: 165 MiB at 10 steps, 186 at 100: growth x1.13 (aim under x1.2)" in lines
 
 
 def test_dlt_parquet_read_back_counts_rows_and_distinct_ids(tmp_path: Path) -> None:

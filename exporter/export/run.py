@@ -29,18 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import pyarrow as pa
-
 from exporter import __version__
 from exporter.api.account import Account, identify
 from exporter.api.auth import TokenSource
 from exporter.api.client import ApiClient, ClientSettings
 from exporter.api.inflight import ResizableSemaphore
-from exporter.api.pagination import collection_url
 from exporter.backup import catalog, checkpoint, manifest
 from exporter.backup.catalog import Found
 from exporter.backup.checkpoint import ResourceState, RunState
-from exporter.backup.damage import damaged_error, inspect, shown
 from exporter.backup.detail import NOT_ASKED_BY_STEP
 from exporter.backup.layout import (
     BACKUP_DIRECTORIES,
@@ -49,7 +45,6 @@ from exporter.backup.layout import (
     new_run_id,
     remove_uncommitted,
     run_directory,
-    safe_named,
 )
 from exporter.backup.lock import OutputLock
 from exporter.backup.manifest import ManifestDocument
@@ -59,12 +54,11 @@ from exporter.core.errors import (
     ApiError,
     Interrupted,
     OutputError,
-    UsageError,
     redact_url,
 )
 from exporter.core.events import event
 from exporter.core.progress import Reporter, ResourceProgress, Snapshot
-from exporter.core.times import iso, micros, utc_now
+from exporter.core.times import micros, utc_now
 from exporter.export.crawl import (
     CollectionCrawl,
     CrawlStats,
@@ -74,12 +68,12 @@ from exporter.export.crawl import (
     RowSelector,
     cut_when_read_whole,
 )
+from exporter.export.damaged import check_files, pending_repairs, refetch_damaged
 from exporter.export.deletes import DeleteScan
 from exporter.export.history import (
     BackupIndex,
     BelongsToBackup,
     SkipKnownVersions,
-    _micros,
     load_index,
 )
 from exporter.export.plan import (
@@ -90,8 +84,6 @@ from exporter.export.plan import (
     StartFull,
     plan_export,
     refusal_before_request,
-    take_mark,
-    window_at,
 )
 from exporter.export.relationships import (
     IdSet,
@@ -103,22 +95,12 @@ from exporter.export.relationships import (
     resume_walk,
     step_back_link,
 )
-from exporter.export.repair import (
-    Keep,
-    covered,
-    drop_file,
-    refetch_range,
-    set_aside,
-)
 from exporter.export.selection import parse_resources
+from exporter.export.window import integer_ids, mark_window, root_window
 from exporter.export.writer import CommitPolicy, Writer
 from exporter.model.fastpage import PagePaths
 from exporter.model.normalize import TOMBSTONE_TYPE
 from exporter.model.schema import (
-    RESOURCE_TYPES,
-    Incremental,
-    Kind,
-    incremental_strategy,
     resource_type,
 )
 
@@ -283,163 +265,6 @@ class Export:
         remove_uncommitted(storage, previous, self.directories)
         return self._new_state(account, plan), False
 
-    # -- damaged files ------------------------------------------------------------------------
-
-    def _check_files(self, state: RunState) -> None:
-        """Every committed file is where the checkpoint says, at its size (with --repair: and
-        its sha256). Damaged ones stop the run, named; with --repair they are set aside,
-        dropped from the checkpoint and recorded to be fetched again (`_refetch_damaged`)."""
-        storage = self.storage
-        damage = inspect(storage, state.committed_files(), thorough=self.repair)
-        if not damage:
-            return
-        if not self.repair:
-            raise damaged_error(storage, damage)
-        root = storage.display
-        for item in damage:
-            data_file = item.file
-            if not safe_named(data_file.path):
-                raise UsageError(
-                    f"{root}: the checkpoint names {data_file.path!r}, which is not a part file "
-                    "of this tool where it writes them; nothing was changed"
-                )
-            if data_file.type_name == TOMBSTONE_TYPE:
-                if TOMBSTONE_TYPE not in state.resources:
-                    raise UsageError(
-                        f"{shown(storage, data_file.path)} holds tombstones ({item.reason}); "
-                        "pass --detect-deletes with --repair, so their ids are checked again "
-                        "(an unfinished run without it: let it finish first)"
-                    )
-            elif data_file.type_name not in state.resources:
-                raise UsageError(
-                    f"{shown(storage, data_file.path)} holds {data_file.type_name} records "
-                    f"({item.reason}), which this run does not export; repair it with the "
-                    "--relationships of the run that wrote it"
-                )
-        for item in damage:
-            data_file = item.file
-            current = any(data_file in r.files for r in state.resources.values())
-            moved = set_aside(storage, data_file.path, state.run_id)
-            drop_file(state, data_file.path)
-            needs = state.resources[self.root_type].detail.take_file_needs(data_file.path)
-            event(
-                "run.repair",
-                f"{data_file.path} is damaged ({item.reason}): "
-                + (f"set aside as {moved}" if moved else "dropped")
-                + f"; its {data_file.rows:,} {data_file.type_name} records are fetched again",
-                path=data_file.path,
-                moved_to=moved,
-            )
-            if data_file.type_name == TOMBSTONE_TYPE or not isinstance(data_file.min_id, int):
-                continue  # tombstones: the --detect-deletes phase checks their ids again
-            assert isinstance(data_file.max_id, int)
-            state.resources[data_file.type_name].detail.add_repair(
-                {
-                    "path": data_file.path,
-                    "low": data_file.min_id,
-                    "high": data_file.max_id,
-                    "rows": data_file.rows,
-                    # A full run's own file: its ids are missing; otherwise versions may be.
-                    "by": "ids" if current and state.kind == "full" else "versions",
-                    "needs": needs,
-                }
-            )
-        self.lock.check()
-        checkpoint.save(storage, state)
-
-    async def _refetch_damaged(
-        self,
-        state: RunState,
-        client: ApiClient,
-        inbox: asyncio.Queue[Message | None],
-        credits: asyncio.Semaphore,
-    ) -> None:
-        """Fetch again what the damaged files held (steps first: related records are chosen
-        by what the steps reach), commit it, then clear the pending repairs."""
-        pending = {t: r.detail.repairs for t, r in state.resources.items() if r.detail.repairs}
-        if not pending:
-            return
-        self.phase = "repair"
-
-        async def flush() -> None:
-            message = Flush()
-            inbox.put_nowait(message)
-            await message.done.wait()
-
-        every_type: dict[str, int | None] = {t: None for t in RESOURCE_TYPES}
-        rounds = [[self.root_type], [t for t in pending if t != self.root_type]]
-        for types in rounds:
-            types = [t for t in types if t in pending]
-            if not types:
-                continue
-            index = await asyncio.to_thread(
-                load_index,
-                self.storage,
-                state.committed_files(),
-                version_since=every_type,
-                links=self.links,
-                root_type=self.root_type,
-            )
-            for type_name in types:
-                for entry in pending[type_name]:
-                    if self._stop_requested:
-                        return
-                    await refetch_range(
-                        client,
-                        base_url=self.settings.base_url,
-                        type_name=type_name,
-                        low=int(entry["low"]),
-                        high=int(entry["high"]),
-                        page_size=self.settings.page_size,
-                        keep=self._keep(state, type_name, entry["by"] == "ids", index),
-                        inbox=inbox,
-                        credits=credits,
-                        needs=entry.get("needs"),
-                        page_paths=self.page_paths,
-                    )
-            await flush()
-        for type_name in pending:
-            state.resources[type_name].detail.clear_repairs()
-        await flush()  # the repaired rows are committed: the pending repairs go with them
-
-    def _keep(self, state: RunState, type_name: str, by_ids: bool, index: BackupIndex) -> Keep:
-        """Which refetched rows a damaged file of `type_name` held: those that belong to the
-        backup (steps its partitions had committed; related records its steps reach) and that
-        no intact file holds (that id in a full run; that version or a newer one otherwise)."""
-        held = index.ids.get(type_name, IdSet())
-        versions = index.versions.get(type_name, {})
-        steps = index.ids.get(self.root_type, IdSet())
-        referenced = index.referenced.get(type_name, IdSet())
-        link_only = any(k.link_only for k in self.links if k.target == type_name)
-        in_partitions = covered(state.resources[self.root_type].partitions)
-        owner = owner_column(self.root_type)
-
-        def keep(table: pa.Table) -> list[bool]:
-            ids = table.column("id").to_pylist()
-            stamps = (
-                _micros(table.column("updatedAt"))
-                if "updatedAt" in table.column_names
-                else [None] * len(ids)
-            )
-            if type_name == self.root_type:
-                belongs = [in_partitions(i) if by_ids else True for i in ids]
-            elif link_only and owner in table.column_names:
-                owners = table.column(owner).to_pylist()
-                belongs = [o in steps if o is not None else False for o in owners]
-            else:
-                belongs = [i in referenced for i in ids]
-            result = []
-            for value, stamp, member in zip(ids, stamps, belongs, strict=True):
-                if not (member or value in held):
-                    result.append(False)
-                elif by_ids or stamp is None:
-                    result.append(value not in held)
-                else:
-                    result.append(versions.get(value, -1) < stamp)
-            return result
-
-        return keep
-
     def _resource_names(self) -> list[str]:
         names = list(self.type_names)
         if self.settings.detect_deletes:
@@ -516,7 +341,14 @@ class Export:
             account = await identify(client, self.settings.base_url)
             state, resumed = await asyncio.to_thread(self._prepare, found, account)
             # Damaged files stop the run before its checkpoint replaces the backup's.
-            await asyncio.to_thread(self._check_files, state)
+            await asyncio.to_thread(
+                check_files,
+                self.storage,
+                state,
+                repair=self.repair,
+                root_type=self.root_type,
+                check_lock=self.lock.check,
+            )
             event(
                 "run.start",
                 f"{'resuming' if resumed else 'starting'} {state.kind} run {state.run_id} "
@@ -573,7 +405,21 @@ class Export:
 
         async def work() -> None:
             # Damaged files first: the index of the backup is read once they are whole again.
-            await self._refetch_damaged(state, client, inbox, credits)
+            if pending_repairs(state):
+                self.phase = "repair"
+                await refetch_damaged(
+                    state,
+                    client,
+                    inbox,
+                    credits,
+                    storage=self.storage,
+                    base_url=s.base_url,
+                    page_size=s.page_size,
+                    links=self.links,
+                    root_type=self.root_type,
+                    page_paths=self.page_paths,
+                    stopped=lambda: self._stop_requested,
+                )
             if self._stop_requested:
                 return
             index: BackupIndex | None = None
@@ -714,11 +560,20 @@ class Export:
         inbox: asyncio.Queue[Message | None],
         credits: asyncio.Semaphore,
     ) -> None:
+        """The run's phases, each committed before the next: the window's mark (an
+        incremental run's is saved first), the crawl of the roots and the records their links
+        name, an incremental run's deltas, the delete scan."""
         s = self.settings
         incremental = state.kind == "incremental"
         if state.window_end is None:
             start = state.window_start
-            await self._mark_window(state, client)
+            await mark_window(
+                state,
+                client,
+                base_url=s.base_url,
+                root_type=self.root_type,
+                overlap=s.overlap,
+            )
             if index is not None and state.window_start != start:
                 # The window now starts earlier: load the versions it needs to skip duplicates.
                 index = await asyncio.to_thread(self._load_index, state)
@@ -728,10 +583,7 @@ class Export:
                 # the temporary files it left. (Before, a kill left the previous run's finished
                 # checkpoint, and the next run never removed them. A first run needs no such
                 # save: with no checkpoint at all, the next start removes every part file.)
-                saved = Flush()
-                inbox.put_nowait(saved)
-                await saved.done.wait()
-        since = [("filter[updatedAt]", f"{state.window_start}..inf")] if incremental else []
+                await _flush(inbox)
         flow = PageFlow(
             client,
             s.base_url,
@@ -742,63 +594,88 @@ class Export:
             max_url_length=s.max_url_length,
             page_paths=self.page_paths,
         )
+        walk, emitted_steps = await self._crawl_phase(state, resumed, index, flow)
+        if self._stop_requested:
+            return
+        await _flush(inbox)
+        if incremental and index is not None:
+            await self._deltas_phase(state, index, flow, walk, emitted_steps)
+            if self._stop_requested:
+                return
+        if s.detect_deletes:
+            await self._deletes_phase(state, flow)
+            if self._stop_requested:
+                return
+        self._phase(state, "done")
 
-        def walk_for(
-            links: list[Link],
-            select: dict[str, RowSelector] | None = None,
-            *,
-            unsure_filter: bool = False,
-        ) -> RelationshipWalk:
-            walk = RelationshipWalk(
-                flow,
-                links=links,
-                select=select,
-                unsure_filter=unsure_filter,
-                root=self.root_type,
-            )
-            self._started(walk)
-            self.walk_stats.update(walk.stats)  # live counters, for the progress display
-            return walk
+    def _since(self, state: RunState) -> list[tuple[str, str]]:
+        """An incremental run's filter on `updatedAt` (its window); nothing for a full run."""
+        if state.kind != "incremental":
+            return []
+        return [("filter[updatedAt]", f"{state.window_start}..inf")]
 
-        def crawl_for(
-            type_name: str,
-            select: RowSelector | None,
-            walk: RelationshipWalk | None = None,
-            *,
-            params: list[tuple[str, str]] = since,
-            first_page: bool = False,
-            expect_large: bool = False,
-        ) -> CollectionCrawl:
-            crawl = CollectionCrawl(
-                flow,
-                type_name=type_name,
-                # Two per request of the starting bound; idle workers split more as it grows.
-                initial_partitions=s.initial_partitions or 2 * s.in_flight.start,
-                extra_params=params,
-                announcer=walk,
-                select=select,
-                first_page=first_page,
-                expect_large=expect_large,
-            )
-            self._started(crawl)
-            self.crawl_stats[type_name] = crawl.stats
-            return crawl
+    def _walk_for(
+        self,
+        flow: PageFlow,
+        links: list[Link],
+        select: dict[str, RowSelector] | None = None,
+        *,
+        unsure_filter: bool = False,
+    ) -> RelationshipWalk:
+        walk = RelationshipWalk(
+            flow,
+            links=links,
+            select=select,
+            unsure_filter=unsure_filter,
+            root=self.root_type,
+        )
+        self._started(walk)
+        self.walk_stats.update(walk.stats)  # live counters, for the progress display
+        return walk
 
-        async def flush() -> None:
-            message = Flush()
-            inbox.put_nowait(message)
-            await message.done.wait()
+    def _crawl_for(
+        self,
+        flow: PageFlow,
+        type_name: str,
+        select: RowSelector | None,
+        walk: RelationshipWalk | None = None,
+        *,
+        params: list[tuple[str, str]],
+        first_page: bool = False,
+        expect_large: bool = False,
+    ) -> CollectionCrawl:
+        s = self.settings
+        crawl = CollectionCrawl(
+            flow,
+            type_name=type_name,
+            # Two per request of the starting bound; idle workers split more as it grows.
+            initial_partitions=s.initial_partitions or 2 * s.in_flight.start,
+            extra_params=params,
+            announcer=walk,
+            select=select,
+            first_page=first_page,
+            expect_large=expect_large,
+        )
+        self._started(crawl)
+        self.crawl_stats[type_name] = crawl.stats
+        return crawl
 
-        # Phase 1: the steps, and the records their links name (all links in a full run; in an
-        # incremental one, only new references of data links: the rest is phase 2's).
+    async def _crawl_phase(
+        self, state: RunState, resumed: bool, index: BackupIndex | None, flow: PageFlow
+    ) -> tuple[RelationshipWalk | None, list[int]]:
+        """Phase 1: the roots, and the records the steps' links name (all links in a full
+        run; in an incremental one, only new references of data links: the rest is phase
+        2's). The walk, and the step ids this run emitted (only an incremental run with a
+        backup index keeps them: a full run never holds its million ids as Python ints)."""
+        s = self.settings
+        incremental = state.kind == "incremental"
         step_links = [link for link in self.links if not (incremental and link.link_only)]
         # Always run: a resumed run whose partitions are all finished still walks the
         # relationships of committed step files that are not yet complete (`resume_walk`).
         walk: RelationshipWalk | None = None
-        emitted_steps: list[int] = []
         self._phase(state, "crawl")
         if step_links:
-            walk = walk_for(step_links)
+            walk = self._walk_for(flow, step_links)
             if index is not None:
                 for target in walk.targets:
                     walk.seed(target, index.ids.get(target, IdSet()), 0)
@@ -807,12 +684,19 @@ class Export:
         step_crawl: CollectionCrawl | None = None
         async with asyncio.TaskGroup() as group:
             for type_name in self.roots:
-                params, chosen = self._root_window(type_name, state, index)
+                params, chosen = root_window(
+                    type_name,
+                    state,
+                    index,
+                    root_type=self.root_type,
+                    default_selection=self.default_selection,
+                )
                 is_step = walk is not None and type_name == self.root_type
                 # Read whole (no window): the default root, or a root the backup holds many
                 # records of, probes its largest id beside its first page.
                 holds = len(index.ids.get(type_name, IdSet())) if index is not None else 0
-                crawl = crawl_for(
+                crawl = self._crawl_for(
+                    flow,
                     type_name,
                     chosen,
                     walk if is_step else None,
@@ -838,99 +722,105 @@ class Export:
                 state.resources[type_name].detail.missing = missing
             for type_name, dropped in walk.unrequested().items():
                 state.resources[type_name].detail.unrequested = dropped
-        # Only phase 2 reads them: a full run never holds its million ids as Python ints.
         if incremental and index is not None and step_crawl is not None:
-            emitted_steps = step_crawl.emitted_ids()
-        if self._stop_requested:
-            return
-        await flush()
+            return walk, step_crawl.emitted_ids()
+        return walk, []
 
-        # Phase 2 (incremental): what changed in each related type that belongs to the backup.
-        # A record belongs when the backup holds its id (kept current even once no step names it:
-        # its step deleted, or it moved away) or when a step of the backup reaches it now.
-        if incremental and index is not None:
-            self._phase(state, "deltas")
-            members_steps = IdSet(index.ids.get(self.root_type, IdSet()))
-            for value in emitted_steps:
-                members_steps.add(value)
-            refreshed: list[ResourceState] = []
-            async with asyncio.TaskGroup() as group:
-                for target in dict.fromkeys(link.target for link in self.links):
-                    resource = state.resources[target]
-                    if resource.planned and all(p.finished for p in resource.partitions):
-                        continue
-                    link_only = any(k.link_only for k in self.links if k.target == target)
-                    held = index.ids.get(target, IdSet())
-                    # Versions this run's phase 1 wrote (new references) count as held too.
-                    versions = dict(index.versions.get(target, {}))
-                    if walk is not None:
-                        versions.update(walk.versions.get(target, {}))
-                    # Data links: the ids held, those the backup's steps name, and new references.
-                    members = IdSet() if link_only else IdSet(held)
-                    if not link_only:
-                        for value in index.referenced.get(target, IdSet()):
+    async def _deltas_phase(
+        self,
+        state: RunState,
+        index: BackupIndex,
+        flow: PageFlow,
+        walk: RelationshipWalk | None,
+        emitted_steps: list[int],
+    ) -> None:
+        """Phase 2 (incremental): what changed in each related type that belongs to the
+        backup. A record belongs when the backup holds its id (kept current even once no step
+        names it: its step deleted, or it moved away) or when a step of the backup reaches it
+        now."""
+        self._phase(state, "deltas")
+        since = self._since(state)
+        members_steps = IdSet(index.ids.get(self.root_type, IdSet()))
+        for value in emitted_steps:
+            members_steps.add(value)
+        refreshed: list[ResourceState] = []
+        async with asyncio.TaskGroup() as group:
+            for target in dict.fromkeys(link.target for link in self.links):
+                resource = state.resources[target]
+                if resource.planned and all(p.finished for p in resource.partitions):
+                    continue
+                link_only = any(k.link_only for k in self.links if k.target == target)
+                held = index.ids.get(target, IdSet())
+                # Versions this run's phase 1 wrote (new references) count as held too.
+                versions = dict(index.versions.get(target, {}))
+                if walk is not None:
+                    versions.update(walk.versions.get(target, {}))
+                # Data links: the ids held, those the backup's steps name, and new references.
+                members = IdSet() if link_only else IdSet(held)
+                if not link_only:
+                    for value in index.referenced.get(target, IdSet()):
+                        members.add(value)
+                    if walk is not None and target in walk.targets:
+                        for value in walk.targets[target].requested:
                             members.add(value)
-                        if walk is not None and target in walk.targets:
-                            for value in walk.targets[target].requested:
-                                members.add(value)
-                    if updated_at_filterable(target):
-                        if link_only:
-                            select: RowSelector = BelongsToBackup(
-                                members_steps, owner_column(self.root_type), versions, held
-                            )
-                        else:
-                            select = BelongsToBackup(members, "id", versions)
-                        crawl = crawl_for(target, select)
-                        group.create_task(
-                            crawl.run(resource.partitions if resource.planned else None)
+                if updated_at_filterable(target):
+                    if link_only:
+                        select: RowSelector = BelongsToBackup(
+                            members_steps, owner_column(self.root_type), versions, held
                         )
                     else:
-                        # No updatedAt filter on this type: ask again for every id the backup
-                        # holds or its steps name, then (when the type points back at its step)
-                        # for every record of the backup's steps, which finds new and moved
-                        # ones; keep only versions not written yet.
-                        remembered = SkipKnownVersions(versions, remember=True)
-                        refreshes = [
-                            walk_for(
-                                [k for k in self.links if k.target == target],
-                                {target: remembered},
-                            )
-                        ]
-                        refreshes[0].request(target, members)
-                        back = step_back_link(target, self.root_type)
-                        if back is not None:
-                            # API-FACTS states `filter[sequenceStep][id]` for calls, mailings
-                            # and tasks only: should the API refuse or ignore it here, the
-                            # walk stops asking by step and says so (`NOT_ASKED_BY_STEP`).
-                            by_step = walk_for([back], {target: remembered}, unsure_filter=True)
-                            by_step.request_steps(target, members_steps)
-                            refreshes.append(by_step)
-                        group.create_task(self._finish_refresh(refreshes, resource, refreshed))
-            if self._stop_requested:
-                return
-            await flush()
-            for resource in refreshed:
-                resource.planned = True  # recorded only once its pages are committed
-            await flush()
+                        select = BelongsToBackup(members, "id", versions)
+                    crawl = self._crawl_for(flow, target, select, params=since)
+                    group.create_task(crawl.run(resource.partitions if resource.planned else None))
+                else:
+                    # No updatedAt filter on this type: ask again for every id the backup
+                    # holds or its steps name, then (when the type points back at its step)
+                    # for every record of the backup's steps, which finds new and moved
+                    # ones; keep only versions not written yet.
+                    remembered = SkipKnownVersions(versions, remember=True)
+                    refreshes = [
+                        self._walk_for(
+                            flow,
+                            [k for k in self.links if k.target == target],
+                            {target: remembered},
+                        )
+                    ]
+                    refreshes[0].request(target, members)
+                    back = step_back_link(target, self.root_type)
+                    if back is not None:
+                        # API-FACTS states `filter[sequenceStep][id]` for calls, mailings
+                        # and tasks only: should the API refuse or ignore it here, the
+                        # walk stops asking by step and says so (`NOT_ASKED_BY_STEP`).
+                        by_step = self._walk_for(
+                            flow, [back], {target: remembered}, unsure_filter=True
+                        )
+                        by_step.request_steps(target, members_steps)
+                        refreshes.append(by_step)
+                    group.create_task(self._finish_refresh(refreshes, resource, refreshed))
+        if self._stop_requested:
+            return
+        await _flush(flow.inbox)
+        for resource in refreshed:
+            resource.planned = True  # recorded only once its pages are committed
+        await _flush(flow.inbox)
 
-        # Phase 3: tombstones for ids the API no longer has.
-        if s.detect_deletes:
-            self._phase(state, "deletes")
-            fresh = await asyncio.to_thread(self._load_index, state)
-            scan = DeleteScan(flow, run_id=state.run_id)
-            self._started(scan)
-            for type_name in self.type_names:
-                if type_name in self.refused or not _integer_ids(type_name):
-                    continue  # not read this run; string ids (auditLog): a log, never deleted
-                await scan.scan(type_name, fresh.live_ids(type_name))
-            self.stats["deletes"] = {
-                t: {"checked": d.checked, "tombstones": d.tombstones, "requests": d.requests}
-                for t, d in scan.stats.items()
-            }
-            if self._stop_requested:
-                return
-            await flush()
-        self._phase(state, "done")
+    async def _deletes_phase(self, state: RunState, flow: PageFlow) -> None:
+        """Phase 3 (`--detect-deletes`): tombstones for ids the API no longer has."""
+        self._phase(state, "deletes")
+        fresh = await asyncio.to_thread(self._load_index, state)
+        scan = DeleteScan(flow, run_id=state.run_id)
+        self._started(scan)
+        for type_name in self.type_names:
+            if type_name in self.refused or not integer_ids(type_name):
+                continue  # not read this run; string ids (auditLog): a log, never deleted
+            await scan.scan(type_name, fresh.live_ids(type_name))
+        self.stats["deletes"] = {
+            t: {"checked": d.checked, "tombstones": d.tombstones, "requests": d.requests}
+            for t, d in scan.stats.items()
+        }
+        if self._stop_requested:
+            return
+        await _flush(flow.inbox)
 
     async def _finish_refresh(
         self, refreshes: list[RelationshipWalk], resource: ResourceState, done: list[ResourceState]
@@ -946,94 +836,6 @@ class Export:
             if self._stop_requested:
                 return
         done.append(resource)
-
-    async def _mark_window(self, state: RunState, client: ApiClient) -> None:
-        """Take the run's mark, the end of its window (the next window starts there, less the
-        overlap), before any data is read; say in the root type's `detail.mark` what it is
-        based on.
-
-        1. The API's clock (its Date header at its first answer; a first small request when
-           there was none yet) and this machine's clock (`plan.take_mark`).
-        2. When they disagree by more than `MAX_CLOCK_SKEW`, the earlier of the two, with a
-           warning.
-        3. A window that would start after its end is moved back to where the previous run
-           began, with a warning, or the run stops with a usage error (`plan.window_at`).
-        """
-        if client.stats.server_time is None:
-            await client.get_document(
-                collection_url(
-                    self.settings.base_url,
-                    resource_type(self.root_type).collection,
-                    [("page[size]", "1"), (f"fields[{self.root_type}]", "")],
-                )
-            )
-        mark = take_mark(client.stats.server_time, time.time())
-        if mark.skewed:
-            assert mark.server is not None
-            skew = mark.server - mark.local
-            event(
-                "clock.skew",
-                f"the API's clock ({iso(mark.server)}, its Date header) is "
-                f"{abs(skew):,.0f} s {'ahead of' if skew > 0 else 'behind'} this machine's "
-                f"({iso(mark.local)}); the run's mark is the earlier, {iso(mark.at)}",
-                logging.WARNING,
-                server_clock=iso(mark.server),
-                local_clock=iso(mark.local),
-                skew_seconds=round(skew, 3),
-            )
-        began = state.history[-1].get("started_at") if state.history else None
-        window = window_at(state.window_start, mark.at, began, self.settings.overlap)
-        basis = mark.basis.copy()
-        if window.clamped_from is not None:
-            event(
-                "window.clamped",
-                f"the incremental window would start at {window.clamped_from} (the last run's "
-                f"mark less the overlap), after its end {window.end}: that mark came from a "
-                f"wrong clock. Starting instead where the last run began, {window.start}",
-                logging.WARNING,
-                window_start=window.clamped_from,
-                window_end=window.end,
-                clamped_to=window.start,
-            )
-            basis["window_start_clamped_from"] = window.clamped_from
-        state.window_start = window.start
-        state.resources[self.root_type].detail.mark = dict(basis)
-        state.window_end = window.end
-
-    def _root_window(
-        self, type_name: str, state: RunState, index: BackupIndex | None
-    ) -> tuple[list[tuple[str, str]], RowSelector | None]:
-        """The filter and row selector of one root's crawl. A full run: all of it. An
-        incremental one, by the type's `incremental_strategy`: UPDATED_AT, the window on
-        `updatedAt`, versions held skipped; APPEND_ONLY, the window on its creation time, ids
-        held skipped; RELIST, the whole collection, versions (ids, for a type without
-        `updatedAt`) held skipped. A root the backup holds no record of (refused for a scope
-        last time, or new to the selection) is read whole."""
-        if state.kind != "incremental" or index is None:
-            return [], None
-        versions = index.versions.get(type_name, {})
-        integer = _integer_ids(type_name)
-        held: IdSet | set[str] = (
-            index.ids.get(type_name, IdSet()) if integer else index.text_ids.get(type_name, set())
-        )
-        start = f"{state.window_start}..inf"
-        if type_name == self.root_type and self.default_selection:
-            return [("filter[updatedAt]", start)], SkipKnownVersions(versions)
-        if not len(held):
-            return [], SkipKnownVersions(versions) if integer else None
-        strategy = incremental_strategy(type_name)
-        if strategy.mode is Incremental.UPDATED_AT:
-            return [("filter[updatedAt]", start)], SkipKnownVersions(versions)
-        if strategy.mode is Incremental.APPEND_ONLY:
-            assert strategy.attribute is not None
-            return [(f"filter[{strategy.attribute}]", start)], SkipHeldIds(held)
-        if "updatedAt" in {a.name for a in resource_type(type_name).attributes}:
-            return [], SkipKnownVersions(versions)
-        if resource_type(type_name).append_only:
-            return [], SkipHeldIds(held)  # a log's records never change: the new ones only
-        # Records that can change but carry no `updatedAt` (notes): every one is written again,
-        # and compaction keeps the newest run's version. Skipping held ids would miss an edit.
-        return [], None
 
     async def _crawl_root(
         self,
@@ -1068,19 +870,11 @@ class Export:
 SCOPE_REFUSED = "unauthorizedOauthScope"  # the API's error id for a scope the token lacks
 
 
-class SkipHeldIds:
-    """Row selector: drop records whose id the backup holds (a log's records never change):
-    integer ids in an `IdSet`, string ids (an auditLog's UUIDs) in a set."""
-
-    def __init__(self, held: IdSet | set[str]) -> None:
-        self.held = held
-
-    def __call__(self, table: pa.Table) -> list[bool]:
-        return [value not in self.held for value in table.column("id").to_pylist()]
-
-
-def _integer_ids(type_name: str) -> bool:
-    return resource_type(type_name).id_kind is not Kind.STRING
+async def _flush(inbox: asyncio.Queue[Message | None]) -> None:
+    """Have the writer commit everything sent so far, and wait until it has."""
+    message = Flush()
+    inbox.put_nowait(message)
+    await message.done.wait()
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -744,9 +744,14 @@ def render_dlt(by_latency: dict[float, list[DltRun]], version: str) -> str:
     return "\n".join(lines)
 
 
+def group_asked(args: argparse.Namespace, group: str) -> bool:
+    """Whether `--only` names `group` (a group runs alone, and only when named)."""
+    return bool(args.only) and group in args.only.split(",")
+
+
 def main_dlt(args: argparse.Namespace) -> bool:
     """Run the `dlt` group if `--only` asks for it; True when it did (and nothing else runs)."""
-    if not args.only or "dlt" not in args.only.split(","):
+    if not group_asked(args, "dlt"):
         return False
     work = Path(tempfile.mkdtemp(prefix="bench-dlt-"))
     try:
@@ -760,7 +765,7 @@ def main_dlt(args: argparse.Namespace) -> bool:
 
 def main_account(args: argparse.Namespace) -> bool:
     """Run the `account` group if `--only` asks for it; True when it did (and nothing else runs)."""
-    if not args.only or "account" not in args.only.split(","):
+    if not group_asked(args, "account"):
         return False
     rows = []
     for scenario in account_scenarios(args.quick):
@@ -840,7 +845,7 @@ def render_memory(found: dict[str, dict[int, list[Measure]]], sizes: tuple[int, 
 
 def main_memory(args: argparse.Namespace) -> bool:
     """Run the `memory` group if `--only` asks for it; True when it did (and nothing else runs)."""
-    if not args.only or "memory" not in args.only.split(","):
+    if not group_asked(args, "memory"):
         return False
     sizes = MEMORY_SIZES_QUICK if args.quick else MEMORY_SIZES
     trees: dict[str, Path | None] = {"this checkout": None}

@@ -58,7 +58,8 @@ def restore_command(
     from exporter.backup import manifest
     from exporter.backup.storage import Storage
     from exporter.commands.running import run_stoppable
-    from exporter.restore.restore import Restore, RestoreReport, RestoreSettings, render
+    from exporter.restore.report import RestoreReport, render
+    from exporter.restore.restore import Restore, RestoreSettings
 
     try:
         if ids is not None and sequence is not None:

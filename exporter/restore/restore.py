@@ -1,5 +1,9 @@
 """`exporter restore DIR`: put sequence steps back from a backup: plan against the target, then create and patch them exactly once.
 
+The parts live beside this module: `source` reads and checks the backup, `fields` says what a
+step's writable fields are and builds write bodies, `plan` decides, `journal` records every write,
+`report` says what happened; this module identifies the target, settles lost answers and sends.
+
 Order of a restore:
 1. check the backup: the manifest's own `manifest_sha256`, and the sha256 of every file this
    restore reads (refused with exit 6, naming the file, on a mismatch; a recorded path that
@@ -46,7 +50,7 @@ an API holding a write (or trickling its answer) must not keep a stop from stopp
 cancelled in flight leaves its intent unresolved, which is safe: the next run looks it up
 (found: done; not found: unresolved, never re-sent on a guess).
 
-Writable fields come from the OpenAPI file (`schema.resource_type`): attributes and to-one
+Writable fields come from the OpenAPI file (`fields.writable_fields`): attributes and to-one
 relationships not marked read-only. Counters, timestamps, displayName, creator/updater,
 mailings, calls, tasks and sequenceTemplates are never sent.
 """
@@ -54,17 +58,12 @@ mailings, calls, tasks and sequenceTemplates are never sent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import re
 import time
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from enum import StrEnum
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +74,11 @@ from exporter.api.auth import TokenSource
 from exporter.api.client import ApiClient, ClientSettings, NotSentError
 from exporter.api.documents import page_records
 from exporter.api.pagination import collection_url, id_batches, paginate, wire_length
-from exporter.backup import manifest
-from exporter.backup.compact import current_table
 from exporter.backup.storage import Storage
 from exporter.core.config import RateLimit
 from exporter.core.errors import (
     ApiError,
     AuthError,
-    ExitCode,
-    ExporterError,
     Interrupted,
     OutputError,
     StatusClass,
@@ -92,350 +87,30 @@ from exporter.core.errors import (
     classify_status,
     clean_text,
 )
-from exporter.core.times import epoch_or_none, iso_exact
+from exporter.core.times import epoch_or_none
 from exporter.model.normalize import (
-    EXTRA_COLUMN,
-    TOMBSTONE_TYPE,
     check_type,
     record_id,
-    table_layout,
 )
-from exporter.model.schema import Shape, resource_type
+from exporter.model.schema import resource_type
+from exporter.restore.fields import (
+    STEP,
+    Values,
+    create_body,
+    lookup_key,
+    patch_body,
+    values_of_body,
+    values_of_record,
+    writable_fields,
+)
 from exporter.restore.journal import Intent, Journal, JournalState, check_account, replay
 from exporter.restore.modes import Mode
+from exporter.restore.plan import Action, PlanEntry, make_plan
+from exporter.restore.report import RestoreReport
+from exporter.restore.source import backup_account, read_backup, select_steps
 
-# Restore puts back sequence steps only, whatever root the export crawled (`root_type`): every
-# plan, write and lookup below is of this one type.
-STEP = "sequenceStep"
 RESTORE_DIRECTORY = "_restore"
 PAGE_SIZE = 1000
-
-
-class Action(StrEnum):
-    CREATE = "create"
-    PATCH = "patch"
-    EQUAL = "equal"
-    SKIP = "skip"  # needs a write the --mode does not make
-    UNRESOLVED = "unresolved"  # gone, but an earlier create of it may yet land: not sent again
-
-
-# ---------------------------------------------------------------------------- writable fields
-
-
-@dataclass(frozen=True)
-class WritableFields:
-    """The attributes and to-one relationships of a step that a write may set."""
-
-    attributes: tuple[str, ...]
-    relationships: tuple[tuple[str, str, str], ...]  # (relationship, target type, column)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self.attributes + tuple(name for name, _t, _c in self.relationships)
-
-
-@cache
-def writable_fields() -> WritableFields:
-    layout = table_layout(STEP)
-    attributes = tuple(a.name for a in resource_type(STEP).attributes if not a.read_only)
-    relationships = tuple(
-        (c.relationship.name, c.relationship.target, c.column)
-        for c in layout.to_one
-        if not c.relationship.read_only and c.relationship.shape is Shape.TO_ONE
-    )
-    return WritableFields(attributes, relationships)
-
-
-Values = dict[str, Any]  # writable field -> value as on the wire (relationships: the id or None)
-
-
-def _wire(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return iso_exact(value)  # a timestamp[us, UTC] column: always aware, in UTC
-    if isinstance(value, date):
-        return value.isoformat()
-    return value
-
-
-def values_of_row(row: dict[str, Any]) -> Values:
-    """A backup row's writable fields; a value the column could not hold is taken from `_extra`."""
-    fields = writable_fields()
-    extra: dict[str, Any] = {}
-    if row.get(EXTRA_COLUMN):
-        with contextlib.suppress(orjson.JSONDecodeError):
-            loaded = orjson.loads(row[EXTRA_COLUMN])
-            extra = loaded if isinstance(loaded, dict) else {}
-    values: Values = {}
-    for name in fields.attributes:
-        value = row.get(name)
-        values[name] = extra[name] if value is None and name in extra else _wire(value)
-    for name, _target, column in fields.relationships:
-        values[name] = row.get(column)
-    return values
-
-
-def values_of_record(record: dict[str, Any]) -> Values:
-    """A target record's writable fields, as the API sent them."""
-    fields = writable_fields()
-    attributes = record.get("attributes") or {}
-    relationships = record.get("relationships") or {}
-    values: Values = {name: attributes.get(name) for name in fields.attributes}
-    for name, _target, _column in fields.relationships:
-        data = (relationships.get(name) or {}).get("data")
-        values[name] = _identifier(data)
-    return values
-
-
-def values_of_body(body: dict[str, Any]) -> Values:
-    """The writable fields a create or patch body sets."""
-    data = body.get("data") or {}
-    values: Values = dict(data.get("attributes") or {})
-    for name, relationship in (data.get("relationships") or {}).items():
-        values[name] = _identifier(relationship.get("data"))
-    return values
-
-
-def _identifier(data: Any) -> int | None:
-    if not isinstance(data, dict):
-        return None
-    raw = data.get("id")
-    if type(raw) is int:
-        return raw
-    if isinstance(raw, str) and raw.isdigit():
-        return int(raw)
-    return None
-
-
-def differences(backup: Values, target: Values) -> dict[str, tuple[Any, Any]]:
-    """Field -> (target's value, backup's value) for every writable field that differs."""
-    return {
-        name: (target.get(name), backup.get(name))
-        for name in writable_fields().names
-        if target.get(name) != backup.get(name)
-    }
-
-
-def create_body(values: Values) -> dict[str, Any]:
-    """A POST body: every writable attribute (nulls too) and relationship, as identifiers."""
-    fields = writable_fields()
-    relationships = {
-        name: {"data": None if values.get(name) is None else {"type": t, "id": values[name]}}
-        for name, t, _column in fields.relationships
-    }
-    attributes = {name: values.get(name) for name in fields.attributes}
-    return {"data": {"type": STEP, "attributes": attributes, "relationships": relationships}}
-
-
-def patch_body(target_id: int, changes: Values) -> dict[str, Any]:
-    """A PATCH body setting only `changes` (the fields that differ)."""
-    fields = writable_fields()
-    targets = {name: t for name, t, _column in fields.relationships}
-    data: dict[str, Any] = {"type": STEP, "id": target_id}
-    attributes = {k: v for k, v in changes.items() if k not in targets}
-    relationships = {
-        k: {"data": None if v is None else {"type": targets[k], "id": v}}
-        for k, v in changes.items()
-        if k in targets
-    }
-    if attributes:
-        data["attributes"] = attributes
-    if relationships:
-        data["relationships"] = relationships
-    return {"data": data}
-
-
-def lookup_key(values: Values) -> dict[str, Any]:
-    return {
-        "sequence": values.get("sequence"),
-        "order": values.get("order"),
-        "stepType": values.get("stepType"),
-    }
-
-
-# ---------------------------------------------------------------------------- the backup
-
-
-def backup_steps(root: Path | str, run_id: str | None) -> dict[int, Values]:
-    """The backup's steps (newest version per id, minus tombstones), as of `run_id` if given,
-    read only after every file it reads matched the manifest (`check_backup`)."""
-    _document, steps = read_backup(root, run_id)
-    return steps
-
-
-def read_backup(root: Path | str, run_id: str | None) -> tuple[dict[str, Any], dict[int, Values]]:
-    """(manifest, steps) of a backup whose manifest and files check out."""
-    storage = Storage.open(root, flag="DIR")
-    document = manifest.load(storage)
-    runs = [str(r.get("run_id")) for r in document.get("runs", []) if isinstance(r, dict)]
-    if run_id is not None:
-        if run_id not in runs:
-            raise UsageError(
-                f"{storage.display} holds no run {run_id!r}; its runs are: "
-                f"{', '.join(runs) or 'none'}"
-            )
-        upto = set(runs[: runs.index(run_id) + 1])
-        document = {
-            **document,
-            "files": [
-                f
-                for f in document.get("files") or []
-                if isinstance(f, dict) and f.get("run_id") in upto
-            ],
-        }
-    read = check_backup(storage, document)
-    table = current_table(storage, {**document, "files": read}, STEP)
-    return document, {int(row["id"]): values_of_row(row) for row in table.to_pylist()}
-
-
-class BackupDamaged(ExporterError):
-    """A file restore would read does not match the manifest (what `verify` reports)."""
-
-    exit_code = ExitCode.VERIFY_MISMATCH
-
-
-def check_backup(storage: Storage, document: dict[str, Any]) -> list[dict[str, Any]]:
-    """The manifest's file entries a restore reads (steps and tombstones), each checked: a
-    path inside the backup, and the file's sha256 equal to the manifest's; the manifest's own
-    `manifest_sha256` first. `BackupDamaged` (exit 6) naming the first that does not match.
-
-    (A file could still change between this check and its read; this guards a backup at rest,
-    tampered or damaged, not one being rewritten while it is restored.)"""
-    where = storage.path(manifest.MANIFEST_NAME)
-    if document.get("manifest_sha256") != manifest.canonical_digest(document):
-        # `document` may be narrowed to a run: check the manifest as it is on disk.
-        whole = manifest.load(storage)
-        if whole.get("manifest_sha256") != manifest.canonical_digest(whole):
-            raise BackupDamaged(
-                f"{where} does not match its manifest_sha256 (edited or damaged); restore reads "
-                f"nothing from it: run `exporter verify {storage}`"
-            )
-    entries = document.get("files")
-    if not isinstance(entries, list):
-        raise BackupDamaged(f"{where} lists no files; run `exporter verify {storage}`")
-    read: list[dict[str, Any]] = []
-    for entry in entries:
-        if not isinstance(entry, dict) or entry.get("type") not in (STEP, TOMBSTONE_TYPE):
-            continue
-        path, digest = entry.get("path"), entry.get("sha256")
-        location = storage.inside(path) if isinstance(path, str) else None
-        if location is None or not isinstance(digest, str):
-            raise BackupDamaged(
-                f"{where} lists a file {path!r} outside the backup or without a sha256; "
-                "restore reads nothing from it"
-            )
-        try:
-            actual = storage.sha256(location)
-        except FileNotFoundError:
-            raise BackupDamaged(
-                f"{storage.path(location)} is missing (the manifest lists it): restore reads "
-                f"nothing from this backup; run `exporter verify {storage}`"
-            ) from None
-        except OSError as exc:
-            raise OutputError(
-                f"cannot read {storage.path(location)}: {exc.strerror or exc}; nothing was restored"
-            ) from None
-        if actual != digest:
-            raise BackupDamaged(
-                f"{storage.path(location)} does not match the manifest's sha256 (tampered or "
-                f"damaged): restore writes nothing from this backup; run `exporter verify "
-                f"{storage}` and restore from an intact copy"
-            )
-        read.append({**entry, "path": location})
-    return read
-
-
-def backup_account(document: dict[str, Any]) -> Account | None:
-    """The account a backup was exported from: its manifest's `account`, else its `source`."""
-    recorded = Account.from_json(document.get("account"))
-    if recorded is not None:
-        return recorded
-    source = document.get("source")
-    if isinstance(source, str):
-        with contextlib.suppress(ValueError):
-            return Account(canonical_base_url(source))
-    return None
-
-
-def select_steps(
-    backup: dict[int, Values], ids: Sequence[int] | None, sequence: int | None
-) -> dict[int, Values]:
-    if ids is not None:
-        absent = [i for i in ids if i not in backup]
-        if absent:
-            shown = ", ".join(str(i) for i in absent[:10]) + (" ..." if len(absent) > 10 else "")
-            raise UsageError(f"the backup holds no step with id {shown}")
-        return {i: backup[i] for i in sorted(set(ids))}
-    if sequence is not None:
-        chosen = {i: v for i, v in sorted(backup.items()) if v.get("sequence") == sequence}
-        if not chosen:
-            raise UsageError(f"the backup holds no step of sequence {sequence}")
-        return chosen
-    return dict(sorted(backup.items()))
-
-
-# ---------------------------------------------------------------------------- the plan
-
-
-@dataclass
-class PlanEntry:
-    action: Action
-    old_id: int
-    target_id: int | None  # the step on the target (None: gone)
-    values: Values  # the backup's
-    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # target -> backup
-    note: str = ""
-    # After --apply:
-    result: str = ""  # created | patched | failed | lost | stopped
-    new_id: int | None = None
-    status: int | None = None
-    detail: str = ""
-
-
-def make_plan(
-    selected: dict[int, Values],
-    target: dict[int, Values],
-    created: dict[int, int],
-    mode: Mode,
-    *,
-    unresolved: frozenset[int] = frozenset(),
-    by_id: bool = True,
-) -> list[PlanEntry]:
-    """Pure: what to do for each selected backup step, given what the target holds now.
-
-    A step gone from the target that this journal already re-created is compared with the
-    step it created (so a finished restore, run again, creates nothing). A step with an
-    unresolved create is left alone. `by_id=False` (a backup of another account): a target
-    step with the backup step's id is not that step; only what this journal created is."""
-    plan: list[PlanEntry] = []
-    for old_id, values in selected.items():
-        if old_id in unresolved:
-            note = "an earlier create's answer was lost and it is not on the target (yet)"
-            plan.append(PlanEntry(Action.UNRESOLVED, old_id, None, values, note=note))
-            continue
-        target_id: int | None = None
-        if by_id and old_id in target:
-            target_id = old_id
-        elif created.get(old_id) in target:
-            target_id = created[old_id]
-        if target_id is None:
-            if mode is Mode.ROLLBACK:
-                plan.append(
-                    PlanEntry(Action.SKIP, old_id, None, values, note="gone (--mode rollback)")
-                )
-            else:
-                plan.append(PlanEntry(Action.CREATE, old_id, None, values))
-            continue
-        changes = differences(values, target[target_id])
-        note = f"re-created as {target_id}" if target_id != old_id else ""
-        if not changes:
-            plan.append(PlanEntry(Action.EQUAL, old_id, target_id, values, note=note))
-        elif mode is Mode.RECREATE:
-            note = "differs (--mode recreate)"
-            plan.append(PlanEntry(Action.SKIP, old_id, target_id, values, changes, note))
-        else:
-            plan.append(PlanEntry(Action.PATCH, old_id, target_id, values, changes, note))
-    return plan
-
 
 # ---------------------------------------------------------------------------- sending writes
 
@@ -569,54 +244,6 @@ def mapping_path(journal: Path) -> Path:
     return journal.with_name(
         journal.name.removesuffix("-journal.jsonl").removesuffix(".jsonl") + "-mapping.json"
     )
-
-
-@dataclass
-class RestoreReport:
-    plan: list[PlanEntry]
-    applied: bool
-    mode: Mode
-    created: dict[int, int]  # old id -> new id (every create the journal has recorded)
-    recovered: list[str] = field(default_factory=list)  # unresolved writes settled at start
-    warnings: list[str] = field(default_factory=list)
-    journal: Path | None = None
-    mapping: Path | None = None
-    seconds: float = 0.0
-    requests: int = 0
-    writes: int = 0
-    target: Account | None = None
-
-    def count(self, action: Action) -> int:
-        return sum(1 for e in self.plan if e.action is action)
-
-    @property
-    def failed(self) -> list[PlanEntry]:
-        return [e for e in self.plan if e.result == "failed"]
-
-    @property
-    def unresolved(self) -> list[PlanEntry]:
-        """Steps whose create was sent, its answer lost, and that are not on the target."""
-        return [e for e in self.plan if e.result == "unresolved" or e.action is Action.UNRESOLVED]
-
-    @property
-    def exit_code(self) -> ExitCode:
-        return ExitCode.FAILED if self.failed or self.unresolved else ExitCode.OK
-
-    def error_line(self) -> str | None:
-        """One line for stderr when the restore did not finish every step."""
-        unresolved = self.unresolved
-        if unresolved:
-            shown = ", ".join(str(e.old_id) for e in unresolved[:10])
-            more = f" and {len(unresolved) - 10} more" if len(unresolved) > 10 else ""
-            return (
-                f"{len(unresolved)} create(s) unresolved (steps {shown}{more}): each was sent, "
-                "its answer was lost and it is not on the target (yet), so it was not sent "
-                "again; run the same restore later to look again, or, once you have checked "
-                "the target yourself, add --resend-lost to send them again"
-            )
-        if self.failed:
-            return f"{len(self.failed)} step(s) failed (see the table above); fix and run again"
-        return None
 
 
 class Restore:
@@ -1098,81 +725,4 @@ def _write_mapping(path: Path, account: Account, created: dict[int, int]) -> Non
         raise OutputError(f"cannot write the id mapping {path}: {exc.strerror}") from None
 
 
-# ---------------------------------------------------------------------------- output
-
-
-def _shown(value: Any, limit: int = 40) -> str:
-    text = "null" if value is None else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def render(report: RestoreReport) -> list[str]:
-    """The plan (or what was done) as a table, then the summary line."""
-    lines: list[str] = []
-    rows = [e for e in report.plan if e.action is not Action.EQUAL or e.result == "failed"]
-    if rows:
-        lines.append(
-            f"{'action':<8} {'step':>10} {'target':>10} {'sequence':>9} {'order':>5}  {'stepType':<12} detail"
-        )
-    for entry in rows:
-        action = entry.result or entry.action.value
-        target = entry.new_id or entry.target_id
-        detail = entry.note
-        if entry.result == "failed":
-            detail = entry.detail if entry.status is None else f"{entry.status}: {entry.detail}"
-        elif entry.changes and entry.action in (Action.PATCH, Action.SKIP):
-            changed = "; ".join(
-                f"{k}: {_shown(a)} -> {_shown(b)}" for k, (a, b) in entry.changes.items()
-            )
-            detail = f"{detail + ': ' if detail else ''}{changed}"
-        v = entry.values
-        lines.append(
-            f"{action:<8} {entry.old_id:>10} {target or '-':>10} {v.get('sequence') or '-':>9} "
-            f"{'-' if v.get('order') is None else v['order']:>5}  {v.get('stepType') or '-':<12} {detail}".rstrip()
-        )
-    for note in report.recovered:
-        lines.append(f"journal: {note}")
-    for warning in report.warnings:
-        lines.append(f"warning: {warning}")
-    lines.append(summary(report))
-    return lines
-
-
-def summary(report: RestoreReport) -> str:
-    counts = Counter(e.result for e in report.plan)
-    equal = report.count(Action.EQUAL)
-    skipped = report.count(Action.SKIP)
-    unresolved = len(report.unresolved)
-    waiting = f", {unresolved} unresolved (not sent again)" if unresolved else ""
-    if not report.applied:
-        return (
-            f"plan ({report.mode.value}): {report.count(Action.CREATE)} to create, "
-            f"{report.count(Action.PATCH)} to patch, {equal} equal{waiting}"
-            + (f", {skipped} outside --mode {report.mode.value}" if skipped else "")
-            + f" of {len(report.plan)} steps; nothing written (pass --apply to write), "
-            f"{report.requests} requests"
-        )
-    text = (
-        f"restored ({report.mode.value}): {counts['created']} created, {counts['patched']} "
-        f"patched, {equal} equal, {counts['failed']} failed{waiting}"
-        + (f", {skipped} outside --mode {report.mode.value}" if skipped else "")
-        + f" of {len(report.plan)} steps in {report.seconds:.1f}s, {report.requests} requests"
-    )
-    if report.created:
-        pairs = sorted(report.created.items())
-        shown = ", ".join(f"{old}->{new}" for old, new in pairs[:20])
-        more = f" and {len(pairs) - 20} more" if len(pairs) > 20 else ""
-        text += f"; created ids (old->new, all restores to this target) {shown}{more} in {report.mapping}"
-    return text
-
-
-__all__ = [
-    "Action",
-    "Mode",
-    "PlanEntry",
-    "Restore",
-    "RestoreReport",
-    "RestoreSettings",
-    "backup_steps",
-    "make_plan",
-]
+__all__ = ["Mode", "Restore", "RestoreSettings"]

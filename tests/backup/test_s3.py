@@ -18,7 +18,8 @@ import pytest
 
 from exporter.backup.compact import compact, read_current
 from exporter.backup.storage import Storage
-from exporter.restore.restore import backup_steps, default_journal
+from exporter.restore.restore import default_journal
+from exporter.restore.source import backup_steps
 from exporter.simulator import Faults
 from tests.helpers.restore import assert_restored, damage, writes
 from tests.helpers.runs import export_command, kill_export_when, run_export, run_to_completion

@@ -17,17 +17,11 @@ from exporter.api.auth import StaticToken
 from exporter.core.config import RateLimit
 from exporter.core.errors import ExitCode
 from exporter.core.secrets import Secret
+from exporter.restore.fields import Values, lookup_key, values_of_record
 from exporter.restore.journal import read_mapping, replay
-from exporter.restore.restore import (
-    Restore,
-    RestoreReport,
-    RestoreSettings,
-    Values,
-    backup_steps,
-    default_journal,
-    lookup_key,
-    values_of_record,
-)
+from exporter.restore.report import RestoreReport
+from exporter.restore.restore import Restore, RestoreSettings, default_journal
+from exporter.restore.source import backup_steps
 from tests.helpers.runs import run_cli, run_export
 from tests.helpers.sim import TOKEN, Running, StartSimulator
 

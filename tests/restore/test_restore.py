@@ -13,16 +13,11 @@ import pytest
 
 from exporter.api.account import Account
 from exporter.core.errors import ExitCode
+from exporter.restore.fields import create_body, lookup_key, writable_fields
 from exporter.restore.journal import Journal, replay
-from exporter.restore.restore import (
-    Action,
-    Mode,
-    backup_steps,
-    create_body,
-    default_journal,
-    lookup_key,
-    writable_fields,
-)
+from exporter.restore.plan import Action
+from exporter.restore.restore import Mode, default_journal
+from exporter.restore.source import backup_steps
 from exporter.simulator import Faults
 from tests.helpers.restore import (
     KILL_POINTS,

@@ -18,7 +18,8 @@ import pytest
 from exporter.api.client import STOP_GRACE, ApiClient
 from exporter.core.errors import ExitCode, ExporterError
 from exporter.restore.journal import replay
-from exporter.restore.restore import backup_steps, default_journal
+from exporter.restore.restore import default_journal
+from exporter.restore.source import backup_steps
 from exporter.simulator import Simulator, SimulatorConfig, serve
 from tests.helpers.restore import (
     assert_restored,

@@ -18,17 +18,11 @@ from exporter.core.config import RateLimit
 from exporter.core.errors import ExitCode
 from exporter.core.secrets import Secret
 from exporter.restore import restore as restore_module
+from exporter.restore.fields import create_body, lookup_key, patch_body
 from exporter.restore.journal import Journal, replay
-from exporter.restore.restore import (
-    Restore,
-    RestoreReport,
-    RestoreSettings,
-    backup_steps,
-    create_body,
-    default_journal,
-    lookup_key,
-    patch_body,
-)
+from exporter.restore.report import RestoreReport
+from exporter.restore.restore import Restore, RestoreSettings, default_journal
+from exporter.restore.source import backup_steps
 from tests.helpers.restore import account, exported, post, restore, target, writes
 from tests.helpers.runs import run_export
 from tests.helpers.sim import TOKEN, Running, StartSimulator
@@ -71,7 +65,7 @@ async def test_lookups_wait_out_the_delay_and_say_what_they_found(
     (found among the steps above the highest id before it was sent), one of a step that did
     not land (planned again on --resend-lost). Restore's clock is fixed and its sleep recorded.
     Bugs:
-    - the wait before a lookup wrong or skipped (restore.py:900-902: `at - lookup_delay`, `at
+    - the wait before a lookup wrong or skipped (restore.py:523-525: `at - lookup_delay`, `at
       + lookup_delay + now`, `wait > 1`, the sleep left out): a write still in the API's hands
       is looked for before it can have landed;
     - a step without a sequence never looked up (`intent.above is None` for `is not None`,
@@ -206,9 +200,9 @@ async def test_a_create_lost_in_the_run_that_lands_later_is_found_by_the_second_
 ) -> None:
     """A create held by the API longer than the client waits (its answer lost), not there at
     the lookup right after, lands before the run ends; the lookup after everything else
-    (`_look_again`) finds it. Bugs: its `self.journal.done(...)` left out (restore.py:933: the
+    (`_look_again`) finds it. Bugs: its `self.journal.done(...)` left out (restore.py:556: the
     next run would look it up again, and the mapping would lack it), `assert self.journal is
-    not None` flipped (932)."""
+    not None` flipped (555)."""
     running, backup = await exported(start_simulator, tmp_path, steps=60)
     deleted = min(i for i, v in backup.items() if v["sequence"] is not None)
     running.sim.store.delete("sequenceStep", deleted)

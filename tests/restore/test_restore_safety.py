@@ -15,13 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from exporter.core.errors import ExitCode, UsageError
+from exporter.restore.fields import Values, create_body
 from exporter.restore.journal import replay
-from exporter.restore.restore import (
-    Values,
-    backup_steps,
-    create_body,
-    default_journal,
-)
+from exporter.restore.restore import default_journal
+from exporter.restore.source import backup_steps
 from exporter.simulator import Faults
 from tests.helpers.restore import (
     KILL_POINTS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from exporter.export.relationships import step_links
+from exporter.export.links import step_links
 from exporter.model.normalize import EXTRA_COLUMN, RelationshipColumn, table_layout
 from exporter.model.schema import (
     INCREMENTAL_EXACTNESS,

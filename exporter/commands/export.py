@@ -163,7 +163,7 @@ def export(
     from exporter.api.client import STOP_GRACE
     from exporter.commands.display import progress_display
     from exporter.commands.running import run_stoppable
-    from exporter.export.relationships import parse_selection
+    from exporter.export.links import parse_selection
     from exporter.export.run import Export
 
     if demo:

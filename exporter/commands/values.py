@@ -86,7 +86,7 @@ class RelationshipsType(click.ParamType[str]):
     name = "LIST"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from exporter.export.relationships import parse_selection
+        from exporter.export.links import parse_selection
 
         if not any(part.strip() for part in str(value).split(",")):
             # An empty list is refused, not read as `all` (or as nothing): say which.

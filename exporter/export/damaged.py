@@ -26,7 +26,8 @@ from exporter.core.errors import UsageError
 from exporter.core.events import event
 from exporter.export.crawl import Flush, Message
 from exporter.export.history import BackupIndex, _micros, load_index
-from exporter.export.relationships import IdSet, Link, owner_column
+from exporter.export.idset import IdSet
+from exporter.export.links import Link, owner_column
 from exporter.export.repair import Keep, covered, drop_file, refetch_range, set_aside
 from exporter.model.fastpage import PagePaths
 from exporter.model.normalize import TOMBSTONE_TYPE

@@ -22,7 +22,8 @@ from exporter.backup.damage import read_failure
 from exporter.backup.reader import part_reader
 from exporter.backup.sink import DataFile
 from exporter.backup.storage import Storage
-from exporter.export.relationships import IdSet, Link
+from exporter.export.idset import IdSet
+from exporter.export.links import Link
 from exporter.model.normalize import TOMBSTONE_TYPE
 from exporter.model.schema import Kind, resource_type
 

@@ -13,7 +13,7 @@ The walk runs beside the step crawl on the same client (one rate limiter, one in
 Every queued id gets a position (0, 1, 2, ... per target type); a batch covers a contiguous
 range of positions, and a step page records, per type, the position its references end at
 (`needs`). The writer commits ranges; a step file whose `needs` lie below the committed
-watermark has all its relationships on disk (read on resume, see `resume_walk`).
+watermark has all its relationships on disk (read on resume: `walk_resume`).
 Memory stays bounded: pending ids are packed arrays, and the crawl waits (`backpressure`) while
 more than a few batches' worth wait to be fetched.
 """
@@ -21,10 +21,9 @@ more than a few batches' worth wait to be fetched.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,155 +32,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from exporter.api.pagination import collection_url, ids_that_fit, paginate, wire_length
-from exporter.backup.checkpoint import ResourceState, RunState
-from exporter.backup.damage import read_failure
-from exporter.backup.detail import BatchWatermark, IdSample, NotAsked
-from exporter.backup.reader import part_reader
-from exporter.backup.storage import Storage
+from exporter.backup.detail import IdSample, NotAsked
 from exporter.core.config import DEFAULT_ROOT_TYPE
-from exporter.core.errors import ApiError, UsageError, shown_url
+from exporter.core.errors import ApiError, shown_url
 from exporter.core.events import event
 from exporter.export.crawl import PageBatch, PageFlow, RowSelector
+from exporter.export.idset import NO_IDS, Ids, IdSet, members
+from exporter.export.links import Link, owner_column
 from exporter.model.fastpage import PageReader
-from exporter.model.normalize import Normalizer, table_layout
-from exporter.model.schema import Shape, resource_type
+from exporter.model.normalize import Normalizer
+from exporter.model.schema import resource_type
 
 GROUP_COLUMN = "stepType"  # what link-only records per step are learnt by (a step's column)
 DEFAULT_MAX_URL_LENGTH = 8000  # bytes; what common proxies and servers accept in a request line
 SPILL_SIGMAS = 2.0  # a batch's expected records plus this many standard deviations fit its pages
 PENDING_BATCHES = 8  # the crawl waits while more than this many batches' worth are queued
-
-Ids = npt.NDArray[np.int64]
-Mask = npt.NDArray[np.bool_]
-_NO_IDS: Ids = np.empty(0, np.int64)
-
-
-@dataclass(frozen=True)
-class Link:
-    """One relationship of the root type (the step) that the walk follows."""
-
-    name: str  # relationship name on the root type
-    target: str  # JSON:API type of the related records
-    column: str | None  # step column holding the ids (None for link-only)
-    many: bool  # the column is a list of ids
-
-    @property
-    def link_only(self) -> bool:
-        return self.column is None
-
-
-def step_links(root: str = DEFAULT_ROOT_TYPE) -> list[Link]:
-    """Every relationship of the root type, from the schema, with its column in the root's table."""
-    layout = table_layout(root)
-    columns = {c.relationship.name: c.column for c in (*layout.to_one, *layout.to_many)}
-    links = []
-    for rel in resource_type(root).relationships:
-        if rel.shape is Shape.LINKS:
-            links.append(Link(rel.name, rel.target, None, True))
-        else:
-            links.append(Link(rel.name, rel.target, columns[rel.name], rel.shape is Shape.TO_MANY))
-    return links
-
-
-def parse_selection(text: str, root: str = DEFAULT_ROOT_TYPE) -> list[Link]:
-    """`all`, `none`, or a comma list of relationship names (or target types, e.g. `users`) of
-    the root type."""
-    links = step_links(root)
-    value = text.strip()
-    if value in ("", "all"):
-        return links
-    if value == "none":
-        return []
-    chosen: list[Link] = []
-    for name in (part.strip() for part in value.split(",")):
-        if not name:
-            continue
-        matches = [
-            link
-            for link in links
-            if name in (link.name, link.target, resource_type(link.target).collection)
-        ]
-        if not matches:
-            known = ", ".join(sorted(link.name for link in links))
-            raise UsageError(
-                f"--relationships: unknown relationship {name!r}; known: all, none, {known}"
-            )
-        chosen.extend(m for m in matches if m not in chosen)
-    return chosen
-
-
-class IdSet:
-    """A set of int64 ids at about 8 bytes each: a sorted array holding most of them, plus two
-    small tiers merged into it once they hold an eighth as many: ids added one at a time (`add`,
-    a Python set) and ids added a page at a time (`add_new`, a sorted numpy array, so a page of
-    ids costs a few binary searches in C rather than a Python call per id)."""
-
-    def __init__(self, values: Iterable[int] = ()) -> None:
-        self._sorted = array("q", sorted(set(values)))
-        self._recent: set[int] = set()
-        self._bulk: Ids = _NO_IDS
-
-    def __contains__(self, value: int) -> bool:
-        if value in self._recent:
-            return True
-        index = bisect.bisect_left(self._sorted, value)
-        if index < len(self._sorted) and self._sorted[index] == value:
-            return True
-        return bool(len(self._bulk) and _members(self._bulk, np.array([value], np.int64))[0])
-
-    def add(self, value: int) -> bool:
-        """Add `value`; False when it was already there."""
-        if value in self:
-            return False
-        self._recent.add(value)
-        if len(self._recent) + len(self._bulk) >= self._merge_at():
-            self._merge()
-        return True
-
-    def add_new(self, values: Ids) -> Mask:
-        """Add a page of `values`; True where a value was new: not in the set before, and the
-        first of its repeats within `values`."""
-        if self._recent:
-            self._merge()  # one tier of small additions to look in, not two
-        unique, first = np.unique(values, return_index=True)
-        known = self.holds(unique)
-        fresh = unique[~known]
-        if len(fresh):
-            self._bulk = np.insert(self._bulk, np.searchsorted(self._bulk, fresh), fresh)
-            if len(self._bulk) >= self._merge_at():
-                self._merge()
-        new: Mask = np.zeros(len(values), np.bool_)
-        new[first[~known]] = True
-        return new
-
-    def holds(self, values: Ids) -> Mask:
-        """Where each of `values` is in the set."""
-        held = _members(np.frombuffer(self._sorted, np.int64), values)
-        if len(self._bulk):
-            held |= _members(self._bulk, values)
-        if self._recent:
-            held |= np.isin(values, np.fromiter(self._recent, np.int64, len(self._recent)))
-        return held
-
-    def _merge_at(self) -> int:
-        return max(4096, len(self._sorted) // 8)
-
-    def _merge(self) -> None:
-        small = np.concatenate([self._bulk, np.fromiter(self._recent, np.int64, len(self._recent))])
-        small.sort()
-        merged = np.frombuffer(self._sorted, np.int64)
-        merged = np.insert(merged, np.searchsorted(merged, small), small)  # one pass: O(n)
-        self._sorted = array("q", merged.tobytes())
-        self._recent.clear()
-        self._bulk = _NO_IDS
-
-    def __len__(self) -> int:
-        return len(self._sorted) + len(self._recent) + len(self._bulk)
-
-    def __iter__(self) -> Iterator[int]:
-        """Every id, ascending."""
-        return iter(sorted([*self._sorted, *self._recent, *self._bulk.tolist()]))
-
 
 _POWERS_OF_TEN = np.array([10**k for k in range(1, 19)], np.int64)
 
@@ -190,16 +55,6 @@ def _list_bytes(ids: Ids) -> npt.NDArray[np.int64]:
     """What each id costs in a comma-separated list: its decimal digits (and sign), one comma."""
     digits = np.searchsorted(_POWERS_OF_TEN, np.abs(ids), side="right") + 1
     return digits + (ids < 0) + 1
-
-
-def _members(sorted_ids: Ids, values: Ids) -> Mask:
-    """Where each of `values` is in `sorted_ids` (ascending, no repeats)."""
-    if not len(sorted_ids):
-        return np.zeros(len(values), np.bool_)
-    index = np.searchsorted(sorted_ids, values)
-    index[index == len(sorted_ids)] = 0
-    found: Mask = sorted_ids[index] == values
-    return found
 
 
 @dataclass
@@ -537,7 +392,7 @@ class RelationshipWalk:
             table = normalized.table
             ids = np.array(normalized.ids, np.int64)
             if not link_only:
-                mine = _members(asked, ids)
+                mine = members(asked, ids)
             elif self.owner_column in table.column_names:
                 owners = table.column(self.owner_column)
                 mine = np.asarray(pc.is_in(owners, value_set=pa.array(asked)), np.bool_)
@@ -596,7 +451,7 @@ class RelationshipWalk:
         else:
             asked_ids = np.frombuffer(batch.ids, np.int64)
             found_ids = np.unique(np.fromiter(found, np.int64, len(found)))
-            absent = asked_ids[~_members(found_ids, asked_ids)]
+            absent = asked_ids[~members(found_ids, asked_ids)]
             absent = absent[~written.holds(absent)]
             state.missing_count += len(absent)
             state.missing.extend(absent[: max(0, 1000 - len(state.missing))].tolist())
@@ -605,7 +460,7 @@ class RelationshipWalk:
     def _learn(state: TargetState, batch: Batch, owners_found: list[Ids]) -> None:
         """Learn records per step, by group, from a link-only batch's answers (a step no record
         named counts as none)."""
-        owners = np.concatenate(owners_found) if owners_found else _NO_IDS
+        owners = np.concatenate(owners_found) if owners_found else NO_IDS
         steps, counts = np.unique(owners, return_counts=True)
         asked = np.frombuffer(batch.ids, np.int64)
         per_step = np.zeros(len(asked), np.int64)
@@ -721,94 +576,3 @@ def _id_array(values: Iterable[int] | pa.Array | pa.ChunkedArray) -> Ids:
     if isinstance(values, np.ndarray):
         return values.astype(np.int64, copy=False)
     return np.fromiter(values, np.int64)
-
-
-def step_back_link(target: str, root: str = DEFAULT_ROOT_TYPE) -> Link | None:
-    """For a type whose records name their step (a to-one relationship named after the root
-    type, with `data`), a link-only style `Link` that fetches them by `filter[<root>][id]`; None
-    for other types."""
-    for column in table_layout(target).to_one:
-        if column.relationship.name == root and column.relationship.target == root:
-            return Link(root, target, None, True)
-    return None
-
-
-def owner_column(root: str) -> str:
-    """The column of a link-only type's table naming the root record it belongs to
-    (`sequenceStepId`: the to-one relationship named after the root, as `normalize` names it)."""
-    return f"{root}Id"
-
-
-def mark_batches_committed(resource: ResourceState, ranges: list[tuple[int, int]]) -> None:
-    """Advance the related type's watermark (`advance`) past the batches just committed."""
-    resource.detail.watermark = advance(resource.detail.watermark or BatchWatermark(), ranges)
-
-
-def advance(watermark: BatchWatermark, ranges: list[tuple[int, int]]) -> BatchWatermark:
-    """The watermark once `ranges` [start, end) are committed too: every position below
-    `through` is committed. Batches finish out of order; ranges above the watermark wait in
-    `waiting` until the gap below them closes."""
-    through = watermark.through
-    waiting: list[tuple[int, int]] = []
-    for start, end in sorted([*watermark.waiting, *ranges]):
-        if start <= through:
-            through = max(through, end)
-        else:
-            waiting.append((start, end))
-    return BatchWatermark(through, tuple(waiting))
-
-
-def resume_walk(storage: Storage, state: RunState, walk: RelationshipWalk) -> None:
-    """Resume the relationship walk from what the checkpoint proves.
-
-    1. Related records already committed are neither fetched nor written again (their ids are
-       read from the committed files).
-    2. A committed step file whose references end above a type's committed watermark
-       (`file_needs` > `watermark.through`) is announced again for that type, and its needs
-       rewritten to the new positions, so a second kill loses nothing either.
-    """
-    root = state.resources[walk.root]
-    needs_by_file = root.detail.file_needs()
-    watermark: dict[str, int] = {}
-    for target in walk.targets:
-        resource = state.resources[target]
-        ids: list[int] = []
-        for data_file in resource.files:
-            ids.extend(read_column(storage, data_file.path, "id"))
-        committed = resource.detail.watermark or BatchWatermark()
-        watermark[target] = committed.through
-        highest = max(
-            [
-                watermark[target],
-                *(end for _start, end in committed.waiting),
-                *(needs.get(target, 0) for needs in needs_by_file.values()),
-            ]
-        )
-        walk.seed(target, ids, highest)
-        # Every earlier position is now either committed or announced again below.
-        resource.detail.watermark = BatchWatermark(highest)
-    for data_file in root.files:
-        needs = needs_by_file.get(data_file.path, {})
-        lagging = {t for t in walk.targets if needs.get(t, 0) > watermark[t]}
-        if not lagging:
-            continue
-        renewed = dict(needs)
-        for table in read_batches(storage, data_file.path):
-            renewed.update(walk.announce(table, only=lagging))
-        needs_by_file[data_file.path] = renewed
-
-
-def read_column(storage: Storage, relative: str, column: str) -> list[int]:
-    try:
-        table = part_reader(storage).table(relative, [column])
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise read_failure(storage, relative, exc, None) from None
-    values: list[int] = table.column(column).to_pylist()
-    return values
-
-
-def read_batches(storage: Storage, relative: str) -> Iterator[pa.Table]:
-    try:
-        yield from part_reader(storage).batches(relative)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise read_failure(storage, relative, exc, None) from None

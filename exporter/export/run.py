@@ -76,6 +76,8 @@ from exporter.export.history import (
     SkipKnownVersions,
     load_index,
 )
+from exporter.export.idset import IdSet
+from exporter.export.links import Link, owner_column, parse_selection, step_back_link
 from exporter.export.plan import (
     ExportRequest,
     Extend,
@@ -85,17 +87,9 @@ from exporter.export.plan import (
     plan_export,
     refusal_before_request,
 )
-from exporter.export.relationships import (
-    IdSet,
-    Link,
-    RelationshipWalk,
-    WalkStats,
-    owner_column,
-    parse_selection,
-    resume_walk,
-    step_back_link,
-)
+from exporter.export.relationships import RelationshipWalk, WalkStats
 from exporter.export.selection import parse_resources
+from exporter.export.walk_resume import resume_walk
 from exporter.export.window import integer_ids, mark_window, root_window
 from exporter.export.writer import CommitPolicy, Writer
 from exporter.model.fastpage import PagePaths

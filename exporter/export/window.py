@@ -20,8 +20,8 @@ from exporter.core.events import event
 from exporter.core.times import iso
 from exporter.export.crawl import RowSelector
 from exporter.export.history import BackupIndex, SkipKnownVersions
+from exporter.export.idset import IdSet
 from exporter.export.plan import take_mark, window_at
-from exporter.export.relationships import IdSet
 from exporter.model.schema import Incremental, Kind, incremental_strategy, resource_type
 
 Filter = list[tuple[str, str]]  # query parameters a root's crawl adds (`filter[...]`)

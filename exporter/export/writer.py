@@ -31,7 +31,7 @@ from exporter.backup.storage import Storage
 from exporter.core.arrowpool import use_returning_memory_pool
 from exporter.core.events import event
 from exporter.export.crawl import Flush, Message, PageBatch, Plan, Split
-from exporter.export.relationships import mark_batches_committed
+from exporter.export.walk_resume import mark_batches_committed
 from exporter.model.normalize import arrow_schema
 
 

@@ -15,7 +15,7 @@ from exporter.backup.checkpoint import ResourceState, RunState
 from exporter.backup.detail import BatchWatermark, ResourceDetail
 from exporter.backup.storage import Storage
 from exporter.core.errors import UsageError
-from exporter.export.relationships import advance, mark_batches_committed
+from exporter.export.walk_resume import advance, mark_batches_committed
 
 STEP_FILE = "sequenceSteps/part-20260101T000000Z-abcdef-00001.parquet"
 

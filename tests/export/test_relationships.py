@@ -18,7 +18,8 @@ from exporter.api.client import ApiClient, ClientSettings
 from exporter.core.errors import UsageError
 from exporter.core.secrets import Secret
 from exporter.export.crawl import Message, PageBatch, PageFlow
-from exporter.export.relationships import DEFAULT_MAX_URL_LENGTH, RelationshipWalk, parse_selection
+from exporter.export.links import parse_selection
+from exporter.export.relationships import DEFAULT_MAX_URL_LENGTH, RelationshipWalk
 from exporter.model.normalize import arrow_schema
 from exporter.model.schema import resource_type
 from tests.helpers.runs import export_deleting_a_sequence_midway, run_export

@@ -9,13 +9,8 @@ from array import array
 import numpy as np
 import pytest
 
-from exporter.export.relationships import (
-    SPILL_SIGMAS,
-    GroupStats,
-    IdSet,
-    TargetState,
-    steps_that_fill,
-)
+from exporter.export.idset import IdSet
+from exporter.export.relationships import SPILL_SIGMAS, GroupStats, TargetState, steps_that_fill
 
 
 @pytest.mark.parametrize("seed", range(2))

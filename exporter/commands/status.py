@@ -19,7 +19,8 @@ def status_command(directory: str, as_json: bool, shown: str) -> None:
 
     DIR is a path or a URI, as `export --out` takes (s3://bucket/prefix, file://...).
     """
-    from exporter.audit.status import render, status
+    from exporter.audit.status import status
+    from exporter.audit.status_text import render
 
     if shown != "all" and not (shown.isdigit() and int(shown) >= 1):
         fail(UsageError(f"--runs {shown!r}: a number of runs (1 or more) or 'all'"))

@@ -8,8 +8,8 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from exporter.audit.status import render as render_status
 from exporter.audit.status import status
+from exporter.audit.status_text import render as render_status
 from exporter.audit.verify import render as render_verify
 from exporter.audit.verify import verify
 from exporter.backup import manifest

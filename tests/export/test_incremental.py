@@ -10,7 +10,8 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from exporter.audit.status import render, status
+from exporter.audit.status import status
+from exporter.audit.status_text import render
 from exporter.audit.verify import verify as verify_directory
 from exporter.backup.compact import compact
 from exporter.core.errors import UsageError

@@ -103,6 +103,13 @@ class Flush:
 Message = Plan | Split | PageBatch | Flush
 
 
+async def flush(inbox: asyncio.Queue[Message | None]) -> None:
+    """Have the writer commit everything sent so far, and wait until it has."""
+    message = Flush()
+    inbox.put_nowait(message)
+    await message.done.wait()
+
+
 class RowSelector(Protocol):
     """Which rows of a page to keep (an incremental run drops what the backup already has)."""
 

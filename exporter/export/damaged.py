@@ -24,7 +24,7 @@ from exporter.backup.layout import safe_named
 from exporter.backup.storage import Storage
 from exporter.core.errors import UsageError
 from exporter.core.events import event
-from exporter.export.crawl import Flush, Message
+from exporter.export.crawl import Message, flush
 from exporter.export.history import BackupIndex, _micros, load_index
 from exporter.export.idset import IdSet
 from exporter.export.links import Link, owner_column
@@ -130,11 +130,6 @@ async def refetch_damaged(
     if not pending:
         return
 
-    async def flush() -> None:
-        message = Flush()
-        inbox.put_nowait(message)
-        await message.done.wait()
-
     every_type: dict[str, int | None] = {t: None for t in RESOURCE_TYPES}
     rounds = [[root_type], [t for t in pending if t != root_type]]
     for types in rounds:
@@ -173,10 +168,10 @@ async def refetch_damaged(
                     needs=entry.get("needs"),
                     page_paths=page_paths,
                 )
-        await flush()
+        await flush(inbox)
     for type_name in pending:
         state.resources[type_name].detail.clear_repairs()
-    await flush()  # the repaired rows are committed: the pending repairs go with them
+    await flush(inbox)  # the repaired rows are committed: the pending repairs go with them
 
 
 def keep_for(

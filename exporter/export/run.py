@@ -62,11 +62,11 @@ from exporter.core.times import micros, utc_now
 from exporter.export.crawl import (
     CollectionCrawl,
     CrawlStats,
-    Flush,
     Message,
     PageFlow,
     RowSelector,
     cut_when_read_whole,
+    flush,
 )
 from exporter.export.damaged import check_files, pending_repairs, refetch_damaged
 from exporter.export.deletes import DeleteScan
@@ -577,7 +577,7 @@ class Export:
                 # the temporary files it left. (Before, a kill left the previous run's finished
                 # checkpoint, and the next run never removed them. A first run needs no such
                 # save: with no checkpoint at all, the next start removes every part file.)
-                await _flush(inbox)
+                await flush(inbox)
         flow = PageFlow(
             client,
             s.base_url,
@@ -591,7 +591,7 @@ class Export:
         walk, emitted_steps = await self._crawl_phase(state, resumed, index, flow)
         if self._stop_requested:
             return
-        await _flush(inbox)
+        await flush(inbox)
         if incremental and index is not None:
             await self._deltas_phase(state, index, flow, walk, emitted_steps)
             if self._stop_requested:
@@ -793,10 +793,10 @@ class Export:
                     group.create_task(self._finish_refresh(refreshes, resource, refreshed))
         if self._stop_requested:
             return
-        await _flush(flow.inbox)
+        await flush(flow.inbox)
         for resource in refreshed:
             resource.planned = True  # recorded only once its pages are committed
-        await _flush(flow.inbox)
+        await flush(flow.inbox)
 
     async def _deletes_phase(self, state: RunState, flow: PageFlow) -> None:
         """Phase 3 (`--detect-deletes`): tombstones for ids the API no longer has."""
@@ -814,7 +814,7 @@ class Export:
         }
         if self._stop_requested:
             return
-        await _flush(flow.inbox)
+        await flush(flow.inbox)
 
     async def _finish_refresh(
         self, refreshes: list[RelationshipWalk], resource: ResourceState, done: list[ResourceState]
@@ -862,13 +862,6 @@ class Export:
 
 
 SCOPE_REFUSED = "unauthorizedOauthScope"  # the API's error id for a scope the token lacks
-
-
-async def _flush(inbox: asyncio.Queue[Message | None]) -> None:
-    """Have the writer commit everything sent so far, and wait until it has."""
-    message = Flush()
-    inbox.put_nowait(message)
-    await message.done.wait()
 
 
 def _unwrap(exc: BaseException) -> BaseException:
